@@ -1,0 +1,1 @@
+"""shoulders: transfer learning on small image datasets under DVC."""

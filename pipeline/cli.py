@@ -1,0 +1,81 @@
+"""The ``shoulders`` command: look into feature stores and backbones.
+
+    shoulders ls [FEATURES_DIR]          every store: complete?, rows per split, backbone, cut
+    shoulders show STORE                 one store's provenance and shapes
+    shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
+
+Also available as ``python -m pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.stage import run_stage
+
+
+def _ls(args) -> None:
+    from pipeline.store import list_feature_sets
+
+    infos = list_feature_sets(args.features)
+    if not infos:
+        print(f"no feature stores under {args.features}/")
+        return
+    print(f"{'feature set':<24} {'state':<10} {'train':>6} {'val':>5} {'test':>5}  {'shape':<16} backbone / cut")
+    for info in infos:
+        p = info.provenance
+        state = "complete" if info.complete else "INCOMPLETE"
+        shape = "×".join(str(d) for d in info.feature_shape)
+        print(f"{info.key:<24} {state:<10} {info.rows.get('train', 0):>6} {info.rows.get('val', 0):>5} "
+              f"{info.rows.get('test', 0):>5}  {shape:<16} {p.get('backbone')} ({p.get('weights')}) / {p.get('cut')}")
+
+
+def _show(args) -> None:
+    from pipeline.store import open_store
+
+    group = open_store(args.store)
+    attrs = dict(group.attrs)
+    attrs["arrays"] = {f"{split}/{name}": {"shape": list(group[split][name].shape),
+                                           "chunks": list(group[split][name].chunks),
+                                           "dtype": str(group[split][name].dtype)}
+                       for split in ("train", "val", "test") for name in ("X", "y", "ids")}
+    print(json.dumps(attrs, indent=2, default=str))
+
+
+def _layers(args) -> None:
+    from pipeline.backbones import layer_names
+    from pipeline.config import FeatureSetParams
+
+    for name in layer_names(FeatureSetParams(backbone=args.backbone, weights="none", size=args.size,
+                                             alpha=args.alpha)):
+        print(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ls = commands.add_parser("ls", help="list the feature stores")
+    ls.add_argument("features", nargs="?", default=Path("features"), type=Path)
+    ls.set_defaults(run=_ls)
+    show = commands.add_parser("show", help="print one store's provenance and array shapes")
+    show.add_argument("store", type=Path)
+    show.set_defaults(run=_show)
+    layers = commands.add_parser("layers", help="list the layers a backbone can be cut at")
+    layers.add_argument("backbone")
+    layers.add_argument("--size", type=int, default=None, help="input size (default: the family's)")
+    layers.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNets)")
+    layers.set_defaults(run=_layers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    run_stage(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,378 @@
+"""params.yaml → frozen dataclasses, and every check on parameters.
+
+``params.yaml`` is the one source of truth of the pipeline. It is sectioned by
+stage; each stage loads only its own section through :func:`load_params` and
+receives frozen dataclasses. Loading rejects unknown or misspelled keys, wrong
+types and bad values with a :class:`ParamsError` that names the key, the value
+received and the allowed choices, before any image is read or any backbone runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+HEAD_KINDS = ("logreg", "svm_linear", "svm_rbf", "dense")
+POOLINGS = ("avg", "max", "flatten", "avgmax")
+SPLITS = ("train", "val", "test")
+_FEATURE_SET_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ParamsError(ValueError):
+    """A parameter in params.yaml is unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class SplitRatios:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self):
+        for name in SPLITS:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ParamsError(
+                    f"data.split.{name} must be between 0 and 1. Received: {name}={value!r}"
+                )
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ParamsError(
+                "data.split ratios must sum to 1. Received: "
+                f"train={self.train}, val={self.val}, test={self.test} (sum {total:g})"
+            )
+        if self.train == 0 or self.test == 0:
+            raise ParamsError(
+                "data.split needs a non-zero train and test ratio. Received: "
+                f"train={self.train}, test={self.test}"
+            )
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the images come from and how they are split (stage: prepare)."""
+
+    source: str = "data/synthetic"
+    split: SplitRatios = field(default_factory=SplitRatios)
+    seed: int = 0
+    bad_images: Literal["error", "skip"] = "error"
+    duplicates: Literal["remove", "keep"] = "remove"
+
+    def __post_init__(self):
+        if not self.source.strip():
+            raise ParamsError("data.source must name a folder. Received: an empty string")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The built-in generated dataset (stage: synthesize)."""
+
+    classes: int = 6
+    per_class: int = 150
+    image_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.classes >= 2, "synthetic.classes", self.classes, "an integer >= 2")
+        _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
+        _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
+
+
+@dataclass(frozen=True)
+class FeatureSetParams:
+    """One backbone × weights × cut × input size: one extract stage, one Zarr store."""
+
+    backbone: str
+    weights: str = "imagenet"
+    cut: Optional[str] = None
+    size: Optional[int] = None
+    alpha: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """How features are computed and stored (stage: extract)."""
+
+    batch_size: int = 32
+    dtype: Literal["float16", "float32"] = "float16"
+    chunk_mb: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.chunk_mb > 0, "extract.chunk_mb", self.chunk_mb, "a number > 0")
+
+
+@dataclass(frozen=True)
+class LogRegGrid:
+    C: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    max_iter: int = 2000
+
+
+@dataclass(frozen=True)
+class SvmLinearGrid:
+    C: tuple[float, ...] = (0.01, 0.1, 1.0)
+
+
+@dataclass(frozen=True)
+class SvmRbfGrid:
+    C: tuple[float, ...] = (1.0, 10.0)
+    gamma: tuple[Union[float, str], ...] = ("scale",)
+
+
+@dataclass(frozen=True)
+class DenseGrid:
+    hidden_units: tuple[int, ...] = (256,)
+    dropout: tuple[float, ...] = (0.0, 0.5)
+    learning_rate: tuple[float, ...] = (0.001,)
+    epochs: tuple[int, ...] = (60,)
+    batch_size: int = 32
+    patience: int = 8
+    validation_fraction: float = 0.15
+
+
+@dataclass(frozen=True)
+class HeadsParams:
+    """The grid of heads trained on every feature set (stage: heads)."""
+
+    kinds: tuple[Literal["logreg", "svm_linear", "svm_rbf", "dense"], ...] = HEAD_KINDS
+    pooling: tuple[Literal["avg", "max", "flatten", "avgmax"], ...] = ("avg",)
+    seed: int = 0
+    n_jobs: int = 2
+    logreg: LogRegGrid = field(default_factory=LogRegGrid)
+    svm_linear: SvmLinearGrid = field(default_factory=SvmLinearGrid)
+    svm_rbf: SvmRbfGrid = field(default_factory=SvmRbfGrid)
+    dense: DenseGrid = field(default_factory=DenseGrid)
+
+    def __post_init__(self):
+        _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {HEAD_KINDS}")
+        _require(len(self.pooling) > 0, "heads.pooling", self.pooling, f"a non-empty list of {POOLINGS}")
+        for name in ("logreg", "svm_linear", "svm_rbf", "dense"):
+            grid = getattr(self, name)
+            for f in dataclasses.fields(grid):
+                value = getattr(grid, f.name)
+                if isinstance(value, tuple) and not value:
+                    raise ParamsError(f"heads.{name}.{f.name} must list at least one value. Received: []")
+        for c in (*self.logreg.C, *self.svm_linear.C, *self.svm_rbf.C):
+            _require(c > 0, "heads.*.C", c, "numbers > 0")
+        for gamma in self.svm_rbf.gamma:
+            if isinstance(gamma, str) and gamma not in ("scale", "auto"):
+                raise ParamsError(
+                    f"heads.svm_rbf.gamma must be 'scale', 'auto' or a number > 0. Received: {gamma!r}"
+                )
+        for p in self.dense.dropout:
+            _require(0.0 <= p < 1.0, "heads.dense.dropout", p, "numbers in [0, 1)")
+        for n in self.dense.hidden_units:
+            _require(n >= 0, "heads.dense.hidden_units", n, "integers >= 0 (0: no hidden layer)")
+        _require(0.0 < self.dense.validation_fraction < 0.5, "heads.dense.validation_fraction",
+                 self.dense.validation_fraction, "a number in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """How the best head is chosen and reported (stage: evaluate)."""
+
+    select_by: Literal["accuracy", "macro_f1"] = "accuracy"
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    features: dict[str, FeatureSetParams] = field(default_factory=dict)
+    heads: HeadsParams = field(default_factory=HeadsParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+    def __post_init__(self):
+        for key in self.features:
+            if not _FEATURE_SET_KEY.match(key):
+                raise ParamsError(
+                    f"features: {key!r} is not a usable feature-set name; use letters, digits, "
+                    "'_', '-' and '.', starting with a letter or digit"
+                )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params.yaml file.
+
+    Parameters
+    ----------
+    path : path-like
+        The YAML file; sections that are missing take their defaults.
+
+    Returns
+    -------
+    Params
+        Frozen, validated parameters.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ParamsError
+        For unknown keys, wrong types and bad values; the message names the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path} (run from the project root)")
+    with path.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    params = parse_params(raw, source=str(path))
+    _check_feature_sets(params)
+    return params
+
+
+def parse_params(raw: Any, *, source: str = "params") -> Params:
+    """Build :class:`Params` from an already parsed mapping (see :func:`load_params`)."""
+    try:
+        return _build(Params, raw, "")
+    except ParamsError as error:
+        raise ParamsError(f"{source}: {error}") from None
+
+
+def feature_set(params: Params, key: str) -> FeatureSetParams:
+    """Look up one feature set by its key in ``features``, with suggestions if unknown."""
+    if key not in params.features:
+        raise ParamsError(
+            f"unknown feature set {key!r}. {_suggest(key, params.features)}"
+        )
+    return params.features[key]
+
+
+def _check_feature_sets(params: Params) -> None:
+    # Imported here so that loading params for prepare does not need the registry.
+    from pipeline.backbones import validate_feature_set
+
+    for key, spec in params.features.items():
+        try:
+            validate_feature_set(spec)
+        except ValueError as error:
+            raise ParamsError(f"features.{key}: {error}") from None
+
+
+def _build(cls: type, raw: Any, keypath: str) -> Any:
+    where = keypath or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where} must be a mapping of keys. Received: {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = unknown[0]
+        raise ParamsError(
+            f"unknown key {_join(keypath, str(key))!r}. {_suggest(str(key), fields)}"
+        )
+    missing = [
+        name for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        and name not in raw
+    ]
+    if missing:
+        raise ParamsError(f"missing key {_join(keypath, missing[0])!r} (required)")
+    values = {k: _coerce(v, hints[k], _join(keypath, k)) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _coerce(value: Any, annotation: Any, keypath: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, keypath)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, keypath)
+            except ParamsError as error:
+                errors.append(str(error))
+        raise ParamsError(errors[0] if len(errors) == 1 else
+                          f"{keypath} has the wrong type. Received: {value!r}; expected one of "
+                          + ", ".join(_describe(o) for o in options)
+                          + (" or null" if type(None) in args else ""))
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(
+                f"{keypath} must be one of {list(args)}. Received: {value!r}"
+                + _did_you_mean(value, args)
+            )
+        return value
+    if origin is tuple:
+        item_type = args[0]
+        items = value if isinstance(value, list) else [value]
+        return tuple(_coerce(v, item_type, f"{keypath}[{i}]") for i, v in enumerate(items))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{keypath} must be a mapping. Received: {value!r}")
+        return {str(k): _coerce(v, args[1], _join(keypath, str(k))) for k, v in value.items()}
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{keypath} must be true or false. Received: {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{keypath} must be an integer. Received: {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{keypath} must be a number. Received: {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"{keypath} must be a finite number. Received: {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{keypath} must be a string. Received: {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {keypath}")  # a bug, not user input
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ParamsError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _did_you_mean(value: Any, choices: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _suggest(key: str, allowed: Any) -> str:
+    allowed = sorted(str(a) for a in allowed)
+    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}Allowed: {', '.join(allowed) if allowed else '(none defined)'}"

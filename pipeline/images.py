@@ -1,0 +1,107 @@
+"""Decoding one image file into RGB pixels, the same way everywhere.
+
+prepare decodes every image once with :func:`decode_image` to prove it can be
+read; extract and ``shoulders predict`` decode with the same function, so an
+image that passed prepare is read identically later.
+
+Handled: JPEG (CMYK included), PNG (palette, grey+alpha, RGBA, 16-bit), BMP,
+GIF (first frame of an animation), WebP; EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
+# Files that operating systems and tools drop into folders; never data.
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+
+
+class BadImageError(ValueError):
+    """A file with an image extension that cannot be decoded."""
+
+
+def is_image_name(path: Path) -> bool:
+    """True for a visible file whose extension (any case) is a supported image type."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_junk_name(path: Path) -> bool:
+    """True for hidden files and OS clutter, which are ignored silently."""
+    return path.name.startswith(".") or path.name.lower() in JUNK_NAMES
+
+
+def decode_image(path: Path | str) -> np.ndarray:
+    """Decode an image file to RGB pixels.
+
+    Parameters
+    ----------
+    path : path-like
+
+    Returns
+    -------
+    ndarray of shape (height, width, 3), dtype uint8
+        Upright (EXIF orientation applied), first frame for animations.
+
+    Raises
+    ------
+    BadImageError
+        If the file is not an image, is truncated or cannot be decoded; the
+        message names the file and the reason.
+    """
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()  # decode everything now: truncation raises here, not later
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            Image.DecompressionBombError) as error:
+        raise BadImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):
+        # 16-bit (or 32-bit integer) grey: scale to 8 bits, since convert("RGB") would clip at 255.
+        grey = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if grey.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        grey = np.clip(np.rint(grey * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.rint(grey * 255.0 if grey.max(initial=0) <= 1.0 else grey), 0, 255)
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode == "P":
+        # Palette images may carry transparency; go through RGBA to honour it.
+        image = image.convert("RGBA")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What prepare records about one decodable image."""
+
+    width: int
+    height: int
+    sha256: str
+
+
+def inspect_image(path: Path | str) -> ImageInfo:
+    """Hash a file's bytes and prove it decodes; width and height are as displayed (upright).
+
+    Raises
+    ------
+    BadImageError
+        As :func:`decode_image`.
+    """
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    pixels = decode_image(path)
+    return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest)

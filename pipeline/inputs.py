@@ -1,0 +1,54 @@
+"""The tf.data input pipeline: parallel decode, resize, batch, prefetch.
+
+Decoding goes through :func:`pipeline.images.decode_image` (PIL, inside
+``tf.numpy_function``) so that every image kind prepare accepted is read the
+same way here; PIL releases the GIL while it decodes, so ``AUTOTUNE`` parallel
+calls overlap. Resizing is ``tf.image.resize`` (bilinear), the op an exported
+model's Resizing layer uses too. Batches are uint8-valued float32 RGB
+(0–255); the backbone's own preprocessing runs inside the compiled inference
+step, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.images import decode_image
+
+
+def _decode(path: bytes) -> np.ndarray:
+    return decode_image(path.decode("utf-8"))
+
+
+def load_and_resize(path: tf.Tensor, size: int) -> tf.Tensor:
+    """Decode one image file and resize it to ``(size, size, 3)`` float32 in 0–255."""
+    pixels = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
+    pixels.set_shape((None, None, 3))
+    resized = tf.image.resize(pixels, (size, size), method="bilinear")
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.data.Dataset:
+    """A dataset of image batches in the order of ``paths``.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Image files, opened relative to the working directory.
+    size : int
+        Output side length.
+    batch_size : int
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields float32 tensors of shape (batch, size, size, 3), values 0–255;
+        the last batch may be smaller. Order is deterministic.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
+    dataset = dataset.map(lambda p: load_and_resize(p, size), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny seeded image folders and params files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SIGNS = SHARED / "datasets" / "signs"
+MOBILENET_025 = SHARED / "keras-models" / "mobilenet_2_5_224_tf_no_top.h5"
+
+
+def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 10, size=(40, 48), seed: int = 0,
+                       fmt: str = "png") -> list[Path]:
+    """Write ``root/<class>/<i>.<fmt>``: noisy images whose mean brightness depends on the class."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c in range(classes):
+        for i in range(per_class):
+            path = root / f"class_{c}" / f"img_{i:03d}.{fmt}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pixels = np.clip(rng.normal(50 + 70 * c, 30, size=(*size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+    return paths
+
+
+def tiny_params(source: str, **overrides) -> dict:
+    """A params mapping small enough for tests: one tiny random-weights backbone, a small grid."""
+    params = {
+        "data": {"source": source, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0},
+        "synthetic": {"classes": 3, "per_class": 10, "image_size": 32, "seed": 0},
+        "extract": {"batch_size": 4, "dtype": "float16", "chunk_mb": 0.004, "seed": 0},
+        "features": {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add",
+                             "size": 32, "alpha": 0.35}},
+        "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1,
+                  "logreg": {"C": [0.1, 1.0]}, "svm_linear": {"C": [0.1]},
+                  "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3], "patience": 2}},
+        "evaluate": {"bootstrap": 50},
+    }
+    for section, values in overrides.items():
+        params[section] = {**params.get(section, {}), **values} if isinstance(values, dict) else values
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    write_image_folder(root)
+    return root
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Run the test with tmp_path as the working directory (stages use paths relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,77 @@
+"""The backbone registry: every family builds, cuts are addressable, bad names are explained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.backbones import FAMILIES, build_cut_model, family, layer_names
+from pipeline.config import FeatureSetParams
+
+KERAS_FAMILIES = sorted(n for n in FAMILIES if n != "efficientnet_lite0")
+
+
+@pytest.mark.parametrize("name", KERAS_FAMILIES)
+def test_every_family_builds_and_runs_at_its_minimum_size(name):
+    import keras
+    import tensorflow as tf
+
+    size = max(FAMILIES[name].min_size, 32)
+    cut = build_cut_model(FeatureSetParams(backbone=name, weights="none", size=size), seed=0)
+    assert cut.model.input_shape == (None, size, size, 3)
+    assert cut.cut == cut.model.layers[-1].name and cut.cut_index == cut.n_layers - 1
+    batch = tf.random.uniform((2, size, size, 3), 0, 255, seed=1)
+    out = cut.model(cut.preprocess(batch), training=False).numpy()
+    assert out.shape[0] == 2 and np.isfinite(out).all()
+    keras.backend.clear_session()
+
+
+def test_a_cut_truncates_at_the_named_layer():
+    spec = FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35, cut="block_2_add")
+    cut = build_cut_model(spec, seed=0)
+    assert cut.model.output_shape == (None, 8, 8, 8)
+    assert cut.provenance["cut"] == "block_2_add" and cut.provenance["cut_index"] < cut.n_layers - 1
+    assert cut.provenance["seed"] == 0 and cut.provenance["weights"] == "none"
+
+
+def test_unknown_layer_lists_valid_names_nearest_first():
+    spec = FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35, cut="block_3_add")
+    with pytest.raises(ValueError) as error:
+        build_cut_model(spec, seed=0)
+    message = str(error.value)
+    assert "'block_3_add'" in message
+    listed = message.split("nearest first: ")[1].split(", ")
+    assert listed[0].endswith("_add") and "out_relu" in listed  # close matches first, then every layer
+
+
+def test_unknown_backbone_lists_families():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'.*vgg16"):
+        family("vgg")
+
+
+def test_random_weights_are_seeded():
+    import keras
+
+    spec = FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35)
+    first = build_cut_model(spec, seed=3).model.get_weights()[0]
+    keras.backend.clear_session()
+    again = build_cut_model(spec, seed=3).model.get_weights()[0]
+    other = build_cut_model(spec, seed=4).model.get_weights()[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_weights_from_a_file_are_hashed(tmp_path):
+    spec = FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35)
+    model = build_cut_model(spec, seed=0).model
+    path = tmp_path / "mine.weights.h5"
+    model.save_weights(path)
+    from_file = build_cut_model(FeatureSetParams(backbone="mobilenet_v2", weights=str(path), size=32,
+                                                 alpha=0.35), seed=99)
+    assert len(from_file.provenance["weights_sha256"]) == 64
+    np.testing.assert_array_equal(from_file.model.get_weights()[0], model.get_weights()[0])
+
+
+def test_layer_names_lists_cut_points():
+    names = layer_names(FeatureSetParams(backbone="vgg16", weights="none", size=32))
+    assert "block4_pool" in names and "block5_pool" in names

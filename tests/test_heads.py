@@ -1,0 +1,89 @@
+"""Heads are scikit-learn estimators (the Keras dense head too) and the grid names them stably."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from pipeline.config import parse_params
+from pipeline.heads import DenseHead, expand_grid, make_estimator
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(3, 10))
+    y = np.repeat(np.arange(3), 40)
+    X = centres[y] + rng.normal(size=(120, 10))
+    order = rng.permutation(120)
+    return X[order].astype(np.float32), y[order]
+
+
+def test_dense_head_is_a_proper_estimator(blobs):
+    X, y = blobs
+    head = DenseHead(hidden_units=16, dropout=0.2, learning_rate=0.01, epochs=30, patience=5, random_state=0)
+    assert clone(head).get_params() == head.get_params()
+    head.fit(X[:90], y[:90])
+    assert (head.predict(X[90:]) == y[90:]).mean() > 0.9
+    proba = head.predict_proba(X[90:])
+    assert proba.shape == (30, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert 1 <= head.n_epochs_ <= 30
+
+
+def test_dense_head_is_seeded_and_picklable(blobs):
+    X, y = blobs
+    a = DenseHead(hidden_units=8, epochs=5, random_state=1).fit(X, y).predict_proba(X)
+    b = DenseHead(hidden_units=8, epochs=5, random_state=1).fit(X, y)
+    np.testing.assert_allclose(a, b.predict_proba(X), rtol=1e-5)
+    restored = pickle.loads(pickle.dumps(b))
+    np.testing.assert_allclose(restored.predict_proba(X), a, rtol=1e-5)
+
+
+def test_dense_head_keeps_string_labels(blobs):
+    X, y = blobs
+    names = np.array(["cat", "dog", "fox"])[y]
+    head = DenseHead(hidden_units=0, epochs=20, random_state=0).fit(X, names)
+    assert set(head.predict(X[:10])) <= {"cat", "dog", "fox"}
+
+
+def test_dense_head_refuses_unfitted_and_single_class(blobs):
+    X, y = blobs
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        DenseHead().predict(X)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        DenseHead(epochs=1).fit(X[:5], np.zeros(5, int))
+
+
+def test_dense_head_works_in_a_grid_search(blobs):
+    X, y = blobs
+    search = GridSearchCV(DenseHead(epochs=5, patience=0), {"hidden_units": [0, 8]}, cv=2)
+    search.fit(X, y)
+    assert search.best_params_["hidden_units"] in (0, 8)
+
+
+def test_grid_ids_are_stable_and_readable():
+    heads = parse_params({"heads": {"kinds": ["logreg", "svm_rbf", "dense"], "pooling": ["avg", "max"],
+                                    "logreg": {"C": [0.1, 1.0]}, "svm_rbf": {"C": [1.0], "gamma": ["scale", 0.01]},
+                                    "dense": {"hidden_units": [256], "dropout": [0.0, 0.5],
+                                              "learning_rate": [0.001], "epochs": [60]}}}).heads
+    ids = [v.id for v in expand_grid(heads)]
+    assert len(ids) == 2 * (2 + 2 + 2) and len(set(ids)) == len(ids)
+    assert "avg-logreg-C0.1" in ids
+    assert "max-svm_rbf-C1-gscale" in ids and "avg-svm_rbf-C1-g0.01" in ids
+    assert "avg-dense-h256-d0.5-lr0.001-e60" in ids
+
+
+@pytest.mark.parametrize("kind", ["logreg", "svm_linear", "svm_rbf", "dense"])
+def test_every_kind_learns_separable_data(blobs, kind):
+    X, y = blobs
+    heads = parse_params({"heads": {"kinds": [kind], "dense": {"epochs": [40], "hidden_units": [16], "learning_rate": [0.01]}}}).heads
+    variant = expand_grid(heads)[0]
+    estimator = make_estimator(variant, heads).fit(X[:90], y[:90])
+    assert (estimator.predict(X[90:]) == y[90:]).mean() > 0.9

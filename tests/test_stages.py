@@ -1,0 +1,98 @@
+"""Every stage's main() end to end on tiny data, in a temporary working directory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_params, write_image_folder, write_params
+from pipeline import evaluate, extract, prepare, train_heads
+from pipeline.data import read_manifest
+from pipeline.store import StoreError, open_feature_set
+
+PREPARE_ARGS = ["--manifest", "data/manifest.csv", "--report", "reports/prepare.json",
+                "--summary", "reports/prepare.md", "--no-progress"]
+EXTRACT_ARGS = ["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"]
+
+
+@pytest.fixture
+def prepared(in_tmp):
+    write_image_folder(in_tmp / "images", classes=3, per_class=10)
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    prepare.main(PREPARE_ARGS)
+    return in_tmp
+
+
+def test_prepare_writes_manifest_and_reports(prepared):
+    records = read_manifest("data/manifest.csv")
+    assert len(records) == 30 and records[0].path.startswith("images/")
+    report = json.loads((prepared / "reports/prepare.json").read_text())
+    assert report["per_split"] == {"train": 18, "val": 6, "test": 6}
+    assert "| class_0 |" in (prepared / "reports/prepare.md").read_text()
+
+
+def test_extract_stores_what_the_model_computes(prepared):
+    import tensorflow as tf
+
+    from pipeline.backbones import build_cut_model
+    from pipeline.config import load_params
+    from pipeline.images import decode_image
+
+    extract.main(EXTRACT_ARGS)
+    records = read_manifest("data/manifest.csv")
+    test = open_feature_set("features/mv2.zarr", "test", pooling="none")
+    expected_ids = [r.id for r in records if r.split == "test"]
+    assert test.ids.tolist() == expected_ids
+    assert test.y.tolist() == [r.label for r in records if r.split == "test"]
+    assert test.provenance["manifest_sha256"] == extract.file_digest(prepared / "data/manifest.csv")
+    # The same image through the model by hand, without tf.data or the store.
+    cut = build_cut_model(load_params().features["mv2"], seed=0)
+    first = next(r for r in records if r.split == "test")
+    pixels = tf.image.resize(decode_image(first.path)[None], (32, 32), method="bilinear")
+    by_hand = cut.model(cut.preprocess(pixels), training=False).numpy()[0]
+    np.testing.assert_allclose(np.asarray(test.X[0], np.float32), by_hand, rtol=2e-3, atol=2e-3)
+
+
+def test_heads_and_evaluate_end_to_end(prepared):
+    extract.main(EXTRACT_ARGS)
+    train_heads.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
+    assert [v["variant"] for v in scores["variants"]] == [
+        "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-lr0.001-e3"]
+    assert all((prepared / "heads/mv2" / f"{v['variant']}.joblib").is_file() for v in scores["variants"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--leaderboard", "reports/leaderboard.csv",
+                   "--plots", "plots"])
+    metrics = json.loads((prepared / "metrics.json").read_text())
+    best = metrics["best"]
+    assert best["feature_set"] == "mv2" and 0.0 <= best["test_accuracy"] <= 1.0
+    low, high = best["test_accuracy_ci95"]
+    assert low <= best["test_accuracy"] <= high
+    board = (prepared / "reports/leaderboard.csv").read_text().splitlines()
+    assert len(board) == 1 + 4 and sum(",True" in line for line in board) == 1
+    assert (prepared / "reports/leaderboard.md").read_text().startswith("# Leaderboard")
+    confusion = (prepared / "plots/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 6
+
+
+def test_heads_refuse_an_incomplete_store(prepared):
+    import zarr
+
+    extract.main(EXTRACT_ARGS)
+    zarr.open_group("features/mv2.zarr", mode="r+").attrs["complete"] = False
+    with pytest.raises(StoreError, match="incomplete"):
+        train_heads.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+
+
+def test_unknown_feature_set_is_named(prepared):
+    with pytest.raises(ValueError, match="unknown feature set 'mv3'.*mv2"):
+        extract.main(["--feature-set", "mv3", "--out", "features/mv3.zarr"])
+
+
+def test_undecodable_image_stops_prepare(in_tmp):
+    write_image_folder(in_tmp / "images", classes=3, per_class=10)
+    (in_tmp / "images/class_2/bad.png").write_bytes(b"\x89PNG truncated")
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    with pytest.raises(ValueError, match="bad.png"):
+        prepare.main(PREPARE_ARGS)
