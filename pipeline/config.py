@@ -86,7 +86,11 @@ class SyntheticParams:
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.classes >= 2, "synthetic.classes", self.classes, "an integer >= 2")
+        from pipeline.synthetic import CLASS_NAMES
+
+        _require(2 <= self.classes <= len(CLASS_NAMES), "synthetic.classes", self.classes,
+                 f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+        _require(self.seed >= 0, "synthetic.seed", self.seed, "an integer >= 0")
         _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
         _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
 

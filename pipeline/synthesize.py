@@ -10,15 +10,12 @@ Usage: ``python -m pipeline.synthesize --out data/synthetic``
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.stage import run_stage
 from pipeline.config import load_params
 from pipeline.synthetic import generate_dataset
-
-log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,10 +25,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     spec = load_params(args.params).synthetic
-    paths = generate_dataset(args.out, classes=spec.classes, per_class=spec.per_class,
-                             image_size=spec.image_size, seed=spec.seed, progress=not args.no_progress)
-    log.info("wrote %d images (%d classes × %d, %dx%d) to %s", len(paths), spec.classes, spec.per_class,
-             spec.image_size, spec.image_size, args.out)
+    generate_dataset(args.out, classes=spec.classes, per_class=spec.per_class, image_size=spec.image_size,
+                     seed=spec.seed, progress=not args.no_progress)
 
 
 if __name__ == "__main__":
