@@ -2,9 +2,10 @@
 
 Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
        split of each feature store, and ``params.yaml`` section ``evaluate``.
-Writes ``--metrics`` (``metrics.json``: the overall best and, per feature set,
-       the chosen variant's validation and test accuracy, macro-F1, a bootstrap
-       95% interval on test accuracy and per-class recall);
+Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show``:
+       the overall best and each feature set's chosen variant with validation
+       and test accuracy, macro-F1 and a bootstrap 95% interval on test accuracy);
+       ``--report`` (the same in full, with per-class recall);
        ``--leaderboard`` (CSV of every variant, test scores only for the chosen
        ones) and a Markdown twin; ``--plots`` folder with ``confusion.csv``
        (best model), ``accuracy_by_cut.csv`` and ``leaderboard.csv`` for ``dvc plots``.
@@ -12,7 +13,8 @@ Writes ``--metrics`` (``metrics.json``: the overall best and, per feature set,
 Only the variant chosen on validation is ever scored on test, so the reported
 test numbers are not themselves selected on test.
 
-Usage: ``python -m pipeline.evaluate --heads heads --metrics metrics.json --leaderboard reports/leaderboard.csv``
+Usage: ``python -m pipeline.evaluate --heads heads --metrics metrics.json --report reports/evaluation.json
+--leaderboard reports/leaderboard.csv --plots plots``
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict
 
     Returns
     -------
-    metrics : dict
-        For ``metrics.json``.
+    report : dict
+        Everything about the selections (:func:`headline` condenses it for ``metrics.json``).
     leaderboard : list of dict
         One row per variant over all feature sets, best validation score first.
     best : dict
@@ -130,13 +132,13 @@ def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict
             })
     best_key = max(chosen, key=lambda k: (chosen[k]["pick"][f"val_{settings.select_by}"], k))
     leaderboard.sort(key=lambda r: (-(r[f"val_{settings.select_by}"] or 0.0), r["feature_set"], r["variant"]))
-    metrics = {
+    report = {
         "best": _summary(best_key, chosen[best_key]),
         "feature_sets": {k: _summary(k, c) for k, c in sorted(chosen.items())},
         "variants_trained": len(leaderboard),
         "selected_by": f"validation {settings.select_by}",
     }
-    return metrics, leaderboard, {"key": best_key, **chosen[best_key]}
+    return report, leaderboard, {"key": best_key, **chosen[best_key]}
 
 
 def _summary(key: str, chosen: dict) -> dict:
@@ -150,12 +152,25 @@ def _summary(key: str, chosen: dict) -> dict:
     }
 
 
-def leaderboard_markdown(rows: Sequence[dict], metrics: dict) -> str:
+def headline(report: dict) -> dict:
+    """The few numbers ``dvc metrics show`` and ``dvc exp show`` should put side by side."""
+    def short(summary: dict) -> dict:
+        low, high = summary["test_accuracy_ci95"]
+        return {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
+                "test_ci95_low": low, "test_ci95_high": high, "test_macro_f1": summary["test_macro_f1"]}
+
+    best = report["best"]
+    return {"best": {"feature_set": best["feature_set"], "variant": best["variant"], **short(best)},
+            **{key: short(summary) for key, summary in report["feature_sets"].items()},
+            "variants_trained": report["variants_trained"]}
+
+
+def leaderboard_markdown(rows: Sequence[dict], report: dict) -> str:
     """The leaderboard as a Markdown page for humans."""
-    best = metrics["best"]
+    best = report["best"]
     low, high = best["test_accuracy_ci95"]
     lines = ["# Leaderboard", "",
-             f"Best on {metrics['selected_by']}: **{best['feature_set']} / {best['variant']}** — "
+             f"Best on {report['selected_by']}: **{best['feature_set']} / {best['variant']}** — "
              f"test accuracy **{best['test_accuracy']:.4f}** (95% CI {low:.4f}–{high:.4f}), "
              f"macro-F1 {best['test_macro_f1']:.4f}, on {best['test_images']} test images.", "",
              "Test scores are shown only for the variant chosen on validation in each feature set (✓).", "",
@@ -180,14 +195,14 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_plots(plots: Path, metrics: dict, leaderboard: Sequence[dict], best: dict) -> None:
+def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: dict) -> None:
     """CSV data for ``dvc plots``: confusion matrix, accuracy per cut, leaderboard bars."""
     classes = best["classes"]
     write_csv([{"actual": classes[a], "predicted": classes[p]}
                for a, p in zip(best["y"], best["result"]["predicted"])], plots / "confusion.csv")
     by_cut = [{"feature_set": key, "backbone": f"{s['backbone']} ({s['weights']})", "cut": s["cut"],
                "cut_depth": s["cut_depth"], "val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"]}
-              for key, s in metrics["feature_sets"].items()]
+              for key, s in report["feature_sets"].items()]
     write_csv(sorted(by_cut, key=lambda r: (r["backbone"], r["cut_depth"])), plots / "accuracy_by_cut.csv")
     write_csv([{"variant": f"{r['feature_set']}/{r['variant']}", "val_accuracy": r["val_accuracy"]}
                for r in leaderboard], plots / "leaderboard.csv")
@@ -196,19 +211,21 @@ def write_plots(plots: Path, metrics: dict, leaderboard: Sequence[dict], best: d
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", required=True, type=Path, help="folder holding heads/<key>/scores.json")
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path, help="headline metrics JSON")
+    parser.add_argument("--report", required=True, type=Path, help="full evaluation JSON")
     parser.add_argument("--leaderboard", required=True, type=Path, help="CSV; a .md twin is written beside it")
     parser.add_argument("--plots", required=True, type=Path, help="folder for dvc plots data")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
     settings = load_params(args.params).evaluate
-    metrics, leaderboard, best = evaluate(args.heads, settings)
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    report, leaderboard, best = evaluate(args.heads, settings)
+    for path, content in ((args.report, report), (args.metrics, headline(report))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     write_csv(leaderboard, args.leaderboard)
-    args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, metrics), encoding="utf-8")
-    write_plots(args.plots, metrics, leaderboard, best)
-    b = metrics["best"]
+    args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, report), encoding="utf-8")
+    write_plots(args.plots, report, leaderboard, best)
+    b = report["best"]
     log.info("best: %s / %s, test accuracy %.4f (95%% CI %s)", b["feature_set"], b["variant"],
              b["test_accuracy"], b["test_accuracy_ci95"])
 

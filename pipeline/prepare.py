@@ -3,9 +3,9 @@
 Reads  ``params.yaml`` section ``data`` and every image under ``data.source``.
 Writes ``--manifest`` (CSV: id, path, label, class_name, split, sha256, width,
        height), the only thing later stages read about the dataset;
-       ``--report`` (JSON, also a DVC metrics file: counts per split and class,
-       duplicates removed, files skipped or ignored, image sizes) and
-       ``--summary`` (the same for humans, Markdown).
+       ``--report`` (JSON: counts per split and class, duplicates removed, files
+       skipped or ignored, image sizes), ``--summary`` (the same for humans,
+       Markdown) and ``--metrics`` (the headline counts, for ``dvc metrics``).
 
 Undecodable images stop the stage with an error naming every bad file, unless
 ``data.bad_images: skip``. Exact duplicates are removed (``data.duplicates``).
@@ -60,11 +60,21 @@ def summary_markdown(report: PrepareReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(report: PrepareReport) -> dict:
+    """The dataset counts worth seeing next to accuracy in ``dvc metrics show``."""
+    duplicates = report.duplicates
+    return {"images": report.images, **report.per_split, "classes": len(report.classes),
+            "duplicates_removed_cross_split": duplicates.get("removed_cross_split", 0),
+            "duplicates_removed_within_split": duplicates.get("removed_within_split", 0),
+            "bad_images_skipped": len(report.bad_images_skipped)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--report", required=True, type=Path)
     parser.add_argument("--summary", type=Path, default=None)
+    parser.add_argument("--metrics", type=Path, default=None)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -75,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     if args.summary:
         args.summary.write_text(summary_markdown(report), encoding="utf-8")
+    if args.metrics:
+        args.metrics.parent.mkdir(parents=True, exist_ok=True)
+        args.metrics.write_text(json.dumps({"data": headline(report)}, indent=2) + "\n", encoding="utf-8")
     log.info("manifest: %d images, %s; duplicates: %s", report.images, report.per_split, report.duplicates)
 
 

@@ -13,7 +13,7 @@ from pipeline.data import read_manifest
 from pipeline.store import StoreError, open_feature_set
 
 PREPARE_ARGS = ["--manifest", "data/manifest.csv", "--report", "reports/prepare.json",
-                "--summary", "reports/prepare.md", "--no-progress"]
+                "--summary", "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"]
 EXTRACT_ARGS = ["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"]
 
 
@@ -31,6 +31,8 @@ def test_prepare_writes_manifest_and_reports(prepared):
     report = json.loads((prepared / "reports/prepare.json").read_text())
     assert report["per_split"] == {"train": 18, "val": 6, "test": 6}
     assert "| class_0 |" in (prepared / "reports/prepare.md").read_text()
+    headline = json.loads((prepared / "reports/data_metrics.json").read_text())["data"]
+    assert headline["images"] == 30 and headline["test"] == 6 and headline["duplicates_removed_cross_split"] == 0
 
 
 def test_extract_stores_what_the_model_computes(prepared):
@@ -62,10 +64,12 @@ def test_heads_and_evaluate_end_to_end(prepared):
     assert [v["variant"] for v in scores["variants"]] == [
         "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-lr0.001-e3"]
     assert all((prepared / "heads/mv2" / f"{v['variant']}.joblib").is_file() for v in scores["variants"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--leaderboard", "reports/leaderboard.csv",
-                   "--plots", "plots"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
     metrics = json.loads((prepared / "metrics.json").read_text())
-    best = metrics["best"]
+    assert set(metrics) == {"best", "mv2", "variants_trained"}
+    assert metrics["best"]["test_accuracy"] == metrics["mv2"]["test_accuracy"]
+    best = json.loads((prepared / "reports/evaluation.json").read_text())["best"]
     assert best["feature_set"] == "mv2" and 0.0 <= best["test_accuracy"] <= 1.0
     low, high = best["test_accuracy_ci95"]
     assert low <= best["test_accuracy"] <= high
