@@ -104,6 +104,7 @@ class FeatureSetParams:
     cut: Optional[str] = None
     size: Optional[int] = None
     alpha: Optional[float] = None
+    dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,34 @@ log = logging.getLogger(__name__)
 
 # At most this many chunks wait for the writer: bounds memory, keeps inference busy.
 _WRITES_IN_FLIGHT = 2
+# Share of non-zero float32 values allowed to round to zero when stored as float16;
+# past it the stored features no longer say what the network computed.
+_MAX_UNDERFLOW = 0.01
+
+
+class PrecisionGuard:
+    """Refuse features that the storage dtype cannot represent (float16 under/overflow).
+
+    Random-init deep networks can produce activations around 1e-15, which
+    float16 stores as exact zeros: a head would then score chance level on a
+    store that looks fine. Counting the losses per batch stops that at once.
+    """
+
+    def __init__(self, feature_set: str, dtype: str):
+        self.feature_set, self.dtype = feature_set, dtype
+        self.lost = self.nonzero = 0
+
+    def check(self, lost: int, nonzero: int, overflow: int, largest: float) -> None:
+        self.lost += lost
+        self.nonzero += nonzero
+        if overflow:
+            raise ValueError(f"features of {self.feature_set} overflow {self.dtype} ({overflow} values beyond its "
+                             f"range; largest |value| {largest:.3g}); set `dtype: float32` on the feature set "
+                             "or extract.dtype: float32")
+        if self.nonzero and self.lost > _MAX_UNDERFLOW * self.nonzero:
+            raise ValueError(f"features of {self.feature_set} underflow {self.dtype}: {self.lost / self.nonzero:.0%} "
+                             f"of the non-zero values round to 0 (largest |value| {largest:.3g}); set "
+                             "`dtype: float32` on the feature set or extract.dtype: float32")
 
 
 def library_versions() -> dict[str, str]:
@@ -85,12 +113,13 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     cut = build_cut_model(spec, seed=settings.seed)
     feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
     size = cut.provenance["input_size"]
-    chunk_rows = rows_per_chunk(feature_shape, np.dtype(settings.dtype).itemsize,
+    dtype = spec.dtype or settings.dtype
+    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize,
                                 chunk_mb=settings.chunk_mb, batch_size=settings.batch_size)
     by_split = {s: [r for r in records if r.split == s] for s in SPLITS}
     provenance = {
         **cut.provenance,
-        "dtype": settings.dtype,
+        "dtype": dtype,
         "resize": "bilinear (tf.image.resize)",
         "decoder": "PIL via pipeline.images.decode_image",
         "chunk_rows": chunk_rows,
@@ -101,16 +130,23 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
         out, provenance,
         {s: SplitRows(np.array([r.label for r in rs], np.int32), np.array([r.id for r in rs], dtype=str))
          for s, rs in by_split.items()},
-        class_names(records), feature_shape, settings.dtype, chunk_rows)
+        class_names(records), feature_shape, dtype, chunk_rows)
     log.info("extract %s: %s cut at %r (layer %d of %d), input %dx%d → features %s, %d rows per chunk",
              out.name, spec.backbone, cut.cut, cut.cut_index, cut.n_layers, size, size, feature_shape, chunk_rows)
     log.info("rows per split: %s", {s: len(rs) for s, rs in by_split.items()})
 
-    out_dtype = tf.as_dtype(settings.dtype)
+    out_dtype = tf.as_dtype(dtype)
+    guard = PrecisionGuard(out.stem, dtype)
 
     @tf.function(reduce_retracing=True)
     def infer(batch):
-        return tf.cast(cut.model(cut.preprocess(batch), training=False), out_dtype)
+        full = cut.model(cut.preprocess(batch), training=False)
+        stored = tf.cast(full, out_dtype)
+        nonzero = tf.not_equal(full, 0)
+        lost = tf.logical_and(nonzero, tf.equal(stored, 0))
+        overflow = tf.logical_and(tf.math.is_finite(full), tf.logical_not(tf.math.is_finite(stored)))
+        return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
+                tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
 
     plan = {s: writer.pending_chunks(s) for s in SPLITS}
     todo = sum(writer.chunk_slice(s, c).stop - writer.chunk_slice(s, c).start for s in SPLITS for c in plan[s])
@@ -128,7 +164,7 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
             rows = [i for c in chunks for i in range(*writer.chunk_slice(split, c).indices(len(by_split[split])))]
             batches = image_batches([by_split[split][i].path for i in rows], size=size,
                                     batch_size=settings.batch_size)
-            for chunk, block in _chunks_of(_run(batches, infer), chunks, writer, split):
+            for chunk, block in _chunks_of(_run(batches, infer, guard), chunks, writer, split):
                 in_flight.append(pool.submit(writer.write_chunk, split, chunk, block))
                 bar.update(len(block))
                 while len(in_flight) > _WRITES_IN_FLIGHT:
@@ -141,9 +177,11 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     return writer.finalize()
 
 
-def _run(batches, infer):
+def _run(batches, infer, guard: PrecisionGuard):
     for batch in batches:
-        yield infer(batch).numpy()
+        stored, lost, nonzero, overflow, largest = infer(batch)
+        guard.check(int(lost), int(nonzero), int(overflow), float(largest))
+        yield stored.numpy()
 
 
 def _chunks_of(outputs, chunks: Sequence[int], writer: FeatureWriter, split: str):

@@ -89,4 +89,4 @@ def test_missing_params_file_is_named(tmp_path):
 
 def test_feature_set_fields():
     spec = parse_params({"features": {"a": {"backbone": "vgg16"}}}).features["a"]
-    assert spec == FeatureSetParams(backbone="vgg16", weights="imagenet", cut=None, size=None, alpha=None)
+    assert spec == FeatureSetParams(backbone="vgg16", weights="imagenet", cut=None, size=None, alpha=None, dtype=None)

@@ -100,3 +100,18 @@ def test_undecodable_image_stops_prepare(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     with pytest.raises(ValueError, match="bad.png"):
         prepare.main(PREPARE_ARGS)
+
+
+def test_float16_underflow_is_refused_and_float32_works(in_tmp):
+    # A random-init MobileNet α0.25 computes activations near 1e-16: float16 would store zeros.
+    write_image_folder(in_tmp / "images", classes=3, per_class=10)
+    features = {"tiny": {"backbone": "mobilenet", "alpha": 0.25, "weights": "none", "size": 32}}
+    write_params(in_tmp / "params.yaml", tiny_params("images", features=features))
+    prepare.main(PREPARE_ARGS)
+    with pytest.raises(ValueError, match="underflow float16.*dtype: float32"):
+        extract.main(["--feature-set", "tiny", "--out", "features/tiny.zarr", "--no-progress"])
+    features["tiny"]["dtype"] = "float32"
+    write_params(in_tmp / "params.yaml", tiny_params("images", features=features))
+    extract.main(["--feature-set", "tiny", "--out", "features/tiny.zarr", "--no-progress"])
+    train = open_feature_set("features/tiny.zarr", "train", pooling="avg")
+    assert train.provenance["dtype"] == "float32" and np.abs(train.X).max() > 0
