@@ -5,10 +5,13 @@ Reads  the manifest (``--manifest``) and ``params.yaml`` sections
 Writes the feature store ``--out`` (``features/<key>.zarr``): the unpooled map
        of the cut layer for every image, one group per split, with provenance.
 
-Images stream through a tf.data pipeline into a compiled inference step; each
-chunk of rows is handed to a writer thread so that Zarr writes overlap
-inference. A killed run resumes from its last completed chunk (see
-:mod:`pipeline.store`).
+Images stream through a tf.data pipeline (parallel decode and resize,
+prefetch) into a compiled inference step; each finished chunk of rows goes to a
+writer thread, so Zarr writes overlap inference and memory stays flat however
+many images there are. A killed run resumes from its last completed chunk (see
+:mod:`pipeline.store`). On a GPU, XLA and mixed precision are on by default
+(``extract.jit_compile`` / ``extract.mixed_precision``); on a CPU both are off,
+since XLA slows depthwise convolutions there and float16 compute is emulated.
 
 Usage: ``python -m pipeline.extract --feature-set KEY --out features/KEY.zarr``
 """
@@ -21,15 +24,16 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.stage import run_stage
 from pipeline.config import SPLITS, ExtractParams, FeatureSetParams, feature_set, load_params
 from pipeline.data import Record, class_names, read_manifest
+from pipeline.stage import run_stage
 from pipeline.store import FeatureWriter, SplitRows, rows_per_chunk
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,42 @@ _WRITES_IN_FLIGHT = 2
 # Share of non-zero float32 values allowed to round to zero when stored as float16;
 # past it the stored features no longer say what the network computed.
 _MAX_UNDERFLOW = 0.01
+_BATCH_CPU, _BATCH_GPU = 32, 128
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How inference runs on this machine, resolved from ``extract`` params."""
+
+    device: str            # "GPU" or "CPU"
+    batch_size: int
+    jit_compile: bool
+    mixed_precision: bool
+
+
+def resolve_runtime(settings: ExtractParams) -> Runtime:
+    """Resolve the ``auto`` settings for the devices TensorFlow sees."""
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    pick = lambda value, on_gpu: on_gpu if value == "auto" else value  # noqa: E731
+    return Runtime(device="GPU" if gpu else "CPU",
+                   batch_size=pick(settings.batch_size, _BATCH_GPU if gpu else _BATCH_CPU),
+                   jit_compile=pick(settings.jit_compile, gpu),
+                   mixed_precision=pick(settings.mixed_precision, gpu))
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one extraction did, for logs and benchmarks."""
+
+    path: Path
+    rows: int                  # rows in the store
+    computed: int              # rows computed by this run (fewer when resumed)
+    build_seconds: float       # building the truncated model
+    extract_seconds: float     # decode → inference → write, overlapped
+    finalize_seconds: float    # reading every chunk back, marking complete
+    runtime: Runtime
 
 
 class PrecisionGuard:
@@ -79,19 +119,46 @@ def library_versions() -> dict[str, str]:
 
 
 def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (the manifest's, for provenance)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool):
+    """The compiled step: raw 0–255 batch → stored features, plus precision-loss counts.
+
+    Returns
+    -------
+    callable
+        ``infer(batch) -> (features, lost, nonzero, overflow, largest)`` where
+        ``features`` has the store's dtype and the counts feed :class:`PrecisionGuard`.
+    """
+    import tensorflow as tf
+
+    out_dtype = tf.as_dtype(dtype)
+
+    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
+    def infer(batch):
+        full = tf.cast(model(preprocess(batch), training=False), tf.float32)
+        stored = tf.cast(full, out_dtype)
+        nonzero = tf.not_equal(full, 0)
+        lost = tf.logical_and(nonzero, tf.equal(stored, 0))
+        overflow = tf.logical_and(tf.math.is_finite(full), tf.logical_not(tf.math.is_finite(stored)))
+        return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
+                tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
+
+    return infer
+
+
 def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records: Sequence[Record], *,
-                        out: Path, manifest_sha256: str, progress: bool = True) -> Path:
-    """Compute and store one feature set.
+                        out: Path, manifest_sha256: str, progress: bool = True) -> ExtractResult:
+    """Compute and store one feature set, resuming a partial store of the same provenance.
 
     Parameters
     ----------
     spec : FeatureSetParams
-        Backbone, weights, cut, size.
+        Backbone, weights, cut, size (and an optional dtype override).
     settings : ExtractParams
-        Batch size, dtype, chunk size, seed.
+        Batch size, dtype, chunk size, seed, XLA and mixed precision.
     records : sequence of Record
         The manifest rows; their order within a split is the store's row order.
     out : Path
@@ -101,25 +168,25 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
 
     Returns
     -------
-    Path
-        ``out``, complete.
+    ExtractResult
     """
-    import tensorflow as tf
     from tqdm.auto import tqdm
 
     from pipeline.backbones import build_cut_model
-    from pipeline.inputs import image_batches
 
-    cut = build_cut_model(spec, seed=settings.seed)
+    started = time.perf_counter()
+    runtime = resolve_runtime(settings)
+    cut = build_cut_model(spec, seed=settings.seed, mixed_precision=runtime.mixed_precision)
     feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
-    size = cut.provenance["input_size"]
     dtype = spec.dtype or settings.dtype
-    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize,
-                                chunk_mb=settings.chunk_mb, batch_size=settings.batch_size)
+    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
+                                batch_size=runtime.batch_size)
     by_split = {s: [r for r in records if r.split == s] for s in SPLITS}
     provenance = {
         **cut.provenance,
         "dtype": dtype,
+        "compute": "mixed_float16" if runtime.mixed_precision else "float32",
+        "jit_compile": runtime.jit_compile,
         "resize": "bilinear (tf.image.resize)",
         "decoder": "PIL via pipeline.images.decode_image",
         "chunk_rows": chunk_rows,
@@ -131,66 +198,71 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
         {s: SplitRows(np.array([r.label for r in rs], np.int32), np.array([r.id for r in rs], dtype=str))
          for s, rs in by_split.items()},
         class_names(records), feature_shape, dtype, chunk_rows)
-    log.info("extract %s: %s cut at %r (layer %d of %d), input %dx%d → features %s, %d rows per chunk",
-             out.name, spec.backbone, cut.cut, cut.cut_index, cut.n_layers, size, size, feature_shape, chunk_rows)
+    infer = compile_inference(cut.model, cut.preprocess, dtype=dtype, jit_compile=runtime.jit_compile)
+    built = time.perf_counter()
+    log.info("extract %s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per "
+             "chunk", out.stem, spec.backbone, spec.weights, cut.cut, cut.cut_index, cut.n_layers,
+             cut.provenance["input_size"], cut.provenance["input_size"], feature_shape, dtype, runtime.device,
+             runtime.batch_size, chunk_rows)
     log.info("rows per split: %s", {s: len(rs) for s, rs in by_split.items()})
 
-    out_dtype = tf.as_dtype(dtype)
-    guard = PrecisionGuard(out.stem, dtype)
-
-    @tf.function(reduce_retracing=True)
-    def infer(batch):
-        full = cut.model(cut.preprocess(batch), training=False)
-        stored = tf.cast(full, out_dtype)
-        nonzero = tf.not_equal(full, 0)
-        lost = tf.logical_and(nonzero, tf.equal(stored, 0))
-        overflow = tf.logical_and(tf.math.is_finite(full), tf.logical_not(tf.math.is_finite(stored)))
-        return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
-                tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
-
     plan = {s: writer.pending_chunks(s) for s in SPLITS}
-    todo = sum(writer.chunk_slice(s, c).stop - writer.chunk_slice(s, c).start for s in SPLITS for c in plan[s])
-    done_before = sum(len(rs) for rs in by_split.values()) - todo
-    if done_before:
-        log.info("resuming: %d rows already stored, %d to go", done_before, todo)
-    started = time.perf_counter()
+    todo = sum(_rows(writer, s, c) for s in SPLITS for c in plan[s])
+    total = sum(len(rs) for rs in by_split.values())
+    if total - todo:
+        log.info("resuming: %d rows already stored, %d to go", total - todo, todo)
+    guard = PrecisionGuard(out.stem, dtype)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
             tqdm(total=todo, desc=f"extract {out.stem}", unit="img", disable=not progress) as bar:
         in_flight: deque[Future] = deque()
         for split in SPLITS:
-            chunks = plan[split]
-            if not chunks:
+            if not plan[split]:
                 continue
-            rows = [i for c in chunks for i in range(*writer.chunk_slice(split, c).indices(len(by_split[split])))]
-            batches = image_batches([by_split[split][i].path for i in rows], size=size,
-                                    batch_size=settings.batch_size)
-            for chunk, block in _chunks_of(_run(batches, infer, guard), chunks, writer, split):
+            outputs = _infer_all(_pending_paths(writer, split, plan[split], by_split[split]),
+                                 infer, guard, size=cut.provenance["input_size"], batch_size=runtime.batch_size)
+            for chunk, block in _regroup(outputs, [(c, _rows(writer, split, c)) for c in plan[split]]):
                 in_flight.append(pool.submit(writer.write_chunk, split, chunk, block))
                 bar.update(len(block))
                 while len(in_flight) > _WRITES_IN_FLIGHT:
                     in_flight.popleft().result()
         while in_flight:
             in_flight.popleft().result()
-    elapsed = time.perf_counter() - started
+    extracted = time.perf_counter()
     if todo:
-        log.info("extracted %d images in %.1f s (%.1f images/s)", todo, elapsed, todo / elapsed)
-    return writer.finalize()
+        log.info("extracted %d images in %.1f s (%.1f images/s)", todo, extracted - built,
+                 todo / (extracted - built))
+    path = writer.finalize()
+    return ExtractResult(path=path, rows=total, computed=todo, build_seconds=built - started,
+                         extract_seconds=extracted - built, finalize_seconds=time.perf_counter() - extracted,
+                         runtime=runtime)
 
 
-def _run(batches, infer, guard: PrecisionGuard):
-    for batch in batches:
+def _rows(writer: FeatureWriter, split: str, chunk: int) -> int:
+    rows = writer.chunk_slice(split, chunk)
+    return rows.stop - rows.start
+
+
+def _pending_paths(writer: FeatureWriter, split: str, chunks: Sequence[int],
+                   records: Sequence[Record]) -> list[str]:
+    return [records[i].path for c in chunks for i in range(*writer.chunk_slice(split, c).indices(len(records)))]
+
+
+def _infer_all(paths: Sequence[str], infer, guard: PrecisionGuard, *, size: int,
+               batch_size: int) -> Iterator[np.ndarray]:
+    from pipeline.inputs import image_batches
+
+    for batch in image_batches(paths, size=size, batch_size=batch_size):
         stored, lost, nonzero, overflow, largest = infer(batch)
         guard.check(int(lost), int(nonzero), int(overflow), float(largest))
         yield stored.numpy()
 
 
-def _chunks_of(outputs, chunks: Sequence[int], writer: FeatureWriter, split: str):
-    """Regroup a stream of output batches into the pending chunks, in order."""
+def _regroup(outputs: Iterable[np.ndarray], chunks: Sequence[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """Cut a stream of output batches into the pending chunks ``(index, rows)``, in order."""
+    pending = iter(chunks)
+    chunk, need = next(pending)
     buffer: list[np.ndarray] = []
     held = 0
-    pending = iter(chunks)
-    chunk = next(pending)
-    need = writer.chunk_slice(split, chunk).stop - writer.chunk_slice(split, chunk).start
     for out in outputs:
         buffer.append(out)
         held += len(out)
@@ -199,10 +271,10 @@ def _chunks_of(outputs, chunks: Sequence[int], writer: FeatureWriter, split: str
             yield chunk, block[:need]
             rest = block[need:]
             buffer, held = ([rest], len(rest)) if len(rest) else ([], 0)
-            chunk = next(pending, None)
-            if chunk is None:
+            following = next(pending, None)
+            if following is None:
                 return
-            need = writer.chunk_slice(split, chunk).stop - writer.chunk_slice(split, chunk).start
+            chunk, need = following
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -138,7 +138,7 @@ class CutModel:
     provenance: dict
 
 
-def build_cut_model(spec: Any, *, seed: int) -> CutModel:
+def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> CutModel:
     """Build the backbone of a feature set and truncate it at its cut, once.
 
     Parameters
@@ -147,6 +147,9 @@ def build_cut_model(spec: Any, *, seed: int) -> CutModel:
     seed : int
         Seeds the initialisation of ``weights: none`` so random features are
         reproducible.
+    mixed_precision : bool
+        Build under Keras' ``mixed_float16`` policy (float16 compute, float32
+        variables), for GPUs; the global policy is restored afterwards.
 
     Returns
     -------
@@ -162,7 +165,13 @@ def build_cut_model(spec: Any, *, seed: int) -> CutModel:
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (size, size, 3)}
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
-    base = _import(fam.factory)(**kwargs)
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        base = _import(fam.factory)(**kwargs)
+    finally:
+        keras.config.set_dtype_policy(previous)
     layer_names = [layer.name for layer in base.layers]
     cut = spec.cut if spec.cut is not None else layer_names[-1]
     if cut not in layer_names:

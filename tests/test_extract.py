@@ -1,0 +1,54 @@
+"""The extract stage's runtime choices: batch size, XLA and mixed precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tiny_params, write_image_folder, write_params
+from pipeline import extract, prepare
+from pipeline.config import parse_params
+from pipeline.extract import _regroup, resolve_runtime
+from pipeline.store import open_feature_set
+
+
+def test_auto_runtime_on_this_cpu():
+    runtime = resolve_runtime(parse_params({}).extract)
+    assert runtime.device == "CPU"  # the test machines have no GPU
+    assert (runtime.batch_size, runtime.jit_compile, runtime.mixed_precision) == (32, False, False)
+    forced = resolve_runtime(parse_params({"extract": {"batch_size": 7, "jit_compile": True,
+                                                       "mixed_precision": True}}).extract)
+    assert (forced.batch_size, forced.jit_compile, forced.mixed_precision) == (7, True, True)
+
+
+def test_bad_runtime_params_are_named():
+    from pipeline.config import ParamsError
+
+    with pytest.raises(ParamsError, match="extract.jit_compile"):
+        parse_params({"extract": {"jit_compile": "yes"}})
+    with pytest.raises(ParamsError, match="extract.batch_size"):
+        parse_params({"extract": {"batch_size": 0}})
+
+
+def test_regroup_cuts_batches_into_chunks():
+    batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]  # 4 batches of 3 rows
+    chunks = list(_regroup(iter(batches), [(0, 5), (1, 5), (2, 2)]))
+    assert [c for c, _ in chunks] == [0, 1, 2]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), np.arange(12))
+
+
+@pytest.mark.parametrize("option", ["mixed_precision", "jit_compile"])
+def test_xla_and_mixed_precision_change_results_by_float16_rounding_only(in_tmp, option):
+    write_image_folder(in_tmp / "images", classes=2, per_class=6)
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/plain.zarr", "--no-progress"])
+    write_params(in_tmp / "params.yaml", tiny_params("images", extract={"batch_size": 4, "chunk_mb": 0.004,
+                                                                       option: True}))
+    extract.main(["--feature-set", "mv2", "--out", "features/other.zarr", "--no-progress"])
+    plain = open_feature_set("features/plain.zarr", "train", pooling="none")
+    other = open_feature_set("features/other.zarr", "train", pooling="none")
+    key = {"mixed_precision": "compute", "jit_compile": "jit_compile"}[option]
+    assert plain.provenance[key] != other.provenance[key]  # a different cache key
+    a, b = np.asarray(plain.X, np.float32), np.asarray(other.X, np.float32)
+    np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-2 * np.abs(a).max())
