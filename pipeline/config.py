@@ -62,6 +62,18 @@ class SplitRatios:
 
 
 @dataclass(frozen=True)
+class NearDuplicateParams:
+    """Opt-in search for near-duplicate images across splits (reported, not removed)."""
+
+    method: Literal["phash"] = "phash"
+    max_distance: int = 6   # bits in which two 64-bit perceptual hashes may differ
+
+    def __post_init__(self):
+        _require(0 <= self.max_distance <= 32, "data.near_duplicates.max_distance", self.max_distance,
+                 "an integer from 0 to 32 (differing bits out of 64; past 32 any two images match)")
+
+
+@dataclass(frozen=True)
 class DataParams:
     """Where the images come from and how they are split (stage: prepare)."""
 
@@ -70,10 +82,13 @@ class DataParams:
     seed: int = 0
     bad_images: Literal["error", "skip"] = "error"
     duplicates: Literal["remove", "keep"] = "remove"
+    near_duplicates: Optional[NearDuplicateParams] = None
+    small_image_side: int = 32
 
     def __post_init__(self):
         if not self.source.strip():
             raise ParamsError("data.source must name a folder. Received: an empty string")
+        _require(self.small_image_side >= 1, "data.small_image_side", self.small_image_side, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -111,13 +126,16 @@ class FeatureSetParams:
 class ExtractParams:
     """How features are computed and stored (stage: extract)."""
 
-    batch_size: int = 32
+    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 32 on a CPU, 128 on a GPU
     dtype: Literal["float16", "float32"] = "float16"
     chunk_mb: float = 1.0
     seed: int = 0
+    jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
+    mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only
 
     def __post_init__(self):
-        _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "an integer >= 1")
+        if self.batch_size != "auto":
+            _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "'auto' or an integer >= 1")
         _require(self.chunk_mb > 0, "extract.chunk_mb", self.chunk_mb, "a number > 0")
 
 
