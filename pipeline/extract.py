@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -27,10 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from pipeline.augmentation import batch_seed
 from pipeline.config import SPLITS, ExtractParams, FeatureSetParams, feature_set, load_params
 from pipeline.data import Record, class_names, read_manifest
 from pipeline.stage import run_stage
@@ -123,21 +125,33 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool):
+def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool, augment_layers=None):
     """The compiled step: raw 0–255 batch → stored features, plus precision-loss counts.
+
+    Parameters
+    ----------
+    model, preprocess
+        The truncated backbone and its input preprocessing.
+    dtype : str
+        The store's dtype.
+    jit_compile : bool
+    augment_layers : list of keras layers, optional
+        Applied to the batch first (see :mod:`pipeline.augmentation`); the step
+        then takes the batch's seed as a second argument.
 
     Returns
     -------
     callable
-        ``infer(batch) -> (features, lost, nonzero, overflow, largest)`` where
-        ``features`` has the store's dtype and the counts feed :class:`PrecisionGuard`.
+        ``infer(batch[, seed]) -> (features, lost, nonzero, overflow, largest)``
+        where ``features`` has the store's dtype and the counts feed :class:`PrecisionGuard`.
     """
     import tensorflow as tf
 
+    from pipeline.augmentation import augment
+
     out_dtype = tf.as_dtype(dtype)
 
-    @tf.function(reduce_retracing=True, jit_compile=jit_compile)
-    def infer(batch):
+    def step(batch):
         full = tf.cast(model(preprocess(batch), training=False), tf.float32)
         stored = tf.cast(full, out_dtype)
         nonzero = tf.not_equal(full, 0)
@@ -146,7 +160,126 @@ def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool):
         return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
                 tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
 
-    return infer
+    if augment_layers is None:
+        return tf.function(step, reduce_retracing=True, jit_compile=jit_compile)
+    return tf.function(lambda batch, seed: step(augment(augment_layers, batch, seed)), reduce_retracing=True)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """A backbone cut ready to run: everything decided before the first image is read."""
+
+    runtime: Runtime
+    cut: Any                   # pipeline.backbones.CutModel
+    dtype: str
+    feature_shape: tuple[int, ...]
+    chunk_rows: int
+    provenance: dict
+
+
+def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *, manifest_sha256: str) -> Extraction:
+    """Build the truncated model once and describe what it will produce (provenance, chunking)."""
+    from pipeline.backbones import build_cut_model
+
+    runtime = resolve_runtime(settings)
+    cut = build_cut_model(spec, seed=settings.seed, mixed_precision=runtime.mixed_precision)
+    feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
+    dtype = spec.dtype or settings.dtype
+    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
+                                batch_size=runtime.batch_size)
+    provenance = {
+        **cut.provenance,
+        "dtype": dtype,
+        "compute": "mixed_float16" if runtime.mixed_precision else "float32",
+        "jit_compile": runtime.jit_compile,
+        "resize": "bilinear (tf.image.resize)",
+        "decoder": "PIL via pipeline.images.decode_image",
+        "chunk_rows": chunk_rows,
+        "manifest_sha256": manifest_sha256,
+        "versions": library_versions(),
+    }
+    return Extraction(runtime=runtime, cut=cut, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
+                      provenance=provenance)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One chunk to compute: rows ``rows`` of ``split`` (and, for augmented passes, one view)."""
+
+    split: str
+    chunk: int
+    rows: range
+    view: Optional[int] = None
+
+
+def run_jobs(extraction: Extraction, jobs: Sequence[Job], records: Mapping[str, Sequence[Record]],
+             write: Callable[[Job, np.ndarray], None], *, name: str, progress: bool = True,
+             augment: Optional[tuple[list, int]] = None) -> int:
+    """Stream the images of ``jobs`` through the model and hand each finished chunk to ``write``.
+
+    Writes run on a writer thread while inference goes on; at most
+    ``_WRITES_IN_FLIGHT`` chunks wait, so memory stays flat.
+
+    Parameters
+    ----------
+    extraction : Extraction
+    jobs : sequence of Job
+        In order; consecutive jobs of the same split and view are streamed together.
+    records : mapping of split to its manifest rows
+    write : callable
+        ``write(job, block)`` stores one chunk.
+    name : str
+        For messages and the progress bar.
+    augment : (layers, seed), optional
+        Augment every batch first, seeded by (seed, view, split, first row).
+
+    Returns
+    -------
+    int
+        Rows computed.
+    """
+    from tqdm.auto import tqdm
+
+    cut = extraction.cut
+    infer = compile_inference(cut.model, cut.preprocess, dtype=extraction.dtype,
+                              jit_compile=extraction.runtime.jit_compile,
+                              augment_layers=augment[0] if augment else None)
+    guard = PrecisionGuard(name, extraction.dtype)
+    todo = sum(len(job.rows) for job in jobs)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
+            tqdm(total=todo, desc=name, unit="img", disable=not progress) as bar:
+        in_flight: deque[Future] = deque()
+        for (split, view), group in itertools.groupby(jobs, key=lambda job: (job.split, job.view)):
+            group = list(group)
+            rows = [i for job in group for i in job.rows]
+            seeds = None
+            if augment:
+                seeds = [batch_seed(augment[1], view, split, rows[k])
+                         for k in range(0, len(rows), extraction.runtime.batch_size)]
+            batches = _infer_batches(infer, guard, [records[split][i].path for i in rows], seeds,
+                                     size=cut.provenance["input_size"], batch_size=extraction.runtime.batch_size)
+            for job, block in _regroup(batches, group):
+                in_flight.append(pool.submit(write, job, block))
+                bar.update(len(block))
+                while len(in_flight) > _WRITES_IN_FLIGHT:
+                    in_flight.popleft().result()
+        while in_flight:
+            in_flight.popleft().result()
+    return todo
+
+
+def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], seeds: Optional[Sequence[int]], *,
+                   size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Decode, (augment,) infer and check each batch of ``paths``; yield stored features."""
+    import tensorflow as tf
+
+    from pipeline.inputs import image_batches
+
+    for k, batch in enumerate(image_batches(paths, size=size, batch_size=batch_size)):
+        result = infer(batch) if seeds is None else infer(batch, tf.constant(seeds[k], tf.int64))
+        stored, lost, nonzero, overflow, largest = result
+        guard.check(int(lost), int(nonzero), int(overflow), float(largest))
+        yield stored.numpy()
 
 
 def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records: Sequence[Record], *,
@@ -170,63 +303,21 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     -------
     ExtractResult
     """
-    from tqdm.auto import tqdm
-
-    from pipeline.backbones import build_cut_model
-
     started = time.perf_counter()
-    runtime = resolve_runtime(settings)
-    cut = build_cut_model(spec, seed=settings.seed, mixed_precision=runtime.mixed_precision)
-    feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
-    dtype = spec.dtype or settings.dtype
-    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
-                                batch_size=runtime.batch_size)
-    by_split = {s: [r for r in records if r.split == s] for s in SPLITS}
-    provenance = {
-        **cut.provenance,
-        "dtype": dtype,
-        "compute": "mixed_float16" if runtime.mixed_precision else "float32",
-        "jit_compile": runtime.jit_compile,
-        "resize": "bilinear (tf.image.resize)",
-        "decoder": "PIL via pipeline.images.decode_image",
-        "chunk_rows": chunk_rows,
-        "manifest_sha256": manifest_sha256,
-        "versions": library_versions(),
-    }
-    writer = FeatureWriter(
-        out, provenance,
-        {s: SplitRows(np.array([r.label for r in rs], np.int32), np.array([r.id for r in rs], dtype=str))
-         for s, rs in by_split.items()},
-        class_names(records), feature_shape, dtype, chunk_rows)
-    infer = compile_inference(cut.model, cut.preprocess, dtype=dtype, jit_compile=runtime.jit_compile)
+    extraction = plan_extraction(spec, settings, manifest_sha256=manifest_sha256)
+    by_split = split_records(records)
+    writer = FeatureWriter(out, extraction.provenance, split_rows(by_split), class_names(records),
+                           extraction.feature_shape, extraction.dtype, extraction.chunk_rows)
     built = time.perf_counter()
-    log.info("extract %s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per "
-             "chunk", out.stem, spec.backbone, spec.weights, cut.cut, cut.cut_index, cut.n_layers,
-             cut.provenance["input_size"], cut.provenance["input_size"], feature_shape, dtype, runtime.device,
-             runtime.batch_size, chunk_rows)
-    log.info("rows per split: %s", {s: len(rs) for s, rs in by_split.items()})
-
-    plan = {s: writer.pending_chunks(s) for s in SPLITS}
-    todo = sum(_rows(writer, s, c) for s in SPLITS for c in plan[s])
+    describe(extraction, out.stem, spec, by_split)
+    jobs = [Job(split, chunk, range(*writer.chunk_slice(split, chunk).indices(len(by_split[split]))))
+            for split in SPLITS for chunk in writer.pending_chunks(split)]
     total = sum(len(rs) for rs in by_split.values())
+    todo = sum(len(job.rows) for job in jobs)
     if total - todo:
         log.info("resuming: %d rows already stored, %d to go", total - todo, todo)
-    guard = PrecisionGuard(out.stem, dtype)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
-            tqdm(total=todo, desc=f"extract {out.stem}", unit="img", disable=not progress) as bar:
-        in_flight: deque[Future] = deque()
-        for split in SPLITS:
-            if not plan[split]:
-                continue
-            outputs = _infer_all(_pending_paths(writer, split, plan[split], by_split[split]),
-                                 infer, guard, size=cut.provenance["input_size"], batch_size=runtime.batch_size)
-            for chunk, block in _regroup(outputs, [(c, _rows(writer, split, c)) for c in plan[split]]):
-                in_flight.append(pool.submit(writer.write_chunk, split, chunk, block))
-                bar.update(len(block))
-                while len(in_flight) > _WRITES_IN_FLIGHT:
-                    in_flight.popleft().result()
-        while in_flight:
-            in_flight.popleft().result()
+    run_jobs(extraction, jobs, by_split, lambda job, block: writer.write_chunk(job.split, job.chunk, block),
+             name=f"extract {out.stem}", progress=progress)
     extracted = time.perf_counter()
     if todo:
         log.info("extracted %d images in %.1f s (%.1f images/s)", todo, extracted - built,
@@ -234,47 +325,48 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     path = writer.finalize()
     return ExtractResult(path=path, rows=total, computed=todo, build_seconds=built - started,
                          extract_seconds=extracted - built, finalize_seconds=time.perf_counter() - extracted,
-                         runtime=runtime)
+                         runtime=extraction.runtime)
 
 
-def _rows(writer: FeatureWriter, split: str, chunk: int) -> int:
-    rows = writer.chunk_slice(split, chunk)
-    return rows.stop - rows.start
+def split_records(records: Sequence[Record]) -> dict[str, list[Record]]:
+    """Manifest rows per split, in manifest order (the store's row order)."""
+    return {s: [r for r in records if r.split == s] for s in SPLITS}
 
 
-def _pending_paths(writer: FeatureWriter, split: str, chunks: Sequence[int],
-                   records: Sequence[Record]) -> list[str]:
-    return [records[i].path for c in chunks for i in range(*writer.chunk_slice(split, c).indices(len(records)))]
+def split_rows(by_split: Mapping[str, Sequence[Record]]) -> dict[str, SplitRows]:
+    """Labels and ids per split, as the store records them."""
+    return {s: SplitRows(np.array([r.label for r in rs], np.int32), np.array([r.id for r in rs], dtype=str))
+            for s, rs in by_split.items()}
 
 
-def _infer_all(paths: Sequence[str], infer, guard: PrecisionGuard, *, size: int,
-               batch_size: int) -> Iterator[np.ndarray]:
-    from pipeline.inputs import image_batches
+def describe(extraction: Extraction, name: str, spec: FeatureSetParams,
+             by_split: Mapping[str, Sequence[Record]]) -> None:
+    """Log the input and output shapes of a backbone pass, once."""
+    cut, size = extraction.cut, extraction.cut.provenance["input_size"]
+    log.info("%s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per chunk",
+             name, spec.backbone, spec.weights, cut.cut, cut.cut_index, cut.n_layers, size, size,
+             extraction.feature_shape, extraction.dtype, extraction.runtime.device,
+             extraction.runtime.batch_size, extraction.chunk_rows)
+    log.info("rows per split: %s", {s: len(rs) for s, rs in by_split.items()})
 
-    for batch in image_batches(paths, size=size, batch_size=batch_size):
-        stored, lost, nonzero, overflow, largest = infer(batch)
-        guard.check(int(lost), int(nonzero), int(overflow), float(largest))
-        yield stored.numpy()
 
-
-def _regroup(outputs: Iterable[np.ndarray], chunks: Sequence[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
-    """Cut a stream of output batches into the pending chunks ``(index, rows)``, in order."""
-    pending = iter(chunks)
-    chunk, need = next(pending)
+def _regroup(outputs: Iterable[np.ndarray], jobs: Sequence[Job]) -> Iterator[tuple[Job, np.ndarray]]:
+    """Cut a stream of output batches into the rows of ``jobs``, in order."""
+    pending = iter(jobs)
+    job = next(pending)
     buffer: list[np.ndarray] = []
     held = 0
     for out in outputs:
         buffer.append(out)
         held += len(out)
-        while held >= need:
+        while held >= len(job.rows):
             block = np.concatenate(buffer)
-            yield chunk, block[:need]
-            rest = block[need:]
+            yield job, block[:len(job.rows)]
+            rest = block[len(job.rows):]
             buffer, held = ([rest], len(rest)) if len(rest) else ([], 0)
-            following = next(pending, None)
-            if following is None:
+            job = next(pending, None)
+            if job is None:
                 return
-            chunk, need = following
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -35,7 +35,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -129,7 +129,7 @@ class FeatureWriter:
                 # hand-edited store: never resume into it.
                 raise StoreError(f"partial store {path} has other provenance; delete it to start over")
             log.info("resuming partial store %s", path)
-            _remove_stale_temp_files(path)
+            remove_stale_temp_files(path)
             return group
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.new")
@@ -147,12 +147,12 @@ class FeatureWriter:
             rows = splits.get(split, SplitRows(np.zeros(0, np.int32), np.zeros(0, str)))
             n = len(rows.y)
             sub = group.create_group(split)
-            _create(sub, "X", (n, *feature_shape), (self.chunk_rows, *feature_shape), dtype)
-            _create(sub, "y", (n,), (max(n, 1),), "int32")[...] = np.asarray(rows.y, np.int32)
+            create_array(sub, "X", (n, *feature_shape), (self.chunk_rows, *feature_shape), dtype)
+            create_array(sub, "y", (n,), (max(n, 1),), "int32")[...] = np.asarray(rows.y, np.int32)
             ids = sub.create_array("ids", shape=(n,), chunks=(max(n, 1),), dtype=str)
             if n:
                 ids[...] = np.asarray(rows.ids, dtype=str)
-            _create(sub, "done", (n_chunks(n, self.chunk_rows),), (1,), "uint8")
+            create_array(sub, "done", (n_chunks(n, self.chunk_rows),), (1,), "uint8")
         # Only a fully initialised group gets the name that resume looks for.
         os.replace(tmp, path)
         return zarr.open_group(path, mode="r+")
@@ -186,7 +186,7 @@ class FeatureWriter:
             pending = self.pending_chunks(split)
             if pending:
                 raise StoreError(f"cannot finalise {self.partial_path}: {split} chunks {pending[:10]} not written")
-            stats[split] = _verify_array(self.group[split]["X"], f"{self.partial_path}/{split}/X")
+            stats[split] = verify_array(self.group[split]["X"], f"{self.partial_path}/{split}/X")
         self.group.attrs.update({"complete": True, "stats": stats})
         final = self.final_path
         if final.exists():
@@ -206,7 +206,7 @@ def n_chunks(n_rows: int, chunk_rows: int) -> int:
     return math.ceil(n_rows / chunk_rows) if n_rows else 0
 
 
-def _create(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Array:
+def create_array(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Array:
     return group.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype,
         # Checksums make a corrupted chunk fail to decode instead of reading as data.
@@ -217,14 +217,14 @@ def _create(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Array:
     )
 
 
-def _remove_stale_temp_files(path: Path) -> None:
+def remove_stale_temp_files(path: Path) -> None:
     # zarr writes each chunk to "<key>.<uuid>.partial" and renames it; a killed
     # process can leave such files behind.
     for leftover in path.rglob("*.partial"):
         leftover.unlink()
 
 
-def _verify_array(X: zarr.Array, where: str) -> dict[str, float]:
+def verify_array(X: zarr.Array, where: str) -> dict[str, float]:
     """Read every chunk back; refuse undecodable chunks and non-finite values."""
     chunk_rows = X.chunks[0]
     total = 0.0
@@ -348,6 +348,11 @@ def open_feature_set(path: Path | str, split: str = "train", *, pooling: Pooling
                       classes=tuple(group.attrs["classes"]), provenance=dict(group.attrs["provenance"]))
 
 
+def pool_features(X: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool a block of maps ``(n, h, w, c)`` to vectors (see :func:`open_feature_set`)."""
+    return _pool(X, pooling, xp=np)
+
+
 def _read_pooled(X: zarr.Array, pooling: str) -> np.ndarray:
     # Chunk by chunk, so that only the pooled result is ever whole in memory.
     parts = [_pool(np.asarray(X[s:s + X.chunks[0]], dtype=np.float32), pooling, xp=np)
@@ -403,9 +408,3 @@ def list_feature_sets(features_dir: Path | str = "features") -> list[StoreInfo]:
             feature_shape=tuple(attrs.get("feature_shape", ())),
         ))
     return infos
-
-
-def iter_chunks(X: zarr.Array) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_row, block)`` for each chunk of rows of ``X``."""
-    for start in range(0, X.shape[0], X.chunks[0]):
-        yield start, X[start:start + X.chunks[0]]

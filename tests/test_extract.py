@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_params, write_image_folder, write_params
 from pipeline import extract, prepare
 from pipeline.config import parse_params
-from pipeline.extract import _regroup, resolve_runtime
+from pipeline.extract import Job, _regroup, resolve_runtime
 from pipeline.store import open_feature_set
 
 
@@ -32,8 +32,9 @@ def test_bad_runtime_params_are_named():
 
 def test_regroup_cuts_batches_into_chunks():
     batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]  # 4 batches of 3 rows
-    chunks = list(_regroup(iter(batches), [(0, 5), (1, 5), (2, 2)]))
-    assert [c for c, _ in chunks] == [0, 1, 2]
+    jobs = [Job("train", 0, range(0, 5)), Job("train", 1, range(5, 10)), Job("train", 2, range(10, 12))]
+    chunks = list(_regroup(iter(batches), jobs))
+    assert [job.chunk for job, _ in chunks] == [0, 1, 2]
     np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), np.arange(12))
 
 

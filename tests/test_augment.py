@@ -1,0 +1,99 @@
+"""Augmented views in the cache: seeded, growable, resumable, and never on val/test unless TTA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import tiny_params, write_image_folder, write_params
+from pipeline import augment, extract, prepare
+from pipeline.config import load_params
+from pipeline.data import read_manifest
+from pipeline.store import StoreError, open_feature_set
+from pipeline.views import open_views
+
+AUG = {"views": 2, "seed": 7, "ops": {"flip": "horizontal", "rotation": 0.1, "zoom": 0.2, "contrast": 0.3}}
+
+
+@pytest.fixture
+def prepared(in_tmp):
+    write_image_folder(in_tmp / "images", classes=2, per_class=8)
+    write_params(in_tmp / "params.yaml", tiny_params("images", extract={"batch_size": 4, "chunk_mb": 0.004,
+                                                                       "augment": AUG}))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    return in_tmp
+
+
+def _run(out: str, **augment_overrides):
+    params = load_params()
+    settings = params.extract
+    if augment_overrides:
+        from dataclasses import replace
+
+        settings = replace(settings, augment=replace(settings.augment, **augment_overrides))
+    return augment.augment_feature_set(params.features["mv2"], settings, read_manifest("data/manifest.csv"),
+                                       out=__import__("pathlib").Path(out), manifest_sha256="m", progress=False)
+
+
+def test_views_are_deterministic_by_seed_and_really_augmented(prepared):
+    _run("a.zarr")
+    _run("b.zarr")
+    _run("c.zarr", seed=8)
+    a, b, c = (np.asarray(zarr.open_group(p, mode="r")["train"]["X"][...], np.float32)
+               for p in ("a.zarr", "b.zarr", "c.zarr"))
+    assert a.shape[1] == 2
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a[:, 0], a[:, 1])  # two views of an image differ
+
+
+def test_growing_views_computes_only_the_new_ones(prepared):
+    n_train = len([r for r in read_manifest("data/manifest.csv") if r.split == "train"])
+    assert _run("v.zarr", views=1) == n_train
+    view0 = sorted((p, p.stat().st_mtime_ns) for p in (prepared / "v.zarr/train/X/c").rglob("*") if p.is_file())
+    assert _run("v.zarr", views=3) == 2 * n_train  # views 1 and 2 only
+    after = {p: p.stat().st_mtime_ns for p in (prepared / "v.zarr/train/X/c").rglob("*") if p.is_file()}
+    assert all(after[p] == mtime for p, mtime in view0)  # view 0's chunks untouched
+    assert _run("v.zarr", views=3) == 0  # nothing left to do
+    _run("fresh.zarr", views=3)
+    np.testing.assert_array_equal(zarr.open_group("v.zarr", mode="r")["train"]["X"][...],
+                                  zarr.open_group("fresh.zarr", mode="r")["train"]["X"][...])
+
+
+def test_other_ops_rebuild_the_store(prepared):
+    _run("v.zarr", views=1)
+    before = np.asarray(zarr.open_group("v.zarr", mode="r")["train"]["X"][...])
+    n_train = before.shape[0]
+    assert _run("v.zarr", views=1, ops={"flip": "vertical"}) == n_train
+    assert not np.array_equal(before, zarr.open_group("v.zarr", mode="r")["train"]["X"][...])
+
+
+def test_no_views_of_val_or_test_unless_tta(prepared):
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    clean_before = open_feature_set("features/mv2.zarr", "test", pooling="none").X
+    _run("v.zarr")
+    with pytest.raises(ValueError, match="tta: true"):
+        open_views("v.zarr", "test")
+    assert zarr.open_group("v.zarr", mode="r").attrs["splits"] == ["train"]
+    np.testing.assert_array_equal(open_feature_set("features/mv2.zarr", "test", pooling="none").X, clean_before)
+    _run("tta.zarr", tta=True)
+    test_views = open_views("tta.zarr", "test", pooling="avg")
+    assert test_views.X.shape[:2] == (len(clean_before), 2)
+
+
+def test_pooled_views_and_incomplete_refusal(prepared):
+    _run("v.zarr")
+    train = open_views("v.zarr", "train", pooling="avg")
+    clean_shape = open_views("v.zarr", "train", pooling="none").X.shape
+    assert train.X.shape == (clean_shape[0], 2, clean_shape[-1])
+    zarr.open_group("v.zarr", mode="r+").attrs["complete"] = False
+    with pytest.raises(StoreError, match="incomplete"):
+        open_views("v.zarr", "train")
+
+
+def test_augment_stage_main_with_no_views_runs_no_backbone(prepared):
+    write_params(prepared / "params.yaml", tiny_params("images", extract={"augment": {"views": 0}}))
+    augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
+    group = zarr.open_group("features/views/mv2.zarr", mode="r")
+    assert group.attrs["complete"] is True and group.attrs["views"] == 0
