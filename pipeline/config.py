@@ -122,6 +122,30 @@ class FeatureSetParams:
     dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
 
 
+def _default_augment_ops() -> dict[str, Union[float, str]]:
+    return {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1, "translation": 0.1, "contrast": 0.2}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Augmented views of the training split, cached beside the clean features (stage: augment)."""
+
+    views: int = 0                 # K seeded augmented passes; 0: none
+    seed: int = 0
+    ops: dict[str, Union[float, str]] = field(default_factory=_default_augment_ops)
+    tta: bool = False              # also compute views of val and test, for test-time augmentation
+
+    def __post_init__(self):
+        from pipeline.augmentation import validate_ops
+
+        _require(self.views >= 0, "extract.augment.views", self.views, "an integer >= 0")
+        _require(len(self.ops) > 0, "extract.augment.ops", self.ops, "at least one op")
+        try:
+            validate_ops(self.ops)
+        except ValueError as error:
+            raise ParamsError(str(error)) from None
+
+
 @dataclass(frozen=True)
 class ExtractParams:
     """How features are computed and stored (stage: extract)."""
@@ -132,6 +156,7 @@ class ExtractParams:
     seed: int = 0
     jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
     mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only
+    augment: AugmentParams = field(default_factory=AugmentParams)
 
     def __post_init__(self):
         if self.batch_size != "auto":
