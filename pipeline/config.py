@@ -239,6 +239,27 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class FinetuneParams:
+    """Warm-started fine-tuning of the best dense head with the top of its backbone (stage: finetune)."""
+
+    feature_set: Optional[str] = None   # null: the stage is off
+    unfreeze: int = 20                  # top layers of the truncated backbone trained (BatchNorm stays frozen)
+    learning_rate: float = 1e-5
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 32
+    augment: bool = True                # train on views made with extract.augment.ops
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.unfreeze >= 0, "finetune.unfreeze", self.unfreeze, "an integer >= 0")
+        _require(self.learning_rate > 0, "finetune.learning_rate", self.learning_rate, "a number > 0")
+        _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")
+        _require(self.patience >= 0, "finetune.patience", self.patience, "an integer >= 0")
+        _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
@@ -246,8 +267,13 @@ class Params:
     features: dict[str, FeatureSetParams] = field(default_factory=dict)
     heads: HeadsParams = field(default_factory=HeadsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
 
     def __post_init__(self):
+        chosen = self.finetune.feature_set
+        if chosen is not None and chosen not in self.features:
+            raise ParamsError(f"finetune.feature_set names no feature set. Received: {chosen!r}. "
+                              + _suggest(chosen, self.features))
         for key in self.features:
             if not _FEATURE_SET_KEY.match(key):
                 raise ParamsError(

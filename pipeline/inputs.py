@@ -52,3 +52,29 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.dat
     dataset = dataset.map(lambda p: load_and_resize(p, size), num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
+                     shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches of ``(images, labels)`` for training through the backbone (fine-tuning).
+
+    Parameters
+    ----------
+    paths : sequence of str
+    labels : sequence of int
+    size, batch_size : int
+    shuffle_seed : int, optional
+        Reshuffle every epoch, seeded; ``None`` keeps the order (validation, test).
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields (float32 (batch, size, size, 3) in 0–255, int64 (batch,)).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
+                                                  tf.constant(list(labels), dtype=tf.int64)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda p, y: (load_and_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

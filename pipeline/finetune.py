@@ -1,0 +1,203 @@
+"""Stage finetune: warm-start fine-tuning of the best cached dense head with its backbone's top layers.
+
+Reads  ``heads/<key>/`` (scores and fitted heads) of the feature set named by
+       ``finetune.feature_set``, the manifest, and ``params.yaml`` sections
+       ``finetune``, ``features.<key>``, ``extract`` (seed, augment ops) and ``evaluate``.
+Writes ``--out`` (``finetune/``): ``result.json`` (validation before and after,
+       the one test score of the kept model, epochs run, seconds) and the
+       trained weights ``model.weights.h5``.
+
+The standard recipe, started from the cache instead of from a random head: the
+best dense head on validation is attached to the truncated backbone with the
+same pooling (so before any step the model predicts what the cached head
+predicts), the top ``finetune.unfreeze`` layers are unfrozen (BatchNorm layers
+stay frozen, in inference mode), and the whole is trained on augmented training
+images at a low learning rate with early stopping on validation loss. The
+model kept is the better of before and after on validation accuracy; only it
+is scored on test. With ``finetune.feature_set: null`` the stage writes
+``{"enabled": false}`` and runs nothing.
+
+Usage: ``python -m pipeline.finetune --heads heads --out finetune``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import joblib
+import numpy as np
+
+from pipeline.config import Params, load_params
+from pipeline.data import read_manifest
+from pipeline.stage import run_stage
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+
+
+def apply_pooling(x, pooling: str):
+    """Pool a map tensor the way :func:`pipeline.store.open_feature_set` pools stored maps."""
+    import keras
+
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    if pooling == "flatten":
+        return keras.layers.Flatten(name="flatten")(x)
+    if pooling == "avgmax":
+        return keras.layers.Concatenate(name="avgmax_pool")(
+            [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
+    raise ValueError(f"pooling must be one of avg, max, flatten, avgmax. Received: {pooling!r}")
+
+
+def build_finetune_model(cut: Any, head: Any, pooling: str, *, unfreeze: int, augment_layers: Sequence = ()):
+    """Raw 0–255 images → [augmentation] → preprocess → truncated backbone → pooling → head.
+
+    Parameters
+    ----------
+    cut : CutModel
+        The truncated backbone (its layers are made trainable or not in place).
+    head : fitted sklearn Pipeline
+        Converted exactly by :func:`pipeline.head_layers.to_keras_layers`.
+    pooling : str
+    unfreeze : int
+        How many of the backbone's last layers train; BatchNormalization layers never do.
+    augment_layers : sequence of keras layers
+        Active in training only (Keras random layers are identity at inference).
+
+    Returns
+    -------
+    keras.Model
+    """
+    import keras
+
+    from pipeline.head_layers import to_keras_layers
+
+    size = cut.provenance["input_size"]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    for layer in augment_layers:
+        x = layer(x)
+    x = keras.layers.Lambda(cut.preprocess, name="preprocess")(x)
+    backbone = cut.model
+    backbone.trainable = True
+    layers = backbone.layers
+    for index, layer in enumerate(layers):
+        top = index >= len(layers) - unfreeze
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+    x = backbone(x)
+    x = apply_pooling(x, pooling)
+    for layer in to_keras_layers(head):
+        x = layer(x)
+    return keras.Model(inputs, x, name="finetuned")
+
+
+def best_dense_head(heads_dir: Path, key: str, select_by: str) -> tuple[dict, Any, dict]:
+    """The dense variant of ``key`` with the best validation score: its row, fitted pipeline and provenance."""
+    from pipeline.evaluate import select_best
+
+    scores_file = heads_dir / key / "scores.json"
+    if not scores_file.is_file():
+        raise FileNotFoundError(f"no {scores_file}; run the heads stage of feature set {key!r} first")
+    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+    dense = [row for row in scores["variants"] if row["kind"] == "dense"]
+    if not dense:
+        raise ValueError(f"finetune needs a dense head on {key!r}: add 'dense' to heads.kinds")
+    row = select_best(dense, select_by)
+    return row, joblib.load(heads_dir / key / f"{row['variant']}.joblib"), scores["provenance"]
+
+
+def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True) -> tuple[dict, Any]:
+    """Fine-tune and score; returns the result mapping and the kept model."""
+    import keras
+
+    from pipeline.augmentation import build_layers
+    from pipeline.backbones import build_cut_model
+    from pipeline.evaluate import bootstrap_ci
+    from pipeline.inputs import labelled_batches
+    from sklearn.metrics import accuracy_score, f1_score
+
+    settings, key = params.finetune, params.finetune.feature_set
+    started = time.perf_counter()
+    row, head, provenance = best_dense_head(heads_dir, key, params.evaluate.select_by)
+    cut = build_cut_model(params.features[key], seed=params.extract.seed)
+    for field in ("backbone", "weights", "weights_sha256", "cut", "input_size"):
+        if cut.provenance.get(field) != provenance.get(field):
+            raise ValueError(f"heads/{key} were trained on features with {field}={provenance.get(field)!r}, but "
+                             f"features.{key} now gives {cut.provenance.get(field)!r}; run `dvc repro` first")
+    keras.utils.set_random_seed(settings.seed)
+    augment_layers = build_layers(params.extract.augment.ops) if settings.augment else []
+    model = build_finetune_model(cut, head, row["pooling"], unfreeze=settings.unfreeze,
+                                 augment_layers=augment_layers)
+    size, batch = cut.provenance["input_size"], settings.batch_size
+    split = {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
+    data = {s: labelled_batches([r.path for r in rs], [r.label for r in rs], size=size, batch_size=batch,
+                                shuffle_seed=settings.seed if s == "train" else None) for s, rs in split.items()}
+    labels = {s: np.array([r.label for r in rs]) for s, rs in split.items()}
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    warm = model.get_weights()
+    before = float(accuracy_score(labels["val"], _predict(model, data["val"])))
+    log.info("%s: warm start from %s (cached val accuracy %.4f) → val accuracy %.4f through the backbone; "
+             "training %d of %d layers", key, row["variant"], row["val_accuracy"], before,
+             sum(layer.trainable for layer in cut.model.layers), len(cut.model.layers))
+    history = model.fit(data["train"], validation_data=data["val"], epochs=settings.epochs, shuffle=False,
+                        verbose=2 if progress else 0,
+                        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
+                                                                 restore_best_weights=True)])
+    after = float(accuracy_score(labels["val"], _predict(model, data["val"])))
+    kept = "fine-tuned" if after > before else "warm start"
+    if kept == "warm start":
+        model.set_weights(warm)  # fine-tuning did not help on validation: keep what the cache gave
+    predicted = _predict(model, data["test"])
+    low, high = bootstrap_ci(labels["test"], predicted, n_resamples=params.evaluate.bootstrap,
+                             seed=params.evaluate.seed)
+    result = {
+        "enabled": True, "feature_set": key, "head_variant": row["variant"], "pooling": row["pooling"],
+        "unfrozen_layers": sum(layer.trainable for layer in cut.model.layers),
+        "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "epochs_run": len(history.history["loss"]), "learning_rate": settings.learning_rate,
+        "augment": dict(params.extract.augment.ops) if settings.augment else None,
+        "val_accuracy_cached_head": row["val_accuracy"], "val_accuracy_before": before,
+        "val_accuracy": max(before, after), "val_accuracy_after": after, "kept": kept,
+        "test_accuracy": float(accuracy_score(labels["test"], predicted)),
+        "test_accuracy_ci95": [round(low, 4), round(high, 4)],
+        "test_macro_f1": float(f1_score(labels["test"], predicted, average="macro")),
+        "test_images": int(len(predicted)), "seconds": round(time.perf_counter() - started, 1),
+    }
+    log.info("%s: val accuracy %.4f → %.4f (kept the %s), test accuracy %.4f", key, before, after, kept,
+             result["test_accuracy"])
+    return result, model
+
+
+def _predict(model, dataset) -> np.ndarray:
+    return np.argmax(model.predict(dataset.map(lambda x, y: x), verbose=0), axis=1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", required=True, type=Path, help="folder holding heads/<key>/")
+    parser.add_argument("--out", required=True, type=Path, help="folder for result.json and the weights")
+    parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if params.finetune.feature_set is None:
+        log.info("finetune.feature_set is null: fine-tuning is off")
+        result = {"enabled": False}
+    else:
+        result, model = finetune(params, args.heads, read_manifest(args.manifest), progress=not args.no_progress)
+        model.save_weights(args.out / "model.weights.h5")
+    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_stage(main)
