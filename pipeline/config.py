@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 DEFAULT_PARAMS = Path("params.yaml")
-HEAD_KINDS = ("logreg", "svm_linear", "svm_rbf", "dense")
+HEAD_KINDS = ("logreg", "svm_linear", "svm_rbf", "svm_poly", "dense")
 POOLINGS = ("avg", "max", "flatten", "avgmax")
 SPLITS = ("train", "val", "test")
 _FEATURE_SET_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -157,8 +157,11 @@ class ExtractParams:
     jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
     mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only
     augment: AugmentParams = field(default_factory=AugmentParams)
+    scheduler: Optional[str] = None     # a Dask scheduler address (else $DASK_SCHEDULER_ADDRESS); null: in-process
+    shard_chunks: int = 4               # chunks per task sent to a Dask worker
 
     def __post_init__(self):
+        _require(self.shard_chunks >= 1, "extract.shard_chunks", self.shard_chunks, "an integer >= 1")
         if self.batch_size != "auto":
             _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "'auto' or an integer >= 1")
         _require(self.chunk_mb > 0, "extract.chunk_mb", self.chunk_mb, "a number > 0")
@@ -182,12 +185,19 @@ class SvmRbfGrid:
 
 
 @dataclass(frozen=True)
+class SvmPolyGrid:
+    C: tuple[float, ...] = (1.0,)
+    gamma: tuple[Union[float, str], ...] = ("scale",)
+    degree: tuple[int, ...] = (2, 3)
+
+
+@dataclass(frozen=True)
 class DenseGrid:
     hidden_units: tuple[int, ...] = (256,)
     dropout: tuple[float, ...] = (0.0, 0.5)
     learning_rate: tuple[float, ...] = (0.001,)
     epochs: tuple[int, ...] = (60,)
-    batch_size: int = 32
+    batch_size: int = 64
     patience: int = 8
     validation_fraction: float = 0.15
 
@@ -196,31 +206,55 @@ class DenseGrid:
 class HeadsParams:
     """The grid of heads trained on every feature set (stage: heads)."""
 
-    kinds: tuple[Literal["logreg", "svm_linear", "svm_rbf", "dense"], ...] = HEAD_KINDS
+    kinds: tuple[Literal["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"], ...] = (
+        "logreg", "svm_linear", "svm_rbf", "dense")
     pooling: tuple[Literal["avg", "max", "flatten", "avgmax"], ...] = ("avg",)
+    standardize: tuple[bool, ...] = (True,)             # swept: StandardScaler before the head or not
+    pca: tuple[Optional[Union[int, float]], ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
+    cv: int = 0                                         # k-fold CV on train+val for selection; 0: the val split
     seed: int = 0
     n_jobs: int = 2
     logreg: LogRegGrid = field(default_factory=LogRegGrid)
     svm_linear: SvmLinearGrid = field(default_factory=SvmLinearGrid)
     svm_rbf: SvmRbfGrid = field(default_factory=SvmRbfGrid)
+    svm_poly: SvmPolyGrid = field(default_factory=SvmPolyGrid)
     dense: DenseGrid = field(default_factory=DenseGrid)
 
     def __post_init__(self):
         _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {HEAD_KINDS}")
         _require(len(self.pooling) > 0, "heads.pooling", self.pooling, f"a non-empty list of {POOLINGS}")
-        for name in ("logreg", "svm_linear", "svm_rbf", "dense"):
+        _require(len(self.standardize) > 0, "heads.standardize", self.standardize, "a non-empty list of true/false")
+        _require(len(self.pca) > 0, "heads.pca", self.pca, "a non-empty list of null, integers >= 1 or numbers in (0, 1)")
+        for n in self.pca:
+            if isinstance(n, int):
+                _require(n >= 1, "heads.pca", n, "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
+            elif n is not None:
+                _require(0.0 < n < 1.0, "heads.pca", n,
+                         "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
+        _require(self.cv == 0 or self.cv >= 2, "heads.cv", self.cv, "0 (select on the val split) or a fold count >= 2")
+        _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
+        for name in ("logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"):
             grid = getattr(self, name)
             for f in dataclasses.fields(grid):
                 value = getattr(grid, f.name)
                 if isinstance(value, tuple) and not value:
                     raise ParamsError(f"heads.{name}.{f.name} must list at least one value. Received: []")
-        for c in (*self.logreg.C, *self.svm_linear.C, *self.svm_rbf.C):
+        for c in (*self.logreg.C, *self.svm_linear.C, *self.svm_rbf.C, *self.svm_poly.C):
             _require(c > 0, "heads.*.C", c, "numbers > 0")
-        for gamma in self.svm_rbf.gamma:
-            if isinstance(gamma, str) and gamma not in ("scale", "auto"):
-                raise ParamsError(
-                    f"heads.svm_rbf.gamma must be 'scale', 'auto' or a number > 0. Received: {gamma!r}"
-                )
+        for name in ("svm_rbf", "svm_poly"):
+            for gamma in getattr(self, name).gamma:
+                if (isinstance(gamma, str) and gamma not in ("scale", "auto")) or \
+                        (not isinstance(gamma, str) and gamma <= 0):
+                    raise ParamsError(
+                        f"heads.{name}.gamma must be 'scale', 'auto' or a number > 0. Received: {gamma!r}"
+                    )
+        for d in self.svm_poly.degree:
+            _require(d >= 1, "heads.svm_poly.degree", d, "integers >= 1")
+        for e in self.dense.epochs:
+            _require(e >= 1, "heads.dense.epochs", e, "integers >= 1")
+        for lr in self.dense.learning_rate:
+            _require(lr > 0, "heads.dense.learning_rate", lr, "numbers > 0")
+        _require(self.dense.batch_size >= 1, "heads.dense.batch_size", self.dense.batch_size, "an integer >= 1")
         for p in self.dense.dropout:
             _require(0.0 <= p < 1.0, "heads.dense.dropout", p, "numbers in [0, 1)")
         for n in self.dense.hidden_units:

@@ -303,6 +303,12 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     -------
     ExtractResult
     """
+    from pipeline.distributed import extract_distributed, scheduler_address
+
+    address = scheduler_address(settings)
+    if address:
+        return extract_distributed(spec, settings, records, out=out, manifest_sha256=manifest_sha256,
+                                   address=address, progress=progress)
     started = time.perf_counter()
     extraction = plan_extraction(spec, settings, manifest_sha256=manifest_sha256)
     by_split = split_records(records)
@@ -342,9 +348,10 @@ def split_rows(by_split: Mapping[str, Sequence[Record]]) -> dict[str, SplitRows]
 def describe(extraction: Extraction, name: str, spec: FeatureSetParams,
              by_split: Mapping[str, Sequence[Record]]) -> None:
     """Log the input and output shapes of a backbone pass, once."""
-    cut, size = extraction.cut, extraction.cut.provenance["input_size"]
+    p = extraction.provenance
+    size = p["input_size"]
     log.info("%s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per chunk",
-             name, spec.backbone, spec.weights, cut.cut, cut.cut_index, cut.n_layers, size, size,
+             name, spec.backbone, spec.weights, p["cut"], p["cut_index"], p["n_layers"], size, size,
              extraction.feature_shape, extraction.dtype, extraction.runtime.device,
              extraction.runtime.batch_size, extraction.chunk_rows)
     log.info("rows per split: %s", {s: len(rs) for s, rs in by_split.items()})

@@ -171,13 +171,7 @@ class FeatureWriter:
 
     def write_chunk(self, split: str, chunk: int, block: np.ndarray) -> None:
         """Write one chunk of rows, then tick it as done (in that order)."""
-        X = self.group[split]["X"]
-        rows = self.chunk_slice(split, chunk)
-        expected = (rows.stop - rows.start, *X.shape[1:])
-        if block.shape != expected:
-            raise ValueError(f"chunk {chunk} of {split} must have shape {expected}. Received: {block.shape}")
-        X[rows] = block.astype(X.dtype, copy=False)
-        self.group[split]["done"][chunk] = 1
+        write_rows(self.group, split, chunk, block)
 
     def finalize(self) -> Path:
         """Verify every chunk, mark the store complete and move it into place."""
@@ -200,6 +194,22 @@ class FeatureWriter:
             os.replace(self.partial_path, final)
         log.info("store complete: %s", final)
         return final
+
+
+def write_rows(group: zarr.Group, split: str, chunk: int, block: np.ndarray) -> None:
+    """Write chunk ``chunk`` of a partial store's ``split``, then tick it as done (in that order).
+
+    Chunks are disjoint files, so several processes (Dask workers) may write
+    different chunks of one store at once without locking.
+    """
+    X = group[split]["X"]
+    start = chunk * X.chunks[0]
+    rows = slice(start, min(start + X.chunks[0], X.shape[0]))
+    expected = (rows.stop - rows.start, *X.shape[1:])
+    if block.shape != expected:
+        raise ValueError(f"chunk {chunk} of {split} must have shape {expected}. Received: {block.shape}")
+    X[rows] = block.astype(X.dtype, copy=False)
+    group[split]["done"][chunk] = 1
 
 
 def n_chunks(n_rows: int, chunk_rows: int) -> int:

@@ -75,3 +75,25 @@ def test_weights_from_a_file_are_hashed(tmp_path):
 def test_layer_names_lists_cut_points():
     names = layer_names(FeatureSetParams(backbone="vgg16", weights="none", size=32))
     assert "block4_pool" in names and "block5_pool" in names
+
+
+def test_random_weights_do_not_depend_on_other_threads_using_random():
+    # A Dask worker's event loop draws from Python's global `random` while models build.
+    import random
+    import threading
+
+    import keras
+
+    spec = FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35)
+    quiet = [w.copy() for w in build_cut_model(spec, seed=5).model.get_weights()]
+    keras.backend.clear_session()
+    stop = threading.Event()
+    noise = threading.Thread(target=lambda: [random.random() for _ in iter(stop.is_set, True)])
+    noise.start()
+    try:
+        noisy = build_cut_model(spec, seed=5).model.get_weights()
+    finally:
+        stop.set()
+        noise.join()
+    for a, b in zip(quiet, noisy):
+        np.testing.assert_array_equal(a, b)

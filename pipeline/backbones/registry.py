@@ -172,6 +172,8 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
         base = _import(fam.factory)(**kwargs)
     finally:
         keras.config.set_dtype_policy(previous)
+    if weights is None:
+        reinitialize(base, seed)
     layer_names = [layer.name for layer in base.layers]
     cut = spec.cut if spec.cut is not None else layer_names[-1]
     if cut not in layer_names:
@@ -192,6 +194,34 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
     }
     return CutModel(model=model, preprocess=_import(fam.preprocess), cut=cut,
                     cut_index=provenance["cut_index"], n_layers=len(layer_names), provenance=provenance)
+
+
+def reinitialize(model: Any, seed: int) -> None:
+    """Draw every randomly initialised variable again, from its own initializer, with a derived seed.
+
+    Keras initializers without a seed draw one from Python's global ``random``,
+    which other threads of the same process (a Dask worker's event loop, for
+    one) also consume; ``set_random_seed`` alone then gives different "random"
+    backbones in different processes. Seeding each initializer from (seed,
+    position of its variable) makes ``weights: none`` the same network
+    everywhere.
+    """
+    import keras
+
+    order = {id(variable): index for index, variable in enumerate(model.weights)}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for attribute, initializer in list(vars(layer).items()):
+            if not (attribute.endswith("_initializer") and isinstance(initializer, keras.initializers.Initializer)
+                    and "seed" in initializer.get_config()):
+                continue
+            base = attribute[: -len("_initializer")]
+            variable = next((getattr(layer, name) for name in (base, f"{base}_kernel", "kernel")
+                             if isinstance(getattr(layer, name, None), keras.Variable)), None)
+            if variable is None or id(variable) not in order:
+                continue
+            digest = hashlib.sha256(f"{seed}/{order[id(variable)]}".encode()).digest()
+            config = {**initializer.get_config(), "seed": int.from_bytes(digest[:4], "little") & 0x7FFFFFFF}
+            variable.assign(initializer.__class__.from_config(config)(variable.shape, variable.dtype))
 
 
 def layer_names(spec: Any) -> list[str]:

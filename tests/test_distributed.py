@@ -1,0 +1,87 @@
+"""Extraction on a Dask LocalCluster of worker processes, surviving a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import tiny_params, write_image_folder, write_params
+from pipeline import extract, prepare
+from pipeline.config import load_params
+from pipeline.data import read_manifest
+from pipeline.distributed import extract_distributed, shards_of
+from pipeline.extract import Job
+
+pytestmark = pytest.mark.slow
+
+FEATURES = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_5_add", "size": 64,
+                    "alpha": 0.5}}
+
+
+def test_shards_are_chunk_aligned_and_never_cross_splits():
+    jobs = [Job("train", c, range(c * 4, c * 4 + 4)) for c in range(5)] + [Job("val", 0, range(0, 3))]
+    shards = shards_of(jobs, 2)
+    assert [[(j.split, j.chunk) for j in s] for s in shards] == [
+        [("train", 0), ("train", 1)], [("train", 2), ("train", 3)], [("train", 4)], [("val", 0)]]
+
+
+def _done(partial_root) -> int:
+    stores = list(partial_root.glob("*.zarr")) if partial_root.is_dir() else []
+    if not stores:
+        return 0
+    group = zarr.open_group(stores[0], mode="r")
+    return int(sum(group[s]["done"][...].sum() for s in ("train", "val", "test")))
+
+
+def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
+    from distributed import Client, LocalCluster
+
+    write_image_folder(in_tmp / "images", classes=3, per_class=40, size=(64, 64))
+    write_params(in_tmp / "params.yaml", tiny_params("images", features=FEATURES,
+                                                     extract={"batch_size": 4, "chunk_mb": 0.02,
+                                                              "shard_chunks": 1}))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
+    params = load_params()
+    records = read_manifest("data/manifest.csv")
+    digest = extract.file_digest(in_tmp / "data/manifest.csv")
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2  # two worker processes, not threads
+        outcome = {}
+
+        def run():
+            try:
+                outcome["result"] = extract_distributed(params.features["mv2"], params.extract, records,
+                                                        out=in_tmp / "features/mv2.zarr", manifest_sha256=digest,
+                                                        address=client, progress=False)
+            except BaseException as error:  # reported by the assertion below
+                outcome["error"] = error
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 180
+        while _done(in_tmp / "features/.incomplete") < 2 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        done_at_kill = _done(in_tmp / "features/.incomplete")
+        victim = next(iter(pids.values()))
+        os.kill(victim, signal.SIGKILL)
+        thread.join(timeout=300)
+        assert "error" not in outcome, outcome.get("error")
+        assert 0 < done_at_kill, "no chunk was written before the kill"
+        assert outcome["result"].computed == outcome["result"].rows
+
+    reference = zarr.open_group(in_tmp / "reference/mv2.zarr", mode="r")
+    distributed = zarr.open_group(in_tmp / "features/mv2.zarr", mode="r")
+    assert distributed.attrs["complete"] is True
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(distributed[split]["X"][...], reference[split]["X"][...])
+        np.testing.assert_array_equal(distributed[split]["ids"][...], reference[split]["ids"][...])
