@@ -29,7 +29,8 @@ from pipeline.config import SPLITS, ExtractParams, FeatureSetParams
 from pipeline.data import Record, class_names
 from pipeline.extract import (ExtractResult, Extraction, Job, describe, plan_extraction, run_jobs, split_records,
                               split_rows)
-from pipeline.store import FeatureWriter, fingerprint
+from pipeline.locations import Location
+from pipeline.store import FeatureWriter, fingerprint, store_name
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _paths_of(shard: Sequence[Job], by_split: dict[str, list[Record]]) -> dict[s
 
 
 def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, records: Sequence[Record], *,
-                        out: Path, manifest_sha256: str, address: Any, progress: bool = True) -> ExtractResult:
+                        out: Location, manifest_sha256: str, address: Any, progress: bool = True) -> ExtractResult:
     """Extract one feature set on a Dask cluster (see the module docstring).
 
     Parameters
@@ -131,7 +132,7 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, records
         writer = FeatureWriter(out, extraction.provenance, split_rows(by_split), class_names(records),
                                extraction.feature_shape, extraction.dtype, extraction.chunk_rows)
         built = time.perf_counter()
-        describe(extraction, f"extract {out.stem} on {client.scheduler.address}", spec, by_split)
+        describe(extraction, f"extract {store_name(out)} on {client.scheduler.address}", spec, by_split)
         jobs = [Job(split, chunk, range(*writer.chunk_slice(split, chunk).indices(len(by_split[split]))))
                 for split in SPLITS for chunk in writer.pending_chunks(split)]
         shards = shards_of(jobs, settings.shard_chunks)
@@ -141,7 +142,7 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, records
         total = sum(rows.values())
         log.info("%d chunks in %d shards on %d workers", len(jobs), len(shards),
                  len(client.scheduler_info()["workers"]))
-        with tqdm(total=total, desc=f"extract {out.stem}", unit="img", disable=not progress) as bar:
+        with tqdm(total=total, desc=f"extract {store_name(out)}", unit="img", disable=not progress) as bar:
             for future in as_completed(rows):
                 future.result()  # a shard that failed for good raises here
                 bar.update(rows[future])

@@ -36,7 +36,8 @@ from pipeline.augmentation import batch_seed
 from pipeline.config import SPLITS, ExtractParams, FeatureSetParams, feature_set, load_params
 from pipeline.data import Record, class_names, read_manifest
 from pipeline.stage import run_stage
-from pipeline.store import FeatureWriter, SplitRows, rows_per_chunk
+from pipeline.locations import Location
+from pipeline.store import FeatureWriter, SplitRows, rows_per_chunk, store_name
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def resolve_runtime(settings: ExtractParams) -> Runtime:
 class ExtractResult:
     """What one extraction did, for logs and benchmarks."""
 
-    path: Path
+    path: Location
     rows: int                  # rows in the store
     computed: int              # rows computed by this run (fewer when resumed)
     build_seconds: float       # building the truncated model
@@ -283,7 +284,7 @@ def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], seeds: Op
 
 
 def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records: Sequence[Record], *,
-                        out: Path, manifest_sha256: str, progress: bool = True) -> ExtractResult:
+                        out: Location, manifest_sha256: str, progress: bool = True) -> ExtractResult:
     """Compute and store one feature set, resuming a partial store of the same provenance.
 
     Parameters
@@ -315,7 +316,7 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     writer = FeatureWriter(out, extraction.provenance, split_rows(by_split), class_names(records),
                            extraction.feature_shape, extraction.dtype, extraction.chunk_rows)
     built = time.perf_counter()
-    describe(extraction, out.stem, spec, by_split)
+    describe(extraction, store_name(out), spec, by_split)
     jobs = [Job(split, chunk, range(*writer.chunk_slice(split, chunk).indices(len(by_split[split]))))
             for split in SPLITS for chunk in writer.pending_chunks(split)]
     total = sum(len(rs) for rs in by_split.values())
@@ -323,7 +324,7 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, records
     if total - todo:
         log.info("resuming: %d rows already stored, %d to go", total - todo, todo)
     run_jobs(extraction, jobs, by_split, lambda job, block: writer.write_chunk(job.split, job.chunk, block),
-             name=f"extract {out.stem}", progress=progress)
+             name=f"extract {store_name(out)}", progress=progress)
     extracted = time.perf_counter()
     if todo:
         log.info("extracted %d images in %.1f s (%.1f images/s)", todo, extracted - built,
@@ -379,7 +380,7 @@ def _regroup(outputs: Iterable[np.ndarray], jobs: Sequence[Job]) -> Iterator[tup
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature-set", required=True, help="key of the feature set in params.yaml `features`")
-    parser.add_argument("--out", required=True, type=Path, help="the store to write, e.g. features/KEY.zarr")
+    parser.add_argument("--out", required=True, help="the store to write: features/KEY.zarr, or an fsspec URL")
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")

@@ -30,8 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,9 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from pipeline import locations
 from pipeline.config import POOLINGS, SPLITS
+from pipeline.locations import Location
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,14 @@ class StoreError(ValueError):
 # --------------------------------------------------------------------------- paths
 
 
-def store_path(features_dir: Path | str, key: str) -> Path:
-    """The one place that maps a feature-set key to its store's path."""
-    return Path(features_dir) / f"{key}.zarr"
+def store_path(features_dir: Location, key: str) -> Location:
+    """The one place that maps a feature-set key to its store's path (local, or an fsspec URL)."""
+    return locations.join(features_dir, f"{key}.zarr")
+
+
+def store_name(location: Location) -> str:
+    """A store's key: its last path component without ``.zarr``."""
+    return locations.name(location).removesuffix(".zarr")
 
 
 def fingerprint(provenance: Mapping[str, Any]) -> str:
@@ -110,20 +115,21 @@ class FeatureWriter:
         Rows per chunk (see :func:`rows_per_chunk`).
     """
 
-    def __init__(self, final_path: Path, provenance: Mapping[str, Any],
+    def __init__(self, final_path: Location, provenance: Mapping[str, Any],
                  splits: Mapping[str, SplitRows], classes: Sequence[str],
                  feature_shape: tuple[int, ...], dtype: str, chunk_rows: int):
-        self.final_path = Path(final_path)
+        self.final_path = locations.normalize(final_path)
         self.provenance = dict(provenance)
         self.chunk_rows = int(chunk_rows)
-        self.partial_path = (self.final_path.parent / INCOMPLETE_DIR
-                             / f"{self.final_path.stem}-{fingerprint(self.provenance)}.zarr")
+        stem = store_name(self.final_path)
+        self.partial_path = locations.join(locations.parent(self.final_path), INCOMPLETE_DIR,
+                                           f"{stem}-{fingerprint(self.provenance)}.zarr")
         self.group = self._open_or_create(splits, classes, feature_shape, dtype)
 
     def _open_or_create(self, splits, classes, feature_shape, dtype) -> zarr.Group:
         path = self.partial_path
-        if path.exists():
-            group = zarr.open_group(path, mode="r+")
+        if locations.exists(locations.join(path, "zarr.json")):
+            group = zarr.open_group(str(path), mode="r+")
             if group.attrs.get("provenance") != json.loads(json.dumps(self.provenance)):
                 # Same fingerprint but other provenance would be a hash collision or a
                 # hand-edited store: never resume into it.
@@ -131,9 +137,9 @@ class FeatureWriter:
             log.info("resuming partial store %s", path)
             remove_stale_temp_files(path)
             return group
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.new")
-        group = zarr.open_group(tmp, mode="w")
+        locations.makedirs(locations.parent(path))
+        tmp = locations.join(locations.parent(path), locations.name(path) + f".{uuid.uuid4().hex[:8]}.new")
+        group = zarr.open_group(str(tmp), mode="w")
         group.attrs.update({
             "shoulders_store": STORE_FORMAT,
             "complete": False,
@@ -154,8 +160,9 @@ class FeatureWriter:
                 ids[...] = np.asarray(rows.ids, dtype=str)
             create_array(sub, "done", (n_chunks(n, self.chunk_rows),), (1,), "uint8")
         # Only a fully initialised group gets the name that resume looks for.
-        os.replace(tmp, path)
-        return zarr.open_group(path, mode="r+")
+        locations.remove(path)
+        locations.move(tmp, path)
+        return zarr.open_group(str(path), mode="r+")
 
     def pending_chunks(self, split: str) -> list[int]:
         """Indices of the chunks of ``split`` not yet written."""
@@ -173,7 +180,7 @@ class FeatureWriter:
         """Write one chunk of rows, then tick it as done (in that order)."""
         write_rows(self.group, split, chunk, block)
 
-    def finalize(self) -> Path:
+    def finalize(self) -> Location:
         """Verify every chunk, mark the store complete and move it into place."""
         stats = {}
         for split in SPLITS:
@@ -183,15 +190,15 @@ class FeatureWriter:
             stats[split] = verify_array(self.group[split]["X"], f"{self.partial_path}/{split}/X")
         self.group.attrs.update({"complete": True, "stats": stats})
         final = self.final_path
-        if final.exists():
+        if locations.exists(final):
             # Swap, so that a failure here still leaves one complete store on disk.
-            old = final.with_name(final.name + f".{uuid.uuid4().hex[:8]}.old")
-            os.replace(final, old)
-            os.replace(self.partial_path, final)
-            shutil.rmtree(old)
+            old = locations.join(locations.parent(final), locations.name(final) + f".{uuid.uuid4().hex[:8]}.old")
+            locations.move(final, old)
+            locations.move(self.partial_path, final)
+            locations.remove(old)
         else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.partial_path, final)
+            locations.makedirs(locations.parent(final))
+            locations.move(self.partial_path, final)
         log.info("store complete: %s", final)
         return final
 
@@ -227,11 +234,12 @@ def create_array(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Arr
     )
 
 
-def remove_stale_temp_files(path: Path) -> None:
-    # zarr writes each chunk to "<key>.<uuid>.partial" and renames it; a killed
-    # process can leave such files behind.
-    for leftover in path.rglob("*.partial"):
-        leftover.unlink()
+def remove_stale_temp_files(path: Location) -> None:
+    # zarr's local store writes each chunk to "<key>.<uuid>.partial" and renames
+    # it; a killed process can leave such files behind.
+    if not locations.is_url(path):
+        for leftover in Path(path).rglob("*.partial"):
+            leftover.unlink()
 
 
 def verify_array(X: zarr.Array, where: str) -> dict[str, float]:
@@ -298,10 +306,10 @@ def open_store(path: Path | str, *, expect: Mapping[str, Any] | None = None) -> 
     StoreError
         If the store is incomplete, of another format, or its provenance differs.
     """
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+    path = locations.normalize(path)
+    if not locations.exists(locations.join(path, "zarr.json")):
         raise FileNotFoundError(f"no feature store at {path} (run `dvc repro` to extract it)")
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(str(path), mode="r")
     attrs = group.attrs
     if attrs.get("shoulders_store") != STORE_FORMAT:
         raise StoreError(f"{path} is not a shoulders feature store of format {STORE_FORMAT} "
@@ -393,26 +401,25 @@ def _pool(X, pooling: str, *, xp):
 @dataclass(frozen=True)
 class StoreInfo:
     key: str
-    path: Path
+    path: Location
     complete: bool
     provenance: dict
     rows: dict[str, int]
     feature_shape: tuple[int, ...]
 
 
-def list_feature_sets(features_dir: Path | str = "features") -> list[StoreInfo]:
-    """Describe every store under ``features_dir`` (complete or not), sorted by key."""
-    root = Path(features_dir)
+def list_feature_sets(features_dir: Location = "features") -> list[StoreInfo]:
+    """Describe every store under ``features_dir`` (a path or an fsspec URL; complete or not), sorted by key."""
     infos = []
-    for path in sorted(root.glob("*.zarr")):
+    for path in locations.glob(locations.normalize(features_dir), "*.zarr"):
         try:
-            group = zarr.open_group(path, mode="r")
+            group = zarr.open_group(str(path), mode="r")
         except (FileNotFoundError, ValueError) as error:
             log.warning("skipping %s: not a readable Zarr group (%s)", path, error)
             continue
         attrs = group.attrs
         infos.append(StoreInfo(
-            key=path.stem, path=path, complete=attrs.get("complete") is True,
+            key=store_name(path), path=path, complete=attrs.get("complete") is True,
             provenance=dict(attrs.get("provenance", {})),
             rows={s: int(group[s]["X"].shape[0]) for s in SPLITS if s in group},
             feature_shape=tuple(attrs.get("feature_shape", ())),

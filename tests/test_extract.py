@@ -53,3 +53,15 @@ def test_xla_and_mixed_precision_change_results_by_float16_rounding_only(in_tmp,
     assert plain.provenance[key] != other.provenance[key]  # a different cache key
     a, b = np.asarray(plain.X, np.float32), np.asarray(other.X, np.float32)
     np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-2 * np.abs(a).max())
+
+
+def test_extract_stage_writes_to_an_fsspec_url(in_tmp):
+    write_image_folder(in_tmp / "images", classes=2, per_class=6)
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "memory://remote/mv2.zarr", "--no-progress"])
+    local = open_feature_set("features/mv2.zarr", "train", pooling="none")
+    remote = open_feature_set("memory://remote/mv2.zarr", "train", pooling="none")
+    np.testing.assert_array_equal(remote.X, local.X)
+    assert remote.ids.tolist() == local.ids.tolist()

@@ -159,3 +159,23 @@ def test_unknown_split_and_pooling(tmp_path, data):
 def test_missing_store_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.zarr"):
         open_feature_set(tmp_path / "nope.zarr")
+
+
+def test_stores_work_at_an_fsspec_url(data):
+    # memory:// stands in for object storage: the same code path as s3:// or gs://.
+    import uuid
+
+    root = f"memory://features-{uuid.uuid4().hex[:8]}"
+    writer = FeatureWriter(store_path(root, "fs"), PROVENANCE, _splits(), ["a", "b"], SHAPE, "float32", 4)
+    assert writer.partial_path == f"{root}/.incomplete/fs-{writer.partial_path.split('-')[-1]}"
+    writer.write_chunk("train", 0, data["train"][:4])
+    resumed = FeatureWriter(store_path(root, "fs"), PROVENANCE, _splits(), ["a", "b"], SHAPE, "float32", 4)
+    assert resumed.pending_chunks("train") == [1, 2]
+    _write_all(resumed, data)
+    path = resumed.finalize()
+    assert path == f"{root}/fs.zarr"
+    np.testing.assert_array_equal(open_feature_set(path, "val", pooling="none").X, data["val"])
+    [info] = list_feature_sets(root)
+    assert info.key == "fs" and info.complete
+    with pytest.raises(FileNotFoundError):
+        open_feature_set(f"{root}/other.zarr")
