@@ -3,6 +3,9 @@
     shoulders ls [FEATURES_DIR]          every store: complete?, rows per split, backbone, cut
     shoulders show STORE                 one store's provenance and shapes
     shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
+    shoulders check                      every feature set's cut against its backbone (no weights needed)
+    shoulders verify [FEATURES_DIR]      every store: complete, uncorrupted, made with the current
+                                         params and manifest? (exit status 1 if not)
 
 Also available as ``python -m pipeline``.
 """
@@ -55,6 +58,28 @@ def _layers(args) -> None:
         print(name)
 
 
+def _check(args) -> None:
+    from pipeline.check import check_cuts
+    from pipeline.config import load_params
+
+    for key, entry in check_cuts(load_params(args.params).features).items():
+        print(f"{key:<24} {entry['backbone']} / {entry['cut']} (layer {entry['cut_index']} of "
+              f"{entry['n_layers']}), input {entry['input_size']}")
+
+
+def _verify(args) -> None:
+    from pipeline.config import load_params
+    from pipeline.store import StoreError
+    from pipeline.verify import render, verify_features
+
+    reports = verify_features(args.features, load_params(args.params), args.manifest, progress=True)
+    print(render(reports))
+    failing = [r for r in reports if r.failing]
+    if failing:
+        raise StoreError(f"{len(failing)} store(s) not ok: " + ", ".join(f"{r.key} ({r.state})" for r in failing)
+                         + "; `dvc repro` re-extracts stale and damaged stores")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=int, default=None, help="input size (default: the family's)")
     layers.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNets)")
     layers.set_defaults(run=_layers)
+    check = commands.add_parser("check", help="check every feature set's cut against its backbone's layers")
+    check.add_argument("--params", type=Path, default=Path("params.yaml"))
+    check.set_defaults(run=_check)
+    verify = commands.add_parser("verify", help="check every store's chunks, shapes and provenance")
+    verify.add_argument("features", nargs="?", default=Path("features"), type=Path)
+    verify.add_argument("--params", type=Path, default=Path("params.yaml"))
+    verify.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
+    verify.set_defaults(run=_verify)
     return parser
 
 

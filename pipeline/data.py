@@ -7,31 +7,42 @@ A source is a folder in one of two layouts:
 
 Every image is decoded once (:func:`pipeline.images.inspect_image`) so that a
 broken file stops the pipeline here, before any backbone runs, and its content
-hash finds exact duplicates. The result is the *manifest*: one row per image
-with its path, label, class name, split, sha256, width and height. It is the
-only thing later stages read about the dataset.
+hash finds exact duplicates (:mod:`pipeline.duplicates`). The result is the
+*manifest*: one row per image with its path, label, class name, split, sha256,
+width and height. It is the only thing later stages read about the dataset.
+
+A class folder that ends up with no usable image (empty, only non-image files,
+or every image undecodable and skipped) is not a class: it gets no label and is
+listed under ``empty_classes`` in the report with a warning. A class with
+images in val or test but none in train is an error, since no head could ever
+predict it.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import statistics
-from collections import Counter, defaultdict
+import os
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Hashable, Iterable, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.config import SPLITS, DataParams, SplitRatios
-from pipeline.images import BadImageError, inspect_image, is_image_name, is_junk_name
+from pipeline.config import SPLITS, DataParams, NearDuplicateParams, SplitRatios
+from pipeline.dataset_report import PrepareReport, fill_statistics
+from pipeline.duplicates import cross_split_pairs, remove_duplicates
+from pipeline.images import BadImageError, ImageInfo, inspect_image, is_image_name, is_junk_name
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FIELDS = ("id", "path", "label", "class_name", "split", "sha256", "width", "height")
+# Near-duplicate pairs listed in the report (all are counted).
+_LISTED_PAIRS = 1000
 
 
 @dataclass(frozen=True)
@@ -58,32 +69,25 @@ class Candidate:
     split: Optional[str]   # None until split, unless the source is pre-split
 
 
-@dataclass
-class PrepareReport:
-    """Counts that prepare writes to its JSON report and to DVC metrics."""
+@dataclass(frozen=True)
+class SourceScan:
+    """What :func:`scan_source` found under a dataset folder."""
 
-    source: str
-    layout: str
-    classes: list[str]
-    images: int = 0
-    per_split: dict[str, int] = field(default_factory=dict)
-    per_class_split: dict[str, dict[str, int]] = field(default_factory=dict)
-    bad_images_skipped: list[str] = field(default_factory=list)
-    other_files_ignored: list[str] = field(default_factory=list)
-    duplicates: dict[str, int] = field(default_factory=dict)
-    duplicate_groups: list[list[str]] = field(default_factory=list)
-    image_size: dict[str, dict[str, float]] = field(default_factory=dict)
-    class_imbalance: float = 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    layout: str                  # 'presplit' or 'classes'
+    candidates: list[Candidate]  # image files, sorted by id
+    ignored: list[str]           # other files (not images, not OS junk), relative to the root
+    class_folders: list[str]     # every class folder name, with or without images, sorted
 
 
 # --------------------------------------------------------------------------- scanning
 
 
-def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> tuple[str, list[Candidate], list[str]]:
+def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     """Find the images under a source folder.
+
+    Hidden files and folders and OS clutter (:func:`pipeline.images.is_junk_name`)
+    are skipped silently; other files without an image extension are listed in
+    ``ignored``.
 
     Parameters
     ----------
@@ -94,10 +98,7 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> tuple[str, 
 
     Returns
     -------
-    layout : {'presplit', 'classes'}
-    candidates : list of Candidate, sorted by id
-    ignored : list of str
-        Files that are neither images nor OS junk (e.g. a README in a class folder).
+    SourceScan
 
     Raises
     ------
@@ -127,8 +128,10 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> tuple[str, 
         layout, tops = "classes", [(None, root)]
     candidates: list[Candidate] = []
     ignored: list[str] = []
+    class_folders: set[str] = set()
     for split, top in tops:
         for class_dir in sorted(p for p in top.iterdir() if p.is_dir() and not is_junk_name(p)):
+            class_folders.add(class_dir.name)
             for path in sorted(class_dir.rglob("*")):
                 if not path.is_file() or any(is_junk_name(Path(part)) for part in path.relative_to(root).parts):
                     continue
@@ -138,17 +141,29 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> tuple[str, 
                     continue
                 candidates.append(Candidate(id=rel, path=f"{prefix.rstrip('/')}/{rel}",
                                             class_name=class_dir.name, split=split))
-        loose = sorted(p.name for p in top.iterdir() if p.is_file() and not is_junk_name(p))
-        ignored.extend(f"{top.relative_to(root).as_posix()}/{n}".lstrip("./") for n in loose)
+    # Files lying beside the class folders (or beside the split folders) are not images of a class.
+    for top in ([root] if layout == "classes" else [root, *(t for _, t in tops)]):
+        loose = sorted(p for p in top.iterdir() if p.is_file() and not is_junk_name(p))
+        ignored.extend(p.relative_to(root).as_posix() for p in loose)
     if not candidates:
         raise ValueError(f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case; "
                          "expected <root>/<class>/<images> or <root>/{train,val,test}/<class>/<images>)")
-    return layout, sorted(candidates, key=lambda c: c.id), ignored
+    return SourceScan(layout=layout, candidates=sorted(candidates, key=lambda c: c.id), ignored=sorted(ignored),
+                      class_folders=sorted(class_folders))
 
 
-def inspect_all(candidates: Sequence[Candidate], *, workers: int = 4, progress: bool = True
-                ) -> tuple[list[tuple[Candidate, object]], list[str]]:
+def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, workers: int = 4,
+                progress: bool = True) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
     """Decode and hash every candidate in threads (PIL releases the GIL while decoding).
+
+    Parameters
+    ----------
+    candidates : sequence of Candidate
+    with_phash : bool
+        Also compute each image's perceptual hash (for near-duplicate search).
+    workers : int
+        Decoding threads.
+    progress : bool
 
     Returns
     -------
@@ -158,7 +173,7 @@ def inspect_all(candidates: Sequence[Candidate], *, workers: int = 4, progress: 
     """
     def one(candidate: Candidate):
         try:
-            return candidate, inspect_image(candidate.path), None
+            return candidate, inspect_image(candidate.path, with_phash=with_phash), None
         except (BadImageError, OSError) as error:
             return candidate, None, str(error)
 
@@ -174,61 +189,16 @@ def inspect_all(candidates: Sequence[Candidate], *, workers: int = 4, progress: 
     return good, bad
 
 
-# --------------------------------------------------------------------------- duplicates
-
-
-def remove_duplicates(items: list[tuple[Candidate, object]]
-                      ) -> tuple[list[tuple[Candidate, object]], dict[str, int], list[list[str]]]:
-    """Drop exact duplicates (same sha256): leakage across splits and repeats within one.
-
-    A duplicate that spans splits is kept only in the most held-out split
-    (test, then val, then train), so no test image is also trained on; within a
-    split, the first by id is kept.
-
-    Returns
-    -------
-    kept : list of (Candidate, ImageInfo)
-    counts : dict
-        ``groups`` (hashes seen more than once), ``removed_within_split``,
-        ``removed_cross_split`` and, per pair of splits, ``<a>_<b>`` groups straddling them.
-    groups : list of list of str
-        The ids of each duplicate group, kept one first.
-    """
-    by_hash: dict[str, list[tuple[Candidate, object]]] = defaultdict(list)
-    for item in items:
-        by_hash[item[1].sha256].append(item)
-    rank = {"test": 0, "val": 1, "train": 2, None: 3}
-    kept, groups = [], []
-    counts = Counter({"groups": 0, "removed_within_split": 0, "removed_cross_split": 0})
-    for members in by_hash.values():
-        if len(members) == 1:
-            kept.append(members[0])
-            continue
-        members = sorted(members, key=lambda m: (rank[m[0].split], m[0].id))
-        keeper = members[0]
-        kept.append(keeper)
-        counts["groups"] += 1
-        splits = sorted({m[0].split for m in members if m[0].split}, key=SPLITS.index)
-        for a_index, a in enumerate(splits):
-            for b in splits[a_index + 1:]:
-                counts[f"{a}_{b}"] += 1
-        for dropped in members[1:]:
-            same = dropped[0].split == keeper[0].split
-            counts["removed_within_split" if same else "removed_cross_split"] += 1
-        groups.append([m[0].id for m in members])
-    kept.sort(key=lambda item: item[0].id)
-    return kept, dict(counts), groups
-
-
 # --------------------------------------------------------------------------- splitting
 
 
-def stratified_split(labels: Sequence[int], ratios: SplitRatios, seed: int) -> np.ndarray:
+def stratified_split(labels: Sequence[Hashable], ratios: SplitRatios, seed: int) -> np.ndarray:
     """Assign each item to train/val/test, class by class, by ratios.
 
     Parameters
     ----------
-    labels : sequence of int, length n_samples
+    labels : sequence of int or str, length n_samples
+        Class of each item; class names give error messages that name the class.
     ratios : SplitRatios
     seed : int
 
@@ -252,8 +222,9 @@ def stratified_split(labels: Sequence[int], ratios: SplitRatios, seed: int) -> n
         members = np.flatnonzero(labels == label)
         n = len(members)
         if n < len(wanted):
-            raise ValueError(f"class {label} has {n} image(s); the split ratios "
-                             f"{dict(wanted)} need at least {len(wanted)} per class")
+            raise ValueError(f"class {label.item()!r} has {n} image(s); the split ratios {dict(wanted)} "
+                             f"need at least {len(wanted)} per class (add images to it, remove its folder, "
+                             "or set a ratio in data.split to 0)")
         counts = _allocate(n, [r for _, r in wanted])
         order = members[rng.permutation(n)]
         start = 0
@@ -283,6 +254,18 @@ def _allocate(n: int, ratios: Sequence[float]) -> list[int]:
 def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[Record], PrepareReport]:
     """Scan, inspect, de-duplicate and split a source into manifest records.
 
+    Parameters
+    ----------
+    params : DataParams
+    progress : bool
+
+    Returns
+    -------
+    records : list of Record
+        Sorted by split, label, id.
+    report : PrepareReport
+        Counts, duplicates, near duplicates (if asked for), sizes and warnings.
+
     Raises
     ------
     FileNotFoundError
@@ -291,65 +274,97 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
         Under ``bad_images: error``, if any image cannot be decoded; the message
         lists every bad file.
     ValueError
-        For an empty source, or classes too small to split.
+        For an empty source, fewer than two classes, classes too small to split,
+        or a class with no training image.
     """
-    layout, candidates, ignored = scan_source(Path(params.source), path_prefix=params.source)
+    scan = scan_source(Path(params.source), path_prefix=params.source)
     log.info("found %d images in %s (%s layout), %d other files ignored",
-             len(candidates), params.source, layout, len(ignored))
-    good, bad = inspect_all(candidates, progress=progress)
+             len(scan.candidates), params.source, scan.layout, len(scan.ignored))
+    good, bad = inspect_all(scan.candidates, with_phash=params.near_duplicates is not None, progress=progress)
     if bad and params.bad_images == "error":
         raise BadImageError(f"{len(bad)} image(s) under {params.source} cannot be decoded "
                             "(set data.bad_images: skip to leave them out):\n  " + "\n  ".join(bad))
     for message in bad:
         log.warning("skipped: %s", message)
     classes = sorted({c.class_name for c, _ in good})
-    report = PrepareReport(source=params.source, layout=layout, classes=classes,
-                           bad_images_skipped=bad, other_files_ignored=ignored)
+    report = PrepareReport(source=params.source, layout=scan.layout, classes=classes,
+                           bad_images_skipped=bad, other_files_ignored=scan.ignored)
+    report.empty_classes = _empty_classes(scan, classes)
+    for name, why in report.empty_classes.items():
+        report.warn(f"class folder {name!r} is not a class: {why}")
     if params.duplicates == "remove":
         good, report.duplicates, report.duplicate_groups = remove_duplicates(good)
-    if layout == "classes":
-        labels = [classes.index(c.class_name) for c, _ in good]
-        splits = stratified_split(labels, params.split, params.seed)
+        if report.duplicates["label_conflicts"]:
+            class_of = {c.id: c.class_name for c in scan.candidates}
+            conflicts = [g for g in report.duplicate_groups if len({class_of[i] for i in g}) > 1]
+            report.warn(f"{len(conflicts)} duplicate group(s) are filed under more than one class; the first "
+                        f"(most held-out) copy's class was kept: {conflicts[:3]}")
+    if scan.layout == "classes":
+        # Split by class name (sorted like the labels), so an error names the class.
+        splits = stratified_split([c.class_name for c, _ in good], params.split, params.seed)
         good = [(replace(c, split=str(s)), info) for (c, info), s in zip(good, splits)]
     records = [Record(id=c.id, path=c.path, label=classes.index(c.class_name), class_name=c.class_name,
                       split=c.split, sha256=info.sha256, width=info.width, height=info.height)
                for c, info in good]
     records.sort(key=lambda r: (SPLITS.index(r.split), r.label, r.id))
-    _check_classes(records, classes, layout)
-    _fill_counts(report, records)
+    _check_classes(records, classes)
+    if params.near_duplicates is not None:
+        hashes = {c.id: info.phash for c, info in good}
+        _report_near_duplicates(report, records, [hashes[r.id] for r in records], params.near_duplicates)
+    fill_statistics(report, records, small_side=params.small_image_side)
     return records, report
 
 
-def _check_classes(records: Sequence[Record], classes: Sequence[str], layout: str) -> None:
-    present = {(r.class_name, r.split) for r in records}
-    missing = [c for c in classes if (c, "train") not in present]
+def _report_near_duplicates(report: PrepareReport, records: Sequence[Record], hashes: Sequence[int],
+                            settings: NearDuplicateParams) -> None:
+    pairs = cross_split_pairs([r.id for r in records], [r.split for r in records], hashes,
+                              max_distance=settings.max_distance)
+    report.near_duplicates = {
+        "method": settings.method, "max_distance": settings.max_distance, "pairs": len(pairs),
+        "by_splits": dict(Counter(f"{p.split_a}_{p.split_b}" for p in pairs)),
+        "listed": [asdict(p) for p in pairs[:_LISTED_PAIRS]]}
+    if pairs:
+        report.warn(f"{len(pairs)} suspected near-duplicate pair(s) across splits (perceptual hashes within "
+                    f"{settings.max_distance} bits; not removed), closest: {pairs[0].id_a} ~ {pairs[0].id_b}")
+
+
+def _empty_classes(scan: SourceScan, classes: Sequence[str]) -> dict[str, str]:
+    """Why each class folder without a usable image has none."""
+    found = Counter(c.class_name for c in scan.candidates)
+    return {name: (f"all {found[name]} image(s) undecodable (skipped)" if found[name] else "no image files")
+            for name in scan.class_folders if name not in classes}
+
+
+def _check_classes(records: Sequence[Record], classes: Sequence[str]) -> None:
+    counts = Counter((r.class_name, r.split) for r in records)
+    missing = [c for c in classes if not counts[c, "train"]]
     if missing:
-        raise ValueError(f"class(es) {missing} have no training images after "
-                         f"{'de-duplication' if layout == 'presplit' else 'splitting'}")
+        where = "; ".join(f"{c!r}: " + ", ".join(f"{s} {counts[c, s]}" for s in SPLITS) for c in missing)
+        raise ValueError(f"class(es) {missing} have no training images after removing bad files and "
+                         f"duplicates ({where}); a head could never predict them. Add training images, "
+                         "or remove the class from every split")
     if len(classes) < 2:
-        raise ValueError(f"need at least 2 classes, found {classes}")
-
-
-def _fill_counts(report: PrepareReport, records: Sequence[Record]) -> None:
-    report.images = len(records)
-    report.per_split = {s: sum(r.split == s for r in records) for s in SPLITS}
-    report.per_class_split = {c: {s: sum(r.class_name == c and r.split == s for r in records) for s in SPLITS}
-                              for c in report.classes}
-    train = [v["train"] for v in report.per_class_split.values()]
-    report.class_imbalance = round(max(train) / max(1, min(train)), 3)
-    for name in ("width", "height"):
-        values = [getattr(r, name) for r in records]
-        report.image_size[name] = {"min": min(values), "median": statistics.median(values), "max": max(values)}
+        raise ValueError(f"need at least 2 classes with images, found {list(classes)}")
 
 
 def write_manifest(records: Iterable[Record], path: Path) -> None:
-    """Write the manifest CSV (one row per image, columns :data:`MANIFEST_FIELDS`)."""
+    """Write the manifest CSV (one row per image, columns :data:`MANIFEST_FIELDS`).
+
+    The file is written beside ``path`` and renamed over it, so a failed write
+    (a full disk) leaves the previous manifest whole instead of truncated.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for record in records:
-            writer.writerow(asdict(record))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            for record in records:
+                writer.writerow(asdict(record))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(path: Path | str) -> list[Record]:

@@ -5,7 +5,11 @@ read; extract and ``shoulders predict`` decode with the same function, so an
 image that passed prepare is read identically later.
 
 Handled: JPEG (CMYK included), PNG (palette, grey+alpha, RGBA, 16-bit), BMP,
-GIF (first frame of an animation), WebP; EXIF orientation is applied.
+GIF (first frame of an animation), WebP; EXIF orientation is applied. Large
+photos (a 6000×4000 camera image is 24 megapixels) decode normally; PIL's
+decompression-bomb guard is kept as it is, so a file claiming more than twice
+``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) is refused as a bad image
+rather than allowed to exhaust memory.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.duplicates import perceptual_hash
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
-# Files that operating systems and tools drop into folders; never data.
-JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+# Files and folders that operating systems and tools drop into datasets; never data.
+# (__MACOSX holds the resource forks of a zip made on a Mac, @eaDir a Synology NAS's thumbnails.)
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", "@eadir"})
 
 
 class BadImageError(ValueError):
@@ -91,10 +99,18 @@ class ImageInfo:
     width: int
     height: int
     sha256: str
+    phash: Optional[int] = None   # 64-bit perceptual hash, when asked for
 
 
-def inspect_image(path: Path | str) -> ImageInfo:
+def inspect_image(path: Path | str, *, with_phash: bool = False) -> ImageInfo:
     """Hash a file's bytes and prove it decodes; width and height are as displayed (upright).
+
+    Parameters
+    ----------
+    path : path-like
+    with_phash : bool
+        Also compute the perceptual hash of the decoded pixels
+        (:func:`pipeline.duplicates.perceptual_hash`), while they are in memory.
 
     Raises
     ------
@@ -104,4 +120,5 @@ def inspect_image(path: Path | str) -> ImageInfo:
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
     pixels = decode_image(path)
-    return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest)
+    return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest,
+                     phash=perceptual_hash(pixels) if with_phash else None)

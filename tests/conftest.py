@@ -34,21 +34,39 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 10, siz
 
 
 def tiny_params(source: str, **overrides) -> dict:
-    """A params mapping small enough for tests: one tiny random-weights backbone, a small grid."""
-    params = {
+    """The repository's params.yaml made small enough for tests: one tiny random-weights backbone.
+
+    Starting from the real file keeps every key that dvc.yaml lists present.
+    ``overrides`` are merged section by section (nested mappings too), except
+    ``features``, which is replaced.
+    """
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    small = {
         "data": {"source": source, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0},
         "synthetic": {"classes": 3, "per_class": 10, "image_size": 32, "seed": 0},
         "extract": {"batch_size": 4, "dtype": "float16", "chunk_mb": 0.004, "seed": 0},
-        "features": {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add",
-                             "size": 32, "alpha": 0.35}},
         "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1,
                   "logreg": {"C": [0.1, 1.0]}, "svm_linear": {"C": [0.1]},
                   "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3], "patience": 2}},
         "evaluate": {"bootstrap": 50},
     }
-    for section, values in overrides.items():
-        params[section] = {**params.get(section, {}), **values} if isinstance(values, dict) else values
+    params["features"] = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add",
+                                  "size": 32, "alpha": 0.35}}
+    for layer in (small, overrides):
+        for section, values in layer.items():
+            if section == "features" or not isinstance(values, dict):
+                params[section] = values
+            else:
+                params[section] = _merge(params.get(section) or {}, values)
     return params
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
 
 
 def write_params(path: Path, params: dict) -> Path:

@@ -13,7 +13,8 @@ from pipeline.data import read_manifest
 from pipeline.store import StoreError, open_feature_set
 from pipeline.views import open_views
 
-AUG = {"views": 2, "seed": 7, "ops": {"flip": "horizontal", "rotation": 0.1, "zoom": 0.2, "contrast": 0.3}}
+AUG = {"views": 2, "seed": 7, "ops": {"flip": "horizontal", "rotation": 0.1, "zoom": 0.2, "translation": 0.1,
+                                     "contrast": 0.3}}
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from conftest import write_image_folder
 from pipeline.config import DataParams, SplitRatios
-from pipeline.data import (BadImageError, build_manifest, read_manifest, scan_source, stratified_split,
+from pipeline.data import (BadImageError, Candidate, build_manifest, read_manifest, scan_source, stratified_split,
                            write_manifest)
+from pipeline.duplicates import cross_split_pairs, hamming, perceptual_hash, remove_duplicates
 
 
 def test_class_folder_layout_is_split_by_ratio(image_folder):
@@ -37,8 +38,9 @@ def test_manifest_is_deterministic_and_seed_dependent(image_folder):
 
 
 def test_presplit_layout_keeps_the_given_split(tmp_path):
-    for split, n in (("train", 6), ("val", 2), ("test", 3)):
-        write_image_folder(tmp_path / "ds" / split, classes=2, per_class=n, seed=hash(split) % 100)
+    # Distinct seeds per split: equal ones would make cross-split duplicates.
+    for seed, (split, n) in enumerate((("train", 6), ("val", 2), ("test", 3))):
+        write_image_folder(tmp_path / "ds" / split, classes=2, per_class=n, seed=seed)
     records, report = build_manifest(DataParams(source=str(tmp_path / "ds")), progress=False)
     assert report.layout == "presplit"
     assert report.per_split == {"train": 12, "val": 4, "test": 6}
@@ -114,9 +116,11 @@ def test_manifest_round_trip(tmp_path, image_folder):
     assert read_manifest(tmp_path / "m.csv") == records
 
 
-def test_class_too_small_to_split(tmp_path):
-    write_image_folder(tmp_path / "ds", classes=2, per_class=2)
-    with pytest.raises(ValueError, match="at least 3 per class"):
+def test_class_too_small_to_split_is_named(tmp_path):
+    write_image_folder(tmp_path / "ds", classes=2, per_class=4)
+    for extra in list((tmp_path / "ds/class_1").iterdir())[2:]:
+        extra.unlink()
+    with pytest.raises(ValueError, match="class 'class_1' has 2 image.*at least 3 per class"):
         build_manifest(DataParams(source=str(tmp_path / "ds")), progress=False)
 
 
@@ -139,3 +143,130 @@ def test_split_properties(counts, ratios, seed):
             else:
                 assert got >= 1
                 assert abs(got - ratio * n) <= 1.5  # stratified: each class follows the ratios
+
+
+def test_split_by_name_equals_split_by_index():
+    # prepare splits by class name (so errors can name the class); the split must not change because of it.
+    names = ["cat", "dog", "emu"]
+    labels = np.random.default_rng(0).integers(0, 3, size=200)
+    by_index = stratified_split(labels, SplitRatios(), seed=4)
+    by_name = stratified_split([names[i] for i in labels], SplitRatios(), seed=4)
+    np.testing.assert_array_equal(by_index, by_name)
+
+
+def test_empty_class_folder_is_reported_not_labelled(image_folder):
+    (image_folder / "empty_class").mkdir()
+    (image_folder / "empty_class" / ".DS_Store").write_bytes(b"\0")
+    (image_folder / "only_notes").mkdir()
+    (image_folder / "only_notes" / "notes.txt").write_text("todo")
+    records, report = build_manifest(DataParams(source=str(image_folder)), progress=False)
+    assert report.classes == ["class_0", "class_1", "class_2"]
+    assert {r.class_name for r in records} == set(report.classes)
+    assert report.empty_classes == {"empty_class": "no image files", "only_notes": "no image files"}
+    assert any("'empty_class' is not a class" in w for w in report.warnings)
+
+
+def test_class_with_no_training_images_is_an_error(tmp_path):
+    root = tmp_path / "ds"
+    for seed, split in enumerate(("train", "val", "test")):
+        write_image_folder(root / split, classes=2, per_class=3, seed=seed)
+    for image in (root / "train/class_1").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match=r"\['class_1'\] have no training images.*train 0, val 3, test 3"):
+        build_manifest(DataParams(source=str(root)), progress=False)
+
+
+def test_class_missing_from_a_split_is_warned_about(tmp_path):
+    root = tmp_path / "ds"
+    for seed, split in enumerate(("train", "val", "test")):
+        write_image_folder(root / split, classes=2, per_class=3, seed=seed)
+    shutil.rmtree(root / "val/class_1")
+    _, report = build_manifest(DataParams(source=str(root)), progress=False)
+    assert report.per_class_split["class_1"]["val"] == 0
+    assert report.warnings == ["class(es) ['class_1'] have no val images: their val accuracy is not measured"]
+
+
+def test_manifest_survives_a_full_disk(tmp_path, image_folder, monkeypatch):
+    import csv
+    import errno
+
+    records, _ = build_manifest(DataParams(source=str(image_folder)), progress=False)
+    path = tmp_path / "data" / "manifest.csv"
+    write_manifest(records, path)
+    before = path.read_bytes()
+    written = []
+
+    def fill_up(self, row):
+        written.append(row)
+        if len(written) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, row)
+
+    original = csv.DictWriter.writerow
+    monkeypatch.setattr(csv.DictWriter, "writerow", fill_up)
+    with pytest.raises(OSError, match="No space left"):
+        write_manifest(records[:20], path)
+    assert path.read_bytes() == before  # the previous manifest, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["manifest.csv"]  # no temporary file left
+
+
+def _noise(seed, shape=(40, 48, 3)):
+    return np.random.default_rng(seed).integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def test_perceptual_hash_survives_reencoding_and_resizing_but_separates_images(tmp_path):
+    from PIL import Image
+
+    smooth = np.kron(_noise(0, (8, 8, 3)), np.ones((16, 16, 1), np.uint8))  # 128×128 blocks: a "photo"
+    original = perceptual_hash(smooth)
+    Image.fromarray(smooth).save(tmp_path / "a.jpg", quality=70)
+    reencoded = perceptual_hash(np.asarray(Image.open(tmp_path / "a.jpg").convert("RGB")))
+    resized = perceptual_hash(np.asarray(Image.fromarray(smooth).resize((96, 96), Image.Resampling.BILINEAR)))
+    brighter = perceptual_hash(np.clip(smooth.astype(int) + 10, 0, 255).astype(np.uint8))
+    other = perceptual_hash(np.kron(_noise(1, (8, 8, 3)), np.ones((16, 16, 1), np.uint8)))
+    assert hamming(original, reencoded) <= 4 and hamming(original, resized) <= 4
+    assert hamming(original, brighter) <= 2
+    assert hamming(original, other) > 12
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["train", "val", "test"]), st.integers(0, 2**64 - 1)), max_size=40),
+       st.integers(0, 3) | st.integers(0, 64))  # small thresholds often, so that the boundary is hit
+def test_cross_split_pairs_match_brute_force(items, max_distance):
+    ids = [f"img_{i}" for i in range(len(items))]
+    splits = [s for s, _ in items]
+    # Past the fifth, each hash is a first-five hash with one bit flipped, so that close pairs occur.
+    hashes = [h if i < 5 else items[i % 5][1] ^ (1 << (i % 64)) for i, (_, h) in enumerate(items)]
+    found = {(p.id_a, p.id_b, p.distance) for p in cross_split_pairs(ids, splits, hashes, max_distance=max_distance)}
+    order = {"train": 0, "val": 1, "test": 2}
+    expected = set()
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            d = hamming(hashes[i], hashes[j])
+            if order[splits[i]] < order[splits[j]] and d <= max_distance:
+                expected.add((ids[i], ids[j], d))
+    assert found == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["train", "val", "test", None]), st.integers(0, 6),
+                          st.sampled_from(["a", "b"])), min_size=1, max_size=30))
+def test_remove_duplicates_properties(rows):
+    class Info:
+        def __init__(self, sha256):
+            self.sha256 = sha256
+
+    items = [(Candidate(id=f"{i:03d}", path="", class_name=cls, split=split), Info(str(content)))
+             for i, (split, content, cls) in enumerate(rows)]
+    kept, counts, groups = remove_duplicates(items)
+    assert len({info.sha256 for _, info in kept}) == len(kept) == len({info.sha256 for _, info in items})
+    assert counts["removed_within_split"] + counts["removed_cross_split"] == len(items) - len(kept)
+    multiple = {h: n for h, n in Counter(i.sha256 for _, i in items).items() if n > 1}
+    assert counts["groups"] == len(groups) == len(multiple)
+    classes_of = {h: {c.class_name for c, i in items if i.sha256 == h} for h in multiple}
+    assert counts["label_conflicts"] == sum(len(c) > 1 for c in classes_of.values())
+    rank = {"test": 0, "val": 1, "train": 2, None: 3}
+    for candidate, info in kept:  # the kept copy is the most held-out one
+        same = [c for c, i in items if i.sha256 == info.sha256]
+        assert rank[candidate.split] == min(rank[c.split] for c in same)
+    assert sum(len(g) for g in groups) - len(groups) == len(items) - len(kept)

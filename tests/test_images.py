@@ -101,3 +101,65 @@ def test_names():
     assert is_image_name(Path("a/B.JPG")) and is_image_name(Path("x.webp"))
     assert not is_image_name(Path(".hidden.jpg")) and not is_image_name(Path("notes.txt"))
     assert is_junk_name(Path("Thumbs.db")) and is_junk_name(Path(".DS_Store"))
+
+
+def test_very_large_photo_decodes(tmp_path):
+    # 24 megapixels, as a phone or camera takes them: well under PIL's decompression-bomb limit.
+    ramp = np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None].repeat(4000, 0).repeat(3, 2)
+    path = _save(tmp_path / "big.jpg", Image.fromarray(ramp), quality=80)
+    pixels = decode_image(path)
+    assert pixels.shape == (4000, 6000, 3)
+    assert pixels[:, :100].mean() < 10 and pixels[:, -100:].mean() > 245
+
+
+def test_decompression_bomb_is_refused_by_name(tmp_path, rgb, monkeypatch):
+    # A file claiming more than twice MAX_IMAGE_PIXELS is refused before its pixels are allocated.
+    path = _save(tmp_path / "bomb.png", Image.fromarray(rgb))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)
+    with pytest.raises(BadImageError, match=r"bomb\.png.*DecompressionBombError"):
+        decode_image(path)
+
+
+def test_one_pixel_image_decodes(tmp_path):
+    pixels = decode_image(_save(tmp_path / "dot.png", Image.new("RGB", (1, 1), (10, 20, 30))))
+    assert pixels.tolist() == [[[10, 20, 30]]]
+
+
+def test_palette_with_transparency_and_grey_alpha_keep_their_colours(tmp_path):
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 200, 50, 25] + [0] * 762)
+    pixels = decode_image(_save(tmp_path / "p.png", palette, transparency=0))
+    assert pixels.shape == (4, 4, 3) and pixels[0, 0].tolist() == [200, 50, 25]
+    grey_alpha = Image.fromarray(np.full((4, 4, 2), (90, 255), np.uint8), mode="LA")
+    assert decode_image(_save(tmp_path / "la.png", grey_alpha))[0, 0].tolist() == [90, 90, 90]
+
+
+@pytest.mark.parametrize("name, fmt", [("A.JPG", "JPEG"), ("b.Png", "PNG"), ("c.JPEG", "JPEG"), ("d.GIF", "GIF"),
+                                       ("e.WEBP", "WEBP"), ("f.BMP", "BMP")])
+def test_upper_case_extensions_are_images(tmp_path, rgb, name, fmt):
+    path = _save(tmp_path / name, Image.fromarray(rgb), format=fmt)
+    assert is_image_name(path)
+    assert decode_image(path).shape == (20, 30, 3)
+
+
+def test_truncated_png_is_refused(tmp_path, rgb):
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(rgb, (10, 10, 1))).save(buffer, format="PNG")
+    path = tmp_path / "cut.png"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(BadImageError, match="cut.png"):
+        decode_image(path)
+
+
+@pytest.mark.parametrize("name", ["__MACOSX", "@eaDir", "desktop.ini", ".git", "._photo.jpg"])
+def test_os_folders_and_files_are_junk(name):
+    from pathlib import Path
+
+    assert is_junk_name(Path(name))
+
+
+def test_inspect_can_add_the_perceptual_hash(tmp_path, rgb):
+    path = _save(tmp_path / "a.png", Image.fromarray(rgb))
+    plain, hashed = inspect_image(path), inspect_image(path, with_phash=True)
+    assert plain.phash is None and 0 <= hashed.phash < 2**64
+    assert (plain.width, plain.height, plain.sha256) == (hashed.width, hashed.height, hashed.sha256)
