@@ -1,0 +1,195 @@
+"""Heads for feature sets larger than memory: trained chunk by chunk from dask arrays.
+
+``open_feature_set(..., as_dask=True)`` gives the pooled features as a dask
+array aligned with the store's chunks; nothing is read until a block is asked
+for. The heads here never hold more than one block:
+
+- :class:`StreamingLinearHead` — logistic regression (``loss="log_loss"``) or a
+  linear SVM (``loss="hinge"``) by ``SGDClassifier.partial_fit``, after a first
+  pass that fits the standardisation with ``StandardScaler.partial_fit``;
+- :class:`StreamingDenseHead` — the Keras dense head of :mod:`pipeline.heads`
+  fed by a ``keras.utils.PyDataset`` that reads one block at a time.
+
+Both are scikit-learn estimators; ``X`` may also be a numpy array (one block),
+which is how the tests compare them with the in-memory heads.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import SGDClassifier
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+
+def blocks_rows(X) -> list[slice]:
+    """Row ranges of the blocks of ``X``: its dask chunks, or the whole of a numpy array."""
+    if not hasattr(X, "compute"):
+        return [slice(0, len(X))]
+    bounds = np.concatenate([[0], np.cumsum(X.chunks[0])])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def read_block(X, rows: slice) -> np.ndarray:
+    """Rows ``rows`` of ``X`` in memory, float32 (a dask block is read only now)."""
+    block = X[rows]
+    return np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float32)
+
+
+def blocks(X) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, block)`` for each block of ``X``, one in memory at a time."""
+    for rows in blocks_rows(X):
+        yield rows, read_block(X, rows)
+
+
+def fit_scaler(X) -> StandardScaler:
+    """A StandardScaler fitted block by block."""
+    scaler = StandardScaler()
+    for _, block in blocks(X):
+        scaler.partial_fit(block)
+    return scaler
+
+
+class StreamingLinearHead(ClassifierMixin, BaseEstimator):
+    """A linear head trained by SGD over blocks of a (dask) feature matrix.
+
+    Parameters
+    ----------
+    loss : {'log_loss', 'hinge'}
+        Logistic regression or a linear SVM.
+    alpha : float
+        L2 regularisation strength (``SGDClassifier``'s; roughly 1 / (C · n_samples)).
+    epochs : int
+        Passes over the blocks, in a seeded random order each time.
+    standardize : bool
+        Fit a ``StandardScaler`` over the blocks first and apply it to each.
+    random_state : int
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    scaler_ : StandardScaler or None
+    model_ : SGDClassifier
+    """
+
+    def __init__(self, loss="log_loss", alpha=1e-4, epochs=5, standardize=True, random_state=0):
+        self.loss = loss
+        self.alpha = alpha
+        self.epochs = epochs
+        self.standardize = standardize
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        """Fit on ``X`` (dask or numpy, shape (n_samples, n_features)) and ``y`` (n_samples,)."""
+        if self.loss not in ("log_loss", "hinge"):
+            raise ValueError(f"loss must be 'log_loss' or 'hinge'. Received: loss={self.loss!r}")
+        y = np.asarray(y)
+        if len(y) != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels")
+        self.classes_ = np.unique(y)
+        self.scaler_ = fit_scaler(X) if self.standardize else None
+        self.model_ = SGDClassifier(loss=self.loss, alpha=self.alpha, random_state=self.random_state)
+        rng = np.random.default_rng(self.random_state)
+        parts = blocks_rows(X)
+        for _ in range(self.epochs):
+            for index in rng.permutation(len(parts)):
+                rows = parts[index]
+                block = self._scale(read_block(X, rows))
+                order = rng.permutation(len(block))
+                self.model_.partial_fit(block[order], y[rows][order], classes=self.classes_)
+        return self
+
+    def _scale(self, block: np.ndarray) -> np.ndarray:
+        return self.scaler_.transform(block) if self.scaler_ is not None else block
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return np.concatenate([self.model_.decision_function(self._scale(b)) for _, b in blocks(X)])
+
+    def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return np.concatenate([self.model_.predict(self._scale(b)) for _, b in blocks(X)])
+
+    def predict_proba(self, X) -> np.ndarray:
+        if self.loss != "log_loss":
+            raise AttributeError("predict_proba needs loss='log_loss'")
+        check_is_fitted(self, "model_")
+        return np.concatenate([self.model_.predict_proba(self._scale(b)) for _, b in blocks(X)])
+
+
+class _BlockBatches:
+    """Mini-batches drawn from one block of the features at a time, for Keras' fit."""
+
+    def __init__(self, X, y: np.ndarray, batch_size: int, scaler, seed: int):
+        self.X, self.y, self.batch_size, self.scaler = X, y, batch_size, scaler
+        self.rng = np.random.default_rng(seed)
+        self.parts = blocks_rows(X)
+
+    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for index in self.rng.permutation(len(self.parts)):
+            rows = self.parts[index]
+            block = read_block(self.X, rows)
+            block = self.scaler.transform(block).astype(np.float32) if self.scaler is not None else block
+            labels = self.y[rows]
+            order = self.rng.permutation(len(block))
+            for start in range(0, len(block), self.batch_size):
+                pick = order[start:start + self.batch_size]
+                yield block[pick], labels[pick]
+
+
+class StreamingDenseHead(ClassifierMixin, BaseEstimator):
+    """The Keras dense head trained from a generator over blocks of a (dask) feature matrix.
+
+    Parameters are those of :class:`pipeline.heads.DenseHead`, without early
+    stopping (holding out a validation part would need a second pass per
+    epoch); ``standardize`` fits a ``StandardScaler`` over the blocks first.
+    """
+
+    def __init__(self, hidden_units=256, dropout=0.5, learning_rate=1e-3, epochs=20, batch_size=64,
+                 standardize=True, random_state=0):
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.standardize = standardize
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        import keras
+        import tensorflow as tf
+
+        y = np.asarray(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        self.scaler_ = fit_scaler(X) if self.standardize else None
+        keras.utils.set_random_seed(self.random_state)
+        self.model_ = keras.Sequential(
+            [keras.Input((X.shape[1],))]
+            + ([keras.layers.Dense(self.hidden_units, activation="relu")] if self.hidden_units else [])
+            + ([keras.layers.Dropout(self.dropout)] if self.dropout else [])
+            + [keras.layers.Dense(len(self.classes_), activation="softmax")])
+        self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                            loss="sparse_categorical_crossentropy")
+        source = _BlockBatches(X, encoded, self.batch_size, self.scaler_, self.random_state)
+        dataset = tf.data.Dataset.from_generator(
+            source.epoch, output_signature=(tf.TensorSpec((None, X.shape[1]), tf.float32),
+                                            tf.TensorSpec((None,), tf.int64)))
+        # The generator is called afresh on each repetition: a new block order every epoch.
+        steps = sum(-(-(rows.stop - rows.start) // self.batch_size) for rows in source.parts)
+        history = self.model_.fit(dataset.repeat(), epochs=self.epochs, steps_per_epoch=steps, verbose=0)
+        self.n_epochs_ = len(history.history["loss"])
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        parts = []
+        for _, block in blocks(X):
+            block = self.scaler_.transform(block) if self.scaler_ is not None else block
+            parts.append(self.model_.predict(block.astype(np.float32), batch_size=4096, verbose=0))
+        return np.concatenate(parts)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
