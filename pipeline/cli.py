@@ -6,6 +6,7 @@
     shoulders check                      every feature set's cut against its backbone (no weights needed)
     shoulders verify [FEATURES_DIR]      every store: complete, uncorrupted, made with the current
                                          params and manifest? (exit status 1 if not)
+    shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
 
 Also available as ``python -m pipeline``.
 """
@@ -81,7 +82,8 @@ def _verify(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores.")
+    parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores and "
+                                     "backbones, verify them, and classify images with an exported model.")
     commands = parser.add_subparsers(dest="command", required=True)
     ls = commands.add_parser("ls", help="list the feature stores")
     ls.add_argument("features", nargs="?", default=Path("features"), type=Path)
@@ -102,10 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--params", type=Path, default=Path("params.yaml"))
     verify.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
     verify.set_defaults(run=_verify)
+    predict = commands.add_parser("predict", add_help=False,
+                                  help="classify images with an exported model (`shoulders predict -h`)")
+    predict.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["predict"]:
+        # predict has its own parser (options such as -h would not pass through a subparser).
+        from pipeline.predict import main as predict_main
+
+        run_stage(lambda: predict_main(argv[1:]))
+        return
     args = build_parser().parse_args(argv)
     run_stage(lambda: args.run(args))
 

@@ -294,6 +294,20 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    """The deployable model (stage: export)."""
+
+    variant: Optional[str] = None   # null: the best on validation; else "<feature set>/<variant id>"
+    tolerance: float = 0.002        # largest probability difference allowed against the pipeline on test
+
+    def __post_init__(self):
+        _require(0 < self.tolerance < 1, "export.tolerance", self.tolerance, "a number in (0, 1)")
+        if self.variant is not None and "/" not in self.variant:
+            raise ParamsError(f"export.variant must be null or '<feature set>/<variant id>'. "
+                              f"Received: {self.variant!r}")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
@@ -302,8 +316,12 @@ class Params:
     heads: HeadsParams = field(default_factory=HeadsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
     def __post_init__(self):
+        if self.export.variant is not None and self.export.variant.split("/")[0] not in self.features:
+            raise ParamsError(f"export.variant names no feature set. Received: {self.export.variant!r}. "
+                              + _suggest(self.export.variant.split("/")[0], self.features))
         chosen = self.finetune.feature_set
         if chosen is not None and chosen not in self.features:
             raise ParamsError(f"finetune.feature_set names no feature set. Received: {chosen!r}. "

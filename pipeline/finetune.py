@@ -40,22 +40,6 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 
-def apply_pooling(x, pooling: str):
-    """Pool a map tensor the way :func:`pipeline.store.open_feature_set` pools stored maps."""
-    import keras
-
-    if pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    if pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    if pooling == "flatten":
-        return keras.layers.Flatten(name="flatten")(x)
-    if pooling == "avgmax":
-        return keras.layers.Concatenate(name="avgmax_pool")(
-            [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
-    raise ValueError(f"pooling must be one of avg, max, flatten, avgmax. Received: {pooling!r}")
-
-
 def build_finetune_model(cut: Any, head: Any, pooling: str, *, unfreeze: int, augment_layers: Sequence = ()):
     """Raw 0–255 images → [augmentation] → preprocess → truncated backbone → pooling → head.
 
@@ -77,6 +61,7 @@ def build_finetune_model(cut: Any, head: Any, pooling: str, *, unfreeze: int, au
     """
     import keras
 
+    from pipeline.export_layers import apply_pooling
     from pipeline.head_layers import to_keras_layers
 
     size = cut.provenance["input_size"]

@@ -7,8 +7,12 @@ stage starts from it, and an exported model carries it.
 
 Exact conversions: ``StandardScaler`` (an affine map), ``PCA`` (an affine map,
 whitening included), ``LogisticRegression`` (softmax, or sigmoid for two
-classes) and :class:`pipeline.heads.DenseHead` (its own Keras layers, weights
-copied). Anything else raises, naming the step, rather than approximating.
+classes), :class:`pipeline.heads.DenseHead` (its own Keras layers, weights
+copied) and a ``LinearSVC`` pipeline calibrated by temperature scaling
+(``CalibratedClassifierCV(FrozenEstimator(...), method="temperature")``: the
+decision function times β, then softmax — which keeps the SVM's argmax). Anything
+else — an RBF or polynomial SVM — raises, naming the step, rather than
+approximating.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def pipeline_steps(estimator: Any) -> list[tuple[str, Any]]:
     return [(name, step) for name, step in steps if step not in (None, "passthrough")]
 
 
-def to_keras_layers(estimator: Any, *, name: str = "head") -> list:
+def to_keras_layers(estimator: Any, *, name: str = "head") -> list:  # noqa: C901 - one branch per kind
     """Keras layers that map pooled features to the estimator's class probabilities.
 
     Parameters
@@ -50,9 +54,40 @@ def to_keras_layers(estimator: Any, *, name: str = "head") -> list:
     NotConvertibleError
         For a step without an exact equivalent (e.g. an RBF SVM).
     """
+    from sklearn.calibration import CalibratedClassifierCV
+
+    if isinstance(estimator, CalibratedClassifierCV):
+        return _calibrated(estimator, name)
     layers = []
     for index, (step_name, step) in enumerate(pipeline_steps(estimator)):
         layers.extend(_convert(step, f"{name}_{index}_{step_name}"))
+    return layers
+
+
+def _calibrated(estimator: Any, name: str) -> list:
+    """A temperature-scaled linear SVM pipeline: its steps, then its decision function times β, softmax."""
+    from sklearn.svm import LinearSVC
+
+    if len(estimator.calibrated_classifiers_) != 1 or estimator.method != "temperature":
+        raise NotConvertibleError("only temperature scaling fitted once (on a frozen estimator) converts exactly; "
+                                  f"received method={estimator.method!r} with "
+                                  f"{len(estimator.calibrated_classifiers_)} calibrated classifiers")
+    calibrated = estimator.calibrated_classifiers_[0]
+    inner = getattr(calibrated.estimator, "estimator", calibrated.estimator)  # unwrap FrozenEstimator
+    *preprocessing, (head_name, head) = pipeline_steps(inner)
+    if not isinstance(head, LinearSVC):
+        raise NotConvertibleError(f"calibrated {type(head).__name__} has no exact Keras equivalent "
+                                  "(convertible: a calibrated LinearSVC)")
+    layers = []
+    for index, (step_name, step) in enumerate(preprocessing):
+        layers.extend(_convert(step, f"{name}_{index}_{step_name}"))
+    beta = calibrated.calibrators[0].beta_
+    coef, intercept = head.coef_, head.intercept_
+    if coef.shape[0] == 1:
+        # Binary: scikit-learn's logits are (-f, f).
+        coef, intercept = np.vstack([-coef, coef]), np.array([-intercept[0], intercept[0]])
+    layers.append(_affine(beta * coef.T, beta * intercept, f"{name}_{head_name}_calibrated",
+                          activation="softmax"))
     return layers
 
 
@@ -95,8 +130,8 @@ def _convert(step: Any, name: str) -> list:
                 raise NotConvertibleError(f"DenseHead layer {layer.name} ({type(layer).__name__}) is not expected")
             copies.append(clone)
         return copies
-    raise NotConvertibleError(f"{type(step).__name__} has no exact Keras equivalent "
-                              "(convertible: StandardScaler, PCA, LogisticRegression, DenseHead)")
+    raise NotConvertibleError(f"{type(step).__name__} has no exact Keras equivalent (convertible: StandardScaler, "
+                              "PCA, LogisticRegression, DenseHead, a temperature-calibrated LinearSVC)")
 
 
 def _affine(kernel: np.ndarray, bias: np.ndarray, name: str, activation=None):

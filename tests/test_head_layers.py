@@ -52,3 +52,24 @@ def test_rbf_svm_is_refused_by_name():
     X, y = _data(2)
     with pytest.raises(NotConvertibleError, match="SVC"):
         to_keras_layers(Pipeline([("head", SVC())]).fit(X, y))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_calibrated_linear_svm_converts_exactly(classes):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.svm import LinearSVC
+
+    X, y = _data(classes)
+    svm = Pipeline([("standardize", StandardScaler()), ("pca", PCA(6)), ("head", LinearSVC(C=0.1))]).fit(X, y)
+    calibrated = CalibratedClassifierCV(FrozenEstimator(svm), method="temperature").fit(X[::2], y[::2])
+    np.testing.assert_allclose(_keras_proba(calibrated, X), calibrated.predict_proba(X), atol=2e-5)
+    np.testing.assert_array_equal(calibrated.predict(X), svm.predict(X))  # calibration keeps the argmax
+
+
+def test_uncalibrated_linear_svm_is_refused():
+    from sklearn.svm import LinearSVC
+
+    X, y = _data(2)
+    with pytest.raises(NotConvertibleError, match="LinearSVC"):
+        to_keras_layers(Pipeline([("head", LinearSVC())]).fit(X, y))

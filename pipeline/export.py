@@ -1,0 +1,202 @@
+"""Stage export: the chosen head and its backbone cut as one deployable model, checked, with a card.
+
+Reads  ``reports/evaluation.json`` (the variant chosen on validation) and the
+       leaderboard, the chosen head in ``heads/<key>/``, the feature store (val
+       for calibration, test for the check), the manifest, the prepare report,
+       and ``params.yaml`` sections ``export``, ``features`` and ``extract.seed``.
+Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
+       → resize → preprocessing → truncated backbone → pooling → head, one Keras
+       graph giving class probabilities — or, when the head has no exact Keras
+       form (RBF/polynomial SVM), the bundle ``features.keras`` + ``head.joblib``
+       behind the same :func:`pipeline.predict.load_model` API; and the model
+       card ``card.json`` / ``card.md``.
+
+Heads without probabilities (SVMs) are calibrated by temperature scaling on
+the validation split, which keeps their predicted class. Before writing the
+card the stage checks the exported model against the pipeline: on every test
+image it must predict the class the cached-feature head predicts, with
+probabilities within ``export.tolerance``; otherwise the stage fails.
+
+Usage: ``python -m pipeline.export --evaluation reports/evaluation.json --out models``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import joblib
+import numpy as np
+
+from pipeline.config import Params, load_params
+from pipeline.data import read_manifest
+from pipeline.stage import run_stage
+
+log = logging.getLogger(__name__)
+
+
+def choose_variant(evaluation: dict, requested: Optional[str]) -> tuple[str, str]:
+    """``(feature_set, variant)``: the one chosen on validation, or ``export.variant`` ("key/variant")."""
+    if requested is None:
+        return evaluation["best"]["feature_set"], evaluation["best"]["variant"]
+    key, _, variant = requested.partition("/")
+    if not variant:
+        raise ValueError(f"export.variant must be '<feature set>/<variant id>'. Received: {requested!r}")
+    return key, variant
+
+
+def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
+    """The head itself if it gives probabilities, else it calibrated on validation by temperature scaling."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    if hasattr(estimator, "predict_proba"):
+        try:
+            estimator.predict_proba(X_val[:1])
+            return estimator, None
+        except AttributeError:  # e.g. an SVC without probability estimates
+            pass
+    # The frozen head is not refitted, so one "fold" holding every validation image is enough
+    # (scikit-learn's default 5-fold split would refuse classes with fewer images).
+    everything = [(np.arange(len(y_val)), np.arange(len(y_val)))]
+    calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method="temperature", cv=everything)
+    calibrated.fit(X_val, y_val)
+    return calibrated, "temperature scaling on the validation split (keeps the predicted class)"
+
+
+def feature_model(cut: Any, pooling: str, store_dtype: str):
+    """uint8 images of any size → the pooled features the head was trained on."""
+    import keras
+
+    from pipeline.export_layers import ImagePreprocess, StoreRounding, apply_pooling
+
+    size = cut.provenance["input_size"]
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(inputs)
+    x = ImagePreprocess(cut.provenance["backbone"], name="preprocess")(x)
+    x = cut.model(x)
+    if store_dtype != "float32":
+        x = StoreRounding(store_dtype, name="store_rounding")(x)
+    if len(x.shape) == 4:
+        x = apply_pooling(x, pooling)
+    return inputs, x
+
+
+def build_exported(cut: Any, head: Any, pooling: str, store_dtype: str) -> tuple[Any, Optional[Any], str]:
+    """``(keras model, bundle head or None, form)`` for a fitted head with ``predict_proba``."""
+    import keras
+
+    from pipeline.head_layers import NotConvertibleError, to_keras_layers
+
+    inputs, features = feature_model(cut, pooling, store_dtype)
+    try:
+        layers = to_keras_layers(head)
+    except NotConvertibleError as error:
+        log.info("the head is exported as a bundle: %s", error)
+        return keras.Model(inputs, features, name="shoulders_features"), head, f"bundle ({error})"
+    x = features
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name="shoulders_model"), None, "single Keras graph"
+
+
+def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, expected: np.ndarray,
+                      tolerance: float) -> dict:
+    """Run the exported model on image files and compare with the cached-feature head's probabilities.
+
+    Raises
+    ------
+    ValueError
+        If any image gets another class, or a probability differs by more than ``tolerance``.
+    """
+    from pipeline.predict import predict_files
+
+    results, failures = predict_files(predictor, [Path(p) for p in paths], progress=False)
+    if failures:
+        raise ValueError(f"the equivalence check could not read {len(failures)} test image(s): {failures[:3]}")
+    got = np.stack([proba for _, proba in results])
+    same = got.argmax(axis=1) == expected.argmax(axis=1)
+    largest = float(np.abs(got - expected).max()) if len(got) else 0.0
+    check = {"images": int(len(got)), "same_class": int(same.sum()), "max_abs_probability_difference": largest,
+             "tolerance": tolerance, "accuracy_exported": float((got.argmax(axis=1) == labels).mean()),
+             "accuracy_cached_head": float((expected.argmax(axis=1) == labels).mean())}
+    if not same.all() or largest > tolerance:
+        bad = [paths[i] for i in np.flatnonzero(~same)[:5]]
+        raise ValueError(f"the exported model disagrees with the pipeline on the test split: {check}; "
+                         f"first images with another class: {bad}")
+    return check
+
+
+def export(params: Params, evaluation: dict, leaderboard: list[dict], heads_dir: Path, records, prepare_report: dict,
+           out: Path) -> dict:
+    """Build, check and write the exported model and its card; returns the card."""
+    from pipeline.backbones import build_cut_model
+    from pipeline.model_card import build_card, card_markdown
+    from pipeline.predict import CARD_FILE, FEATURES_FILE, HEAD_FILE, MODEL_FILE, Predictor
+    from pipeline.store import open_feature_set
+
+    key, variant = choose_variant(evaluation, params.export.variant)
+    scores = json.loads((heads_dir / key / "scores.json").read_text(encoding="utf-8"))
+    rows = {row["variant"]: row for row in scores["variants"]}
+    if variant not in rows:
+        raise ValueError(f"no variant {variant!r} in heads/{key}. Known: {sorted(rows)[:10]}")
+    row, provenance = rows[variant], scores["provenance"]
+    estimator = joblib.load(heads_dir / key / f"{variant}.joblib")
+    store = scores["store"]
+    expect = {"manifest_sha256": provenance["manifest_sha256"], "cut": provenance["cut"]}
+    val = open_feature_set(store, "val", pooling=row["pooling"], expect=expect)
+    head, calibration = with_probabilities(estimator, val.X, val.y)
+    cut = build_cut_model(params.features[key], seed=params.extract.seed)
+    for field in ("backbone", "weights", "weights_sha256", "cut", "input_size"):
+        if cut.provenance.get(field) != provenance.get(field):
+            raise ValueError(f"heads/{key} were trained on features with {field}={provenance.get(field)!r}, but "
+                             f"features.{key} now gives {cut.provenance.get(field)!r}; run `dvc repro` first")
+    model, bundle_head, form = build_exported(cut, head, row["pooling"], provenance["dtype"])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if bundle_head is None:
+        model.save(out / MODEL_FILE)
+    else:
+        model.save(out / FEATURES_FILE)
+        joblib.dump(bundle_head, out / HEAD_FILE)
+    test = open_feature_set(store, "test", pooling=row["pooling"], expect=expect)
+    by_id = {r.id: r for r in records}
+    predictor = Predictor(list(test.classes), model, bundle_head, {})
+    check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
+                              params.export.tolerance)
+    card = build_card(key=key, variant=variant, row=row, provenance=provenance, classes=list(test.classes),
+                      evaluation=evaluation, leaderboard=leaderboard, records=records, prepare_report=prepare_report,
+                      form=form, calibration=calibration, check=check, model=model)
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",
+             key, variant, form, out, check["images"], check["same_class"], check["max_abs_probability_difference"])
+    return card
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import csv
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--evaluation", required=True, type=Path, help="reports/evaluation.json")
+    parser.add_argument("--leaderboard", default=Path("reports/leaderboard.csv"), type=Path)
+    parser.add_argument("--heads", default=Path("heads"), type=Path)
+    parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
+    parser.add_argument("--prepare-report", default=Path("reports/prepare.json"), type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="folder for the model and its card, e.g. models")
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    with args.leaderboard.open(newline="", encoding="utf-8") as handle:
+        leaderboard = list(csv.DictReader(handle))
+    export(params, json.loads(args.evaluation.read_text(encoding="utf-8")), leaderboard, args.heads,
+           read_manifest(args.manifest), json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

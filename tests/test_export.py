@@ -1,0 +1,113 @@
+"""The export stage: one deployable model per head kind, checked against the pipeline, with a card."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import tiny_params, write_image_folder, write_params
+from pipeline import evaluate, export, extract, prepare, train_heads
+from pipeline.predict import image_files, load_model, predict_files, write_predictions
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        write_image_folder(root / "images", classes=3, per_class=12)
+        write_params(root / "params.yaml", tiny_params(
+            "images", heads={"kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "n_jobs": 1,
+                             "logreg": {"C": [1.0]}, "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]},
+                             "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [5]}}))
+        prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--no-progress"])
+        extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+        train_heads.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+        evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                       "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+        yield root
+    finally:
+        os.chdir(cwd)
+
+
+def _export(root, variant):
+    params = tiny_params("images", export={"variant": f"mv2/{variant}"})
+    write_params(root / "params.yaml", params)
+    out = root / "models" / variant
+    export.main(["--evaluation", str(root / "reports/evaluation.json"), "--leaderboard",
+                 str(root / "reports/leaderboard.csv"), "--heads", str(root / "heads"), "--manifest",
+                 str(root / "data/manifest.csv"), "--prepare-report", str(root / "reports/prepare.json"),
+                 "--out", str(out), "--params", str(root / "params.yaml")])
+    return out
+
+
+def _variant(root, kind):
+    scores = json.loads((root / "heads/mv2/scores.json").read_text())
+    return next(v["variant"] for v in scores["variants"] if v["kind"] == kind)
+
+
+@pytest.mark.parametrize("kind, single_graph", [("logreg", True), ("svm_linear", True), ("dense", True),
+                                                ("svm_rbf", False)])
+def test_each_head_kind_exports_and_matches_the_pipeline(pipeline_run, kind, single_graph):
+    out = _export(pipeline_run, _variant(pipeline_run, kind))
+    assert (out / "model.keras").is_file() == single_graph
+    assert (out / "features.keras").is_file() == (not single_graph)
+    card = json.loads((out / "card.json").read_text())
+    check = card["check_against_pipeline"]
+    assert check["same_class"] == check["images"] > 0
+    assert check["max_abs_probability_difference"] <= 0.002
+    assert card["classes"] == ["class_0", "class_1", "class_2"]
+    assert card["head"]["kind"] == kind
+    assert ("bundle" in card["form"]) == (not single_graph)
+    if kind.startswith("svm"):
+        assert "temperature" in card["head"]["probability_calibration"]
+    assert "## Intended use and limits" in (out / "card.md").read_text()
+
+
+def test_exported_model_loads_in_a_fresh_process(pipeline_run):
+    out = _export(pipeline_run, _variant(pipeline_run, "logreg"))
+    image = next((pipeline_run / "images/class_1").iterdir())
+    code = ("import sys; from pipeline.predict import load_model; from pipeline.images import decode_image; "
+            f"m = load_model({str(out)!r}); p = m.predict_proba([decode_image({str(image)!r})]); "
+            "print(m.classes[p.argmax()], round(float(p.sum()), 4))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, total = result.stdout.split()
+    assert name.startswith("class_") and float(total) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_skips_bad_files_and_writes_top_k(pipeline_run, tmp_path):
+    out = _export(pipeline_run, _variant(pipeline_run, "dense"))
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for path in sorted((pipeline_run / "images/class_0").iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / ".DS_Store").write_bytes(b"junk")
+    predictor = load_model(out)
+    files = image_files([folder])
+    assert [f.name for f in files][-1] == "img_002.png" and len(files) == 4
+    results, failures = predict_files(predictor, files, batch_size=2, progress=False)
+    assert len(results) == 3 and len(failures) == 1 and "broken.jpg" in failures[0]
+    handle = io.StringIO()
+    write_predictions(results, predictor.classes, handle, top_k=2)
+    rows = list(csv.reader(io.StringIO(handle.getvalue())))
+    assert rows[0] == ["file", "predicted", "probability", "class_2", "probability_2"]
+    assert len(rows) == 4 and all(float(r[2]) >= float(r[4]) for r in rows[1:])
+    assert np.isclose(sum(predictor.predict_proba([np.zeros((10, 17, 3), np.uint8)])[0]), 1.0, atol=1e-4)
+
+
+def test_unknown_variant_is_named(pipeline_run):
+    with pytest.raises(ValueError, match="no variant 'avg-nope'"):
+        _export(pipeline_run, "avg-nope")
