@@ -1,38 +1,44 @@
 """Stage evaluate: choose the best head per feature set on validation, score it once on test.
 
 Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
-       split of each feature store, and ``params.yaml`` section ``evaluate``.
-Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show``:
-       the overall best and each feature set's chosen variant with validation
-       and test accuracy, macro-F1 and a bootstrap 95% interval on test accuracy);
-       ``--report`` (the same in full, with per-class recall);
-       ``--leaderboard`` (CSV of every variant, test scores only for the chosen
-       ones) and a Markdown twin; ``--plots`` folder with ``confusion.csv``
-       (best model), ``accuracy_by_cut.csv`` and ``leaderboard.csv`` for ``dvc plots``.
+       split of each feature store, ``--costs`` (the backbone timings of
+       stage backbone_cost) and ``params.yaml`` section ``evaluate``.
+Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` and
+       ``dvc exp show``: the overall best and each feature set's chosen variant
+       with validation and test accuracy, macro-F1 and a bootstrap 95% interval
+       on test accuracy); ``--report`` (the same in full, with per-class recall
+       and the cost report); ``--cost`` (the cost report alone: how long the
+       sweep took and what its variants would have cost end to end through the
+       backbone); ``--leaderboard`` (CSV of every variant, test scores only for
+       the chosen ones) and a Markdown twin; ``--plots`` folder with the data
+       of every ``dvc plots`` plot (see :mod:`pipeline.sweep_report`).
 
-Only the variant chosen on validation is ever scored on test, so the reported
-test numbers are not themselves selected on test.
+Only the variant chosen on validation (or by cross-validation on train+val,
+with ``heads.cv``) is ever scored on test, so the reported test numbers are not
+themselves selected on test; the overall best is chosen on validation too.
+Loading the chosen heads imports no TensorFlow (see :mod:`pipeline.dense_head`).
 
 Usage: ``python -m pipeline.evaluate --heads heads --metrics metrics.json --report reports/evaluation.json
---leaderboard reports/leaderboard.csv --plots plots``
+--leaderboard reports/leaderboard.csv --plots plots [--costs reports/backbone_cost.json --cost reports/cost.json]``
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import joblib
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from pipeline.stage import run_stage
 from pipeline.config import EvaluateParams, load_params
+from pipeline.cost import end_to_end_seconds
+from pipeline.stage import run_stage
 from pipeline.store import open_feature_set
+from pipeline.sweep_report import leaderboard_markdown, write_csv, write_plots
 from pipeline.train_heads import SCORES_FILE
 
 log = logging.getLogger(__name__)
@@ -95,8 +101,17 @@ def score_test(estimator, X: np.ndarray, y: np.ndarray, classes: Sequence[str], 
     }
 
 
-def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict], dict]:
+def evaluate(heads_dir: Path, settings: EvaluateParams,
+             costs: Optional[dict] = None) -> tuple[dict, list[dict], dict]:
     """Select per feature set, score the selections on test, pick the overall best on validation.
+
+    Parameters
+    ----------
+    heads_dir : Path
+        Holds ``<key>/scores.json`` and the fitted heads.
+    settings : EvaluateParams
+    costs : dict, optional
+        Backbone timings by feature set (stage backbone_cost); adds ``cost`` to the report.
 
     Returns
     -------
@@ -108,7 +123,8 @@ def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict
         The overall best selection with its test labels and predictions, for plots.
     """
     chosen, leaderboard = {}, []
-    for scores in load_scores(heads_dir):
+    all_scores = load_scores(heads_dir)
+    for scores in all_scores:
         key, provenance = scores["feature_set"], scores["provenance"]
         pick = select_best(scores["variants"], settings.select_by)
         test = open_feature_set(scores["store"], "test", pooling=pick["pooling"],
@@ -125,10 +141,12 @@ def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict
             leaderboard.append({
                 "feature_set": key, "backbone": provenance["backbone"], "weights": provenance["weights"],
                 "cut": provenance["cut"], "variant": row["variant"], "kind": row["kind"],
-                "pooling": row["pooling"], "val_accuracy": row["val_accuracy"],
-                "val_macro_f1": row["val_macro_f1"],
+                "pooling": row["pooling"], "standardize": row.get("standardize", True), "pca": row.get("pca"),
+                "params": row.get("params", {}), "val_accuracy": row["val_accuracy"],
+                "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
                 "test_accuracy": result["test_accuracy"] if selected else None,
-                "fit_seconds": row["fit_seconds"], "selected": selected,
+                "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
+                "n_epochs": row.get("n_epochs"), "selected": selected,
             })
     best_key = max(chosen, key=lambda k: (chosen[k]["pick"][f"val_{settings.select_by}"], k))
     leaderboard.sort(key=lambda r: (-(r[f"val_{settings.select_by}"] or 0.0), r["feature_set"], r["variant"]))
@@ -136,9 +154,73 @@ def evaluate(heads_dir: Path, settings: EvaluateParams) -> tuple[dict, list[dict
         "best": _summary(best_key, chosen[best_key]),
         "feature_sets": {k: _summary(k, c) for k, c in sorted(chosen.items())},
         "variants_trained": len(leaderboard),
-        "selected_by": f"validation {settings.select_by}",
+        "selected_by": f"{_selection(all_scores)} {settings.select_by}",
+        "cost": None if costs is None else sweep_cost(all_scores, costs,
+                                                      {k: len(c["y"]) for k, c in chosen.items()}),
     }
     return report, leaderboard, {"key": best_key, **chosen[best_key]}
+
+
+def _selection(all_scores: Sequence[dict]) -> str:
+    schemes = sorted({row.get("selection", "val split") for s in all_scores for row in s["variants"]})
+    return " / ".join(f"validation ({scheme})" for scheme in schemes)
+
+
+def sweep_cost(all_scores: Sequence[dict], costs: dict, test_rows: dict[str, int]) -> dict:
+    """How long the sweep took, and what its variants would cost end to end through the backbone.
+
+    Parameters
+    ----------
+    all_scores : sequence of dict
+        The ``scores.json`` of every feature set.
+    costs : dict
+        ``{key: {"seconds_per_image": ...}}`` from stage backbone_cost.
+    test_rows : dict
+        Test images per feature set (for the one-off extraction cost).
+
+    Returns
+    -------
+    dict
+        ``variants``, ``fitted`` and ``reused`` (this run of the heads stages),
+        ``heads_stage_seconds`` (their wall time, imports included),
+        ``fit_seconds`` (fitting time of every variant, reused ones as first
+        fitted), ``end_to_end_seconds`` (:func:`pipeline.cost.end_to_end_seconds`
+        summed over feature sets), ``extraction_seconds`` (the backbone once over
+        every image), ``seconds_per_image_mean``, ``end_to_end_over_fit`` (how
+        many times the fitting time end to end would take) and the
+        per-feature-set numbers.
+
+    Raises
+    ------
+    ValueError
+        If a feature set has no backbone timing.
+    """
+    per_set, totals = {}, dict.fromkeys(("variants", "fitted", "reused"), 0)
+    for scores in all_scores:
+        key, rows, sweep = scores["feature_set"], scores["variants"], scores.get("sweep", {})
+        if key not in costs:
+            raise ValueError(f"no backbone timing for feature set {key!r} in the costs file "
+                             f"(it has {sorted(costs)}); rerun stage backbone_cost")
+        seconds_per_image = costs[key]["seconds_per_image"]
+        n = scores["rows"]
+        per_set[key] = {
+            "variants": len(rows), "fitted": sweep.get("fitted", len(rows)), "reused": sweep.get("reused", 0),
+            "heads_stage_seconds": sweep.get("stage_seconds"),
+            "fit_seconds": round(sum(r["fit_seconds"] + r.get("preprocess_seconds", 0.0) for r in rows), 3),
+            "seconds_per_image": seconds_per_image,
+            "end_to_end_seconds": round(end_to_end_seconds(rows, seconds_per_image=seconds_per_image,
+                                                           n_train=n["train"], n_val=n["val"],
+                                                           cv=sweep.get("cv", 0)), 1),
+            "extraction_seconds": round(seconds_per_image * (n["train"] + n["val"] + test_rows[key]), 1),
+        }
+        for name in totals:
+            totals[name] += per_set[key][name]
+    sums = {name: round(sum(p[name] or 0.0 for p in per_set.values()), 3)
+            for name in ("heads_stage_seconds", "fit_seconds", "end_to_end_seconds", "extraction_seconds")}
+    mean_spi = float(np.mean([p["seconds_per_image"] for p in per_set.values()]))
+    ratio = sums["end_to_end_seconds"] / sums["fit_seconds"] if sums["fit_seconds"] else None
+    return {**totals, **sums, "seconds_per_image_mean": mean_spi,
+            "end_to_end_over_fit": None if ratio is None else round(ratio, 1), "feature_sets": per_set}
 
 
 def _summary(key: str, chosen: dict) -> dict:
@@ -165,49 +247,6 @@ def headline(report: dict) -> dict:
             "variants_trained": report["variants_trained"]}
 
 
-def leaderboard_markdown(rows: Sequence[dict], report: dict) -> str:
-    """The leaderboard as a Markdown page for humans."""
-    best = report["best"]
-    low, high = best["test_accuracy_ci95"]
-    lines = ["# Leaderboard", "",
-             f"Best on {report['selected_by']}: **{best['feature_set']} / {best['variant']}** — "
-             f"test accuracy **{best['test_accuracy']:.4f}** (95% CI {low:.4f}–{high:.4f}), "
-             f"macro-F1 {best['test_macro_f1']:.4f}, on {best['test_images']} test images.", "",
-             "Test scores are shown only for the variant chosen on validation in each feature set (✓).", "",
-             "| # | feature set | cut | variant | val acc | val macro-F1 | test acc | fit s |",
-             "|---:|---|---|---|---:|---:|---:|---:|"]
-    for rank, row in enumerate(rows, 1):
-        test = f"{row['test_accuracy']:.4f} ✓" if row["selected"] else ""
-        lines.append(f"| {rank} | {row['feature_set']} | {row['cut']} | {row['variant']} | "
-                     f"{_num(row['val_accuracy'])} | {_num(row['val_macro_f1'])} | {test} | {row['fit_seconds']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _num(value) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def write_csv(rows: Sequence[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: dict) -> None:
-    """CSV data for ``dvc plots``: confusion matrix, accuracy per cut, leaderboard bars."""
-    classes = best["classes"]
-    write_csv([{"actual": classes[a], "predicted": classes[p]}
-               for a, p in zip(best["y"], best["result"]["predicted"])], plots / "confusion.csv")
-    by_cut = [{"feature_set": key, "backbone": f"{s['backbone']} ({s['weights']})", "cut": s["cut"],
-               "cut_depth": s["cut_depth"], "val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"]}
-              for key, s in report["feature_sets"].items()]
-    write_csv(sorted(by_cut, key=lambda r: (r["backbone"], r["cut_depth"])), plots / "accuracy_by_cut.csv")
-    write_csv([{"variant": f"{r['feature_set']}/{r['variant']}", "val_accuracy": r["val_accuracy"]}
-               for r in leaderboard], plots / "leaderboard.csv")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", required=True, type=Path, help="folder holding heads/<key>/scores.json")
@@ -215,19 +254,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", required=True, type=Path, help="full evaluation JSON")
     parser.add_argument("--leaderboard", required=True, type=Path, help="CSV; a .md twin is written beside it")
     parser.add_argument("--plots", required=True, type=Path, help="folder for dvc plots data")
+    parser.add_argument("--costs", type=Path, help="backbone timings (stage backbone_cost), for the cost report")
+    parser.add_argument("--cost", type=Path, help="where to write the cost report (needs --costs)")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
+    if args.cost is not None and args.costs is None:
+        raise ValueError(f"--cost {args.cost} needs --costs (the backbone timings of stage backbone_cost)")
     settings = load_params(args.params).evaluate
-    report, leaderboard, best = evaluate(args.heads, settings)
-    for path, content in ((args.report, report), (args.metrics, headline(report))):
+    costs = None
+    if args.costs is not None:
+        if not args.costs.is_file():
+            raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
+        costs = json.loads(args.costs.read_text(encoding="utf-8"))
+    report, leaderboard, best = evaluate(args.heads, settings, costs)
+    outputs = [(args.report, report), (args.metrics, headline(report))]
+    if args.cost is not None:
+        # Flat, so that `dvc metrics show` and `dvc exp show` get a few columns (the full report has the rest).
+        outputs.append((args.cost, {k: v for k, v in report["cost"].items() if k != "feature_sets"}))
+    for path, content in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
-    write_csv(leaderboard, args.leaderboard)
+    write_csv([{k: v for k, v in row.items() if k != "params"} for row in leaderboard], args.leaderboard)
     args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, report), encoding="utf-8")
     write_plots(args.plots, report, leaderboard, best)
     b = report["best"]
     log.info("best: %s / %s, test accuracy %.4f (95%% CI %s)", b["feature_set"], b["variant"],
              b["test_accuracy"], b["test_accuracy_ci95"])
+    if report["cost"]:
+        c = report["cost"]
+        log.info("sweep: %d variants, heads stages %.1f s wall (%d fitted, %d reused), %.1f s of fitting; "
+                 "end to end through the backbone they would take ~%.0f s (%.1f ms/image); extracting "
+                 "the features once ~%.0f s", c["variants"], c["heads_stage_seconds"], c["fitted"], c["reused"],
+                 c["fit_seconds"], c["end_to_end_seconds"], 1000 * c["seconds_per_image_mean"],
+                 c["extraction_seconds"])
 
 
 if __name__ == "__main__":

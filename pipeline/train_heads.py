@@ -1,13 +1,24 @@
 """Stage heads: train every head variant of the grid on one feature set.
 
-Reads  the feature store ``--features`` (train and val splits) and
-       ``params.yaml`` section ``heads``.
+Reads  the feature store ``--features`` (train and val splits, pooled as each
+       variant asks) and ``params.yaml`` section ``heads``.
 Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
-       variant (``<variant>.joblib``) and ``scores.json`` with each variant's
-       validation accuracy, macro-F1 and fit seconds, plus the store's provenance.
+       variant (``<variant>.joblib``: [standardize] → [pca] → head) and
+       ``scores.json`` with each variant's validation accuracy and macro-F1,
+       fit seconds, peak memory and fingerprint, the sweep's wall time, and
+       the store's provenance.
 
 The test split is not read here: selection happens on validation only, and the
 evaluate stage scores the selected heads on test once.
+
+Only what changed is refitted. ``--out`` is a persistent DVC output: a variant
+whose fingerprint — the sha256 of its estimator settings, the bytes of the
+pooled train and val features, the source of the modules that fit it and the
+library versions — equals the one recorded in the previous ``scores.json``, and
+whose ``.joblib`` file is there, is kept as it is (``"reused": true``). Logistic
+regression paths are kept or refitted whole, since each C starts from the
+previous one. Files of variants no longer in the grid are removed, so the
+folder always holds exactly the grid. ``dvc repro --force`` refits everything.
 
 Usage: ``python -m pipeline.train_heads --features features/KEY.zarr --out heads/KEY``
 """
@@ -15,82 +26,158 @@ Usage: ``python -m pipeline.train_heads --features features/KEY.zarr --out heads
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import joblib
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
-from pipeline.stage import run_stage
 from pipeline.config import HeadsParams, load_params
-from pipeline.heads import Variant, expand_grid, make_estimator
+from pipeline.heads import Variant, expand_grid, make_head, make_preprocessor
+from pipeline.stage import run_stage
 from pipeline.store import open_feature_set, open_store
+from pipeline.sweep import Job, Splits, plan_jobs, run_sweep
 
 log = logging.getLogger(__name__)
 SCORES_FILE = "scores.json"
+# Modules whose code decides what a fit produces: part of every fingerprint.
+_FIT_MODULES = ("pipeline.heads", "pipeline.dense_head", "pipeline.sweep")
+_FIT_LIBRARIES = ("scikit-learn", "numpy", "keras", "joblib")
 
 
-def fit_variant(variant: Variant, heads: HeadsParams, X_train: np.ndarray, y_train: np.ndarray,
-                X_val: np.ndarray, y_val: np.ndarray):
-    """Fit one variant on train and score it on validation.
-
-    Returns
-    -------
-    estimator : sklearn Pipeline, fitted
-    row : dict
-        ``variant``, ``kind``, ``pooling``, hyperparameters, ``val_accuracy``,
-        ``val_macro_f1``, ``fit_seconds``.
-    """
-    estimator = make_estimator(variant, heads)
-    started = time.perf_counter()
-    estimator.fit(X_train, y_train)
-    fit_seconds = time.perf_counter() - started
-    predicted = estimator.predict(X_val) if len(y_val) else np.zeros(0, int)
-    row = {"variant": variant.id, "kind": variant.kind, "pooling": variant.pooling,
-           "params": dict(variant.params),
-           "val_accuracy": float(accuracy_score(y_val, predicted)) if len(y_val) else None,
-           "val_macro_f1": float(f1_score(y_val, predicted, average="macro")) if len(y_val) else None,
-           "fit_seconds": round(fit_seconds, 4)}
-    return estimator, row
-
-
-def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool = True) -> list[dict]:
-    """Fit the whole grid on one store in parallel and save every fitted head.
-
-    Returns
-    -------
-    list of dict
-        One score row per variant, in grid order.
-    """
-    from tqdm.auto import tqdm
-
-    variants = expand_grid(heads)
+def read_splits(features: Path, poolings: Sequence[str]) -> dict[str, Splits]:
+    """The train and val rows of a store for each pooling (read once each, pooled as read)."""
     data = {}
-    for pooling in heads.pooling:
+    for pooling in poolings:
         train = open_feature_set(features, "train", pooling=pooling)
         val = open_feature_set(features, "val", pooling=pooling)
-        data[pooling] = (train.X, train.y, val.X, val.y)
+        data[pooling] = Splits(train.X, train.y, val.X, val.y)
         log.info("%s pooling=%s: train X %s, val X %s", features.name, pooling, train.X.shape, val.X.shape)
-    if not len(data[heads.pooling[0]][3]):
-        log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0)",
-                    features)
+    return data
+
+
+def data_digest(splits: Splits) -> str:
+    """sha256 of the arrays a fit sees (values, shapes and dtypes)."""
+    digest = hashlib.sha256()
+    for array in (splits.X_train, splits.y_train, splits.X_val, splits.y_val):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def job_fingerprint(job: Job, heads: HeadsParams, data_sha: str) -> str:
+    """What a job's results depend on; equal fingerprints mean the same fits (see the module docstring)."""
+    code = hashlib.sha256(b"".join(Path(sys.modules[m].__file__).read_bytes() for m in _FIT_MODULES)).hexdigest()
+    preprocessor = make_preprocessor(job.variants[0], heads)
+    recipe = {
+        "variants": [v.id for v in job.variants],
+        "heads": [sorted(make_head(v, heads).get_params().items()) for v in job.variants],
+        "preprocessing": None if preprocessor is None else sorted(preprocessor.get_params().items()),
+        "cv": heads.cv, "seed": heads.seed, "data": data_sha, "code": code,
+        "versions": {name: _version(name) for name in _FIT_LIBRARIES},
+    }
+    return hashlib.sha256(json.dumps(recipe, default=repr, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def previous_rows(out: Path) -> dict[str, dict]:
+    """The rows of an earlier ``scores.json`` in ``out`` by variant id, when its file is there too."""
+    path = out / SCORES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["variants"]
+    except (ValueError, KeyError) as error:
+        log.warning("ignoring unreadable %s (%s); refitting everything", path, error)
+        return {}
+    return {r["variant"]: r for r in rows if "fingerprint" in r and (out / f"{r['variant']}.joblib").is_file()}
+
+
+def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool = True,
+                reuse: bool = True) -> tuple[list[dict], dict]:
+    """Fit the grid on one store (what changed only), save every fitted head.
+
+    Parameters
+    ----------
+    features : Path
+        The feature store.
+    heads : HeadsParams
+    out : Path
+        Folder of the fitted heads; earlier results in it are reused when their
+        fingerprints match (unless ``reuse`` is false).
+
+    Returns
+    -------
+    rows : list of dict
+        One score row per variant, in grid order.
+    summary : dict
+        ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
+    """
+    variants = expand_grid(heads)
+    data = read_splits(features, sorted({v.pooling for v in variants}))
+    if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
+        log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0 "
+                    "or heads.cv >= 2)", features)
+    digests = {pooling: data_digest(splits) for pooling, splits in data.items()}
+    old = previous_rows(out) if reuse else {}
+    rows: dict[str, dict] = {}
+    to_fit = []
+    for job in plan_jobs(variants):
+        fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
+        if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
+            rows.update({v.id: {**old[v.id], "reused": True} for v in job.variants})
+        else:
+            to_fit.append((job, fingerprint))
     out.mkdir(parents=True, exist_ok=True)
-    # joblib memory-maps the large feature arrays for its workers instead of copying them.
-    jobs = (joblib.delayed(fit_variant)(v, heads, *data[v.pooling]) for v in variants)
-    rows = []
-    runner = joblib.Parallel(n_jobs=heads.n_jobs, return_as="generator")
-    for variant, (estimator, row) in zip(variants, tqdm(runner(jobs), total=len(variants),
-                                                        desc=f"heads {features.stem}", unit="variant",
-                                                        disable=not progress)):
+    n_fit = sum(len(job.variants) for job, _ in to_fit)
+    log.info("%s: %d variants, %d to fit, %d reused", features.stem, len(variants), n_fit, len(variants) - n_fit)
+    fingerprints = {v: f for job, f in to_fit for v in job.variants}
+    started = time.perf_counter()
+    for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
+                                             progress=progress, desc=f"heads {features.stem}"):
         joblib.dump(estimator, out / f"{variant.id}.joblib")
-        rows.append(row)
-        log.info("%-40s val acc %.4f  (%.2f s)", row["variant"], row["val_accuracy"] or float("nan"),
-                 row["fit_seconds"])
-    return rows
+        rows[variant.id] = {**describe(variant, heads), **row, "fingerprint": fingerprints[variant], "reused": False}
+        log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
+                 row["fit_seconds"], row["peak_rss_mib"])
+    fit_wall = time.perf_counter() - started
+    keep = {f"{v.id}.joblib" for v in variants}
+    for stale in out.glob("*.joblib"):
+        if stale.name not in keep:
+            stale.unlink()
+    summary = {"variants": len(variants), "fitted": n_fit, "reused": len(variants) - n_fit,
+               "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv}
+    return [rows[v.id] for v in variants], summary
+
+
+def describe(variant: Variant, heads: HeadsParams) -> dict:
+    """The identifying part of a score row."""
+    return {"variant": variant.id, "kind": variant.kind, "pooling": variant.pooling,
+            "standardize": variant.standardize, "pca": variant.pca, "params": dict(variant.params),
+            "selection": "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _process_seconds() -> float:
+    """Wall time since this process started, interpreter start-up and imports included."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -99,13 +186,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for the fitted heads, e.g. heads/KEY")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-reuse", action="store_true", help="refit every variant")
     args = parser.parse_args(argv)
     heads = load_params(args.params).heads
-    rows = train_heads(args.features, heads, args.out, progress=not args.no_progress)
-    provenance = dict(open_store(args.features).attrs["provenance"])
+    rows, summary = train_heads(args.features, heads, args.out, progress=not args.no_progress,
+                                reuse=not args.no_reuse)
+    store = open_store(args.features)
+    provenance = dict(store.attrs["provenance"])
+    summary["stage_seconds"] = round(_process_seconds(), 3)
     scores = {"feature_set": args.features.stem, "store": str(args.features), "provenance": provenance,
-              "variants": rows}
+              "rows": {s: int(store[s]["X"].shape[0]) for s in ("train", "val")},
+              "sweep": summary, "variants": rows}
     (args.out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", args.features.stem, summary["variants"],
+             summary["fitted"], summary["reused"], summary["stage_seconds"])
 
 
 if __name__ == "__main__":

@@ -68,6 +68,27 @@ def test_dense_head_works_in_a_grid_search(blobs):
     assert search.best_params_["hidden_units"] in (0, 8)
 
 
+def test_dense_head_predicts_in_numpy_what_its_keras_model_predicts(blobs):
+    X, y = blobs
+    head = DenseHead(hidden_units=16, dropout=0.3, epochs=5, random_state=0).fit(X, y)
+    keras_proba = np.asarray(head.model_.predict(X, verbose=0))
+    np.testing.assert_allclose(head.predict_proba(X), keras_proba, rtol=1e-4, atol=1e-6)
+    # The pickle holds numpy weights only: loading it (evaluate, finetune) needs no TensorFlow.
+    state = pickle.loads(pickle.dumps(head)).__dict__
+    assert "_keras_model" not in state and [k.shape for k in state["coefs_"]] == [(10, 16), (16, 3)]
+    rebuilt = pickle.loads(pickle.dumps(head)).model_
+    assert [layer.name for layer in rebuilt.layers] == ["hidden", "dropout", "probabilities"]
+    np.testing.assert_allclose(np.asarray(rebuilt.predict(X, verbose=0)), keras_proba, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_head_without_patience_trains_every_epoch(blobs):
+    X, y = blobs
+    head = DenseHead(hidden_units=0, dropout=0.0, epochs=7, patience=0, random_state=0).fit(X, y)
+    assert head.n_epochs_ == 7 and len(head.loss_curve_) == 7
+    assert head.loss_curve_[-1] < head.loss_curve_[0]
+    assert not hasattr(DenseHead(), "model_")
+
+
 def test_grid_ids_are_stable_and_readable():
     heads = parse_params({"heads": {"kinds": ["logreg", "svm_rbf", "dense"], "pooling": ["avg", "max"],
                                     "logreg": {"C": [0.1, 1.0]}, "svm_rbf": {"C": [1.0], "gamma": ["scale", 0.01]},
@@ -80,7 +101,29 @@ def test_grid_ids_are_stable_and_readable():
     assert "avg-dense-h256-d0.5-lr0.001-e60" in ids
 
 
-@pytest.mark.parametrize("kind", ["logreg", "svm_linear", "svm_rbf", "dense"])
+def test_grid_sweeps_pooling_standardisation_and_pca():
+    heads = parse_params({"heads": {"kinds": ["logreg", "svm_poly"], "pooling": ["avg", "avgmax"],
+                                    "standardize": [True, False], "pca": [None, 8, 0.9],
+                                    "logreg": {"C": [1.0]}, "svm_poly": {"degree": [2, 3]}}}).heads
+    variants = expand_grid(heads)
+    ids = [v.id for v in variants]
+    assert len(ids) == 2 * 2 * 3 * (1 + 2) == len(set(ids))
+    assert ids[0] == "avg-logreg-C1"   # default preprocessing adds nothing to the id
+    assert {"avgmax-nostd-pca8-logreg-C1", "avg-pca0.9-svm_poly-C1-gscale-deg3", "avg-nostd-logreg-C1"} <= set(ids)
+    by_id = dict(zip(ids, variants))
+    steps = [name for name, _ in make_estimator(by_id["avgmax-nostd-pca8-logreg-C1"], heads).steps]
+    assert steps == ["pca", "head"]
+    assert [name for name, _ in make_estimator(by_id["avg-nostd-logreg-C1"], heads).steps] == ["head"]
+    assert make_estimator(by_id["avg-logreg-C1"], heads).named_steps["head"].warm_start
+
+
+def test_grid_refuses_a_value_listed_twice():
+    heads = parse_params({"heads": {"kinds": ["logreg"], "logreg": {"C": [0.1, 0.1]}}}).heads
+    with pytest.raises(ValueError, match="same variant twice.*avg-logreg-C0.1"):
+        expand_grid(heads)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"])
 def test_every_kind_learns_separable_data(blobs, kind):
     X, y = blobs
     heads = parse_params({"heads": {"kinds": [kind], "dense": {"epochs": [40], "hidden_units": [16], "learning_rate": [0.01]}}}).heads

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import evaluate, extract, prepare, train_heads
+from pipeline import cost, evaluate, extract, prepare, train_heads
 from pipeline.data import read_manifest
 from pipeline.store import StoreError, open_feature_set
 
@@ -64,20 +65,56 @@ def test_heads_and_evaluate_end_to_end(prepared):
     assert [v["variant"] for v in scores["variants"]] == [
         "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-lr0.001-e3"]
     assert all((prepared / "heads/mv2" / f"{v['variant']}.joblib").is_file() for v in scores["variants"])
+    assert scores["sweep"]["fitted"] == 4 and scores["rows"] == {"train": 18, "val": 6}
+    assert all(v["fit_seconds"] > 0 and v["peak_rss_mib"] is not None for v in scores["variants"])
+    assert scores["variants"][-1]["n_epochs"] == 3
+    cost.main(["--out", "reports/backbone_cost.json"])
     evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
+                   "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
     metrics = json.loads((prepared / "metrics.json").read_text())
     assert set(metrics) == {"best", "mv2", "variants_trained"}
     assert metrics["best"]["test_accuracy"] == metrics["mv2"]["test_accuracy"]
     best = json.loads((prepared / "reports/evaluation.json").read_text())["best"]
     assert best["feature_set"] == "mv2" and 0.0 <= best["test_accuracy"] <= 1.0
+    assert set(best["test_recall"]) == {"class_0", "class_1", "class_2"}
     low, high = best["test_accuracy_ci95"]
     assert low <= best["test_accuracy"] <= high
-    board = (prepared / "reports/leaderboard.csv").read_text().splitlines()
-    assert len(board) == 1 + 4 and sum(",True" in line for line in board) == 1
-    assert (prepared / "reports/leaderboard.md").read_text().startswith("# Leaderboard")
+    with open(prepared / "reports/leaderboard.csv", newline="") as handle:
+        board = list(csv.DictReader(handle))
+    assert len(board) == 4 and [row["selected"] for row in board].count("True") == 1
+    assert all(row["test_accuracy"] == "" for row in board if row["selected"] == "False")
+    markdown = (prepared / "reports/leaderboard.md").read_text()
+    assert markdown.startswith("# Leaderboard") and "**Cost.**" in markdown
     confusion = (prepared / "plots/confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 6
+    swept = (prepared / "plots/hyperparameters.csv").read_text().splitlines()
+    assert swept[0] == "hyperparameter,value,order,feature_set,val_accuracy"
+    assert {line.split(",")[0] for line in swept[1:]} == {"kind", "logreg.C"}   # the only lists of 2+
+    report = json.loads((prepared / "reports/cost.json").read_text())
+    # 3 closed-form heads read 18 train + 6 val images once; the dense head 3 epochs of 18 + 6.
+    per_image = json.loads((prepared / "reports/backbone_cost.json").read_text())["mv2"]["seconds_per_image"]
+    assert report["end_to_end_seconds"] == pytest.approx(per_image * (3 * 24 + 3 * 18 + 6), rel=1e-3, abs=0.05)
+    assert report["variants"] == 4 and report["fitted"] == 4 and report["heads_stage_seconds"] > 0
+
+
+def test_heads_refit_only_what_changed(prepared):
+    extract.main(EXTRACT_ARGS)
+    args = ["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"]
+    train_heads.main(args)
+    first = json.loads((prepared / "heads/mv2/scores.json").read_text())["variants"]
+    train_heads.main(args)
+    again = json.loads((prepared / "heads/mv2/scores.json").read_text())
+    assert again["sweep"]["fitted"] == 0 and all(v["reused"] for v in again["variants"])
+    assert [v["val_accuracy"] for v in again["variants"]] == [v["val_accuracy"] for v in first]
+    write_params(prepared / "params.yaml", tiny_params("images", heads={"logreg": {"C": [1.0, 3.0]}}))
+    train_heads.main(args)
+    changed = json.loads((prepared / "heads/mv2/scores.json").read_text())
+    fitted = {v["variant"] for v in changed["variants"] if not v["reused"]}
+    assert fitted == {"avg-logreg-C1", "avg-logreg-C3"}   # the C path is refitted whole
+    assert not (prepared / "heads/mv2/avg-logreg-C0.1.joblib").exists()
+    assert sorted(p.name for p in (prepared / "heads/mv2").glob("*.joblib")) == sorted(
+        f"{v['variant']}.joblib" for v in changed["variants"])
 
 
 def test_heads_refuse_an_incomplete_store(prepared):

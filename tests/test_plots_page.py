@@ -1,0 +1,83 @@
+"""`dvc plots show` with the project's plots, templates and offline page, checked in a real headless browser."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from pipeline.sweep_report import hyperparameter_rows, write_plots
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+def _plot_data(plots: Path) -> tuple[list[dict], list[dict]]:
+    """Plot data the way the evaluate stage writes it, for two backbones and three feature sets."""
+    sets = {"a_top": ("net (imagenet)", 1.0, 0.9), "a_mid": ("net (imagenet)", 0.6, 0.8),
+            "b_top": ("net (none)", 1.0, 0.3)}
+    report = {"feature_sets": {key: {"backbone": backbone.split()[0], "weights": backbone.split()[1][1:-1],
+                                     "cut": f"cut_{key}", "cut_depth": depth, "val_accuracy": acc,
+                                     "test_accuracy": acc - 0.02}
+                               for key, (backbone, depth, acc) in sets.items()}}
+    leaderboard = []
+    for key, (_, _, acc) in sets.items():
+        for c in (0.1, 1.0, 10.0):
+            leaderboard.append({"feature_set": key, "variant": f"avg-logreg-C{c:g}", "kind": "logreg",
+                                "pooling": "avg", "standardize": True, "pca": None, "params": {"C": c},
+                                "val_accuracy": acc - 0.01 * c})
+        leaderboard.append({"feature_set": key, "variant": "max-svm_linear-C1", "kind": "svm_linear",
+                            "pooling": "max", "standardize": True, "pca": None, "params": {"C": 1.0},
+                            "val_accuracy": acc - 0.05})
+    best = {"classes": ("cat", "dog", "fox"), "y": [0, 1, 2, 2, 1], "result": {"predicted": [0, 1, 2, 1, 1]}}
+    write_plots(plots, report, leaderboard, best)
+    return leaderboard, hyperparameter_rows(leaderboard)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
+def test_dvc_plots_render_offline_with_data(tmp_path):
+    pytest.importorskip("vl_convert")
+    from pipeline.plots_page import page_template
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shutil.copytree(REPO / ".dvc/plots", tmp_path / ".dvc/plots")
+    shutil.copy(REPO / ".dvc/config", tmp_path / ".dvc/config")
+    plots_only = {"plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(plots_only, sort_keys=False))
+    leaderboard, swept = _plot_data(tmp_path / "plots")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/plots_page.html").write_text(page_template(), encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "dvc_plots"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    page = (tmp_path / "dvc_plots/index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page), "the page must not load scripts from the network"
+
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
+         (tmp_path / "dvc_plots/index.html").as_uri()],
+        capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+    plots = dict(re.findall(r'<div id="([^"]+)"[^>]*data-rendered="([^"]*)"', dom))
+    assert len(plots) == 4 and set(plots.values()) == {"ok"}, plots
+    marks = {}
+    for chunk in dom.split('<div id="')[1:]:
+        marks[chunk[:chunk.index('"')]] = Counter(re.findall(r'aria-roledescription="([^"]+)"', chunk))
+    by_title = {next(k for k in marks if k.startswith(prefix)): prefix
+                for prefix in ("Leaderboard", "Test_accuracy_against_cut", "Confusion", "Validation_accuracy")}
+    counts = {by_title[k]: v for k, v in marks.items() if k in by_title}
+    assert counts["Leaderboard"]["bar"] == len(leaderboard)                    # one bar per variant
+    assert counts["Test_accuracy_against_cut"]["point"] == 3                   # one point per feature set
+    assert counts["Test_accuracy_against_cut"]["line mark"] == 2               # one line per backbone
+    assert counts["Validation_accuracy"]["point"] == len(swept)                # kind, pooling, logreg.C
+    assert counts["Confusion"]["rect mark"] >= 9                               # 3 × 3 cells
