@@ -2,7 +2,9 @@
 
 Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
        split of each feature store, ``--costs`` (the backbone timings of
-       stage backbone_cost) and ``params.yaml`` section ``evaluate``.
+       stage backbone_cost), ``--finetune`` (the fine-tune stage's result, which
+       joins the leaderboard and the overall choice) and ``params.yaml`` sections
+       ``evaluate`` and ``export.variant``.
 Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` and
        ``dvc exp show``: the overall best and each feature set's chosen variant
        with validation and test accuracy, macro-F1 and a bootstrap 95% interval
@@ -11,7 +13,9 @@ Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` an
        sweep took and what its variants would have cost end to end through the
        backbone); ``--leaderboard`` (CSV of every variant, test scores only for
        the chosen ones) and a Markdown twin; ``--plots`` folder with the data
-       of every ``dvc plots`` plot (see :mod:`pipeline.sweep_report`).
+       of every ``dvc plots`` plot (see :mod:`pipeline.sweep_report`);
+       ``--export-target`` (what the export stage exports: the best head on
+       cached features, or the one ``export.variant`` names).
 
 Only the variant chosen on validation (or by cross-validation on train+val,
 with ``heads.cv``) is ever scored on test, so the reported test numbers are not
@@ -244,7 +248,64 @@ def headline(report: dict) -> dict:
     best = report["best"]
     return {"best": {"feature_set": best["feature_set"], "variant": best["variant"], **short(best)},
             **{key: short(summary) for key, summary in report["feature_sets"].items()},
+            **({"finetune": short(report["finetune"])} if report.get("finetune") else {}),
             "variants_trained": report["variants_trained"]}
+
+
+def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by: str) -> None:
+    """Put the fine-tune stage's result on the leaderboard and into the overall choice (on validation)."""
+    if not result.get("enabled"):
+        return
+    summary = {"feature_set": result["feature_set"], "variant": f"finetune-{result['head_variant']}",
+               "kind": "finetune", "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
+               **{k: result[k] for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1", "test_images")},
+               "kept": result["kept"], "epochs_run": result["epochs_run"], "unfrozen_layers": result["unfrozen_layers"]}
+    report["finetune"] = summary
+    head_row = next(r for r in leaderboard
+                    if r["feature_set"] == result["feature_set"] and r["variant"] == result["head_variant"])
+    leaderboard.append({**head_row, "variant": summary["variant"], "kind": "finetune", "params": {},
+                        "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
+                        "val_accuracy_std": None, "test_accuracy": result["test_accuracy"],
+                        "fit_seconds": result["seconds"], "peak_rss_mib": None, "n_epochs": result["epochs_run"],
+                        "selected": True})
+    leaderboard.sort(key=lambda r: (-(r.get(f"val_{select_by}") or 0.0), r["feature_set"], r["variant"]))
+    best = report["best"]
+    if (summary[f"val_{select_by}"], summary["feature_set"]) > (best[f"val_{select_by}"], best["feature_set"]):
+        report["best_cached_head"] = best
+        report["best"] = {**best, **summary}
+        log.info("best overall: fine-tuning %s (val %s %.4f) → test accuracy %.4f", result["feature_set"],
+                 select_by, summary[f"val_{select_by}"], summary["test_accuracy"])
+
+
+def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: Optional[str]) -> dict:
+    """What the export stage exports: the best head on cached features, or the one ``export.variant`` names.
+
+    Everything the export and its model card need is here (the head file and its
+    sha256, the store, the score row, the test result if the head was scored,
+    the runners-up), so that the export stage reruns only when these change.
+    """
+    import hashlib
+
+    best = report.get("best_cached_head", report["best"])
+    key, variant = requested.split("/", 1) if requested else (best["feature_set"], best["variant"])
+    scores_file = heads_dir / key / SCORES_FILE
+    if not scores_file.is_file():
+        raise ValueError(f"export.variant names feature set {key!r}, which has no heads in {heads_dir}/")
+    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+    rows = {row["variant"]: row for row in scores["variants"]}
+    if variant not in rows:
+        raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
+                         + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
+    head = heads_dir / key / f"{variant}.joblib"
+    summary = report["feature_sets"][key]
+    runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
+                  for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:5]
+    return {"feature_set": key, "variant": variant,
+            "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
+            "head": str(head), "head_sha256": hashlib.sha256(head.read_bytes()).hexdigest(),
+            "store": scores["store"], "provenance": scores["provenance"], "row": rows[variant],
+            "test": summary if summary["variant"] == variant else None,
+            "finetune": report.get("finetune"), "runners_up": runners_up}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -256,18 +317,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plots", required=True, type=Path, help="folder for dvc plots data")
     parser.add_argument("--costs", type=Path, help="backbone timings (stage backbone_cost), for the cost report")
     parser.add_argument("--cost", type=Path, help="where to write the cost report (needs --costs)")
+    parser.add_argument("--finetune", type=Path, help="the fine-tune stage's result.json, joined to the leaderboard")
+    parser.add_argument("--export-target", type=Path, help="where to write what the export stage exports")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
     if args.cost is not None and args.costs is None:
         raise ValueError(f"--cost {args.cost} needs --costs (the backbone timings of stage backbone_cost)")
-    settings = load_params(args.params).evaluate
+    params = load_params(args.params)
+    settings = params.evaluate
     costs = None
     if args.costs is not None:
         if not args.costs.is_file():
             raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
         costs = json.loads(args.costs.read_text(encoding="utf-8"))
     report, leaderboard, best = evaluate(args.heads, settings, costs)
+    if args.finetune is not None:
+        if not args.finetune.is_file():
+            raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")
+        add_finetune(report, leaderboard, json.loads(args.finetune.read_text(encoding="utf-8")), settings.select_by)
     outputs = [(args.report, report), (args.metrics, headline(report))]
+    if args.export_target is not None:
+        outputs.append((args.export_target, export_target(report, leaderboard, args.heads, params.export.variant)))
     if args.cost is not None:
         # Flat, so that `dvc metrics show` and `dvc exp show` get a few columns (the full report has the rest).
         outputs.append((args.cost, {k: v for k, v in report["cost"].items() if k != "feature_sets"}))

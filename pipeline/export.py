@@ -1,9 +1,10 @@
 """Stage export: the chosen head and its backbone cut as one deployable model, checked, with a card.
 
-Reads  ``reports/evaluation.json`` (the variant chosen on validation) and the
-       leaderboard, the chosen head in ``heads/<key>/``, the feature store (val
-       for calibration, test for the check), the manifest, the prepare report,
-       and ``params.yaml`` sections ``export``, ``features`` and ``extract.seed``.
+Reads  ``reports/export_target.json`` (written by evaluate: the head chosen on
+       validation, or named by ``export.variant``, its file's sha256, its scores
+       and the runners-up), that head, the feature store (val for calibration,
+       test for the check), the manifest, the prepare report, and ``params.yaml``
+       sections ``export``, ``features`` and ``extract.seed``.
 Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
        → resize → preprocessing → truncated backbone → pooling → head, one Keras
        graph giving class probabilities — or, when the head has no exact Keras
@@ -17,7 +18,7 @@ card the stage checks the exported model against the pipeline: on every test
 image it must predict the class the cached-feature head predicts, with
 probabilities within ``export.tolerance``; otherwise the stage fails.
 
-Usage: ``python -m pipeline.export --evaluation reports/evaluation.json --out models``
+Usage: ``python -m pipeline.export --target reports/export_target.json --out models``
 """
 
 from __future__ import annotations
@@ -37,16 +38,6 @@ from pipeline.data import read_manifest
 from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
-
-
-def choose_variant(evaluation: dict, requested: Optional[str]) -> tuple[str, str]:
-    """``(feature_set, variant)``: the one chosen on validation, or ``export.variant`` ("key/variant")."""
-    if requested is None:
-        return evaluation["best"]["feature_set"], evaluation["best"]["variant"]
-    key, _, variant = requested.partition("/")
-    if not variant:
-        raise ValueError(f"export.variant must be '<feature set>/<variant id>'. Received: {requested!r}")
-    return key, variant
 
 
 def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
@@ -131,25 +122,28 @@ def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, 
     return check
 
 
-def export(params: Params, evaluation: dict, leaderboard: list[dict], heads_dir: Path, records, prepare_report: dict,
-           out: Path) -> dict:
-    """Build, check and write the exported model and its card; returns the card."""
+def export(params: Params, target: dict, records, prepare_report: dict, out: Path) -> dict:
+    """Build, check and write the exported model and its card; returns the card.
+
+    Parameters
+    ----------
+    target : dict
+        What to export, as the evaluate stage wrote it (``reports/export_target.json``).
+    """
+    import hashlib
+
     from pipeline.backbones import build_cut_model
     from pipeline.model_card import build_card, card_markdown
     from pipeline.predict import CARD_FILE, FEATURES_FILE, HEAD_FILE, MODEL_FILE, Predictor
     from pipeline.store import open_feature_set
 
-    key, variant = choose_variant(evaluation, params.export.variant)
-    scores = json.loads((heads_dir / key / "scores.json").read_text(encoding="utf-8"))
-    rows = {row["variant"]: row for row in scores["variants"]}
-    if variant not in rows:
-        raise ValueError(f"no variant {variant!r} in heads/{key}. Known: {sorted(rows)[:10]}")
-    row, provenance = rows[variant], scores["provenance"]
-    estimator = joblib.load(heads_dir / key / f"{variant}.joblib")
-    store = scores["store"]
+    key, row, provenance = target["feature_set"], target["row"], target["provenance"]
+    head_file = Path(target["head"])
+    if hashlib.sha256(head_file.read_bytes()).hexdigest() != target["head_sha256"]:
+        raise ValueError(f"{head_file} changed since the evaluate stage chose it; run `dvc repro`")
     expect = {"manifest_sha256": provenance["manifest_sha256"], "cut": provenance["cut"]}
-    val = open_feature_set(store, "val", pooling=row["pooling"], expect=expect)
-    head, calibration = with_probabilities(estimator, val.X, val.y)
+    val = open_feature_set(target["store"], "val", pooling=row["pooling"], expect=expect)
+    head, calibration = with_probabilities(joblib.load(head_file), val.X, val.y)
     cut = build_cut_model(params.features[key], seed=params.extract.seed)
     for field in ("backbone", "weights", "weights_sha256", "cut", "input_size"):
         if cut.provenance.get(field) != provenance.get(field):
@@ -164,38 +158,34 @@ def export(params: Params, evaluation: dict, leaderboard: list[dict], heads_dir:
     else:
         model.save(out / FEATURES_FILE)
         joblib.dump(bundle_head, out / HEAD_FILE)
-    test = open_feature_set(store, "test", pooling=row["pooling"], expect=expect)
+    test = open_feature_set(target["store"], "test", pooling=row["pooling"], expect=expect)
     by_id = {r.id: r for r in records}
     predictor = Predictor(list(test.classes), model, bundle_head, {})
     check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
                               params.export.tolerance)
-    card = build_card(key=key, variant=variant, row=row, provenance=provenance, classes=list(test.classes),
-                      evaluation=evaluation, leaderboard=leaderboard, records=records, prepare_report=prepare_report,
+    card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
                       form=form, calibration=calibration, check=check, model=model)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
     log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",
-             key, variant, form, out, check["images"], check["same_class"], check["max_abs_probability_difference"])
+             key, target["variant"], form, out, check["images"], check["same_class"],
+             check["max_abs_probability_difference"])
     return card
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import csv
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--evaluation", required=True, type=Path, help="reports/evaluation.json")
-    parser.add_argument("--leaderboard", default=Path("reports/leaderboard.csv"), type=Path)
-    parser.add_argument("--heads", default=Path("heads"), type=Path)
+    parser.add_argument("--target", required=True, type=Path, help="reports/export_target.json (stage evaluate)")
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--prepare-report", default=Path("reports/prepare.json"), type=Path)
     parser.add_argument("--out", required=True, type=Path, help="folder for the model and its card, e.g. models")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    with args.leaderboard.open(newline="", encoding="utf-8") as handle:
-        leaderboard = list(csv.DictReader(handle))
-    export(params, json.loads(args.evaluation.read_text(encoding="utf-8")), leaderboard, args.heads,
-           read_manifest(args.manifest), json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out)
+    for path in (args.target, args.prepare_report):
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}; run `dvc repro` up to the evaluate stage first")
+    export(load_params(args.params), json.loads(args.target.read_text(encoding="utf-8")), read_manifest(args.manifest),
+           json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out)
 
 
 if __name__ == "__main__":

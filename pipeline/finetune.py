@@ -140,6 +140,7 @@ def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True)
     kept = "fine-tuned" if after > before else "warm start"
     if kept == "warm start":
         model.set_weights(warm)  # fine-tuning did not help on validation: keep what the cache gave
+    val_predicted = _predict(model, data["val"])
     predicted = _predict(model, data["test"])
     low, high = bootstrap_ci(labels["test"], predicted, n_resamples=params.evaluate.bootstrap,
                              seed=params.evaluate.seed)
@@ -151,6 +152,7 @@ def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True)
         "augment": dict(params.extract.augment.ops) if settings.augment else None,
         "val_accuracy_cached_head": row["val_accuracy"], "val_accuracy_before": before,
         "val_accuracy": max(before, after), "val_accuracy_after": after, "kept": kept,
+        "val_macro_f1": float(f1_score(labels["val"], val_predicted, average="macro")),
         "test_accuracy": float(accuracy_score(labels["test"], predicted)),
         "test_accuracy_ci95": [round(low, 4), round(high, 4)],
         "test_macro_f1": float(f1_score(labels["test"], predicted, average="macro")),

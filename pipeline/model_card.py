@@ -29,16 +29,18 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def build_card(*, key: str, variant: str, row: dict, provenance: dict, classes: Sequence[str], evaluation: dict,
-               leaderboard: Sequence[dict], records: Sequence[Any], prepare_report: dict, form: str,
+def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], prepare_report: dict, form: str,
                calibration: str | None, check: dict, model: Any) -> dict:
-    """Everything the card says, as a JSON-ready mapping."""
+    """Everything the card says, as a JSON-ready mapping.
+
+    ``target`` is what the evaluate stage chose for export (``reports/export_target.json``).
+    """
+    key, variant, row, provenance = target["feature_set"], target["variant"], target["row"], target["provenance"]
     counts = Counter((r.class_name, r.split) for r in records)
-    selected = evaluation["feature_sets"].get(key, {})
-    chosen_on_validation = evaluation["best"]["feature_set"] == key and evaluation["best"]["variant"] == variant
-    runners_up = [r for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]
+    selected = target.get("test") or {}
     manifest_digest = provenance.get("manifest_sha256")
     duplicates = prepare_report.get("duplicates", {})
+    finetune = target.get("finetune")
     return {
         "name": f"shoulders {key} / {variant}",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -66,16 +68,19 @@ def build_card(*, key: str, variant: str, row: dict, provenance: dict, classes: 
         },
         "head": {"variant": variant, "kind": row["kind"], "pooling": row["pooling"],
                  "hyperparameters": row.get("params", {}), "standardize": row.get("standardize"),
-                 "pca": row.get("pca"), "probability_calibration": calibration,
-                 "chosen": "best on validation" if chosen_on_validation else "named in params (export.variant)"},
+                 "pca": row.get("pca"), "probability_calibration": calibration, "chosen": target["chosen"],
+                 "head_sha256": target["head_sha256"]},
         "metrics": {
             "validation": {"accuracy": row.get("val_accuracy"), "macro_f1": row.get("val_macro_f1")},
             "test": {k: selected.get(k) for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1",
                                                   "test_recall", "test_images")}
-            if selected.get("variant") == variant else "not scored: only the variant chosen on validation is",
+            if selected else "not scored: only the variant chosen on validation in each feature set is",
         },
-        "runners_up": [{k: r.get(k) for k in ("feature_set", "variant", "val_accuracy", "test_accuracy")}
-                       for r in runners_up],
+        "fine_tuning": None if not finetune else {
+            "note": "the fine-tune stage's model (finetune/model.weights.h5) is not this export",
+            **{k: finetune.get(k) for k in ("variant", "val_accuracy", "test_accuracy", "test_accuracy_ci95",
+                                            "kept")}},
+        "runners_up": target["runners_up"],
         "check_against_pipeline": check,
         "parameters": int(model.count_params()),
         "versions": _versions(),
@@ -132,6 +137,11 @@ def card_markdown(card: dict) -> str:
               "## Runners-up (validation)", "", "| feature set | variant | val acc |", "|---|---|---:|"]
     lines += [f"| {r['feature_set']} | {r['variant']} | {float(r['val_accuracy'] or 0):.4f} |"
               for r in card["runners_up"]]
+    if card.get("fine_tuning"):
+        tuned = card["fine_tuning"]
+        lines += ["", "## Fine-tuning", "", f"The fine-tune stage reached validation accuracy {tuned['val_accuracy']:.4f} "
+                  f"and test accuracy {tuned['test_accuracy']:.4f} ({tuned['variant']}, kept the {tuned['kept']}); "
+                  f"{tuned['note']}."]
     lines += ["", "## Intended use and limits", ""] + [f"- {item}" for item in card["intended_use"]]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)

@@ -24,12 +24,13 @@ _COMMON = ("kind", "pooling", "standardize", "pca")
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
-    """Rows of dicts as CSV (header from the first row's keys; nothing written for no rows)."""
+    """Rows of dicts as CSV; the header is every key, in order of first appearance (missing cells empty)."""
     if not rows:
         raise ValueError(f"no rows to write to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -20,7 +20,8 @@ regression paths are kept or refitted whole, since each C starts from the
 previous one. Files of variants no longer in the grid are removed, so the
 folder always holds exactly the grid. ``dvc repro --force`` refits everything.
 
-Usage: ``python -m pipeline.train_heads --features features/KEY.zarr --out heads/KEY``
+Usage: ``python -m pipeline.train_heads --features features --out heads`` (every feature set of
+params.yaml, one after the other in one process), or ``--features features/KEY.zarr --out heads/KEY``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from importlib import metadata
@@ -41,7 +43,7 @@ import numpy as np
 from pipeline.config import HeadsParams, load_params
 from pipeline.heads import Variant, expand_grid, make_head, make_preprocessor
 from pipeline.stage import run_stage
-from pipeline.store import open_feature_set, open_store
+from pipeline.store import open_feature_set, open_store, store_path
 from pipeline.sweep import Job, Splits, plan_jobs, run_sweep
 
 log = logging.getLogger(__name__)
@@ -173,33 +175,59 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _process_seconds() -> float:
-    """Wall time since this process started, interpreter start-up and imports included."""
+def _process_start() -> float:
+    """When this process started (``time.time()``), so that interpreter start-up and imports count."""
     import psutil
 
-    return time.time() - psutil.Process().create_time()
+    return psutil.Process().create_time()
+
+
+def write_scores(features: Path, heads: HeadsParams, out: Path, *, progress: bool, reuse: bool,
+                 started: float) -> float:
+    """Fit one store's grid and write its ``scores.json``; returns when it finished (``time.time()``).
+
+    ``stage_seconds`` is the wall time since ``started``: for the first store of
+    the process its start (interpreter and imports included), for the next ones
+    the end of the previous store.
+    """
+    rows, summary = train_heads(features, heads, out, progress=progress, reuse=reuse)
+    store = open_store(features)
+    provenance = dict(store.attrs["provenance"])
+    finished = time.time()
+    summary["stage_seconds"] = round(finished - started, 3)
+    scores = {"feature_set": features.stem, "store": str(features), "provenance": provenance,
+              "rows": {s: int(store[s]["X"].shape[0]) for s in ("train", "val")},
+              "sweep": summary, "variants": rows}
+    (out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", features.stem, summary["variants"],
+             summary["fitted"], summary["reused"], summary["stage_seconds"])
+    return finished
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--features", required=True, type=Path, help="a feature store, e.g. features/KEY.zarr")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the fitted heads, e.g. heads/KEY")
+    parser.add_argument("--features", required=True, type=Path,
+                        help="a feature store (features/KEY.zarr), or the folder of every feature set's store")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for one store's heads (heads/KEY), or for every feature set's (heads)")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-reuse", action="store_true", help="refit every variant")
     args = parser.parse_args(argv)
-    heads = load_params(args.params).heads
-    rows, summary = train_heads(args.features, heads, args.out, progress=not args.no_progress,
-                                reuse=not args.no_reuse)
-    store = open_store(args.features)
-    provenance = dict(store.attrs["provenance"])
-    summary["stage_seconds"] = round(_process_seconds(), 3)
-    scores = {"feature_set": args.features.stem, "store": str(args.features), "provenance": provenance,
-              "rows": {s: int(store[s]["X"].shape[0]) for s in ("train", "val")},
-              "sweep": summary, "variants": rows}
-    (args.out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
-    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", args.features.stem, summary["variants"],
-             summary["fitted"], summary["reused"], summary["stage_seconds"])
+    params = load_params(args.params)
+    options = {"progress": not args.no_progress, "reuse": not args.no_reuse}
+    started = _process_start()
+    if args.features.suffix == ".zarr":
+        write_scores(args.features, params.heads, args.out, started=started, **options)
+        return
+    # Every feature set in one process: TensorFlow (for dense heads) is imported once, and the
+    # fingerprints keep the heads of feature sets whose features and params did not change.
+    for key in params.features:
+        started = write_scores(store_path(args.features, key), params.heads, args.out / key, started=started,
+                               **options)
+    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in params.features):
+        log.info("removing heads of %s: no longer a feature set", stale.name)
+        shutil.rmtree(stale)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def test_random_weights_do_not_depend_on_other_threads_using_random():
     # A Dask worker's event loop draws from Python's global `random` while models build.
     import random
     import threading
+    import time
 
     import keras
 
@@ -88,7 +89,12 @@ def test_random_weights_do_not_depend_on_other_threads_using_random():
     quiet = [w.copy() for w in build_cut_model(spec, seed=5).model.get_weights()]
     keras.backend.clear_session()
     stop = threading.Event()
-    noise = threading.Thread(target=lambda: [random.random() for _ in iter(stop.is_set, True)])
+    def draw():
+        while not stop.is_set():
+            random.random()
+            time.sleep(0.0002)  # let the builder run: interleave, do not starve it
+
+    noise = threading.Thread(target=draw)
     noise.start()
     try:
         noisy = build_cut_model(spec, seed=5).model.get_weights()

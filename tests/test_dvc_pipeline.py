@@ -43,11 +43,13 @@ def repo(tmp_path_factory):
 def test_repro_runs_every_stage_then_nothing(repo):
     root, env = repo
     first = _run(["dvc", "repro"], root, env)
-    for stage in ("synthesize", "prepare", "extract@mv2", "heads@mv2", "evaluate"):
+    for stage in ("synthesize", "prepare", "check", "extract@mv2", "augment@mv2", "heads", "finetune", "evaluate",
+                  "export"):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["best"]["feature_set"] == "mv2"
     assert (root / "features/mv2.zarr/zarr.json").is_file()
+    assert json.loads((root / "models/card.json").read_text())["check_against_pipeline"]["same_class"] > 0
     again = _run(["dvc", "repro"], root, env)
     assert "Running stage" not in again
 
@@ -59,28 +61,32 @@ def test_changing_a_head_parameter_reruns_no_extract_stage(repo):
     params["heads"]["logreg"]["C"] = [0.5]
     write_params(root / "params.yaml", params)
     out = _run(["dvc", "repro"], root, env)
-    assert "Running stage 'heads@mv2'" in out
-    assert "Running stage 'extract@" not in out and "Running stage 'prepare'" not in out
+    assert "Running stage 'heads'" in out
+    for stage in ("extract@", "augment@", "prepare", "check"):
+        assert f"Running stage '{stage}" not in out
     status = _run(["dvc", "status"], root, env)
     assert "up to date" in status
 
 
-def test_adding_an_image_reruns_prepare(repo):
+def test_adding_an_image_reruns_prepare_and_outdates_extraction(repo):
     root, env = repo
     _run(["dvc", "repro"], root, env)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    source = root / "data/synthetic"
     copy = root / "copy"
-    if not copy.exists():
-        shutil.copytree(source, copy)
+    shutil.copytree(root / "data/synthetic", copy)
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"]["source"] = "copy"
     write_params(root / "params.yaml", params)
-    _run(["dvc", "repro"], root, env)
+    _run(["dvc", "repro", "prepare"], root, env)
+    assert "up to date" in _run(["dvc", "status", "prepare"], root, env)
     first_class = sorted(p for p in copy.iterdir() if p.is_dir())[0]
     image = sorted(first_class.iterdir())[0]
     from PIL import Image
 
     with Image.open(image) as im:
         im.rotate(90).save(first_class / "zz_new_image.png")
-    out = _run(["dvc", "repro"], root, env)
-    assert "Running stage 'prepare'" in out and "Running stage 'extract@mv2'" in out
+    status = _run(["dvc", "status", "prepare"], root, env)
+    assert "copy" in status and "modified" in status  # DVC sees the new image in the source folder
+    out = _run(["dvc", "repro", "prepare"], root, env)
+    assert "Running stage 'prepare'" in out
+    status = _run(["dvc", "status"], root, env)
+    assert "extract@mv2" in status and "data/manifest.csv" in status  # the new manifest outdates extraction

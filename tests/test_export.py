@@ -44,10 +44,13 @@ def _export(root, variant):
     params = tiny_params("images", export={"variant": f"mv2/{variant}"})
     write_params(root / "params.yaml", params)
     out = root / "models" / variant
-    export.main(["--evaluation", str(root / "reports/evaluation.json"), "--leaderboard",
-                 str(root / "reports/leaderboard.csv"), "--heads", str(root / "heads"), "--manifest",
-                 str(root / "data/manifest.csv"), "--prepare-report", str(root / "reports/prepare.json"),
-                 "--out", str(out), "--params", str(root / "params.yaml")])
+    target = root / "reports" / f"target-{variant}.json"
+    evaluate.main(["--heads", str(root / "heads"), "--metrics", str(root / "metrics.json"), "--report",
+                   str(root / "reports/evaluation.json"), "--leaderboard", str(root / "reports/leaderboard.csv"),
+                   "--plots", str(root / "plots"), "--export-target", str(target), "--params",
+                   str(root / "params.yaml")])
+    export.main(["--target", str(target), "--manifest", str(root / "data/manifest.csv"), "--prepare-report",
+                 str(root / "reports/prepare.json"), "--out", str(out), "--params", str(root / "params.yaml")])
     return out
 
 
@@ -111,3 +114,16 @@ def test_predict_skips_bad_files_and_writes_top_k(pipeline_run, tmp_path):
 def test_unknown_variant_is_named(pipeline_run):
     with pytest.raises(ValueError, match="no variant 'avg-nope'"):
         _export(pipeline_run, "avg-nope")
+
+
+def test_default_target_is_the_best_on_validation(pipeline_run):
+    write_params(pipeline_run / "params.yaml", tiny_params("images"))
+    target_file = pipeline_run / "reports/target-default.json"
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--export-target",
+                   str(target_file)])
+    target = json.loads(target_file.read_text())
+    report = json.loads((pipeline_run / "reports/evaluation.json").read_text())
+    assert (target["feature_set"], target["variant"]) == (report["best"]["feature_set"], report["best"]["variant"])
+    assert target["test"]["test_accuracy"] == report["best"]["test_accuracy"]
+    assert len(target["head_sha256"]) == 64 and target["chosen"].startswith("best on validation")

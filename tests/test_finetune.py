@@ -20,7 +20,7 @@ def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     write_params(in_tmp / "params.yaml", params)
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    train_heads.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
     finetune.main(["--heads", "heads", "--out", "finetune", "--no-progress"])
     result = json.loads((in_tmp / "finetune/result.json").read_text())
     assert result["enabled"] and result["feature_set"] == "mv2"
@@ -33,6 +33,20 @@ def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     low, high = result["test_accuracy_ci95"]
     assert low <= result["test_accuracy"] <= high
     assert (in_tmp / "finetune/model.weights.h5").is_file()
+    # Its result joins the leaderboard and the overall choice, made on validation.
+    from pipeline import evaluate
+
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--finetune",
+                   "finetune/result.json"])
+    report = json.loads((in_tmp / "reports/evaluation.json").read_text())
+    assert report["finetune"]["test_accuracy"] == result["test_accuracy"]
+    board = (in_tmp / "reports/leaderboard.csv").read_text()
+    assert "finetune-" + result["head_variant"] in board
+    metrics = json.loads((in_tmp / "metrics.json").read_text())
+    assert metrics["finetune"]["val_accuracy"] == result["val_accuracy"]
+    cached_best = report.get("best_cached_head", report["best"])["val_accuracy"]
+    assert (report["best"]["variant"].startswith("finetune")) == (result["val_accuracy"] > cached_best)
 
 
 def test_batch_norm_stays_frozen_and_only_the_top_trains():
