@@ -212,6 +212,10 @@ class HeadsParams:
     standardize: tuple[bool, ...] = (True,)             # swept: StandardScaler before the head or not
     pca: tuple[Optional[Union[int, float]], ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
     cv: int = 0                                         # k-fold CV on train+val for selection; 0: the val split
+    # swept: train on the clean features only ("none"), on clean + every cached augmented view as extra
+    # rows ("stack"), or (dense heads) on one view per image drawn afresh each epoch ("draw")
+    augment: tuple[Literal["none", "stack", "draw"], ...] = ("none",)
+    tta: tuple[bool, ...] = (False,)                    # swept: average predictions over the cached views
     seed: int = 0
     n_jobs: int = 2
     logreg: LogRegGrid = field(default_factory=LogRegGrid)
@@ -232,6 +236,15 @@ class HeadsParams:
                 _require(0.0 < n < 1.0, "heads.pca", n,
                          "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
         _require(self.cv == 0 or self.cv >= 2, "heads.cv", self.cv, "0 (select on the val split) or a fold count >= 2")
+        _require(len(self.augment) > 0, "heads.augment", self.augment, "a non-empty list of none, stack, draw")
+        _require(len(self.tta) > 0, "heads.tta", self.tta, "a non-empty list of true/false")
+        if self.cv and (set(self.augment) != {"none"} or any(self.tta)):
+            raise ParamsError(f"heads.augment / heads.tta need heads.cv: 0 (augmented views exist for train, and "
+                              f"for val/test only with TTA, not for folds of train+val). Received: cv={self.cv}, "
+                              f"augment={list(self.augment)}, tta={list(self.tta)}")
+        if "draw" in self.augment and "dense" not in self.kinds:
+            raise ParamsError("heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
+                              f"heads.kinds has none. Received: kinds={list(self.kinds)}")
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         for name in ("logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"):
             grid = getattr(self, name)

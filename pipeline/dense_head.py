@@ -84,12 +84,20 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         """Train on ``X`` of shape (n_samples, n_features) and labels ``y`` of shape (n_samples,).
 
+        ``X`` may also hold views, shape (n_samples, n_views, n_features): each
+        epoch then sees one view of every image, drawn afresh (seeded); early
+        stopping holds out images, scored on their first view (the clean one).
+
         Returns
         -------
         self
         """
         import keras
 
+        views = None
+        if np.ndim(X) == 3:
+            views = np.asarray(X, dtype=np.float32)
+            X = views[:, 0]
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
@@ -99,12 +107,14 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             raise ValueError(f"DenseHead needs epochs >= 1 and batch_size >= 1. "
                              f"Received: epochs={self.epochs}, batch_size={self.batch_size}")
         keras.utils.set_random_seed(self.random_state)
-        X_fit, y_fit, held = X, encoded, None
+        rows = np.arange(len(y))
+        fit_rows, held = rows, None
         n_held = int(round(self.validation_fraction * len(y)))
         if self.patience and np.bincount(encoded).min() >= 2 and n_held >= len(self.classes_):
-            X_fit, X_held, y_fit, y_held = train_test_split(
-                X, encoded, test_size=n_held, stratify=encoded, random_state=self.random_state)
-            held = (X_held, y_held)
+            fit_rows, held_rows = train_test_split(rows, test_size=n_held, stratify=encoded,
+                                                   random_state=self.random_state)
+            held = (X[held_rows], encoded[held_rows])
+        X_fit, y_fit = (X if views is None else views)[fit_rows], encoded[fit_rows]
         steps = math.ceil(len(y_fit) / self.batch_size)
         model = self._build(X.shape[1], len(self.classes_))
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
@@ -181,10 +191,16 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
 
 def _repeated(arrays: tuple[np.ndarray, np.ndarray], *, batch_size: int, seed: int | None):
-    """A tf.data pipeline over in-memory arrays: shuffled each epoch if seeded, batched, repeated forever."""
+    """A tf.data pipeline over in-memory arrays: shuffled each epoch if seeded, batched, repeated forever.
+
+    Rows of shape (n_views, n_features) become one view, drawn anew each time the row is read.
+    """
     import tensorflow as tf
 
     data = tf.data.Dataset.from_tensor_slices(arrays)
+    if arrays[0].ndim == 3:
+        n_views = arrays[0].shape[1]
+        data = data.map(lambda x, y: (x[tf.random.uniform((), 0, n_views, dtype=tf.int32, seed=seed)], y))
     if seed is not None:
         data = data.shuffle(len(arrays[1]), seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE)

@@ -41,7 +41,9 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from pipeline.config import EvaluateParams, load_params
 from pipeline.cost import end_to_end_seconds
 from pipeline.stage import run_stage
+from pipeline.heads import predict_views
 from pipeline.store import open_feature_set
+from pipeline.views import open_views, views_path
 from pipeline.sweep_report import leaderboard_markdown, write_csv, write_plots
 from pipeline.train_heads import SCORES_FILE
 
@@ -91,7 +93,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, *, n_resamples: int, se
 
 def score_test(estimator, X: np.ndarray, y: np.ndarray, classes: Sequence[str], settings: EvaluateParams) -> dict:
     """Accuracy, macro-F1, per-class recall and a bootstrap interval of one head on test."""
-    predicted = estimator.predict(X)
+    predicted = predict_views(estimator, X)
     low, high = bootstrap_ci(y, predicted, n_resamples=settings.bootstrap, seed=settings.seed)
     labels = list(range(len(classes)))
     recall = recall_score(y, predicted, labels=labels, average=None, zero_division=0)
@@ -131,11 +133,17 @@ def evaluate(heads_dir: Path, settings: EvaluateParams,
     for scores in all_scores:
         key, provenance = scores["feature_set"], scores["provenance"]
         pick = select_best(scores["variants"], settings.select_by)
-        test = open_feature_set(scores["store"], "test", pooling=pick["pooling"],
-                                expect={"manifest_sha256": provenance["manifest_sha256"],
-                                        "cut": provenance["cut"], "weights": provenance["weights"]})
+        expect = {"manifest_sha256": provenance["manifest_sha256"], "cut": provenance["cut"],
+                  "weights": provenance["weights"]}
+        test = open_feature_set(scores["store"], "test", pooling=pick["pooling"], expect=expect)
+        X_test = test.X
+        if pick.get("tta"):
+            # Test-time augmentation: the clean features and every cached view of each test image.
+            views = open_views(views_path(Path(scores["store"]).parent, key), "test", pooling=pick["pooling"],
+                               expect=expect)
+            X_test = np.concatenate([test.X[:, None], views.X], axis=1)
         estimator = joblib.load(Path(scores["dir"]) / f"{pick['variant']}.joblib")
-        result = score_test(estimator, test.X, test.y, test.classes, settings)
+        result = score_test(estimator, X_test, test.y, test.classes, settings)
         chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y,
                        "classes": test.classes}
         log.info("%s: chose %s (val %s %.4f) → test accuracy %.4f", key, pick["variant"], settings.select_by,
@@ -146,6 +154,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams,
                 "feature_set": key, "backbone": provenance["backbone"], "weights": provenance["weights"],
                 "cut": provenance["cut"], "variant": row["variant"], "kind": row["kind"],
                 "pooling": row["pooling"], "standardize": row.get("standardize", True), "pca": row.get("pca"),
+                "augment": row.get("augment", "none"), "tta": row.get("tta", False),
                 "params": row.get("params", {}), "val_accuracy": row["val_accuracy"],
                 "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
                 "test_accuracy": result["test_accuracy"] if selected else None,

@@ -10,7 +10,9 @@ readable id:
 * ``avg-logreg-C0.1`` — average pooling, standardised, logistic regression;
 * ``avgmax-nostd-svm_linear-C1`` — avg and max pooling concatenated, not standardised;
 * ``max-pca64-svm_rbf-C10-gscale`` — max pooling, standardised, PCA to 64 components;
-* ``flatten-pca0.95-dense-h256-d0.5-lr0.001-e60`` — PCA keeping 95% of the variance.
+* ``flatten-pca0.95-dense-h256-d0.5-lr0.001-e60`` — PCA keeping 95% of the variance;
+* ``avg-logreg-C1-aug-tta`` — trained on clean + cached augmented views, scored with
+  test-time augmentation; ``-augdraw`` draws one view per image per epoch (dense heads).
 
 The default preprocessing (standardised, no PCA) adds nothing to the id, so ids
 of a grid that does not sweep preprocessing stay short.
@@ -22,6 +24,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -31,7 +34,8 @@ from sklearn.svm import SVC, LinearSVC
 from pipeline.config import HeadsParams
 from pipeline.dense_head import DenseHead
 
-__all__ = ["DenseHead", "SWEPT", "Variant", "expand_grid", "make_estimator", "make_head", "make_preprocessor"]
+__all__ = ["DenseHead", "SWEPT", "Variant", "expand_grid", "make_estimator", "make_head", "make_preprocessor",
+           "predict_views"]
 
 # Short names that make variant ids readable and stable.
 _ABBREVIATIONS = {"C": "C", "gamma": "g", "degree": "deg", "hidden_units": "h", "dropout": "d",
@@ -50,25 +54,34 @@ class Variant:
     params: tuple[tuple[str, Any], ...]
     standardize: bool = True
     pca: Optional[Union[int, float]] = None
+    augment: str = "none"        # none | stack | draw (see HeadsParams)
+    tta: bool = False
 
     @property
     def id(self) -> str:
         parts = [self.pooling, *self.preprocessing_tags, self.kind]
         parts += [f"{_ABBREVIATIONS.get(k, k)}{_fmt(v)}" for k, v in self.params]
+        parts += {"none": [], "stack": ["aug"], "draw": ["augdraw"]}[self.augment] + (["tta"] if self.tta else [])
         return "-".join(parts)
+
+    @property
+    def uses_views(self) -> bool:
+        """Whether the variant reads the cached augmented views."""
+        return self.augment != "none" or self.tta
 
     @property
     def preprocessing_tags(self) -> list[str]:
         return ([] if self.standardize else ["nostd"]) + ([] if self.pca is None else [f"pca{_fmt(self.pca)}"])
 
     @property
-    def features_key(self) -> tuple[str, bool, Optional[Union[int, float]]]:
+    def features_key(self) -> tuple[str, bool, Optional[Union[int, float]], str, bool]:
         """What the head's input depends on: variants sharing it share one preprocessed matrix."""
-        return (self.pooling, self.standardize, self.pca)
+        return (self.pooling, self.standardize, self.pca, self.augment, self.tta)
 
     def hyperparameters(self) -> dict[str, Any]:
-        """Every swept setting by name, for reports: pooling, standardize, pca and the kind's own."""
-        return {"pooling": self.pooling, "standardize": self.standardize, "pca": self.pca, **dict(self.params)}
+        """Every swept setting by name, for reports: pooling, standardize, pca, augment, tta and the kind's own."""
+        return {"pooling": self.pooling, "standardize": self.standardize, "pca": self.pca,
+                "augment": self.augment, "tta": self.tta, **dict(self.params)}
 
 
 def _fmt(value: Any) -> str:
@@ -87,13 +100,16 @@ def expand_grid(heads: HeadsParams) -> list[Variant]:
         If two grid points get the same id (a value listed twice).
     """
     variants = []
-    for pooling, standardize, pca in itertools.product(heads.pooling, heads.standardize, heads.pca):
+    for pooling, standardize, pca, augment, tta in itertools.product(heads.pooling, heads.standardize, heads.pca,
+                                                                     heads.augment, heads.tta):
         for kind in heads.kinds:
+            if augment == "draw" and kind != "dense":
+                continue  # drawing a view per epoch needs epochs: dense heads only
             grid = getattr(heads, kind)
             names = SWEPT[kind]
             for values in itertools.product(*(getattr(grid, n) for n in names)):
                 variants.append(Variant(kind=kind, pooling=pooling, params=tuple(zip(names, values)),
-                                        standardize=standardize, pca=pca))
+                                        standardize=standardize, pca=pca, augment=augment, tta=tta))
     ids = [v.id for v in variants]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -134,6 +150,22 @@ def make_head(variant: Variant, heads: HeadsParams):
                          epochs=p["epochs"], batch_size=d.batch_size, patience=d.patience,
                          validation_fraction=d.validation_fraction, random_state=heads.seed)
     raise ValueError(f"unknown head kind {variant.kind!r}. Valid kinds: {sorted(SWEPT)}")
+
+
+def predict_views(estimator: Any, X: np.ndarray) -> np.ndarray:
+    """Labels for ``X`` of shape (n, d); or, for views of shape (n, V, d), the class of the mean over views.
+
+    The mean is of class probabilities when the estimator gives them, else of
+    its decision function (SVMs): test-time augmentation.
+    """
+    if X.ndim == 2:
+        return estimator.predict(X)
+    n, views = X.shape[:2]
+    flat = X.reshape(n * views, *X.shape[2:])
+    scores = estimator.predict_proba(flat) if hasattr(estimator, "predict_proba") else estimator.decision_function(flat)
+    mean = np.asarray(scores).reshape(n, views, -1).mean(axis=1)
+    index = (mean[:, 0] > 0).astype(int) if mean.shape[1] == 1 else mean.argmax(axis=1)
+    return np.asarray(estimator.classes_)[index]
 
 
 def make_estimator(variant: Variant, heads: HeadsParams) -> Pipeline:

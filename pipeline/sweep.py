@@ -54,7 +54,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import HeadsParams
-from pipeline.heads import Variant, make_head, make_preprocessor
+from pipeline.heads import Variant, make_head, make_preprocessor, predict_views
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ class Splits:
     y_train: np.ndarray
     X_val: np.ndarray
     y_val: np.ndarray
+    # Cached augmented views, (n, K, n_features), when a variant uses them (heads.augment / heads.tta).
+    X_train_views: Optional[np.ndarray] = None
+    X_val_views: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def fit_job(job: Job, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Job, l
                 seconds[variant] += time.perf_counter() - started
             peaks[variant] = max(peaks[variant], memory.peak_mib)
             if X_score is not None and len(y_score):
-                predicted = head.predict(X_score)
+                predicted = predict_views(head, X_score)
                 scores[variant].append((accuracy_score(y_score, predicted),
                                         f1_score(y_score, predicted, average="macro", zero_division=0)))
             if index == len(folds) - 1:
@@ -199,17 +202,36 @@ def fit_job(job: Job, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Job, l
     return job, results
 
 
-def make_folds(splits: Splits, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray],
-                                                                  Optional[np.ndarray]]]:
+def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta: bool = False
+               ) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]:
     """Raw (unpreprocessed) folds: train→val, or k stratified folds of train+val and a final refit on all.
+
+    With augmented views (``cv == 0`` only): ``augment="stack"`` adds every view
+    of every training image as a row with its label; ``"draw"`` gives the
+    training rows as ``(n, 1 + K, n_features)`` (clean first) for a dense head
+    to draw one per epoch; ``tta`` gives the val rows as ``(n, 1 + K, n_features)``.
 
     Raises
     ------
     ValueError
-        If ``cv`` exceeds the smallest class count of train+val.
+        If ``cv`` exceeds the smallest class count of train+val, or views are
+        needed and were not read.
     """
     if cv == 0:
-        return [(splits.X_train, splits.y_train, splits.X_val, splits.y_val)]
+        X_fit, y_fit, X_score = splits.X_train, splits.y_train, splits.X_val
+        if augment != "none" or tta:
+            if splits.X_train_views is None or (tta and splits.X_val_views is None):
+                raise ValueError("this variant needs cached augmented views (of val too for TTA): set "
+                                 "extract.augment.views > 0 (and extract.augment.tta: true) and run the augment stage")
+        if augment == "stack":
+            views = splits.X_train_views
+            X_fit = np.concatenate([X_fit, views.reshape(-1, views.shape[-1])])
+            y_fit = np.concatenate([y_fit, np.repeat(splits.y_train, views.shape[1])])
+        elif augment == "draw":
+            X_fit = np.concatenate([X_fit[:, None], splits.X_train_views], axis=1)
+        if tta:
+            X_score = np.concatenate([X_score[:, None], splits.X_val_views], axis=1)
+        return [(X_fit, y_fit, X_score, splits.y_val)]
     X = np.concatenate([splits.X_train, splits.X_val])
     y = np.concatenate([splits.y_train, splits.y_val])
     smallest = int(np.bincount(y).min()) if len(y) else 0
@@ -236,18 +258,27 @@ def preprocess_folds(variant: Variant, heads: HeadsParams, raw_folds, workdir: P
     folds, preprocessors = [], []
     for index, (X_fit, y_fit, X_score, y_score) in enumerate(raw_folds):
         preprocessor = make_preprocessor(variant, heads)
-        if variant.pca is not None and isinstance(variant.pca, int) and variant.pca > min(X_fit.shape):
+        rows_by_features = (int(np.prod(X_fit.shape[:-1])), X_fit.shape[-1])
+        if variant.pca is not None and isinstance(variant.pca, int) and variant.pca > min(rows_by_features):
             raise ValueError(f"heads.pca={variant.pca} components is more than this input allows: "
-                             f"min(rows, features) = {min(X_fit.shape)} for pooling {variant.pooling!r}. "
+                             f"min(rows, features) = {min(rows_by_features)} for pooling {variant.pooling!r}. "
                              "Use fewer components or a variance fraction such as 0.95")
         if preprocessor is not None:
-            X_fit = preprocessor.fit_transform(X_fit).astype(np.float32, copy=False)
-            X_score = None if X_score is None else preprocessor.transform(X_score).astype(np.float32, copy=False)
+            # Views (n, V, d) are preprocessed as rows, fitted on every view of the training images.
+            X_fit = _rows(preprocessor.fit_transform, X_fit)
+            X_score = None if X_score is None else _rows(preprocessor.transform, X_score)
         tag = "-".join(map(str, variant.features_key))
         folds.append((_memmap(X_fit, workdir / f"{tag}-{index}-fit.npy"), y_fit,
                       None if X_score is None else _memmap(X_score, workdir / f"{tag}-{index}-score.npy"), y_score))
         preprocessors.append(preprocessor)
     return folds, preprocessors, time.perf_counter() - started
+
+
+def _rows(transform, X: np.ndarray) -> np.ndarray:
+    """Apply a row transform to (n, d), or to each view of (n, V, d)."""
+    flat = X.reshape(-1, X.shape[-1])
+    out = transform(flat).astype(np.float32, copy=False)
+    return out.reshape(*X.shape[:-1], out.shape[-1])
 
 
 def _memmap(X: np.ndarray, path: Path) -> np.memmap:
@@ -287,7 +318,8 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
         for job in jobs:
             key = job.features_key
             if key not in folds:
-                raw = make_folds(data[key[0]], heads.cv, heads.seed)
+                raw = make_folds(data[key[0]], heads.cv, heads.seed, augment=job.variants[0].augment,
+                                 tta=job.variants[0].tta)
                 folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(job.variants[0], heads, raw,
                                                                                     Path(tmp))
         # Dispatch starts now: the loky workers start and fit while this process imports

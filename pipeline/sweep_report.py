@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 # Hyperparameters shared by every kind; a kind's own are named "<kind>.<name>".
-_COMMON = ("kind", "pooling", "standardize", "pca")
+_COMMON = ("kind", "pooling", "standardize", "pca", "augment", "tta")
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
@@ -54,7 +54,7 @@ def hyperparameter_rows(leaderboard: Sequence[dict]) -> list[dict]:
     for row in leaderboard:
         if row["val_accuracy"] is None:
             continue
-        settings = {name: row[name] for name in _COMMON}
+        settings = {name: row.get(name) for name in _COMMON}
         settings.update({f"{row['kind']}.{name}": value for name, value in row["params"].items()})
         for name, value in settings.items():
             key = (name, row["feature_set"], _hashable(value))

@@ -35,7 +35,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import joblib
 import numpy as np
@@ -45,6 +45,7 @@ from pipeline.heads import Variant, expand_grid, make_head, make_preprocessor
 from pipeline.stage import run_stage
 from pipeline.store import open_feature_set, open_store, store_path
 from pipeline.sweep import Job, Splits, plan_jobs, run_sweep
+from pipeline.views import views_path
 
 log = logging.getLogger(__name__)
 SCORES_FILE = "scores.json"
@@ -53,21 +54,53 @@ _FIT_MODULES = ("pipeline.heads", "pipeline.dense_head", "pipeline.sweep")
 _FIT_LIBRARIES = ("scikit-learn", "numpy", "keras", "joblib")
 
 
-def read_splits(features: Path, poolings: Sequence[str]) -> dict[str, Splits]:
-    """The train and val rows of a store for each pooling (read once each, pooled as read)."""
+def read_splits(features: Path, poolings: Sequence[str], *, views: Optional[Path] = None,
+                val_views: bool = False) -> dict[str, Splits]:
+    """The train and val rows of a store for each pooling (read once each, pooled as read).
+
+    Parameters
+    ----------
+    views : Path, optional
+        The feature set's views store (:func:`pipeline.views.views_path`): its
+        training views are read too (and its val views with ``val_views``).
+
+    Raises
+    ------
+    ValueError
+        If views are asked for but the store has none, was made from other
+        features, or lacks val views.
+    """
     data = {}
     for pooling in poolings:
         train = open_feature_set(features, "train", pooling=pooling)
         val = open_feature_set(features, "val", pooling=pooling)
-        data[pooling] = Splits(train.X, train.y, val.X, val.y)
-        log.info("%s pooling=%s: train X %s, val X %s", features.name, pooling, train.X.shape, val.X.shape)
+        train_views = val_views_X = None
+        if views is not None:
+            train_views, val_views_X = _read_views(views, pooling, train.provenance, val_views)
+        data[pooling] = Splits(train.X, train.y, val.X, val.y, train_views, val_views_X)
+        log.info("%s pooling=%s: train X %s, val X %s%s", features.name, pooling, train.X.shape, val.X.shape,
+                 "" if train_views is None else f", train views {train_views.shape}")
     return data
+
+
+def _read_views(views: Path, pooling: str, provenance: dict, val_views: bool):
+    from pipeline.views import open_views
+
+    expect = {k: provenance[k] for k in ("manifest_sha256", "backbone", "weights", "cut", "input_size")}
+    train = open_views(views, "train", pooling=pooling, expect=expect)
+    if train.X.shape[1] == 0:
+        raise ValueError(f"heads.augment/heads.tta need augmented views, but {views} has none: set "
+                         "extract.augment.views > 0")
+    val = open_views(views, "val", pooling=pooling, expect=expect).X if val_views else None
+    return train.X, val
 
 
 def data_digest(splits: Splits) -> str:
     """sha256 of the arrays a fit sees (values, shapes and dtypes)."""
     digest = hashlib.sha256()
-    for array in (splits.X_train, splits.y_train, splits.X_val, splits.y_val):
+    arrays = [splits.X_train, splits.y_train, splits.X_val, splits.y_val]
+    arrays += [a for a in (splits.X_train_views, splits.X_val_views) if a is not None]
+    for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(memoryview(array).cast("B"))
@@ -129,7 +162,10 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
         ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
     """
     variants = expand_grid(heads)
-    data = read_splits(features, sorted({v.pooling for v in variants}))
+    needs_views = any(v.uses_views for v in variants)
+    data = read_splits(features, sorted({v.pooling for v in variants}),
+                       views=views_path(features.parent, features.stem) if needs_views else None,
+                       val_views=any(v.tta for v in variants))
     if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
         log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0 "
                     "or heads.cv >= 2)", features)
@@ -167,7 +203,8 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
 def describe(variant: Variant, heads: HeadsParams) -> dict:
     """The identifying part of a score row."""
     return {"variant": variant.id, "kind": variant.kind, "pooling": variant.pooling,
-            "standardize": variant.standardize, "pca": variant.pca, "params": dict(variant.params),
+            "standardize": variant.standardize, "pca": variant.pca, "augment": variant.augment,
+            "tta": variant.tta, "params": dict(variant.params),
             "selection": "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"}
 
 

@@ -98,3 +98,40 @@ def test_augment_stage_main_with_no_views_runs_no_backbone(prepared):
     augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
     group = zarr.open_group("features/views/mv2.zarr", mode="r")
     assert group.attrs["complete"] is True and group.attrs["views"] == 0
+
+
+def test_heads_train_on_views_and_score_with_tta(prepared):
+    import json
+
+    import joblib
+
+    from pipeline import evaluate, train_heads
+    from pipeline.heads import predict_views
+
+    write_params(prepared / "params.yaml", tiny_params(
+        "images", extract={"batch_size": 4, "chunk_mb": 0.004, "augment": {**AUG, "tta": True}},
+        heads={"kinds": ["logreg", "dense"], "n_jobs": 1, "logreg": {"C": [1.0]},
+               "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [4]},
+               "augment": ["none", "stack", "draw"], "tta": [False, True]}))
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
+    train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+    scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
+    ids = {row["variant"]: row for row in scores["variants"]}
+    assert {"avg-logreg-C1", "avg-logreg-C1-aug", "avg-logreg-C1-tta", "avg-dense-h8-d0-lr0.001-e4-augdraw",
+            "avg-dense-h8-d0-lr0.001-e4-augdraw-tta"} <= set(ids)
+    assert not any(i.startswith("avg-logreg") and "augdraw" in i for i in ids)  # draw is for dense heads
+    # Without TTA, validation is scored on the clean features only.
+    val = open_feature_set("features/mv2.zarr", "val", pooling="avg")
+    head = joblib.load(prepared / "heads/mv2/avg-logreg-C1-aug.joblib")
+    assert ids["avg-logreg-C1-aug"]["val_accuracy"] == pytest.approx(float((head.predict(val.X) == val.y).mean()))
+    # With TTA, over the clean features and the views.
+    val_views = open_views("features/views/mv2.zarr", "val", pooling="avg").X
+    tta = predict_views(head, np.concatenate([val.X[:, None], val_views], axis=1))
+    assert ids["avg-logreg-C1-aug-tta"]["val_accuracy"] == pytest.approx(float((tta == val.y).mean()))
+    # The stacked variant was fitted on every training image once clean and once per view.
+    n_train = len(open_feature_set("features/mv2.zarr", "train", pooling="avg").y)
+    assert head[0].n_samples_seen_ == n_train * (1 + AUG["views"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    assert json.loads((prepared / "metrics.json").read_text())["best"]["test_accuracy"] >= 0

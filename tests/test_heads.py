@@ -130,3 +130,15 @@ def test_every_kind_learns_separable_data(blobs, kind):
     variant = expand_grid(heads)[0]
     estimator = make_estimator(variant, heads).fit(X[:90], y[:90])
     assert (estimator.predict(X[90:]) == y[90:]).mean() > 0.9
+
+
+def test_dense_head_draws_one_view_per_image_per_epoch(blobs):
+    X, y = blobs
+    rng = np.random.default_rng(1)
+    views = np.stack([X] + [X + rng.normal(scale=0.5, size=X.shape).astype(np.float32) for _ in range(3)], axis=1)
+    a = DenseHead(hidden_units=8, epochs=25, learning_rate=0.01, random_state=3).fit(views, y)
+    b = DenseHead(hidden_units=8, epochs=25, learning_rate=0.01, random_state=3).fit(views, y)
+    clean = DenseHead(hidden_units=8, epochs=25, learning_rate=0.01, random_state=3).fit(X, y)
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-5)  # seeded draws
+    assert not np.allclose(a.predict_proba(X), clean.predict_proba(X))  # the views were used
+    assert a.n_features_in_ == X.shape[1] and (a.predict(X) == y).mean() > 0.9
