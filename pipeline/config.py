@@ -218,6 +218,11 @@ class HeadsParams:
     tta: tuple[bool, ...] = (False,)                    # swept: average predictions over the cached views
     seed: int = 0
     n_jobs: int = 2
+    backend: Literal["loky", "dask"] = "loky"           # dask: fit the grid on the cluster of `scheduler`
+    scheduler: Optional[str] = None                     # Dask scheduler address (else $DASK_SCHEDULER_ADDRESS)
+    out_of_core: Union[bool, Literal["auto"]] = "auto"  # train from the store chunk by chunk (auto: when too big)
+    memory_limit_mb: float = 2048.0                     # auto: out of core past this many MB of pooled train features
+    out_of_core_epochs: int = 5                         # passes over the chunks of the SGD heads
     logreg: LogRegGrid = field(default_factory=LogRegGrid)
     svm_linear: SvmLinearGrid = field(default_factory=SvmLinearGrid)
     svm_rbf: SvmRbfGrid = field(default_factory=SvmRbfGrid)
@@ -236,6 +241,8 @@ class HeadsParams:
                 _require(0.0 < n < 1.0, "heads.pca", n,
                          "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
         _require(self.cv == 0 or self.cv >= 2, "heads.cv", self.cv, "0 (select on the val split) or a fold count >= 2")
+        _require(self.memory_limit_mb > 0, "heads.memory_limit_mb", self.memory_limit_mb, "a number > 0")
+        _require(self.out_of_core_epochs >= 1, "heads.out_of_core_epochs", self.out_of_core_epochs, "an integer >= 1")
         _require(len(self.augment) > 0, "heads.augment", self.augment, "a non-empty list of none, stack, draw")
         _require(len(self.tta) > 0, "heads.tta", self.tta, "a non-empty list of true/false")
         if self.cv and (set(self.augment) != {"none"} or any(self.tta)):

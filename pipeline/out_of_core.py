@@ -179,7 +179,8 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
                                             tf.TensorSpec((None,), tf.int64)))
         # The generator is called afresh on each repetition: a new block order every epoch.
         steps = sum(-(-(rows.stop - rows.start) // self.batch_size) for rows in source.parts)
-        history = self.model_.fit(dataset.repeat(), epochs=self.epochs, steps_per_epoch=steps, verbose=0)
+        history = self.model_.fit(dataset.repeat(), epochs=self.epochs, steps_per_epoch=steps, verbose=0,
+                                  shuffle=False)
         self.n_epochs_ = len(history.history["loss"])
         return self
 
@@ -193,3 +194,77 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+# --------------------------------------------------------------------------- the heads stage's out-of-core path
+
+
+def pooled_bytes(features, pooling: str, split: str = "train") -> int:
+    """Bytes the pooled float32 features of ``split`` would take in memory, read from the store's metadata."""
+    from pipeline.store import open_store
+
+    group = open_store(features)
+    n = group[split]["X"].shape[0]
+    shape = tuple(group.attrs["feature_shape"])
+    channels = shape[-1]
+    width = {"avg": channels, "max": channels, "avgmax": 2 * channels}.get(pooling, int(np.prod(shape)))
+    if len(shape) == 1:
+        width = channels
+    return int(n * width * 4)
+
+
+def streaming_head(variant, heads, n_train: int):
+    """The out-of-core estimator for a variant, or ``None`` when its kind or preprocessing has none.
+
+    Logistic regression and the linear SVM become SGD (``alpha = 1 / (C · n_train)``,
+    the same penalty as scikit-learn's C); the dense head streams blocks.
+    RBF/polynomial SVMs, PCA and augmented views have no out-of-core form here.
+    """
+    if variant.pca is not None or variant.uses_views:
+        return None
+    p = dict(variant.params)
+    if variant.kind in ("logreg", "svm_linear"):
+        return StreamingLinearHead(loss="log_loss" if variant.kind == "logreg" else "hinge",
+                                   alpha=1.0 / (p["C"] * n_train), epochs=heads.out_of_core_epochs,
+                                   standardize=variant.standardize, random_state=heads.seed)
+    if variant.kind == "dense":
+        return StreamingDenseHead(hidden_units=p["hidden_units"], dropout=p["dropout"],
+                                  learning_rate=p["learning_rate"], epochs=p["epochs"],
+                                  batch_size=heads.dense.batch_size, standardize=variant.standardize,
+                                  random_state=heads.seed)
+    return None
+
+
+def fit_out_of_core(features, variants, heads):
+    """Fit every variant that has an out-of-core form, reading the store as dask arrays.
+
+    Yields
+    ------
+    variant, estimator, row
+        ``row`` as :func:`pipeline.sweep.run_sweep` gives it (validation
+        accuracy and macro-F1, fit seconds, ``out_of_core: true``).
+    """
+    import time
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from pipeline.store import open_feature_set
+
+    for pooling in sorted({v.pooling for v in variants}):
+        train = open_feature_set(features, "train", pooling=pooling, as_dask=True)
+        val = open_feature_set(features, "val", pooling=pooling, as_dask=True)
+        for variant in (v for v in variants if v.pooling == pooling):
+            estimator = streaming_head(variant, heads, len(train.y))
+            if estimator is None:
+                continue
+            started = time.perf_counter()
+            estimator.fit(train.X, train.y)
+            seconds = time.perf_counter() - started
+            predicted = estimator.predict(val.X) if len(val.y) else np.zeros(0, int)
+            yield variant, estimator, {
+                "val_accuracy": float(accuracy_score(val.y, predicted)) if len(val.y) else None,
+                "val_macro_f1": float(f1_score(val.y, predicted, average="macro", zero_division=0))
+                if len(val.y) else None,
+                "val_accuracy_std": None, "fit_seconds": round(seconds, 4), "peak_rss_mib": None,
+                "features_memmapped": False, "n_epochs": estimator.epochs, "out_of_core": True,
+            }

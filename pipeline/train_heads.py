@@ -27,9 +27,11 @@ params.yaml, one after the other in one process), or ``--features features/KEY.z
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -162,6 +164,8 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
         ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
     """
     variants = expand_grid(heads)
+    if out_of_core(features, variants, heads):
+        return _train_out_of_core(features, variants, heads, out)
     needs_views = any(v.uses_views for v in variants)
     data = read_splits(features, sorted({v.pooling for v in variants}),
                        views=views_path(features.parent, features.stem) if needs_views else None,
@@ -198,6 +202,49 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
     summary = {"variants": len(variants), "fitted": n_fit, "reused": len(variants) - n_fit,
                "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv}
     return [rows[v.id] for v in variants], summary
+
+
+def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams) -> bool:
+    """Whether to train from the store chunk by chunk: forced, or (auto) when the pooled train features are too big."""
+    from pipeline.out_of_core import pooled_bytes
+
+    if heads.out_of_core != "auto":
+        return bool(heads.out_of_core)
+    largest = max(pooled_bytes(features, pooling) for pooling in {v.pooling for v in variants})
+    if largest > heads.memory_limit_mb * 2**20:
+        log.info("%s: pooled train features take %.0f MB, more than heads.memory_limit_mb=%g: training out of core",
+                 features.stem, largest / 2**20, heads.memory_limit_mb)
+        return True
+    return False
+
+
+def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams,
+                       out: Path) -> tuple[list[dict], dict]:
+    """The out-of-core grid: every variant with a streaming form, fitted from dask arrays (no reuse)."""
+    from pipeline.out_of_core import fit_out_of_core
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.perf_counter()
+    for variant, estimator, row in fit_out_of_core(features, variants, heads):
+        joblib.dump(estimator, out / f"{variant.id}.joblib")
+        rows.append({**describe(variant, heads), **row, "fingerprint": None, "reused": False})
+        log.info("%-44s val acc %s  (%.2f s, out of core)", variant.id, _fmt(row["val_accuracy"]), row["fit_seconds"])
+    skipped = [v.id for v in variants if v.id not in {r["variant"] for r in rows}]
+    if skipped:
+        log.warning("%s: %d variants have no out-of-core form (RBF/poly SVM, PCA, views) and were skipped: %s",
+                    features.stem, len(skipped), ", ".join(skipped[:8]))
+    if not rows:
+        raise ValueError(f"{features}: no variant of the grid can train out of core; add logreg, svm_linear or "
+                         "dense to heads.kinds (without PCA or views), or raise heads.memory_limit_mb")
+    keep = {f"{r['variant']}.joblib" for r in rows}
+    for stale in out.glob("*.joblib"):
+        if stale.name not in keep:
+            stale.unlink()
+    summary = {"variants": len(rows), "fitted": len(rows), "reused": 0, "skipped": skipped,
+               "fit_wall_seconds": round(time.perf_counter() - started, 3), "n_jobs": 1, "cv": 0,
+               "out_of_core": True}
+    return rows, summary
 
 
 def describe(variant: Variant, heads: HeadsParams) -> dict:
@@ -241,6 +288,24 @@ def write_scores(features: Path, heads: HeadsParams, out: Path, *, progress: boo
     return finished
 
 
+@contextlib.contextmanager
+def parallel_backend(heads: HeadsParams):
+    """joblib's default backend for the sweep: loky here, or the Dask cluster of ``heads.scheduler``."""
+    if heads.backend != "dask":
+        yield
+        return
+    from distributed import Client
+
+    address = heads.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if not address:
+        raise ValueError("heads.backend: dask needs a scheduler: set heads.scheduler to its address "
+                         "(tcp://host:8786) or DASK_SCHEDULER_ADDRESS")
+    with Client(address) as client, joblib.parallel_config(backend="dask"):
+        log.info("fitting heads on the Dask cluster at %s (%d workers)", address,
+                 len(client.scheduler_info()["workers"]))
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", required=True, type=Path,
@@ -252,6 +317,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-reuse", action="store_true", help="refit every variant")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    with parallel_backend(params.heads):
+        _run(args, params)
+
+
+def _run(args, params) -> None:
     options = {"progress": not args.no_progress, "reuse": not args.no_reuse}
     started = _process_start()
     if args.features.suffix == ".zarr":

@@ -85,3 +85,37 @@ def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(distributed[split]["X"][...], reference[split]["X"][...])
         np.testing.assert_array_equal(distributed[split]["ids"][...], reference[split]["ids"][...])
+
+
+def test_heads_grid_runs_on_the_dask_backend(in_tmp):
+    import json
+
+    from distributed import LocalCluster
+
+    from pipeline import train_heads
+
+    write_image_folder(in_tmp / "images", classes=3, per_class=12)
+    heads = {"kinds": ["logreg", "svm_linear", "svm_rbf"], "n_jobs": 2, "logreg": {"C": [0.1, 1.0]},
+             "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]}}
+    write_params(in_tmp / "params.yaml", tiny_params("images", heads=heads))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    train_heads.main(["--features", "features", "--out", "local", "--no-progress"])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        write_params(in_tmp / "params.yaml", tiny_params("images", heads={
+            **heads, "backend": "dask", "scheduler": cluster.scheduler_address}))
+        train_heads.main(["--features", "features", "--out", "remote", "--no-progress"])
+    local = json.loads((in_tmp / "local/mv2/scores.json").read_text())["variants"]
+    remote = json.loads((in_tmp / "remote/mv2/scores.json").read_text())["variants"]
+    assert [r["variant"] for r in remote] == [r["variant"] for r in local]
+    assert [r["val_accuracy"] for r in remote] == [r["val_accuracy"] for r in local]
+
+
+def test_dask_backend_without_a_scheduler_is_named(in_tmp, monkeypatch):
+    from pipeline import train_heads
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    write_params(in_tmp / "params.yaml", tiny_params("images", heads={"backend": "dask"}))
+    with pytest.raises(ValueError, match="heads.scheduler"):
+        train_heads.main(["--features", "features", "--out", "heads"])

@@ -64,3 +64,52 @@ def test_bad_loss_is_named(problem):
     X, y = problem
     with pytest.raises(ValueError, match="loss='squared'"):
         StreamingLinearHead(loss="squared").fit(X, y)
+
+
+def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
+    import json
+
+    from conftest import tiny_params, write_image_folder, write_params
+    from pipeline import evaluate, extract, prepare, train_heads
+
+    write_image_folder(in_tmp / "images", classes=3, per_class=12)
+    write_params(in_tmp / "params.yaml", tiny_params(
+        "images", heads={"kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "out_of_core": True,
+                         "logreg": {"C": [1.0]}, "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]},
+                         "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3]}}))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+    scores = json.loads((in_tmp / "heads/mv2/scores.json").read_text())
+    assert scores["sweep"]["out_of_core"] is True
+    assert [r["kind"] for r in scores["variants"]] == ["logreg", "svm_linear", "dense"]  # no RBF SVM out of core
+    assert scores["sweep"]["skipped"] == ["avg-svm_rbf-C1-gscale"]
+    assert all(r["out_of_core"] and 0 <= r["val_accuracy"] <= 1 for r in scores["variants"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    assert 0 <= json.loads((in_tmp / "metrics.json").read_text())["best"]["test_accuracy"] <= 1
+
+
+def test_auto_switches_on_the_memory_limit(in_tmp):
+    from conftest import tiny_params, write_image_folder, write_params
+    from pipeline import extract, prepare
+    from pipeline.config import parse_params
+    from pipeline.heads import expand_grid
+    from pipeline.out_of_core import pooled_bytes
+    from pipeline.train_heads import out_of_core
+
+    write_image_folder(in_tmp / "images", classes=2, per_class=6)
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    size = pooled_bytes("features/mv2.zarr", "avg")
+    from pipeline.store import open_feature_set
+
+    train = open_feature_set("features/mv2.zarr", "train", pooling="avg")
+    assert size == train.X.size * 4  # training images × channels × float32, known without reading them
+    small = parse_params({"heads": {"memory_limit_mb": size / 2**20 * 2}}).heads
+    tight = parse_params({"heads": {"memory_limit_mb": size / 2**20 / 2}}).heads
+    from pathlib import Path
+
+    assert not out_of_core(Path("features/mv2.zarr"), expand_grid(small), small)
+    assert out_of_core(Path("features/mv2.zarr"), expand_grid(tight), tight)
