@@ -150,7 +150,7 @@ class AugmentParams:
 class ExtractParams:
     """How features are computed and stored (stage: extract)."""
 
-    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 32 on a CPU, 128 on a GPU
+    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 8 on a CPU, 128 on a GPU
     dtype: Literal["float16", "float32"] = "float16"
     chunk_mb: float = 1.0
     seed: int = 0

@@ -46,7 +46,10 @@ _WRITES_IN_FLIGHT = 2
 # Share of non-zero float32 values allowed to round to zero when stored as float16;
 # past it the stored features no longer say what the network computed.
 _MAX_UNDERFLOW = 0.01
-_BATCH_CPU, _BATCH_GPU = 32, 128
+# Measured on the 2-core CPUs here (benchmarks/extract.py, BENCHMARKS.md): small batches keep a
+# depthwise network's activations in cache (EfficientNet-Lite0: 55 img/s at 8 against 42 at 32),
+# and heavy networks (VGG16) run the same at any size; a GPU wants large batches.
+_BATCH_CPU, _BATCH_GPU = 8, 128
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,12 @@ def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool, augme
         return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
                 tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
 
+    # A fixed signature with any batch size: traced once, even for the smaller last batch of each split.
+    images = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
     if augment_layers is None:
-        return tf.function(step, reduce_retracing=True, jit_compile=jit_compile)
-    return tf.function(lambda batch, seed: step(augment(augment_layers, batch, seed)), reduce_retracing=True)
+        return tf.function(step, input_signature=[images], jit_compile=jit_compile)
+    return tf.function(lambda batch, seed: step(augment(augment_layers, batch, seed)),
+                       input_signature=[images, tf.TensorSpec((), tf.int64)])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pipeline.store import open_feature_set
 def test_auto_runtime_on_this_cpu():
     runtime = resolve_runtime(parse_params({}).extract)
     assert runtime.device == "CPU"  # the test machines have no GPU
-    assert (runtime.batch_size, runtime.jit_compile, runtime.mixed_precision) == (32, False, False)
+    assert (runtime.batch_size, runtime.jit_compile, runtime.mixed_precision) == (8, False, False)
     forced = resolve_runtime(parse_params({"extract": {"batch_size": 7, "jit_compile": True,
                                                        "mixed_precision": True}}).extract)
     assert (forced.batch_size, forced.jit_compile, forced.mixed_precision) == (7, True, True)
