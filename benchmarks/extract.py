@@ -6,7 +6,7 @@ photographs scikit-image ships), each method runs in a fresh process:
 - naive: ``keras.utils.load_img`` every image into one numpy array,
   ``preprocess_input``, ``model.predict(x, batch_size=32)``, ``np.save``;
 - compute-only: the same compiled model on an in-memory tensor, batch after
-  batch (the ceiling: no decoding, no writing);
+  batch, at the stage's batch size (the ceiling: no decoding, no writing);
 - shoulders: ``pipeline.extract.extract_feature_set`` (tf.data decode/resize,
   compiled inference, overlapped Zarr writes, then the read-back verification).
 
@@ -97,7 +97,7 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     from pipeline.backbones import build_cut_model
     from pipeline.config import ExtractParams, FeatureSetParams
     from pipeline.data import read_manifest
-    from pipeline.extract import compile_inference, extract_feature_set
+    from pipeline.extract import compile_inference, extract_feature_set, resolve_runtime
 
     weights = "imagenet" if backbone == "efficientnet_lite0" else "none"  # timing does not depend on weights
     spec = FeatureSetParams(backbone=backbone, weights=weights, dtype="float32")
@@ -122,7 +122,7 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
         seconds = time.perf_counter() - started
         return {"images": n, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline, "batch_size": 32}
     infer = compile_inference(cut.model, cut.preprocess, dtype="float32", jit_compile=False)
-    batch_size = 32
+    batch_size = resolve_runtime(ExtractParams()).batch_size  # the ceiling of the stage's own configuration
     batch = tf.random.uniform((batch_size, size, size, 3), 0, 255, seed=0)
     infer(batch)[0].numpy()  # trace once: the ceiling excludes tracing
     started = time.perf_counter()

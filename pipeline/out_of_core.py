@@ -165,12 +165,12 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         self.scaler_ = fit_scaler(X) if self.standardize else None
+        from pipeline.dense_head import DenseHead
+
         keras.utils.set_random_seed(self.random_state)
-        self.model_ = keras.Sequential(
-            [keras.Input((X.shape[1],))]
-            + ([keras.layers.Dense(self.hidden_units, activation="relu")] if self.hidden_units else [])
-            + ([keras.layers.Dropout(self.dropout)] if self.dropout else [])
-            + [keras.layers.Dense(len(self.classes_), activation="softmax")])
+        # The same network as the in-memory dense head; only how it is fed differs.
+        self.model_ = DenseHead(hidden_units=self.hidden_units, dropout=self.dropout)._build(
+            X.shape[1], len(self.classes_))
         self.model_.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
                             loss="sparse_categorical_crossentropy")
         source = _BlockBatches(X, encoded, self.batch_size, self.scaler_, self.random_state)
