@@ -159,6 +159,19 @@ def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1
         writer.writerow(row)
 
 
+def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, int]]:
+    """Accuracy against the files' folder names, when every file sits in a folder named after a class.
+
+    ``shoulders predict models data/test`` on an ImageFolder tree then reports
+    how well the model does; files anywhere else give ``None``.
+    """
+    truth = [path.parent.name for path, _ in results]
+    if not results or any(name not in classes for name in truth):
+        return None
+    predicted = [classes[int(np.argmax(proba))] for _, proba in results]
+    return float(np.mean([p == t for p, t in zip(predicted, truth)])), len(results)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="shoulders predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an exported model folder, e.g. models/")
@@ -180,3 +193,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         write_predictions(results, predictor.classes, sys.stdout, top_k=args.top_k)
     log.info("%d images classified, %d skipped", len(results), len(failures))
+    scored = folder_accuracy(results, predictor.classes)
+    if scored is not None:
+        log.info("accuracy %.4f over %d images (true class = the folder each file is in)", *scored)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tiny_params, write_image_folder, write_params
 from pipeline import evaluate, export, extract, prepare, train_heads
-from pipeline.predict import image_files, load_model, predict_files, write_predictions
+from pipeline.predict import folder_accuracy, image_files, load_model, predict_files, write_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +109,19 @@ def test_predict_skips_bad_files_and_writes_top_k(pipeline_run, tmp_path):
     assert rows[0] == ["file", "predicted", "probability", "class_2", "probability_2"]
     assert len(rows) == 4 and all(float(r[2]) >= float(r[4]) for r in rows[1:])
     assert np.isclose(sum(predictor.predict_proba([np.zeros((10, 17, 3), np.uint8)])[0]), 1.0, atol=1e-4)
+    assert folder_accuracy(results, predictor.classes) is None  # "incoming" names no class
+
+
+def test_predict_scores_files_in_class_folders(pipeline_run):
+    predictor = load_model(_export(pipeline_run, _variant(pipeline_run, "logreg")))
+    files = image_files([pipeline_run / "images"])
+    results, _ = predict_files(predictor, files, progress=False)
+    accuracy, n = folder_accuracy(results, predictor.classes)
+    predicted = [predictor.classes[p.argmax()] for _, p in results]
+    assert n == len(files) and accuracy == np.mean([q == f.parent.name for q, f in zip(predicted, files)])
+    wrong = [(path.parent.parent / "class_0" / path.name, proba) for path, proba in results if
+             predictor.classes[proba.argmax()] != "class_0"]
+    assert wrong and folder_accuracy(wrong, predictor.classes) == (0.0, len(wrong))
 
 
 def test_unknown_variant_is_named(pipeline_run):
