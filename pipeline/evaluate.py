@@ -58,14 +58,19 @@ def load_scores(heads_dir: Path) -> list[dict]:
     return [json.loads(f.read_text(encoding="utf-8")) | {"dir": str(f.parent)} for f in files]
 
 
+def rank(row: dict, select_by: str) -> tuple:
+    """Sort key, best first: the validation score, then the other metric, then the faster fit."""
+    other = "macro_f1" if select_by == "accuracy" else "accuracy"
+    return (-(row.get(f"val_{select_by}") or 0.0), -(row.get(f"val_{other}") or 0.0),
+            row.get("fit_seconds") or 0.0, row.get("feature_set", ""), row["variant"])
+
+
 def select_best(rows: Sequence[dict], select_by: str) -> dict:
     """The row with the best validation score; ties go to the other metric, then the faster fit."""
-    other = "macro_f1" if select_by == "accuracy" else "accuracy"
     scored = [r for r in rows if r.get(f"val_{select_by}") is not None]
     if not scored:
         raise ValueError("no variant has a validation score (is the validation split empty?)")
-    return max(scored, key=lambda r: (r[f"val_{select_by}"], r.get(f"val_{other}") or 0.0,
-                                      -r["fit_seconds"], r["variant"]))
+    return min(scored, key=lambda r: rank(r, select_by))
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, *, n_resamples: int, seed: int,
@@ -161,8 +166,8 @@ def evaluate(heads_dir: Path, settings: EvaluateParams,
                 "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
                 "n_epochs": row.get("n_epochs"), "selected": selected,
             })
-    best_key = max(chosen, key=lambda k: (chosen[k]["pick"][f"val_{settings.select_by}"], k))
-    leaderboard.sort(key=lambda r: (-(r[f"val_{settings.select_by}"] or 0.0), r["feature_set"], r["variant"]))
+    best_key = min(chosen, key=lambda k: rank({**chosen[k]["pick"], "feature_set": k}, settings.select_by))
+    leaderboard.sort(key=lambda r: rank(r, settings.select_by))
     report = {
         "best": _summary(best_key, chosen[best_key]),
         "feature_sets": {k: _summary(k, c) for k, c in sorted(chosen.items())},
@@ -277,7 +282,7 @@ def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by:
                         "val_accuracy_std": None, "test_accuracy": result["test_accuracy"],
                         "fit_seconds": result["seconds"], "peak_rss_mib": None, "n_epochs": result["epochs_run"],
                         "selected": True})
-    leaderboard.sort(key=lambda r: (-(r.get(f"val_{select_by}") or 0.0), r["feature_set"], r["variant"]))
+    leaderboard.sort(key=lambda r: rank(r, select_by))
     best = report["best"]
     if (summary[f"val_{select_by}"], summary["feature_set"]) > (best[f"val_{select_by}"], best["feature_set"]):
         report["best_cached_head"] = best
