@@ -110,6 +110,7 @@ def train_under_limit(store: str, limit_mb: float, how: str) -> dict:
     features = open_feature_set(store, "train", pooling="none", as_dask=True)
     features.X[:1].compute()
     baseline = _vm_mb()
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     limit = int((baseline + limit_mb) * 2**20)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     started = time.perf_counter()
@@ -124,7 +125,7 @@ def train_under_limit(store: str, limit_mb: float, how: str) -> dict:
     except MemoryError:
         outcome = "MemoryError"
     return {"how": how, "limit_mb": limit_mb, "outcome": outcome, "seconds": time.perf_counter() - started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "baseline_rss_mb": baseline_rss}
 
 
 def _vm_mb() -> float:
@@ -163,7 +164,7 @@ def main() -> None:
         size_mb = args.rows * args.dims * 4 / 2**20
         print(f"\nout-of-core: {args.rows} × {args.dims} features = {size_mb:.0f} MB as float32 "
               f"({size_mb / args.limit_mb:.1f}× the {args.limit_mb:.0f} MB limit)")
-        print(f"{'head':<12} {'outcome':<40} {'seconds':>8} {'peak RSS MB':>12}")
+        print(f"{'head':<12} {'outcome':<40} {'seconds':>8} {'RSS before MB':>13} {'peak RSS MB':>12}")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MALLOC_ARENA_MAX": "1"}
         for how in ("in-memory", "streaming"):
             out = subprocess.run([sys.executable, __file__, "--child", str(store), str(args.limit_mb), how],
@@ -172,7 +173,8 @@ def main() -> None:
                 print(f"{how:<12} crashed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{row['how']:<12} {row['outcome']:<40} {row['seconds']:>8.1f} {row['peak_rss_mb']:>12.0f}")
+            print(f"{row['how']:<12} {row['outcome']:<40} {row['seconds']:>8.1f} {row['baseline_rss_mb']:>13.0f} "
+                  f"{row['peak_rss_mb']:>12.0f}")
 
 
 if __name__ == "__main__":

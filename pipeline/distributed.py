@@ -64,7 +64,7 @@ def _worker_extraction(spec: FeatureSetParams, settings: ExtractParams, manifest
 
 def describe_on_worker(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str) -> Extraction:
     """Run on a worker: build (and keep) the model, return the extraction without it."""
-    return replace(_worker_extraction(spec, settings, manifest_sha256), cut=None)
+    return replace(_worker_extraction(spec, settings, manifest_sha256), cut=None, steps={})
 
 
 def run_shard(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str, partial: str,

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -182,6 +182,18 @@ class Extraction:
     feature_shape: tuple[int, ...]
     chunk_rows: int
     provenance: dict
+    # The compiled clean step, traced once per process however many shards run (not sent anywhere).
+    steps: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def step(self, augment_layers=None):
+        """The compiled inference step (:func:`compile_inference`); the clean one is kept and reused."""
+        if augment_layers is not None:
+            return compile_inference(self.cut.model, self.cut.preprocess, dtype=self.dtype,
+                                     jit_compile=self.runtime.jit_compile, augment_layers=augment_layers)
+        if "clean" not in self.steps:
+            self.steps["clean"] = compile_inference(self.cut.model, self.cut.preprocess, dtype=self.dtype,
+                                                    jit_compile=self.runtime.jit_compile)
+        return self.steps["clean"]
 
 
 def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *, manifest_sha256: str) -> Extraction:
@@ -248,9 +260,7 @@ def run_jobs(extraction: Extraction, jobs: Sequence[Job], records: Mapping[str, 
     from tqdm.auto import tqdm
 
     cut = extraction.cut
-    infer = compile_inference(cut.model, cut.preprocess, dtype=extraction.dtype,
-                              jit_compile=extraction.runtime.jit_compile,
-                              augment_layers=augment[0] if augment else None)
+    infer = extraction.step(augment[0] if augment else None)
     guard = PrecisionGuard(name, extraction.dtype)
     todo = sum(len(job.rows) for job in jobs)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \

@@ -65,3 +65,23 @@ def test_extract_stage_writes_to_an_fsspec_url(in_tmp):
     remote = open_feature_set("memory://remote/mv2.zarr", "train", pooling="none")
     np.testing.assert_array_equal(remote.X, local.X)
     assert remote.ids.tolist() == local.ids.tolist()
+
+
+def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
+    from pipeline.config import load_params
+    from pipeline.data import read_manifest
+    from pipeline.extract import plan_extraction, run_jobs, split_records
+
+    write_image_folder(in_tmp / "images", classes=2, per_class=6)
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
+    params = load_params("params.yaml")
+    extraction = plan_extraction(params.features["mv2"], params.extract, manifest_sha256="test")
+    by_split = split_records(read_manifest("data/manifest.csv"))
+    blocks = []
+    for split in ("train", "val"):  # two shards, as a Dask worker runs them one after the other
+        run_jobs(extraction, [Job(split, 0, range(len(by_split[split])))], by_split,
+                 lambda job, block: blocks.append(block), name="shard", progress=False)
+    assert [len(b) for b in blocks] == [len(by_split["train"]), len(by_split["val"])]
+    assert extraction.step() is extraction.step()
+    assert extraction.step().experimental_get_tracing_count() == 1
