@@ -16,7 +16,7 @@ which is how the tests compare them with the in-memory heads.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -43,6 +43,22 @@ def blocks(X) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, block)`` for each block of ``X``, one in memory at a time."""
     for rows in blocks_rows(X):
         yield rows, read_block(X, rows)
+
+
+def scaled(scaler: Optional[StandardScaler], block: np.ndarray) -> np.ndarray:
+    """``block`` through ``scaler``, or as it is when there is none."""
+    return scaler.transform(block) if scaler is not None else block
+
+
+def shuffled_blocks(X, y: np.ndarray, scaler: Optional[StandardScaler], rng: np.random.Generator,
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over ``X``: its blocks in a random order, each scaled and with its rows shuffled, with labels."""
+    parts = blocks_rows(X)
+    for index in rng.permutation(len(parts)):
+        rows = parts[index]
+        block = scaled(scaler, read_block(X, rows))
+        order = rng.permutation(len(block))
+        yield block[order], y[rows][order]
 
 
 def fit_scaler(X) -> StandardScaler:
@@ -93,31 +109,24 @@ class StreamingLinearHead(ClassifierMixin, BaseEstimator):
         self.scaler_ = fit_scaler(X) if self.standardize else None
         self.model_ = SGDClassifier(loss=self.loss, alpha=self.alpha, random_state=self.random_state)
         rng = np.random.default_rng(self.random_state)
-        parts = blocks_rows(X)
         for _ in range(self.epochs):
-            for index in rng.permutation(len(parts)):
-                rows = parts[index]
-                block = self._scale(read_block(X, rows))
-                order = rng.permutation(len(block))
-                self.model_.partial_fit(block[order], y[rows][order], classes=self.classes_)
+            for block, labels in shuffled_blocks(X, y, self.scaler_, rng):
+                self.model_.partial_fit(block, labels, classes=self.classes_)
         return self
-
-    def _scale(self, block: np.ndarray) -> np.ndarray:
-        return self.scaler_.transform(block) if self.scaler_ is not None else block
 
     def decision_function(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return np.concatenate([self.model_.decision_function(self._scale(b)) for _, b in blocks(X)])
+        return np.concatenate([self.model_.decision_function(scaled(self.scaler_, b)) for _, b in blocks(X)])
 
     def predict(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return np.concatenate([self.model_.predict(self._scale(b)) for _, b in blocks(X)])
+        return np.concatenate([self.model_.predict(scaled(self.scaler_, b)) for _, b in blocks(X)])
 
     def predict_proba(self, X) -> np.ndarray:
         if self.loss != "log_loss":
             raise AttributeError("predict_proba needs loss='log_loss'")
         check_is_fitted(self, "model_")
-        return np.concatenate([self.model_.predict_proba(self._scale(b)) for _, b in blocks(X)])
+        return np.concatenate([self.model_.predict_proba(scaled(self.scaler_, b)) for _, b in blocks(X)])
 
 
 class _BlockBatches:
@@ -129,15 +138,10 @@ class _BlockBatches:
         self.parts = blocks_rows(X)
 
     def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for index in self.rng.permutation(len(self.parts)):
-            rows = self.parts[index]
-            block = read_block(self.X, rows)
-            block = self.scaler.transform(block).astype(np.float32) if self.scaler is not None else block
-            labels = self.y[rows]
-            order = self.rng.permutation(len(block))
+        for block, labels in shuffled_blocks(self.X, self.y, self.scaler, self.rng):
+            block = block.astype(np.float32, copy=False)
             for start in range(0, len(block), self.batch_size):
-                pick = order[start:start + self.batch_size]
-                yield block[pick], labels[pick]
+                yield block[start:start + self.batch_size], labels[start:start + self.batch_size]
 
 
 class StreamingDenseHead(ClassifierMixin, BaseEstimator):
@@ -188,8 +192,8 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         parts = []
         for _, block in blocks(X):
-            block = self.scaler_.transform(block) if self.scaler_ is not None else block
-            parts.append(self.model_.predict(block.astype(np.float32), batch_size=4096, verbose=0))
+            parts.append(self.model_.predict(scaled(self.scaler_, block).astype(np.float32), batch_size=4096,
+                                             verbose=0))
         return np.concatenate(parts)
 
     def predict(self, X) -> np.ndarray:

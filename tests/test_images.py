@@ -86,12 +86,13 @@ def test_non_images_are_refused_by_name(tmp_path, name, content):
         decode_image(path)
 
 
-def test_truncated_jpeg_is_refused(tmp_path, rgb):
+@pytest.mark.parametrize("fmt, name", [("JPEG", "cut.jpg"), ("PNG", "cut.png")])
+def test_truncated_image_is_refused(tmp_path, rgb, fmt, name):
     buffer = io.BytesIO()
-    Image.fromarray(np.tile(rgb, (10, 10, 1))).save(buffer, format="JPEG")
-    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.tile(rgb, (10, 10, 1))).save(buffer, format=fmt)
+    path = tmp_path / name
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    with pytest.raises(BadImageError, match="cut.jpg"):
+    with pytest.raises(BadImageError, match=name):
         decode_image(path)
 
 
@@ -140,15 +141,6 @@ def test_upper_case_extensions_are_images(tmp_path, rgb, name, fmt):
     path = _save(tmp_path / name, Image.fromarray(rgb), format=fmt)
     assert is_image_name(path)
     assert decode_image(path).shape == (20, 30, 3)
-
-
-def test_truncated_png_is_refused(tmp_path, rgb):
-    buffer = io.BytesIO()
-    Image.fromarray(np.tile(rgb, (10, 10, 1))).save(buffer, format="PNG")
-    path = tmp_path / "cut.png"
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    with pytest.raises(BadImageError, match="cut.png"):
-        decode_image(path)
 
 
 @pytest.mark.parametrize("name", ["__MACOSX", "@eaDir", "desktop.ini", ".git", "._photo.jpg"])
