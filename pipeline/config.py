@@ -152,7 +152,7 @@ class ExtractParams:
 
     batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 8 on a CPU, 128 on a GPU
     dtype: Literal["float16", "float32"] = "float16"
-    chunk_mb: float = 1.0
+    chunk_mb: float = 8.0                                    # fewer, larger writes: BENCHMARKS.md
     seed: int = 0
     jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
     mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only

@@ -390,6 +390,9 @@ def _regroup(outputs: Iterable[np.ndarray], jobs: Sequence[Job]) -> Iterator[tup
             buffer, held = ([rest], len(rest)) if len(rest) else ([], 0)
             job = next(pending, None)
             if job is None:
+                # Run the batch stream to its end (its decode threads stop there), and check it is.
+                for extra in outputs:
+                    raise ValueError(f"{len(extra)} rows beyond the last job")
                 return
 
 

@@ -2,21 +2,44 @@
 
 Decoding goes through :func:`pipeline.images.decode_image` (PIL, inside
 ``tf.numpy_function``) so that every image kind prepare accepted is read the
-same way here; PIL releases the GIL while it decodes, so ``AUTOTUNE`` parallel
-calls overlap. Resizing is ``tf.image.resize`` (bilinear), the op an exported
+same way here; PIL releases the GIL while it decodes, so parallel calls (one
+per usable core) overlap. Resizing is ``tf.image.resize`` (bilinear), the op an exported
 model's Resizing layer uses too. Batches are uint8-valued float32 RGB
 (0–255); the backbone's own preprocessing runs inside the compiled inference
 step, not here.
+
+Parallelism and prefetch depth are fixed, and tf.data's autotuner is off
+(:func:`static`): in TensorFlow 2.21 dropping an autotuned iterator waits for the
+autotuner's sleeping thread, which stalled extraction for ~5.5 s per split with
+both cores idle (py-spy: ``RootDataset::Iterator::~Iterator`` →
+``UnboundedThreadPool::LogicalThreadWrapper``); decoding ran as fast with the
+fixed settings (BENCHMARKS.md, "CPU extraction").
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline.images import decode_image
+
+# Batches decoded ahead of the one being computed.
+PREFETCH_BATCHES = 2
+
+
+def parallel_calls() -> int:
+    """Decode calls in flight: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def static(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """``dataset`` with tf.data's autotuner off (see the module notes: it stalls iterator teardown)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 def _decode(path: bytes) -> np.ndarray:
@@ -49,9 +72,9 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.dat
         the last batch may be smaller. Order is deterministic.
     """
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
-    dataset = dataset.map(lambda p: load_and_resize(p, size), num_parallel_calls=tf.data.AUTOTUNE,
+    dataset = dataset.map(lambda p: load_and_resize(p, size), num_parallel_calls=parallel_calls(),
                           deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))
 
 
 def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
@@ -75,6 +98,6 @@ def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, 
                                                   tf.constant(list(labels), dtype=tf.int64)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda p, y: (load_and_resize(p, size), y), num_parallel_calls=tf.data.AUTOTUNE,
+    dataset = dataset.map(lambda p, y: (load_and_resize(p, size), y), num_parallel_calls=parallel_calls(),
                           deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))

@@ -170,6 +170,7 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         self.classes_, encoded = np.unique(y, return_inverse=True)
         self.scaler_ = fit_scaler(X) if self.standardize else None
         from pipeline.dense_head import DenseHead
+        from pipeline.inputs import static
 
         keras.utils.set_random_seed(self.random_state)
         # The same network as the in-memory dense head; only how it is fed differs.
@@ -183,7 +184,7 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
                                             tf.TensorSpec((None,), tf.int64)))
         # The generator is called afresh on each repetition: a new block order every epoch.
         steps = sum(-(-(rows.stop - rows.start) // self.batch_size) for rows in source.parts)
-        history = self.model_.fit(dataset.repeat(), epochs=self.epochs, steps_per_epoch=steps, verbose=0,
+        history = self.model_.fit(static(dataset.repeat()), epochs=self.epochs, steps_per_epoch=steps, verbose=0,
                                   shuffle=False)
         self.n_epochs_ = len(history.history["loss"])
         return self

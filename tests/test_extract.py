@@ -38,6 +38,24 @@ def test_regroup_cuts_batches_into_chunks():
     np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), np.arange(12))
 
 
+def test_regroup_refuses_rows_beyond_the_last_job():
+    batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]
+    with pytest.raises(ValueError, match="3 rows beyond the last job"):
+        list(_regroup(iter(batches), [Job("train", 0, range(0, 9))]))
+
+
+def test_image_batches_run_without_the_autotuner(in_tmp):
+    # TensorFlow 2.21's autotuner stalled iterator teardown ~5 s per split (pipeline.inputs).
+    from pipeline.inputs import image_batches, labelled_batches
+
+    paths = [str(p) for p in write_image_folder(in_tmp / "images", classes=2, per_class=3, size=(20, 24))]
+    for dataset in (image_batches(paths, size=16, batch_size=4),
+                    labelled_batches(paths, [0] * len(paths), size=16, batch_size=4)):
+        assert dataset.options().autotune.enabled is False
+    shapes = [tuple(batch.shape) for batch in image_batches(paths, size=16, batch_size=4)]
+    assert shapes == [(4, 16, 16, 3), (2, 16, 16, 3)]
+
+
 @pytest.mark.parametrize("option", ["mixed_precision", "jit_compile"])
 def test_xla_and_mixed_precision_change_results_by_float16_rounding_only(in_tmp, option):
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
