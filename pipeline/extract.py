@@ -275,14 +275,20 @@ def run_jobs(extraction: Extraction, jobs: Sequence[Job], records: Mapping[str, 
                          for k in range(0, len(rows), extraction.runtime.batch_size)]
             batches = _infer_batches(infer, guard, [records[split][i].path for i in rows], seeds,
                                      size=cut.provenance["input_size"], batch_size=extraction.runtime.batch_size)
-            for job, block in _regroup(batches, group):
+            for job, block in _regroup(_ticking(batches, bar), group):
                 in_flight.append(pool.submit(write, job, block))
-                bar.update(len(block))
                 while len(in_flight) > _WRITES_IN_FLIGHT:
                     in_flight.popleft().result()
         while in_flight:
             in_flight.popleft().result()
     return todo
+
+
+def _ticking(batches: Iterable[np.ndarray], bar) -> Iterator[np.ndarray]:
+    """Pass batches through, advancing the progress bar per batch (a chunk can take a while)."""
+    for batch in batches:
+        bar.update(len(batch))
+        yield batch
 
 
 def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], seeds: Optional[Sequence[int]], *,
