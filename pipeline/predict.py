@@ -66,7 +66,7 @@ class Predictor:
             groups.setdefault(image.shape, []).append(index)
         for indices in groups.values():
             batch = np.stack([images[i] for i in indices]).astype(np.uint8)
-            result = np.asarray(self.model.predict(batch, verbose=0))
+            result = np.asarray(self.model.predict_on_batch(batch))
             if self.head is not None:
                 result = self.head.predict_proba(result)
             out[indices] = result
@@ -106,8 +106,10 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
     files: list[Path] = []
     for entry in map(Path, inputs):
         if entry.is_dir():
+            # Junk is judged below the folder named, so "../photos" is not taken for a hidden folder.
             files.extend(p for p in sorted(entry.rglob("*"))
-                         if p.is_file() and is_image_name(p) and not any(is_junk_name(Path(q)) for q in p.parts))
+                         if p.is_file() and is_image_name(p)
+                         and not any(is_junk_name(Path(q)) for q in p.relative_to(entry).parts))
         elif entry.exists():
             files.append(entry)
         else:

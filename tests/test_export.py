@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +123,17 @@ def test_predict_scores_files_in_class_folders(pipeline_run):
     wrong = [(path.parent.parent / "class_0" / path.name, proba) for path, proba in results if
              predictor.classes[proba.argmax()] != "class_0"]
     assert wrong and folder_accuracy(wrong, predictor.classes) == (0.0, len(wrong))
+
+
+def test_image_files_judge_junk_below_the_folder_named(tmp_path, monkeypatch):
+    photos = tmp_path / "data" / "photos"
+    (photos / ".thumbnails").mkdir(parents=True)
+    for path in (photos / "a.png", photos / ".thumbnails" / "b.png", photos / "._a.png"):
+        path.write_bytes(b"")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    # "../data/photos" starts with "..": that is where the folder is, not a hidden folder.
+    assert image_files([Path("../data/photos")]) == [Path("../data/photos/a.png")]
 
 
 def test_unknown_variant_is_named(pipeline_run):
