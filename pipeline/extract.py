@@ -187,13 +187,13 @@ class Extraction:
 
     def step(self, augment_layers=None):
         """The compiled inference step (:func:`compile_inference`); the clean one is kept and reused."""
-        if augment_layers is not None:
-            return compile_inference(self.cut.model, self.cut.preprocess, dtype=self.dtype,
-                                     jit_compile=self.runtime.jit_compile, augment_layers=augment_layers)
-        if "clean" not in self.steps:
-            self.steps["clean"] = compile_inference(self.cut.model, self.cut.preprocess, dtype=self.dtype,
-                                                    jit_compile=self.runtime.jit_compile)
-        return self.steps["clean"]
+        if augment_layers is None and "clean" in self.steps:
+            return self.steps["clean"]
+        step = compile_inference(self.cut.model, self.cut.preprocess, dtype=self.dtype,
+                                 jit_compile=self.runtime.jit_compile, augment_layers=augment_layers)
+        if augment_layers is None:
+            self.steps["clean"] = step
+        return step
 
 
 def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *, manifest_sha256: str) -> Extraction:

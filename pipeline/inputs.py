@@ -72,9 +72,7 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.dat
         the last batch may be smaller. Order is deterministic.
     """
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
-    dataset = dataset.map(lambda p: load_and_resize(p, size), num_parallel_calls=parallel_calls(),
-                          deterministic=True)
-    return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))
+    return _decoded_batches(dataset, lambda p: load_and_resize(p, size), batch_size)
 
 
 def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
@@ -98,6 +96,10 @@ def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, 
                                                   tf.constant(list(labels), dtype=tf.int64)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda p, y: (load_and_resize(p, size), y), num_parallel_calls=parallel_calls(),
-                          deterministic=True)
+    return _decoded_batches(dataset, lambda p, y: (load_and_resize(p, size), y), batch_size)
+
+
+def _decoded_batches(dataset: tf.data.Dataset, decode, batch_size: int) -> tf.data.Dataset:
+    """Decode in parallel (in order), batch, prefetch; the autotuner off."""
+    dataset = dataset.map(decode, num_parallel_calls=parallel_calls(), deterministic=True)
     return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))
