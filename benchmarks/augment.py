@@ -56,9 +56,9 @@ def best(folder: Path, *, keep=lambda variant: True) -> dict:
     import numpy as np
 
     from pipeline.config import load_params
-    from pipeline.evaluate import score_test, select_best
-    from pipeline.store import open_feature_set
-    from pipeline.views import open_views
+    from pipeline.selection.scoring import score_test, select_best
+    from pipeline.store.reader import open_feature_set
+    from pipeline.store.reader import open_views
 
     scores = json.loads((folder / "heads/lite0/scores.json").read_text())
     rows = [r for r in scores["variants"] if keep(r["variant"])]
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--unfreeze", type=int, default=30)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from pipeline import augment, extract, finetune, prepare, synthesize, train_heads
+    from pipeline.stages import augment, extract, finetune, prepare, synthesize, heads as heads_stage
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="shoulders-augment-") as tmp:
@@ -103,7 +103,7 @@ def main() -> None:
             extract.main(["--feature-set", "lite0", "--out", "features/lite0.zarr", "--no-progress"])
             extract_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+            heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
             rows.append({"setting": "(a) clean cached features", **best(folder),
                          "seconds": time.perf_counter() - started})
             for views in (2, 4, 8):
@@ -112,7 +112,7 @@ def main() -> None:
                 started = time.perf_counter()
                 augment.main(["--feature-set", "lite0", "--out", "features/views/lite0.zarr", "--no-progress"])
                 grown = time.perf_counter() - started
-                train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+                heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
                 spent = time.perf_counter() - started
                 rows.append({"setting": f"(b) clean + {views} views (stack/draw, ±TTA)", **best(folder),
                              "seconds": spent, "views_seconds": grown})
@@ -121,7 +121,7 @@ def main() -> None:
             write_params(folder, source, cut=args.cut, views=0, augment=["none"], tta=[False],
                          finetune={"feature_set": "lite0", "epochs": args.finetune_epochs, "patience": 2,
                                    "unfreeze": args.unfreeze, "learning_rate": 1e-5})
-            train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+            heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
             started = time.perf_counter()
             finetune.main(["--heads", "heads", "--out", "finetune", "--no-progress"])
             result = json.loads((folder / "finetune/result.json").read_text())

@@ -7,7 +7,7 @@ photographs scikit-image ships), each method runs in a fresh process:
   ``preprocess_input``, ``model.predict(x, batch_size=32)``, ``np.save``;
 - compute-only: the same compiled model on an in-memory tensor, batch after
   batch, at the stage's batch size (the ceiling: no decoding, no writing);
-- shoulders: ``pipeline.extract.extract_feature_set`` (tf.data decode/resize,
+- shoulders: ``pipeline.extraction.feature_sets.extract_feature_set`` (tf.data decode/resize,
   compiled inference, overlapped Zarr writes, then the read-back verification).
 
 Model construction is excluded from every timing; the first (tracing) call is
@@ -102,11 +102,12 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     import keras
     import tensorflow as tf
 
-    import pipeline.extract
     from pipeline.backbones import build_cut_model
     from pipeline.config import ExtractParams, FeatureSetParams
-    from pipeline.data import read_manifest
-    from pipeline.extract import compile_inference, extract_feature_set, resolve_runtime
+    from pipeline.manifest import read_manifest
+    from pipeline.extraction.feature_sets import extract_feature_set
+    from pipeline.extraction.runtime import resolve_runtime
+    from pipeline.extraction.runtimes.tensorflow_step import compile_inference
 
     pretrained = backbone == "efficientnet_lite0"  # the others have no offline weights
     spec = FeatureSetParams(backbone=backbone, weights="imagenet" if pretrained else "none",
@@ -114,25 +115,15 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     records = read_manifest(manifest)
     n = len(records)
     if method == "shoulders":
-        first: list[tuple[float, int]] = []
-        batches = pipeline.extract._infer_batches
-
-        def timed(*args, **kwargs):  # note when the first batch's features exist
-            for block in batches(*args, **kwargs):
-                if not first:
-                    first.append((time.perf_counter(), len(block)))
-                yield block
-
-        pipeline.extract._infer_batches = timed
         baseline = _rss_mb()
         result = extract_feature_set(spec, ExtractParams(), records, out=work / "features.zarr",
                                      manifest_sha256="benchmark", progress=False)
-        done = time.perf_counter()
         seconds = result.extract_seconds + result.finalize_seconds
-        (at, rows), = first
+        batch = result.runtime.batch_size
+        after_first = seconds - result.first_batch_seconds
         return {"images": n, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
-                "batch_size": result.runtime.batch_size, "startup_seconds": seconds - (done - at),
-                "steady_images_per_s": (n - rows) / (done - at)}
+                "batch_size": batch, "startup_seconds": result.first_batch_seconds,
+                "steady_images_per_s": (n - batch) / after_first}
     cut = build_cut_model(spec, seed=0)
     size = cut.provenance["input_size"]
     baseline = _rss_mb()

@@ -1,7 +1,7 @@
 """GPU extraction: batch size, mixed precision and XLA for the backbone pass, on Keras 3 + JAX.
 
 The extract stage's defaults on a GPU are batch 128, XLA (``jit_compile``) and
-the ``mixed_float16`` policy (``pipeline.extract.resolve_runtime``). This
+the ``mixed_float16`` policy (``pipeline.extraction.runtime.resolve_runtime``). This
 benchmark checks those choices on a GPU machine that has JAX but no TensorFlow:
 the same truncated backbones that the stage builds (``build_cut_model``, with
 its ``mixed_precision`` switch), compiled by XLA through ``jax.jit`` around

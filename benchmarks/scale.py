@@ -10,7 +10,7 @@ machines or GPUs each worker adds its own device.
 Part 2 — out-of-core heads: a feature store of pooled vectors five times larger
 than an address-space limit imposed with ``resource.setrlimit(RLIMIT_AS)`` on
 the training process. The streaming logistic regression
-(:class:`pipeline.out_of_core.StreamingLinearHead`) trains within the limit; the
+(:class:`pipeline.heads.streaming.StreamingLinearHead`) trains within the limit; the
 in-memory way (``np.asarray`` of the whole matrix) is refused by the same limit.
 
 Usage::
@@ -43,8 +43,8 @@ def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
     from extract import make_photos, write_manifest  # the same photos as benchmarks/extract.py
 
     from pipeline.config import ExtractParams, FeatureSetParams
-    from pipeline.data import read_manifest
-    from pipeline.extract import extract_feature_set
+    from pipeline.manifest import read_manifest
+    from pipeline.extraction.feature_sets import extract_feature_set
 
     photos = make_photos(tmp / "photos", images)
     manifest = tmp / "manifest.csv"
@@ -70,7 +70,7 @@ def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
 
 
 def _distributed(spec, settings, records, out, client):
-    from pipeline.distributed import extract_distributed
+    from pipeline.extraction.distributed import extract_distributed
 
     return extract_distributed(spec, settings, records, out=out, manifest_sha256="b", address=client,
                                progress=False)
@@ -81,7 +81,8 @@ def _distributed(spec, settings, records, out, client):
 
 def make_store(path: Path, rows: int, dims: int, classes: int, chunk_mb: float) -> None:
     """A complete store of pooled float16 vectors, written chunk by chunk (never whole in memory)."""
-    from pipeline.store import FeatureWriter, SplitRows, rows_per_chunk
+    from pipeline.store.layout import rows_per_chunk
+    from pipeline.store.writer import FeatureWriter, SplitRows
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(classes, dims)).astype(np.float32)
@@ -101,8 +102,8 @@ def train_under_limit(store: str, limit_mb: float, how: str) -> dict:
     """Run in a child process: impose the limit, then train (or load) and report peak RSS."""
     import dask
 
-    from pipeline.out_of_core import StreamingLinearHead
-    from pipeline.store import open_feature_set
+    from pipeline.heads.streaming import StreamingLinearHead
+    from pipeline.store.reader import open_feature_set
 
     # Libraries, zarr's I/O thread and the store's metadata come before the limit: they are not the data.
     # Dask computes in this thread, since every new thread would reserve address space of its own.

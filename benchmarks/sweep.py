@@ -6,7 +6,7 @@ cached way runs the backbone once (the extract stage) and sweeps heads on the
 stored features. This script measures both in the same run, on the default
 feature sets of params.yaml (their stores must exist: ``dvc repro`` builds them):
 
-1. **sweep** — the heads stage's own code (:func:`pipeline.train_heads.train_heads`,
+1. **sweep** — the heads stage's own code (:func:`pipeline.heads.training.train_heads`,
    nothing reused) over every default feature set with a grid of at least 40
    variants: pooling avg and avg+max, logistic regression on a C path, linear and
    RBF SVMs, and dense heads with ``--epochs`` epochs each (no early stopping).
@@ -37,10 +37,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_params, parse_params  # noqa: E402
-from pipeline.data import read_manifest  # noqa: E402
-from pipeline.heads import expand_grid  # noqa: E402
-from pipeline.store import store_path  # noqa: E402
-from pipeline.train_heads import train_heads  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.heads.variants import expand_grid  # noqa: E402
+from pipeline.store.layout import store_path  # noqa: E402
+from pipeline.heads.training import train_heads  # noqa: E402
 
 
 def sweep_grid(epochs: int, n_jobs: int):
@@ -68,7 +68,7 @@ def run_end_to_end(spec, seed: int, manifest: Path, epochs: int, batch_size: int
     import tensorflow as tf
 
     from pipeline.backbones import build_cut_model
-    from pipeline.inputs import image_batches
+    from pipeline.extraction.inputs import image_batches
 
     records = read_manifest(manifest)
     train = [r for r in records if r.split == "train"]

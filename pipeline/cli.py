@@ -23,7 +23,7 @@ from pipeline.stage import run_stage
 
 
 def _ls(args) -> None:
-    from pipeline.store import list_feature_sets
+    from pipeline.store.reader import list_feature_sets
 
     infos = list_feature_sets(args.features)
     if not infos:
@@ -39,7 +39,7 @@ def _ls(args) -> None:
 
 
 def _show(args) -> None:
-    from pipeline.store import open_store
+    from pipeline.store.reader import open_store
 
     group = open_store(args.store)
     attrs = dict(group.attrs)
@@ -60,7 +60,7 @@ def _layers(args) -> None:
 
 
 def _check(args) -> None:
-    from pipeline.check import check_cuts
+    from pipeline.backbones.cuts import check_cuts
     from pipeline.config import load_params
 
     for key, entry in check_cuts(load_params(args.params).features).items():
@@ -70,8 +70,8 @@ def _check(args) -> None:
 
 def _verify(args) -> None:
     from pipeline.config import load_params
-    from pipeline.store import StoreError
-    from pipeline.verify import render, verify_features
+    from pipeline.store.layout import StoreError
+    from pipeline.store.verify import render, verify_features
 
     reports = verify_features(args.features, load_params(args.params), args.manifest, progress=True)
     print(render(reports))
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["predict"]:
         # predict has its own parser (options such as -h would not pass through a subparser).
-        from pipeline.predict import main as predict_main
+        from pipeline.export.predict import main as predict_main
 
         run_stage(lambda: predict_main(argv[1:]))
         return

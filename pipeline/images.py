@@ -14,15 +14,10 @@ rather than allowed to exhaust memory.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from pipeline.duplicates import perceptual_hash
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 # Files and folders that operating systems and tools drop into datasets; never data.
@@ -90,35 +85,3 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What prepare records about one decodable image."""
-
-    width: int
-    height: int
-    sha256: str
-    phash: Optional[int] = None   # 64-bit perceptual hash, when asked for
-
-
-def inspect_image(path: Path | str, *, with_phash: bool = False) -> ImageInfo:
-    """Hash a file's bytes and prove it decodes; width and height are as displayed (upright).
-
-    Parameters
-    ----------
-    path : path-like
-    with_phash : bool
-        Also compute the perceptual hash of the decoded pixels
-        (:func:`pipeline.duplicates.perceptual_hash`), while they are in memory.
-
-    Raises
-    ------
-    BadImageError
-        As :func:`decode_image`.
-    """
-    with open(path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
-    pixels = decode_image(path)
-    return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest,
-                     phash=perceptual_hash(pixels) if with_phash else None)

@@ -86,3 +86,26 @@ def in_tmp(tmp_path: Path, monkeypatch) -> Path:
     """Run the test with tmp_path as the working directory (stages use paths relative to it)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def recomputed_best_test_accuracy(root: Path) -> float:
+    """Test accuracy of the best head in ``reports/evaluation.json``, recomputed from its saved file and the store.
+
+    A reported number must equal what the saved head does on the store's test
+    split; comparing the two catches a head saved other than scored, a wrong
+    split, or a scoring bug, which a range check such as ``0 <= acc <= 1`` cannot.
+    """
+    import json
+
+    import joblib
+
+    from pipeline.heads.variants import predict_views
+    from pipeline.store.reader import open_feature_set
+
+    best = json.loads((root / "reports/evaluation.json").read_text())["best"]
+    scores = json.loads((root / "heads" / best["feature_set"] / "scores.json").read_text())
+    row = next(r for r in scores["variants"] if r["variant"] == best["variant"])
+    head = joblib.load(root / "heads" / best["feature_set"] / f"{best['variant']}.joblib")
+    test = open_feature_set(root / scores["store"] if not Path(scores["store"]).is_absolute() else scores["store"],
+                            "test", pooling=row["pooling"])
+    return float((predict_views(head, test.X) == test.y).mean())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.backbones import FAMILIES, build_cut_model, family, layer_names
+from pipeline.backbones import build_cut_model, FAMILIES, family, layer_names
 from pipeline.config import FeatureSetParams
 
 KERAS_FAMILIES = sorted(n for n in FAMILIES if n != "efficientnet_lite0")

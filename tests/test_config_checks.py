@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_params, write_params
-from pipeline import check, prepare
-from pipeline.config import (DataParams, DenseGrid, EvaluateParams, ExtractParams, NearDuplicateParams, ParamsError,
-                             SplitRatios, parse_params)
+from pipeline.backbones.cuts import check_cuts
+from pipeline.config import (DataParams, EvaluateParams, ExtractParams, NearDuplicateParams, ParamsError, SplitRatios,
+                             parse_params)
+from pipeline.heads.registry import DenseGrid
+from pipeline.stages import check, prepare
 
 SECTIONS = {section: {f.name for f in dataclasses.fields(cls)} for section, cls in {  # the keys each allows
     "data": DataParams, "data.split": SplitRatios, "data.near_duplicates": NearDuplicateParams,
@@ -113,7 +115,7 @@ def test_a_dataset_path_that_does_not_exist_is_named(in_tmp):
 @pytest.fixture
 def fake_layers(monkeypatch):
     """Layer names without TensorFlow; counts how often a backbone is built."""
-    import pipeline.backbones
+    import pipeline.backbones.cuts
 
     builds = []
 
@@ -123,7 +125,7 @@ def fake_layers(monkeypatch):
             raise ValueError("Input size must be at least 34x34; Received: input_shape=(33, 33, 3)")
         return ["input_layer", "conv1", "block_1_add", "block_2_add", "out_relu"]
 
-    monkeypatch.setattr(pipeline.backbones, "layer_names", layer_names)
+    monkeypatch.setattr(pipeline.backbones.cuts, "layer_names", layer_names)
     return builds
 
 
@@ -132,7 +134,7 @@ def _features(**specs):
 
 
 def test_cuts_resolve_and_each_backbone_is_built_once(fake_layers):
-    resolved = check.check_cuts(_features(a={"backbone": "mobilenet_v2", "cut": "block_1_add", "weights": "none"},
+    resolved = check_cuts(_features(a={"backbone": "mobilenet_v2", "cut": "block_1_add", "weights": "none"},
                                           b={"backbone": "mobilenet_v2", "weights": "none"}))
     assert resolved["a"]["cut"] == "block_1_add" and resolved["a"]["cut_index"] == 2
     assert resolved["b"]["cut"] == "out_relu" and resolved["b"]["n_layers"] == 5  # cut: null is the last layer
@@ -141,7 +143,7 @@ def test_cuts_resolve_and_each_backbone_is_built_once(fake_layers):
 
 def test_every_unknown_cut_is_named_with_the_nearest_layers(fake_layers):
     with pytest.raises(ParamsError) as error:
-        check.check_cuts(_features(good={"backbone": "vgg16", "cut": "conv1"},
+        check_cuts(_features(good={"backbone": "vgg16", "cut": "conv1"},
                                    typo={"backbone": "vgg16", "cut": "block_2_ad"},
                                    other={"backbone": "resnet50", "cut": "nothing_like_it"}))
     message = str(error.value)
@@ -153,7 +155,7 @@ def test_every_unknown_cut_is_named_with_the_nearest_layers(fake_layers):
 
 def test_a_backbone_that_cannot_take_the_size_is_named(fake_layers):
     with pytest.raises(ParamsError, match=r"features\.odd: vgg16 cannot be built at size=33: Input size must"):
-        check.check_cuts(_features(odd={"backbone": "vgg16", "size": 33}))
+        check_cuts(_features(odd={"backbone": "vgg16", "size": 33}))
 
 
 def test_check_stage_writes_one_file_per_feature_set(in_tmp, fake_layers):
@@ -177,4 +179,4 @@ def test_a_real_backbone_refuses_a_misspelled_cut_without_weights():
                               "size": 32, "alpha": 0.35})
     with pytest.raises(ParamsError, match=r"features\.mv2\.cut: mobilenet_v2 has no layer 'block_2_ad'\. "
                                           r"Nearest: block_2_add"):
-        check.check_cuts(features)
+        check_cuts(features)

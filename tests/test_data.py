@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 
 from conftest import write_image_folder
 from pipeline.config import DataParams, SplitRatios
-from pipeline.data import (BadImageError, Candidate, build_manifest, read_manifest, scan_source, stratified_split,
-                           write_manifest)
-from pipeline.duplicates import cross_split_pairs, hamming, perceptual_hash, remove_duplicates
+from pipeline.dataset.curation import build_manifest
+from pipeline.dataset.sources import Candidate, scan_source
+from pipeline.dataset.splits import stratified_split
+from pipeline.images import BadImageError
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.dataset.duplicates import cross_split_pairs, hamming, perceptual_hash, remove_duplicates
 
 
 def test_class_folder_layout_is_split_by_ratio(image_folder):

@@ -12,11 +12,12 @@ import pytest
 import zarr
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import extract, prepare
+from pipeline.provenance import file_sha256
+from pipeline.stages import extract, prepare
 from pipeline.config import load_params
-from pipeline.data import read_manifest
-from pipeline.distributed import extract_distributed, shards_of
-from pipeline.extract import Job
+from pipeline.manifest import read_manifest
+from pipeline.extraction.distributed import extract_distributed, shards_of
+from pipeline.extraction.runner import ChunkJob
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ FEATURES = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block
 
 
 def test_shards_are_chunk_aligned_and_never_cross_splits():
-    jobs = [Job("train", c, range(c * 4, c * 4 + 4)) for c in range(5)] + [Job("val", 0, range(0, 3))]
+    jobs = [ChunkJob("train", c, range(c * 4, c * 4 + 4)) for c in range(5)] + [ChunkJob("val", 0, range(0, 3))]
     shards = shards_of(jobs, 2)
     assert [[(j.split, j.chunk) for j in s] for s in shards] == [
         [("train", 0), ("train", 1)], [("train", 2), ("train", 3)], [("train", 4)], [("val", 0)]]
@@ -50,7 +51,7 @@ def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
     extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
     params = load_params()
     records = read_manifest("data/manifest.csv")
-    digest = extract.file_digest(in_tmp / "data/manifest.csv")
+    digest = file_sha256(in_tmp / "data/manifest.csv")
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
@@ -92,7 +93,7 @@ def test_heads_grid_runs_on_the_dask_backend(in_tmp):
 
     from distributed import LocalCluster
 
-    from pipeline import train_heads
+    from pipeline.stages import heads as heads_stage
 
     write_image_folder(in_tmp / "images", classes=3, per_class=12)
     heads = {"kinds": ["logreg", "svm_linear", "svm_rbf"], "n_jobs": 2, "logreg": {"C": [0.1, 1.0]},
@@ -100,12 +101,12 @@ def test_heads_grid_runs_on_the_dask_backend(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params("images", heads=heads))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    train_heads.main(["--features", "features", "--out", "local", "--no-progress"])
+    heads_stage.main(["--features", "features", "--out", "local", "--no-progress"])
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         write_params(in_tmp / "params.yaml", tiny_params("images", heads={
             **heads, "backend": "dask", "scheduler": cluster.scheduler_address}))
-        train_heads.main(["--features", "features", "--out", "remote", "--no-progress"])
+        heads_stage.main(["--features", "features", "--out", "remote", "--no-progress"])
     local = json.loads((in_tmp / "local/mv2/scores.json").read_text())["variants"]
     remote = json.loads((in_tmp / "remote/mv2/scores.json").read_text())["variants"]
     assert [r["variant"] for r in remote] == [r["variant"] for r in local]
@@ -113,9 +114,9 @@ def test_heads_grid_runs_on_the_dask_backend(in_tmp):
 
 
 def test_dask_backend_without_a_scheduler_is_named(in_tmp, monkeypatch):
-    from pipeline import train_heads
+    from pipeline.stages import heads as heads_stage
 
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     write_params(in_tmp / "params.yaml", tiny_params("images", heads={"backend": "dask"}))
     with pytest.raises(ValueError, match="heads.scheduler"):
-        train_heads.main(["--features", "features", "--out", "heads"])
+        heads_stage.main(["--features", "features", "--out", "heads"])

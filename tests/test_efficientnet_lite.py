@@ -12,9 +12,9 @@ from pipeline.backbones.efficientnet_lite import (
     cache_dir,
     imagenet_weights_file,
     preprocess_input,
-    weights_sha256,
 )
 from pipeline.backbones.torch_legacy import read_legacy_state_dict
+from pipeline.provenance import file_sha256
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
@@ -191,7 +191,7 @@ def test_imagenet_classifier_recognises_a_cat_and_coffee(imagenet_model, photos)
 
 @pytest.mark.real_weights
 def test_conversion_is_cached_once_and_reused(imagenet_model, weights_cache, photos, monkeypatch):
-    digest = weights_sha256(imagenet_weights_file())
+    digest = file_sha256(imagenet_weights_file())
     cached = weights_cache / f"efficientnet_lite0-{digest[:16]}.weights.h5"
     assert sorted(p.name for p in weights_cache.iterdir()) == [cached.name]  # no temp files
     written = cached.stat().st_mtime_ns

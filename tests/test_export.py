@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import evaluate, export, extract, prepare, train_heads
-from pipeline.predict import folder_accuracy, image_files, load_model, predict_files, write_predictions
+from pipeline.stages import evaluate, export, extract, prepare, heads as heads_stage
+from pipeline.export.predict import folder_accuracy, image_files, load_model, predict_files, write_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def pipeline_run(tmp_path_factory):
                              "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [5]}}))
         prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--no-progress"])
         extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-        train_heads.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+        heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
         evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
                        "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
         yield root
@@ -81,7 +81,7 @@ def test_each_head_kind_exports_and_matches_the_pipeline(pipeline_run, kind, sin
 def test_exported_model_loads_in_a_fresh_process(pipeline_run):
     out = _export(pipeline_run, _variant(pipeline_run, "logreg"))
     image = next((pipeline_run / "images/class_1").iterdir())
-    code = ("import sys; from pipeline.predict import load_model; from pipeline.images import decode_image; "
+    code = ("import sys; from pipeline.export.predict import load_model; from pipeline.images import decode_image; "
             f"m = load_model({str(out)!r}); p = m.predict_proba([decode_image({str(image)!r})]); "
             "print(m.classes[p.argmax()], round(float(p.sum()), 4))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

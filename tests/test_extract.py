@@ -6,16 +6,23 @@ import numpy as np
 import pytest
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import extract, prepare
+from pipeline.stages import extract, prepare
 from pipeline.config import parse_params
-from pipeline.extract import Job, _regroup, resolve_runtime
-from pipeline.store import open_feature_set
+from pipeline.extraction.runner import ChunkJob, regroup
+from pipeline.extraction.runtime import resolve_runtime
+from pipeline.store.reader import open_feature_set
 
 
-def test_auto_runtime_on_this_cpu():
+def test_auto_runtime_follows_the_device():
+    import tensorflow as tf
+
+    from pipeline.extraction.runtime import BATCH_CPU, BATCH_GPU
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
     runtime = resolve_runtime(parse_params({}).extract)
-    assert runtime.device == "CPU"  # the test machines have no GPU
-    assert (runtime.batch_size, runtime.jit_compile, runtime.mixed_precision) == (8, False, False)
+    assert runtime.device == ("GPU" if gpu else "CPU")
+    assert (runtime.batch_size, runtime.jit_compile, runtime.mixed_precision) == (
+        (BATCH_GPU, True, True) if gpu else (BATCH_CPU, False, False))
     forced = resolve_runtime(parse_params({"extract": {"batch_size": 7, "jit_compile": True,
                                                        "mixed_precision": True}}).extract)
     assert (forced.batch_size, forced.jit_compile, forced.mixed_precision) == (7, True, True)
@@ -32,8 +39,8 @@ def test_bad_runtime_params_are_named():
 
 def test_regroup_cuts_batches_into_chunks():
     batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]  # 4 batches of 3 rows
-    jobs = [Job("train", 0, range(0, 5)), Job("train", 1, range(5, 10)), Job("train", 2, range(10, 12))]
-    chunks = list(_regroup(iter(batches), jobs))
+    jobs = [ChunkJob("train", 0, range(0, 5)), ChunkJob("train", 1, range(5, 10)), ChunkJob("train", 2, range(10, 12))]
+    chunks = list(regroup(iter(batches), jobs))
     assert [job.chunk for job, _ in chunks] == [0, 1, 2]
     np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), np.arange(12))
 
@@ -41,12 +48,12 @@ def test_regroup_cuts_batches_into_chunks():
 def test_regroup_refuses_rows_beyond_the_last_job():
     batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]
     with pytest.raises(ValueError, match="3 rows beyond the last job"):
-        list(_regroup(iter(batches), [Job("train", 0, range(0, 9))]))
+        list(regroup(iter(batches), [ChunkJob("train", 0, range(0, 9))]))
 
 
 def test_image_batches_run_without_the_autotuner(in_tmp):
     # TensorFlow 2.21's autotuner stalled iterator teardown ~5 s per split (pipeline.inputs).
-    from pipeline.inputs import image_batches, labelled_batches
+    from pipeline.extraction.inputs import image_batches, labelled_batches
 
     paths = [str(p) for p in write_image_folder(in_tmp / "images", classes=2, per_class=3, size=(20, 24))]
     for dataset in (image_batches(paths, size=16, batch_size=4),
@@ -87,8 +94,10 @@ def test_extract_stage_writes_to_an_fsspec_url(in_tmp):
 
 def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
     from pipeline.config import load_params
-    from pipeline.data import read_manifest
-    from pipeline.extract import plan_extraction, run_jobs, split_records
+    from pipeline.manifest import read_manifest
+    from pipeline.extraction.feature_sets import split_records
+    from pipeline.extraction.plan import plan_extraction
+    from pipeline.extraction.runner import run_jobs
 
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
     write_params(in_tmp / "params.yaml", tiny_params("images"))
@@ -98,7 +107,7 @@ def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
     by_split = split_records(read_manifest("data/manifest.csv"))
     blocks = []
     for split in ("train", "val"):  # two shards, as a Dask worker runs them one after the other
-        run_jobs(extraction, [Job(split, 0, range(len(by_split[split])))], by_split,
+        run_jobs(extraction, [ChunkJob(split, 0, range(len(by_split[split])))], by_split,
                  lambda job, block: blocks.append(block), name="shard", progress=False)
     assert [len(b) for b in blocks] == [len(by_split["train"]), len(by_split["val"])]
     assert extraction.step() is extraction.step()

@@ -10,8 +10,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from pipeline.head_layers import NotConvertibleError, to_keras_layers
-from pipeline.heads import DenseHead
+from pipeline.heads.conversion import NotConvertibleError
+from pipeline.heads.keras_form import to_keras_layers
+from pipeline.heads.dense import DenseHead
 
 
 def _data(classes, seed=0):
@@ -22,12 +23,12 @@ def _data(classes, seed=0):
     return X.astype(np.float32), y
 
 
-def _keras_proba(estimator, X):
+def _keras_proba(estimator, X, kind):
     import keras
 
     inputs = keras.Input((X.shape[1],))
     out = inputs
-    for layer in to_keras_layers(estimator):
+    for layer in to_keras_layers(estimator, kind):
         out = layer(out)
     return keras.Model(inputs, out).predict(X, verbose=0)
 
@@ -38,20 +39,20 @@ def test_logistic_regression_pipelines_convert_exactly(classes, pca):
     X, y = _data(classes)
     steps = [("standardize", StandardScaler())] + ([("pca", pca)] if pca is not None else [])
     estimator = Pipeline(steps + [("head", LogisticRegression(C=0.5, max_iter=2000))]).fit(X, y)
-    np.testing.assert_allclose(_keras_proba(estimator, X), estimator.predict_proba(X), atol=2e-5)
+    np.testing.assert_allclose(_keras_proba(estimator, X, "logreg"), estimator.predict_proba(X), atol=2e-5)
 
 
 def test_dense_head_converts_exactly():
     X, y = _data(3)
     estimator = Pipeline([("standardize", StandardScaler()),
                           ("head", DenseHead(hidden_units=8, dropout=0.3, epochs=5, random_state=0))]).fit(X, y)
-    np.testing.assert_allclose(_keras_proba(estimator, X), estimator.predict_proba(X), atol=2e-5)
+    np.testing.assert_allclose(_keras_proba(estimator, X, "dense"), estimator.predict_proba(X), atol=2e-5)
 
 
 def test_rbf_svm_is_refused_by_name():
     X, y = _data(2)
-    with pytest.raises(NotConvertibleError, match="SVC"):
-        to_keras_layers(Pipeline([("head", SVC())]).fit(X, y))
+    with pytest.raises(NotConvertibleError, match="svm_rbf heads \\(SVC\\) have no exact Keras form"):
+        to_keras_layers(Pipeline([("head", SVC())]).fit(X, y), "svm_rbf")
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -63,7 +64,7 @@ def test_calibrated_linear_svm_converts_exactly(classes):
     X, y = _data(classes)
     svm = Pipeline([("standardize", StandardScaler()), ("pca", PCA(6)), ("head", LinearSVC(C=0.1))]).fit(X, y)
     calibrated = CalibratedClassifierCV(FrozenEstimator(svm), method="temperature").fit(X[::2], y[::2])
-    np.testing.assert_allclose(_keras_proba(calibrated, X), calibrated.predict_proba(X), atol=2e-5)
+    np.testing.assert_allclose(_keras_proba(calibrated, X, "svm_linear"), calibrated.predict_proba(X), atol=2e-5)
     np.testing.assert_array_equal(calibrated.predict(X), svm.predict(X))  # calibration keeps the argmax
 
 
@@ -72,4 +73,4 @@ def test_uncalibrated_linear_svm_is_refused():
 
     X, y = _data(2)
     with pytest.raises(NotConvertibleError, match="LinearSVC"):
-        to_keras_layers(Pipeline([("head", LinearSVC())]).fit(X, y))
+        to_keras_layers(Pipeline([("head", LinearSVC())]).fit(X, y), "svm_linear")

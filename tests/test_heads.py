@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pipeline.config import parse_params
-from pipeline.heads import DenseHead, expand_grid, make_estimator
+from pipeline.heads.dense import DenseHead
+from pipeline.heads.streaming import StreamingDenseHead, StreamingLinearHead
+from pipeline.heads.variants import expand_grid, make_estimator
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +64,17 @@ def test_dense_head_refuses_unfitted_and_single_class(blobs):
         DenseHead(epochs=1).fit(X[:5], np.zeros(5, int))
 
 
-def test_dense_head_works_in_a_grid_search(blobs):
-    X, y = blobs
-    search = GridSearchCV(DenseHead(epochs=5, patience=0), {"hidden_units": [0, 8]}, cv=2)
+def test_dense_head_works_in_a_grid_search():
+    # XOR: no linear head (hidden_units=0) can beat chance; one hidden layer can, so the search must pick it.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    search = GridSearchCV(DenseHead(epochs=40, learning_rate=0.03, batch_size=32, patience=0),
+                          {"hidden_units": [0, 16]}, cv=2)
     search.fit(X, y)
-    assert search.best_params_["hidden_units"] in (0, 8)
+    linear, hidden = search.cv_results_["mean_test_score"]
+    assert search.best_params_["hidden_units"] == 16 and search.best_estimator_.hidden_units == 16
+    assert hidden > 0.85 and linear < 0.7, (linear, hidden)
 
 
 def test_dense_head_predicts_in_numpy_what_its_keras_model_predicts(blobs):
@@ -142,3 +151,13 @@ def test_dense_head_draws_one_view_per_image_per_epoch(blobs):
     np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-5)  # seeded draws
     assert not np.allclose(a.predict_proba(X), clean.predict_proba(X))  # the views were used
     assert a.n_features_in_ == X.shape[1] and (a.predict(X) == y).mean() > 0.9
+
+
+@parametrize_with_checks([
+    # Settings small enough to be quick, large enough to pass the checks' training-accuracy bar (0.83).
+    DenseHead(hidden_units=8, epochs=20, learning_rate=0.01, batch_size=32, patience=0),
+    StreamingLinearHead(epochs=20),
+    StreamingDenseHead(hidden_units=8, epochs=20, learning_rate=0.01, batch_size=32),
+])
+def test_every_head_estimator_follows_the_scikit_learn_api(estimator, check):
+    check(estimator)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.images import BadImageError, decode_image, inspect_image, is_image_name, is_junk_name
+from pipeline.dataset.sources import inspect_image
+from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 
 def _save(path, image, **kwargs):

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from conftest import SIGNS, tiny_params, write_params
-from pipeline import prepare
+from pipeline.stages import prepare
 from pipeline.config import DataParams, NearDuplicateParams
-from pipeline.data import build_manifest, read_manifest
+from pipeline.dataset.curation import build_manifest
+from pipeline.manifest import read_manifest
 from pipeline.images import BadImageError
 
 BAD_FILES = ("train/bird/notes.jpg", "train/dog/empty.png", "val/dog/truncated.jpg", "test/cat/truncated.png")

@@ -9,7 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.out_of_core import StreamingDenseHead, StreamingLinearHead, blocks_rows
+from pipeline.heads.streaming import blocks_rows, StreamingDenseHead, StreamingLinearHead
+from pipeline.store.reader import open_feature_set
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,10 @@ def test_bad_loss_is_named(problem):
 def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
     import json
 
-    from conftest import tiny_params, write_image_folder, write_params
-    from pipeline import evaluate, extract, prepare, train_heads
+    import joblib
+
+    from conftest import recomputed_best_test_accuracy, tiny_params, write_image_folder, write_params
+    from pipeline.stages import evaluate, extract, prepare, heads as heads_stage
 
     write_image_folder(in_tmp / "images", classes=3, per_class=12)
     write_params(in_tmp / "params.yaml", tiny_params(
@@ -79,31 +82,37 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
                          "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3]}}))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    train_heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+    heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
     scores = json.loads((in_tmp / "heads/mv2/scores.json").read_text())
     assert scores["sweep"]["out_of_core"] is True
     assert [r["kind"] for r in scores["variants"]] == ["logreg", "svm_linear", "dense"]  # no RBF SVM out of core
     assert scores["sweep"]["skipped"] == ["avg-svm_rbf-C1-gscale"]
-    assert all(r["out_of_core"] and 0 <= r["val_accuracy"] <= 1 for r in scores["variants"])
+    assert all(r["out_of_core"] for r in scores["variants"])
+    # Each recorded score is what the saved streaming head does on the val split.
+    val = open_feature_set("features/mv2.zarr", "val", pooling="avg")
+    for row in scores["variants"]:
+        head = joblib.load(in_tmp / "heads/mv2" / f"{row['variant']}.joblib")
+        assert row["val_accuracy"] == float((head.predict(val.X) == val.y).mean()), row["variant"]
     evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
                    "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    assert 0 <= json.loads((in_tmp / "metrics.json").read_text())["best"]["test_accuracy"] <= 1
+    assert json.loads((in_tmp / "metrics.json").read_text())["best"]["test_accuracy"] == \
+        recomputed_best_test_accuracy(in_tmp)
 
 
 def test_auto_switches_on_the_memory_limit(in_tmp):
     from conftest import tiny_params, write_image_folder, write_params
-    from pipeline import extract, prepare
+    from pipeline.stages import extract, prepare
     from pipeline.config import parse_params
-    from pipeline.heads import expand_grid
-    from pipeline.out_of_core import pooled_bytes
-    from pipeline.train_heads import out_of_core
+    from pipeline.heads.variants import expand_grid
+    from pipeline.heads.training import pooled_bytes
+    from pipeline.heads.training import out_of_core
 
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     size = pooled_bytes("features/mv2.zarr", "avg")
-    from pipeline.store import open_feature_set
+
 
     train = open_feature_set("features/mv2.zarr", "train", pooling="avg")
     assert size == train.X.size * 4  # training images × channels × float32, known without reading them

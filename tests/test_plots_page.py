@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from pipeline.sweep_report import hyperparameter_rows, write_plots
+from pipeline.reporting.plots import hyperparameter_rows, write_plots
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def _plot_data(plots: Path) -> tuple[list[dict], list[dict]]:
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
 def test_dvc_plots_render_offline_with_data(tmp_path):
     pytest.importorskip("vl_convert")
-    from pipeline.plots_page import page_template
+    from pipeline.reporting.plots_page import page_template
 
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     shutil.copytree(REPO / ".dvc/plots", tmp_path / ".dvc/plots")

@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import extract, prepare
+from pipeline.stages import extract, prepare
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_sigkill_then_resume_is_bit_identical(in_tmp):
     # The reference: an uninterrupted run.
     extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
 
-    command = [sys.executable, "-m", "pipeline.extract", "--feature-set", "mv2", "--out", "features/mv2.zarr",
+    command = [sys.executable, "-m", "pipeline.stages.extract", "--feature-set", "mv2", "--out", "features/mv2.zarr",
                "--no-progress"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

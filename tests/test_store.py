@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.store import (FeatureWriter, SplitRows, StoreError, list_feature_sets, open_feature_set,
-                            open_store, rows_per_chunk, store_path)
+from pipeline.store.layout import rows_per_chunk, store_path, StoreError
+from pipeline.store.reader import list_feature_sets, open_feature_set, open_store
+from pipeline.store.writer import FeatureWriter, SplitRows
 
 SHAPE = (3, 3, 4)
 PROVENANCE = {"backbone": "test", "cut": "layer", "weights": "none", "manifest_sha256": "abc"}
@@ -24,7 +25,7 @@ def _data(n, seed):
 def _write_all(writer, data):
     for split, X in data.items():
         for chunk in writer.pending_chunks(split):
-            writer.write_chunk(split, chunk, X[writer.chunk_slice(split, chunk)])
+            writer.write_chunk(split, chunk, X[writer.chunk_rows_of(split, chunk).start:writer.chunk_rows_of(split, chunk).stop])
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.config import parse_params
-from pipeline.cost import end_to_end_seconds
-from pipeline.heads import expand_grid
-from pipeline.sweep import PeakRSS, Splits, plan_jobs, run_sweep
+from pipeline.selection.cost import end_to_end_seconds
+from pipeline.heads.variants import expand_grid
+from pipeline.heads.sweep import PeakRSS, plan_jobs, run_sweep, Splits
 
 
 @pytest.fixture(scope="module")

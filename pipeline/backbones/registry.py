@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from pipeline.provenance import file_sha256
+
 log = logging.getLogger(__name__)
 
 
@@ -118,6 +120,11 @@ def validate_feature_set(spec: Any) -> None:
                              f"Received: alpha={spec.alpha}")
 
 
+def preprocess_function(name: str) -> Callable:
+    """The ``preprocess_input`` of family ``name`` (raw 0–255 RGB floats → the model's input)."""
+    return _import(family(name).preprocess)
+
+
 def input_size(spec: Any) -> int:
     """The input side length a feature set runs at: its own ``size`` or the family default."""
     return spec.size if spec.size is not None else family(spec.backbone).default_size
@@ -192,7 +199,7 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
         "preprocessing": fam.preprocessing,
         "seed": seed if spec.weights == "none" else None,
     }
-    return CutModel(model=model, preprocess=_import(fam.preprocess), cut=cut,
+    return CutModel(model=model, preprocess=preprocess_function(fam.name), cut=cut,
                     cut_index=provenance["cut_index"], n_layers=len(layer_names), provenance=provenance)
 
 
@@ -248,14 +255,6 @@ def _resolve_weights(fam: Family, weights: str) -> tuple[Optional[str], Optional
             return "imagenet", None  # Keras resolves (and, with a network, downloads) these
         return "imagenet", file_sha256(_import(fam.imagenet_file)())
     return weights, file_sha256(Path(weights))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _import(dotted: str) -> Any:

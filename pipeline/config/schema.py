@@ -1,0 +1,335 @@
+"""The sections of params.yaml as frozen dataclasses, each checking its own values.
+
+One dataclass per section (``data``, ``synthetic``, ``extract``, ``features``,
+``heads``, ``evaluate``, ``finetune``, ``export``); :func:`pipeline.config.load_params`
+builds them from the YAML, rejecting unknown keys and wrong types, and each
+``__post_init__`` checks ranges, raising :class:`ParamsError` with the key, the
+value received and what is allowed. The settings of each head kind
+(``heads.logreg``, ``heads.dense``, ...) are the registry's
+(:mod:`pipeline.heads.registry`): a registered kind gets its section here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Optional, Union
+
+from pipeline.heads.registry import HEAD_KINDS
+
+POOLINGS = ("avg", "max", "flatten", "avgmax")
+SPLITS = ("train", "val", "test")
+_FEATURE_SET_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ParamsError(ValueError):
+    """A parameter in params.yaml is unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class SplitRatios:
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+
+    def __post_init__(self):
+        for name in SPLITS:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ParamsError(
+                    f"data.split.{name} must be between 0 and 1. Received: {name}={value!r}"
+                )
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ParamsError(
+                "data.split ratios must sum to 1. Received: "
+                f"train={self.train}, val={self.val}, test={self.test} (sum {total:g})"
+            )
+        if self.train == 0 or self.test == 0:
+            raise ParamsError(
+                "data.split needs a non-zero train and test ratio. Received: "
+                f"train={self.train}, test={self.test}"
+            )
+
+
+@dataclass(frozen=True)
+class NearDuplicateParams:
+    """Opt-in search for near-duplicate images across splits (reported, not removed)."""
+
+    method: Literal["phash"] = "phash"
+    max_distance: int = 6   # bits in which two 64-bit perceptual hashes may differ
+
+    def __post_init__(self):
+        _require(0 <= self.max_distance <= 32, "data.near_duplicates.max_distance", self.max_distance,
+                 "an integer from 0 to 32 (differing bits out of 64; past 32 any two images match)")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Where the images come from and how they are split (stage: prepare)."""
+
+    source: str = "data/synthetic"
+    split: SplitRatios = field(default_factory=SplitRatios)
+    seed: int = 0
+    bad_images: Literal["error", "skip"] = "error"
+    duplicates: Literal["remove", "keep"] = "remove"
+    near_duplicates: Optional[NearDuplicateParams] = None
+    small_image_side: int = 32
+
+    def __post_init__(self):
+        if not self.source.strip():
+            raise ParamsError("data.source must name a folder. Received: an empty string")
+        _require(self.small_image_side >= 1, "data.small_image_side", self.small_image_side, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """The built-in generated dataset (stage: synthesize)."""
+
+    classes: int = 6
+    per_class: int = 150
+    image_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        from pipeline.synthetic import CLASS_NAMES
+
+        _require(2 <= self.classes <= len(CLASS_NAMES), "synthetic.classes", self.classes,
+                 f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+        _require(self.seed >= 0, "synthetic.seed", self.seed, "an integer >= 0")
+        _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
+        _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
+
+
+@dataclass(frozen=True)
+class FeatureSetParams:
+    """One backbone × weights × cut × input size: one extract stage, one Zarr store."""
+
+    backbone: str
+    weights: str = "imagenet"
+    cut: Optional[str] = None
+    size: Optional[int] = None
+    alpha: Optional[float] = None
+    dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
+
+
+def _default_augment_ops() -> dict[str, Union[float, str]]:
+    return {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1, "translation": 0.1, "contrast": 0.2}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Augmented views of the training split, cached beside the clean features (stage: augment)."""
+
+    views: int = 0                 # K seeded augmented passes; 0: none
+    seed: int = 0
+    ops: dict[str, Union[float, str]] = field(default_factory=_default_augment_ops)
+    tta: bool = False              # also compute views of val and test, for test-time augmentation
+
+    def __post_init__(self):
+        from pipeline.extraction.augmentation import validate_ops
+
+        _require(self.views >= 0, "extract.augment.views", self.views, "an integer >= 0")
+        _require(len(self.ops) > 0, "extract.augment.ops", self.ops, "at least one op")
+        try:
+            validate_ops(self.ops)
+        except ValueError as error:
+            raise ParamsError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class ExtractParams:
+    """How features are computed and stored (stage: extract)."""
+
+    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 8 on a CPU, 128 on a GPU
+    dtype: Literal["float16", "float32"] = "float16"
+    chunk_mb: float = 8.0                                    # fewer, larger writes: BENCHMARKS.md
+    seed: int = 0
+    jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
+    mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    scheduler: Optional[str] = None     # a Dask scheduler address (else $DASK_SCHEDULER_ADDRESS); null: in-process
+    shard_chunks: int = 4               # chunks per task sent to a Dask worker
+
+    def __post_init__(self):
+        _require(self.shard_chunks >= 1, "extract.shard_chunks", self.shard_chunks, "an integer >= 1")
+        if self.batch_size != "auto":
+            _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "'auto' or an integer >= 1")
+        _require(self.chunk_mb > 0, "extract.chunk_mb", self.chunk_mb, "a number > 0")
+
+
+def _default_grids() -> dict[str, Any]:
+    return {name: kind.grid() for name, kind in HEAD_KINDS.items()}
+
+
+@dataclass(frozen=True)
+class HeadsParams:
+    """The grid of heads trained on every feature set (stage: heads).
+
+    Besides the keys below, ``heads.<kind>`` holds the settings of each
+    registered head kind (``grids``; also readable as ``heads.<kind>``).
+    """
+
+    kinds: tuple[str, ...] = ("logreg", "svm_linear", "svm_rbf", "dense")
+    pooling: tuple[Literal[POOLINGS], ...] = ("avg",)
+    standardize: tuple[bool, ...] = (True,)             # swept: StandardScaler before the head or not
+    pca: tuple[Optional[Union[int, float]], ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
+    cv: int = 0                                         # k-fold CV on train+val for selection; 0: the val split
+    # swept: train on the clean features only ("none"), on clean + every cached augmented view as extra
+    # rows ("stack"), or (dense heads) on one view per image drawn afresh each epoch ("draw")
+    augment: tuple[Literal["none", "stack", "draw"], ...] = ("none",)
+    tta: tuple[bool, ...] = (False,)                    # swept: average predictions over the cached views
+    seed: int = 0
+    n_jobs: int = 2
+    backend: Literal["loky", "dask"] = "loky"           # dask: fit the grid on the cluster of `scheduler`
+    scheduler: Optional[str] = None                     # Dask scheduler address (else $DASK_SCHEDULER_ADDRESS)
+    out_of_core: Union[bool, Literal["auto"]] = "auto"  # train from the store chunk by chunk (auto: when too big)
+    memory_limit_mb: float = 2048.0                     # auto: out of core past this many MB of pooled train features
+    out_of_core_epochs: int = 5                         # passes over the chunks of the SGD heads
+    # heads.<kind> for every registered kind (parsed from those keys, not from a "grids" key)
+    grids: Mapping[str, Any] = field(default_factory=_default_grids, metadata={"sections": HEAD_KINDS})
+
+    def __post_init__(self):
+        _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {list(HEAD_KINDS)}")
+        for index, kind in enumerate(self.kinds):
+            if kind not in HEAD_KINDS:
+                raise ParamsError(f"heads.kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: {kind!r}"
+                                  + did_you_mean(kind, HEAD_KINDS))
+        _require(len(self.pooling) > 0, "heads.pooling", self.pooling, f"a non-empty list of {POOLINGS}")
+        _require(len(self.standardize) > 0, "heads.standardize", self.standardize, "a non-empty list of true/false")
+        _require(len(self.pca) > 0, "heads.pca", self.pca, "a non-empty list of null, integers >= 1 or numbers in (0, 1)")
+        for n in self.pca:
+            if isinstance(n, int):
+                _require(n >= 1, "heads.pca", n, "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
+            elif n is not None:
+                _require(0.0 < n < 1.0, "heads.pca", n,
+                         "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
+        _require(self.cv == 0 or self.cv >= 2, "heads.cv", self.cv, "0 (select on the val split) or a fold count >= 2")
+        _require(self.memory_limit_mb > 0, "heads.memory_limit_mb", self.memory_limit_mb, "a number > 0")
+        _require(self.out_of_core_epochs >= 1, "heads.out_of_core_epochs", self.out_of_core_epochs, "an integer >= 1")
+        _require(len(self.augment) > 0, "heads.augment", self.augment, "a non-empty list of none, stack, draw")
+        _require(len(self.tta) > 0, "heads.tta", self.tta, "a non-empty list of true/false")
+        if self.cv and (set(self.augment) != {"none"} or any(self.tta)):
+            raise ParamsError(f"heads.augment / heads.tta need heads.cv: 0 (augmented views exist for train, and "
+                              f"for val/test only with TTA, not for folds of train+val). Received: cv={self.cv}, "
+                              f"augment={list(self.augment)}, tta={list(self.tta)}")
+        if "draw" in self.augment and "dense" not in self.kinds:
+            raise ParamsError("heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
+                              f"heads.kinds has none. Received: kinds={list(self.kinds)}")
+        _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
+
+    def grid(self, kind: str) -> Any:
+        """The settings of head kind ``kind`` (``heads.<kind>``)."""
+        if kind not in self.grids:
+            raise ParamsError(f"no settings for head kind {kind!r}. Valid kinds: {list(self.grids)}")
+        return self.grids[kind]
+
+    def __getattr__(self, name: str) -> Any:
+        # heads.logreg, heads.dense, ...: the kind's settings. Only reached when normal lookup fails.
+        grids = self.__dict__.get("grids")
+        if grids is not None and name in grids:
+            return grids[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """How the best head is chosen and reported (stage: evaluate)."""
+
+    select_by: Literal["accuracy", "macro_f1"] = "accuracy"
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    """Warm-started fine-tuning of the best dense head with the top of its backbone (stage: finetune)."""
+
+    feature_set: Optional[str] = None   # null: the stage is off
+    unfreeze: int = 20                  # top layers of the truncated backbone trained (BatchNorm stays frozen)
+    learning_rate: float = 1e-5
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 32
+    augment: bool = True                # train on views made with extract.augment.ops
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.unfreeze >= 0, "finetune.unfreeze", self.unfreeze, "an integer >= 0")
+        _require(self.learning_rate > 0, "finetune.learning_rate", self.learning_rate, "a number > 0")
+        _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")
+        _require(self.patience >= 0, "finetune.patience", self.patience, "an integer >= 0")
+        _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """The deployable model (stage: export)."""
+
+    variant: Optional[str] = None   # null: the best on validation; else "<feature set>/<variant id>"
+    tolerance: float = 0.002        # largest probability difference allowed against the pipeline on test
+
+    def __post_init__(self):
+        _require(0 < self.tolerance < 1, "export.tolerance", self.tolerance, "a number in (0, 1)")
+        if self.variant is not None and "/" not in self.variant:
+            raise ParamsError(f"export.variant must be null or '<feature set>/<variant id>'. "
+                              f"Received: {self.variant!r}")
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    extract: ExtractParams = field(default_factory=ExtractParams)
+    features: dict[str, FeatureSetParams] = field(default_factory=dict)
+    heads: HeadsParams = field(default_factory=HeadsParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    export: ExportParams = field(default_factory=ExportParams)
+
+    def __post_init__(self):
+        if self.export.variant is not None and self.export.variant.split("/")[0] not in self.features:
+            raise ParamsError(f"export.variant names no feature set. Received: {self.export.variant!r}. "
+                              + suggest(self.export.variant.split("/")[0], self.features))
+        chosen = self.finetune.feature_set
+        if chosen is not None and chosen not in self.features:
+            raise ParamsError(f"finetune.feature_set names no feature set. Received: {chosen!r}. "
+                              + suggest(chosen, self.features))
+        for key in self.features:
+            if not _FEATURE_SET_KEY.match(key):
+                raise ParamsError(
+                    f"features: {key!r} is not a usable feature-set name; use letters, digits, "
+                    "'_', '-' and '.', starting with a letter or digit"
+                )
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ParamsError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def join_key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def did_you_mean(value: Any, choices: Any) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def suggest(key: str, allowed: Any) -> str:
+    allowed = sorted(str(a) for a in allowed)
+    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}Allowed: {', '.join(allowed) if allowed else '(none defined)'}"

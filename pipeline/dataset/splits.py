@@ -1,0 +1,65 @@
+"""Splitting images into train, val and test: stratified by class, by ratios, seeded."""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from pipeline.config import SPLITS, SplitRatios
+
+
+def stratified_split(labels: Sequence[Hashable], ratios: SplitRatios, seed: int) -> np.ndarray:
+    """Assign each item to train/val/test, class by class, by ratios.
+
+    Parameters
+    ----------
+    labels : sequence of int or str, length n_samples
+        Class of each item; class names give error messages that name the class.
+    ratios : SplitRatios
+    seed : int
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), dtype object
+        'train', 'val' or 'test' per item. Every split with a non-zero ratio gets
+        at least one item of every class; the assignment depends only on the
+        labels' order, the ratios and the seed.
+
+    Raises
+    ------
+    ValueError
+        If a class has fewer items than splits with a non-zero ratio.
+    """
+    labels = np.asarray(labels)
+    out = np.empty(len(labels), dtype=object)
+    wanted = [(name, getattr(ratios, name)) for name in SPLITS if getattr(ratios, name) > 0]
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        n = len(members)
+        if n < len(wanted):
+            raise ValueError(f"class {label.item()!r} has {n} image(s); the split ratios {dict(wanted)} "
+                             f"need at least {len(wanted)} per class (add images to it, remove its folder, "
+                             "or set a ratio in data.split to 0)")
+        counts = _allocate(n, [r for _, r in wanted])
+        order = members[rng.permutation(n)]
+        start = 0
+        for (name, _), count in zip(wanted, counts):
+            out[order[start:start + count]] = name
+            start += count
+    return out
+
+
+def _allocate(n: int, ratios: Sequence[float]) -> list[int]:
+    # Largest remainder, then make sure every split gets at least one item.
+    raw = [n * r for r in ratios]
+    counts = [int(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    for i, c in enumerate(counts):
+        if c == 0:
+            donor = max(range(len(counts)), key=lambda j: counts[j])
+            counts[donor] -= 1
+            counts[i] = 1
+    return counts

@@ -1,0 +1,1 @@
+"""The deployable model: Keras layers it needs, building and checking it, its card, predicting."""

@@ -1,0 +1,161 @@
+"""The chosen head and its backbone cut as one deployable model, checked against the pipeline, with a card.
+
+:func:`export` builds ``model.keras`` — raw uint8 images of any size → resize
+→ preprocessing → truncated backbone → [float16 rounding as in the store] →
+pooling → head, one Keras graph giving class probabilities — or, when the
+head's kind has no exact Keras form (see :mod:`pipeline.heads.registry`), the
+bundle ``features.keras`` + ``head.joblib`` behind the same
+:func:`pipeline.export.predict.load_model` API; and the model card.
+
+Heads without probabilities (SVMs) are calibrated by temperature scaling on
+the validation split, which keeps their predicted class. Before writing the
+card the exported model is checked against the pipeline: on every test image
+it must predict the class the cached-feature head predicts, with probabilities
+within ``export.tolerance``; otherwise export fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import joblib
+import numpy as np
+
+from pipeline.config import Params
+from pipeline.provenance import NETWORK, SAME_FEATURES, file_sha256, require_same
+from pipeline.store.reader import open_feature_set
+
+log = logging.getLogger(__name__)
+
+
+def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
+    """The head itself if it gives probabilities, else it calibrated on validation by temperature scaling."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    if hasattr(estimator, "predict_proba"):
+        try:
+            estimator.predict_proba(X_val[:1])
+            return estimator, None
+        except AttributeError:  # e.g. an SVC without probability estimates
+            pass
+    # The frozen head is not refitted, so one "fold" holding every validation image is enough
+    # (scikit-learn's default 5-fold split would refuse classes with fewer images).
+    everything = [(np.arange(len(y_val)), np.arange(len(y_val)))]
+    calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method="temperature", cv=everything)
+    calibrated.fit(X_val, y_val)
+    return calibrated, "temperature scaling on the validation split (keeps the predicted class)"
+
+
+def feature_model(cut: Any, pooling: str, store_dtype: str):
+    """uint8 images of any size → the pooled features the head was trained on."""
+    import keras
+
+    from pipeline.export.layers import ImagePreprocess, StoreRounding, apply_pooling
+
+    size = cut.provenance["input_size"]
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(inputs)
+    x = ImagePreprocess(cut.provenance["backbone"], name="preprocess")(x)
+    x = cut.model(x)
+    if store_dtype != "float32":
+        x = StoreRounding(store_dtype, name="store_rounding")(x)
+    if len(x.shape) == 4:
+        x = apply_pooling(x, pooling)
+    return inputs, x
+
+
+def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: str) -> tuple[Any, Optional[Any], str]:
+    """``(keras model, bundle head or None, form)`` for a fitted head of kind ``kind`` with ``predict_proba``."""
+    import keras
+
+    from pipeline.heads.conversion import NotConvertibleError
+    from pipeline.heads.keras_form import to_keras_layers
+
+    inputs, features = feature_model(cut, pooling, store_dtype)
+    try:
+        layers = to_keras_layers(head, kind)
+    except NotConvertibleError as error:
+        log.info("the head is exported as a bundle: %s", error)
+        return keras.Model(inputs, features, name="shoulders_features"), head, f"bundle ({error})"
+    x = features
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name="shoulders_model"), None, "single Keras graph"
+
+
+def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, expected: np.ndarray,
+                      tolerance: float) -> dict:
+    """Run the exported model on image files and compare with the cached-feature head's probabilities.
+
+    Raises
+    ------
+    ValueError
+        If any image gets another class, or a probability differs by more than ``tolerance``.
+    """
+    from pipeline.export.predict import predict_files
+
+    results, failures = predict_files(predictor, [Path(p) for p in paths], progress=False)
+    if failures:
+        raise ValueError(f"the equivalence check could not read {len(failures)} test image(s): {failures[:3]}")
+    got = np.stack([proba for _, proba in results])
+    same = got.argmax(axis=1) == expected.argmax(axis=1)
+    largest = float(np.abs(got - expected).max()) if len(got) else 0.0
+    check = {"images": int(len(got)), "same_class": int(same.sum()), "max_abs_probability_difference": largest,
+             "tolerance": tolerance, "accuracy_exported": float((got.argmax(axis=1) == labels).mean()),
+             "accuracy_cached_head": float((expected.argmax(axis=1) == labels).mean())}
+    if not same.all() or largest > tolerance:
+        bad = [paths[i] for i in np.flatnonzero(~same)[:5]]
+        raise ValueError(f"the exported model disagrees with the pipeline on the test split: {check}; "
+                         f"first images with another class: {bad}")
+    return check
+
+
+def export(params: Params, target: dict, records, prepare_report: dict, out: Path) -> dict:
+    """Build, check and write the exported model and its card; returns the card.
+
+    Parameters
+    ----------
+    target : dict
+        What to export, as the evaluate stage wrote it (``reports/export_target.json``).
+    """
+    from pipeline.backbones import build_cut_model
+    from pipeline.export.model_card import build_card, card_markdown
+    from pipeline.export.predict import CARD_FILE, FEATURES_FILE, HEAD_FILE, MODEL_FILE, Predictor
+
+    key, row, provenance = target["feature_set"], target["row"], target["provenance"]
+    head_file = Path(target["head"])
+    if file_sha256(head_file) != target["head_sha256"]:
+        raise ValueError(f"{head_file} changed since the evaluate stage chose it; run `dvc repro`")
+    expect = {k: provenance.get(k) for k in SAME_FEATURES}
+    val = open_feature_set(target["store"], "val", pooling=row["pooling"], expect=expect)
+    head, calibration = with_probabilities(joblib.load(head_file), val.X, val.y)
+    cut = build_cut_model(params.features[key], seed=params.extract.seed)
+    require_same(provenance, cut.provenance, NETWORK, what=f"heads/{key} were trained on features",
+                 fix=f"features.{key} now builds another network; run `dvc repro` first")
+    model, bundle_head, form = build_exported(cut, head, row["kind"], row["pooling"], provenance["dtype"])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if bundle_head is None:
+        model.save(out / MODEL_FILE)
+    else:
+        model.save(out / FEATURES_FILE)
+        joblib.dump(bundle_head, out / HEAD_FILE)
+    test = open_feature_set(target["store"], "test", pooling=row["pooling"], expect=expect)
+    by_id = {r.id: r for r in records}
+    predictor = Predictor(list(test.classes), model, bundle_head, {})
+    check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
+                              params.export.tolerance)
+    card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
+                      form=form, calibration=calibration, check=check, model=model)
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",
+             key, target["variant"], form, out, check["images"], check["same_class"],
+             check["max_abs_probability_difference"])
+    return card

@@ -1,0 +1,139 @@
+"""The model card: what an exported model is for, what it was trained on and how well it works.
+
+Written next to the model as ``card.json`` (read by :func:`pipeline.export.predict.load_model`
+for the class names) and ``card.md`` for people. Someone who finds the files
+should learn from it the task and classes, the training data (manifest hash,
+counts per class, leakage removed), the backbone with its weights' source and
+sha256, the cut, pooling, head and hyperparameters, validation and test metrics
+with confidence intervals, the runners-up, the library versions, the check
+against the pipeline, and the intended use and limits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from pipeline.provenance import library_versions
+
+# The libraries an exported model was made with, listed on its card.
+CARD_LIBRARIES = ("shoulders", "keras", "tensorflow-cpu", "tensorflow", "scikit-learn", "numpy", "zarr", "pillow")
+
+
+def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], prepare_report: dict, form: str,
+               calibration: str | None, check: dict, model: Any) -> dict:
+    """Everything the card says, as a JSON-ready mapping.
+
+    ``target`` is what the evaluate stage chose for export (``reports/export_target.json``).
+    """
+    key, variant, row, provenance = target["feature_set"], target["variant"], target["row"], target["provenance"]
+    counts = Counter((r.class_name, r.split) for r in records)
+    selected = target.get("test") or {}
+    manifest_digest = provenance.get("manifest_sha256")
+    duplicates = prepare_report.get("duplicates", {})
+    finetune = target.get("finetune")
+    return {
+        "name": f"shoulders {key} / {variant}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": f"image classification into {len(classes)} classes",
+        "classes": list(classes),
+        "input": "RGB images as uint8 arrays (height, width, 3) of any size; the model resizes them "
+                 f"(bilinear) to {provenance['input_size']}×{provenance['input_size']}. Decode files with "
+                 "pipeline.images.decode_image (EXIF orientation applied, first frame of animations).",
+        "output": "class probabilities, one column per class in the order of `classes`",
+        "form": form,
+        "training_data": {
+            "source": prepare_report.get("source"),
+            "manifest_sha256": manifest_digest,
+            "images_per_class": {c: {s: counts[(c, s)] for s in ("train", "val", "test")} for c in classes},
+            "duplicates_removed": {"cross_split": duplicates.get("removed_cross_split", 0),
+                                   "within_split": duplicates.get("removed_within_split", 0)},
+            "bad_images_skipped": len(prepare_report.get("bad_images_skipped", [])),
+        },
+        "backbone": {
+            "family": provenance["backbone"], "weights": provenance["weights"],
+            "weights_sha256": provenance.get("weights_sha256"), "cut": provenance["cut"],
+            "cut_layer_index": provenance.get("cut_index"), "layers": provenance.get("n_layers"),
+            "input_size": provenance["input_size"], "preprocessing": provenance.get("preprocessing"),
+            "features_dtype": provenance.get("dtype"),
+        },
+        "head": {"variant": variant, "kind": row["kind"], "pooling": row["pooling"],
+                 "hyperparameters": row.get("params", {}), "standardize": row.get("standardize"),
+                 "pca": row.get("pca"), "probability_calibration": calibration, "chosen": target["chosen"],
+                 "head_sha256": target["head_sha256"]},
+        "metrics": {
+            "validation": {"accuracy": row.get("val_accuracy"), "macro_f1": row.get("val_macro_f1")},
+            "test": {k: selected.get(k) for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1",
+                                                  "test_recall", "test_images")}
+            if selected else "not scored: only the variant chosen on validation in each feature set is",
+        },
+        "fine_tuning": None if not finetune else {
+            "note": "the fine-tune stage's model (finetune/model.weights.h5) is not this export",
+            **{k: finetune.get(k) for k in ("variant", "val_accuracy", "test_accuracy", "test_accuracy_ci95",
+                                            "kept")}},
+        "runners_up": target["runners_up"],
+        "check_against_pipeline": check,
+        "parameters": int(model.count_params()),
+        "versions": library_versions(CARD_LIBRARIES),
+        "intended_use": [
+            f"Sorting images into the classes {', '.join(classes)} when they look like the training images "
+            f"({prepare_report.get('source')}).",
+            "Not for images of other kinds or other classes: every image gets one of these classes, and the "
+            "probabilities of an out-of-domain image mean little.",
+            "The test accuracy holds for images drawn like the test split; its interval shows how much it could "
+            "move on another sample of that size.",
+        ],
+    }
+
+
+def card_markdown(card: dict) -> str:
+    """The card for humans."""
+    test = card["metrics"]["test"]
+    backbone, head, data = card["backbone"], card["head"], card["training_data"]
+    lines = [f"# Model card: {card['name']}", "", f"Created {card['created']} by shoulders. {card['task'].capitalize()}.",
+             "", f"**Classes**: {', '.join(card['classes'])}", "", "## How to use", "",
+             "```", "from pipeline.export.predict import load_model", "model = load_model('models')",
+             "probabilities = model.predict_proba([rgb_uint8_image])", "```", "",
+             f"or `shoulders predict models <images or folders> --top-k 3`. Input: {card['input']} "
+             f"Output: {card['output']}. Form: {card['form']}.", "", "## Metrics", ""]
+    if isinstance(test, dict):
+        low, high = test["test_accuracy_ci95"]
+        lines += [f"- test accuracy **{test['test_accuracy']:.4f}** (bootstrap 95% CI {low:.4f}–{high:.4f}) on "
+                  f"{test['test_images']} images; macro-F1 {test['test_macro_f1']:.4f}",
+                  "- recall per class: " + ", ".join(f"{c} {v:.3f}" for c, v in test["test_recall"].items())]
+    else:
+        lines.append(f"- test: {test}")
+    val = card["metrics"]["validation"]
+    lines += [f"- validation accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} ({head['chosen']})", "",
+              "## Model", "",
+              f"- backbone **{backbone['family']}**, weights `{backbone['weights']}` "
+              f"(sha256 `{backbone['weights_sha256'] or 'n/a: resolved by Keras'}`), cut at `{backbone['cut']}` "
+              f"(layer {backbone['cut_layer_index']} of {backbone['layers']}), input {backbone['input_size']}px, "
+              f"preprocessing: {backbone['preprocessing']}; features stored as {backbone['features_dtype']}",
+              f"- head `{head['variant']}`: {head['kind']} on {head['pooling']} pooling, "
+              f"hyperparameters {head['hyperparameters']}, standardised: {head['standardize']}, PCA: {head['pca']}",
+              f"- probabilities: {head['probability_calibration'] or 'the head’s own'}; {card['parameters']:,} "
+              "parameters in the Keras graph", "", "## Training data", "",
+              f"Source `{data['source']}`, manifest sha256 `{data['manifest_sha256']}`. Duplicates removed: "
+              f"{data['duplicates_removed']['cross_split']} across splits, {data['duplicates_removed']['within_split']} "
+              f"within; undecodable images skipped: {data['bad_images_skipped']}.", "",
+              "| class | train | val | test |", "|---|---:|---:|---:|"]
+    lines += [f"| {c} | {n['train']} | {n['val']} | {n['test']} |" for c, n in data["images_per_class"].items()]
+    check = card["check_against_pipeline"]
+    lines += ["", "## Checked against the pipeline", "",
+              f"On the {check['images']} test images the exported model predicted the same class as the head on "
+              f"cached features for {check['same_class']}; the largest probability difference was "
+              f"{check['max_abs_probability_difference']:.2g} (tolerance {check['tolerance']}). Accuracy: exported "
+              f"{check['accuracy_exported']:.4f}, cached head {check['accuracy_cached_head']:.4f}.", "",
+              "## Runners-up (validation)", "", "| feature set | variant | val acc |", "|---|---|---:|"]
+    lines += [f"| {r['feature_set']} | {r['variant']} | {float(r['val_accuracy'] or 0):.4f} |"
+              for r in card["runners_up"]]
+    if card.get("fine_tuning"):
+        tuned = card["fine_tuning"]
+        lines += ["", "## Fine-tuning", "", f"The fine-tune stage reached validation accuracy {tuned['val_accuracy']:.4f} "
+                  f"and test accuracy {tuned['test_accuracy']:.4f} ({tuned['variant']}, kept the {tuned['kept']}); "
+                  f"{tuned['note']}."]
+    lines += ["", "## Intended use and limits", ""] + [f"- {item}" for item in card["intended_use"]]
+    lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
+    return "\n".join(lines)

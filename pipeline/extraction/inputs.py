@@ -1,0 +1,90 @@
+"""The tf.data input pipeline: parallel decode, resize, batch, prefetch.
+
+Decoding goes through :func:`pipeline.images.decode_image` (PIL, inside
+``tf.numpy_function``) so that every image kind prepare accepted is read the
+same way here; PIL releases the GIL while it decodes, so parallel calls (one
+per usable core) overlap. Resizing is ``tf.image.resize`` (bilinear), the op an exported
+model's Resizing layer uses too. Batches are uint8-valued float32 RGB
+(0–255); the backbone's own preprocessing runs inside the compiled inference
+step, not here. Parallelism and prefetch depth are fixed, with tf.data's
+autotuner off (:func:`pipeline.tfdata.static` says why).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.images import decode_image
+from pipeline.tfdata import PREFETCH_BATCHES, static
+
+
+def parallel_calls() -> int:
+    """Decode calls in flight: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _decode(path: bytes) -> np.ndarray:
+    return decode_image(path.decode("utf-8"))
+
+
+def load_and_resize(path: tf.Tensor, size: int) -> tf.Tensor:
+    """Decode one image file and resize it to ``(size, size, 3)`` float32 in 0–255."""
+    pixels = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
+    pixels.set_shape((None, None, 3))
+    resized = tf.image.resize(pixels, (size, size), method="bilinear")
+    return tf.clip_by_value(resized, 0.0, 255.0)
+
+
+def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.data.Dataset:
+    """A dataset of image batches in the order of ``paths``.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Image files, opened relative to the working directory.
+    size : int
+        Output side length.
+    batch_size : int
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields float32 tensors of shape (batch, size, size, 3), values 0–255;
+        the last batch may be smaller. Order is deterministic.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
+    return _decoded_batches(dataset, lambda p: load_and_resize(p, size), batch_size)
+
+
+def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
+                     shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Batches of ``(images, labels)`` for training through the backbone (fine-tuning).
+
+    Parameters
+    ----------
+    paths : sequence of str
+    labels : sequence of int
+    size, batch_size : int
+    shuffle_seed : int, optional
+        Reshuffle every epoch, seeded; ``None`` keeps the order (validation, test).
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields (float32 (batch, size, size, 3) in 0–255, int64 (batch,)).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
+                                                  tf.constant(list(labels), dtype=tf.int64)))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return _decoded_batches(dataset, lambda p, y: (load_and_resize(p, size), y), batch_size)
+
+
+def _decoded_batches(dataset: tf.data.Dataset, decode, batch_size: int) -> tf.data.Dataset:
+    """Decode in parallel (in order), batch, prefetch; the autotuner off."""
+    dataset = dataset.map(decode, num_parallel_calls=parallel_calls(), deterministic=True)
+    return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))

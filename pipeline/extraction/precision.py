@@ -1,0 +1,33 @@
+"""Refusing features that the storage dtype cannot represent (float16 under- and overflow)."""
+
+from __future__ import annotations
+
+# Share of non-zero float32 values allowed to round to zero when stored as float16;
+# past it the stored features no longer say what the network computed.
+MAX_UNDERFLOW = 0.01
+
+
+class PrecisionGuard:
+    """Count precision losses batch by batch and stop at the first sign that storage lies.
+
+    Random-init deep networks can produce activations around 1e-15, which
+    float16 stores as exact zeros: a head would then score chance level on a
+    store that looks fine. Counting the losses per batch stops that at once.
+    """
+
+    def __init__(self, feature_set: str, dtype: str):
+        self.feature_set, self.dtype = feature_set, dtype
+        self.lost = self.nonzero = 0
+
+    def check(self, lost: int, nonzero: int, overflow: int, largest: float) -> None:
+        """Add one batch's counts; raise ``ValueError`` on any overflow or too much underflow."""
+        self.lost += lost
+        self.nonzero += nonzero
+        if overflow:
+            raise ValueError(f"features of {self.feature_set} overflow {self.dtype} ({overflow} values beyond its "
+                             f"range; largest |value| {largest:.3g}); set `dtype: float32` on the feature set "
+                             "or extract.dtype: float32")
+        if self.nonzero and self.lost > MAX_UNDERFLOW * self.nonzero:
+            raise ValueError(f"features of {self.feature_set} underflow {self.dtype}: {self.lost / self.nonzero:.0%} "
+                             f"of the non-zero values round to 0 (largest |value| {largest:.3g}); set "
+                             "`dtype: float32` on the feature set or extract.dtype: float32")

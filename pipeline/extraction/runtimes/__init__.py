@@ -1,0 +1,1 @@
+"""Inference runtimes: how a truncated backbone's compiled step is made (TensorFlow today)."""

@@ -1,0 +1,99 @@
+"""Fitted scikit-learn steps as exact Keras layers: the forms the registry's kinds point to.
+
+Each function maps one fitted step to Keras layers computing exactly what it
+computes: ``StandardScaler`` and ``PCA`` (affine maps, whitening included),
+``LogisticRegression`` (softmax, or sigmoid for two classes), the Keras
+:class:`~pipeline.heads.dense.DenseHead` (its own layers, weights copied) and a
+``LinearSVC`` whose decision function is temperature-scaled (times β, then
+softmax, which keeps the SVM's argmax). :func:`pipeline.heads.keras_form.to_keras_layers`
+puts them together for a whole fitted pipeline; a step without an exact form
+raises :class:`NotConvertibleError` naming it, rather than being approximated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+
+class NotConvertibleError(ValueError):
+    """A pipeline step has no exact Keras equivalent."""
+
+
+def preprocessing_layers(step: Any, name: str) -> list:
+    """A fitted StandardScaler or PCA as one affine Keras layer."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(step, StandardScaler):
+        n = step.n_features_in_
+        mean = step.mean_ if step.with_mean else np.zeros(n)
+        scale = step.scale_ if step.with_std else np.ones(n)
+        return [affine(np.diag(1.0 / scale), -mean / scale, name)]
+    if isinstance(step, PCA):
+        kernel = step.components_.T
+        if step.whiten:
+            kernel = kernel / np.sqrt(step.explained_variance_)
+        return [affine(kernel, -step.mean_ @ kernel, name)]
+    raise NotConvertibleError(f"preprocessing step {type(step).__name__} has no exact Keras equivalent "
+                              "(convertible: StandardScaler, PCA)")
+
+
+def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+    """A fitted LogisticRegression: its logits, then softmax (two classes: logits (0, z))."""
+    _no_temperature(step, temperature)
+    coef, intercept = step.coef_, step.intercept_
+    if coef.shape[0] == 1:
+        # Binary: sklearn's sigmoid of z equals a softmax over logits (0, z).
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.array([0.0, intercept[0]])
+    return [affine(coef.T, intercept, name, activation="softmax")]
+
+
+def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+    """A fitted LinearSVC calibrated by temperature scaling: β times its decision function, then softmax."""
+    if temperature is None:
+        raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
+                                  "scaling first (the export stage does, on validation)")
+    coef, intercept = step.coef_, step.intercept_
+    if coef.shape[0] == 1:
+        # Binary: scikit-learn's logits are (-f, f).
+        coef, intercept = np.vstack([-coef, coef]), np.array([-intercept[0], intercept[0]])
+    return [affine(temperature * coef.T, temperature * intercept, f"{name}_calibrated", activation="softmax")]
+
+
+def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+    """A fitted DenseHead: copies of its own Keras layers, weights included."""
+    import keras
+
+    _no_temperature(step, temperature)
+    copies = []
+    for layer in step.model_.layers:
+        config = {**layer.get_config(), "name": f"{name}_{layer.name}"}
+        if isinstance(layer, keras.layers.Dense):
+            clone = keras.layers.Dense.from_config(config)
+            clone.build((None, layer.kernel.shape[0]))
+            clone.set_weights(layer.get_weights())
+        elif isinstance(layer, keras.layers.Dropout):
+            clone = keras.layers.Dropout.from_config(config)
+        else:
+            raise NotConvertibleError(f"DenseHead layer {layer.name} ({type(layer).__name__}) is not expected")
+        copies.append(clone)
+    return copies
+
+
+def _no_temperature(step: Any, temperature: Optional[float]) -> None:
+    if temperature is not None:
+        raise NotConvertibleError(f"{type(step).__name__} gives probabilities itself; it is never "
+                                  "temperature-calibrated")
+
+
+def affine(kernel: np.ndarray, bias: np.ndarray, name: str, activation=None):
+    """A float32 Dense layer holding ``x @ kernel + bias`` exactly."""
+    import keras
+
+    layer = keras.layers.Dense(kernel.shape[1], activation=activation, name=name, dtype="float32")
+    layer.build((None, kernel.shape[0]))
+    layer.set_weights([kernel.astype(np.float32), np.asarray(bias, np.float32)])
+    return layer

@@ -1,0 +1,278 @@
+"""The registry of head kinds: one entry per kind says everything about it.
+
+A :class:`HeadKind` names the kind's settings in params.yaml (``heads.<kind>``,
+a frozen dataclass whose tuple fields listed in ``swept`` are swept), how to
+make its unfitted estimator from one grid point, its out-of-core form (or none),
+its exact Keras form (or none), whether its grid is fitted as one warm-started
+path, and where it is fitted. Params loading, the grid, the sweep, the
+out-of-core path and the exported model all read this registry, so a new kind
+is one :func:`register` call with its estimator — nothing else changes::
+
+    @dataclass(frozen=True)
+    class CentroidGrid:
+        shrink_threshold: tuple[float, ...] = (0.0,)
+
+    register(HeadKind("centroid", CentroidGrid, swept=("shrink_threshold",),
+                      estimator=lambda p, grid, seed: NearestCentroid(**p)))
+
+Estimator factories import scikit-learn (and Keras) only when called, so
+loading params does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Union
+
+from pipeline.heads import conversion
+
+# (swept values by name, the kind's settings, seed) → unfitted estimator
+EstimatorFactory = Callable[[Mapping[str, Any], Any, int], Any]
+# (swept values, the kind's settings, StreamingContext) → unfitted out-of-core estimator
+StreamingFactory = Callable[[Mapping[str, Any], Any, "StreamingContext"], Any]
+# (fitted classifier, layer-name prefix, temperature or None) → Keras layers giving probabilities
+KerasForm = Callable[[Any, str, Optional[float]], list]
+
+
+@dataclass(frozen=True)
+class StreamingContext:
+    """What an out-of-core estimator needs beyond the kind's own settings."""
+
+    n_train: int            # rows it is trained on (scales SGD's alpha from C)
+    epochs: int             # heads.out_of_core_epochs
+    standardize: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """One kind of head and everything the pipeline needs to know about it.
+
+    Attributes
+    ----------
+    name : str
+        The kind in ``heads.kinds`` and in variant ids.
+    grid : type
+        Frozen dataclass of ``heads.<name>`` in params.yaml; its fields take
+        the kind's defaults.
+    swept : tuple of str
+        Fields of ``grid`` that are lists of values to sweep (their product is the grid).
+    estimator : callable
+        ``estimator(values, grid, seed)``: the unfitted scikit-learn estimator of one grid point.
+    streaming : callable, optional
+        ``streaming(values, grid, context)``: the estimator trained block by block
+        from dask arrays (out of core); ``None``: the kind has no such form.
+    keras : callable, optional
+        ``keras(fitted, name, temperature)``: exact Keras layers from pooled
+        (preprocessed) features to class probabilities; ``temperature`` is the
+        β of temperature scaling for kinds without probabilities of their own.
+        ``None``: no exact Keras form (the export says so).
+    probabilities : bool
+        Whether the fitted estimator gives ``predict_proba`` itself (else it is
+        calibrated on validation for export).
+    path : str, optional
+        A swept setting fitted as one warm-started path in ascending order (C).
+    in_process : bool
+        Fit in the stage's own process rather than a worker (Keras: TensorFlow
+        is then imported once).
+    fit_order : int
+        Jobs start in ascending order (slow kinds first, so the last to finish is short).
+    """
+
+    name: str
+    grid: type
+    swept: tuple[str, ...]
+    estimator: EstimatorFactory
+    streaming: Optional[StreamingFactory] = None
+    keras: Optional[KerasForm] = None
+    probabilities: bool = True
+    path: Optional[str] = None
+    in_process: bool = False
+    fit_order: int = 5
+
+    def __post_init__(self):
+        fields = {f.name for f in dataclasses.fields(self.grid)}
+        missing = [name for name in self.swept if name not in fields]
+        if missing:
+            raise ValueError(f"head kind {self.name!r}: swept settings {missing} are not fields of "
+                             f"{self.grid.__name__} ({sorted(fields)})")
+        if self.path is not None and self.path not in self.swept:
+            raise ValueError(f"head kind {self.name!r}: path {self.path!r} must be one of its swept settings")
+
+
+HEAD_KINDS: dict[str, HeadKind] = {}
+
+
+def register(kind: HeadKind) -> HeadKind:
+    """Add a kind to the registry (its name must be new)."""
+    if kind.name in HEAD_KINDS:
+        raise ValueError(f"head kind {kind.name!r} is registered already")
+    HEAD_KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a kind (tests that register a toy kind undo it)."""
+    HEAD_KINDS.pop(name, None)
+
+
+def head_kind(name: str) -> HeadKind:
+    """Look up a kind; an unknown name lists the registered ones."""
+    if name not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {name!r}. Valid kinds: {', '.join(HEAD_KINDS)}")
+    return HEAD_KINDS[name]
+
+
+# --------------------------------------------------------------------------- settings checks
+
+def _each(key: str, values, ok: Callable[[Any], bool], expected: str) -> None:
+    if not values:
+        raise ValueError(f"{key} must list at least one value. Received: []")
+    for value in values:
+        if not ok(value):
+            raise ValueError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def _one(key: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _gamma(value) -> bool:
+    return value in ("scale", "auto") if isinstance(value, str) else value > 0
+
+
+# --------------------------------------------------------------------------- the kinds' settings
+
+@dataclass(frozen=True)
+class LogRegGrid:
+    C: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    max_iter: int = 2000
+
+    def __post_init__(self):
+        _each("heads.logreg.C", self.C, _positive, "numbers > 0")
+        _one("heads.logreg.max_iter", self.max_iter, self.max_iter >= 1, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class SvmLinearGrid:
+    C: tuple[float, ...] = (0.01, 0.1, 1.0)
+
+    def __post_init__(self):
+        _each("heads.svm_linear.C", self.C, _positive, "numbers > 0")
+
+
+@dataclass(frozen=True)
+class SvmRbfGrid:
+    C: tuple[float, ...] = (1.0, 10.0)
+    gamma: tuple[Union[float, str], ...] = ("scale",)
+
+    def __post_init__(self):
+        _each("heads.svm_rbf.C", self.C, _positive, "numbers > 0")
+        _each("heads.svm_rbf.gamma", self.gamma, _gamma, "'scale', 'auto' or a number > 0")
+
+
+@dataclass(frozen=True)
+class SvmPolyGrid:
+    C: tuple[float, ...] = (1.0,)
+    gamma: tuple[Union[float, str], ...] = ("scale",)
+    degree: tuple[int, ...] = (2, 3)
+
+    def __post_init__(self):
+        _each("heads.svm_poly.C", self.C, _positive, "numbers > 0")
+        _each("heads.svm_poly.gamma", self.gamma, _gamma, "'scale', 'auto' or a number > 0")
+        _each("heads.svm_poly.degree", self.degree, lambda d: d >= 1, "integers >= 1")
+
+
+@dataclass(frozen=True)
+class DenseGrid:
+    hidden_units: tuple[int, ...] = (256,)
+    dropout: tuple[float, ...] = (0.0, 0.5)
+    learning_rate: tuple[float, ...] = (0.001,)
+    epochs: tuple[int, ...] = (60,)
+    batch_size: int = 64
+    patience: int = 8
+    validation_fraction: float = 0.15
+
+    def __post_init__(self):
+        _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0,
+              "integers >= 0 (0: no hidden layer)")
+        _each("heads.dense.dropout", self.dropout, lambda p: 0.0 <= p < 1.0, "numbers in [0, 1)")
+        _each("heads.dense.learning_rate", self.learning_rate, _positive, "numbers > 0")
+        _each("heads.dense.epochs", self.epochs, lambda e: e >= 1, "integers >= 1")
+        _one("heads.dense.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        _one("heads.dense.patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)")
+        _one("heads.dense.validation_fraction", self.validation_fraction, 0.0 < self.validation_fraction < 0.5,
+             "a number in (0, 0.5)")
+
+
+# --------------------------------------------------------------------------- estimators
+
+def _logreg(values, grid: LogRegGrid, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    # warm_start: fitted along its C path (pipeline.heads.sweep), each C starts from the previous solution.
+    return LogisticRegression(C=values["C"], max_iter=grid.max_iter, warm_start=True, random_state=seed)
+
+
+def _svm_linear(values, grid: SvmLinearGrid, seed: int):
+    from sklearn.svm import LinearSVC
+
+    return LinearSVC(C=values["C"], random_state=seed)
+
+
+def _svm_rbf(values, grid: SvmRbfGrid, seed: int):
+    from sklearn.svm import SVC
+
+    return SVC(kernel="rbf", C=values["C"], gamma=values["gamma"], random_state=seed)
+
+
+def _svm_poly(values, grid: SvmPolyGrid, seed: int):
+    from sklearn.svm import SVC
+
+    return SVC(kernel="poly", C=values["C"], gamma=values["gamma"], degree=values["degree"], random_state=seed)
+
+
+def _dense(values, grid: DenseGrid, seed: int):
+    from pipeline.heads.dense import DenseHead
+
+    return DenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
+                     learning_rate=values["learning_rate"], epochs=values["epochs"], batch_size=grid.batch_size,
+                     patience=grid.patience, validation_fraction=grid.validation_fraction, random_state=seed)
+
+
+def _linear_sgd(loss: str) -> StreamingFactory:
+    def make(values, grid, context: StreamingContext):
+        from pipeline.heads.streaming import StreamingLinearHead
+
+        # alpha = 1 / (C · n_train): the same penalty as scikit-learn's C.
+        return StreamingLinearHead(loss=loss, alpha=1.0 / (values["C"] * context.n_train), epochs=context.epochs,
+                                   standardize=context.standardize, random_state=context.seed)
+    return make
+
+
+def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
+    from pipeline.heads.streaming import StreamingDenseHead
+
+    return StreamingDenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
+                              learning_rate=values["learning_rate"], epochs=values["epochs"],
+                              batch_size=grid.batch_size, standardize=context.standardize,
+                              random_state=context.seed)
+
+
+register(HeadKind("logreg", LogRegGrid, swept=("C",), estimator=_logreg, streaming=_linear_sgd("log_loss"),
+                  keras=conversion.logistic_layers, path="C", fit_order=3))
+register(HeadKind("svm_linear", SvmLinearGrid, swept=("C",), estimator=_svm_linear, streaming=_linear_sgd("hinge"),
+                  keras=conversion.linear_svm_layers, probabilities=False, fit_order=2))
+register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rbf, probabilities=False,
+                  fit_order=1))
+register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estimator=_svm_poly,
+                  probabilities=False, fit_order=0))
+register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "learning_rate", "epochs"),
+                  estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
+                  fit_order=4))

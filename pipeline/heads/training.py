@@ -1,0 +1,344 @@
+"""Training the heads grid on one feature store: what changed only, in memory or out of core (the heads stage's core).
+
+:func:`write_scores` fits the grid (:func:`pipeline.heads.variants.expand_grid`)
+on a store's train split, scores it on val (or by cross-validation,
+``heads.cv``), saves every fitted head (``<variant>.joblib``: [standardize] →
+[pca] → head) and writes ``scores.json`` with each variant's validation
+accuracy and macro-F1, fit seconds, peak memory and fingerprint, the sweep's
+wall time, and the store's provenance. The test split is not read here.
+
+Only what changed is refitted. A variant whose fingerprint — the sha256 of its
+estimator settings, the bytes of the pooled train and val features, the source
+of this package's modules and the library versions — equals the one recorded
+in the previous ``scores.json``, and whose ``.joblib`` file is there, is kept as
+it is (``"reused": true``). Warm-started paths are kept or refitted whole.
+Files of variants no longer in the grid are removed, so the folder always holds
+exactly the grid.
+
+When the pooled training features exceed ``heads.memory_limit_mb`` (or
+``heads.out_of_core: true``), the grid is trained from dask arrays instead,
+one block in memory at a time, by each kind's streaming form in the registry
+(kinds without one, PCA and views are skipped and listed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import joblib
+import numpy as np
+
+from pipeline.config import HeadsParams, dask_address
+from pipeline.heads.registry import StreamingContext, head_kind
+from pipeline.heads.sweep import FitJob, Splits, plan_jobs, run_sweep
+from pipeline.heads.variants import Variant, expand_grid, make_head, make_preprocessor
+from pipeline.provenance import SAME_FEATURES, library_versions
+from pipeline.store.layout import views_path
+from pipeline.store.reader import open_feature_set, open_store, open_views
+from pipeline.store.pooling import pooled_width
+
+log = logging.getLogger(__name__)
+SCORES_FILE = "scores.json"
+# The libraries whose versions decide what a fit gives: part of every fingerprint.
+FIT_LIBRARIES = ("scikit-learn", "numpy", "keras", "joblib")
+_PACKAGE = Path(__file__).parent
+
+
+def read_splits(features: Path, poolings: Sequence[str], *, views: Optional[Path] = None,
+                val_views: bool = False) -> dict[str, Splits]:
+    """The train and val rows of a store for each pooling (read once each, pooled as read).
+
+    Parameters
+    ----------
+    views : Path, optional
+        The feature set's views store (:func:`pipeline.store.views_path`): its
+        training views are read too (and its val views with ``val_views``).
+
+    Raises
+    ------
+    ValueError
+        If views are asked for but the store has none, was made from other
+        features, or lacks val views.
+    """
+    data = {}
+    for pooling in poolings:
+        train = open_feature_set(features, "train", pooling=pooling)
+        val = open_feature_set(features, "val", pooling=pooling)
+        train_views = val_views_X = None
+        if views is not None:
+            train_views, val_views_X = _read_views(views, pooling, train.provenance, val_views)
+        data[pooling] = Splits(train.X, train.y, val.X, val.y, train_views, val_views_X)
+        log.info("%s pooling=%s: train X %s, val X %s%s", features.name, pooling, train.X.shape, val.X.shape,
+                 "" if train_views is None else f", train views {train_views.shape}")
+    return data
+
+
+def _read_views(views: Path, pooling: str, provenance: dict, val_views: bool):
+    expect = {k: provenance.get(k) for k in SAME_FEATURES}
+    train = open_views(views, "train", pooling=pooling, expect=expect)
+    if train.X.shape[1] == 0:
+        raise ValueError(f"heads.augment/heads.tta need augmented views, but {views} has none: set "
+                         "extract.augment.views > 0")
+    val = open_views(views, "val", pooling=pooling, expect=expect).X if val_views else None
+    return train.X, val
+
+
+def data_digest(splits: Splits) -> str:
+    """sha256 of the arrays a fit sees (values, shapes and dtypes)."""
+    digest = hashlib.sha256()
+    arrays = [splits.X_train, splits.y_train, splits.X_val, splits.y_val]
+    arrays += [a for a in (splits.X_train_views, splits.X_val_views) if a is not None]
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def fit_code_digest() -> str:
+    """sha256 of the source of every module of this package (the code that decides what a fit gives)."""
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sorted(_PACKAGE.glob("*.py")))).hexdigest()
+
+
+def job_fingerprint(job: FitJob, heads: HeadsParams, data_sha: str) -> str:
+    """What a job's results depend on; equal fingerprints mean the same fits (see the module docstring)."""
+    code = fit_code_digest()
+    preprocessor = make_preprocessor(job.variants[0], heads)
+    versions = library_versions(FIT_LIBRARIES)
+    recipe = {
+        "variants": [v.id for v in job.variants],
+        "heads": [sorted(make_head(v, heads).get_params().items()) for v in job.variants],
+        "preprocessing": None if preprocessor is None else sorted(preprocessor.get_params().items()),
+        "cv": heads.cv, "seed": heads.seed, "data": data_sha, "code": code,
+        "versions": {name: versions.get(name) for name in FIT_LIBRARIES},
+    }
+    return hashlib.sha256(json.dumps(recipe, default=repr, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def previous_rows(out: Path) -> dict[str, dict]:
+    """The rows of an earlier ``scores.json`` in ``out`` by variant id, when its file is there too."""
+    path = out / SCORES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["variants"]
+    except (ValueError, KeyError) as error:
+        log.warning("ignoring unreadable %s (%s); refitting everything", path, error)
+        return {}
+    return {r["variant"]: r for r in rows if "fingerprint" in r and (out / f"{r['variant']}.joblib").is_file()}
+
+
+def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool = True,
+                reuse: bool = True) -> tuple[list[dict], dict]:
+    """Fit the grid on one store (what changed only), save every fitted head.
+
+    Parameters
+    ----------
+    features : Path
+        The feature store.
+    heads : HeadsParams
+    out : Path
+        Folder of the fitted heads; earlier results in it are reused when their
+        fingerprints match (unless ``reuse`` is false).
+
+    Returns
+    -------
+    rows : list of dict
+        One score row per variant, in grid order.
+    summary : dict
+        ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
+    """
+    variants = expand_grid(heads)
+    if out_of_core(features, variants, heads):
+        return _train_out_of_core(features, variants, heads, out)
+    needs_views = any(v.uses_views for v in variants)
+    data = read_splits(features, sorted({v.pooling for v in variants}),
+                       views=views_path(features.parent, features.stem) if needs_views else None,
+                       val_views=any(v.tta for v in variants))
+    if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
+        log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0 "
+                    "or heads.cv >= 2)", features)
+    digests = {pooling: data_digest(splits) for pooling, splits in data.items()}
+    old = previous_rows(out) if reuse else {}
+    rows: dict[str, dict] = {}
+    to_fit = []
+    for job in plan_jobs(variants):
+        fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
+        if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
+            rows.update({v.id: {**old[v.id], "reused": True} for v in job.variants})
+        else:
+            to_fit.append((job, fingerprint))
+    out.mkdir(parents=True, exist_ok=True)
+    n_fit = sum(len(job.variants) for job, _ in to_fit)
+    log.info("%s: %d variants, %d to fit, %d reused", features.stem, len(variants), n_fit, len(variants) - n_fit)
+    fingerprints = {v: f for job, f in to_fit for v in job.variants}
+    started = time.perf_counter()
+    for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
+                                             progress=progress, desc=f"heads {features.stem}"):
+        joblib.dump(estimator, out / f"{variant.id}.joblib")
+        rows[variant.id] = {**variant_row(variant, heads), **row, "fingerprint": fingerprints[variant], "reused": False}
+        log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
+                 row["fit_seconds"], row["peak_rss_mib"])
+    fit_wall = time.perf_counter() - started
+    keep = {f"{v.id}.joblib" for v in variants}
+    for stale in out.glob("*.joblib"):
+        if stale.name not in keep:
+            stale.unlink()
+    summary = {"variants": len(variants), "fitted": n_fit, "reused": len(variants) - n_fit,
+               "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv}
+    return [rows[v.id] for v in variants], summary
+
+
+def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams) -> bool:
+    """Whether to train from the store chunk by chunk: forced, or (auto) when the pooled train features are too big."""
+    if heads.out_of_core != "auto":
+        return bool(heads.out_of_core)
+    largest = max(pooled_bytes(features, pooling) for pooling in {v.pooling for v in variants})
+    if largest > heads.memory_limit_mb * 2**20:
+        log.info("%s: pooled train features take %.0f MB, more than heads.memory_limit_mb=%g: training out of core",
+                 features.stem, largest / 2**20, heads.memory_limit_mb)
+        return True
+    return False
+
+
+def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams,
+                       out: Path) -> tuple[list[dict], dict]:
+    """The out-of-core grid: every variant with a streaming form, fitted from dask arrays (no reuse)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    started = time.perf_counter()
+    for variant, estimator, row in fit_out_of_core(features, variants, heads):
+        joblib.dump(estimator, out / f"{variant.id}.joblib")
+        rows.append({**variant_row(variant, heads), **row, "fingerprint": None, "reused": False})
+        log.info("%-44s val acc %s  (%.2f s, out of core)", variant.id, _fmt(row["val_accuracy"]), row["fit_seconds"])
+    skipped = [v.id for v in variants if v.id not in {r["variant"] for r in rows}]
+    if skipped:
+        log.warning("%s: %d variants have no out-of-core form (see the registry; PCA and views have none) and "
+                    "were skipped: %s",
+                    features.stem, len(skipped), ", ".join(skipped[:8]))
+    if not rows:
+        raise ValueError(f"{features}: no variant of the grid can train out of core; add logreg, svm_linear or "
+                         "dense to heads.kinds (without PCA or views), or raise heads.memory_limit_mb")
+    keep = {f"{r['variant']}.joblib" for r in rows}
+    for stale in out.glob("*.joblib"):
+        if stale.name not in keep:
+            stale.unlink()
+    summary = {"variants": len(rows), "fitted": len(rows), "reused": 0, "skipped": skipped,
+               "fit_wall_seconds": round(time.perf_counter() - started, 3), "n_jobs": 1, "cv": 0,
+               "out_of_core": True}
+    return rows, summary
+
+
+def variant_row(variant: Variant, heads: HeadsParams) -> dict:
+    """The identifying part of a score row."""
+    return {"variant": variant.id, "kind": variant.kind, "pooling": variant.pooling,
+            "standardize": variant.standardize, "pca": variant.pca, "augment": variant.augment,
+            "tta": variant.tta, "params": dict(variant.params),
+            "selection": "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"}
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def process_start() -> float:
+    """When this process started (``time.time()``), so that interpreter start-up and imports count."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def write_scores(features: Path, heads: HeadsParams, out: Path, *, progress: bool, reuse: bool,
+                 started: float) -> float:
+    """Fit one store's grid and write its ``scores.json``; returns when it finished (``time.time()``).
+
+    ``stage_seconds`` is the wall time since ``started``: for the first store of
+    the process its start (interpreter and imports included), for the next ones
+    the end of the previous store.
+    """
+    rows, summary = train_heads(features, heads, out, progress=progress, reuse=reuse)
+    store = open_store(features)
+    provenance = dict(store.attrs["provenance"])
+    finished = time.time()
+    summary["stage_seconds"] = round(finished - started, 3)
+    scores = {"feature_set": features.stem, "store": str(features), "provenance": provenance,
+              "rows": {s: int(store[s]["X"].shape[0]) for s in ("train", "val")},
+              "sweep": summary, "variants": rows}
+    (out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", features.stem, summary["variants"],
+             summary["fitted"], summary["reused"], summary["stage_seconds"])
+    return finished
+
+
+@contextlib.contextmanager
+def parallel_backend(heads: HeadsParams):
+    """joblib's default backend for the sweep: loky here, or the Dask cluster of ``heads.scheduler``."""
+    if heads.backend != "dask":
+        yield
+        return
+    from distributed import Client
+
+    address = dask_address(heads.scheduler)
+    if not address:
+        raise ValueError("heads.backend: dask needs a scheduler: set heads.scheduler to its address "
+                         "(tcp://host:8786) or DASK_SCHEDULER_ADDRESS")
+    with Client(address) as client, joblib.parallel_config(backend="dask"):
+        log.info("fitting heads on the Dask cluster at %s (%d workers)", address,
+                 len(client.scheduler_info()["workers"]))
+        yield
+
+
+def pooled_bytes(features, pooling: str, split: str = "train") -> int:
+    """Bytes the pooled float32 features of ``split`` would take in memory, read from the store's metadata."""
+    group = open_store(features)
+    return int(group[split]["X"].shape[0] * pooled_width(tuple(group.attrs["feature_shape"]), pooling) * 4)
+
+
+def streaming_head(variant: Variant, heads: HeadsParams, n_train: int):
+    """The out-of-core estimator of a variant (its kind's registry entry), or ``None`` when it has none.
+
+    PCA and augmented views have no out-of-core form here, whatever the kind.
+    """
+    kind = head_kind(variant.kind)
+    if variant.pca is not None or variant.uses_views or kind.streaming is None:
+        return None
+    context = StreamingContext(n_train=n_train, epochs=heads.out_of_core_epochs, standardize=variant.standardize,
+                               seed=heads.seed)
+    return kind.streaming(dict(variant.params), heads.grid(variant.kind), context)
+
+
+def fit_out_of_core(features, variants, heads):
+    """Fit every variant that has an out-of-core form, reading the store as dask arrays.
+
+    Yields
+    ------
+    variant, estimator, row
+        ``row`` as :func:`pipeline.heads.sweep.run_sweep` gives it (validation
+        accuracy and macro-F1, fit seconds, ``out_of_core: true``).
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    for pooling in sorted({v.pooling for v in variants}):
+        train = open_feature_set(features, "train", pooling=pooling, as_dask=True)
+        val = open_feature_set(features, "val", pooling=pooling, as_dask=True)
+        for variant in (v for v in variants if v.pooling == pooling):
+            estimator = streaming_head(variant, heads, len(train.y))
+            if estimator is None:
+                continue
+            started = time.perf_counter()
+            estimator.fit(train.X, train.y)
+            seconds = time.perf_counter() - started
+            predicted = estimator.predict(val.X) if len(val.y) else np.zeros(0, int)
+            yield variant, estimator, {
+                "val_accuracy": float(accuracy_score(val.y, predicted)) if len(val.y) else None,
+                "val_macro_f1": float(f1_score(val.y, predicted, average="macro", zero_division=0))
+                if len(val.y) else None,
+                "val_accuracy_std": None, "fit_seconds": round(seconds, 4), "peak_rss_mib": None,
+                "features_memmapped": False, "n_epochs": estimator.epochs, "out_of_core": True,
+            }

@@ -1,0 +1,191 @@
+"""The leaderboard: every feature set's choice on validation, scored once on test, and the overall best.
+
+:func:`evaluate` reads every ``heads/<key>/scores.json``, chooses per feature
+set (:mod:`pipeline.selection.scoring`), scores each choice on its store's test
+split, ranks every variant and picks the overall best on validation;
+:func:`add_finetune` joins the fine-tune stage's result; :func:`metrics_headline`
+condenses it all for ``metrics.json``; :func:`export_target` says what the
+export stage exports. Loading the chosen heads imports no TensorFlow (see
+:mod:`pipeline.heads.dense`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import joblib
+import numpy as np
+
+from pipeline.config import EvaluateParams
+from pipeline.heads.training import SCORES_FILE
+from pipeline.provenance import SAME_FEATURES, file_sha256
+from pipeline.selection.cost import sweep_cost
+from pipeline.selection.scoring import rank, score_test, select_best
+from pipeline.store.layout import views_path
+from pipeline.store.reader import open_feature_set, open_views
+
+log = logging.getLogger(__name__)
+
+#: How many next-best variants the export target (and the model card) lists.
+RUNNERS_UP = 5
+
+
+def load_scores(heads_dir: Path) -> list[dict]:
+    """Every feature set's ``scores.json`` under ``heads_dir``, sorted by feature set."""
+    files = sorted(Path(heads_dir).glob(f"*/{SCORES_FILE}"))
+    if not files:
+        raise FileNotFoundError(f"no {SCORES_FILE} under {heads_dir}/; run the heads stages first")
+    return [json.loads(f.read_text(encoding="utf-8")) | {"dir": str(f.parent)} for f in files]
+
+
+def evaluate(heads_dir: Path, settings: EvaluateParams,
+             costs: Optional[dict] = None) -> tuple[dict, list[dict], dict]:
+    """Select per feature set, score the selections on test, pick the overall best on validation.
+
+    Parameters
+    ----------
+    heads_dir : Path
+        Holds ``<key>/scores.json`` and the fitted heads.
+    settings : EvaluateParams
+    costs : dict, optional
+        Backbone timings by feature set (stage backbone_cost); adds ``cost`` to the report.
+
+    Returns
+    -------
+    report : dict
+        Everything about the selections (:func:`headline` condenses it for ``metrics.json``).
+    leaderboard : list of dict
+        One row per variant over all feature sets, best validation score first.
+    best : dict
+        The overall best selection with its test labels and predictions, for plots.
+    """
+    chosen, leaderboard = {}, []
+    all_scores = load_scores(heads_dir)
+    for scores in all_scores:
+        key, provenance = scores["feature_set"], scores["provenance"]
+        pick = select_best(scores["variants"], settings.select_by)
+        expect = {k: provenance.get(k) for k in SAME_FEATURES}
+        test = open_feature_set(scores["store"], "test", pooling=pick["pooling"], expect=expect)
+        X_test = test.X
+        if pick.get("tta"):
+            # Test-time augmentation: the clean features and every cached view of each test image.
+            views = open_views(views_path(Path(scores["store"]).parent, key), "test", pooling=pick["pooling"],
+                               expect=expect)
+            X_test = np.concatenate([test.X[:, None], views.X], axis=1)
+        estimator = joblib.load(Path(scores["dir"]) / f"{pick['variant']}.joblib")
+        result = score_test(estimator, X_test, test.y, test.classes, settings)
+        chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y,
+                       "classes": test.classes}
+        log.info("%s: chose %s (val %s %.4f) → test accuracy %.4f", key, pick["variant"], settings.select_by,
+                 pick[f"val_{settings.select_by}"], result["test_accuracy"])
+        for row in scores["variants"]:
+            selected = row["variant"] == pick["variant"]
+            leaderboard.append({
+                "feature_set": key, "backbone": provenance["backbone"], "weights": provenance["weights"],
+                "cut": provenance["cut"], "variant": row["variant"], "kind": row["kind"],
+                "pooling": row["pooling"], "standardize": row.get("standardize", True), "pca": row.get("pca"),
+                "augment": row.get("augment", "none"), "tta": row.get("tta", False),
+                "params": row.get("params", {}), "val_accuracy": row["val_accuracy"],
+                "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
+                "test_accuracy": result["test_accuracy"] if selected else None,
+                "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
+                "n_epochs": row.get("n_epochs"), "selected": selected,
+            })
+    best_key = min(chosen, key=lambda k: rank({**chosen[k]["pick"], "feature_set": k}, settings.select_by))
+    leaderboard.sort(key=lambda r: rank(r, settings.select_by))
+    report = {
+        "best": _summary(best_key, chosen[best_key]),
+        "feature_sets": {k: _summary(k, c) for k, c in sorted(chosen.items())},
+        "variants_trained": len(leaderboard),
+        "selected_by": f"{_selection(all_scores)} {settings.select_by}",
+        "cost": None if costs is None else sweep_cost(all_scores, costs,
+                                                      {k: len(c["y"]) for k, c in chosen.items()}),
+    }
+    return report, leaderboard, {"key": best_key, **chosen[best_key]}
+
+
+def _selection(all_scores: Sequence[dict]) -> str:
+    schemes = sorted({row.get("selection", "val split") for s in all_scores for row in s["variants"]})
+    return " / ".join(f"validation ({scheme})" for scheme in schemes)
+
+
+def _summary(key: str, chosen: dict) -> dict:
+    result, pick, provenance = chosen["result"], chosen["pick"], chosen["provenance"]
+    return {
+        "feature_set": key, "variant": pick["variant"], "backbone": provenance["backbone"],
+        "weights": provenance["weights"], "cut": provenance["cut"],
+        "cut_depth": round(provenance["cut_index"] / max(1, provenance["n_layers"] - 1), 4),
+        "val_accuracy": pick["val_accuracy"], "val_macro_f1": pick["val_macro_f1"],
+        **{k: v for k, v in result.items() if k != "predicted"},
+    }
+
+
+def metrics_headline(report: dict) -> dict:
+    """The few numbers ``dvc metrics show`` and ``dvc exp show`` should put side by side."""
+    def short(summary: dict) -> dict:
+        low, high = summary["test_accuracy_ci95"]
+        return {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
+                "test_ci95_low": low, "test_ci95_high": high, "test_macro_f1": summary["test_macro_f1"]}
+
+    best = report["best"]
+    return {"best": {"feature_set": best["feature_set"], "variant": best["variant"], **short(best)},
+            **{key: short(summary) for key, summary in report["feature_sets"].items()},
+            **({"finetune": short(report["finetune"])} if report.get("finetune") else {}),
+            "variants_trained": report["variants_trained"]}
+
+
+def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by: str) -> None:
+    """Put the fine-tune stage's result on the leaderboard and into the overall choice (on validation)."""
+    if not result.get("enabled"):
+        return
+    summary = {"feature_set": result["feature_set"], "variant": f"finetune-{result['head_variant']}",
+               "kind": "finetune", "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
+               **{k: result[k] for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1", "test_images")},
+               "kept": result["kept"], "epochs_run": result["epochs_run"], "unfrozen_layers": result["unfrozen_layers"]}
+    report["finetune"] = summary
+    head_row = next(r for r in leaderboard
+                    if r["feature_set"] == result["feature_set"] and r["variant"] == result["head_variant"])
+    leaderboard.append({**head_row, "variant": summary["variant"], "kind": "finetune", "params": {},
+                        "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
+                        "val_accuracy_std": None, "test_accuracy": result["test_accuracy"],
+                        "fit_seconds": result["seconds"], "peak_rss_mib": None, "n_epochs": result["epochs_run"],
+                        "selected": True})
+    leaderboard.sort(key=lambda r: rank(r, select_by))
+    best = report["best"]
+    if (summary[f"val_{select_by}"], summary["feature_set"]) > (best[f"val_{select_by}"], best["feature_set"]):
+        report["best_cached_head"] = best
+        report["best"] = {**best, **summary}
+        log.info("best overall: fine-tuning %s (val %s %.4f) → test accuracy %.4f", result["feature_set"],
+                 select_by, summary[f"val_{select_by}"], summary["test_accuracy"])
+
+
+def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: Optional[str]) -> dict:
+    """What the export stage exports: the best head on cached features, or the one ``export.variant`` names.
+
+    Everything the export and its model card need is here (the head file and its
+    sha256, the store, the score row, the test result if the head was scored,
+    the :data:`RUNNERS_UP` next best), so that the export stage reruns only when these change.
+    """
+    best = report.get("best_cached_head", report["best"])
+    key, variant = requested.split("/", 1) if requested else (best["feature_set"], best["variant"])
+    scores_file = heads_dir / key / SCORES_FILE
+    if not scores_file.is_file():
+        raise ValueError(f"export.variant names feature set {key!r}, which has no heads in {heads_dir}/")
+    scores = json.loads(scores_file.read_text(encoding="utf-8"))
+    rows = {row["variant"]: row for row in scores["variants"]}
+    if variant not in rows:
+        raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
+                         + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
+    head = heads_dir / key / f"{variant}.joblib"
+    summary = report["feature_sets"][key]
+    runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
+                  for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]
+    return {"feature_set": key, "variant": variant,
+            "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
+            "head": str(head), "head_sha256": file_sha256(head),
+            "store": scores["store"], "provenance": scores["provenance"], "row": rows[variant],
+            "test": summary if summary["variant"] == variant else None,
+            "finetune": report.get("finetune"), "runners_up": runners_up}

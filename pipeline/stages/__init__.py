@@ -1,0 +1,1 @@
+"""The DVC stages, one thin module each, named as in dvc.yaml."""

@@ -1,0 +1,53 @@
+"""Stage check: every feature set's cut names a layer of its backbone, before any extraction.
+
+Reads  ``params.yaml`` section ``features`` (loading it also checks backbone,
+       weights, input size and alpha, see :func:`pipeline.config.load_params`).
+Writes ``--out`` (``reports/checks/``): one ``<key>.json`` per feature set with
+       the resolved cut, its position and the input size. Each extract stage
+       depends on its own file only, so DVC runs this check before any
+       extraction, while editing one feature set reruns only its own extract.
+
+The check itself is :func:`pipeline.backbones.cuts.check_cuts`.
+
+Usage: ``python -m pipeline.stages.check --out reports/checks``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from pipeline.backbones.cuts import check_cuts
+from pipeline.config import load_params
+from pipeline.stage import run_stage
+
+log = logging.getLogger(__name__)
+
+
+def write_checks(resolved: Mapping[str, dict], out: Path) -> None:
+    """Write one ``<key>.json`` per feature set under ``out``, removing files of feature sets gone."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.json"):
+        if stale.stem not in resolved:
+            stale.unlink()
+    for key, entry in resolved.items():
+        (out / f"{key}.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder for one <key>.json per feature set")
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    args = parser.parse_args(argv)
+    features = load_params(args.params).features
+    resolved = check_cuts(features)
+    write_checks(resolved, args.out)
+    log.info("%d feature set(s) checked: %s", len(resolved),
+             ", ".join(f"{k} → {v['backbone']}/{v['cut']}" for k, v in resolved.items()))
+
+
+if __name__ == "__main__":
+    run_stage(main)

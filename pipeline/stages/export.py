@@ -1,0 +1,50 @@
+"""Stage export: the chosen head and its backbone cut as one deployable model, checked, with a card.
+
+Reads  ``reports/export_target.json`` (written by evaluate: the head chosen on
+       validation, or named by ``export.variant``, its file's sha256, its scores
+       and the runners-up), that head, the feature store (val for calibration,
+       test for the check), the manifest, the prepare report, and ``params.yaml``
+       sections ``export``, ``features`` and ``extract.seed``.
+Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
+       → resize → preprocessing → truncated backbone → pooling → head, one Keras
+       graph giving class probabilities — or, when the head has no exact Keras
+       form (RBF/polynomial SVM), the bundle ``features.keras`` + ``head.joblib``
+       behind the same :func:`pipeline.export.predict.load_model` API; and the model
+       card ``card.json`` / ``card.md``.
+
+The work, and the check against the pipeline on every test image before
+anything is written, is :func:`pipeline.export.build.export`.
+
+Usage: ``python -m pipeline.stages.export --target reports/export_target.json --out models``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import load_params
+from pipeline.export.build import export
+from pipeline.manifest import read_manifest
+from pipeline.stage import run_stage
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", required=True, type=Path, help="reports/export_target.json (stage evaluate)")
+    parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
+    parser.add_argument("--prepare-report", default=Path("reports/prepare.json"), type=Path)
+    parser.add_argument("--out", required=True, type=Path, help="folder for the model and its card, e.g. models")
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    args = parser.parse_args(argv)
+    for path in (args.target, args.prepare_report):
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}; run `dvc repro` up to the evaluate stage first")
+    export(load_params(args.params), json.loads(args.target.read_text(encoding="utf-8")), read_manifest(args.manifest),
+           json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,66 @@
+"""Stage heads: train every head variant of the grid on every feature set.
+
+Reads  the feature stores under ``--features`` (train and val splits, pooled as
+       each variant asks) and ``params.yaml`` sections ``heads`` and ``features``.
+Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
+       variant (``<variant>.joblib``: [standardize] → [pca] → head) and
+       ``scores.json`` with each variant's validation scores, fit seconds, peak
+       memory and fingerprint, the sweep's wall time, and the store's provenance.
+
+The test split is not read here. Only what changed is refitted (``--out`` is a
+persistent DVC output; see :mod:`pipeline.heads.training`, which does the
+work); ``dvc repro --force`` or ``--no-reuse`` refits everything.
+
+Usage: ``python -m pipeline.stages.heads --features features --out heads`` (every feature set of
+params.yaml, one after the other in one process), or ``--features features/KEY.zarr --out heads/KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import load_params
+from pipeline.heads.training import parallel_backend, process_start, write_scores
+from pipeline.stage import run_stage
+from pipeline.store.layout import store_path
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", required=True, type=Path,
+                        help="a feature store (features/KEY.zarr), or the folder of every feature set's store")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for one store's heads (heads/KEY), or for every feature set's (heads)")
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-reuse", action="store_true", help="refit every variant")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    with parallel_backend(params.heads):
+        _run(args, params)
+
+
+def _run(args, params) -> None:
+    options = {"progress": not args.no_progress, "reuse": not args.no_reuse}
+    started = process_start()
+    if args.features.suffix == ".zarr":
+        write_scores(args.features, params.heads, args.out, started=started, **options)
+        return
+    # Every feature set in one process: TensorFlow (for dense heads) is imported once, and the
+    # fingerprints keep the heads of feature sets whose features and params did not change.
+    for key in params.features:
+        started = write_scores(store_path(args.features, key), params.heads, args.out / key, started=started,
+                               **options)
+    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in params.features):
+        log.info("removing heads of %s: no longer a feature set", stale.name)
+        shutil.rmtree(stale)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,33 @@
+"""Stage synthesize: generate the built-in dataset (the default ``data.source``).
+
+Reads  ``params.yaml`` section ``synthetic``.
+Writes an ImageFolder tree ``--out`` (``data/synthetic/<class>/<image>.png``),
+       deterministic by seed (see :mod:`pipeline.synthetic`).
+
+Usage: ``python -m pipeline.stages.synthesize --out data/synthetic``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.config import load_params
+from pipeline.stage import run_stage
+from pipeline.synthetic import generate_dataset
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write, e.g. data/synthetic")
+    parser.add_argument("--params", default=Path("params.yaml"), type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    spec = load_params(args.params).synthetic
+    generate_dataset(args.out, classes=spec.classes, per_class=spec.per_class, image_size=spec.image_size,
+                     seed=spec.seed, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    run_stage(main)
