@@ -104,8 +104,8 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
 
     from pipeline.backbones import build_cut_model
     from pipeline.config import ExtractParams, FeatureSetParams
-    from pipeline.manifest import read_manifest
     from pipeline.extraction.feature_sets import extract_feature_set
+    from pipeline.manifest import images_by_hash, read_manifest
     from pipeline.extraction.runtime import resolve_runtime
     from pipeline.extraction.runtimes.tensorflow_step import compile_inference
 
@@ -116,8 +116,9 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     n = len(records)
     if method == "shoulders":
         baseline = _rss_mb()
-        result = extract_feature_set(spec, ExtractParams(), records, out=work / "features.zarr",
-                                     manifest_sha256="benchmark", progress=False)
+        images = images_by_hash(records)
+        result = extract_feature_set(spec, ExtractParams(), sorted(images), {h: r.path for h, r in images.items()},
+                                     out=work / "features.zarr", progress=False)
         seconds = result.extract_seconds + result.finalize_seconds
         batch = result.runtime.batch_size
         after_first = seconds - result.first_batch_seconds

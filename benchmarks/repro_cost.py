@@ -58,6 +58,13 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
+def repro_env() -> dict:
+    """The environment the benchmarks run DVC and git in: this venv first, quiet TensorFlow, a git identity."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+
+
 def timed_repro(cwd: Path, env: dict) -> tuple[float, list[str]]:
     started = time.perf_counter()
     out = run(["dvc", "repro"], cwd, env)
@@ -68,9 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="build the copy here and keep it (default: a temporary folder)")
     args = parser.parse_args()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env = repro_env()
     with tempfile.TemporaryDirectory(prefix="shoulders-repro-") as tmp:
         root = args.keep or Path(tmp) / "project"
         copy_project(root)

@@ -43,18 +43,18 @@ def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
     from extract import make_photos, write_manifest  # the same photos as benchmarks/extract.py
 
     from pipeline.config import ExtractParams, FeatureSetParams
-    from pipeline.manifest import read_manifest
     from pipeline.extraction.feature_sets import extract_feature_set
+    from pipeline.manifest import images_by_hash, read_manifest
 
     photos = make_photos(tmp / "photos", images)
     manifest = tmp / "manifest.csv"
     write_manifest(photos, manifest)
-    records = read_manifest(manifest)
+    images = images_by_hash(read_manifest(manifest))
+    records = (sorted(images), {h: r.path for h, r in images.items()})
     spec = FeatureSetParams(backbone="efficientnet_lite0", weights="imagenet", dtype="float32")
     rows = []
     started = time.perf_counter()
-    result = extract_feature_set(spec, ExtractParams(), records, out=tmp / "local.zarr", manifest_sha256="b",
-                                 progress=False)
+    result = extract_feature_set(spec, ExtractParams(), *records, out=tmp / "local.zarr", progress=False)
     rows.append({"how": "in-process extract stage", "workers": 0, "images_per_s": images / result.extract_seconds,
                  "wall_s": time.perf_counter() - started})
     from distributed import Client, LocalCluster
@@ -72,33 +72,36 @@ def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
 def _distributed(spec, settings, records, out, client):
     from pipeline.extraction.distributed import extract_distributed
 
-    return extract_distributed(spec, settings, records, out=out, manifest_sha256="b", address=client,
-                               progress=False)
+    return extract_distributed(spec, settings, *records, out=out, address=client, progress=False)
 
 
 # --------------------------------------------------------------------------- part 2: out of core
 
 
-def make_store(path: Path, rows: int, dims: int, classes: int, chunk_mb: float) -> None:
-    """A complete store of pooled float16 vectors, written chunk by chunk (never whole in memory)."""
+def make_store(path: Path, manifest: Path, rows: int, dims: int, classes: int, chunk_mb: float) -> None:
+    """A store of pooled float16 vectors, written chunk by chunk (never whole in memory), and its manifest."""
+    from pipeline.manifest import Record, write_manifest
     from pipeline.store.layout import rows_per_chunk
-    from pipeline.store.writer import FeatureWriter, SplitRows
+    from pipeline.store.writer import StoreWriter
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(classes, dims)).astype(np.float32)
-    labels = rng.integers(0, classes, size=rows).astype(np.int32)
-    chunk_rows = rows_per_chunk((dims,), 2, chunk_mb=chunk_mb, batch_size=1)
-    writer = FeatureWriter(path, {"benchmark": "out-of-core", "rows": rows, "manifest_sha256": "none"},
-                           {"train": SplitRows(labels, np.array([str(i) for i in range(rows)], dtype=object))},
-                           [f"c{i}" for i in range(classes)], (dims,), "float16", chunk_rows)
-    for chunk in writer.pending_chunks("train"):
-        sl = writer.chunk_slice("train", chunk)
-        block = centres[labels[sl]] + rng.normal(scale=12.0, size=(sl.stop - sl.start, dims)).astype(np.float32)
-        writer.write_chunk("train", chunk, block)
+    hashes = [f"{i:064x}" for i in range(rows)]   # rows are keyed by content hashes
+    label_of = dict(zip(hashes, rng.integers(0, classes, size=rows).tolist()))
+    writer = StoreWriter(path, {"benchmark": "out-of-core"}, {}, feature_shape=(dims,), dtype="float16",
+                         chunk_rows=rows_per_chunk((dims,), 2, chunk_mb=chunk_mb, batch_size=1))
+    writes, _ = writer.plan(hashes)
+    in_rows = writer.row_hashes()
+    for write in writes:
+        labels = [label_of[in_rows[i]] for i in write.rows]
+        block = centres[labels] + rng.normal(scale=12.0, size=(len(labels), dims)).astype(np.float32)
+        writer.write(write, block)
     writer.finalize()
+    write_manifest([Record(id=str(i), path=str(i), label=label_of[h], class_name=f"c{label_of[h]}", split="train",
+                           sha256=h, width=1, height=1) for i, h in enumerate(hashes)], manifest)
 
 
-def train_under_limit(store: str, limit_mb: float, how: str) -> dict:
+def train_under_limit(store: str, manifest: str, limit_mb: float, how: str) -> dict:
     """Run in a child process: impose the limit, then train (or load) and report peak RSS."""
     import dask
 
@@ -108,7 +111,7 @@ def train_under_limit(store: str, limit_mb: float, how: str) -> dict:
     # Libraries, zarr's I/O thread and the store's metadata come before the limit: they are not the data.
     # Dask computes in this thread, since every new thread would reserve address space of its own.
     dask.config.set(scheduler="synchronous")
-    features = open_feature_set(store, "train", pooling="none", as_dask=True)
+    features = open_feature_set(store, "train", manifest=manifest, pooling="none", as_dask=True)
     features.X[:1].compute()
     baseline = _vm_mb()
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -145,11 +148,11 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=1280)
     parser.add_argument("--limit-mb", type=float, default=400.0)
     parser.add_argument("--skip-extraction", action="store_true")
-    parser.add_argument("--child", nargs=3, metavar=("STORE", "LIMIT_MB", "HOW"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("STORE", "MANIFEST", "LIMIT_MB", "HOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        store, limit, how = args.child
-        print(json.dumps(train_under_limit(store, float(limit), how)))
+        store, manifest, limit, how = args.child
+        print(json.dumps(train_under_limit(store, manifest, float(limit), how)))
         return
     with tempfile.TemporaryDirectory(prefix="shoulders-scale-") as tmp:
         tmp = Path(tmp)
@@ -161,14 +164,15 @@ def main() -> None:
                 print(f"{row['how']:<52} {row['images_per_s']:>7.2f} {row['wall_s']:>7.1f}")
         store = tmp / "big.zarr"
         # Chunks small against the limit: a block is held a few times over while it is scaled and shuffled.
-        make_store(store, args.rows, args.dims, classes=10, chunk_mb=args.limit_mb / 50)
+        make_store(store, tmp / "big.csv", args.rows, args.dims, classes=10, chunk_mb=args.limit_mb / 50)
         size_mb = args.rows * args.dims * 4 / 2**20
         print(f"\nout-of-core: {args.rows} × {args.dims} features = {size_mb:.0f} MB as float32 "
               f"({size_mb / args.limit_mb:.1f}× the {args.limit_mb:.0f} MB limit)")
         print(f"{'head':<12} {'outcome':<40} {'seconds':>8} {'RSS before MB':>13} {'peak RSS MB':>12}")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MALLOC_ARENA_MAX": "1"}
         for how in ("in-memory", "streaming"):
-            out = subprocess.run([sys.executable, __file__, "--child", str(store), str(args.limit_mb), how],
+            out = subprocess.run([sys.executable, __file__, "--child", str(store), str(tmp / "big.csv"),
+                                  str(args.limit_mb), how],
                                  capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 print(f"{how:<12} crashed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")

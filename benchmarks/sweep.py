@@ -52,12 +52,12 @@ def sweep_grid(epochs: int, n_jobs: int):
                   "batch_size": 64, "patience": 0}}}).heads
 
 
-def run_sweep(keys, features_dir: Path, heads) -> tuple[float, int, list[dict]]:
+def run_sweep(keys, features_dir: Path, heads, records) -> tuple[float, int, list[dict]]:
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
-            key_rows, _ = train_heads(store_path(features_dir, key), heads, Path(tmp) / key, progress=False,
+            key_rows, _ = train_heads(store_path(features_dir, key), heads, Path(tmp) / key, records, progress=False,
                                       reuse=False)
             rows += [{**r, "feature_set": key} for r in key_rows]
     return time.perf_counter() - started, len(rows), rows
@@ -124,7 +124,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"feature sets: {', '.join(keys)}; {n_grid} variants; {args.epochs} epochs per dense head", flush=True)
 
-    sweep_seconds, n_variants, rows = run_sweep(keys, args.features, heads)
+    sweep_seconds, n_variants, rows = run_sweep(keys, args.features, heads, read_manifest(args.manifest))
     best = max(rows, key=lambda r: r["val_accuracy"])
     print(f"sweep done: {sweep_seconds:.1f} s", flush=True)
     e2e = run_end_to_end(params.features[keys[0]], params.extract.seed, args.manifest, args.epochs, 64)

@@ -1,11 +1,12 @@
 """The ``shoulders`` command: look into feature stores and backbones.
 
-    shoulders ls [FEATURES_DIR]          every store: complete?, rows per split, backbone, cut
-    shoulders show STORE                 one store's provenance and shapes
+    shoulders ls [FEATURES_DIR]          every store: rows, backbone / cut, shape
+    shoulders show STORE                 one store's identity, runs and shapes
     shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
     shoulders check                      every feature set's cut against its backbone (no weights needed)
-    shoulders verify [FEATURES_DIR]      every store: complete, uncorrupted, made with the current
-                                         params and manifest? (exit status 1 if not)
+    shoulders verify [FEATURES_DIR]      every store: chunks as written, made with the current params,
+                                         a row for every image of the manifest? (exit status 1 if not)
+    shoulders gc [FEATURES_DIR]          remove rows of images no longer in the manifest
     shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
 
 Also available as ``python -m pipeline``.
@@ -29,13 +30,13 @@ def _ls(args) -> None:
     if not infos:
         print(f"no feature stores under {args.features}/")
         return
-    print(f"{'feature set':<24} {'state':<10} {'train':>6} {'val':>5} {'test':>5}  {'shape':<16} backbone / cut")
+    print(f"{'feature set':<24} {'rows':>7} {'state':<11} {'shape':<16} backbone (weights) / cut")
     for info in infos:
-        p = info.provenance
-        state = "complete" if info.complete else "INCOMPLETE"
+        p = info.identity
         shape = "×".join(str(d) for d in info.feature_shape)
-        print(f"{info.key:<24} {state:<10} {info.rows.get('train', 0):>6} {info.rows.get('val', 0):>5} "
-              f"{info.rows.get('test', 0):>5}  {shape:<16} {p.get('backbone')} ({p.get('weights')}) / {p.get('cut')}")
+        state = "INTERRUPTED" if info.pending else "ok"
+        print(f"{info.key:<24} {info.rows:>7} {state:<11} {shape:<16} {p.get('backbone')} ({p.get('weights')}) / "
+              f"{p.get('cut')}")
 
 
 def _show(args) -> None:
@@ -43,10 +44,9 @@ def _show(args) -> None:
 
     group = open_store(args.store)
     attrs = dict(group.attrs)
-    attrs["arrays"] = {f"{split}/{name}": {"shape": list(group[split][name].shape),
-                                           "chunks": list(group[split][name].chunks),
-                                           "dtype": str(group[split][name].dtype)}
-                       for split in ("train", "val", "test") for name in ("X", "y", "ids")}
+    attrs.pop("chunk_digests", None)
+    attrs["arrays"] = {name: {"shape": list(group[name].shape), "chunks": list(group[name].chunks),
+                              "dtype": str(group[name].dtype)} for name in ("X", "sha256", "done") if name in group}
     print(json.dumps(attrs, indent=2, default=str))
 
 
@@ -73,12 +73,35 @@ def _verify(args) -> None:
     from pipeline.store.layout import StoreError
     from pipeline.store.verify import render, verify_features
 
-    reports = verify_features(args.features, load_params(args.params), args.manifest, progress=True)
+    reports = verify_features(args.features, load_params(args.params), args.manifest, checks=args.checks,
+                              progress=True)
     print(render(reports))
     failing = [r for r in reports if r.failing]
     if failing:
         raise StoreError(f"{len(failing)} store(s) not ok: " + ", ".join(f"{r.key} ({r.state})" for r in failing)
                          + "; `dvc repro` re-extracts stale and damaged stores")
+
+
+def _gc(args) -> None:
+    from pipeline.config import load_params
+    from pipeline.extraction.wanted import view_images
+    from pipeline.manifest import read_manifest
+    from pipeline.store.gc import collect_garbage
+    from pipeline.store.layout import VIEWS_DIR
+
+    records = read_manifest(args.manifest)
+    tta = load_params(args.params).extract.augment.tta
+    keep = {r.sha256 for r in records}
+    removed = 0
+    stores = sorted(args.features.glob("*.zarr")) + sorted((args.features / VIEWS_DIR).glob("*.zarr"))
+    for path in stores:
+        done = collect_garbage(path, view_images(records, tta=tta) if path.parent.name == VIEWS_DIR else keep,
+                               dry_run=args.dry_run)
+        removed += done.removed
+        print(f"{path}: {done.rows_before} rows, {done.removed} of images no longer in {args.manifest} "
+              + ("would be removed" if args.dry_run else "removed"))
+    if removed and not args.dry_run:
+        print("the stores changed: `dvc commit` records them (or `dvc repro`, which finds nothing to compute)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("features", nargs="?", default=Path("features"), type=Path)
     verify.add_argument("--params", type=Path, default=Path("params.yaml"))
     verify.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
+    verify.add_argument("--checks", type=Path, default=Path("reports/checks"),
+                        help="the check stage's folder, which resolves cut: null")
     verify.set_defaults(run=_verify)
+    gc = commands.add_parser("gc", help="remove rows of images no longer in the manifest")
+    gc.add_argument("features", nargs="?", default=Path("features"), type=Path)
+    gc.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
+    gc.add_argument("--params", type=Path, default=Path("params.yaml"))
+    gc.add_argument("--dry-run", action="store_true", help="only say how many rows would go")
+    gc.set_defaults(run=_gc)
     predict = commands.add_parser("predict", add_help=False,
                                   help="classify images with an exported model (`shoulders predict -h`)")
     predict.add_argument("arguments", nargs=argparse.REMAINDER)

@@ -14,7 +14,10 @@ rather than allowed to exhaust memory.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,12 +42,16 @@ def is_junk_name(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in JUNK_NAMES
 
 
-def decode_image(path: Path | str) -> np.ndarray:
+def decode_image(path: Path | str, *, sha256: Optional[str] = None) -> np.ndarray:
     """Decode an image file to RGB pixels.
 
     Parameters
     ----------
     path : path-like
+    sha256 : str, optional
+        The sha256 the file's bytes must have (what prepare recorded): its bytes
+        are read once, hashed and decoded from memory, so features are never
+        computed from other bytes than the ones their row is keyed by.
 
     Returns
     -------
@@ -54,11 +61,22 @@ def decode_image(path: Path | str) -> np.ndarray:
     Raises
     ------
     BadImageError
-        If the file is not an image, is truncated or cannot be decoded; the
-        message names the file and the reason.
+        If the file is not an image, is truncated or cannot be decoded, or its
+        bytes are not the ones ``sha256`` names; the message names the file and the reason.
     """
+    source = path
+    if sha256 is not None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as error:
+            raise BadImageError(f"{path}: cannot read it ({type(error).__name__}: {error})") from error
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise BadImageError(f"{path}: its bytes changed since prepare read them (sha256 {actual[:12]}…, "
+                                f"expected {sha256[:12]}…); run `dvc repro` so that prepare sees the new file")
+        source = io.BytesIO(data)
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.seek(0)
             image.load()  # decode everything now: truncation raises here, not later
             image = ImageOps.exif_transpose(image)

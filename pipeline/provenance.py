@@ -1,15 +1,19 @@
-"""What made an output: file digests, library versions, and the provenance of a feature store.
+"""What made an output: file digests, library versions, and what a feature store's features depend on.
 
 Every feature store records how its features were made as a flat JSON mapping
-(the group attribute ``provenance``). :class:`Provenance` is its typed form:
-the network part comes from the backbone registry
+(:class:`Provenance`, typed): the network part comes from the backbone registry
 (:func:`pipeline.backbones.build_cut_model`), the rest from the extraction plan
-(:mod:`pipeline.extraction.plan`). Which fields must agree for two things to
-be comparable is said once, here: :data:`NETWORK` (the same truncated network:
-fine-tuning and export rebuild it and must get the one the heads were trained
-on) and :data:`SAME_FEATURES` (a views store and the clean store it extends, a
-head and the store it is scored on). :func:`require_same` compares them and
-names every difference.
+(:mod:`pipeline.extraction.plan`). Its :func:`identity_of` — the fields that
+determine the features (:data:`IDENTITY`) — is what a store is keyed by: two
+runs of the same identity give the same features for the same image bytes, so
+their rows may live in one store, whatever the dataset around them. The
+runtime that computed them (device, batch size, library versions) is recorded
+per run, not in the identity, since it changes the numbers by less than
+float16 storage rounding (the compute precision is part of the identity only
+when features are stored as float32). :data:`NETWORK` names the fields of the
+truncated network itself: fine-tuning and export rebuild it and must get the
+one the heads were trained on. :func:`require_same` compares and names every
+difference.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -68,12 +72,8 @@ class Provenance:
     seed: Optional[int]            # initialisation of weights: none
     dtype: str = "float16"         # storage
     compute: str = "float32"       # float32 | mixed_float16
-    jit_compile: bool = False
     resize: str = "bilinear (tf.image.resize)"
     decoder: str = "PIL via pipeline.images.decode_image"
-    chunk_rows: int = 0
-    manifest_sha256: Optional[str] = None
-    versions: dict = field(default_factory=dict)
     augment: Optional[dict] = None  # views stores only: the ops and seed of the views
 
     def to_json(self) -> dict:
@@ -95,8 +95,23 @@ class Provenance:
 
 # The same truncated network: backbone, weights (and their hash), cut and input size.
 NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size")
-# The same features: the same network run on the same manifest's images.
-SAME_FEATURES = ("manifest_sha256", *NETWORK)
+# What determines the features of an image (besides its bytes); plus the compute precision for float32 storage.
+IDENTITY = ("backbone", "weights", "weights_sha256", "cut", "input_size", "alpha", "preprocessing", "seed",
+            "resize", "decoder", "dtype", "augment")
+
+
+def identity_of(provenance: Mapping[str, Any]) -> dict:
+    """The fields of ``provenance`` that determine its features: what a store is keyed by."""
+    identity = {name: provenance.get(name) for name in IDENTITY}
+    if identity["dtype"] == "float32":
+        # Stored as float32, mixed-float16 compute differs beyond storage rounding; as float16 it does not.
+        identity["compute"] = provenance.get("compute")
+    return identity
+
+
+def features_identity(identity: Mapping[str, Any]) -> dict:
+    """An identity without its ``augment`` entry: what a views store and the feature store it extends share."""
+    return {k: v for k, v in identity.items() if k != "augment"}
 
 
 def require_same(recorded: Mapping[str, Any], current: Mapping[str, Any], fields: Sequence[str], *,

@@ -27,48 +27,74 @@ def prepared(in_tmp):
     return in_tmp
 
 
-def _run(out: str, **augment_overrides):
+def _run(out: str, **augment_overrides) -> int:
+    """The augment engine on the prepared dataset; returns the image × view passes it computed."""
+    from dataclasses import replace
+
+    from pipeline.extraction.feature_sets import augment_feature_set
+    from pipeline.extraction.wanted import paths_of, view_images
+
     params = load_params()
     settings = params.extract
     if augment_overrides:
-        from dataclasses import replace
-
         settings = replace(settings, augment=replace(settings.augment, **augment_overrides))
-    return augment.augment_feature_set(params.features["mv2"], settings, read_manifest("data/manifest.csv"),
-                                       out=__import__("pathlib").Path(out), manifest_sha256="m", progress=False)
+    records = read_manifest("data/manifest.csv")
+    wanted = view_images(records, tta=settings.augment.tta)
+    return augment_feature_set(params.features["mv2"], settings, wanted, paths_of(records, wanted, where="test"),
+                               out=out, progress=False).computed
+
+
+def _X(path) -> np.ndarray:
+    return np.asarray(zarr.open_group(path, mode="r")["X"][...], np.float32)
 
 
 def test_views_are_deterministic_by_seed_and_really_augmented(prepared):
     _run("a.zarr")
     _run("b.zarr")
     _run("c.zarr", seed=8)
-    a, b, c = (np.asarray(zarr.open_group(p, mode="r")["train"]["X"][...], np.float32)
-               for p in ("a.zarr", "b.zarr", "c.zarr"))
+    a, b, c = (_X(p) for p in ("a.zarr", "b.zarr", "c.zarr"))
     assert a.shape[1] == 2
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert not np.array_equal(a[:, 0], a[:, 1])  # two views of an image differ
 
 
+def test_a_view_depends_on_the_image_not_on_its_neighbours(prepared):
+    # Views of the same image computed among other images (another dataset around it) are the same.
+    from dataclasses import replace
+
+    from pipeline.extraction.feature_sets import augment_feature_set
+    from pipeline.extraction.wanted import paths_of
+
+    params = load_params()
+    records = read_manifest("data/manifest.csv")
+    train = sorted({r.sha256 for r in records if r.split == "train"})
+    paths = paths_of(records, train, where="test")
+    augment_feature_set(params.features["mv2"], params.extract, train, paths, out="all.zarr", progress=False)
+    augment_feature_set(params.features["mv2"], params.extract, train[1::2], paths, out="some.zarr", progress=False)
+    full, part = zarr.open_group("all.zarr", mode="r"), zarr.open_group("some.zarr", mode="r")
+    rows = {h: i for i, h in enumerate(full["sha256"][...].tolist())}
+    for j, h in enumerate(part["sha256"][...].tolist()):
+        np.testing.assert_array_equal(part["X"][j], full["X"][rows[h]])
+
+
 def test_growing_views_computes_only_the_new_ones(prepared):
-    n_train = len([r for r in read_manifest("data/manifest.csv") if r.split == "train"])
+    n_train = len({r.sha256 for r in read_manifest("data/manifest.csv") if r.split == "train"})
     assert _run("v.zarr", views=1) == n_train
-    view0 = sorted((p, p.stat().st_mtime_ns) for p in (prepared / "v.zarr/train/X/c").rglob("*") if p.is_file())
+    view0 = sorted((p, p.stat().st_mtime_ns) for p in (prepared / "v.zarr/X/c").rglob("*") if p.is_file())
     assert _run("v.zarr", views=3) == 2 * n_train  # views 1 and 2 only
-    after = {p: p.stat().st_mtime_ns for p in (prepared / "v.zarr/train/X/c").rglob("*") if p.is_file()}
+    after = {p: p.stat().st_mtime_ns for p in (prepared / "v.zarr/X/c").rglob("*") if p.is_file()}
     assert all(after[p] == mtime for p, mtime in view0)  # view 0's chunks untouched
     assert _run("v.zarr", views=3) == 0  # nothing left to do
     _run("fresh.zarr", views=3)
-    np.testing.assert_array_equal(zarr.open_group("v.zarr", mode="r")["train"]["X"][...],
-                                  zarr.open_group("fresh.zarr", mode="r")["train"]["X"][...])
+    np.testing.assert_array_equal(_X("v.zarr"), _X("fresh.zarr"))
 
 
-def test_other_ops_rebuild_the_store(prepared):
+def test_other_ops_start_a_new_store(prepared):
     _run("v.zarr", views=1)
-    before = np.asarray(zarr.open_group("v.zarr", mode="r")["train"]["X"][...])
-    n_train = before.shape[0]
-    assert _run("v.zarr", views=1, ops={"flip": "vertical"}) == n_train
-    assert not np.array_equal(before, zarr.open_group("v.zarr", mode="r")["train"]["X"][...])
+    before = _X("v.zarr")
+    assert _run("v.zarr", views=1, ops={"flip": "vertical"}) == before.shape[0]
+    assert not np.array_equal(before, _X("v.zarr"))
 
 
 def test_no_views_of_val_or_test_unless_tta(prepared):
@@ -77,28 +103,37 @@ def test_no_views_of_val_or_test_unless_tta(prepared):
     _run("v.zarr")
     with pytest.raises(ValueError, match="tta: true"):
         open_views("v.zarr", "test")
-    assert zarr.open_group("v.zarr", mode="r").attrs["splits"] == ["train"]
+    n_train = len({r.sha256 for r in read_manifest("data/manifest.csv") if r.split == "train"})
+    assert zarr.open_group("v.zarr", mode="r").attrs["rows"] == n_train
     np.testing.assert_array_equal(open_feature_set("features/mv2.zarr", "test", pooling="none").X, clean_before)
     _run("tta.zarr", tta=True)
     test_views = open_views("tta.zarr", "test", pooling="avg")
     assert test_views.X.shape[:2] == (len(clean_before), 2)
 
 
-def test_pooled_views_and_incomplete_refusal(prepared):
+def test_pooled_views(prepared):
     _run("v.zarr")
     train = open_views("v.zarr", "train", pooling="avg")
     clean_shape = open_views("v.zarr", "train", pooling="none").X.shape
     assert train.X.shape == (clean_shape[0], 2, clean_shape[-1])
-    zarr.open_group("v.zarr", mode="r+").attrs["complete"] = False
-    with pytest.raises(StoreError, match="incomplete"):
-        open_views("v.zarr", "train")
+    with pytest.raises(StoreError, match="is a views store"):
+        open_feature_set("v.zarr", "train")
 
 
-def test_augment_stage_main_with_no_views_runs_no_backbone(prepared):
+def test_augment_stage_with_no_views_builds_no_backbone(prepared):
+    import subprocess
+    import sys
+
     write_params(prepared / "params.yaml", tiny_params("images", extract={"augment": {"views": 0}}))
-    augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
+    code = ("import sys; from pipeline.stages import augment; "
+            "augment.main(['--feature-set', 'mv2', '--out', 'features/views/mv2.zarr', '--no-progress']); "
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
     group = zarr.open_group("features/views/mv2.zarr", mode="r")
-    assert group.attrs["complete"] is True and group.attrs["views"] == 0
+    assert group.attrs["views"] == 0 and "X" not in group
+    with pytest.raises(ValueError, match="no augmented views: set extract.augment.views > 0"):
+        open_views("features/views/mv2.zarr", "train")
 
 
 def test_heads_train_on_views_and_score_with_tta(prepared):

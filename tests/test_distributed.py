@@ -12,12 +12,11 @@ import pytest
 import zarr
 
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline.provenance import file_sha256
-from pipeline.stages import extract, prepare
 from pipeline.config import load_params
-from pipeline.manifest import read_manifest
 from pipeline.extraction.distributed import extract_distributed, shards_of
-from pipeline.extraction.runner import ChunkJob
+from pipeline.manifest import images_by_hash, read_manifest
+from pipeline.stages import extract, prepare
+from pipeline.store.writer import ChunkWrite
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +24,16 @@ FEATURES = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block
                     "alpha": 0.5}}
 
 
-def test_shards_are_chunk_aligned_and_never_cross_splits():
-    jobs = [ChunkJob("train", c, range(c * 4, c * 4 + 4)) for c in range(5)] + [ChunkJob("val", 0, range(0, 3))]
-    shards = shards_of(jobs, 2)
-    assert [[(j.split, j.chunk) for j in s] for s in shards] == [
-        [("train", 0), ("train", 1)], [("train", 2), ("train", 3)], [("train", 4)], [("val", 0)]]
+def test_shards_are_consecutive_chunk_writes():
+    writes = [ChunkWrite(c, range(c * 4, c * 4 + 4)) for c in range(5)]
+    assert [[w.chunk for w in s] for s in shards_of(writes, 2)] == [[0, 1], [2, 3], [4]]
 
 
 def _done(partial_root) -> int:
     stores = list(partial_root.glob("*.zarr")) if partial_root.is_dir() else []
     if not stores:
         return 0
-    group = zarr.open_group(stores[0], mode="r")
-    return int(sum(group[s]["done"][...].sum() for s in ("train", "val", "test")))
+    return int(zarr.open_group(stores[0], mode="r")["done"][...].sum())
 
 
 def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
@@ -50,8 +46,8 @@ def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
     params = load_params()
-    records = read_manifest("data/manifest.csv")
-    digest = file_sha256(in_tmp / "data/manifest.csv")
+    images = images_by_hash(read_manifest("data/manifest.csv"))
+    paths = {h: r.path for h, r in images.items()}
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster) as client:
@@ -61,9 +57,9 @@ def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
 
         def run():
             try:
-                outcome["result"] = extract_distributed(params.features["mv2"], params.extract, records,
-                                                        out=in_tmp / "features/mv2.zarr", manifest_sha256=digest,
-                                                        address=client, progress=False)
+                outcome["result"] = extract_distributed(params.features["mv2"], params.extract, sorted(images),
+                                                        paths, out=in_tmp / "features/mv2.zarr", address=client,
+                                                        progress=False)
             except BaseException as error:  # reported by the assertion below
                 outcome["error"] = error
 
@@ -82,10 +78,10 @@ def test_killed_worker_mid_run_gives_the_single_process_result(in_tmp):
 
     reference = zarr.open_group(in_tmp / "reference/mv2.zarr", mode="r")
     distributed = zarr.open_group(in_tmp / "features/mv2.zarr", mode="r")
-    assert distributed.attrs["complete"] is True
-    for split in ("train", "val", "test"):
-        np.testing.assert_array_equal(distributed[split]["X"][...], reference[split]["X"][...])
-        np.testing.assert_array_equal(distributed[split]["ids"][...], reference[split]["ids"][...])
+    assert distributed.attrs["rows"] == reference.attrs["rows"] == len(images) and not distributed.attrs["pending"]
+    np.testing.assert_array_equal(distributed["sha256"][...], reference["sha256"][...])
+    np.testing.assert_array_equal(distributed["X"][...], reference["X"][...])
+    assert distributed.attrs["chunk_digests"] == reference.attrs["chunk_digests"]
 
 
 def test_heads_grid_runs_on_the_dask_backend(in_tmp):

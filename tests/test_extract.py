@@ -8,9 +8,10 @@ import pytest
 from conftest import tiny_params, write_image_folder, write_params
 from pipeline.stages import extract, prepare
 from pipeline.config import parse_params
-from pipeline.extraction.runner import ChunkJob, regroup
+from pipeline.extraction.runner import regroup
 from pipeline.extraction.runtime import resolve_runtime
-from pipeline.store.reader import open_feature_set
+from pipeline.store.reader import open_feature_set, open_store
+from pipeline.store.writer import ChunkWrite
 
 
 def test_auto_runtime_follows_the_device():
@@ -39,7 +40,7 @@ def test_bad_runtime_params_are_named():
 
 def test_regroup_cuts_batches_into_chunks():
     batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]  # 4 batches of 3 rows
-    jobs = [ChunkJob("train", 0, range(0, 5)), ChunkJob("train", 1, range(5, 10)), ChunkJob("train", 2, range(10, 12))]
+    jobs = [ChunkWrite(0, range(0, 5)), ChunkWrite(1, range(5, 10)), ChunkWrite(2, range(10, 12))]
     chunks = list(regroup(iter(batches), jobs))
     assert [job.chunk for job, _ in chunks] == [0, 1, 2]
     np.testing.assert_array_equal(np.concatenate([b for _, b in chunks]), np.arange(12))
@@ -48,7 +49,7 @@ def test_regroup_cuts_batches_into_chunks():
 def test_regroup_refuses_rows_beyond_the_last_job():
     batches = [np.arange(i, i + 3) for i in range(0, 12, 3)]
     with pytest.raises(ValueError, match="3 rows beyond the last job"):
-        list(regroup(iter(batches), [ChunkJob("train", 0, range(0, 9))]))
+        list(regroup(iter(batches), [ChunkWrite(0, range(0, 9))]))
 
 
 def test_image_batches_run_without_the_autotuner(in_tmp):
@@ -74,10 +75,25 @@ def test_xla_and_mixed_precision_change_results_by_float16_rounding_only(in_tmp,
     extract.main(["--feature-set", "mv2", "--out", "features/other.zarr", "--no-progress"])
     plain = open_feature_set("features/plain.zarr", "train", pooling="none")
     other = open_feature_set("features/other.zarr", "train", pooling="none")
+    # Recorded with the run; not part of the identity, since they change float16-stored features by rounding only.
     key = {"mixed_precision": "compute", "jit_compile": "jit_compile"}[option]
-    assert plain.provenance[key] != other.provenance[key]  # a different cache key
+    runs = [open_store(f"features/{name}.zarr").attrs["runs"][-1] for name in ("plain", "other")]
+    assert runs[0][key] != runs[1][key]
+    assert open_store("features/plain.zarr").attrs["identity"] == open_store("features/other.zarr").attrs["identity"]
     a, b = np.asarray(plain.X, np.float32), np.asarray(other.X, np.float32)
     np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-2 * np.abs(a).max())
+
+
+def test_mixed_precision_is_part_of_the_identity_of_float32_features():
+    from pipeline.extraction.plan import planned_identity
+
+    params = parse_params(tiny_params("images", extract={"dtype": "float32", "mixed_precision": False}))
+    mixed = parse_params(tiny_params("images", extract={"dtype": "float32", "mixed_precision": True}))
+    auto = parse_params(tiny_params("images", extract={"dtype": "float32"}))
+    spec = params.features["mv2"]
+    plain, other = (planned_identity(spec, p.extract, "block_2_add") for p in (params, mixed))
+    assert plain["compute"] == "float32" and other["compute"] == "mixed_float16"
+    assert planned_identity(spec, auto.extract, "block_2_add") is None  # the device decides: build to know
 
 
 def test_extract_stage_writes_to_an_fsspec_url(in_tmp):
@@ -87,28 +103,29 @@ def test_extract_stage_writes_to_an_fsspec_url(in_tmp):
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "memory://remote/mv2.zarr", "--no-progress"])
     local = open_feature_set("features/mv2.zarr", "train", pooling="none")
-    remote = open_feature_set("memory://remote/mv2.zarr", "train", pooling="none")
+    remote = open_feature_set("memory://remote/mv2.zarr", "train", manifest="data/manifest.csv", pooling="none")
     np.testing.assert_array_equal(remote.X, local.X)
     assert remote.ids.tolist() == local.ids.tolist()
 
 
 def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
     from pipeline.config import load_params
-    from pipeline.manifest import read_manifest
-    from pipeline.extraction.feature_sets import split_records
     from pipeline.extraction.plan import plan_extraction
     from pipeline.extraction.runner import run_jobs
+    from pipeline.manifest import images_by_hash, read_manifest
 
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     params = load_params("params.yaml")
-    extraction = plan_extraction(params.features["mv2"], params.extract, manifest_sha256="test")
-    by_split = split_records(read_manifest("data/manifest.csv"))
+    backbone = plan_extraction(params.features["mv2"], params.extract)
+    images = images_by_hash(read_manifest("data/manifest.csv"))
+    hashes = sorted(images)
+    paths = {h: r.path for h, r in images.items()}
     blocks = []
-    for split in ("train", "val"):  # two shards, as a Dask worker runs them one after the other
-        run_jobs(extraction, [ChunkJob(split, 0, range(len(by_split[split])))], by_split,
-                 lambda job, block: blocks.append(block), name="shard", progress=False)
-    assert [len(b) for b in blocks] == [len(by_split["train"]), len(by_split["val"])]
-    assert extraction.step() is extraction.step()
-    assert extraction.step().experimental_get_tracing_count() == 1
+    for rows in (range(0, 7), range(7, len(hashes))):  # two shards, as a Dask worker runs them one after the other
+        run_jobs(backbone, [ChunkWrite(0, rows)], hashes, paths, lambda job, block: blocks.append(block),
+                 name="shard", progress=False)
+    assert [len(b) for b in blocks] == [7, len(hashes) - 7]
+    assert backbone.step() is backbone.step()
+    assert backbone.step().experimental_get_tracing_count() == 1

@@ -155,9 +155,9 @@ def test_dense_head_draws_one_view_per_image_per_epoch(blobs):
 
 @parametrize_with_checks([
     # Settings small enough to be quick, large enough to pass the checks' training-accuracy bar (0.83).
-    DenseHead(hidden_units=8, epochs=20, learning_rate=0.01, batch_size=32, patience=0),
+    DenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32, patience=0),
     StreamingLinearHead(epochs=20),
-    StreamingDenseHead(hidden_units=8, epochs=20, learning_rate=0.01, batch_size=32),
+    StreamingDenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32),
 ])
 def test_every_head_estimator_follows_the_scikit_learn_api(estimator, check):
     check(estimator)

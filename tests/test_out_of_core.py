@@ -100,25 +100,24 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
 
 
 def test_auto_switches_on_the_memory_limit(in_tmp):
+    from pathlib import Path
+
     from conftest import tiny_params, write_image_folder, write_params
-    from pipeline.stages import extract, prepare
     from pipeline.config import parse_params
+    from pipeline.heads.training import out_of_core, pooled_bytes
     from pipeline.heads.variants import expand_grid
-    from pipeline.heads.training import pooled_bytes
-    from pipeline.heads.training import out_of_core
+    from pipeline.manifest import read_manifest
+    from pipeline.stages import extract, prepare
 
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    size = pooled_bytes("features/mv2.zarr", "avg")
-
-
+    records = read_manifest("data/manifest.csv")
     train = open_feature_set("features/mv2.zarr", "train", pooling="avg")
+    size = pooled_bytes("features/mv2.zarr", "avg", len(train.y))
     assert size == train.X.size * 4  # training images × channels × float32, known without reading them
     small = parse_params({"heads": {"memory_limit_mb": size / 2**20 * 2}}).heads
     tight = parse_params({"heads": {"memory_limit_mb": size / 2**20 / 2}}).heads
-    from pathlib import Path
-
-    assert not out_of_core(Path("features/mv2.zarr"), expand_grid(small), small)
-    assert out_of_core(Path("features/mv2.zarr"), expand_grid(tight), tight)
+    assert not out_of_core(Path("features/mv2.zarr"), expand_grid(small), small, records)
+    assert out_of_core(Path("features/mv2.zarr"), expand_grid(tight), tight, records)

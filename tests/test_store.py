@@ -1,182 +1,299 @@
-"""The Zarr feature store: chunked writes, completion, provenance checks, pooled reads."""
+"""The feature store: rows keyed by image content, appended, resumed, proven by digests, joined from the manifest."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+
 import numpy as np
 import pytest
+import zarr
 
-from pipeline.store.layout import rows_per_chunk, store_path, StoreError
-from pipeline.store.reader import list_feature_sets, open_feature_set, open_store
-from pipeline.store.writer import FeatureWriter, SplitRows
+from pipeline.config import POOLINGS
+from pipeline.manifest import Record
+from pipeline.store import pooling
+from pipeline.store.gc import collect_garbage
+from pipeline.store.layout import INCOMPLETE_DIR, StoreError, rows_per_chunk, store_path
+from pipeline.store.reader import list_feature_sets, open_feature_set, open_store, open_views
+from pipeline.store.writer import StoreWriter, rows_missing
 
 SHAPE = (3, 3, 4)
-PROVENANCE = {"backbone": "test", "cut": "layer", "weights": "none", "manifest_sha256": "abc"}
+IDENTITY = {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add", "dtype": "float16"}
+CHUNK = 4
 
 
-def _splits(n_train=10, n_val=3, n_test=4):
-    return {s: SplitRows(np.arange(n) % 2, np.array([f"{s}/{i}.png" for i in range(n)]))
-            for s, n in (("train", n_train), ("val", n_val), ("test", n_test))}
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
 
 
-def _data(n, seed):
-    return np.random.default_rng(seed).normal(size=(n, *SHAPE)).astype(np.float32)
+def features_of(h: str) -> np.ndarray:
+    """What a backbone would compute for the image of hash ``h``: a function of its bytes only."""
+    rng = np.random.default_rng(int(h[:8], 16))
+    return rng.normal(size=SHAPE).astype(np.float32)
 
 
-def _write_all(writer, data):
-    for split, X in data.items():
-        for chunk in writer.pending_chunks(split):
-            writer.write_chunk(split, chunk, X[writer.chunk_rows_of(split, chunk).start:writer.chunk_rows_of(split, chunk).stop])
+def records(names_by_split: dict[str, list[str]], *, labels=None) -> list[Record]:
+    out = []
+    for split, names in names_by_split.items():
+        for name in names:
+            label = (labels or {}).get(name, int(name[-1]) % 2)
+            out.append(Record(id=f"{split}/{name}.png", path=f"img/{name}.png", label=label, class_name="ab"[label],
+                              split=split, sha256=sha(name), width=8, height=8))
+    return out
+
+
+def extract(path, wanted, *, identity=IDENTITY, stop_after=None, views=None, view_offset=0.0):
+    """Plan and write rows as an extraction does; ``stop_after`` chunks simulates a kill."""
+    writer = StoreWriter(path, identity, {"note": "test"}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK,
+                         views=views)
+    writes, counts = writer.plan(wanted)
+    hashes = writer.row_hashes()
+    for index, write in enumerate(writes):
+        if stop_after is not None and index == stop_after:
+            return writer, writes, counts
+        block = np.stack([features_of(hashes[i]) + (write.view or 0) * view_offset for i in write.rows])
+        writer.write(write, block)
+    writer.finalize({"runtime": "test"})
+    return writer, writes, counts
+
+
+NAMES = {"train": [f"t{i}" for i in range(10)], "val": [f"v{i}" for i in range(3)], "test": [f"s{i}" for i in range(4)]}
 
 
 @pytest.fixture
-def data():
-    return {"train": _data(10, 0), "val": _data(3, 1), "test": _data(4, 2)}
+def store(tmp_path):
+    manifest = records(NAMES)
+    path = store_path(tmp_path / "features", "mv2")
+    extract(path, [r.sha256 for r in manifest])
+    return path, manifest
 
 
-def make_writer(tmp_path, provenance=PROVENANCE, chunk_rows=4, dtype="float16"):
-    return FeatureWriter(store_path(tmp_path / "features", "fs"), provenance, _splits(),
-                         ["a", "b"], SHAPE, dtype, chunk_rows)
+def test_rows_are_joined_from_the_manifest_in_its_order(store):
+    path, manifest = store
+    train = open_feature_set(path, "train", manifest=manifest, pooling="none")
+    want = [r for r in manifest if r.split == "train"]
+    assert train.ids.tolist() == [r.id for r in want] and train.y.tolist() == [r.label for r in want]
+    assert train.classes == ("a", "b") and list(train.sha256) == [r.sha256 for r in want]
+    np.testing.assert_array_equal(train.X, np.stack([features_of(r.sha256) for r in want]).astype(np.float16))
+    assert open_store(path).attrs["rows"] == 17 and train.provenance["cut"] == "block_2_add"
 
 
-def test_write_finalize_and_read(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    path = writer.finalize()
-    assert path == tmp_path / "features" / "fs.zarr"
-    fs = open_feature_set(path, "train", pooling="none")
-    np.testing.assert_array_equal(np.asarray(fs.X), data["train"].astype(np.float16))
-    assert fs.y.tolist() == [0, 1] * 5 and fs.ids[3] == "train/3.png"
-    assert fs.classes == ("a", "b") and fs.provenance["cut"] == "layer"
-    assert not writer.partial_path.exists()
+def test_relabelling_and_resplitting_read_the_same_rows_differently(store):
+    path, manifest = store
+    moved = records({"train": NAMES["train"][2:], "val": NAMES["val"] + NAMES["train"][:2], "test": NAMES["test"]},
+                    labels={"t3": 0})
+    val = open_feature_set(path, "val", manifest=moved, pooling="avg")
+    assert val.ids.tolist()[-2:] == ["val/t0.png", "val/t1.png"]
+    np.testing.assert_allclose(val.X[-1], features_of(sha("t1")).astype(np.float16).astype(np.float32).mean((0, 1)))
+    train = open_feature_set(path, "train", manifest=moved, pooling="avg")
+    assert train.y[train.ids.tolist().index("train/t3.png")] == 0
 
 
-@pytest.mark.parametrize("pooling, width", [("avg", 4), ("max", 4), ("avgmax", 8), ("flatten", 36)])
-def test_pooling_shapes_and_values(tmp_path, data, pooling, width):
-    writer = make_writer(tmp_path, dtype="float32")
-    _write_all(writer, data)
-    path = writer.finalize()
-    X = open_feature_set(path, "test", pooling=pooling).X
-    assert X.shape == (4, width)
-    expected = {"avg": data["test"].mean(axis=(1, 2)), "max": data["test"].max(axis=(1, 2)),
-                "flatten": data["test"].reshape(4, -1)}.get(pooling)
-    if expected is not None:
-        np.testing.assert_allclose(X, expected, rtol=1e-6)
-    lazy = open_feature_set(path, "test", pooling=pooling, as_dask=True).X
-    np.testing.assert_allclose(lazy.compute(), X, rtol=1e-6)
+@pytest.mark.parametrize("name, width", [("avg", 4), ("max", 4), ("avgmax", 8), ("flatten", 36)])
+def test_pooling_shapes_and_values(store, name, width):
+    path, manifest = store
+    X = open_feature_set(path, "test", manifest=manifest, pooling=name).X
+    maps = np.stack([features_of(r.sha256) for r in manifest if r.split == "test"]).astype(np.float16)
+    assert X.shape == (4, width) and X.dtype == np.float32
+    np.testing.assert_allclose(X, pooling.pool(maps.astype(np.float32), name), rtol=1e-6)
 
 
-def test_incomplete_store_is_refused(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, {"train": data["train"]})
-    with pytest.raises(StoreError, match="not written"):
+def test_every_pooling_name_has_one_implementation():
+    assert set(pooling._POOLERS) == set(POOLINGS)
+    with pytest.raises(ValueError, match=r"pooling must be one of \['none', 'avg', 'max', 'flatten', 'avgmax'\]"):
+        pooling.pool(np.zeros((1, 2, 2, 3)), "mean")
+
+
+def test_two_files_with_the_same_bytes_are_one_row(tmp_path):
+    manifest = records({"train": ["t0", "t1"], "val": ["v0"], "test": ["s0"]})
+    twin = Record(id="train/copy.png", path="img/copy.png", label=1, class_name="b", split="train",
+                  sha256=sha("t0"), width=8, height=8)
+    path = store_path(tmp_path, "x")
+    _, _, counts = extract(path, [r.sha256 for r in manifest + [twin]])
+    assert counts == {"images": 4, "reused": 0, "computed": 4} and open_store(path).attrs["rows"] == 4
+    train = open_feature_set(path, "train", manifest=manifest + [twin], pooling="none")
+    np.testing.assert_array_equal(train.X[0], train.X[2])
+    assert train.y.tolist() == [0, 1, 1]
+
+
+def test_adding_images_computes_only_them_and_keeps_every_old_row(store):
+    path, manifest = store
+    before = np.asarray(zarr.open_group(str(path), mode="r")["X"][...])
+    more = records({**NAMES, "train": NAMES["train"] + ["n0", "n1", "n2"]})
+    _, writes, counts = extract(path, [r.sha256 for r in more])
+    assert counts == {"images": 20, "reused": 17, "computed": 3}
+    assert sum(len(w.rows) for w in writes) == 3 and writes[0].rows.start == 17
+    after = np.asarray(zarr.open_group(str(path), mode="r")["X"][...])
+    np.testing.assert_array_equal(after[:17], before)  # bit for bit, the boundary chunk included
+    assert len(open_store(path).attrs["runs"]) == 2
+    again = extract(path, [r.sha256 for r in more])[2]
+    assert again == {"images": 20, "reused": 20, "computed": 0}
+    assert rows_missing(path, IDENTITY, [r.sha256 for r in more]) == 0
+
+
+def test_rows_of_removed_images_stay_until_gc_which_keeps_the_rest_bit_identical(store):
+    path, manifest = store
+    fewer = [r for r in manifest if r.id not in ("train/t3.png", "test/s1.png")]
+    assert rows_missing(path, IDENTITY, [r.sha256 for r in fewer]) == 0  # nothing to compute, nothing lost
+    before = open_feature_set(path, "train", manifest=fewer, pooling="none").X
+    assert collect_garbage(path, {r.sha256 for r in fewer}, dry_run=True).removed == 2
+    assert open_store(path).attrs["rows"] == 17
+    done = collect_garbage(path, {r.sha256 for r in fewer})
+    assert (done.rows_before, done.rows_after) == (17, 15)
+    group = open_store(path)
+    assert sha("t3") not in group["sha256"][:15].tolist()
+    np.testing.assert_array_equal(open_feature_set(path, "train", manifest=fewer, pooling="none").X, before)
+    with pytest.raises(StoreError, match=r"no features for 1 image\(s\) of the manifest \(first: train/t3.png"):
+        open_feature_set(path, "train", manifest=manifest)
+
+
+def test_a_killed_append_resumes_from_its_last_written_chunk(tmp_path):
+    manifest = records(NAMES)
+    path = store_path(tmp_path, "mv2")
+    extract(path, [r.sha256 for r in manifest[:6]])
+    writer, writes, _ = extract(path, [r.sha256 for r in manifest], stop_after=2)
+    assert open_store(path).attrs["pending"] is not None and open_store(path).attrs["rows"] == 6
+    # Readers see the verified rows only, meanwhile.
+    assert rows_missing(path, IDENTITY, [r.sha256 for r in manifest]) is None
+    resumed, rest, counts = extract(path, [r.sha256 for r in manifest])
+    assert [w.chunk for w in rest] == [w.chunk for w in writes[2:]]
+    cold = store_path(tmp_path / "cold", "mv2")
+    extract(cold, [r.sha256 for r in manifest[:6]])
+    extract(cold, [r.sha256 for r in manifest])
+    np.testing.assert_array_equal(zarr.open_group(str(path))["X"][...], zarr.open_group(str(cold))["X"][...])
+
+
+def test_an_interrupted_append_of_other_images_is_dropped(tmp_path):
+    manifest = records(NAMES)
+    path = store_path(tmp_path, "mv2")
+    extract(path, [r.sha256 for r in manifest[:6]])
+    extract(path, [r.sha256 for r in manifest], stop_after=1)
+    _, writes, counts = extract(path, [r.sha256 for r in manifest[:8]])
+    assert counts["computed"] == 2 and open_store(path).attrs["rows"] == 8
+    assert open_feature_set(path, "train", manifest=manifest[:8], pooling="none").X.shape == (8, *SHAPE)
+
+
+def test_another_identity_builds_a_new_store_and_keeps_the_old_until_done(store):
+    path, manifest = store
+    other = {**IDENTITY, "cut": "block_3_add"}
+    writer, _, _ = extract(path, [r.sha256 for r in manifest], identity=other, stop_after=1)
+    assert INCOMPLETE_DIR in str(writer.path)
+    assert open_store(path).attrs["identity"] == IDENTITY  # the old store is whole and readable
+    open_feature_set(path, "train", manifest=manifest)
+    extract(path, [r.sha256 for r in manifest], identity=other)
+    assert open_store(path).attrs["identity"] == other and not writer.path.exists()
+    with pytest.raises(StoreError, match="another identity: cut: store has 'block_3_add', expected 'block_2_add'"):
+        open_feature_set(path, "train", manifest=manifest, expect={"cut": "block_2_add"})
+
+
+def test_non_finite_features_are_refused_when_finalising(tmp_path):
+    writer = StoreWriter(tmp_path / "x.zarr", IDENTITY, {}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK)
+    writes, _ = writer.plan([sha("a"), sha("b")])
+    block = np.zeros((2, *SHAPE), np.float32)
+    block[1, 0, 0, 0] = np.nan
+    writer.write(writes[0], block)
+    with pytest.raises(StoreError, match=r"chunk 0: 1 row\(s\) contain NaN or Inf"):
         writer.finalize()
-    with pytest.raises(StoreError, match="incomplete"):
-        open_store(writer.partial_path)
+    # A new store is built aside and swapped in only once proven: nothing is there for readers.
+    assert INCOMPLETE_DIR in str(writer.path) and not (tmp_path / "x.zarr").exists()
 
 
-def test_store_marked_incomplete_is_refused(tmp_path, data):
-    import zarr
-
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    path = writer.finalize()
-    zarr.open_group(path, mode="r+").attrs["complete"] = False
-    with pytest.raises(StoreError, match="incomplete"):
-        open_feature_set(path, "train")
+def _chunk_file(path, chunk):
+    return path / "X" / "c" / str(chunk) / "0" / "0" / "0"
 
 
-def test_mismatched_provenance_is_refused_for_reading(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    path = writer.finalize()
-    with pytest.raises(StoreError, match="cut: store has 'layer', expected 'other'"):
-        open_feature_set(path, "train", expect={"cut": "other"})
+def test_a_missing_chunk_is_refused_on_read_with_store_and_chunk_named(store):
+    path, manifest = store
+    _chunk_file(path, 1).unlink()
+    with pytest.raises(StoreError, match=r"mv2.zarr: chunk 1 is missing on disk"):
+        open_feature_set(path, "train", manifest=manifest)
 
 
-def test_resume_continues_and_other_provenance_starts_afresh(tmp_path, data):
-    first = make_writer(tmp_path)
-    first.write_chunk("train", 0, data["train"][:4])
-    again = make_writer(tmp_path)
-    assert again.partial_path == first.partial_path
-    assert again.pending_chunks("train") == [1, 2]  # chunk 0 is kept
-    other = make_writer(tmp_path, provenance={**PROVENANCE, "weights": "imagenet"})
-    assert other.partial_path != first.partial_path
-    assert other.pending_chunks("train") == [0, 1, 2]  # never resumed into
+def test_a_corrupt_chunk_is_refused_on_read_with_store_and_chunk_named(store):
+    path, manifest = store
+    chunk = _chunk_file(path, 2)
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"mv2.zarr: chunk 2 is corrupt"):
+        open_feature_set(path, "train", manifest=manifest)
 
 
-def test_corrupted_chunk_is_detected_not_read(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    chunk = writer.partial_path / "train" / "X" / "c" / "1" / "0" / "0" / "0"
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
-    with pytest.raises(StoreError, match="corrupt"):
-        writer.finalize()
+def test_swapped_chunks_are_refused_on_read(store):
+    path, manifest = store
+    a, b = _chunk_file(path, 0), _chunk_file(path, 1)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    with pytest.raises(StoreError, match=r"chunk 0 does not match its recorded digest"):
+        open_feature_set(path, "train", manifest=manifest)
+    with pytest.raises(StoreError, match=r"does not match its recorded digest"):
+        open_feature_set(path, "train", manifest=manifest, as_dask=True).X.compute()
 
 
-def test_non_finite_features_are_refused(tmp_path, data):
-    writer = make_writer(tmp_path)
-    data["val"][1, 0, 0, 0] = np.nan
-    _write_all(writer, data)
-    with pytest.raises(StoreError, match="NaN or Inf"):
-        writer.finalize()
+def test_dask_reads_are_lazy_and_equal_the_eager_ones(store):
+    path, manifest = store
+    lazy = open_feature_set(path, "val", manifest=manifest, pooling="avgmax", as_dask=True)
+    assert hasattr(lazy.X, "compute")
+    np.testing.assert_array_equal(lazy.X.compute(), open_feature_set(path, "val", manifest=manifest,
+                                                                     pooling="avgmax").X)
 
 
-def test_finalize_replaces_an_older_store(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    writer.finalize()
-    newer = make_writer(tmp_path, provenance={**PROVENANCE, "manifest_sha256": "def"})
-    _write_all(newer, data)
-    path = newer.finalize()
-    assert open_store(path).attrs["provenance"]["manifest_sha256"] == "def"
-    assert sorted(p.name for p in path.parent.iterdir() if p.name != ".incomplete") == ["fs.zarr"]
+def test_views_grow_in_views_and_in_images(tmp_path):
+    manifest = records({"train": ["t0", "t1", "t2", "t3", "t4"], "val": ["v0"], "test": ["s0"]})
+    train = [r.sha256 for r in manifest if r.split == "train"]
+    path = tmp_path / "views" / "mv2.zarr"
+    identity = {**IDENTITY, "augment": {"ops": {"flip": "horizontal"}, "seed": 0}}
+    _, writes, _ = extract(path, train[:3], identity=identity, views=2, view_offset=10.0)
+    assert sum(len(w.rows) for w in writes) == 6
+    _, writes, counts = extract(path, train, identity=identity, views=3, view_offset=10.0)
+    # New images get every view; old images only the new view.
+    assert sum(len(w.rows) for w in writes) == 2 * 3 + 3 * 1 and counts["computed"] == 2
+    views = open_views(path, "train", manifest=manifest, pooling="avg")
+    assert views.X.shape == (5, 3, 4)
+    expected = np.stack([[(features_of(h) + v * 10.0).astype(np.float16).astype(np.float32).mean((0, 1))
+                          for v in range(3)] for h in train])
+    np.testing.assert_allclose(views.X, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="no views of every val image"):
+        open_views(path, "val", manifest=manifest)
 
 
-def test_listing(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    writer.finalize()
-    [info] = list_feature_sets(tmp_path / "features")
-    assert info.key == "fs" and info.complete and info.rows == {"train": 10, "val": 3, "test": 4}
+def test_listing_and_a_missing_store(store, tmp_path):
+    path, _ = store
+    (info,) = list_feature_sets(path.parent)
+    assert (info.key, info.rows, info.pending, info.feature_shape) == ("mv2", 17, False, SHAPE)
+    with pytest.raises(FileNotFoundError, match="no feature store at"):
+        open_feature_set(tmp_path / "nope.zarr", manifest=[])
+
+
+def test_the_manifest_is_found_above_the_store(store, tmp_path):
+    from pipeline.manifest import write_manifest
+
+    path, manifest = store
+    with pytest.raises(FileNotFoundError, match="no data/manifest.csv above"):
+        open_feature_set(path, "test")
+    write_manifest(manifest, tmp_path / "data" / "manifest.csv")
+    assert len(open_feature_set(path, "test").y) == 4
 
 
 def test_chunks_are_at_least_the_asked_size_and_whole_batches():
-    rows = rows_per_chunk((7, 7, 1280), 2, chunk_mb=1.0, batch_size=32)
-    assert rows % 32 == 0 and rows * 7 * 7 * 1280 * 2 >= 1e6
+    assert rows_per_chunk((7, 7, 1280), 2, chunk_mb=1.0, batch_size=8) == 8
+    assert rows_per_chunk((16,), 4, chunk_mb=1.0, batch_size=32) % 32 == 0
 
 
-def test_unknown_split_and_pooling(tmp_path, data):
-    writer = make_writer(tmp_path)
-    _write_all(writer, data)
-    path = writer.finalize()
-    with pytest.raises(ValueError, match="'dev'"):
-        open_feature_set(path, "dev")
-    with pytest.raises(ValueError, match="'mean'"):
-        open_feature_set(path, "train", pooling="mean")
+def test_stores_work_at_an_fsspec_url():
+    manifest = records(NAMES)
+    url = "memory://shoulders-test/features/mv2.zarr"
+    extract(url, [r.sha256 for r in manifest])
+    extract(url, [r.sha256 for r in manifest] + [sha("extra")])
+    test = open_feature_set(url, "test", manifest=manifest, pooling="max")
+    assert test.X.shape == (4, 4)
+    assert [i.key for i in list_feature_sets("memory://shoulders-test/features")] == ["mv2"]
 
 
-def test_missing_store_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.zarr"):
-        open_feature_set(tmp_path / "nope.zarr")
-
-
-def test_stores_work_at_an_fsspec_url(data):
-    # memory:// stands in for object storage: the same code path as s3:// or gs://.
-    import uuid
-
-    root = f"memory://features-{uuid.uuid4().hex[:8]}"
-    writer = FeatureWriter(store_path(root, "fs"), PROVENANCE, _splits(), ["a", "b"], SHAPE, "float32", 4)
-    assert writer.partial_path == f"{root}/.incomplete/fs-{writer.partial_path.split('-')[-1]}"
-    writer.write_chunk("train", 0, data["train"][:4])
-    resumed = FeatureWriter(store_path(root, "fs"), PROVENANCE, _splits(), ["a", "b"], SHAPE, "float32", 4)
-    assert resumed.pending_chunks("train") == [1, 2]
-    _write_all(resumed, data)
-    path = resumed.finalize()
-    assert path == f"{root}/fs.zarr"
-    np.testing.assert_array_equal(open_feature_set(path, "val", pooling="none").X, data["val"])
-    [info] = list_feature_sets(root)
-    assert info.key == "fs" and info.complete
-    with pytest.raises(FileNotFoundError):
-        open_feature_set(f"{root}/other.zarr")
+def test_a_copied_store_is_a_store(store, tmp_path):
+    path, manifest = store
+    copy = tmp_path / "elsewhere" / "mv2.zarr"
+    shutil.copytree(path, copy)
+    np.testing.assert_array_equal(open_feature_set(copy, "val", manifest=manifest).X,
+                                  open_feature_set(path, "val", manifest=manifest).X)

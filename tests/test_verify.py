@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import numpy as np
@@ -10,178 +11,180 @@ import pytest
 import zarr
 from zarr.storage import LocalStore
 
-from conftest import tiny_params, write_params
+from conftest import tiny_params
 from pipeline import cli
-from pipeline.provenance import file_sha256
 from pipeline.config import parse_params
-from pipeline.manifest import Record, write_manifest
+from pipeline.extraction.plan import planned_identity
+from pipeline.manifest import write_manifest
 from pipeline.store.layout import store_path
 from pipeline.store.reader import open_feature_set
-from pipeline.store.writer import FeatureWriter, SplitRows
-from pipeline.store.verify import expected_provenance, verify_features, verify_store
+from pipeline.store.verify import verify_features, verify_store
+from test_store import CHUNK, NAMES, SHAPE, extract, features_of, records, sha
 
-SHAPE = (3, 3, 4)
-ROWS = {"train": 10, "val": 3, "test": 4}
-
-
-def _manifest(path, *, extra=0):
-    records = [Record(id=f"{s}/{i}.png", path=f"img/{s}/{i}.png", label=i % 2, class_name="ab"[i % 2], split=s,
-                      sha256=f"{s}{i}", width=8, height=8)
-               for s, n in ROWS.items() for i in range(n + (extra if s == "train" else 0))]
-    write_manifest(records, path)
-    return path
+CUT = "block_2_add"
 
 
-def _provenance(manifest, **changes):
-    provenance = {"backbone": "mobilenet_v2", "weights": "none", "weights_sha256": None, "cut": "block_2_add",
-                  "cut_index": 27, "n_layers": 154, "input_size": 32, "alpha": 0.35, "seed": 0,
-                  "dtype": "float16", "chunk_rows": 4, "manifest_sha256": file_sha256(manifest)}
-    return {**provenance, **changes}
-
-
-def _data(seed):
-    rng = np.random.default_rng(seed)
-    return {s: rng.normal(size=(n, *SHAPE)).astype(np.float32) for s, n in ROWS.items()}
-
-
-def _write(features, provenance, data, key="mv2", *, finalize=True):
-    splits = {s: SplitRows(np.arange(n) % 2, np.array([f"{s}/{i}.png" for i in range(n)])) for s, n in ROWS.items()}
-    writer = FeatureWriter(store_path(features, key), provenance, splits, ["a", "b"], SHAPE, "float16", 4)
-    for split, X in data.items():
-        for chunk in writer.pending_chunks(split):
-            writer.write_chunk(split, chunk, X[writer.chunk_rows_of(split, chunk).start:writer.chunk_rows_of(split, chunk).stop])
-    return writer.finalize() if finalize else writer
+def _identity(params, **changes):
+    spec = params.features["mv2"]
+    return {**planned_identity(spec, params.extract, CUT), **changes}
 
 
 @pytest.fixture
 def setup(tmp_path):
-    """A complete store made with the params and manifest of tmp_path."""
-    manifest = _manifest(tmp_path / "data" / "manifest.csv")
+    """A store made with the params and manifest of tmp_path, and the check stage's file."""
     params = parse_params(tiny_params("images"))
-    path = _write(tmp_path / "features", _provenance(manifest), _data(0))
+    manifest = records(NAMES)
+    write_manifest(manifest, tmp_path / "data" / "manifest.csv")
+    (tmp_path / "reports" / "checks").mkdir(parents=True)
+    (tmp_path / "reports" / "checks" / "mv2.json").write_text(json.dumps({"cut": CUT}))
+    path = store_path(tmp_path / "features", "mv2")
+    extract(path, [r.sha256 for r in manifest], identity=_identity(params))
     return tmp_path, params, manifest, path
 
 
-def _verify_one(setup, params=None):
-    root, default, manifest, path = setup
-    params = params or default
-    spec = params.features.get(path.stem)
-    return verify_store(path, expected=None if spec is None else expected_provenance(spec, params.extract),
-                        manifest_sha256=file_sha256(manifest), manifest_rows=ROWS)
+def _verify(setup, **options):
+    root, params, _, _ = setup
+    return verify_features(root / "features", params, root / "data" / "manifest.csv", checks=root / "reports/checks",
+                           **options)
 
 
-def _snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def _one(setup):
+    (report,) = [r for r in _verify(setup) if r.key == "mv2"]
+    return report
+
+
+def _chunk(path, chunk):
+    return path / "X" / "c" / str(chunk) / "0" / "0" / "0"
 
 
 def test_a_sound_store_is_ok(setup):
-    report = _verify_one(setup)
-    assert report.state == "ok" and report.problems == () and not report.failing
+    report = _one(setup)
+    assert report.state == "ok" and report.problems == () and report.notes == ()
 
 
 def test_a_flipped_byte_is_detected_not_read_as_data(setup):
-    chunk = setup[3] / "train/X/c/1/0/0/0"
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
-    report = _verify_one(setup)
-    assert report.state == "corrupt"
-    assert any("train/X: chunk 1 (rows 4-7) is corrupt" in p for p in report.problems)
+    path = setup[3]
+    chunk = _chunk(path, 1)
+    data = bytearray(chunk.read_bytes())
+    data[-5] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    report = _one(setup)
+    assert report.state == "corrupt" and any("chunk 1 is corrupt" in p for p in report.problems)
 
 
 def test_a_missing_chunk_is_detected_not_read_as_zeros(setup):
-    (setup[3] / "val/X/c/0/0/0/0").unlink()
-    report = _verify_one(setup)
-    assert report.state == "corrupt" and any("val/X: 1 chunk(s) missing on disk" in p for p in report.problems)
+    _chunk(setup[3], 2).unlink()
+    report = _one(setup)
+    assert report.state == "corrupt" and any("chunk 2 is missing on disk" in p for p in report.problems)
 
 
-def test_non_finite_values_are_detected(setup):
-    zarr.open_group(setup[3], mode="r+")["test"]["X"][1, 0, 0, 0] = np.inf
-    report = _verify_one(setup)
-    assert report.state == "corrupt" and any("test/X: chunk 0 (rows 0-3): 1 row(s) contain NaN or Inf" in p
-                                             for p in report.problems)
+def test_swapped_chunks_are_detected(setup):
+    path = setup[3]
+    a, b = _chunk(path, 0), _chunk(path, 3)
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    report = _one(setup)
+    assert report.state == "corrupt"
+    assert [p.split(" (")[0] for p in report.problems] == ["chunk 0", "chunk 3"]
 
 
 def test_data_changed_after_completion_is_detected(setup):
-    # Valid, finite, checksummed bytes, but not what was extracted: only the recorded statistics tell.
-    zarr.open_group(setup[3], mode="r+")["train"]["X"][4:8] = np.ones((4, *SHAPE), np.float16)
-    report = _verify_one(setup)
-    assert report.state == "corrupt" and any("train/X" in p and "the data changed since" in p
-                                             for p in report.problems)
+    path = setup[3]
+    X = zarr.open_group(str(path), mode="r+")["X"]
+    X[5] = np.asarray(X[5]) + 1  # re-encoded validly: only the digest tells
+    report = _one(setup)
+    assert report.state == "corrupt" and report.problems == (
+        "chunk 1 (rows 4-7) does not match its recorded digest: changed, swapped or truncated since written",)
 
 
 def test_damaged_array_metadata_is_a_verdict_not_a_crash(setup):
-    (setup[3] / "val/X/zarr.json").write_text("{not json")
-    report = _verify_one(setup)
-    assert report.state == "corrupt" and report.problems[0].startswith("unreadable array metadata")
+    (setup[3] / "X" / "zarr.json").write_text("{ not json")
+    assert _one(setup).state == "corrupt"
 
 
-def test_shapes_that_disagree_with_the_record_are_detected(setup):
-    zarr.open_group(setup[3], mode="r+").attrs["feature_shape"] = [3, 3, 5]
-    report = _verify_one(setup)
-    assert report.state == "corrupt" and any("recorded feature_shape (3, 3, 5)" in p for p in report.problems)
-
-
-def test_incomplete_store_is_reported(setup):
-    zarr.open_group(setup[3], mode="r+").attrs["complete"] = False
-    report = _verify_one(setup)
-    assert report.state == "incomplete" and report.failing
+def test_an_interrupted_extraction_is_reported(setup):
+    root, params, manifest, path = setup
+    extract(path, [r.sha256 for r in manifest] + [sha(f"n{i}") for i in range(6)], identity=_identity(params),
+            stop_after=1)
+    report = _one(setup)
+    assert report.state == "incomplete" and "interrupted" in report.problems[0]
 
 
 @pytest.mark.parametrize("change, culprit", [
-    ({"cut": "block_3_add"}, "cut: store has 'block_2_add', params say 'block_3_add'"),
-    ({"size": 48}, "input_size: store has 32, params say 48"),
-    ({"dtype": "float32"}, "dtype: store has 'float16', params say 'float32'"),
-    ({"weights": "imagenet", "alpha": 0.5}, "weights: store has 'none', params say 'imagenet'"),
-    ({"cut": None}, "params say the last layer (cut: null), store is cut at 'block_2_add' (layer 27 of 154)"),
+    ({"cut": "block_3_add"}, "cut: store has 'block_3_add', params say 'block_2_add'"),
+    ({"input_size": 48}, "input_size: store has 48, params say 32"),
+    ({"dtype": "float32"}, "dtype: store has 'float32', params say 'float16'"),
+    ({"weights": "imagenet"}, "weights: store has 'imagenet', params say 'none'"),
 ])
-def test_provenance_that_differs_from_params_is_stale(setup, change, culprit):
-    raw = tiny_params("images")
-    raw["features"]["mv2"].update(change)
-    report = _verify_one(setup, parse_params(raw))
-    assert report.state == "stale" and any(culprit in p for p in report.problems)
-
-
-def test_store_of_another_manifest_is_stale(setup):
+def test_an_identity_that_differs_from_params_is_stale(setup, change, culprit):
     root, params, manifest, path = setup
-    _manifest(manifest, extra=1)
-    report = verify_store(path, expected=expected_provenance(params.features["mv2"], params.extract),
-                          manifest_sha256=file_sha256(manifest))
-    assert report.state == "stale" and any("another manifest" in p for p in report.problems)
+    extract(path, [r.sha256 for r in manifest], identity=_identity(params, **change))
+    report = _one(setup)
+    assert report.state == "stale" and culprit in report.problems
 
 
-def test_store_without_a_feature_set_is_an_orphan(setup):
-    raw = tiny_params("images")
-    raw["features"] = {"other": raw["features"]["mv2"]}
-    report = _verify_one(setup, parse_params(raw))
-    assert report.state == "orphan" and report.failing
+def test_a_store_lacking_images_of_the_manifest_is_stale_and_extra_rows_are_noted(setup):
+    root, params, manifest, path = setup
+    bigger = records({**NAMES, "train": NAMES["train"] + ["n0"]})
+    write_manifest([r for r in bigger if r.id != "test/s0.png"], root / "data" / "manifest.csv")
+    report = _one(setup)
+    assert report.state == "stale"
+    assert "1 image(s) of the current manifest have no row; `dvc repro` extracts them" in report.problems
+    assert report.notes == ("1 row(s) of images no longer in the dataset (`shoulders gc` removes them)",)
+
+
+def test_a_store_without_a_feature_set_is_an_orphan(setup):
+    root, params, manifest, _ = setup
+    extract(store_path(root / "features", "old"), [r.sha256 for r in manifest], identity=_identity(params))
+    (report,) = [r for r in _verify(setup) if r.key == "old"]
+    assert report.state == "orphan"
 
 
 def test_folder_report_lists_partials_leftovers_and_missing(setup):
     root, params, manifest, path = setup
-    raw = tiny_params("images")
-    raw["features"]["later"] = raw["features"]["mv2"]
-    partial = _write(root / "features", _provenance(manifest, dtype="float32"), {}, finalize=False)
-    partial.write_chunk("train", 0, _data(1)["train"][:4])
+    extract(path, [r.sha256 for r in manifest], identity=_identity(params, cut="block_3_add"), stop_after=1)
     (root / "features" / "mv2.zarr.0123abcd.old").mkdir()
-    reports = {(r.key, r.state): r for r in verify_features(root / "features", parse_params(raw), manifest)}
-    assert set(reports) == {("mv2", "ok"), ("mv2", "partial"), ("mv2", "leftover"), ("later", "missing")}
-    assert reports["mv2", "partial"].problems == ("1 of 5 chunks written; the next extraction with the same "
-                                                  "provenance resumes it",)
-    assert not any(r.failing for r in reports.values())
+    params2 = parse_params(tiny_params("images", features={
+        "mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35},
+        "later": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35}}))
+    reports = verify_features(root / "features", params2, root / "data" / "manifest.csv",
+                              checks=root / "reports/checks")
+    states = {(r.key, r.state) for r in reports}
+    assert ("mv2", "ok") in states and ("mv2", "partial") in states and ("mv2", "leftover") in states
+    assert ("later", "missing") in states
+    assert not any(r.failing for r in reports if r.key != "mv2" or r.state != "ok")
 
 
-def test_cli_exit_status(setup, capsys):
+def test_cli_exit_status(setup, capsys, monkeypatch):
+    from conftest import write_params
+
     root, params, manifest, path = setup
+    monkeypatch.chdir(root)
     write_params(root / "params.yaml", tiny_params("images"))
-    args = ["verify", str(root / "features"), "--params", str(root / "params.yaml"), "--manifest", str(manifest)]
-    cli.main(args)
-    assert "mv2  ok" in capsys.readouterr().out
-    (path / "train/X/c/2/0/0/0").unlink()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(args)
-    assert stopped.value.code == 1
-    assert "corrupt" in capsys.readouterr().out
+    cli.main(["verify"])
+    assert "none failing" in capsys.readouterr().out
+    _chunk(path, 0).unlink()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["verify"])
+    assert exit_.value.code == 1 and "corrupt" in capsys.readouterr().out
+
+
+def test_gc_from_the_command_line_removes_rows_of_images_no_longer_in_the_manifest(setup, capsys, monkeypatch):
+    from conftest import write_params
+
+    root, params, manifest, path = setup
+    monkeypatch.chdir(root)
+    write_params(root / "params.yaml", tiny_params("images"))
+    kept = [r for r in manifest if r.id != "train/t0.png"]
+    before = open_feature_set(path, "test", manifest=kept, pooling="none").X
+    write_manifest(kept, root / "data" / "manifest.csv")
+    cli.main(["gc", "--dry-run"])
+    assert "1 of images no longer in data/manifest.csv would be removed" in capsys.readouterr().out
+    cli.main(["gc"])
+    assert "1 of images no longer in data/manifest.csv removed" in capsys.readouterr().out
+    np.testing.assert_array_equal(open_feature_set(path, "test", manifest=kept, pooling="none").X, before)
+    assert _one(setup).state == "ok" and _one(setup).notes == ()
 
 
 # --------------------------------------------------------------------------- a full disk
@@ -204,32 +207,32 @@ def disk(monkeypatch):
     return state
 
 
-def test_disk_full_while_writing_chunks_keeps_the_previous_store(setup, disk):
+def test_disk_full_while_adding_rows_keeps_every_verified_row(setup, disk):
     root, params, manifest, path = setup
-    before = _snapshot(path)
-    disk.update(left=2, under=".incomplete")  # chunk 0 and its tick fit, then the disk is full
-    newer = _provenance(manifest, seed=0, chunk_rows=4, manifest_sha256="0" * 64)
+    before = open_feature_set(path, "train", manifest=manifest, pooling="none").X
+    more = [r.sha256 for r in manifest] + [sha(f"n{i}") for i in range(9)]
+    disk.update(left=3, under="mv2.zarr/X")  # a chunk or two fit, then the disk is full
     with pytest.raises(OSError) as error:
-        _write(root / "features", newer, _data(1))
-    assert error.value.errno == errno.ENOSPC and ".incomplete" in str(error.value)
-    assert _snapshot(path) == before
-    np.testing.assert_array_equal(open_feature_set(path, "train", pooling="none").X,
-                                  _data(0)["train"].astype(np.float16))
-    assert _verify_one(setup).state == "ok"
-    # Space freed: the next run resumes after the chunk that was written, and replaces the store.
+        extract(path, more, identity=_identity(params))
+    assert error.value.errno == errno.ENOSPC
+    np.testing.assert_array_equal(open_feature_set(path, "train", manifest=manifest, pooling="none").X, before)
+    assert _one(setup).state == "incomplete"
+    # Space freed: the next run resumes, and every old row is still as it was.
     disk.update(left=None)
-    writer = _write(root / "features", newer, _data(1), finalize=False)
-    assert writer.partial_path.exists()
-    writer.finalize()
-    assert open_feature_set(path, "train").provenance["manifest_sha256"] == "0" * 64
+    extract(path, more, identity=_identity(params))
+    np.testing.assert_array_equal(open_feature_set(path, "train", manifest=manifest, pooling="none").X, before)
+    group = zarr.open_group(str(path), mode="r")
+    assert group.attrs["rows"] == 26
+    row = group["sha256"][:26].tolist().index(sha("n8"))
+    np.testing.assert_array_equal(np.asarray(group["X"][row], np.float32), features_of(sha("n8")).astype(np.float16))
 
 
-def test_disk_full_while_finalizing_keeps_the_previous_store(setup, disk):
+def test_disk_full_while_building_a_new_identity_keeps_the_previous_store(setup, disk):
     root, params, manifest, path = setup
-    before = _snapshot(path)
-    writer = _write(root / "features", _provenance(manifest, manifest_sha256="1" * 64), _data(2), finalize=False)
-    disk.update(left=0, under=".incomplete")  # marking the new store complete is the write that fails
+    before = open_feature_set(path, "val", manifest=manifest, pooling="none").X
+    disk.update(left=5, under=".incomplete")
     with pytest.raises(OSError, match="No space left on device"):
-        writer.finalize()
-    assert _snapshot(path) == before and _verify_one(setup).state == "ok"
-    assert zarr.open_group(writer.partial_path, mode="r").attrs["complete"] is False
+        extract(path, [r.sha256 for r in manifest], identity=_identity(params, cut="block_3_add"))
+    np.testing.assert_array_equal(open_feature_set(path, "val", manifest=manifest, pooling="none").X, before)
+    assert _one(setup).state == "ok"
+    assert CHUNK == 4 and SHAPE == (3, 3, 4)

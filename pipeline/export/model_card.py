@@ -22,7 +22,7 @@ CARD_LIBRARIES = ("shoulders", "keras", "tensorflow-cpu", "tensorflow", "scikit-
 
 
 def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], prepare_report: dict, form: str,
-               calibration: str | None, check: dict, model: Any) -> dict:
+               calibration: str | None, check: dict, model: Any, manifest_sha256: str | None = None) -> dict:
     """Everything the card says, as a JSON-ready mapping.
 
     ``target`` is what the evaluate stage chose for export (``reports/export_target.json``).
@@ -30,7 +30,7 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
     key, variant, row, provenance = target["feature_set"], target["variant"], target["row"], target["provenance"]
     counts = Counter((r.class_name, r.split) for r in records)
     selected = target.get("test") or {}
-    manifest_digest = provenance.get("manifest_sha256")
+    manifest_digest = manifest_sha256
     duplicates = prepare_report.get("duplicates", {})
     finetune = target.get("finetune")
     return {

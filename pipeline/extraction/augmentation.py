@@ -1,12 +1,12 @@
-"""Seeded image augmentation with Keras preprocessing layers, reproducible per batch.
+"""Seeded image augmentation with Keras preprocessing layers, reproducible per image.
 
 Keras' random layers draw from a seed generator whose state advances with
-every call, so their output depends on how many batches ran before. The
-augment stage must give the same view of an image whether it runs at once,
-after a crash, or when more views are added later; so before each batch every
-layer's generator is reset to a state derived from (seed, view, split, first
-row of the batch). Batches are aligned with store chunks, hence the same rows
-always form the same batch and get the same transformation.
+every call, so their output depends on what ran before and on the other
+images of the batch. The augment stage must give the same view of an image
+whether it runs at once, after a crash, when more views are added later or
+when the dataset around it changes; so each image is augmented on its own,
+every layer's generator first reset to a state derived from (seed, view, the
+image's content hash) (:func:`view_seed`).
 """
 
 from __future__ import annotations
@@ -54,23 +54,22 @@ def build_layers(ops: Mapping[str, OpValue]) -> list:
     return [factories[name](ops[name]) for name in OPS if name in ops]
 
 
-def batch_seed(seed: int, view: int, split: str, first_row: int) -> int:
-    """A 31-bit seed for one batch of one view: stable across runs, resumes and view counts."""
-    digest = hashlib.sha256(f"{seed}/{view}/{split}/{first_row}".encode()).digest()
+def view_seed(seed: int, view: int, sha256: str) -> int:
+    """A 31-bit seed for one view of one image: stable across runs, resumes, view counts and datasets."""
+    digest = hashlib.sha256(f"{seed}/{view}/{sha256}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def augment(layers: list, batch, seed: int):
-    """Apply ``layers`` to a batch of 0–255 float images, seeded by ``seed`` only.
+def augment(layers: list, batch, seeds):
+    """Apply ``layers`` to each 0–255 float image of a batch, seeded by its own seed only.
 
     Parameters
     ----------
     layers : list of keras layers
         From :func:`build_layers`.
     batch : tensor of shape (n, size, size, 3)
-    seed : int or scalar int tensor
-        From :func:`batch_seed`; pass a tensor inside a ``tf.function`` so a new
-        seed does not retrace it.
+    seeds : int tensor of shape (n,)
+        From :func:`view_seed`; a tensor inside a ``tf.function``, so new seeds do not retrace it.
 
     Returns
     -------
@@ -78,8 +77,15 @@ def augment(layers: list, batch, seed: int):
     """
     import tensorflow as tf
 
-    for index, layer in enumerate(layers):
-        dtype = layer.generator.state.dtype
-        layer.generator.state.assign(tf.stack([tf.cast(seed, dtype), tf.constant(index, dtype)]))
-        batch = layer(batch, training=True)
-    return tf.clip_by_value(batch, 0.0, 255.0)
+    def one(args):
+        image, seed = args
+        image = image[None]
+        for index, layer in enumerate(layers):
+            dtype = layer.generator.state.dtype
+            layer.generator.state.assign(tf.stack([tf.cast(seed, dtype), tf.constant(index, dtype)]))
+            image = layer(image, training=True)
+        return image[0]
+
+    # One image after the other: each layer's generator is reset for every image.
+    out = tf.map_fn(one, (batch, seeds), fn_output_signature=tf.float32, parallel_iterations=1)
+    return tf.clip_by_value(out, 0.0, 255.0)

@@ -1,13 +1,14 @@
 """Extraction on a Dask cluster: workers write disjoint chunks of one Zarr store.
 
 The client (the extract stage) only coordinates: it asks a worker to plan the
-extraction (feature shape, provenance, chunking, resolved on the worker's
-device), creates or resumes the partial store, cuts the pending chunks into
-chunk-aligned shards, maps them onto the cluster, and finally verifies the
-store and marks it complete. Each worker process builds the truncated model
-once and keeps it (:data:`_BACKBONES`), streams its shard's images through it
-and writes its own chunks straight into the store — chunks are separate files,
-so no locking. When a worker dies, Dask reruns its shards elsewhere; a rerun
+extraction (feature shape, identity, chunking, resolved on the worker's
+device), opens the store and plans the rows to add
+(:class:`pipeline.store.writer.StoreWriter`), cuts the chunk writes into
+shards, maps them onto the cluster, and finally reads the written chunks back
+and records them. Each worker process builds the truncated model once and
+keeps it (:data:`_BACKBONES`), streams its shard's images through it and
+writes its own chunks straight into the store — chunks are separate files, so
+no locking. When a worker dies, Dask reruns its shards elsewhere; a rerun
 skips the chunks already ticked in ``done``, so finished work is kept and the
 result equals a single-process run.
 
@@ -20,18 +21,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.config import ExtractParams, FeatureSetParams
-from pipeline.extraction.feature_sets import ExtractResult, log_plan, open_writer, pending_jobs, split_records
-from pipeline.extraction.plan import Backbone, ExtractionPlan, plan_extraction
-from pipeline.extraction.runner import ChunkJob, run_jobs
-from pipeline.manifest import Record
+from pipeline.extraction.feature_sets import ExtractResult, log_plan, open_store_writer
+from pipeline.extraction.plan import Backbone, ExtractionPlan, check_planned, plan_extraction
+from pipeline.extraction.runner import run_jobs
 from pipeline.provenance import fingerprint
 from pipeline.store.layout import store_name
 from pipeline.store.locations import Location
+from pipeline.store.writer import ChunkWrite
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +39,25 @@ log = logging.getLogger(__name__)
 _BACKBONES: dict[str, Backbone] = {}
 
 
-@dataclass(frozen=True)
-class PathOnly:
-    """The one field of a manifest record a worker needs."""
-
-    path: str
+def _key(spec: FeatureSetParams, settings: ExtractParams) -> str:
+    return fingerprint({"spec": repr(spec), "settings": repr(settings)})
 
 
-def _key(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str) -> str:
-    return fingerprint({"spec": repr(spec), "settings": repr(settings), "manifest": manifest_sha256})
-
-
-def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str) -> Backbone:
-    key = _key(spec, settings, manifest_sha256)
+def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams) -> Backbone:
+    key = _key(spec, settings)
     if key not in _BACKBONES:
-        _BACKBONES[key] = plan_extraction(spec, settings, manifest_sha256=manifest_sha256)
+        _BACKBONES[key] = plan_extraction(spec, settings)
     return _BACKBONES[key]
 
 
-def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str) -> ExtractionPlan:
+def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams) -> ExtractionPlan:
     """Run on a worker: build (and keep) the backbone, return its plan (which travels; the model does not)."""
-    return _worker_backbone(spec, settings, manifest_sha256).plan
+    return _worker_backbone(spec, settings).plan
 
 
-def run_shard(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: str, partial: str,
-              shard: Sequence[ChunkJob], paths: dict[str, dict[int, PathOnly]]) -> int:
-    """Run on a worker: compute the chunks of ``shard`` not yet done and write them into ``partial``.
+def run_shard(spec: FeatureSetParams, settings: ExtractParams, store: str, shard: Sequence[ChunkWrite],
+              hashes: Mapping[int, str], paths: Mapping[str, str]) -> int:
+    """Run on a worker: compute the chunks of ``shard`` not yet done and write them into ``store``.
 
     Returns
     -------
@@ -74,41 +66,28 @@ def run_shard(spec: FeatureSetParams, settings: ExtractParams, manifest_sha256: 
     """
     import zarr
 
-    from pipeline.store.writer import write_rows
+    from pipeline.store.writer import write_chunk
 
-    backbone = _worker_backbone(spec, settings, manifest_sha256)
-    group = zarr.open_group(partial, mode="r+")
-    todo = [job for job in shard if not group[job.split]["done"][job.chunk]]
-    return run_jobs(backbone, todo, paths, lambda job, block: write_rows(group, job.split, job.chunk, block),
-                    name=f"shard of {Path(partial).stem}", progress=False).rows
-
-
-def shards_of(jobs: Sequence[ChunkJob], chunks_per_shard: int) -> list[list[ChunkJob]]:
-    """Consecutive chunk-aligned shards of at most ``chunks_per_shard`` chunks, never across splits."""
-    shards: list[list[ChunkJob]] = []
-    for job in jobs:
-        if shards and len(shards[-1]) < chunks_per_shard and shards[-1][-1].split == job.split:
-            shards[-1].append(job)
-        else:
-            shards.append([job])
-    return shards
+    backbone = _worker_backbone(spec, settings)
+    group = zarr.open_group(store, mode="r+")
+    todo = [w for w in shard if not group["done"][w.chunk]]
+    return run_jobs(backbone, todo, hashes, paths, lambda w, block: write_chunk(group, w, block),
+                    name=f"shard of {store_name(store)}", progress=False).rows
 
 
-def _paths_of(shard: Sequence[ChunkJob], by_split: dict[str, list[Record]]) -> dict[str, dict[int, PathOnly]]:
-    # Only the paths a shard reads travel to its worker, not the whole manifest.
-    paths: dict[str, dict[int, PathOnly]] = {}
-    for job in shard:
-        paths.setdefault(job.split, {}).update({i: PathOnly(by_split[job.split][i].path) for i in job.rows})
-    return paths
+def shards_of(writes: Sequence[ChunkWrite], chunks_per_shard: int) -> list[list[ChunkWrite]]:
+    """Consecutive shards of at most ``chunks_per_shard`` chunk writes."""
+    return [list(writes[i:i + chunks_per_shard]) for i in range(0, len(writes), chunks_per_shard)]
 
 
-def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, records: Sequence[Record], *,
-                        out: Location, manifest_sha256: str, address: Any, progress: bool = True) -> ExtractResult:
+def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
+                        paths: Mapping[str, str], *, out: Location, address: Any, progress: bool = True,
+                        expected: Optional[Mapping] = None) -> ExtractResult:
     """Extract one feature set on a Dask cluster (see the module docstring).
 
     Parameters
     ----------
-    spec, settings, records, out, manifest_sha256
+    spec, settings, wanted, paths, out, expected
         As :func:`pipeline.extraction.feature_sets.extract_feature_set`.
     address : str or distributed.Client
         The scheduler's address, or a connected client.
@@ -123,28 +102,33 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, records
     started = time.perf_counter()
     client = address if isinstance(address, Client) else Client(address)
     try:
-        plan = client.submit(plan_on_worker, spec, settings, manifest_sha256, pure=False).result()
-        by_split = split_records(records)
-        writer = open_writer(plan, records, out)
+        plan = client.submit(plan_on_worker, spec, settings, pure=False).result()
+        check_planned(plan, expected)
+        writer = open_store_writer(plan, out)
+        writes, counts = writer.plan(wanted)
         built = time.perf_counter()
-        log_plan(plan, f"extract {store_name(out)} on {client.scheduler.address}", spec, by_split)
-        jobs = pending_jobs(writer)
-        shards = shards_of(jobs, settings.shard_chunks)
-        rows = {client.submit(run_shard, spec, settings, manifest_sha256, str(writer.partial_path), shard,
-                              _paths_of(shard, by_split), pure=False): sum(len(job.rows) for job in shard)
-                for shard in shards}
-        total = sum(rows.values())
-        log.info("%d chunks in %d shards on %d workers", len(jobs), len(shards),
+        log_plan(plan, f"extract {store_name(out)} on {client.scheduler.address}", spec, counts)
+        row_hashes = writer.row_hashes()
+        futures = {}
+        for shard in shards_of(writes, settings.shard_chunks):
+            hashes = {i: row_hashes[i] for w in shard for i in w.rows}
+            # Only the rows and paths a shard reads travel to its worker.
+            futures[client.submit(run_shard, spec, settings, str(writer.path), shard, hashes,
+                                  {h: paths[h] for h in hashes.values()}, pure=False)] = len(hashes)
+        log.info("%d chunks in %d shards on %d workers", len(writes), len(futures),
                  len(client.scheduler_info()["workers"]))
-        with tqdm(total=total, desc=f"extract {store_name(out)}", unit="img", disable=not progress) as bar:
-            for future in as_completed(rows):
+        with tqdm(total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img",
+                  disable=not progress) as bar:
+            for future in as_completed(futures):
                 future.result()  # a shard that failed for good raises here
-                bar.update(rows[future])
+                bar.update(futures[future])
         extracted = time.perf_counter()
-        path = writer.finalize()
+        writer.finalize({**plan.run_record(), "dask_workers": len(client.scheduler_info()["workers"])})
     finally:
         if not isinstance(address, Client):
             client.close()
-    return ExtractResult(path=path, rows=sum(len(rs) for rs in by_split.values()), computed=total,
+    finished = time.perf_counter()
+    return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
+                         computed=counts["computed"], rows=writer.rows, seconds=finished - started,
                          build_seconds=built - started, extract_seconds=extracted - built, first_batch_seconds=None,
-                         finalize_seconds=time.perf_counter() - extracted, runtime=plan.runtime)
+                         finalize_seconds=finished - extracted, runtime=plan.runtime)

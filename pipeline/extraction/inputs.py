@@ -31,15 +31,24 @@ def _decode(path: bytes) -> np.ndarray:
     return decode_image(path.decode("utf-8"))
 
 
-def load_and_resize(path: tf.Tensor, size: int) -> tf.Tensor:
-    """Decode one image file and resize it to ``(size, size, 3)`` float32 in 0–255."""
-    pixels = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
+def _decode_checked(path: bytes, sha256: bytes) -> np.ndarray:
+    return decode_image(path.decode("utf-8"), sha256=sha256.decode("ascii"))
+
+
+def load_and_resize(path: tf.Tensor, size: int, sha256: tf.Tensor | None = None) -> tf.Tensor:
+    """Decode one image file (its bytes checked against ``sha256`` when given) and resize it to
+    ``(size, size, 3)`` float32 in 0–255."""
+    if sha256 is None:
+        pixels = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
+    else:
+        pixels = tf.numpy_function(_decode_checked, [path, sha256], tf.uint8, stateful=False)
     pixels.set_shape((None, None, 3))
     resized = tf.image.resize(pixels, (size, size), method="bilinear")
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 
-def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.data.Dataset:
+def image_batches(paths: Sequence[str], *, size: int, batch_size: int,
+                  sha256: Sequence[str] | None = None) -> tf.data.Dataset:
     """A dataset of image batches in the order of ``paths``.
 
     Parameters
@@ -49,6 +58,9 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.dat
     size : int
         Output side length.
     batch_size : int
+    sha256 : sequence of str, optional
+        The content hash of each file: its bytes are checked against it as they
+        are decoded (:func:`pipeline.images.decode_image`).
 
     Returns
     -------
@@ -56,8 +68,12 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int) -> tf.dat
         Yields float32 tensors of shape (batch, size, size, 3), values 0–255;
         the last batch may be smaller. Order is deterministic.
     """
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
-    return _decoded_batches(dataset, lambda p: load_and_resize(p, size), batch_size)
+    if sha256 is None:
+        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
+        return _decoded_batches(dataset, lambda p: load_and_resize(p, size), batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
+                                                  tf.constant(list(sha256), dtype=tf.string)))
+    return _decoded_batches(dataset, lambda p, h: load_and_resize(p, size, h), batch_size)
 
 
 def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,

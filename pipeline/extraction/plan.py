@@ -1,27 +1,62 @@
 """Everything an extraction decides before the first image is read, and the backbone it builds once.
 
-:func:`plan_extraction` resolves the runtime (:mod:`pipeline.extraction.runtime`),
-builds the truncated backbone (:func:`pipeline.backbones.build_cut_model`) and
-describes what it will produce: an :class:`ExtractionPlan` (feature shape,
-dtype, rows per chunk, provenance) — small, frozen, picklable, what a Dask
-worker sends back to the client — held by a :class:`Backbone` together with the
-built model and its compiled steps, which stay in the process that built them.
+:func:`planned_identity` says what the features of a feature set will be
+keyed by (:func:`pipeline.provenance.identity_of`) from params and the check
+stage's resolved cut alone — no TensorFlow — so a stage can tell that a store
+already holds every row it needs and stop there. :func:`plan_extraction`
+resolves the runtime (:mod:`pipeline.extraction.runtime`), builds the truncated
+backbone (:func:`pipeline.backbones.build_cut_model`) and describes what it
+produces: an :class:`ExtractionPlan` (feature shape, dtype, rows per chunk,
+provenance, what this run is: device, batch size, versions) — small, frozen,
+picklable, what a Dask worker sends back to the client — held by a
+:class:`Backbone` with the built model and its compiled steps, which stay in the
+process that built them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction.runtime import Runtime, resolve_runtime
-from pipeline.provenance import Provenance, library_versions
+from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
-# The libraries whose versions shape the features, recorded in every store's provenance.
+# The libraries whose versions shape the features, recorded with every run.
 FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow", "zarr")
+RESIZE = "bilinear (tf.image.resize)"
+DECODER = "PIL via pipeline.images.decode_image"
+
+
+def augment_identity(settings: ExtractParams) -> dict:
+    """What a views store's views depend on besides the backbone: the ops and the seed."""
+    return {"ops": dict(settings.augment.ops), "seed": settings.augment.seed}
+
+
+def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, *,
+                     views: bool = False) -> Optional[dict]:
+    """The identity the features of ``spec`` will have, from params and the resolved ``cut`` alone.
+
+    Returns ``None`` when it depends on the device (float32 storage with
+    ``extract.mixed_precision: auto``): then only building the backbone tells.
+    """
+    from pipeline.backbones import family, input_size, weights_digest
+
+    fam = family(spec.backbone)
+    dtype = spec.dtype or settings.dtype
+    provenance = {"backbone": fam.name, "weights": spec.weights, "weights_sha256": weights_digest(spec), "cut": cut,
+                  "input_size": input_size(spec), "alpha": spec.alpha, "preprocessing": fam.preprocessing,
+                  "seed": settings.seed if spec.weights == "none" else None, "resize": RESIZE, "decoder": DECODER,
+                  "dtype": dtype, "augment": augment_identity(settings) if views else None}
+    if dtype == "float32":
+        if settings.mixed_precision == "auto":
+            return None
+        provenance["compute"] = "mixed_float16" if settings.mixed_precision else "float32"
+    return identity_of(provenance)
 
 
 @dataclass(frozen=True)
@@ -33,6 +68,21 @@ class ExtractionPlan:
     feature_shape: tuple[int, ...]
     chunk_rows: int
     provenance: Provenance
+
+    @property
+    def identity(self) -> dict:
+        return identity_of(self.provenance.to_json())
+
+    def run_record(self) -> dict:
+        """What this run is, for the store's log of runs (not part of the identity)."""
+        return {"runtime": "tensorflow", "device": self.runtime.device, "batch_size": self.runtime.batch_size,
+                "jit_compile": self.runtime.jit_compile, "compute": self.provenance.compute,
+                "versions": library_versions(FEATURE_LIBRARIES)}
+
+    def with_views(self, settings: ExtractParams) -> "ExtractionPlan":
+        """The plan of the same backbone's augmented views."""
+        return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance,
+                                                                         augment=augment_identity(settings)))
 
 
 class Backbone:
@@ -56,8 +106,16 @@ class Backbone:
         return step
 
 
-def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *, manifest_sha256: str) -> Backbone:
-    """Build the truncated model once and describe what it will produce (provenance, chunking)."""
+def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
+                    expected: Optional[Mapping[str, Any]] = None) -> Backbone:
+    """Build the truncated model once and describe what it will produce (provenance, chunking).
+
+    Parameters
+    ----------
+    expected : mapping, optional
+        The :func:`planned_identity`; the built backbone must have it (else the
+        identity rule itself is wrong, which is a bug).
+    """
     from pipeline.backbones import build_cut_model
 
     runtime = resolve_runtime(settings)
@@ -66,17 +124,19 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *, manifest
     dtype = spec.dtype or settings.dtype
     chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
                                 batch_size=runtime.batch_size)
-    provenance = Provenance(
-        **cut.provenance,
-        dtype=dtype,
-        compute="mixed_float16" if runtime.mixed_precision else "float32",
-        jit_compile=runtime.jit_compile,
-        resize="bilinear (tf.image.resize)",
-        decoder="PIL via pipeline.images.decode_image",
-        chunk_rows=chunk_rows,
-        manifest_sha256=manifest_sha256,
-        versions=library_versions(FEATURE_LIBRARIES),
-    )
+    provenance = Provenance(**cut.provenance, dtype=dtype,
+                            compute="mixed_float16" if runtime.mixed_precision else "float32",
+                            resize=RESIZE, decoder=DECODER)
     plan = ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
                           provenance=provenance)
+    check_planned(plan, expected)
     return Backbone(plan, cut)
+
+
+def check_planned(plan: ExtractionPlan, expected: Optional[Mapping[str, Any]]) -> None:
+    """Refuse a built backbone whose identity is not the planned one (the planning rule would be wrong: a bug)."""
+    if expected is None:
+        return
+    clean = {k: v for k, v in expected.items() if k != "augment"}
+    if clean != {k: v for k, v in plan.identity.items() if k != "augment"}:
+        raise RuntimeError(f"the built backbone's identity {plan.identity} differs from the planned {clean}")

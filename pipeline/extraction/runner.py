@@ -1,13 +1,19 @@
 """Streaming images through a compiled step into a store, chunk by chunk, writes overlapping inference.
 
-A :class:`ChunkJob` is one chunk of a store to compute: rows of one split (and,
-for augmented passes, one view). :func:`run_jobs` decodes the images of
-consecutive jobs of the same split and view as one stream
-(:func:`pipeline.extraction.inputs.image_batches`), runs each batch through the
-step, checks float16 precision (:class:`~pipeline.extraction.precision.PrecisionGuard`),
-cuts the output stream back into the jobs' rows (:func:`regroup`) and hands each
-finished chunk to a writer thread; at most ``WRITES_IN_FLIGHT`` chunks wait, so
-memory stays flat however many images there are.
+:func:`run_jobs` takes the chunk writes a store writer planned
+(:class:`pipeline.store.writer.ChunkWrite`), decodes the images of consecutive
+writes of the same view as one stream (:func:`pipeline.extraction.inputs.image_batches`,
+each file's bytes checked against its hash), runs each batch through the step,
+checks float16 precision (:class:`~pipeline.extraction.precision.PrecisionGuard`),
+cuts the output stream back into the writes' rows (:func:`regroup`) and hands
+each finished chunk to a writer thread; at most ``WRITES_IN_FLIGHT`` chunks
+wait, so memory stays flat however many images there are.
+
+Every batch has the same shape: the last one of a stream is padded to the batch
+size and the padding dropped. An image's features then do not depend on which
+run computed it or on its neighbours in the batch (``tests/test_incremental.py``
+checks rows of a cold and an incremental run bit for bit). Augmented views are
+seeded per image — (seed, view, content hash) — for the same reason.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.extraction.augmentation import batch_seed
+from pipeline.extraction.augmentation import view_seed
 from pipeline.extraction.plan import Backbone
 from pipeline.extraction.precision import PrecisionGuard
+from pipeline.store.writer import ChunkWrite
 
 # At most this many chunks wait for the writer: bounds memory, keeps inference busy.
 WRITES_IN_FLIGHT = 2
@@ -38,34 +45,26 @@ class RunStats:
     first_batch_seconds: Optional[float]  # until the first batch's features existed (tracing included)
 
 
-@dataclass(frozen=True)
-class ChunkJob:
-    """One chunk to compute: rows ``rows`` of ``split`` (and, for augmented passes, one view)."""
-
-    split: str
-    chunk: int
-    rows: range
-    view: Optional[int] = None
-
-
-def run_jobs(backbone: Backbone, jobs: Sequence[ChunkJob], records: Mapping[str, Sequence],
-             write: Callable[[ChunkJob, np.ndarray], None], *, name: str, progress: bool = True,
-             augment: Optional[tuple[list, int]] = None) -> RunStats:
-    """Stream the images of ``jobs`` through the model and hand each finished chunk to ``write``.
+def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Sequence[str],
+             paths: Mapping[str, str], write: Callable[[ChunkWrite, np.ndarray], None], *, name: str,
+             progress: bool = True, augment: Optional[tuple[list, int]] = None) -> RunStats:
+    """Compute the rows of ``writes`` and hand each finished chunk to ``write``.
 
     Parameters
     ----------
     backbone : Backbone
-    jobs : sequence of ChunkJob
-        In order; consecutive jobs of the same split and view are streamed together.
-    records : mapping of split to its rows
-        Anything with a ``path`` per row (manifest records).
+    writes : sequence of ChunkWrite
+        In order; consecutive writes of the same view are streamed together.
+    row_hashes : sequence of str
+        The content hash of every row of the store (``row_hashes[i]`` is row ``i``'s).
+    paths : mapping of sha256 to path
+        Where each image's bytes are.
     write : callable
-        ``write(job, block)`` stores one chunk (called on the writer thread).
+        ``write(chunk_write, block)`` stores one chunk (called on the writer thread).
     name : str
         For messages and the progress bar.
     augment : (layers, seed), optional
-        Augment every batch first, seeded by (seed, view, split, first row).
+        Augment every image first, seeded by (seed, view, its content hash).
 
     Returns
     -------
@@ -75,23 +74,19 @@ def run_jobs(backbone: Backbone, jobs: Sequence[ChunkJob], records: Mapping[str,
 
     started = time.perf_counter()
     first: list[float] = []
-
     plan = backbone.plan
     infer = backbone.step(augment[0] if augment else None)
     guard = PrecisionGuard(name, plan.dtype)
-    todo = sum(len(job.rows) for job in jobs)
-    batch_size = plan.runtime.batch_size
+    todo = sum(len(w.rows) for w in writes)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
             tqdm(total=todo, desc=name, unit="img", disable=not progress) as bar:
         in_flight: deque[Future] = deque()
-        for (split, view), group in itertools.groupby(jobs, key=lambda job: (job.split, job.view)):
+        for view, group in itertools.groupby(writes, key=lambda w: w.view):
             group = list(group)
-            rows = [i for job in group for i in job.rows]
-            seeds = None
-            if augment:
-                seeds = [batch_seed(augment[1], view, split, rows[k]) for k in range(0, len(rows), batch_size)]
-            batches = _infer_batches(infer, guard, [records[split][i].path for i in rows], seeds,
-                                     size=plan.provenance.input_size, batch_size=batch_size)
+            hashes = [row_hashes[i] for w in group for i in w.rows]
+            seeds = [view_seed(augment[1], view, h) for h in hashes] if augment else None
+            batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, seeds,
+                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size)
             for job, block in regroup(_ticking(batches, bar, first), group):
                 in_flight.append(pool.submit(write, job, block))
                 while len(in_flight) > WRITES_IN_FLIGHT:
@@ -112,21 +107,32 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
         yield batch
 
 
-def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], seeds: Optional[Sequence[int]], *,
-                   size: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Decode, (augment,) infer and check each batch of ``paths``; yield stored features."""
+def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str],
+                   seeds: Optional[Sequence[int]], *, size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Decode (bytes checked), (augment,) infer and check each batch; yield stored features."""
     import tensorflow as tf
 
     from pipeline.extraction.inputs import image_batches
 
-    for k, batch in enumerate(image_batches(paths, size=size, batch_size=batch_size)):
-        result = infer(batch) if seeds is None else infer(batch, tf.constant(seeds[k], tf.int64))
+    start = 0
+    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes):
+        n = int(batch.shape[0])
+        if n < batch_size:
+            # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
+            batch = tf.pad(batch, [[0, batch_size - n], [0, 0], [0, 0], [0, 0]])
+        valid = tf.constant(n, tf.int32)
+        if seeds is None:
+            result = infer(batch, valid)
+        else:
+            chunk = list(seeds[start:start + n]) + [0] * (batch_size - n)
+            result = infer(batch, valid, tf.constant(chunk, tf.int64))
         stored, lost, nonzero, overflow, largest = result
         guard.check(int(lost), int(nonzero), int(overflow), float(largest))
-        yield stored.numpy()
+        start += n
+        yield stored.numpy()[:n]
 
 
-def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkJob]) -> Iterator[tuple[ChunkJob, np.ndarray]]:
+def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkWrite]) -> Iterator[tuple[ChunkWrite, np.ndarray]]:
     """Cut a stream of output batches into the rows of ``jobs``, in order."""
     pending = iter(jobs)
     job = next(pending)

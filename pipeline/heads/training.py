@@ -38,9 +38,10 @@ from pipeline.config import HeadsParams, dask_address
 from pipeline.heads.registry import StreamingContext, head_kind
 from pipeline.heads.sweep import FitJob, Splits, plan_jobs, run_sweep
 from pipeline.heads.variants import Variant, expand_grid, make_head, make_preprocessor
-from pipeline.provenance import SAME_FEATURES, library_versions
+from pipeline.manifest import Record
+from pipeline.provenance import features_identity, library_versions
 from pipeline.store.layout import views_path
-from pipeline.store.reader import open_feature_set, open_store, open_views
+from pipeline.store.reader import open_feature_set, open_store, open_views, provenance_of
 from pipeline.store.pooling import pooled_width
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,14 @@ FIT_LIBRARIES = ("scikit-learn", "numpy", "keras", "joblib")
 _PACKAGE = Path(__file__).parent
 
 
-def read_splits(features: Path, poolings: Sequence[str], *, views: Optional[Path] = None,
-                val_views: bool = False) -> dict[str, Splits]:
+def read_splits(features: Path, poolings: Sequence[str], records: Sequence[Record], *,
+                views: Optional[Path] = None, val_views: bool = False) -> dict[str, Splits]:
     """The train and val rows of a store for each pooling (read once each, pooled as read).
 
     Parameters
     ----------
+    records : sequence of Record
+        The manifest: which images are train and val, with their labels.
     views : Path, optional
         The feature set's views store (:func:`pipeline.store.views_path`): its
         training views are read too (and its val views with ``val_views``).
@@ -68,24 +71,22 @@ def read_splits(features: Path, poolings: Sequence[str], *, views: Optional[Path
     """
     data = {}
     for pooling in poolings:
-        train = open_feature_set(features, "train", pooling=pooling)
-        val = open_feature_set(features, "val", pooling=pooling)
+        train = open_feature_set(features, "train", manifest=records, pooling=pooling)
+        val = open_feature_set(features, "val", manifest=records, pooling=pooling)
         train_views = val_views_X = None
         if views is not None:
-            train_views, val_views_X = _read_views(views, pooling, train.provenance, val_views)
+            train_views, val_views_X = _read_views(views, pooling, records, open_store(features), val_views)
         data[pooling] = Splits(train.X, train.y, val.X, val.y, train_views, val_views_X)
         log.info("%s pooling=%s: train X %s, val X %s%s", features.name, pooling, train.X.shape, val.X.shape,
                  "" if train_views is None else f", train views {train_views.shape}")
     return data
 
 
-def _read_views(views: Path, pooling: str, provenance: dict, val_views: bool):
-    expect = {k: provenance.get(k) for k in SAME_FEATURES}
-    train = open_views(views, "train", pooling=pooling, expect=expect)
-    if train.X.shape[1] == 0:
-        raise ValueError(f"heads.augment/heads.tta need augmented views, but {views} has none: set "
-                         "extract.augment.views > 0")
-    val = open_views(views, "val", pooling=pooling, expect=expect).X if val_views else None
+def _read_views(views: Path, pooling: str, records: Sequence[Record], store, val_views: bool):
+    # The views must extend this very store's features: same identity but for the augmentation.
+    expect = features_identity(store.attrs["identity"])
+    train = open_views(views, "train", manifest=records, pooling=pooling, expect=expect)
+    val = open_views(views, "val", manifest=records, pooling=pooling, expect=expect).X if val_views else None
     return train.X, val
 
 
@@ -107,7 +108,10 @@ def fit_code_digest() -> str:
 
 
 def job_fingerprint(job: FitJob, heads: HeadsParams, data_sha: str) -> str:
-    """What a job's results depend on; equal fingerprints mean the same fits (see the module docstring)."""
+    """What a job's results depend on; equal fingerprints mean the same fits (see the module docstring).
+
+    ``data_sha`` covers the features and the labels of train and val, so a
+    relabelled or re-split image changes it."""
     code = fit_code_digest()
     preprocessor = make_preprocessor(job.variants[0], heads)
     versions = library_versions(FIT_LIBRARIES)
@@ -134,7 +138,7 @@ def previous_rows(out: Path) -> dict[str, dict]:
     return {r["variant"]: r for r in rows if "fingerprint" in r and (out / f"{r['variant']}.joblib").is_file()}
 
 
-def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool = True,
+def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool = True,
                 reuse: bool = True) -> tuple[list[dict], dict]:
     """Fit the grid on one store (what changed only), save every fitted head.
 
@@ -143,6 +147,8 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
     features : Path
         The feature store.
     heads : HeadsParams
+    records : sequence of Record
+        The manifest (train and val images, labels).
     out : Path
         Folder of the fitted heads; earlier results in it are reused when their
         fingerprints match (unless ``reuse`` is false).
@@ -155,10 +161,10 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
         ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
     """
     variants = expand_grid(heads)
-    if out_of_core(features, variants, heads):
-        return _train_out_of_core(features, variants, heads, out)
+    if out_of_core(features, variants, heads, records):
+        return _train_out_of_core(features, variants, heads, out, records)
     needs_views = any(v.uses_views for v in variants)
-    data = read_splits(features, sorted({v.pooling for v in variants}),
+    data = read_splits(features, sorted({v.pooling for v in variants}), records,
                        views=views_path(features.parent, features.stem) if needs_views else None,
                        val_views=any(v.tta for v in variants))
     if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
@@ -195,11 +201,12 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, *, progress: bool
     return [rows[v.id] for v in variants], summary
 
 
-def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams) -> bool:
+def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams, records: Sequence[Record]) -> bool:
     """Whether to train from the store chunk by chunk: forced, or (auto) when the pooled train features are too big."""
     if heads.out_of_core != "auto":
         return bool(heads.out_of_core)
-    largest = max(pooled_bytes(features, pooling) for pooling in {v.pooling for v in variants})
+    n_train = sum(r.split == "train" for r in records)
+    largest = max(pooled_bytes(features, pooling, n_train) for pooling in {v.pooling for v in variants})
     if largest > heads.memory_limit_mb * 2**20:
         log.info("%s: pooled train features take %.0f MB, more than heads.memory_limit_mb=%g: training out of core",
                  features.stem, largest / 2**20, heads.memory_limit_mb)
@@ -207,13 +214,13 @@ def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams)
     return False
 
 
-def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams,
-                       out: Path) -> tuple[list[dict], dict]:
+def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams, out: Path,
+                       records: Sequence[Record]) -> tuple[list[dict], dict]:
     """The out-of-core grid: every variant with a streaming form, fitted from dask arrays (no reuse)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     started = time.perf_counter()
-    for variant, estimator, row in fit_out_of_core(features, variants, heads):
+    for variant, estimator, row in fit_out_of_core(features, variants, heads, records):
         joblib.dump(estimator, out / f"{variant.id}.joblib")
         rows.append({**variant_row(variant, heads), **row, "fingerprint": None, "reused": False})
         log.info("%-44s val acc %s  (%.2f s, out of core)", variant.id, _fmt(row["val_accuracy"]), row["fit_seconds"])
@@ -254,21 +261,20 @@ def process_start() -> float:
     return psutil.Process().create_time()
 
 
-def write_scores(features: Path, heads: HeadsParams, out: Path, *, progress: bool, reuse: bool,
-                 started: float) -> float:
+def write_scores(features: Path, heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool,
+                 reuse: bool, started: float) -> float:
     """Fit one store's grid and write its ``scores.json``; returns when it finished (``time.time()``).
 
     ``stage_seconds`` is the wall time since ``started``: for the first store of
     the process its start (interpreter and imports included), for the next ones
     the end of the previous store.
     """
-    rows, summary = train_heads(features, heads, out, progress=progress, reuse=reuse)
+    rows, summary = train_heads(features, heads, out, records, progress=progress, reuse=reuse)
     store = open_store(features)
-    provenance = dict(store.attrs["provenance"])
     finished = time.time()
     summary["stage_seconds"] = round(finished - started, 3)
-    scores = {"feature_set": features.stem, "store": str(features), "provenance": provenance,
-              "rows": {s: int(store[s]["X"].shape[0]) for s in ("train", "val")},
+    scores = {"feature_set": features.stem, "store": str(features), "identity": dict(store.attrs["identity"]),
+              "provenance": provenance_of(store), "rows": {s: sum(r.split == s for r in records) for s in ("train", "val")},
               "sweep": summary, "variants": rows}
     (out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", features.stem, summary["variants"],
@@ -294,10 +300,10 @@ def parallel_backend(heads: HeadsParams):
         yield
 
 
-def pooled_bytes(features, pooling: str, split: str = "train") -> int:
-    """Bytes the pooled float32 features of ``split`` would take in memory, read from the store's metadata."""
+def pooled_bytes(features, pooling: str, rows: int) -> int:
+    """Bytes ``rows`` pooled float32 feature rows would take in memory, from the store's metadata."""
     group = open_store(features)
-    return int(group[split]["X"].shape[0] * pooled_width(tuple(group.attrs["feature_shape"]), pooling) * 4)
+    return int(rows * pooled_width(tuple(group.attrs["feature_shape"]), pooling) * 4)
 
 
 def streaming_head(variant: Variant, heads: HeadsParams, n_train: int):
@@ -313,7 +319,7 @@ def streaming_head(variant: Variant, heads: HeadsParams, n_train: int):
     return kind.streaming(dict(variant.params), heads.grid(variant.kind), context)
 
 
-def fit_out_of_core(features, variants, heads):
+def fit_out_of_core(features, variants, heads, records):
     """Fit every variant that has an out-of-core form, reading the store as dask arrays.
 
     Yields
@@ -325,8 +331,8 @@ def fit_out_of_core(features, variants, heads):
     from sklearn.metrics import accuracy_score, f1_score
 
     for pooling in sorted({v.pooling for v in variants}):
-        train = open_feature_set(features, "train", pooling=pooling, as_dask=True)
-        val = open_feature_set(features, "val", pooling=pooling, as_dask=True)
+        train = open_feature_set(features, "train", manifest=records, pooling=pooling, as_dask=True)
+        val = open_feature_set(features, "val", manifest=records, pooling=pooling, as_dask=True)
         for variant in (v for v in variants if v.pooling == pooling):
             estimator = streaming_head(variant, heads, len(train.y))
             if estimator is None:

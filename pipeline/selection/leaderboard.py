@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.heads.training import SCORES_FILE
-from pipeline.provenance import SAME_FEATURES, file_sha256
+from pipeline.manifest import Record
+from pipeline.provenance import features_identity, file_sha256
 from pipeline.selection.cost import sweep_cost
 from pipeline.selection.scoring import rank, score_test, select_best
 from pipeline.store.layout import views_path
@@ -41,7 +42,7 @@ def load_scores(heads_dir: Path) -> list[dict]:
     return [json.loads(f.read_text(encoding="utf-8")) | {"dir": str(f.parent)} for f in files]
 
 
-def evaluate(heads_dir: Path, settings: EvaluateParams,
+def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record],
              costs: Optional[dict] = None) -> tuple[dict, list[dict], dict]:
     """Select per feature set, score the selections on test, pick the overall best on validation.
 
@@ -50,13 +51,15 @@ def evaluate(heads_dir: Path, settings: EvaluateParams,
     heads_dir : Path
         Holds ``<key>/scores.json`` and the fitted heads.
     settings : EvaluateParams
+    records : sequence of Record
+        The manifest: which images are test images, and their labels.
     costs : dict, optional
         Backbone timings by feature set (stage backbone_cost); adds ``cost`` to the report.
 
     Returns
     -------
     report : dict
-        Everything about the selections (:func:`headline` condenses it for ``metrics.json``).
+        Everything about the selections (:func:`metrics_headline` condenses it for ``metrics.json``).
     leaderboard : list of dict
         One row per variant over all feature sets, best validation score first.
     best : dict
@@ -67,13 +70,14 @@ def evaluate(heads_dir: Path, settings: EvaluateParams,
     for scores in all_scores:
         key, provenance = scores["feature_set"], scores["provenance"]
         pick = select_best(scores["variants"], settings.select_by)
-        expect = {k: provenance.get(k) for k in SAME_FEATURES}
-        test = open_feature_set(scores["store"], "test", pooling=pick["pooling"], expect=expect)
+        # The heads were trained on this store's rows: refuse a store rebuilt since with another identity.
+        expect = features_identity(scores["identity"])
+        test = open_feature_set(scores["store"], "test", manifest=records, pooling=pick["pooling"], expect=expect)
         X_test = test.X
         if pick.get("tta"):
             # Test-time augmentation: the clean features and every cached view of each test image.
-            views = open_views(views_path(Path(scores["store"]).parent, key), "test", pooling=pick["pooling"],
-                               expect=expect)
+            views = open_views(views_path(Path(scores["store"]).parent, key), "test", manifest=records,
+                               pooling=pick["pooling"], expect=expect)
             X_test = np.concatenate([test.X[:, None], views.X], axis=1)
         estimator = joblib.load(Path(scores["dir"]) / f"{pick['variant']}.joblib")
         result = score_test(estimator, X_test, test.y, test.classes, settings)
@@ -186,6 +190,7 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
     return {"feature_set": key, "variant": variant,
             "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
             "head": str(head), "head_sha256": file_sha256(head),
-            "store": scores["store"], "provenance": scores["provenance"], "row": rows[variant],
+            "store": scores["store"], "identity": scores["identity"], "provenance": scores["provenance"],
+            "row": rows[variant],
             "test": summary if summary["variant"] == variant else None,
             "finetune": report.get("finetune"), "runners_up": runners_up}

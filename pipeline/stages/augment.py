@@ -1,16 +1,21 @@
-"""Stage augment: K seeded augmented passes of the training images through one backbone cut.
+"""Stage augment: K seeded augmented views of the training images through one backbone cut.
 
-Reads  the manifest (``--manifest``) and ``params.yaml`` sections
-       ``features.<key>`` and ``extract`` (``extract.augment``: views, ops, seed, tta).
+Reads  the manifest (``--manifest``: which images are training images; with
+       ``tta`` val and test ones too), the check stage's ``--check`` file, and
+       ``params.yaml`` sections ``features.<key>`` and ``extract`` (``extract.augment``:
+       views, ops, seed, tta).
 Writes the views store ``--out`` (``features/views/<key>.zarr``, kept between
-       runs by DVC's ``persist``): for each training image K views through the
-       Keras preprocessing layers of ``extract.augment.ops``, each stored as the
-       unpooled map of the cut layer; with ``tta: true`` views of val and test too.
+       runs by DVC's ``persist``): K views of each such image through the Keras
+       preprocessing layers of ``extract.augment.ops``, each the unpooled map of
+       the cut layer, keyed by the image's content hash; and ``--report``
+       (``reports/extract/views-<key>.json``).
 
-The clean features of every split stay in the extract stage's store, untouched.
-Growing ``views`` computes only the new views; other ops, seed or backbone
-rebuild the store (see :mod:`pipeline.store.writer`). With ``views: 0`` the store is
-an empty marker. The work is :func:`pipeline.extraction.feature_sets.augment_feature_set`.
+View ``v`` of an image depends only on (seed, v, its bytes), so growing
+``views`` computes only the new views, new images get views without the old
+ones being recomputed, and re-splitting computes views only for images that
+became training images. Other ops, seed or backbone start a new store. With
+``views: 0`` the store is an attributes-only marker and no backbone is built.
+The work is :func:`pipeline.extraction.feature_sets.augment_feature_set`.
 
 Usage: ``python -m pipeline.stages.augment --feature-set KEY --out features/views/KEY.zarr``
 """
@@ -18,28 +23,53 @@ Usage: ``python -m pipeline.stages.augment --feature-set KEY --out features/view
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import feature_set, load_params
-from pipeline.extraction.feature_sets import augment_feature_set
+from pipeline.extraction.feature_sets import augment_feature_set, nothing_to_do
+from pipeline.extraction.plan import augment_identity, planned_identity
+from pipeline.extraction.wanted import already_extracted, paths_of, resolved_cut, view_images
 from pipeline.manifest import read_manifest
-from pipeline.provenance import file_sha256
 from pipeline.stage import run_stage
+from pipeline.store.layout import store_name
+from pipeline.store.writer import stored_rows, write_views_marker
+
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature-set", required=True, help="key of the feature set in params.yaml `features`")
-    parser.add_argument("--out", required=True, type=Path, help="the views store, e.g. features/views/KEY.zarr")
+    parser.add_argument("--out", required=True, help="the views store, e.g. features/views/KEY.zarr")
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
+    parser.add_argument("--check", default=None, type=Path, help="the check stage's reports/checks/KEY.json")
+    parser.add_argument("--report", default=None, type=Path, help="accounting JSON")
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     params = load_params(args.params)
+    spec, settings = feature_set(params, args.feature_set), params.extract
+    cut = resolved_cut(spec, args.check)
+    identity = planned_identity(spec, settings, cut, views=True) if cut is not None else None
     records = read_manifest(args.manifest)
-    augment_feature_set(feature_set(params, args.feature_set), params.extract, records, out=args.out,
-                        manifest_sha256=file_sha256(args.manifest), progress=not args.no_progress)
+    wanted = view_images(records, tta=settings.augment.tta)
+    if settings.augment.views == 0:
+        write_views_marker(args.out, identity or {"augment": augment_identity(settings), "cut": cut})
+        result = nothing_to_do(args.out, 0, 0, started)
+    elif already_extracted(args.out, identity, wanted, views=settings.augment.views):
+        result = nothing_to_do(args.out, len(wanted), stored_rows(args.out), started)
+    else:
+        result = augment_feature_set(spec, settings, wanted, paths_of(records, wanted, where=str(args.manifest)),
+                                     out=args.out, progress=not args.no_progress, expected=identity)
+    log.info("%s", result.summary(f"augment {store_name(args.out)}"))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(result.report(), indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage evaluate: choose the best head per feature set on validation, score it once on test.
 
 Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
-       split of each feature store, ``--costs`` (the backbone timings of
+       images of the manifest (``--manifest``) in each feature store, ``--costs`` (the backbone timings of
        stage backbone_cost), ``--finetune`` (the fine-tune stage's result, which
        joins the leaderboard and the overall choice) and ``params.yaml`` sections
        ``evaluate`` and ``export.variant``.
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import load_params
+from pipeline.manifest import read_manifest
 from pipeline.reporting.plots import write_plots
 from pipeline.reporting.tables import leaderboard_markdown, write_csv
 from pipeline.selection.leaderboard import add_finetune, evaluate, export_target, metrics_headline
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cost", type=Path, help="where to write the cost report (needs --costs)")
     parser.add_argument("--finetune", type=Path, help="the fine-tune stage's result.json, joined to the leaderboard")
     parser.add_argument("--export-target", type=Path, help="where to write what the export stage exports")
+    parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
     if args.cost is not None and args.costs is None:
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.costs.is_file():
             raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
         costs = json.loads(args.costs.read_text(encoding="utf-8"))
-    report, leaderboard, best = evaluate(args.heads, settings, costs)
+    report, leaderboard, best = evaluate(args.heads, settings, read_manifest(args.manifest), costs)
     if args.finetune is not None:
         if not args.finetune.is_file():
             raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")

@@ -28,6 +28,7 @@ from typing import Sequence
 from pipeline.config import load_params
 from pipeline.export.build import export
 from pipeline.manifest import read_manifest
+from pipeline.provenance import file_sha256
 from pipeline.stage import run_stage
 
 
@@ -43,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not path.is_file():
             raise FileNotFoundError(f"no {path}; run `dvc repro` up to the evaluate stage first")
     export(load_params(args.params), json.loads(args.target.read_text(encoding="utf-8")), read_manifest(args.manifest),
-           json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out)
+           json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out,
+           manifest_sha256=file_sha256(args.manifest))
 
 
 if __name__ == "__main__":

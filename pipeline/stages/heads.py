@@ -1,7 +1,9 @@
 """Stage heads: train every head variant of the grid on every feature set.
 
-Reads  the feature stores under ``--features`` (train and val splits, pooled as
-       each variant asks) and ``params.yaml`` sections ``heads`` and ``features``.
+Reads  the feature stores under ``--features`` and the manifest (``--manifest``:
+       which images are train and val, and their labels; rows are found by
+       content hash and pooled as each variant asks), and ``params.yaml``
+       sections ``heads`` and ``features``.
 Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
        variant (``<variant>.joblib``: [standardize] → [pca] → head) and
        ``scores.json`` with each variant's validation scores, fit seconds, peak
@@ -25,6 +27,7 @@ from typing import Sequence
 
 from pipeline.config import load_params
 from pipeline.heads.training import parallel_backend, process_start, write_scores
+from pipeline.manifest import read_manifest
 from pipeline.stage import run_stage
 from pipeline.store.layout import store_path
 
@@ -37,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="a feature store (features/KEY.zarr), or the folder of every feature set's store")
     parser.add_argument("--out", required=True, type=Path,
                         help="folder for one store's heads (heads/KEY), or for every feature set's (heads)")
+    parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-reuse", action="store_true", help="refit every variant")
@@ -48,15 +52,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run(args, params) -> None:
     options = {"progress": not args.no_progress, "reuse": not args.no_reuse}
+    records = read_manifest(args.manifest)
     started = process_start()
     if args.features.suffix == ".zarr":
-        write_scores(args.features, params.heads, args.out, started=started, **options)
+        write_scores(args.features, params.heads, args.out, records, started=started, **options)
         return
     # Every feature set in one process: TensorFlow (for dense heads) is imported once, and the
     # fingerprints keep the heads of feature sets whose features and params did not change.
     for key in params.features:
-        started = write_scores(store_path(args.features, key), params.heads, args.out / key, started=started,
-                               **options)
+        started = write_scores(store_path(args.features, key), params.heads, args.out / key, records,
+                               started=started, **options)
     for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in params.features):
         log.info("removing heads of %s: no longer a feature set", stale.name)
         shutil.rmtree(stale)

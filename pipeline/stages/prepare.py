@@ -3,6 +3,8 @@
 Reads  ``params.yaml`` section ``data`` and every image under ``data.source``.
 Writes ``--manifest`` (CSV: id, path, label, class_name, split, sha256, width,
        height), the only thing later stages read about the dataset;
+       ``--hashes`` (``data/content_hashes.txt``: the distinct sha256 of the
+       images, sorted; what the extract stages depend on);
        ``--report`` (JSON: counts per split and class, class imbalance, empty
        class folders, duplicates removed, near duplicates suspected, files
        skipped or ignored, image size distribution, warnings), ``--summary``
@@ -25,34 +27,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import load_params
 from pipeline.dataset.curation import build_manifest
 from pipeline.dataset.report import dataset_metrics, summary_markdown
-from pipeline.manifest import write_manifest
+from pipeline.manifest import write_content_hashes, write_manifest, write_text_atomically
 from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
 
-def _write_text(path: Path, text: str) -> None:
-    # Beside the target, then renamed over it: a failed write never leaves half a report.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--hashes", type=Path, default=None,
+                        help="the distinct content hashes, one a line (default: content_hashes.txt beside --manifest)")
     parser.add_argument("--report", required=True, type=Path)
     parser.add_argument("--summary", type=Path, default=None)
     parser.add_argument("--metrics", type=Path, default=None)
@@ -62,11 +53,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     records, report = build_manifest(params.data, progress=not args.no_progress)
     write_manifest(records, args.manifest)
-    _write_text(args.report, json.dumps(report.to_dict(), indent=2) + "\n")
+    write_content_hashes(records, args.hashes or args.manifest.with_name("content_hashes.txt"))
+    write_text_atomically(args.report, json.dumps(report.to_dict(), indent=2) + "\n")
     if args.summary:
-        _write_text(args.summary, summary_markdown(report))
+        write_text_atomically(args.summary, summary_markdown(report))
     if args.metrics:
-        _write_text(args.metrics, json.dumps({"data": dataset_metrics(report)}, indent=2) + "\n")
+        write_text_atomically(args.metrics, json.dumps({"data": dataset_metrics(report)}, indent=2) + "\n")
     log.info("manifest: %d images, %s; duplicates: %s; %d warning(s)",
              report.images, report.per_split, report.duplicates, len(report.warnings))
 

@@ -1,28 +1,30 @@
-"""Where stores live and how their arrays are laid out: paths, chunking, array creation.
+"""Where stores live and how their arrays are laid out: rows keyed by image content, chunked, digested.
 
-One feature store per feature set (backbone × weights × cut × input size), a
-Zarr v3 group laid out as::
+One store per feature set, a Zarr v3 group identified by what determines its
+features (:func:`pipeline.provenance.identity_of`) — not by the dataset::
 
-    <key>.zarr/                 attrs: shoulders_store, complete, provenance, classes,
-                                       feature_shape, dtype, chunk_rows, stats
-      train/ X  (n, *feature_shape) float16|float32   chunks of whole rows, >= ~1 MB
-             y  (n,) int32                            class index
-             ids (n,) str                             manifest id of each row
-             done (n_chunks,) uint8                   1 once chunk i of X is written
-      val/  ...
-      test/ ...
+    <key>.zarr/    attrs: shoulders_store, identity, identity_fingerprint, feature_shape,
+                          dtype, chunk_rows, views, rows (verified rows), chunk_digests,
+                          pending (an append in progress), runs (what each extraction did)
+      X       (capacity, [K,] *feature_shape)  chunks (chunk_rows, [1,] *feature_shape)
+      sha256  (capacity,) str                  the content hash of each row's image
+      done    (n_chunks, [K])                  1 once chunk i (of view v) is written
 
-Its views store (augmented passes, :mod:`pipeline.store.writer`) lives at
-``<features>/views/<key>.zarr`` with ``X`` of shape ``(n, K, *feature_shape)``.
-The unpooled map of the cut layer is stored; pooling is applied when features
-are read (:mod:`pipeline.store.pooling`).
+Row ``i`` holds the unpooled map of the cut layer for the image whose bytes
+hash to ``sha256[i]``; two files with the same bytes are one row. Labels,
+class names, splits and ids are not stored: they are joined from the manifest
+when features are read (:mod:`pipeline.store.reader`), so re-splitting or
+relabelling never touches a store. Only rows ``< rows`` count: they were
+written and read back, and ``chunk_digests[i]`` is the digest of chunk ``i``
+bound to its position (:mod:`pipeline.store.integrity`). A views store
+(augmented passes, ``features/views/<key>.zarr``) has the extra axis of K views.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import zarr
 from zarr.codecs import ZstdCodec
@@ -30,9 +32,11 @@ from zarr.codecs import ZstdCodec
 from pipeline.store import locations
 from pipeline.store.locations import Location
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 INCOMPLETE_DIR = ".incomplete"
 VIEWS_DIR = "views"
+# Rows per chunk of the sha256 index (64 characters a row).
+INDEX_CHUNK = 65536
 
 
 class StoreError(ValueError):
@@ -55,11 +59,7 @@ def store_name(location: Location) -> str:
 
 
 def rows_per_chunk(feature_shape: Sequence[int], itemsize: int, *, chunk_mb: float, batch_size: int) -> int:
-    """Rows in one chunk: at least ``chunk_mb`` MB, and a whole number of batches.
-
-    Whole batches per chunk make the batches of a resumed run the same as those
-    of an uninterrupted one, which keeps the result bit-identical.
-    """
+    """Rows in one chunk: at least ``chunk_mb`` MB, and a whole number of batches."""
     row_bytes = itemsize * math.prod(feature_shape)
     rows = max(1, math.ceil(chunk_mb * 1e6 / row_bytes))
     return math.ceil(rows / batch_size) * batch_size
@@ -79,6 +79,22 @@ def create_array(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Arr
         config={"write_empty_chunks": True},
         fill_value=0,
     )
+
+
+def create_index(group: zarr.Group, capacity: int) -> zarr.Array:
+    """The sha256 index of the rows."""
+    return group.create_array("sha256", shape=(capacity,), chunks=(INDEX_CHUNK,), dtype=str)
+
+
+def chunk_key(array: zarr.Array, chunk: int, view: Optional[int] = None) -> str:
+    """The storage key (under the array's folder) of row chunk ``chunk`` (of view ``view``)."""
+    coords = (chunk, *([view] if view is not None else []), *([0] * (len(array.shape) - 1 - (view is not None))))
+    return array.metadata.encode_chunk_key(coords)
+
+
+def chunk_file(store: Location, array: zarr.Array, name: str, chunk: int, view: Optional[int] = None) -> Location:
+    """Where chunk ``chunk`` (of view ``view``) of array ``name`` lives."""
+    return locations.join(store, name, chunk_key(array, chunk, view))
 
 
 def remove_stale_temp_files(path: Location) -> None:

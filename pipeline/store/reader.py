@@ -1,28 +1,47 @@
-"""Reading stores: open a complete one, read a split pooled, read augmented views, list stores.
+"""Reading stores: the features of a split, joined from the manifest by image content, pooled as read.
 
-Readers refuse a store that is incomplete, of another format, or whose
-provenance differs from what the caller expects (``expect={...}``); pooling is
-applied chunk by chunk as rows are read (:mod:`pipeline.store.pooling`), so only
-the pooled result is ever whole in memory. Every function takes a local path or
-an fsspec URL.
+A store holds rows keyed by the sha256 of each image's bytes; it knows nothing
+of labels or splits. :func:`open_feature_set` takes the manifest (a path, its
+records, or by default the ``data/manifest.csv`` of the project the store is
+in: the first ``data/manifest.csv`` found going up from the store's folder),
+picks the split's records, finds each one's row by its hash and reads the
+chunks that hold them, checking each chunk's digest
+(:func:`pipeline.store.integrity.read_chunk`) and pooling it as it is read
+(:mod:`pipeline.store.pooling`), so only the pooled result is ever whole in
+memory. The returned :class:`FeatureSet` has the manifest's order, labels,
+ids and class names. A store that lacks a row for an image of the split, is
+of another identity than ``expect``, or of another format, is refused, naming
+what to do. Every function takes a local path or an fsspec URL.
+
+For ad-hoc analysis::
+
+    from pipeline.store.reader import list_feature_sets, open_feature_set
+    train = open_feature_set("features/lite0_top.zarr", "train", pooling="avg")
+    train.X.shape, train.y[:5], train.ids[:2], train.classes, train.provenance["cut"]
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import zarr
 
 from pipeline.config import SPLITS
+from pipeline.manifest import Record, class_names, read_manifest
 from pipeline.store import locations
+from pipeline.store.integrity import chunk_rows, read_chunk
 from pipeline.store.layout import STORE_FORMAT, StoreError, store_name
 from pipeline.store.locations import Location
 from pipeline.store.pooling import check_pooling, pool
 
 log = logging.getLogger(__name__)
+
+Manifest = Union[str, Path, Sequence[Record], None]
+MANIFEST_NAME = Path("data") / "manifest.csv"
 
 
 @dataclass(frozen=True)
@@ -31,32 +50,37 @@ class FeatureSet:
 
     Attributes
     ----------
-    X : ndarray or dask array of shape (n_samples, *feature_shape)
+    X : ndarray or dask array of shape (n_samples, width)
         Pooled as asked: ``(n, channels)`` for avg/max, ``(n, 2*channels)`` for
         avgmax, ``(n, h*w*c)`` for flatten, the stored map for none; for views,
-        ``(n, K, width)``.
+        ``(n, K, width)``. Rows in the manifest's order.
     y : ndarray of shape (n_samples,)
+        Labels, from the manifest.
     ids : ndarray of shape (n_samples,)
+        Manifest ids (paths under the dataset folder).
+    sha256 : ndarray of shape (n_samples,)
+        Content hash of each image: its row's key.
     classes : tuple of str
     provenance : dict
+        The store's identity, and the provenance of its latest run.
     """
 
     X: Any
     y: np.ndarray
     ids: np.ndarray
+    sha256: np.ndarray
     classes: tuple[str, ...]
     provenance: dict
 
 
 def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> zarr.Group:
-    """Open a complete store read-only, checking its provenance.
+    """Open a store read-only, checking its format and (optionally) its identity.
 
     Parameters
     ----------
     path : path-like or URL
-        The ``.zarr`` directory.
     expect : mapping, optional
-        Provenance entries the caller requires (e.g. ``{"cut": "block6a_add"}``);
+        Identity entries the caller requires (e.g. ``{"cut": "block6a_add"}``);
         any difference raises.
 
     Raises
@@ -64,7 +88,7 @@ def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> za
     FileNotFoundError
         If there is no store at ``path``.
     StoreError
-        If the store is incomplete, of another format, or its provenance differs.
+        If the store is of another format, has no verified rows, or its identity differs.
     """
     path = locations.normalize(path)
     if not locations.exists(locations.join(path, "zarr.json")):
@@ -73,56 +97,170 @@ def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> za
     attrs = group.attrs
     if attrs.get("shoulders_store") != STORE_FORMAT:
         raise StoreError(f"{path} is not a shoulders feature store of format {STORE_FORMAT} "
-                         f"(shoulders_store={attrs.get('shoulders_store')!r})")
-    if attrs.get("complete") is not True:
-        raise StoreError(f"{path} is incomplete (extraction did not finish); rerun `dvc repro` "
-                         "or `python -m pipeline.stages.extract` to complete it")
+                         f"(shoulders_store={attrs.get('shoulders_store')!r}); rerun `dvc repro` to extract it again")
     if expect:
-        provenance = attrs["provenance"]
-        diffs = [f"{k}: store has {provenance.get(k)!r}, expected {v!r}"
-                 for k, v in expect.items() if provenance.get(k) != v]
+        identity = attrs["identity"]
+        diffs = [f"{k}: store has {identity.get(k)!r}, expected {v!r}"
+                 for k, v in expect.items() if identity.get(k) != v]
         if diffs:
-            raise StoreError(f"{path} was made with other provenance: " + "; ".join(diffs))
+            raise StoreError(f"{path} was made with another identity: " + "; ".join(diffs))
     return group
 
 
-def open_feature_set(path: Location, split: str = "train", *, pooling: str = "avg",
+def provenance_of(group: zarr.Group) -> dict:
+    """The store's identity together with the full provenance of the run that last added rows."""
+    runs = [run for run in group.attrs.get("runs") or [] if "provenance" in run]  # gc runs add no rows
+    return {**(runs[-1]["provenance"] if runs else {}), **dict(group.attrs["identity"])}
+
+
+def row_index(group: zarr.Group) -> dict[str, int]:
+    """The row of each content hash among the store's verified rows."""
+    rows = int(group.attrs["rows"])
+    hashes = group["sha256"][:rows].tolist() if rows else []
+    return {str(h): i for i, h in enumerate(hashes)}
+
+
+def find_manifest(store: Location) -> Path:
+    """The ``data/manifest.csv`` of the project a local store is in (searched upwards from the store's folder)."""
+    if locations.is_url(store):
+        raise ValueError(f"{store} is not a local store: pass manifest= (a path, or its records)")
+    for folder in Path(store).resolve().parents:
+        candidate = folder / MANIFEST_NAME
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {MANIFEST_NAME} above {store}: pass manifest= (a path, or its records)")
+
+
+def manifest_records(manifest: Manifest, store: Location) -> list[Record]:
+    """The records of ``manifest``: given, read from a path, or found from the store's location."""
+    if manifest is None:
+        manifest = find_manifest(store)
+    if isinstance(manifest, (str, Path)):
+        return read_manifest(manifest)
+    return list(manifest)
+
+
+def _split_records(records: Sequence[Record], split: str) -> list[Record]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}. Received: {split!r}")
+    return [r for r in records if r.split == split]
+
+
+def _rows_of(group: zarr.Group, path: Location, records: Sequence[Record]) -> np.ndarray:
+    index = row_index(group)
+    missing = [r for r in records if r.sha256 not in index]
+    if missing:
+        raise StoreError(f"{path} has no features for {len(missing)} image(s) of the manifest (first: "
+                         f"{missing[0].id}, sha256 {missing[0].sha256[:12]}…); run `dvc repro` to extract them")
+    return np.array([index[r.sha256] for r in records], dtype=np.int64)
+
+
+def _gathered(group: zarr.Group, path: Location, rows: np.ndarray, transform, view: Optional[int] = None):
+    """``transform(block)`` of every chunk holding a row of ``rows`` (digest-checked), gathered in that order."""
+    X = group["X"]
+    total = int(group.attrs["rows"])
+    digests = group.attrs["chunk_digests"]
+    size = X.chunks[0]
+    parts, positions = [], []
+    for chunk in np.unique(rows // size):
+        expected = digests[chunk] if view is None else digests[chunk][view]
+        block = transform(np.asarray(read_chunk(path, X, int(chunk), total, expected, view), np.float32))
+        wanted = np.flatnonzero(rows // size == chunk)
+        parts.append(block[rows[wanted] - chunk * size])
+        positions.append(wanted)
+    if not parts:
+        return None
+    out = np.empty((len(rows), *parts[0].shape[1:]), parts[0].dtype)
+    for part, where in zip(parts, positions):
+        out[where] = part
+    return out
+
+
+def _feature_set(group: zarr.Group, records: Sequence[Record], all_records: Sequence[Record], X: Any) -> FeatureSet:
+    """A split's features with the manifest's labels, ids and hashes (class names from the whole manifest)."""
+    return FeatureSet(X=X, y=np.array([r.label for r in records], np.int64),
+                      ids=np.array([r.id for r in records], dtype=object),
+                      sha256=np.array([r.sha256 for r in records], dtype=object),
+                      classes=tuple(class_names(all_records)), provenance=provenance_of(group))
+
+
+def open_feature_set(path: Location, split: str = "train", *, manifest: Manifest = None, pooling: str = "avg",
                      as_dask: bool = False, expect: Mapping[str, Any] | None = None) -> FeatureSet:
-    """Read one split of a store, pooled lazily.
+    """Read the features of one split, joined from the manifest by content hash, pooled as read.
 
     Parameters
     ----------
     path : path-like or URL
         The ``.zarr`` store (see :func:`pipeline.store.layout.store_path`).
     split : {'train', 'val', 'test'}
+    manifest : path, sequence of Record, or None
+        Which images make up the split, with their labels; ``None``: the
+        project's ``data/manifest.csv`` (see :func:`find_manifest`).
     pooling : {'none', 'avg', 'max', 'flatten', 'avgmax'}
         How the stored map ``(n, h, w, c)`` is reduced (:mod:`pipeline.store.pooling`).
     as_dask : bool
-        Return ``X`` as a dask array aligned with the store's chunks (nothing is
-        read until computed) instead of a numpy array read chunk by chunk.
+        Return ``X`` as a dask array over the store's chunks (nothing is read
+        until computed; every chunk's digest is checked as it is read) instead
+        of a numpy array.
     expect : mapping, optional
-        Required provenance entries (see :func:`open_store`).
+        Required identity entries (see :func:`open_store`).
 
     Returns
     -------
     FeatureSet
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {list(SPLITS)}. Received: {split!r}")
     check_pooling(pooling)
     group = open_store(path, expect=expect)
-    node = group[split]
-    X = node["X"]
+    if group.attrs.get("kind") != "features":
+        raise StoreError(f"{path} is a views store; open it with open_views")
+    all_records = manifest_records(manifest, path)
+    records = _split_records(all_records, split)
+    rows = _rows_of(group, path, records)
     if as_dask:
-        import dask.array as da
-
-        data = pool(da.from_zarr(X), pooling, xp=da)
+        X = _lazy(group, path, rows, pooling)
     else:
-        data = _read_pooled(X, pooling)
-    return _feature_set(group, node, data)
+        X = _gathered(group, path, rows, lambda block: pool(block, pooling))
+        X = _empty_pooled(group, pooling) if X is None else X
+    return _feature_set(group, records, all_records, X)
 
 
-def open_views(path: Location, split: str = "train", *, pooling: str = "avg",
+def _empty_pooled(group: zarr.Group, pooling: str) -> np.ndarray:
+    return pool(np.zeros((0, *group.attrs["feature_shape"]), np.float32), pooling)
+
+
+def _lazy(group: zarr.Group, path: Location, rows: np.ndarray, pooling: str):
+    """A dask array of the pooled rows, each store chunk digest-checked when it is computed."""
+    import dask.array as da
+
+    X = group["X"]
+    total = int(group.attrs["rows"])
+    digests = group.attrs["chunk_digests"]
+    size = X.chunks[0]
+    counts = [len(range(*chunk_rows(X, c, total).indices(total))) for c in range(len(digests))]
+    shape = _empty_pooled(group, pooling).shape[1:]
+
+    def load(c: int) -> np.ndarray:
+        return pool(np.asarray(read_chunk(path, X, c, total, digests[c]), np.float32), pooling)
+
+    blocks = [da.from_delayed(_delayed(load, c), shape=(counts[c], *shape), dtype=np.float32)
+              for c in range(len(digests))]
+    if not blocks:
+        return da.from_array(_empty_pooled(group, pooling))
+    pooled = da.concatenate(blocks, axis=0)
+    order = np.argsort(rows, kind="stable")
+    picked = pooled[rows[order]]                      # sorted: reads each chunk at most once per block
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return picked[inverse].rechunk({0: size})
+
+
+def _delayed(function, *args):
+    import dask
+
+    return dask.delayed(function, pure=True)(*args)
+
+
+def open_views(path: Location, split: str = "train", *, manifest: Manifest = None, pooling: str = "avg",
                expect: Mapping[str, Any] | None = None) -> FeatureSet:
     """Read the augmented views of one split, pooled per view.
 
@@ -131,61 +269,62 @@ def open_views(path: Location, split: str = "train", *, pooling: str = "avg",
     path : path-like or URL
         A views store (see :func:`pipeline.store.layout.views_path`).
     split : str
-        A split the store has views of.
-    pooling : {'none', 'avg', 'max', 'flatten', 'avgmax'}
-    expect : mapping, optional
-        Required provenance entries.
+    manifest, pooling, expect
+        As :func:`open_feature_set`.
 
     Returns
     -------
     FeatureSet
-        ``X`` of shape (n_samples, K, n_features) (or the unpooled maps for 'none').
+        ``X`` of shape (n_samples, K, width) (or the unpooled maps for 'none').
     """
     check_pooling(pooling)
     group = open_store(path, expect=expect)
     if group.attrs.get("kind") != "views":
         raise StoreError(f"{path} is a feature store, not a views store")
-    if split not in group.attrs["splits"]:
-        raise ValueError(f"{path} has views of {group.attrs['splits']} only. Received: split={split!r} "
-                         "(set extract.augment.tta: true for views of val and test)")
-    node = group[split]
-    X = node["X"]
-    n, views = X.shape[:2]
-    parts = []
-    for start in range(0, n, X.chunks[0]):
-        block = np.asarray(X[start:start + X.chunks[0]], np.float32)
-        pooled = pool(block.reshape(-1, *block.shape[2:]), pooling)
-        parts.append(pooled.reshape(block.shape[0], views, *pooled.shape[1:]))
-    data = np.concatenate(parts) if parts else np.zeros((0, views, 0), np.float32)
-    return _feature_set(group, node, data)
+    views = int(group.attrs.get("views") or 0)
+    if views == 0:
+        raise ValueError(f"{path} has no augmented views: set extract.augment.views > 0 and run `dvc repro`")
+    all_records = manifest_records(manifest, path)
+    records = _split_records(all_records, split)
+    try:
+        rows = _rows_of(group, path, records)
+    except StoreError:
+        raise ValueError(f"{path} has no views of every {split} image (views are made of the training images, "
+                         "and of val and test with extract.augment.tta: true); run `dvc repro`") from None
+    per_view = [_gathered(group, path, rows, lambda block: pool(block, pooling), view) for view in range(views)]
+    if per_view[0] is None:
+        shape = _empty_pooled(group, pooling).shape[1:]
+        X = np.zeros((0, views, *shape), np.float32)
+    else:
+        X = np.stack(per_view, axis=1)
+    return _feature_set(group, records, all_records, X)
 
 
-def _feature_set(group: zarr.Group, node: zarr.Group, X: Any) -> FeatureSet:
-    return FeatureSet(X=X, y=node["y"][...].astype(np.int64), ids=np.array(node["ids"][...].tolist(), dtype=object),
-                      classes=tuple(group.attrs["classes"]), provenance=dict(group.attrs["provenance"]))
-
-
-def _read_pooled(X: zarr.Array, pooling: str) -> np.ndarray:
-    # Chunk by chunk, so that only the pooled result is ever whole in memory.
-    parts = [pool(np.asarray(X[s:s + X.chunks[0]], dtype=np.float32), pooling)
-             for s in range(0, X.shape[0], X.chunks[0])]
-    if parts:
-        return np.concatenate(parts)
-    return pool(np.zeros((0, *X.shape[1:]), np.float32), pooling)
+def rows_in_every_store(stores: Sequence[Location]) -> set[str]:
+    """The content hashes that each of ``stores`` holds a verified row of (none if one of them does not exist)."""
+    common: Optional[set[str]] = None
+    for path in stores:
+        if not locations.exists(locations.join(path, "zarr.json")):
+            return set()
+        group = zarr.open_group(str(locations.normalize(path)), mode="r")
+        rows = int(group.attrs.get("rows") or 0) if group.attrs.get("shoulders_store") == STORE_FORMAT else 0
+        have = set(group["sha256"][:rows].tolist()) if rows else set()
+        common = have if common is None else common & have
+    return common or set()
 
 
 @dataclass(frozen=True)
 class StoreInfo:
     key: str
     path: Location
-    complete: bool
-    provenance: dict
-    rows: dict[str, int]
+    rows: int
+    pending: bool               # an extraction is in progress or was interrupted
+    identity: dict
     feature_shape: tuple[int, ...]
 
 
 def list_feature_sets(features_dir: Location = "features") -> list[StoreInfo]:
-    """Describe every store under ``features_dir`` (a path or an fsspec URL; complete or not), sorted by key."""
+    """Describe every store under ``features_dir`` (a path or an fsspec URL), sorted by key."""
     infos = []
     for path in locations.glob(locations.normalize(features_dir), "*.zarr"):
         try:
@@ -194,10 +333,7 @@ def list_feature_sets(features_dir: Location = "features") -> list[StoreInfo]:
             log.warning("skipping %s: not a readable Zarr group (%s)", path, error)
             continue
         attrs = group.attrs
-        infos.append(StoreInfo(
-            key=store_name(path), path=path, complete=attrs.get("complete") is True,
-            provenance=dict(attrs.get("provenance", {})),
-            rows={s: int(group[s]["X"].shape[0]) for s in SPLITS if s in group},
-            feature_shape=tuple(attrs.get("feature_shape", ())),
-        ))
+        infos.append(StoreInfo(key=store_name(path), path=path, rows=int(attrs.get("rows") or 0),
+                               pending=bool(attrs.get("pending")), identity=dict(attrs.get("identity") or {}),
+                               feature_shape=tuple(attrs.get("feature_shape") or ())))
     return infos

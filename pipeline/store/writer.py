@@ -1,42 +1,42 @@
-"""Writing stores chunk by chunk: create or resume, write, verify, mark complete.
+"""Writing stores: add the rows of images not yet in a store, chunk by chunk, resumably, then prove them.
 
-Two writers share one way of creating a store (fully initialised under a
-temporary name, then renamed into place, so a half-made group never has the
-name a reader or a resume looks for) and of finishing one (every chunk read
-back by :func:`pipeline.store.integrity.array_statistics`):
+:class:`StoreWriter` serves feature stores and views stores alike (a views
+store has ``views=K``). Given the images an extraction needs (their content
+hashes), :meth:`StoreWriter.plan` finds those without a row and appends rows
+for them at the end — every other row stays as it is — and returns one
+:class:`ChunkWrite` per chunk (and view) to compute. Growing K adds the new
+views of every row. Each chunk is written atomically by zarr's local store and
+ticked in ``done`` only after it is written; the append in progress is
+recorded (``pending``), so a killed run resumes from the last written chunk
+and ends identical to an uninterrupted one. :meth:`StoreWriter.finalize` reads
+every chunk written back, refuses NaN/Inf, records each chunk's digest, moves
+``rows`` to the end of the append and logs the run in the store's ``runs``.
+Readers only ever see rows below ``rows``.
 
-- :class:`FeatureWriter` builds a feature store under
-  ``<features>/.incomplete/<key>-<fingerprint>.zarr``. The fingerprint hashes
-  the provenance, so a partial store made with other weights, cut, size or
-  manifest is never resumed into. Chunks are written atomically by zarr's local
-  store and each is ticked in ``done`` only after it is written, so a killed run
-  resumes from the last completed chunk. :meth:`FeatureWriter.finalize` verifies,
-  marks the store complete and swaps it into place, so a previous complete store
-  survives a failed run.
-- :class:`ViewWriter` keeps a views store in place (DVC ``persist``) and grows
-  it: view ``v`` of an image depends only on (seed, v, split, row), so raising
-  K computes the new views only. A store of other provenance is rebuilt (made
-  afresh, then swapped in), never mixed.
-
-Both work on local paths and on fsspec URLs (:mod:`pipeline.store.locations`).
+The store is updated in place when its identity matches; a store of another
+identity is never mixed into: a new one is built under
+``<features>/.incomplete/<key>-<fingerprint>.zarr`` (resumable too) and swapped
+into place when complete, so the previous store survives until then. Local
+paths and fsspec URLs are both served (:mod:`pipeline.store.locations`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import zarr
 
-from pipeline.config import SPLITS
 from pipeline.provenance import fingerprint
 from pipeline.store import locations
-from pipeline.store.integrity import array_statistics
-from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, create_array, n_chunks,
+from pipeline.store.integrity import check_finite, chunk_digest, load_chunk
+from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, create_array, create_index, n_chunks,
                                    remove_stale_temp_files, store_name)
 from pipeline.store.locations import Location
 
@@ -44,11 +44,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SplitRows:
-    """What is known about a split before extraction: its labels and ids."""
+class ChunkWrite:
+    """Rows ``rows`` of chunk ``chunk`` (of view ``view``) to compute and write."""
 
-    y: np.ndarray      # (n,) int
-    ids: np.ndarray    # (n,) str
+    chunk: int
+    rows: range
+    view: Optional[int] = None
 
 
 def _json(mapping: Mapping[str, Any]) -> dict:
@@ -56,11 +57,13 @@ def _json(mapping: Mapping[str, Any]) -> dict:
     return json.loads(json.dumps(dict(mapping)))
 
 
-def create_group(path: Location, attrs: Mapping[str, Any], fill: Callable[[zarr.Group], None]) -> zarr.Group:
-    """Create the group at ``path`` atomically: initialised under a temporary name, then renamed over ``path``.
+def digest_of(hashes: Sequence[str]) -> str:
+    """A short digest of a list of content hashes (what an append in progress is for)."""
+    return fingerprint({"sha256": list(hashes)}, length=20)
 
-    ``fill(group)`` creates its arrays. Whatever was at ``path`` is replaced.
-    """
+
+def create_group(path: Location, attrs: Mapping[str, Any], fill: Callable[[zarr.Group], None]) -> zarr.Group:
+    """Create the group at ``path`` atomically: initialised under a temporary name, then renamed over ``path``."""
     locations.makedirs(locations.parent(path))
     tmp = locations.join(locations.parent(path), locations.name(path) + f".{uuid.uuid4().hex[:8]}.new")
     group = zarr.open_group(str(tmp), mode="w")
@@ -83,209 +86,290 @@ def swap_into_place(source: Location, target: Location) -> None:
         locations.move(source, target)
 
 
-def _labelled_arrays(sub: zarr.Group, rows: SplitRows) -> int:
-    """Create ``y`` and ``ids`` of one split; returns its row count."""
-    n = len(rows.y)
-    create_array(sub, "y", (n,), (max(n, 1),), "int32")[...] = np.asarray(rows.y, np.int32)
-    ids = sub.create_array("ids", shape=(n,), chunks=(max(n, 1),), dtype=str)
-    if n:
-        ids[...] = np.asarray(rows.ids, dtype=str)
-    return n
+def rows_missing(path: Location, identity: Mapping[str, Any], wanted: Sequence[str], *,
+                 views: Optional[int] = None) -> Optional[int]:
+    """How many images of ``wanted`` the store at ``path`` lacks (views: or lacks a view of), read from its
+    attributes and index alone; ``None`` when there is no store of this identity or an append is pending."""
+    if read_identity(path) != _json(identity):
+        return None
+    group = zarr.open_group(str(locations.normalize(path)), mode="r")
+    attrs = group.attrs
+    if attrs.get("pending") or (views is not None and int(attrs.get("views") or 0) != views):
+        return None
+    if "sha256" not in group:
+        return None
+    rows = int(attrs["rows"])
+    have = set(group["sha256"][:rows].tolist()) if rows else set()
+    return len(set(wanted) - have)
 
 
-def _empty_split() -> SplitRows:
-    return SplitRows(np.zeros(0, np.int32), np.zeros(0, str))
+def stored_rows(path: Location) -> int:
+    """Verified rows of the store at ``path`` (0 when there is none)."""
+    if not locations.exists(locations.join(path, "zarr.json")):
+        return 0
+    return int(zarr.open_group(str(locations.normalize(path)), mode="r").attrs.get("rows") or 0)
 
 
-class FeatureWriter:
-    """Create or resume a store, write chunks of rows, then finalise it.
-
-    Parameters
-    ----------
-    final_path : Location
-        Where the complete store will live (``store_path(features_dir, key)``).
-    provenance : mapping
-        JSON-serialisable description of how the features are made
-        (:meth:`pipeline.provenance.Provenance.to_json`); stored in the group
-        attributes and hashed into the partial store's name.
-    splits : mapping of split name to SplitRows
-    classes : sequence of str
-    feature_shape : tuple of int
-        Shape of one row, e.g. ``(7, 7, 1280)``.
-    dtype : str
-    chunk_rows : int
-        Rows per chunk (see :func:`pipeline.store.layout.rows_per_chunk`).
-    """
-
-    def __init__(self, final_path: Location, provenance: Mapping[str, Any],
-                 splits: Mapping[str, SplitRows], classes: Sequence[str],
-                 feature_shape: tuple[int, ...], dtype: str, chunk_rows: int):
-        self.final_path = locations.normalize(final_path)
-        self.provenance = dict(provenance)
-        self.chunk_rows = int(chunk_rows)
-        stem = store_name(self.final_path)
-        self.partial_path = locations.join(locations.parent(self.final_path), INCOMPLETE_DIR,
-                                           f"{stem}-{fingerprint(self.provenance)}.zarr")
-        self.group = self._open_or_create(splits, classes, feature_shape, dtype)
-
-    def _open_or_create(self, splits, classes, feature_shape, dtype) -> zarr.Group:
-        path = self.partial_path
-        if locations.exists(locations.join(path, "zarr.json")):
-            group = zarr.open_group(str(path), mode="r+")
-            if group.attrs.get("provenance") != _json(self.provenance):
-                # Same fingerprint but other provenance would be a hash collision or a
-                # hand-edited store: never resume into it.
-                raise StoreError(f"partial store {path} has other provenance; delete it to start over")
-            log.info("resuming partial store %s", path)
-            remove_stale_temp_files(path)
-            return group
-
-        def fill(group: zarr.Group) -> None:
-            for split in SPLITS:
-                sub = group.create_group(split)
-                n = _labelled_arrays(sub, splits.get(split, _empty_split()))
-                create_array(sub, "X", (n, *feature_shape), (self.chunk_rows, *feature_shape), dtype)
-                create_array(sub, "done", (n_chunks(n, self.chunk_rows),), (1,), "uint8")
-
-        return create_group(path, {"shoulders_store": STORE_FORMAT, "complete": False, "provenance": self.provenance,
-                                   "classes": list(classes), "feature_shape": list(feature_shape), "dtype": dtype,
-                                   "chunk_rows": self.chunk_rows}, fill)
-
-    def pending_chunks(self, split: str) -> list[int]:
-        """Indices of the chunks of ``split`` not yet written."""
-        done = self.group[split]["done"]
-        if done.shape[0] == 0:
-            return []
-        return [int(i) for i in np.flatnonzero(done[...] == 0)]
-
-    def chunk_rows_of(self, split: str, chunk: int) -> range:
-        """The rows of chunk ``chunk`` of ``split``."""
-        n = self.group[split]["X"].shape[0]
-        start = chunk * self.chunk_rows
-        return range(start, min(start + self.chunk_rows, n))
-
-    def write_chunk(self, split: str, chunk: int, block: np.ndarray) -> None:
-        """Write one chunk of rows, then tick it as done (in that order)."""
-        write_rows(self.group, split, chunk, block)
-
-    def finalize(self) -> Location:
-        """Verify every chunk, mark the store complete and move it into place."""
-        stats = {}
-        for split in SPLITS:
-            pending = self.pending_chunks(split)
-            if pending:
-                raise StoreError(f"cannot finalise {self.partial_path}: {split} chunks {pending[:10]} not written")
-            stats[split] = array_statistics(self.group[split]["X"], f"{self.partial_path}/{split}/X")
-        self.group.attrs.update({"complete": True, "stats": stats})
-        swap_into_place(self.partial_path, self.final_path)
-        log.info("store complete: %s", self.final_path)
-        return self.final_path
+def stored_hashes(path: Location) -> set[str]:
+    """The content hashes of the verified rows of the store at ``path`` (empty when there is none)."""
+    rows = stored_rows(path)
+    if not rows:
+        return set()
+    return set(zarr.open_group(str(locations.normalize(path)), mode="r")["sha256"][:rows].tolist())
 
 
-def write_rows(group: zarr.Group, split: str, chunk: int, block: np.ndarray) -> None:
-    """Write chunk ``chunk`` of a partial store's ``split``, then tick it as done (in that order).
-
-    Chunks are disjoint files, so several processes (Dask workers) may write
-    different chunks of one store at once without locking.
-    """
-    X = group[split]["X"]
-    start = chunk * X.chunks[0]
-    rows = slice(start, min(start + X.chunks[0], X.shape[0]))
-    expected = (rows.stop - rows.start, *X.shape[1:])
-    if block.shape != expected:
-        raise ValueError(f"chunk {chunk} of {split} must have shape {expected}. Received: {block.shape}")
-    X[rows] = block.astype(X.dtype, copy=False)
-    group[split]["done"][chunk] = 1
+def read_identity(path: Location) -> Optional[dict]:
+    """The identity recorded in the store at ``path``, or ``None`` when there is no readable store of this format."""
+    if not locations.exists(locations.join(path, "zarr.json")):
+        return None
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs
+    except (FileNotFoundError, ValueError):
+        return None
+    return dict(attrs["identity"]) if attrs.get("shoulders_store") == STORE_FORMAT else None
 
 
-class ViewWriter:
-    """Create, grow or resume a views store, write chunks of one view, finalise.
+class StoreWriter:
+    """Open the store of one identity (creating or resuming it), plan and write missing rows, finalise.
 
     Parameters
     ----------
     path : Location
-        The views store (:func:`pipeline.store.layout.views_path`).
+        The store (``store_path(features, key)`` or ``views_path(features, key)``).
+    identity : mapping
+        What determines the features (:func:`pipeline.provenance.identity_of`).
     provenance : mapping
-        Everything the views depend on except their number.
-    splits : mapping of split to SplitRows
-        The splits that get views (train; val and test too for TTA).
-    classes, feature_shape, dtype, chunk_rows
-        As in :class:`FeatureWriter`.
-    views : int
-        K, the number of views wanted.
+        The full provenance of this run's features (recorded with the store).
+    feature_shape : tuple of int
+    dtype : str
+    chunk_rows : int
+    views : int, optional
+        K, for a views store; ``None`` for a feature store.
     """
 
-    def __init__(self, path: Location, provenance: Mapping[str, Any], splits: Mapping[str, SplitRows],
-                 classes: Sequence[str], feature_shape: tuple[int, ...], dtype: str, chunk_rows: int, views: int):
-        self.path = locations.normalize(path)
+    def __init__(self, path: Location, identity: Mapping[str, Any], provenance: Mapping[str, Any], *,
+                 feature_shape: tuple[int, ...], dtype: str, chunk_rows: int, views: Optional[int] = None):
+        self.final_path = locations.normalize(path)
+        self.identity = _json(identity)
         self.provenance = _json(provenance)
-        self.chunk_rows, self.views = int(chunk_rows), int(views)
-        self.group = self._open_or_create(splits, classes, feature_shape, dtype)
+        self.feature_shape, self.dtype, self.views = tuple(feature_shape), dtype, views
+        self.path = self._choose_path(int(chunk_rows))
+        self.group = self._open_or_create(int(chunk_rows))
+        self.chunk_rows = int(self.group.attrs["chunk_rows"])
+        self.started = time.perf_counter()
 
-    def _open_or_create(self, splits, classes, feature_shape, dtype) -> zarr.Group:
-        if locations.exists(locations.join(self.path, "zarr.json")):
+    # ------------------------------------------------------------------ opening
+
+    def _choose_path(self, chunk_rows: int) -> Location:
+        """In place when the final store has this identity; else a partial store named by its fingerprint."""
+        existing = read_identity(self.final_path)
+        if existing == self.identity:
+            return self.final_path
+        if existing is not None:
+            log.info("%s was made with another identity (%s); building a new store beside it",
+                     self.final_path, ", ".join(k for k in self.identity if existing.get(k) != self.identity[k]))
+        stem = store_name(self.final_path)
+        prefix = "views-" if self.views is not None else ""
+        return locations.join(locations.parent(self.final_path), INCOMPLETE_DIR,
+                              f"{prefix}{stem}-{fingerprint(self.identity)}.zarr")
+
+    def _open_or_create(self, chunk_rows: int) -> zarr.Group:
+        if locations.exists(locations.join(self.path, "X", "zarr.json")):
             group = zarr.open_group(str(self.path), mode="r+")
-            if group.attrs.get("provenance") == self.provenance and set(group.attrs.get("splits", [])) == set(splits):
-                before = int(group.attrs.get("views", 0))
-                remove_stale_temp_files(self.path)
-                group.attrs.update({"complete": False, "views": self.views})
-                for split in splits:
-                    node = group[split]
-                    node["X"].resize((node["X"].shape[0], self.views, *node["X"].shape[2:]))
-                    node["done"].resize((node["done"].shape[0], self.views))
-                log.info("views store %s: %d views kept, %d wanted", self.path, min(before, self.views), self.views)
-                return group
-            log.info("views store %s was made with other provenance or splits: rebuilding it", self.path)
+            if group.attrs.get("identity") != self.identity:
+                raise StoreError(f"{self.path} has another identity; delete it to start over")
+            if tuple(group.attrs["feature_shape"]) != self.feature_shape or group.attrs["dtype"] != self.dtype:
+                raise StoreError(f"{self.path} holds rows of shape {group.attrs['feature_shape']} "
+                                 f"{group.attrs['dtype']}; this extraction gives {self.feature_shape} {self.dtype}")
+            remove_stale_temp_files(self.path)
+            return group
+        shape_x = (0, *([0] if self.views is not None else []), *self.feature_shape)
+        chunks_x = (chunk_rows, *([1] if self.views is not None else []), *self.feature_shape)
 
         def fill(group: zarr.Group) -> None:
-            for split, rows in splits.items():
-                sub = group.create_group(split)
-                n = _labelled_arrays(sub, rows)
-                create_array(sub, "X", (n, self.views, *feature_shape), (self.chunk_rows, 1, *feature_shape), dtype)
-                create_array(sub, "done", (n_chunks(n, self.chunk_rows), self.views), (1, 1), "uint8")
+            create_array(group, "X", shape_x, chunks_x, self.dtype)
+            create_index(group, 0)
+            create_array(group, "done", (0, *([0] if self.views is not None else [])),
+                         (1, *([1] if self.views is not None else [])), "uint8")
 
-        return create_group(self.path, {"shoulders_store": STORE_FORMAT, "kind": "views", "complete": False,
-                                        "provenance": self.provenance, "views": self.views, "splits": list(splits),
-                                        "classes": list(classes), "feature_shape": list(feature_shape),
-                                        "dtype": dtype, "chunk_rows": self.chunk_rows}, fill)
+        return create_group(self.path, {
+            "shoulders_store": STORE_FORMAT, "kind": "views" if self.views is not None else "features",
+            "identity": self.identity, "identity_fingerprint": fingerprint(self.identity),
+            "feature_shape": list(self.feature_shape), "dtype": self.dtype, "chunk_rows": chunk_rows,
+            "views": 0 if self.views is not None else None, "rows": 0, "chunk_digests": [], "pending": None,
+            "runs": []}, fill)
+
+    # ------------------------------------------------------------------ planning
 
     @property
-    def splits(self) -> list[str]:
-        return list(self.group.attrs["splits"])
+    def rows(self) -> int:
+        """Verified rows."""
+        return int(self.group.attrs["rows"])
 
-    def pending(self, split: str, view: int) -> list[int]:
-        """Chunks of ``split`` not yet written for ``view``."""
-        done = self.group[split]["done"]
-        if done.shape[0] == 0:
-            return []
-        return [int(i) for i in np.flatnonzero(done[:, view] == 0)]
+    def row_hashes(self) -> list[str]:
+        """The content hash of every row of the store (verified and pending), in row order."""
+        n = self.group["sha256"].shape[0]
+        return [str(h) for h in self.group["sha256"][:n].tolist()] if n else []
 
-    def chunk_rows_of(self, split: str, chunk: int) -> range:
-        """The rows of chunk ``chunk`` of ``split``."""
-        n = self.group[split]["X"].shape[0]
-        start = chunk * self.chunk_rows
-        return range(start, min(start + self.chunk_rows, n))
+    def plan(self, wanted: Sequence[str]) -> tuple[list[ChunkWrite], dict]:
+        """Append rows for the hashes of ``wanted`` that have none (and, for views, add new views); resume an
+        append of the same rows that was interrupted.
 
-    def write_chunk(self, split: str, view: int, chunk: int, block: np.ndarray) -> None:
-        """Write one chunk of one view, then tick it as done (in that order)."""
-        X = self.group[split]["X"]
-        rows = self.chunk_rows_of(split, chunk)
-        expected = (len(rows), *X.shape[2:])
-        if block.shape != expected:
-            raise ValueError(f"chunk {chunk} of {split} view {view} must have shape {expected}. "
-                             f"Received: {block.shape}")
-        X[rows.start:rows.stop, view] = block.astype(X.dtype, copy=False)
-        self.group[split]["done"][chunk, view] = 1
+        Parameters
+        ----------
+        wanted : sequence of str
+            The content hashes this extraction needs (duplicates are one row).
 
-    def finalize(self) -> Location:
-        """Verify every chunk of every view and mark the store complete."""
-        for split in self.splits:
-            for view in range(self.views):
-                missing = self.pending(split, view)
-                if missing:
-                    raise StoreError(f"cannot finalise {self.path}: {split} view {view} chunks {missing[:10]} "
-                                     "not written")
-            array_statistics(self.group[split]["X"], f"{self.path}/{split}/X")
-        self.group.attrs["complete"] = True
-        log.info("views store complete: %s (%d views)", self.path, self.views)
-        return self.path
+        Returns
+        -------
+        writes : list of ChunkWrite
+            What to compute, in row order (view by view).
+        counts : dict
+            ``images`` (distinct wanted), ``reused`` (with a row already), ``computed`` (rows added).
+        """
+        wanted = sorted(set(wanted))
+        attrs = self.group.attrs
+        views_before = int(attrs["views"] or 0)
+        views_after = self.views if self.views is not None else views_before
+        have = self.row_hashes()
+        verified = set(have[:self.rows])
+        new = [h for h in wanted if h not in verified]
+        pending = attrs.get("pending")
+        if pending and (pending["sha256_digest"] != digest_of(new) or pending["views"] != views_after):
+            log.info("%s: an interrupted extraction of other images is dropped (%d rows)", self.path,
+                     pending["rows_to"] - pending["rows_from"])
+            pending = None
+        if pending is None:
+            if not new and views_after == views_before:
+                return [], {"images": len(wanted), "reused": len(wanted), "computed": 0}
+            self._start_append(new, views_before, views_after)
+        else:
+            log.info("%s: resuming an interrupted extraction (%d rows)", self.path, len(new))
+        writes = self._pending_writes()
+        counts = {"images": len(wanted), "reused": len(wanted) - len(new), "computed": len(new)}
+        return writes, counts
+
+    def _start_append(self, new: Sequence[str], views_before: int, views_after: int) -> None:
+        start, end = self.rows, self.rows + len(new)
+        X, index, done = self.group["X"], self.group["sha256"], self.group["done"]
+        # Rows past `rows` are left over from a dropped append: overwritten now.
+        index.resize((end,))
+        if new:
+            index[start:end] = np.asarray(new, dtype=str)
+        X.resize((end, *([views_after] if self.views is not None else []), *self.feature_shape))
+        chunks = n_chunks(end, self.chunk_rows)
+        done.resize((chunks, *([views_after] if self.views is not None else [])))
+        flags = np.asarray(done[...]) if done.size else np.zeros(done.shape, np.uint8)
+        first = start // self.chunk_rows
+        if self.views is None:
+            flags[first:] = 0
+        else:
+            flags[first:, :] = 0                  # new rows: every view
+            flags[:, views_before:] = 0           # new views: every row
+        if done.size:
+            done[...] = flags
+        self.group.attrs["pending"] = {"rows_from": start, "rows_to": end, "views_from": views_before,
+                                       "views": views_after, "sha256_digest": digest_of(new)}
+
+    def _pending_writes(self) -> list[ChunkWrite]:
+        pending = self.group.attrs["pending"]
+        start, end = pending["rows_from"], pending["rows_to"]
+        done = np.asarray(self.group["done"][...])
+        writes = []
+        for view in ([None] if self.views is None else range(pending["views"])):
+            for chunk in range(n_chunks(end, self.chunk_rows)):
+                flag = done[chunk] if view is None else done[chunk, view]
+                if flag:
+                    continue
+                first = chunk * self.chunk_rows
+                if view is None or view < pending["views_from"]:
+                    first = max(first, start)     # an old view (or the features) of old rows is kept
+                rows = range(first, min((chunk + 1) * self.chunk_rows, end))
+                if len(rows):
+                    writes.append(ChunkWrite(chunk, rows, view))
+        return writes
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, write: ChunkWrite, block: np.ndarray) -> None:
+        """Write the rows of one chunk (of one view), then tick it as done (see :func:`write_chunk`)."""
+        write_chunk(self.group, write, block)
+
+    def finalize(self, run: Optional[Mapping[str, Any]] = None) -> Location:
+        """Read every chunk this append wrote back, record its digest, count its rows and log the run.
+
+        ``run`` is added to the store's ``runs`` (what computed the rows: runtime,
+        device, versions...), with the rows before and after and the seconds.
+        """
+        pending = self.group.attrs.get("pending")
+        if pending is None:
+            return self._swap()
+        missing = self._pending_writes()
+        if missing:
+            raise StoreError(f"cannot finalise {self.path}: {len(missing)} chunk(s) not written, first "
+                             f"chunk {missing[0].chunk}")
+        end = pending["rows_to"]
+        digests = list(self.group.attrs["chunk_digests"])
+        first = pending["rows_from"] // self.chunk_rows if pending["views_from"] == pending["views"] or \
+            self.views is None else 0
+        X = self.group["X"]
+        views = [None] if self.views is None else list(range(pending["views"]))
+        for chunk in range(first, n_chunks(end, self.chunk_rows)):
+            entry = []
+            for view in views:
+                block = load_chunk(self.path, X, chunk, end, view)
+                check_finite(np.asarray(block, np.float32), f"{self.path}: chunk {chunk}")
+                entry.append(chunk_digest(block, chunk, view))
+            value = entry[0] if self.views is None else entry
+            digests[chunk:chunk + 1] = [value]
+        del digests[n_chunks(end, self.chunk_rows):]
+        runs = list(self.group.attrs["runs"])
+        runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "rows_before": pending["rows_from"], "rows_after": end,
+                     "views_before": pending["views_from"] if self.views is not None else None,
+                     "views_after": pending["views"] if self.views is not None else None,
+                     "seconds": round(time.perf_counter() - self.started, 3), "provenance": self.provenance,
+                     **dict(run or {})})
+        self.group.attrs.update({"chunk_digests": digests, "rows": end, "runs": runs, "pending": None,
+                                 "views": pending["views"] if self.views is not None else None})
+        return self._swap()
+
+    def _swap(self) -> Location:
+        if self.path != self.final_path:
+            swap_into_place(self.path, self.final_path)
+            self.path = self.final_path
+            self.group = zarr.open_group(str(self.final_path), mode="r+")
+        log.info("store complete: %s (%d rows)", self.final_path, self.rows)
+        return self.final_path
+
+
+def write_chunk(group: zarr.Group, write: ChunkWrite, block: np.ndarray) -> None:
+    """Write the rows of one chunk (of one view) into an open store, then tick it as done (in that order).
+
+    Chunks are disjoint files, so several processes (Dask workers) may write
+    different chunks of one store at once without locking.
+    """
+    X = group["X"]
+    feature_shape = tuple(group.attrs["feature_shape"])
+    expected = (len(write.rows), *feature_shape)
+    if block.shape != expected:
+        raise ValueError(f"chunk {write.chunk} must have shape {expected}. Received: {block.shape}")
+    rows = slice(write.rows.start, write.rows.stop)
+    block = block.astype(X.dtype, copy=False)
+    if write.view is None:
+        X[rows] = block
+        group["done"][write.chunk] = 1
+    else:
+        X[rows, write.view] = block
+        group["done"][write.chunk, write.view] = 1
+
+
+def write_views_marker(path: Location, identity: Mapping[str, Any]) -> Location:
+    """The views store of ``extract.augment.views: 0``: attributes only, no arrays (and no backbone run)."""
+    path = locations.normalize(path)
+    if read_identity(path) == _json(identity) and zarr.open_group(str(path), mode="r").attrs.get("views") == 0:
+        return path
+    create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": _json(identity),
+                        "identity_fingerprint": fingerprint(_json(identity)), "views": 0, "rows": 0}, lambda g: None)
+    log.info("views store %s: no views asked for (extract.augment.views: 0)", path)
+    return path

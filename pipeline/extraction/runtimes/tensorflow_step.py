@@ -14,14 +14,15 @@ def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool, augme
         The store's dtype.
     jit_compile : bool
     augment_layers : list of keras layers, optional
-        Applied to the batch first (see :mod:`pipeline.extraction.augmentation`);
-        the step then takes the batch's seed as a second argument.
+        Applied to each image first (see :mod:`pipeline.extraction.augmentation`);
+        the step then takes one seed per image as a third argument.
 
     Returns
     -------
     callable
-        ``infer(batch[, seed]) -> (features, lost, nonzero, overflow, largest)``
-        where ``features`` has the store's dtype and the counts feed
+        ``infer(batch, valid[, seeds]) -> (features, lost, nonzero, overflow, largest)``
+        where ``features`` has the store's dtype and the counts, over the first
+        ``valid`` rows (the rest is padding), feed
         :class:`pipeline.extraction.precision.PrecisionGuard`.
     """
     import tensorflow as tf
@@ -30,18 +31,20 @@ def compile_inference(model, preprocess, *, dtype: str, jit_compile: bool, augme
 
     out_dtype = tf.as_dtype(dtype)
 
-    def step(batch):
+    def step(batch, valid):
         full = tf.cast(model(preprocess(batch), training=False), tf.float32)
         stored = tf.cast(full, out_dtype)
+        full, kept = full[:valid], stored[:valid]
         nonzero = tf.not_equal(full, 0)
-        lost = tf.logical_and(nonzero, tf.equal(stored, 0))
-        overflow = tf.logical_and(tf.math.is_finite(full), tf.logical_not(tf.math.is_finite(stored)))
+        lost = tf.logical_and(nonzero, tf.equal(kept, 0))
+        overflow = tf.logical_and(tf.math.is_finite(full), tf.logical_not(tf.math.is_finite(kept)))
         return (stored, tf.math.count_nonzero(lost), tf.math.count_nonzero(nonzero),
                 tf.math.count_nonzero(overflow), tf.reduce_max(tf.abs(full)))
 
-    # A fixed signature with any batch size: traced once, even for the smaller last batch of each split.
+    # A fixed signature: traced once however many batches run.
     images = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    valid = tf.TensorSpec((), tf.int32)
     if augment_layers is None:
-        return tf.function(step, input_signature=[images], jit_compile=jit_compile)
-    return tf.function(lambda batch, seed: step(augment(augment_layers, batch, seed)),
-                       input_signature=[images, tf.TensorSpec((), tf.int64)])
+        return tf.function(step, input_signature=[images, valid], jit_compile=jit_compile)
+    return tf.function(lambda batch, n, seeds: step(augment(augment_layers, batch, seeds), n),
+                       input_signature=[images, valid, tf.TensorSpec((None,), tf.int64)])

@@ -1,0 +1,109 @@
+"""Removing rows of images no longer in the dataset (``shoulders gc``).
+
+Rows are never removed by an extraction: an image dropped from the dataset may
+come back (another experiment, the previous split), and its features are then
+free. :func:`collect_garbage` rewrites a store with only the rows of the
+images to keep, in their old order, each kept row copied bit for bit; the new
+store is built beside the old one, its chunks digested as an extraction does,
+and swapped into place, so an interruption leaves the old store whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Collection
+
+import numpy as np
+import zarr
+
+from pipeline.store import locations
+from pipeline.store.integrity import chunk_digest, read_chunk
+from pipeline.store.layout import StoreError, create_array, create_index, n_chunks
+from pipeline.store.locations import Location
+from pipeline.store.writer import create_group, swap_into_place
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Collected:
+    path: str
+    rows_before: int
+    rows_after: int
+
+    @property
+    def removed(self) -> int:
+        return self.rows_before - self.rows_after
+
+
+def collect_garbage(path: Location, keep: Collection[str], *, dry_run: bool = False) -> Collected:
+    """Rewrite the store at ``path`` with only the rows whose content hash is in ``keep``.
+
+    Raises
+    ------
+    StoreError
+        If an extraction into the store is pending (finish it with ``dvc repro`` first),
+        or a chunk fails its digest while being copied.
+    """
+    path = locations.normalize(path)
+    group = zarr.open_group(str(path), mode="r")
+    attrs = dict(group.attrs)
+    if "X" not in group:  # an attributes-only views marker
+        return Collected(str(path), 0, 0)
+    if attrs.get("pending"):
+        raise StoreError(f"{path}: an extraction into it is pending; run `dvc repro` to finish it before gc")
+    rows = int(attrs["rows"])
+    hashes = [str(h) for h in group["sha256"][:rows].tolist()] if rows else []
+    keep = set(keep)
+    kept = np.array([i for i, h in enumerate(hashes) if h in keep], dtype=np.int64)
+    result = Collected(str(path), rows, len(kept))
+    if dry_run or len(kept) == rows:
+        return result
+    X = group["X"]
+    chunk_rows, views = int(attrs["chunk_rows"]), attrs.get("views")
+    per_view = [None] if views is None else list(range(int(views)))
+    digests = attrs["chunk_digests"]
+    new_digests: list = []
+
+    def fill(new: zarr.Group) -> None:
+        out = create_array(new, "X", (len(kept), *X.shape[1:]), X.chunks, X.dtype)
+        create_index(new, len(kept))
+        if len(kept):
+            new["sha256"][:] = np.asarray([hashes[i] for i in kept], dtype=str)
+        create_array(new, "done", (n_chunks(len(kept), chunk_rows), *([len(per_view)] if views is not None else [])),
+                     (1, *([1] if views is not None else [])), "uint8")[...] = 1
+        cache: dict[tuple[int, object], np.ndarray] = {}
+        for target in range(n_chunks(len(kept), chunk_rows)):
+            sources = kept[target * chunk_rows:(target + 1) * chunk_rows]
+            entry = []
+            for view in per_view:
+                parts = []
+                for source_chunk in np.unique(sources // chunk_rows):
+                    key = (int(source_chunk), view)
+                    if key not in cache:
+                        if len(cache) > 2 * len(per_view):  # kept rows are in order: old chunks are done with
+                            cache.clear()
+                        expected = digests[source_chunk] if view is None else digests[source_chunk][view]
+                        cache[key] = read_chunk(path, X, int(source_chunk), rows, expected, view)
+                    picked = sources[sources // chunk_rows == source_chunk] - source_chunk * chunk_rows
+                    parts.append(cache[key][picked])
+                block = np.concatenate(parts)
+                span = slice(target * chunk_rows, target * chunk_rows + len(block))
+                if view is None:
+                    out[span] = block
+                else:
+                    out[span, view] = block
+                entry.append(chunk_digest(block, target, view))
+            new_digests.append(entry[0] if views is None else entry)
+
+    runs = list(attrs.get("runs") or [])
+    runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gc": True,
+                 "rows_before": rows, "rows_after": int(len(kept))})
+    tmp = locations.join(locations.parent(path), locations.name(path) + ".gc")
+    new = create_group(tmp, {**attrs, "rows": int(len(kept)), "chunk_digests": [], "runs": runs}, fill)
+    new.attrs["chunk_digests"] = new_digests
+    swap_into_place(tmp, path)
+    log.info("gc %s: %d rows kept, %d removed", path, len(kept), rows - len(kept))
+    return result
