@@ -41,7 +41,8 @@ CHANGES = [
 def copy_project(dest: Path) -> None:
     def ignore(folder: str, names: list[str]) -> set[str]:
         rel = Path(folder).relative_to(ROOT)
-        skipped = {n for n in names if n in SKIP}
+        # Outputs are skipped at the top level only (pipeline/heads is code, heads/ an output).
+        skipped = {n for n in names if n in SKIP and (rel == Path(".") or n == "__pycache__")}
         if rel == Path(".dvc"):
             skipped |= {"cache", "tmp"}
         if rel == Path("data"):

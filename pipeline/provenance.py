@@ -7,10 +7,11 @@ Every feature store records how its features were made as a flat JSON mapping
 determine the features (:data:`IDENTITY`) — is what a store is keyed by: two
 runs of the same identity give the same features for the same image bytes, so
 their rows may live in one store, whatever the dataset around them. The
-runtime that computed them (device, batch size, library versions) is recorded
-per run, not in the identity, since it changes the numbers by less than
-float16 storage rounding (the compute precision is part of the identity only
-when features are stored as float32). :data:`NETWORK` names the fields of the
+runtime that computed them (TensorFlow, OpenVINO or JAX; device, batch size,
+library versions) is recorded per run, not in the identity, since float32
+runtimes agree within float16 storage rounding (``tests/test_runtimes.py``); the
+compute precision is part of the identity when features are stored as float32
+or computed in bfloat16. :data:`NETWORK` names the fields of the
 truncated network itself: fine-tuning and export rebuild it and must get the
 one the heads were trained on. :func:`require_same` compares and names every
 difference.
@@ -70,8 +71,9 @@ class Provenance:
     alpha: Optional[float]
     preprocessing: str
     seed: Optional[int]            # initialisation of weights: none
+    init: Optional[str] = None     # how weights: none are drawn (pipeline.backbones.random_init.SCHEME)
     dtype: str = "float16"         # storage
-    compute: str = "float32"       # float32 | mixed_float16
+    compute: str = "float32"       # float32 | mixed_float16 | bfloat16
     resize: str = "bilinear (tf.image.resize)"
     decoder: str = "PIL via pipeline.images.decode_image"
     augment: Optional[dict] = None  # views stores only: the ops and seed of the views
@@ -96,16 +98,18 @@ class Provenance:
 # The same truncated network: backbone, weights (and their hash), cut and input size.
 NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size")
 # What determines the features of an image (besides its bytes); plus the compute precision for float32 storage.
-IDENTITY = ("backbone", "weights", "weights_sha256", "cut", "input_size", "alpha", "preprocessing", "seed",
+IDENTITY = ("backbone", "weights", "weights_sha256", "cut", "input_size", "alpha", "preprocessing", "seed", "init",
             "resize", "decoder", "dtype", "augment")
 
 
 def identity_of(provenance: Mapping[str, Any]) -> dict:
     """The fields of ``provenance`` that determine its features: what a store is keyed by."""
     identity = {name: provenance.get(name) for name in IDENTITY}
-    if identity["dtype"] == "float32":
-        # Stored as float32, mixed-float16 compute differs beyond storage rounding; as float16 it does not.
-        identity["compute"] = provenance.get("compute")
+    compute = provenance.get("compute")
+    if identity["dtype"] == "float32" or compute == "bfloat16":
+        # float16 compute (or any float32 runtime) differs from float32 by float16 storage rounding; stored as
+        # float32 it differs beyond it, and bfloat16 compute (~1% relative) always does.
+        identity["compute"] = compute
     return identity
 
 

@@ -11,6 +11,10 @@ import yaml
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The test session runs Keras on TensorFlow (dense heads, export, fine-tuning); extraction in it then uses the
+# TensorFlow backend for every runtime that allows it (OpenVINO converts through it). Stage subprocesses pick
+# their own backend: the variable is removed from their environment where a test needs that.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -61,8 +61,6 @@ def test_views_are_deterministic_by_seed_and_really_augmented(prepared):
 
 def test_a_view_depends_on_the_image_not_on_its_neighbours(prepared):
     # Views of the same image computed among other images (another dataset around it) are the same.
-    from dataclasses import replace
-
     from pipeline.extraction.feature_sets import augment_feature_set
     from pipeline.extraction.wanted import paths_of
 

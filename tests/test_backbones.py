@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.backbones import build_cut_model, FAMILIES, family, layer_names
+from pipeline.backbones import build_cut_model, family, layer_names
 from pipeline.config import FeatureSetParams
 
-KERAS_FAMILIES = sorted(n for n in FAMILIES if n != "efficientnet_lite0")
 
 
-@pytest.mark.parametrize("name", KERAS_FAMILIES)
-def test_every_family_builds_and_runs_at_its_minimum_size(name):
-    import keras
-    import tensorflow as tf
-
-    size = max(FAMILIES[name].min_size, 32)
-    cut = build_cut_model(FeatureSetParams(backbone=name, weights="none", size=size), seed=0)
-    assert cut.model.input_shape == (None, size, size, 3)
-    assert cut.cut == cut.model.layers[-1].name and cut.cut_index == cut.n_layers - 1
-    batch = tf.random.uniform((2, size, size, 3), 0, 255, seed=1)
-    out = cut.model(cut.preprocess(batch), training=False).numpy()
-    assert out.shape[0] == 2 and np.isfinite(out).all()
-    keras.backend.clear_session()
+# Every family builds and runs at its minimum size: tests/test_runtimes.py (which runs them on every runtime).
 
 
 def test_a_cut_truncates_at_the_named_layer():

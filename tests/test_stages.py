@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import recomputed_best_test_accuracy, tiny_params, write_image_folder, write_params
-from pipeline.provenance import file_sha256
 from pipeline.stages import backbone_cost, evaluate, extract, prepare, heads as heads_stage
 from pipeline.manifest import read_manifest
 from pipeline.store.layout import StoreError

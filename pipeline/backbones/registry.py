@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
+
+from pipeline.backbones.random_init import SCHEME as RANDOM_INIT
 from pipeline.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -145,7 +148,7 @@ class CutModel:
     provenance: dict
 
 
-def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> CutModel:
+def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> CutModel:
     """Build the backbone of a feature set and truncate it at its cut, once.
 
     Parameters
@@ -154,9 +157,9 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
     seed : int
         Seeds the initialisation of ``weights: none`` so random features are
         reproducible.
-    mixed_precision : bool
-        Build under Keras' ``mixed_float16`` policy (float16 compute, float32
-        variables), for GPUs; the global policy is restored afterwards.
+    policy : str, optional
+        Build under this Keras dtype policy (``mixed_float16``, ``mixed_bfloat16``:
+        lower-precision compute, float32 variables); the global policy is restored afterwards.
 
     Returns
     -------
@@ -173,8 +176,8 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     previous = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+    if policy is not None:
+        keras.config.set_dtype_policy(policy)
     try:
         base = _import(fam.factory)(**kwargs)
     finally:
@@ -198,22 +201,26 @@ def build_cut_model(spec: Any, *, seed: int, mixed_precision: bool = False) -> C
         "alpha": spec.alpha,
         "preprocessing": fam.preprocessing,
         "seed": seed if spec.weights == "none" else None,
+        "init": RANDOM_INIT if spec.weights == "none" else None,
     }
     return CutModel(model=model, preprocess=preprocess_function(fam.name), cut=cut,
                     cut_index=provenance["cut_index"], n_layers=len(layer_names), provenance=provenance)
 
 
 def reinitialize(model: Any, seed: int) -> None:
-    """Draw every randomly initialised variable again, from its own initializer, with a derived seed.
+    """Draw every randomly initialised variable again, from its own initializer's distribution, with numpy.
 
-    Keras initializers without a seed draw one from Python's global ``random``,
-    which other threads of the same process (a Dask worker's event loop, for
-    one) also consume; ``set_random_seed`` alone then gives different "random"
-    backbones in different processes. Seeding each initializer from (seed,
-    position of its variable) makes ``weights: none`` the same network
-    everywhere.
+    Each variable gets a generator seeded by (seed, position of the variable),
+    and its values are drawn in numpy (:func:`pipeline.backbones.random_init.initial_value`):
+    Keras' own draw would depend on the backend (TensorFlow, JAX and OpenVINO
+    give three networks for one seed) and, for initializers without a seed, on
+    Python's global ``random``, which other threads of a process (a Dask
+    worker's event loop) also consume. So ``weights: none`` is the same network
+    on every runtime and in every process.
     """
     import keras
+
+    from pipeline.backbones.random_init import initial_value
 
     order = {id(variable): index for index, variable in enumerate(model.weights)}
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -227,8 +234,8 @@ def reinitialize(model: Any, seed: int) -> None:
             if variable is None or id(variable) not in order:
                 continue
             digest = hashlib.sha256(f"{seed}/{order[id(variable)]}".encode()).digest()
-            config = {**initializer.get_config(), "seed": int.from_bytes(digest[:4], "little") & 0x7FFFFFFF}
-            variable.assign(initializer.__class__.from_config(config)(variable.shape, variable.dtype))
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            variable.assign(initial_value(initializer, variable.shape, rng).astype(variable.dtype))
 
 
 def layer_names(spec: Any) -> list[str]:

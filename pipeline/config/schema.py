@@ -11,7 +11,6 @@ value received and what is allowed. The settings of each head kind
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
@@ -147,12 +146,13 @@ class AugmentParams:
 class ExtractParams:
     """How features are computed and stored (stage: extract)."""
 
-    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: 8 on a CPU, 128 on a GPU
+    runtime: Literal["auto", "tensorflow", "openvino", "jax"] = "auto"   # auto: OpenVINO on a CPU, JAX on a GPU
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on a CPU, float16 on a GPU
+    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: measured on a CPU, 128 on a GPU
     dtype: Literal["float16", "float32"] = "float16"
     chunk_mb: float = 8.0                                    # fewer, larger writes: BENCHMARKS.md
     seed: int = 0
-    jit_compile: Union[bool, Literal["auto"]] = "auto"        # auto: XLA on a GPU only
-    mixed_precision: Union[bool, Literal["auto"]] = "auto"    # auto: float16 compute on a GPU only
+    jit_compile: Union[bool, Literal["auto"]] = "auto"        # XLA for the tensorflow runtime; auto: on a GPU only
     augment: AugmentParams = field(default_factory=AugmentParams)
     scheduler: Optional[str] = None     # a Dask scheduler address (else $DASK_SCHEDULER_ADDRESS); null: in-process
     shard_chunks: int = 4               # chunks per task sent to a Dask worker

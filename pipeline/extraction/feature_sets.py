@@ -48,10 +48,20 @@ class ExtractResult:
     def report(self) -> dict:
         """The accounting written to ``reports/extract/<key>.json`` (a DVC metrics file)."""
         speed = self.computed / self.extract_seconds if self.computed and self.extract_seconds else None
+        steady = None
+        if speed is not None and self.first_batch_seconds is not None and self.runtime is not None:
+            after = self.extract_seconds - self.first_batch_seconds
+            rest = self.computed - min(self.computed, self.runtime.batch_size or 0)
+            steady = rest / after if rest and after > 0 else None
         return {"images": self.images, "reused": self.reused, "computed": self.computed, "rows": self.rows,
                 "seconds": round(self.seconds, 3),
                 "images_per_second": None if speed is None else round(speed, 2),
+                # after the first batch: start-up (tracing, compilation) excluded
+                "steady_images_per_second": None if steady is None else round(steady, 2),
+                "build_seconds": round(self.build_seconds, 3),
+                "runtime": None if self.runtime is None else self.runtime.name,
                 "device": None if self.runtime is None else self.runtime.device,
+                "precision": None if self.runtime is None else self.runtime.precision,
                 "batch_size": None if self.runtime is None else self.runtime.batch_size}
 
     def summary(self, name: str) -> str:
@@ -148,8 +158,6 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     ExtractResult
         ``computed`` counts image × view passes.
     """
-    from pipeline.extraction.augmentation import build_layers
-
     augment = settings.augment
     started = time.perf_counter()
     backbone: Backbone = plan_extraction(spec, settings, expected=expected)
@@ -163,7 +171,7 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
         log.info("%s: %d views (ops %s, seed %d): %d image passes to compute", name, augment.views,
                  dict(augment.ops), augment.seed, sum(len(w.rows) for w in writes))
     run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress,
-                   augment=(build_layers(augment.ops), augment.seed))
+                   augment=(dict(augment.ops), augment.seed))
     extracted = time.perf_counter()
     writer.finalize(plan.run_record())
     finished = time.perf_counter()

@@ -1,25 +1,34 @@
-"""The tf.data input pipeline: parallel decode, resize, batch, prefetch.
+"""The input pipeline every runtime reads: decode, resize (augment) in threads, in order, batch by batch.
 
-Decoding goes through :func:`pipeline.images.decode_image` (PIL, inside
-``tf.numpy_function``) so that every image kind prepare accepted is read the
-same way here; PIL releases the GIL while it decodes, so parallel calls (one
-per usable core) overlap. Resizing is ``tf.image.resize`` (bilinear), the op an exported
-model's Resizing layer uses too. Batches are uint8-valued float32 RGB
-(0–255); the backbone's own preprocessing runs inside the compiled inference
-step, not here. Parallelism and prefetch depth are fixed, with tf.data's
-autotuner off (:func:`pipeline.tfdata.static` says why).
+:func:`image_batches` decodes each file with :func:`pipeline.images.decode_image`
+(its bytes checked against its content hash; JPEGs at least twice the input size
+decoded in the DCT domain) and resizes it with :func:`resize_bilinear` — the
+same arithmetic as ``tf.image.resize`` (bilinear, half-pixel centres, no
+antialiasing), which is what an exported model's ``Resizing`` layer does, so the
+exported model sees the pixels the cached features were made from. Augmented
+views are made here too (:mod:`pipeline.extraction.augmentation`), so whichever
+runtime follows gets the same pixels. Work runs in one thread per usable core
+(PIL and numpy release the GIL); at most ``ahead`` batches are decoded before
+the one being consumed, so memory stays flat; batches come out in the order of
+the paths. No framework is imported here.
+
+:func:`labelled_batches` is the tf.data pipeline of fine-tuning (training
+through the backbone), over the same decoding and resizing.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline.images import decode_image
-from pipeline.tfdata import PREFETCH_BATCHES, static
+
+# Batches decoded ahead of the one being consumed.
+AHEAD_BATCHES = 2
 
 
 def parallel_calls() -> int:
@@ -27,29 +36,46 @@ def parallel_calls() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _decode(path: bytes) -> np.ndarray:
-    return decode_image(path.decode("utf-8"))
+def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and interpolation weights along one axis, as TensorFlow's bilinear resize computes them."""
+    scale = np.float32(in_size / out_size)
+    centres = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(centres)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(centres), in_size - 1).astype(np.int64)
+    return lower, upper, (centres - floor).astype(np.float32)
 
 
-def _decode_checked(path: bytes, sha256: bytes) -> np.ndarray:
-    return decode_image(path.decode("utf-8"), sha256=sha256.decode("ascii"))
+def resize_bilinear(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``(h, w, 3)`` pixels to ``(size, size, 3)`` float32 in 0–255 as ``tf.image.resize(..., "bilinear")`` does.
+
+    Half-pixel centres, no antialiasing, float32 arithmetic in TensorFlow's order
+    (rows of the two neighbours interpolated along x, then along y), so the two
+    agree to float32 rounding.
+    """
+    image = np.asarray(pixels)
+    top_row, bottom_row, y_lerp = _axis_weights(image.shape[0], size)
+    left, right, x_lerp = _axis_weights(image.shape[1], size)
+    x_lerp = x_lerp[None, :, None]
+    # Gather the four neighbours (in the source dtype, then float32), then TensorFlow's two lerps.
+    top, bottom = image[top_row], image[bottom_row]
+    top_left, top_right = top[:, left].astype(np.float32), top[:, right].astype(np.float32)
+    bottom_left, bottom_right = bottom[:, left].astype(np.float32), bottom[:, right].astype(np.float32)
+    top_left += (top_right - top_left) * x_lerp
+    bottom_left += (bottom_right - bottom_left) * x_lerp
+    top_left += (bottom_left - top_left) * y_lerp[:, None, None]
+    return np.clip(top_left, 0.0, 255.0, out=top_left)
 
 
-def load_and_resize(path: tf.Tensor, size: int, sha256: tf.Tensor | None = None) -> tf.Tensor:
-    """Decode one image file (its bytes checked against ``sha256`` when given) and resize it to
-    ``(size, size, 3)`` float32 in 0–255."""
-    if sha256 is None:
-        pixels = tf.numpy_function(_decode, [path], tf.uint8, stateful=False)
-    else:
-        pixels = tf.numpy_function(_decode_checked, [path, sha256], tf.uint8, stateful=False)
-    pixels.set_shape((None, None, 3))
-    resized = tf.image.resize(pixels, (size, size), method="bilinear")
-    return tf.clip_by_value(resized, 0.0, 255.0)
+def load_and_resize(path: str, size: int, sha256: Optional[str] = None) -> np.ndarray:
+    """One image file, decoded for ``size`` (bytes checked when ``sha256`` is given), as ``(size, size, 3)`` float32."""
+    return resize_bilinear(decode_image(path, sha256=sha256, target=size), size)
 
 
-def image_batches(paths: Sequence[str], *, size: int, batch_size: int,
-                  sha256: Sequence[str] | None = None) -> tf.data.Dataset:
-    """A dataset of image batches in the order of ``paths``.
+def image_batches(paths: Sequence[str], *, size: int, batch_size: int, sha256: Optional[Sequence[str]] = None,
+                  transform: Optional[Callable[[int, np.ndarray], np.ndarray]] = None,
+                  ahead: int = AHEAD_BATCHES) -> Iterator[np.ndarray]:
+    """Batches of decoded, resized images in the order of ``paths``.
 
     Parameters
     ----------
@@ -61,24 +87,45 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int,
     sha256 : sequence of str, optional
         The content hash of each file: its bytes are checked against it as they
         are decoded (:func:`pipeline.images.decode_image`).
+    transform : callable, optional
+        ``transform(index, image) -> image`` applied to each resized image in its
+        worker thread (augmentation; ``index`` is its position in ``paths``).
+    ahead : int
+        Batches decoded before the one being consumed (bounds memory).
 
-    Returns
-    -------
-    tf.data.Dataset
-        Yields float32 tensors of shape (batch, size, size, 3), values 0–255;
-        the last batch may be smaller. Order is deterministic.
+    Yields
+    ------
+    ndarray of shape (batch, size, size, 3), float32 in 0–255
+        The last batch may be smaller.
     """
-    if sha256 is None:
-        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
-        return _decoded_batches(dataset, lambda p: load_and_resize(p, size), batch_size)
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
-                                                  tf.constant(list(sha256), dtype=tf.string)))
-    return _decoded_batches(dataset, lambda p, h: load_and_resize(p, size, h), batch_size)
+    def one(index: int) -> np.ndarray:
+        image = load_and_resize(paths[index], size, None if sha256 is None else sha256[index])
+        return image if transform is None else transform(index, image)
+
+    window = max(1, ahead) * batch_size + batch_size
+    with ThreadPoolExecutor(max_workers=parallel_calls(), thread_name_prefix="decode") as pool:
+        pending: deque[Future] = deque()
+        submitted = 0
+        batch: list[np.ndarray] = []
+        try:
+            while submitted < len(paths) or pending:
+                while submitted < len(paths) and len(pending) < window:
+                    pending.append(pool.submit(one, submitted))
+                    submitted += 1
+                batch.append(pending.popleft().result())
+                if len(batch) == batch_size:
+                    yield np.stack(batch)
+                    batch = []
+            if batch:
+                yield np.stack(batch)
+        finally:
+            for future in pending:  # a consumer that stops early (an error): drop the rest
+                future.cancel()
 
 
 def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
-                     shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Batches of ``(images, labels)`` for training through the backbone (fine-tuning).
+                     shuffle_seed: int | None = None):
+    """Batches of ``(images, labels)`` for training through the backbone (fine-tuning), as a tf.data pipeline.
 
     Parameters
     ----------
@@ -91,16 +138,22 @@ def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, 
     Returns
     -------
     tf.data.Dataset
-        Yields (float32 (batch, size, size, 3) in 0–255, int64 (batch,)).
+        Yields (float32 (batch, size, size, 3) in 0–255, int64 (batch,)), decoded
+        and resized as :func:`image_batches` does.
     """
+    import tensorflow as tf
+
+    from pipeline.tfdata import PREFETCH_BATCHES, static
+
+    def decode(path, label):
+        image = tf.numpy_function(lambda p: load_and_resize(p.decode("utf-8"), size), [path], tf.float32,
+                                  stateful=False)
+        image.set_shape((size, size, 3))
+        return image, label
+
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
                                                   tf.constant(list(labels), dtype=tf.int64)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return _decoded_batches(dataset, lambda p, y: (load_and_resize(p, size), y), batch_size)
-
-
-def _decoded_batches(dataset: tf.data.Dataset, decode, batch_size: int) -> tf.data.Dataset:
-    """Decode in parallel (in order), batch, prefetch; the autotuner off."""
     dataset = dataset.map(decode, num_parallel_calls=parallel_calls(), deterministic=True)
     return static(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))

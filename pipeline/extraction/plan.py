@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
 from pipeline.config import ExtractParams, FeatureSetParams
-from pipeline.extraction.runtime import Runtime, resolve_runtime
+from pipeline.extraction.runtime import COMPUTE, Runtime, resolve_runtime, use_keras_backend
 from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
 # The libraries whose versions shape the features, recorded with every run.
-FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow", "zarr")
-RESIZE = "bilinear (tf.image.resize)"
-DECODER = "PIL via pipeline.images.decode_image"
+FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "openvino", "jax", "jaxlib", "keras", "numpy",
+                     "pillow", "scipy", "zarr")
+RESIZE = "bilinear, half-pixel centres, no antialias (pipeline.extraction.inputs.resize_bilinear)"
+DECODER = "PIL via pipeline.images.decode_image; JPEG draft when the shorter side is >= 2x the input size"
+# Keras dtype policy of each compute precision (OpenVINO builds in float32 and takes a precision hint instead).
+POLICY = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 def augment_identity(settings: ExtractParams) -> dict:
@@ -42,20 +45,24 @@ def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, 
     """The identity the features of ``spec`` will have, from params and the resolved ``cut`` alone.
 
     Returns ``None`` when it depends on the device (float32 storage with
-    ``extract.mixed_precision: auto``): then only building the backbone tells.
+    ``extract.precision: auto``): then only resolving the runtime tells.
     """
     from pipeline.backbones import family, input_size, weights_digest
+    from pipeline.backbones.random_init import SCHEME as RANDOM_INIT
 
     fam = family(spec.backbone)
     dtype = spec.dtype or settings.dtype
     provenance = {"backbone": fam.name, "weights": spec.weights, "weights_sha256": weights_digest(spec), "cut": cut,
                   "input_size": input_size(spec), "alpha": spec.alpha, "preprocessing": fam.preprocessing,
-                  "seed": settings.seed if spec.weights == "none" else None, "resize": RESIZE, "decoder": DECODER,
+                  "seed": settings.seed if spec.weights == "none" else None,
+                  "init": RANDOM_INIT if spec.weights == "none" else None, "resize": RESIZE, "decoder": DECODER,
                   "dtype": dtype, "augment": augment_identity(settings) if views else None}
-    if dtype == "float32":
-        if settings.mixed_precision == "auto":
+    if settings.precision == "auto":
+        if dtype == "float32":
             return None
-        provenance["compute"] = "mixed_float16" if settings.mixed_precision else "float32"
+        provenance["compute"] = "float32"  # or mixed_float16 on a GPU: the same identity for float16 storage
+    else:
+        provenance["compute"] = COMPUTE[settings.precision]
     return identity_of(provenance)
 
 
@@ -75,9 +82,9 @@ class ExtractionPlan:
 
     def run_record(self) -> dict:
         """What this run is, for the store's log of runs (not part of the identity)."""
-        return {"runtime": "tensorflow", "device": self.runtime.device, "batch_size": self.runtime.batch_size,
+        return {"runtime": self.runtime.name, "device": self.runtime.device, "batch_size": self.runtime.batch_size,
                 "jit_compile": self.runtime.jit_compile, "compute": self.provenance.compute,
-                "versions": library_versions(FEATURE_LIBRARIES)}
+                "precision": self.runtime.precision, "versions": library_versions(FEATURE_LIBRARIES)}
 
     def with_views(self, settings: ExtractParams) -> "ExtractionPlan":
         """The plan of the same backbone's augmented views."""
@@ -86,29 +93,26 @@ class ExtractionPlan:
 
 
 class Backbone:
-    """A truncated backbone built for a plan, with its compiled inference steps (kept per process)."""
+    """A truncated backbone built for a plan, with its compiled inference step (kept per process)."""
 
-    def __init__(self, plan: ExtractionPlan, cut: Any):
+    def __init__(self, plan: ExtractionPlan, cut: Any, step: Optional[Callable] = None):
         self.plan = plan
         self.cut = cut                      # pipeline.backbones.CutModel
-        self._clean_step = None
+        self._step = step
 
-    def step(self, augment_layers: Optional[list] = None):
-        """The compiled inference step; the clean one is traced once and reused however many shards run."""
-        from pipeline.extraction.runtimes.tensorflow_step import compile_inference
+    def step(self) -> Callable:
+        """The compiled inference step for batches of the plan's size (compiled once, reused for every shard)."""
+        from pipeline.extraction.runtimes import compile_step
 
-        if augment_layers is None and self._clean_step is not None:
-            return self._clean_step
-        step = compile_inference(self.cut.model, self.cut.preprocess, dtype=self.plan.dtype,
-                                 jit_compile=self.plan.runtime.jit_compile, augment_layers=augment_layers)
-        if augment_layers is None:
-            self._clean_step = step
-        return step
+        if self._step is None:
+            self._step = compile_step(self.plan.runtime, self.cut.model, self.cut.preprocess,
+                                      batch_size=self.plan.runtime.batch_size)
+        return self._step
 
 
 def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
                     expected: Optional[Mapping[str, Any]] = None) -> Backbone:
-    """Build the truncated model once and describe what it will produce (provenance, chunking).
+    """Resolve the runtime, build the truncated model once and describe what it will produce.
 
     Parameters
     ----------
@@ -117,20 +121,30 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
         identity rule itself is wrong, which is a bug).
     """
     from pipeline.backbones import build_cut_model
+    from pipeline.extraction.batch_size import measured_batch_size
+    from pipeline.extraction.runtimes import compile_step
 
     runtime = resolve_runtime(settings)
-    cut = build_cut_model(spec, seed=settings.seed, mixed_precision=runtime.mixed_precision)
+    use_keras_backend(runtime)
+    policy = None if runtime.name == "openvino" else POLICY[runtime.precision]
+    cut = build_cut_model(spec, seed=settings.seed, policy=policy)
+    step = None
+    if runtime.batch_size is None:
+        key = {"runtime": runtime.name, "precision": runtime.precision, "network": cut.model.name,
+               "input": list(cut.model.input_shape[1:]), "versions": library_versions(FEATURE_LIBRARIES)}
+        batch, step = measured_batch_size(
+            lambda b: compile_step(runtime, cut.model, cut.preprocess, batch_size=b),
+            cut.provenance["input_size"], key)
+        runtime = dataclasses.replace(runtime, batch_size=batch)
     feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
     dtype = spec.dtype or settings.dtype
     chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
                                 batch_size=runtime.batch_size)
-    provenance = Provenance(**cut.provenance, dtype=dtype,
-                            compute="mixed_float16" if runtime.mixed_precision else "float32",
-                            resize=RESIZE, decoder=DECODER)
+    provenance = Provenance(**cut.provenance, dtype=dtype, compute=runtime.compute, resize=RESIZE, decoder=DECODER)
     plan = ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
                           provenance=provenance)
     check_planned(plan, expected)
-    return Backbone(plan, cut)
+    return Backbone(plan, cut, step)
 
 
 def check_planned(plan: ExtractionPlan, expected: Optional[Mapping[str, Any]]) -> None:

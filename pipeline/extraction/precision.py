@@ -1,6 +1,8 @@
-"""Refusing features that the storage dtype cannot represent (float16 under- and overflow)."""
+"""Storing features in their storage dtype, refusing those it cannot represent (float16 under- and overflow)."""
 
 from __future__ import annotations
+
+import numpy as np
 
 # Share of non-zero float32 values allowed to round to zero when stored as float16;
 # past it the stored features no longer say what the network computed.
@@ -18,6 +20,16 @@ class PrecisionGuard:
     def __init__(self, feature_set: str, dtype: str):
         self.feature_set, self.dtype = feature_set, dtype
         self.lost = self.nonzero = 0
+
+    def store(self, features: np.ndarray) -> np.ndarray:
+        """``features`` (float32, from any runtime) in the storage dtype, checked."""
+        stored = features.astype(self.dtype, copy=False)
+        nonzero = features != 0
+        finite = np.isfinite(features)
+        self.check(lost=int(np.count_nonzero(nonzero & (stored == 0))), nonzero=int(np.count_nonzero(nonzero)),
+                   overflow=int(np.count_nonzero(finite & ~np.isfinite(stored))),
+                   largest=float(np.abs(features).max(initial=0.0)))
+        return stored
 
     def check(self, lost: int, nonzero: int, overflow: int, largest: float) -> None:
         """Add one batch's counts; raise ``ValueError`` on any overflow or too much underflow."""

@@ -3,8 +3,9 @@
 :func:`run_jobs` takes the chunk writes a store writer planned
 (:class:`pipeline.store.writer.ChunkWrite`), decodes the images of consecutive
 writes of the same view as one stream (:func:`pipeline.extraction.inputs.image_batches`,
-each file's bytes checked against its hash), runs each batch through the step,
-checks float16 precision (:class:`~pipeline.extraction.precision.PrecisionGuard`),
+each file's bytes checked against its hash, augmented views made there), runs
+each batch through the runtime's compiled step, stores it in the storage dtype
+checking float16 precision (:class:`~pipeline.extraction.precision.PrecisionGuard`),
 cuts the output stream back into the writes' rows (:func:`regroup`) and hands
 each finished chunk to a writer thread; at most ``WRITES_IN_FLIGHT`` chunks
 wait, so memory stays flat however many images there are.
@@ -27,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pipeline.extraction.augmentation import view_seed
+from pipeline.extraction.augmentation import augment_image, view_seed
 from pipeline.extraction.plan import Backbone
 from pipeline.extraction.precision import PrecisionGuard
 from pipeline.store.writer import ChunkWrite
@@ -63,8 +64,9 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
         ``write(chunk_write, block)`` stores one chunk (called on the writer thread).
     name : str
         For messages and the progress bar.
-    augment : (layers, seed), optional
-        Augment every image first, seeded by (seed, view, its content hash).
+    augment : (ops, seed), optional
+        Augment every image first (:func:`pipeline.extraction.augmentation.augment_image`),
+        seeded by (seed, view, its content hash).
 
     Returns
     -------
@@ -75,7 +77,7 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
     started = time.perf_counter()
     first: list[float] = []
     plan = backbone.plan
-    infer = backbone.step(augment[0] if augment else None)
+    infer = backbone.step()
     guard = PrecisionGuard(name, plan.dtype)
     todo = sum(len(w.rows) for w in writes)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
@@ -84,8 +86,11 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
         for view, group in itertools.groupby(writes, key=lambda w: w.view):
             group = list(group)
             hashes = [row_hashes[i] for w in group for i in w.rows]
-            seeds = [view_seed(augment[1], view, h) for h in hashes] if augment else None
-            batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, seeds,
+            transform = None
+            if augment:
+                ops, seeds = augment[0], [view_seed(augment[1], view, h) for h in hashes]
+                transform = lambda index, image, ops=ops, seeds=seeds: augment_image(image, ops, seeds[index])  # noqa: E731
+            batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, transform,
                                      size=plan.provenance.input_size, batch_size=plan.runtime.batch_size)
             for job, block in regroup(_ticking(batches, bar, first), group):
                 in_flight.append(pool.submit(write, job, block))
@@ -107,29 +112,17 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
         yield batch
 
 
-def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str],
-                   seeds: Optional[Sequence[int]], *, size: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Decode (bytes checked), (augment,) infer and check each batch; yield stored features."""
-    import tensorflow as tf
-
+def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str], transform, *,
+                   size: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Decode (bytes checked), (augment,) infer and store each batch; yield stored features."""
     from pipeline.extraction.inputs import image_batches
 
-    start = 0
-    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes):
-        n = int(batch.shape[0])
+    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform):
+        n = len(batch)
         if n < batch_size:
             # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
-            batch = tf.pad(batch, [[0, batch_size - n], [0, 0], [0, 0], [0, 0]])
-        valid = tf.constant(n, tf.int32)
-        if seeds is None:
-            result = infer(batch, valid)
-        else:
-            chunk = list(seeds[start:start + n]) + [0] * (batch_size - n)
-            result = infer(batch, valid, tf.constant(chunk, tf.int64))
-        stored, lost, nonzero, overflow, largest = result
-        guard.check(int(lost), int(nonzero), int(overflow), float(largest))
-        start += n
-        yield stored.numpy()[:n]
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        yield guard.store(infer(batch)[:n])
 
 
 def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkWrite]) -> Iterator[tuple[ChunkWrite, np.ndarray]]:

@@ -1,45 +1,131 @@
-"""How inference runs on this machine: the device, batch size, XLA and mixed precision.
+"""How inference runs on this machine: the runtime, its device, the compute precision and the batch size.
 
-``extract.batch_size``, ``extract.jit_compile`` and ``extract.mixed_precision``
-default to ``auto``, resolved here for the devices TensorFlow sees: on a CPU
-batch 8, no XLA (it slows depthwise convolutions there) and float32 compute
-(float16 is emulated); on a GPU batch 128, XLA and mixed float16. Every stage
-that runs a backbone (extract, augment, backbone_cost) resolves them here, so
-they agree.
+``extract.runtime`` chooses what runs the backbone (:mod:`pipeline.extraction.runtimes`):
+
+- ``openvino`` — OpenVINO on the CPU (the model built under Keras' OpenVINO
+  backend, so no TensorFlow is imported); ``auto`` on a machine without a GPU;
+- ``jax`` — Keras on JAX, compiled by XLA; ``auto`` when JAX sees a GPU
+  (``pip install -e ".[gpu]"``); on a CPU JAX is slow for depthwise networks;
+- ``tensorflow`` — a compiled ``tf.function``; what the exported model and
+  fine-tuning use.
+
+``extract.precision`` is the compute precision: ``auto`` is float32 on a CPU
+(OpenVINO's precision hint is set to f32 explicitly: its own default is bf16 on
+CPUs that have it) and mixed float16 on a GPU; ``bfloat16`` is opt-in on CPUs
+(about 1% relative difference). ``extract.batch_size: auto`` is measured on
+this machine for each runtime × backbone the first time (:mod:`pipeline.extraction.batch_size`),
+128 on a GPU. Each stage that runs a backbone resolves these here, so they agree.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
 from dataclasses import dataclass
+from typing import Optional
 
 from pipeline.config import ExtractParams
 
-# Measured on the 2-core CPUs here (benchmarks/extract.py, BENCHMARKS.md): small batches keep a
-# depthwise network's activations in cache (EfficientNet-Lite0: 55 img/s at 8 against 42 at 32),
-# and heavy networks (VGG16) run the same at any size; a GPU wants large batches.
-BATCH_CPU, BATCH_GPU = 8, 128
+log = logging.getLogger(__name__)
+
+BATCH_GPU = 128
+RUNTIMES = ("tensorflow", "openvino", "jax")
+# The Keras backend each runtime builds its model under.
+KERAS_BACKEND = {"tensorflow": "tensorflow", "openvino": "openvino", "jax": "jax"}
+# extract.precision → how the store records the compute.
+COMPUTE = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "bfloat16"}
 
 
 @dataclass(frozen=True)
 class Runtime:
     """How inference runs on this machine, resolved from ``extract`` params."""
 
-    device: str            # "GPU" or "CPU"
-    batch_size: int
-    jit_compile: bool
-    mixed_precision: bool
+    name: str                      # tensorflow | openvino | jax
+    device: str                    # "GPU" or "CPU"
+    precision: str                 # float32 | float16 | bfloat16
+    batch_size: Optional[int]      # None: to be measured (extract.batch_size: auto on a CPU)
+    jit_compile: bool              # XLA for the TensorFlow runtime (JAX always compiles with it)
+
+    @property
+    def compute(self) -> str:
+        return COMPUTE[self.precision]
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def jax_gpu() -> bool:
+    """Whether JAX is installed and sees a GPU.
+
+    JAX is imported only when one of its GPU plugins is installed (the ``[gpu]``
+    extra's ``jax-cuda*-plugin``; ROCm's), so a CPU machine never pays for it.
+    """
+    if not installed("jax"):
+        return False
+    plugins = {dist.metadata["Name"].lower().replace("_", "-") for dist in importlib.metadata.distributions()}
+    if not any(name.startswith(("jax-cuda", "jax-rocm")) for name in plugins):
+        return False
+    import jax
+
+    return any(device.platform == "gpu" for device in jax.devices())
 
 
 def resolve_runtime(settings: ExtractParams) -> Runtime:
-    """Resolve the ``auto`` settings for the devices TensorFlow sees."""
-    import tensorflow as tf
+    """Resolve the ``auto`` settings for this machine.
 
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+    Raises
+    ------
+    ValueError
+        If the runtime asked for is not installed (naming what to install).
+    """
+    name = settings.runtime
+    if name == "auto":
+        name = "jax" if jax_gpu() else "openvino" if installed("openvino") else "tensorflow"
+    required = {"openvino": "openvino", "jax": "jax", "tensorflow": "tensorflow"}[name]
+    if not installed(required):
+        hint = 'pip install -e ".[gpu]"' if name == "jax" else f"pip install {required}"
+        raise ValueError(f"extract.runtime: {name} needs the {required!r} package, which is not installed "
+                         f"({hint}). Valid runtimes: auto, {', '.join(RUNTIMES)}")
+    if name == "tensorflow":
+        import tensorflow as tf
 
-    def pick(value, on_gpu):
-        return on_gpu if value == "auto" else value
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    else:
+        gpu = name == "jax" and jax_gpu()
+    precision = settings.precision if settings.precision != "auto" else ("float16" if gpu else "float32")
+    if precision == "float16" and not gpu and name == "openvino":
+        raise ValueError("extract.precision: float16 needs a GPU; on a CPU use float32 or bfloat16. "
+                         f"Received: precision=float16 with runtime={name}")
+    batch = settings.batch_size if settings.batch_size != "auto" else (BATCH_GPU if gpu else None)
+    jit = settings.jit_compile if settings.jit_compile != "auto" else gpu
+    return Runtime(name=name, device="GPU" if gpu else "CPU", precision=precision, batch_size=batch,
+                   jit_compile=bool(jit))
 
-    return Runtime(device="GPU" if gpu else "CPU",
-                   batch_size=pick(settings.batch_size, BATCH_GPU if gpu else BATCH_CPU),
-                   jit_compile=pick(settings.jit_compile, gpu),
-                   mixed_precision=pick(settings.mixed_precision, gpu))
+
+def use_keras_backend(runtime: Runtime) -> str:
+    """Make Keras build under the runtime's backend; returns the backend Keras will use.
+
+    Keras' backend is fixed per process when Keras is first imported. When it
+    is already chosen — Keras imported, or ``KERAS_BACKEND`` set (a test session,
+    a user's shell) — an OpenVINO runtime converts from a TensorFlow backend
+    (through TensorFlow, then) and any other mismatch is refused, naming what to do.
+    """
+    wanted = KERAS_BACKEND[runtime.name]
+    if "keras" in sys.modules:
+        import keras
+
+        current = keras.backend.backend()
+    else:
+        current = os.environ.get("KERAS_BACKEND")
+    if current is None:
+        os.environ["KERAS_BACKEND"] = wanted
+        return wanted
+    if current != wanted and not (runtime.name == "openvino" and current == "tensorflow"):
+        raise ValueError(f"extract.runtime: {runtime.name} needs Keras' {wanted} backend, but this process uses "
+                         f"{current} (KERAS_BACKEND or an earlier import): run the stage as its own process "
+                         f"without KERAS_BACKEND set (as `dvc repro` does), or set KERAS_BACKEND={wanted}")
+    return current

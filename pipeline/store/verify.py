@@ -121,9 +121,9 @@ def _expected_identity(spec: FeatureSetParams, params: Params, checks: Optional[
     check = Path(checks) / f"{key}.json" if checks is not None else None
     cut = json.loads(check.read_text(encoding="utf-8"))["cut"] if check is not None and check.is_file() else spec.cut
     settings = params.extract
-    auto = settings.mixed_precision == "auto"
+    auto = settings.precision == "auto"
     if auto:  # the compute precision (float32 stores only) depends on the device: not compared
-        settings = dataclasses.replace(settings, mixed_precision=False)
+        settings = dataclasses.replace(settings, precision="float32")
     identity = planned_identity(spec, settings, cut or "", views=views)
     if auto:
         identity.pop("compute", None)

@@ -1,1 +1,24 @@
-"""Inference runtimes: how a truncated backbone's compiled step is made (TensorFlow today)."""
+"""Inference runtimes: one compiled step per runtime, the same contract for all.
+
+``compile_step(runtime, model, preprocess, batch_size=...)`` returns a function
+from a float32 batch of raw 0–255 images of exactly ``batch_size`` rows to the
+cut layer's features as float32 numpy. Each runtime lives in a module of its
+own and imports its framework only when called: :mod:`.tensorflow_runtime`,
+:mod:`.openvino_runtime`, :mod:`.jax_runtime` (see :mod:`pipeline.extraction.runtime`
+for how one is chosen).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+Step = Callable[[np.ndarray], np.ndarray]
+
+
+def compile_step(runtime: Any, model: Any, preprocess: Callable, *, batch_size: int) -> Step:
+    """The compiled inference step of ``model`` (after ``preprocess``) on ``runtime``, for batches of ``batch_size``."""
+    module = importlib.import_module(f"pipeline.extraction.runtimes.{runtime.name}_runtime")
+    return module.compile_step(model, preprocess, batch_size=batch_size, runtime=runtime)

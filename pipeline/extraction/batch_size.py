@@ -1,0 +1,105 @@
+"""``extract.batch_size: auto`` on a CPU: the batch size measured fastest on this machine, for this backbone.
+
+The best batch size depends on the CPU and the network (a depthwise network's
+activations fit in cache at small batches on one machine, large batches win on
+another; heavy networks run the same at any size), so it is measured, not
+assumed: each candidate's compiled step is timed on random images, from the
+smallest up, stopping once throughput falls well below the best seen or a
+single batch takes longer than :data:`SLOW_BATCH_SECONDS`. The choice is cached
+in ``batch-sizes.json`` under the shoulders cache folder (``$SHOULDERS_CACHE_DIR``,
+else ``~/.cache/shoulders``), keyed by the CPU, the cores this process may use,
+the runtime and its version, the precision and the network, so it is measured
+once per machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+
+from pipeline.provenance import fingerprint
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = (4, 8, 16, 32, 64)
+TIMED_CALLS = 3
+# A batch this slow means a heavy network: larger batches are not tried (they run the same, only longer).
+SLOW_BATCH_SECONDS = 1.5
+# A candidate this much slower than the best seen ends the search.
+GIVE_UP_BELOW = 0.85
+
+
+def cache_file() -> Path:
+    from pipeline.backbones.lite_weights import cache_dir
+
+    return cache_dir() / "batch-sizes.json"
+
+
+def machine() -> dict:
+    """What the measurement depends on besides the network: the CPU model and the usable cores."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "machine": platform.machine()}
+
+
+def measure(make_step: Callable[[int], Callable], input_size: int,
+            candidates: Optional[tuple[int, ...]] = None) -> tuple[int, Callable, dict[int, float]]:
+    """Time each candidate's step (default :data:`CANDIDATES`); return the fastest batch size, its compiled
+    step and every img/s measured."""
+    candidates = CANDIDATES if candidates is None else candidates
+    rng = np.random.default_rng(0)
+    speeds: dict[int, float] = {}
+    steps: dict[int, Callable] = {}
+    for batch in candidates:
+        step = make_step(batch)
+        images = rng.integers(0, 256, (batch, input_size, input_size, 3)).astype(np.float32)
+        step(images)  # compile / warm up
+        timings = []
+        for _ in range(TIMED_CALLS):
+            started = time.perf_counter()
+            step(images)
+            timings.append(time.perf_counter() - started)
+        seconds = statistics.median(timings)
+        speeds[batch] = batch / seconds
+        steps[batch] = step
+        best = max(speeds.values())
+        if seconds > SLOW_BATCH_SECONDS or speeds[batch] < GIVE_UP_BELOW * best:
+            break
+    chosen = max(speeds, key=speeds.get)
+    return chosen, steps[chosen], speeds
+
+
+def measured_batch_size(make_step: Callable[[int], Callable], input_size: int, key: Mapping,
+                        ) -> tuple[int, Optional[Callable]]:
+    """The cached choice for ``key`` (with no step compiled yet), or a fresh measurement (with its step)."""
+    path = cache_file()
+    entry_key = fingerprint({**machine(), **dict(key)}, length=20)
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        cached = {}
+    if entry_key in cached:
+        return int(cached[entry_key]["batch_size"]), None
+    chosen, step, speeds = measure(make_step, input_size)
+    log.info("batch size measured on this machine: %d (img/s: %s)", chosen,
+             ", ".join(f"{b}: {s:.1f}" for b, s in speeds.items()))
+    cached[entry_key] = {"batch_size": chosen, "images_per_second": {str(b): round(s, 2) for b, s in speeds.items()},
+                         "key": dict(key), "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cached, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return chosen, step

@@ -1,0 +1,59 @@
+"""The OpenVINO runtime: the Keras model converted to an OpenVINO model and compiled for the CPU.
+
+Under Keras' OpenVINO backend (what the extract stage selects for this
+runtime) the conversion builds the OpenVINO graph from the Keras layers
+directly — no TensorFlow; in a process that already runs Keras on TensorFlow
+(a test session) Keras converts through TensorFlow instead. The graph is
+made for the batch size and compiled with an explicit precision hint
+(``f32`` unless ``extract.precision`` says otherwise: OpenVINO's own default is
+``bf16`` on CPUs that have it) and the ``LATENCY`` performance hint, which ran
+faster than ``THROUGHPUT`` for one stream of batches (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HINTS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def to_openvino(model: Any, preprocess: Callable, batch_size: int):
+    """``openvino.Model`` of ``preprocess`` followed by ``model``, for batches of ``batch_size`` raw 0–255 images.
+
+    The batch size is fixed in the graph, through the input signature: Keras'
+    OpenVINO conversion bakes the example batch into some reshapes
+    (squeeze-and-excite blocks: a ``Reshape`` layer takes its batch dimension
+    from the example input, whose unknown batch Keras sets to 1), so a graph made
+    for one batch size cannot be reshaped to another.
+    """
+    import keras
+    import openvino as ov
+
+    shape = (batch_size, *model.input_shape[1:])
+    inputs = keras.Input(shape=model.input_shape[1:], name="image", dtype="float32")
+    wrapper = keras.Model(inputs, model(preprocess(inputs)), name=f"{model.name}_with_preprocessing")
+    with tempfile.TemporaryDirectory(prefix="shoulders-openvino-") as tmp:
+        path = Path(tmp) / "model.xml"
+        wrapper.export(str(path), format="openvino", verbose=False,
+                       input_signature=[keras.InputSpec(shape=shape, dtype="float32")])
+        return ov.Core().read_model(str(path))
+
+
+def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> Callable:
+    import openvino as ov
+
+    converted = to_openvino(model, preprocess, batch_size)
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision],
+                                                         "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        request.infer({0: np.ascontiguousarray(batch, np.float32)})
+        # The output tensor's memory is reused by the next inference: copy it out.
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    return run
