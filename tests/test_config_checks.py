@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import tiny_params, write_params
 from pipeline.backbones.cuts import check_cuts
 from pipeline.config import (DataParams, EvaluateParams, ExtractParams, NearDuplicateParams, ParamsError, SplitRatios,
-                             parse_params)
+                             load_params, parse_params)
 from pipeline.heads.registry import DenseGrid
 from pipeline.stages import check, prepare
 
@@ -180,3 +180,61 @@ def test_a_real_backbone_refuses_a_misspelled_cut_without_weights():
     with pytest.raises(ParamsError, match=r"features\.mv2\.cut: mobilenet_v2 has no layer 'block_2_ad'\. "
                                           r"Nearest: block_2_add"):
         check_cuts(features)
+
+
+# --------------------------------------------------------------------------- every value at load, with its key
+
+
+@pytest.mark.parametrize("keypath, value, expected", [
+    ("data.seed", -1, "an integer from 0 to 4294967295"),
+    ("heads.seed", -1, "an integer from 0 to 4294967295"),
+    ("evaluate.seed", -1, "an integer from 0 to 4294967295"),
+    ("extract.seed", -1, "an integer from 0 to 4294967295"),
+    ("extract.augment.seed", -1, "an integer from 0 to 4294967295"),
+    ("finetune.seed", -1, "an integer from 0 to 4294967295"),
+    ("synthetic.seed", 2**32, "an integer from 0 to 4294967295"),
+    ("evaluate.bootstrap", 0, "an integer >= 1"),
+    ("evaluate.bootstrap", -5, "an integer >= 1"),
+    ("heads.logreg.max_iter", 0, "an integer >= 1"),
+    ("heads.dense.patience", -1, "an integer >= 0"),
+    ("data.max_image_pixels", 0, "an integer from 1 to"),
+    ("data.max_image_pixels", 10**9, "an integer from 1 to 178956970"),
+])
+def test_out_of_range_values_fail_at_load_naming_key_value_and_range(in_tmp, keypath, value, expected):
+    section, *rest = keypath.split(".")
+    raw = tiny_params("images", **{section: _nest(".".join(rest), value)})
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(ParamsError) as error:
+        load_params(in_tmp / "params.yaml")
+    assert f"{keypath} must be {expected}" in str(error.value) and f"Received: {value!r}" in str(error.value)
+
+
+@pytest.mark.parametrize("weights, hint", [("Imagenet", "(did you mean 'imagenet'?)"), ("NONE", "(did you mean 'none'?)"),
+                                           ("imagenett", "which is not a file")])
+def test_misspelled_weights_name_the_feature_set(in_tmp, weights, hint):
+    raw = tiny_params("images")
+    raw["features"]["mv2"]["weights"] = weights
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(ParamsError) as error:
+        load_params(in_tmp / "params.yaml")
+    assert "features.mv2: weights must be 'imagenet', 'none' or a path" in str(error.value)
+    assert hint in str(error.value)
+
+
+@pytest.mark.parametrize("features", [{}, None, "missing"])
+def test_no_feature_sets_fail_at_load_and_the_heads_stage_deletes_nothing(in_tmp, features):
+    from pipeline.stages import heads
+
+    raw = tiny_params("images")
+    if features == "missing":
+        del raw["features"]
+    else:
+        raw["features"] = features
+    write_params(in_tmp / "params.yaml", raw)
+    kept = in_tmp / "heads" / "mv2" / "avg-logreg-C0.1.joblib"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"a fitted head")
+    (kept.parent / "scores.json").write_text("{}")
+    with pytest.raises(ParamsError, match="features"):
+        heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+    assert kept.read_bytes() == b"a fitted head" and (kept.parent / "scores.json").is_file()
