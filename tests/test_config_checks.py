@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_params, write_params
+from conftest import MOBILENET_025, tiny_params, write_params
 from pipeline.backbones.cuts import check_cuts
 from pipeline.config import (DataParams, EvaluateParams, ExtractParams, NearDuplicateParams, ParamsError, SplitRatios,
                              load_params, parse_params)
@@ -238,3 +238,49 @@ def test_no_feature_sets_fail_at_load_and_the_heads_stage_deletes_nothing(in_tmp
     with pytest.raises(ParamsError, match="features"):
         heads.main(["--features", "features", "--out", "heads", "--no-progress"])
     assert kept.read_bytes() == b"a fitted head" and (kept.parent / "scores.json").is_file()
+
+
+# --------------------------------------------------------------------------- weights, before any extraction
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache ($KERAS_HOME, as Keras read it when imported)."""
+    import keras.src.backend.config
+
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(home))
+    return home
+
+
+def test_the_check_stage_stops_when_imagenet_weights_cannot_be_had_naming_the_offline_ways(in_tmp, keras_home,
+                                                                                            caplog):
+    from pipeline.stage import run_stage
+
+    raw = tiny_params("images")
+    raw["features"] = {"mnet": {"backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet", "size": 128},
+                       "mv2": raw["features"]["mv2"]}
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: check.main(["--out", "checks"]), debug=False)
+    assert exit_.value.code == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "1 feature set(s) have no weights to extract with" in message and "features.mnet.weights" in message
+    assert f"copy mobilenet_2_5_128_tf_no_top.h5 into {keras_home / 'models'}" in message
+    assert "weights: /path/to/mobilenet_2_5_128_tf_no_top.h5" in message and "features.mv2" not in message
+    assert not (in_tmp / "checks").exists()  # no extract stage can start
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not MOBILENET_025.is_file(), reason="needs ../shared/keras-models")
+def test_imagenet_weights_in_the_keras_cache_or_at_a_path_pass_the_check(keras_home):
+    from pipeline.backbones.weights import weights_sources
+
+    (keras_home / "models").mkdir()
+    (keras_home / "models" / MOBILENET_025.name).symlink_to(MOBILENET_025)
+    sources = weights_sources(_features(cached={"backbone": "mobilenet", "alpha": 0.25, "size": 224},
+                                        path={"backbone": "mobilenet", "alpha": 0.25, "weights": str(MOBILENET_025)},
+                                        random={"backbone": "mobilenet", "alpha": 0.25, "weights": "none"}))
+    assert sources["cached"].describe() == f"keras cache: {keras_home / 'models' / MOBILENET_025.name}"
+    assert sources["path"].describe() == f"file: {MOBILENET_025}" and sources["random"].kind == "random"
