@@ -232,3 +232,17 @@ def test_a_bug_keeps_its_traceback():
 
     with pytest.raises(KeyError):
         run_stage(bug, debug=False)
+
+
+def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepared, caplog):
+    from pathlib import Path
+
+    from pipeline.stage import run_stage
+    from pipeline.store.lock import store_lock
+
+    with store_lock(Path("features/mv2.zarr")), caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: extract.main(EXTRACT_ARGS), debug=False)
+    assert exit_.value.code == 1
+    (line,) = _error_lines(caplog)
+    assert line.startswith(f"another extraction of mv2 is running (pid {os.getpid()}); this extraction stopped")
+    assert not Path("features/mv2.zarr").exists() and not list(Path("features/.incomplete").glob("*.zarr"))
