@@ -120,3 +120,12 @@ def test_uncalibrated_linear_svm_is_refused():
     X, y = _data(2)
     with pytest.raises(NotConvertibleError, match="LinearSVC"):
         to_keras_layers(Pipeline([("head", LinearSVC())]).fit(X, y), "svm_linear")
+
+
+def test_an_out_of_core_head_is_refused_by_name_not_by_a_missing_attribute():
+    from pipeline.heads.streaming import StreamingLinearHead
+
+    X, y = _data(3)
+    head = StreamingLinearHead(loss="log_loss", epochs=1).fit(X, y)
+    with pytest.raises(NotConvertibleError, match="StreamingLinearHead has no exact Keras form"):
+        to_keras_layers(head, "logreg")

@@ -45,6 +45,7 @@ def preprocessing_layers(step: Any, name: str) -> list:
 
 def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
     """A fitted LogisticRegression: its logits, then softmax (two classes: logits (0, z))."""
+    _expect(step, "sklearn.linear_model", "LogisticRegression")
     _no_temperature(step, temperature)
     coef, intercept = step.coef_, step.intercept_
     if coef.shape[0] == 1:
@@ -56,6 +57,7 @@ def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -
 
 def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
     """A fitted LinearSVC calibrated by temperature scaling: β times its decision function, then softmax."""
+    _expect(step, "sklearn.svm", "LinearSVC")
     if temperature is None:
         raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
                                   "scaling first (the export stage does, on validation)")
@@ -77,6 +79,7 @@ def svc_layers(step: Any, name: str, temperature: Optional[float] = None) -> lis
     """
     from pipeline.heads.kernel_layers import OneVsOneVote, SupportVectorKernel, pairs
 
+    _expect(step, "sklearn.svm", "SVC")
     if temperature is None:
         raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
                                   "scaling first (the export stage does, on validation)")
@@ -109,6 +112,7 @@ def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> l
     """A fitted DenseHead: copies of its own Keras layers, weights included."""
     import keras
 
+    _expect(step, "pipeline.heads.dense", "DenseHead")
     _no_temperature(step, temperature)
     copies = []
     for layer in step.model_.layers:
@@ -123,6 +127,15 @@ def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> l
             raise NotConvertibleError(f"DenseHead layer {layer.name} ({type(layer).__name__}) is not expected")
         copies.append(clone)
     return copies
+
+
+def _expect(step: Any, module: str, name: str) -> None:
+    """Refuse, by name, a step of another type than the form converts (an out-of-core head, say)."""
+    import importlib
+
+    if not isinstance(step, getattr(importlib.import_module(module), name)):
+        raise NotConvertibleError(f"{type(step).__name__} has no exact Keras form here (this form converts a "
+                                  f"fitted {name}; heads trained out of core have none)")
 
 
 def _no_temperature(step: Any, temperature: Optional[float]) -> None:
