@@ -100,3 +100,17 @@ def test_a_heads_file_is_loaded_only_with_the_digest_scores_json_records(tmp_pat
     with pytest.raises(ValueError, match="records no sha256"):
         load_head(tmp_path, {"variant": "avg-logreg-C1"})
     assert not marker.exists()
+
+
+def test_a_model_keras_that_is_not_a_keras_archive_is_not_loaded(model_folder):
+    import keras
+
+    from pipeline.export.predict import UnsafeModelError
+
+    folder, _, _ = model_folder
+    inputs = keras.Input((2,))
+    # An HDF5 model under the name model.keras: Keras would load it by a route where safe mode does not hold.
+    keras.Model(inputs, keras.layers.Dense(2)(inputs)).save(folder / "legacy.h5")
+    (folder / "legacy.h5").rename(folder / "model.keras")
+    with pytest.raises(UnsafeModelError, match="is not a .keras archive"):
+        load_model(folder)

@@ -37,6 +37,7 @@ import json
 import logging
 import pickletools
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -111,6 +112,9 @@ def load_keras_model(path: Path) -> Any:
     import pipeline.export.layers  # noqa: F401 - registers the custom layers before loading
     import pipeline.heads.kernel_layers  # noqa: F401 - the kernel SVMs' layers
 
+    if not zipfile.is_zipfile(path):
+        # Keras loads other formats (HDF5) by other routes, where safe mode does not hold.
+        raise UnsafeModelError(f"{path} is not a .keras archive (a zip file); it is not loaded")
     return keras.saving.load_model(path, safe_mode=True)
 
 
