@@ -3,12 +3,14 @@
     shoulders ls [FEATURES_DIR]          every store: rows, backbone / cut, shape
     shoulders show STORE                 one store's identity, runs and shapes
     shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
-    shoulders check                      every feature set's cut against its backbone (no weights needed)
+    shoulders check                      every feature set's cut against its backbone, and where its weights
+                                         come from (checked to be there, or downloadable)
     shoulders verify [FEATURES_DIR]      every store: chunks as written, made with the current params,
                                          a row for every image of the manifest? (exit status 1 if not)
     shoulders gc [FEATURES_DIR]          remove rows of images no longer in the manifest
     shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
 
+``--debug`` (anywhere) shows the traceback of an error instead of its one line.
 Also available as ``python -m pipeline``.
 """
 
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.stage import run_stage
+from pipeline.stage import run_stage, take_debug_flag
 
 
 def _ls(args) -> None:
@@ -61,11 +63,14 @@ def _layers(args) -> None:
 
 def _check(args) -> None:
     from pipeline.backbones.cuts import check_cuts
+    from pipeline.backbones.weights import weights_sources
     from pipeline.config import load_params
 
-    for key, entry in check_cuts(load_params(args.params).features).items():
+    features = load_params(args.params).features
+    resolved, sources = check_cuts(features), weights_sources(features)
+    for key, entry in resolved.items():
         print(f"{key:<24} {entry['backbone']} / {entry['cut']} (layer {entry['cut_index']} of "
-              f"{entry['n_layers']}), input {entry['input_size']}")
+              f"{entry['n_layers']}), input {entry['input_size']}, weights from {sources[key].describe()}")
 
 
 def _verify(args) -> None:
@@ -106,7 +111,8 @@ def _gc(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores and "
-                                     "backbones, verify them, and classify images with an exported model.")
+                                     "backbones, verify them, and classify images with an exported model.",
+                                     epilog="--debug (anywhere): show an error's traceback instead of its one line")
     commands = parser.add_subparsers(dest="command", required=True)
     ls = commands.add_parser("ls", help="list the feature stores")
     ls.add_argument("features", nargs="?", default="features", help="a folder, or an fsspec URL (s3://…)")
@@ -119,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--size", type=int, default=None, help="input size (default: the family's)")
     layers.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNets)")
     layers.set_defaults(run=_layers)
-    check = commands.add_parser("check", help="check every feature set's cut against its backbone's layers")
+    check = commands.add_parser("check", help="check every feature set's cut against its backbone's layers, "
+                                "and that its weights can be had")
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.set_defaults(run=_check)
     verify = commands.add_parser("verify", help="check every store's chunks, shapes and provenance")
@@ -142,15 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["predict"]:
         # predict has its own parser (options such as -h would not pass through a subparser).
         from pipeline.export.predict import main as predict_main
 
-        run_stage(lambda: predict_main(argv[1:]))
+        run_stage(lambda: predict_main(argv[1:]), debug=debug)
         return
     args = build_parser().parse_args(argv)
-    run_stage(lambda: args.run(args))
+    run_stage(lambda: args.run(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ image that passed prepare is read identically later.
 
 Handled: JPEG (CMYK included), PNG (palette, grey+alpha, RGBA, 16-bit), BMP,
 GIF (first frame of an animation), WebP; EXIF orientation is applied. Large
-photos (a 6000×4000 camera image is 24 megapixels) decode normally; PIL's
-decompression-bomb guard is kept as it is, so a file claiming more than twice
-``PIL.Image.MAX_IMAGE_PIXELS`` (about 179 megapixels) is refused as a bad image
-rather than allowed to exhaust memory.
+photos (a 6000×4000 camera image is 24 megapixels) decode normally. A file
+whose header declares more pixels than ``max_pixels`` (``data.max_image_pixels``,
+50 megapixels by default) is refused from its header, before any pixel is
+decoded: a 500 KB PNG can declare 13000×13000 and would take gigabytes once
+decoded. PIL's own decompression-bomb guard stays on above that (more than
+twice ``PIL.Image.MAX_IMAGE_PIXELS``, about 179 megapixels, is refused whatever
+the limit).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def is_junk_name(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in JUNK_NAMES
 
 
-def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Optional[int] = None) -> np.ndarray:
+def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Optional[int] = None,
+                 max_pixels: Optional[int] = None) -> np.ndarray:
     """Decode an image file to RGB pixels.
 
     Parameters
@@ -59,6 +63,9 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
         The sha256 the file's bytes must have (what prepare recorded): its bytes
         are read once, hashed and decoded from memory, so features are never
         computed from other bytes than the ones their row is keyed by.
+    max_pixels : int, optional
+        Refuse an image whose header declares more than this many pixels
+        (width × height) before decoding it; ``None``: PIL's guard only.
 
     Returns
     -------
@@ -84,12 +91,19 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
         source = io.BytesIO(data)
     try:
         with Image.open(source) as image:
+            width, height = image.size  # from the header: nothing decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise BadImageError(f"{path}: declares {width}×{height} = {width * height / 1e6:.1f} megapixels, more "
+                                    f"than the limit of {max_pixels / 1e6:g} (data.max_image_pixels; "
+                                    "`shoulders predict --max-pixels`); not decoded")
             image.seek(0)
             if target is not None and image.format == "JPEG" and min(image.size) >= 2 * target:
                 image.draft(image.mode, (target, target))
             image.load()  # decode everything now: truncation raises here, not later
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
+    except BadImageError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as error:
         raise BadImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error

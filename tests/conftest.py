@@ -37,6 +37,23 @@ def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 10, siz
     return paths
 
 
+def write_bomb_png(path: Path, width: int, height: int) -> Path:
+    """A valid grey PNG of ``width`` × ``height`` zeros: a few KB on disk, width × height × 3 bytes decoded as RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte, then the row's pixels
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
 def tiny_params(source: str, **overrides) -> dict:
     """The repository's params.yaml made small enough for tests: one tiny random-weights backbone.
 

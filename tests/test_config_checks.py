@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_params, write_params
+from conftest import MOBILENET_025, tiny_params, write_params
 from pipeline.backbones.cuts import check_cuts
 from pipeline.config import (DataParams, EvaluateParams, ExtractParams, NearDuplicateParams, ParamsError, SplitRatios,
-                             parse_params)
+                             load_params, parse_params)
 from pipeline.heads.registry import DenseGrid
 from pipeline.stages import check, prepare
 
@@ -180,3 +180,107 @@ def test_a_real_backbone_refuses_a_misspelled_cut_without_weights():
     with pytest.raises(ParamsError, match=r"features\.mv2\.cut: mobilenet_v2 has no layer 'block_2_ad'\. "
                                           r"Nearest: block_2_add"):
         check_cuts(features)
+
+
+# --------------------------------------------------------------------------- every value at load, with its key
+
+
+@pytest.mark.parametrize("keypath, value, expected", [
+    ("data.seed", -1, "an integer from 0 to 4294967295"),
+    ("heads.seed", -1, "an integer from 0 to 4294967295"),
+    ("evaluate.seed", -1, "an integer from 0 to 4294967295"),
+    ("extract.seed", -1, "an integer from 0 to 4294967295"),
+    ("extract.augment.seed", -1, "an integer from 0 to 4294967295"),
+    ("finetune.seed", -1, "an integer from 0 to 4294967295"),
+    ("synthetic.seed", 2**32, "an integer from 0 to 4294967295"),
+    ("evaluate.bootstrap", 0, "an integer >= 1"),
+    ("evaluate.bootstrap", -5, "an integer >= 1"),
+    ("heads.logreg.max_iter", 0, "an integer >= 1"),
+    ("heads.dense.patience", -1, "an integer >= 0"),
+    ("data.max_image_pixels", 0, "an integer from 1 to"),
+    ("data.max_image_pixels", 10**9, "an integer from 1 to 178956970"),
+])
+def test_out_of_range_values_fail_at_load_naming_key_value_and_range(in_tmp, keypath, value, expected):
+    section, *rest = keypath.split(".")
+    raw = tiny_params("images", **{section: _nest(".".join(rest), value)})
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(ParamsError) as error:
+        load_params(in_tmp / "params.yaml")
+    assert f"{keypath} must be {expected}" in str(error.value) and f"Received: {value!r}" in str(error.value)
+
+
+@pytest.mark.parametrize("weights, hint", [("Imagenet", "(did you mean 'imagenet'?)"), ("NONE", "(did you mean 'none'?)"),
+                                           ("imagenett", "which is not a file")])
+def test_misspelled_weights_name_the_feature_set(in_tmp, weights, hint):
+    raw = tiny_params("images")
+    raw["features"]["mv2"]["weights"] = weights
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(ParamsError) as error:
+        load_params(in_tmp / "params.yaml")
+    assert "features.mv2: weights must be 'imagenet', 'none' or a path" in str(error.value)
+    assert hint in str(error.value)
+
+
+@pytest.mark.parametrize("features", [{}, None, "missing"])
+def test_no_feature_sets_fail_at_load_and_the_heads_stage_deletes_nothing(in_tmp, features):
+    from pipeline.stages import heads
+
+    raw = tiny_params("images")
+    if features == "missing":
+        del raw["features"]
+    else:
+        raw["features"] = features
+    write_params(in_tmp / "params.yaml", raw)
+    kept = in_tmp / "heads" / "mv2" / "avg-logreg-C0.1.joblib"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"a fitted head")
+    (kept.parent / "scores.json").write_text("{}")
+    with pytest.raises(ParamsError, match="features"):
+        heads.main(["--features", "features", "--out", "heads", "--no-progress"])
+    assert kept.read_bytes() == b"a fitted head" and (kept.parent / "scores.json").is_file()
+
+
+# --------------------------------------------------------------------------- weights, before any extraction
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache ($KERAS_HOME, as Keras read it when imported)."""
+    import keras.src.backend.config
+
+    home = tmp_path / "keras-home"
+    home.mkdir()
+    monkeypatch.setattr(keras.src.backend.config, "_KERAS_DIR", str(home))
+    return home
+
+
+def test_the_check_stage_stops_when_imagenet_weights_cannot_be_had_naming_the_offline_ways(in_tmp, keras_home,
+                                                                                            caplog):
+    from pipeline.stage import run_stage
+
+    raw = tiny_params("images")
+    raw["features"] = {"mnet": {"backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet", "size": 128},
+                       "mv2": raw["features"]["mv2"]}
+    write_params(in_tmp / "params.yaml", raw)
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: check.main(["--out", "checks"]), debug=False)
+    assert exit_.value.code == 1
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "1 feature set(s) have no weights to extract with" in message and "features.mnet.weights" in message
+    assert f"copy mobilenet_2_5_128_tf_no_top.h5 into {keras_home / 'models'}" in message
+    assert "weights: /path/to/mobilenet_2_5_128_tf_no_top.h5" in message and "features.mv2" not in message
+    assert not (in_tmp / "checks").exists()  # no extract stage can start
+
+
+@pytest.mark.real_weights
+@pytest.mark.skipif(not MOBILENET_025.is_file(), reason="needs ../shared/keras-models")
+def test_imagenet_weights_in_the_keras_cache_or_at_a_path_pass_the_check(keras_home):
+    from pipeline.backbones.weights import weights_sources
+
+    (keras_home / "models").mkdir()
+    (keras_home / "models" / MOBILENET_025.name).symlink_to(MOBILENET_025)
+    sources = weights_sources(_features(cached={"backbone": "mobilenet", "alpha": 0.25, "size": 224},
+                                        path={"backbone": "mobilenet", "alpha": 0.25, "weights": str(MOBILENET_025)},
+                                        random={"backbone": "mobilenet", "alpha": 0.25, "weights": "none"}))
+    assert sources["cached"].describe() == f"keras cache: {keras_home / 'models' / MOBILENET_025.name}"
+    assert sources["path"].describe() == f"file: {MOBILENET_025}" and sources["random"].kind == "random"

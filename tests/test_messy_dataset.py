@@ -229,3 +229,64 @@ def test_signs_leakage_is_removed_and_reported():
         splits_of.setdefault(r.sha256, set()).add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
     assert report.per_split["test"] == 119  # one test image was a copy of another test image
+
+
+# --------------------------------------------------------------------------- names, links, huge images
+
+
+def _small_tree(root, classes=("cat", "dog"), per_class=6):
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            _save(root, f"{name}/img_{i}.png", Image.fromarray(_noise(100 * c + i)))
+    return root
+
+
+def test_names_and_links_that_cannot_be_used_stop_prepare_with_each_path_named(tmp_path):
+    import os
+
+    root = _small_tree(tmp_path / "data")
+    outside = tmp_path / "elsewhere"
+    _save(outside, "x.png", Image.fromarray(_noise(7)))
+    _save(outside, "birds/b.png", Image.fromarray(_noise(8)))
+    (root / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")            # dangling
+    (root / "cat" / ".cache-link").symlink_to(tmp_path / "nowhere")              # hidden, dangling: DVC hashes it
+    (root / "dog" / "outside.png").symlink_to(outside / "x.png")                 # out of the dataset
+    (root / "bird").symlink_to(outside / "birds", target_is_directory=True)      # a class folder out of it
+    (root / "dog" / "loop.png").symlink_to(root / "dog" / "loop.png")            # a loop
+    with open(os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png"), "wb") as handle:  # Latin-1, not UTF-8
+        handle.write(_encoded(Image.fromarray(_noise(9)), "PNG"))
+    with pytest.raises(ValueError) as error:
+        build_manifest(DataParams(source=str(root), bad_images="skip"), progress=False)
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith("6 path(s) under ") and "cannot be used as they are" in lines[0]
+    assert sorted(line.strip().split(": ", 1)[0] for line in lines[1:]) == sorted([
+        "bird", "b'cat/caf\\xe9.png'", "cat/.cache-link", "cat/gone.png", "dog/loop.png", "dog/outside.png"])
+    assert f"dog/outside.png: leads out of the dataset folder (to {outside / 'x.png'})" in str(error.value)
+    assert "cat/gone.png: a dangling symbolic link" in str(error.value)
+
+
+def test_a_link_to_a_file_inside_the_dataset_is_followed(tmp_path):
+    root = _small_tree(tmp_path / "data")
+    (root / "dog" / "alias.png").symlink_to(root / "dog" / "img_0.png")
+    (root / "dog" / "more").symlink_to(root / "cat", target_is_directory=True)   # a folder link: not descended
+    records, report = build_manifest(DataParams(source=str(root)), progress=False)
+    assert len(records) == 12 and report.duplicates["removed_within_split"] + \
+        report.duplicates["removed_cross_split"] == 1
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_path, policy):
+    from conftest import write_bomb_png
+
+    root = _small_tree(tmp_path / "data")
+    write_bomb_png(root / "cat" / "bomb.png", 8000, 8000)   # 64 MP: 192 MB as RGB, ~70 KB on disk
+    params = DataParams(source=str(root), bad_images=policy)
+    if policy == "error":
+        with pytest.raises(BadImageError, match=r"bomb.png: declares 8000×8000 = 64.0 megapixels, more than the "
+                                                r"limit of 50 \(data.max_image_pixels"):
+            build_manifest(params, progress=False)
+        return
+    records, report = build_manifest(params, progress=False)
+    assert len(records) == 12 and len(report.bad_images_skipped) == 1
+    records, _ = build_manifest(DataParams(source=str(root), max_image_pixels=64_000_000), progress=False)
+    assert len(records) == 13

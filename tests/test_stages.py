@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import logging
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +161,87 @@ def test_float16_underflow_is_refused_and_float32_works(in_tmp):
     extract.main(["--feature-set", "tiny", "--out", "features/tiny.zarr", "--no-progress"])
     train = open_feature_set("features/tiny.zarr", "train", pooling="avg")
     assert train.provenance["dtype"] == "float32" and np.abs(train.X).max() > 0
+
+
+# --------------------------------------------------------------------------- errors people read
+
+
+def _error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_full_disk_during_extraction_ends_in_one_line_and_debug_shows_the_traceback(prepared, monkeypatch, caplog):
+    from zarr.storage import LocalStore
+
+    from pipeline.stage import run_stage
+
+    original = LocalStore.set
+
+    async def full(self, key, value):
+        if key.startswith("X/c"):  # the first chunk of features written: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root / key))
+        return await original(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", full)
+    monkeypatch.setattr(sys, "argv", ["extract"])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: extract.main(EXTRACT_ARGS))
+    assert exit_.value.code == 1
+    (line,) = _error_lines(caplog)
+    assert line.startswith("No space left on device while writing features/.incomplete/mv2-") and "\n" not in line
+    assert "free space on that disk" in line and "resumes from its last written chunk" in line
+    monkeypatch.setattr(sys, "argv", ["extract", "--debug"])
+    with pytest.raises(OSError, match="No space left on device"):
+        run_stage(lambda: extract.main(EXTRACT_ARGS))
+
+
+@pytest.mark.parametrize("error, expected", [
+    (PermissionError(errno.EACCES, "Permission denied", "features/a.zarr"),
+     "Permission denied: features/a.zarr: this user ("),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "data/manifest.csv"),
+     "No such file or directory: data/manifest.csv: a missing input; `dvc repro` makes"),
+    (OSError(errno.EROFS, "Read-only file system", "heads/a"), "Read-only file system: heads/a: write the outputs on"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "models/model.keras"),
+     "Disk quota exceeded while writing models/model.keras: free space on that disk (or raise the quota)"),
+    (StoreError("features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)"),
+     "features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)"),
+])
+def test_expected_failures_end_in_one_line_naming_what_where_and_what_to_do(error, expected, caplog, monkeypatch):
+    from pipeline.stage import run_stage
+
+    def fail():
+        raise error
+
+    monkeypatch.delenv("SHOULDERS_DEBUG", raising=False)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_stage(fail, debug=False)
+    assert exit_.value.code == 1
+    (line,) = _error_lines(caplog)
+    assert line.startswith(expected) and line.endswith("(--debug shows the traceback)")
+    monkeypatch.setenv("SHOULDERS_DEBUG", "1")
+    with pytest.raises(type(error)):
+        run_stage(fail, debug=False)
+
+
+def test_a_bug_keeps_its_traceback():
+    from pipeline.stage import run_stage
+
+    def bug():
+        raise KeyError("test")
+
+    with pytest.raises(KeyError):
+        run_stage(bug, debug=False)
+
+
+def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepared, caplog):
+    from pathlib import Path
+
+    from pipeline.stage import run_stage
+    from pipeline.store.lock import store_lock
+
+    with store_lock(Path("features/mv2.zarr")), caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        run_stage(lambda: extract.main(EXTRACT_ARGS), debug=False)
+    assert exit_.value.code == 1
+    (line,) = _error_lines(caplog)
+    assert line.startswith(f"another extraction of mv2 is running (pid {os.getpid()}); this extraction stopped")
+    assert not Path("features/mv2.zarr").exists() and not list(Path("features/.incomplete").glob("*.zarr"))

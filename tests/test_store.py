@@ -46,14 +46,15 @@ def extract(path, wanted, *, identity=IDENTITY, stop_after=None, views=None, vie
     """Plan and write rows as an extraction does; ``stop_after`` chunks simulates a kill."""
     writer = StoreWriter(path, identity, {"note": "test"}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK,
                          views=views)
-    writes, counts = writer.plan(wanted)
-    hashes = writer.row_hashes()
-    for index, write in enumerate(writes):
-        if stop_after is not None and index == stop_after:
-            return writer, writes, counts
-        block = np.stack([features_of(hashes[i]) + (write.view or 0) * view_offset for i in write.rows])
-        writer.write(write, block)
-    writer.finalize({"runtime": "test"})
+    with writer:  # leaving it (a kill, an error) releases the lock, as a dead process's is released
+        writes, counts = writer.plan(wanted)
+        hashes = writer.row_hashes()
+        for index, write in enumerate(writes):
+            if stop_after is not None and index == stop_after:
+                return writer, writes, counts
+            block = np.stack([features_of(hashes[i]) + (write.view or 0) * view_offset for i in write.rows])
+            writer.write(write, block)
+        writer.finalize({"runtime": "test"})
     return writer, writes, counts
 
 
@@ -297,3 +298,42 @@ def test_a_copied_store_is_a_store(store, tmp_path):
     shutil.copytree(path, copy)
     np.testing.assert_array_equal(open_feature_set(copy, "val", manifest=manifest).X,
                                   open_feature_set(path, "val", manifest=manifest).X)
+
+
+def test_a_second_writer_stops_at_once_naming_the_first_and_a_killed_writer_leaves_no_lock(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.store.lock import StoreBusyError
+
+    manifest = records(NAMES)
+    wanted = [r.sha256 for r in manifest]
+    path = store_path(tmp_path / "features", "mv2")
+    extract(path, wanted[:10])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from test_store import *; "
+         f"w = StoreWriter({str(path)!r}, IDENTITY, {{}}, feature_shape=SHAPE, dtype='float16', chunk_rows=CHUNK); "
+         f"w.plan({wanted!r}); print('holding', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                                                    *sys.path])})
+    try:
+        assert holder.stdout.readline().strip() == b"holding"
+        with pytest.raises(StoreBusyError, match=rf"another extraction of mv2 is running \(pid {holder.pid}\)"):
+            extract(path, wanted)
+        with pytest.raises(StoreBusyError, match=rf"\(pid {holder.pid}\); this gc stopped"):
+            collect_garbage(path, set())
+        # The views store of the same feature set has a lock of its own.
+        extract(tmp_path / "features" / "views" / "mv2.zarr", wanted[:4], views=1)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel released the killed writer's lock: the next one resumes its store and finishes it.
+    _, _, counts = extract(path, wanted)
+    assert counts["computed"] == len(wanted) - 10
+    assert open_feature_set(path, "test", manifest=manifest, pooling="none").X.shape == (4, *SHAPE)
+    with StoreWriter(path, IDENTITY, {}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK):
+        with pytest.raises(StoreBusyError, match=rf"\(pid {os.getpid()}\)"):
+            extract(path, wanted)

@@ -236,3 +236,54 @@ def test_disk_full_while_building_a_new_identity_keeps_the_previous_store(setup,
     np.testing.assert_array_equal(open_feature_set(path, "val", manifest=manifest, pooling="none").X, before)
     assert _one(setup).state == "ok"
     assert CHUNK == 4 and SHAPE == (3, 3, 4)
+
+
+# --------------------------------------------------------------------------- views stores prove their rows too
+
+
+@pytest.fixture
+def views_store(setup):
+    root, params, manifest, _ = setup
+    path = root / "features" / "views" / "mv2.zarr"
+    train = [r.sha256 for r in manifest if r.split == "train"]
+    extract(path, train, identity=_identity(params, augment={"seed": 0}), views=2, view_offset=10.0)
+    return path, manifest
+
+
+def _view_chunk(path, chunk, view):
+    return path / "X" / "c" / str(chunk) / str(view) / "0" / "0" / "0"
+
+
+def _damage(path, how):
+    if how == "missing":
+        _view_chunk(path, 1, 1).unlink()
+    elif how == "corrupt":
+        chunk = _view_chunk(path, 1, 1)
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    else:  # two views of one chunk swapped: each file is whole, only its position is wrong
+        a, b = _view_chunk(path, 1, 0), _view_chunk(path, 1, 1)
+        data_a, data_b = a.read_bytes(), b.read_bytes()
+        a.write_bytes(data_b)
+        b.write_bytes(data_a)
+
+
+@pytest.mark.parametrize("how, problem, refused", [
+    ("missing", "chunk 1 of view 1 is missing on disk", r"views/mv2.zarr: chunk 1 of view 1 is missing on disk"),
+    ("corrupt", "chunk 1 of view 1 is corrupt", r"views/mv2.zarr: chunk 1 of view 1 is corrupt"),
+    ("swapped", "chunk 1 of view 0 (rows 4-7) does not match its recorded digest",
+     r"views/mv2.zarr: chunk 1 of view 0 does not match its recorded digest"),
+])
+def test_a_damaged_views_store_is_refused_by_verify_and_by_open_views_naming_store_and_chunk(views_store, how,
+                                                                                             problem, refused):
+    from pipeline.store.layout import StoreError
+    from pipeline.store.reader import open_views
+
+    path, manifest = views_store
+    np.testing.assert_array_equal(open_views(path, "train", manifest=manifest).X.shape, (10, 2, 4))
+    _damage(path, how)
+    report = verify_store(path, key="views/mv2")
+    assert report.state == "corrupt" and any(p.startswith(problem) for p in report.problems), report.problems
+    with pytest.raises(StoreError, match=refused):
+        open_views(path, "train", manifest=manifest)

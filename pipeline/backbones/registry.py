@@ -125,7 +125,7 @@ def validate_feature_set(spec: Any) -> None:
 
 def preprocess_function(name: str) -> Callable:
     """The ``preprocess_input`` of family ``name`` (raw 0–255 RGB floats → the model's input)."""
-    return _import(family(name).preprocess)
+    return import_dotted(family(name).preprocess)
 
 
 def input_size(spec: Any) -> int:
@@ -179,7 +179,7 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
     if policy is not None:
         keras.config.set_dtype_policy(policy)
     try:
-        base = _import(fam.factory)(**kwargs)
+        base = import_dotted(fam.factory)(**kwargs)
     finally:
         keras.config.set_dtype_policy(previous)
     if weights is None:
@@ -247,7 +247,7 @@ def layer_names(spec: Any) -> list[str]:
                               "input_shape": (input_size(spec),) * 2 + (3,)}
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
-    base = _import(fam.factory)(**kwargs)
+    base = import_dotted(fam.factory)(**kwargs)
     names = [layer.name for layer in base.layers]
     del base
     keras.backend.clear_session()
@@ -263,7 +263,7 @@ def weights_digest(spec: Any) -> Optional[str]:
     if spec.weights == "none":
         return None
     if spec.weights == "imagenet":
-        return None if fam.imagenet_file is None else file_sha256(_import(fam.imagenet_file)())
+        return None if fam.imagenet_file is None else file_sha256(import_dotted(fam.imagenet_file)())
     return file_sha256(Path(spec.weights))
 
 
@@ -273,7 +273,8 @@ def _resolve_weights(fam: Family, spec: Any) -> tuple[Optional[str], Optional[st
     return weights, weights_digest(spec)
 
 
-def _import(dotted: str) -> Any:
+def import_dotted(dotted: str) -> Any:
+    """The object a dotted path (``module.attribute``) names, its module imported now."""
     module, _, attr = dotted.rpartition(".")
     return getattr(importlib.import_module(module), attr)
 

@@ -60,6 +60,12 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         raise FileNotFoundError(f"params file not found: {path} (run from the project root)")
     with path.open(encoding="utf-8") as handle:
         raw = yaml.safe_load(handle) or {}
+    # A section that must not be empty must not be missing from a params file either (parse_params
+    # gives it its default, for tests and defaults).
+    if isinstance(raw, dict):
+        for f in dataclasses.fields(Params):
+            if "non_empty" in f.metadata and f.name not in raw:
+                raise ParamsError(f"{path}: missing key {f.name!r}: a params file needs {f.metadata['non_empty']}")
     params = parse_params(raw, source=str(path))
     _check_feature_sets(params)
     return params
@@ -89,7 +95,7 @@ def _check_feature_sets(params: Params) -> None:
     for key, spec in params.features.items():
         try:
             validate_feature_set(spec)
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:  # a weights path that is not a file, too
             raise ParamsError(f"features.{key}: {error}") from None
 
 
@@ -119,14 +125,20 @@ def _build(cls: type, raw: Any, keypath: str) -> Any:
     if missing:
         raise ParamsError(f"missing key {join_key(keypath, missing[0])!r} (required)")
     values = {k: _coerce(v, hints[k], join_key(keypath, k)) for k, v in raw.items() if k in fields}
+    for name, f in fields.items():
+        if "non_empty" in f.metadata and name in values and not values[name]:
+            raise ParamsError(f"{join_key(keypath, name)} must define {f.metadata['non_empty']}. "
+                              f"Received: {raw[name]!r}")
     for name, registry in sectioned.items():
         values[name] = {key: _build(entry.grid, raw.get(key), join_key(keypath, key)) for key, entry in registry.items()}
     try:
         return cls(**values)
-    except ParamsError:
-        raise
-    except ValueError as error:  # a section's own checks (e.g. a head kind's settings) name their key
-        raise ParamsError(str(error)) from None
+    except ValueError as error:  # a section's own checks (e.g. a head kind's settings)
+        message = str(error)
+        # Most checks name their full key; those of a mapping's entries (features.<key>) cannot know it.
+        if keypath and not message.startswith(keypath):
+            message = f"{keypath}: {message}"
+        raise ParamsError(message) from None
 
 
 def _coerce(value: Any, annotation: Any, keypath: str) -> Any:

@@ -21,6 +21,11 @@ from pipeline.heads.registry import HEAD_KINDS
 
 POOLINGS = ("avg", "max", "flatten", "avgmax")
 SPLITS = ("train", "val", "test")
+# Seeds go to numpy and scikit-learn, which take 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+# The largest image (width × height) decoded by default: a 50-megapixel photo takes 150 MB as RGB; the
+# decompression bombs PIL lets through (up to ~179 MP) would take gigabytes (see data.max_image_pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
 _FEATURE_SET_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -80,11 +85,19 @@ class DataParams:
     duplicates: Literal["remove", "keep"] = "remove"
     near_duplicates: Optional[NearDuplicateParams] = None
     small_image_side: int = 32
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS   # larger images are refused before they are decoded
 
     def __post_init__(self):
         if not self.source.strip():
             raise ParamsError("data.source must name a folder. Received: an empty string")
+        _seed("data.seed", self.seed)
         _require(self.small_image_side >= 1, "data.small_image_side", self.small_image_side, "an integer >= 1")
+        from PIL import Image
+
+        # Past twice its MAX_IMAGE_PIXELS, PIL refuses an image itself (a decompression bomb), whatever this says.
+        ceiling = 2 * Image.MAX_IMAGE_PIXELS
+        _require(1 <= self.max_image_pixels <= ceiling, "data.max_image_pixels", self.max_image_pixels,
+                 f"an integer from 1 to {ceiling} (width × height of the largest image to decode; PIL refuses more)")
 
 
 @dataclass(frozen=True)
@@ -101,7 +114,7 @@ class SyntheticParams:
 
         _require(2 <= self.classes <= len(CLASS_NAMES), "synthetic.classes", self.classes,
                  f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
-        _require(self.seed >= 0, "synthetic.seed", self.seed, "an integer >= 0")
+        _seed("synthetic.seed", self.seed)
         _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
         _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
 
@@ -116,6 +129,19 @@ class FeatureSetParams:
     size: Optional[int] = None
     alpha: Optional[float] = None
     dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
+
+    def __post_init__(self):
+        # The key (features.<name>) is put in front of these messages by the loader.
+        named = {"imagenet", "none"}
+        if self.weights not in named and self.weights.strip().lower() in named:
+            raise ParamsError(f"weights must be 'imagenet', 'none' or a path to a weights file. Received: "
+                              f"{self.weights!r} (did you mean {self.weights.strip().lower()!r}?)")
+        if not self.weights.strip():
+            raise ParamsError("weights must be 'imagenet', 'none' or a path to a weights file. Received: ''")
+        if self.size is not None:
+            _require(self.size >= 1, "size", self.size, "null (the backbone's default) or an integer >= 1")
+        if self.alpha is not None:
+            _require(self.alpha > 0, "alpha", self.alpha, "null or a number > 0")
 
 
 def _default_augment_ops() -> dict[str, Union[float, str]]:
@@ -135,6 +161,7 @@ class AugmentParams:
         from pipeline.extraction.augmentation import validate_ops
 
         _require(self.views >= 0, "extract.augment.views", self.views, "an integer >= 0")
+        _seed("extract.augment.seed", self.seed)
         _require(len(self.ops) > 0, "extract.augment.ops", self.ops, "at least one op")
         try:
             validate_ops(self.ops)
@@ -158,6 +185,7 @@ class ExtractParams:
     shard_chunks: int = 4               # chunks per task sent to a Dask worker
 
     def __post_init__(self):
+        _seed("extract.seed", self.seed)
         _require(self.shard_chunks >= 1, "extract.shard_chunks", self.shard_chunks, "an integer >= 1")
         if self.batch_size != "auto":
             _require(self.batch_size >= 1, "extract.batch_size", self.batch_size, "'auto' or an integer >= 1")
@@ -223,6 +251,7 @@ class HeadsParams:
             raise ParamsError("heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
                               f"heads.kinds has none. Received: kinds={list(self.kinds)}")
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
+        _seed("heads.seed", self.seed)
 
     def grid(self, kind: str) -> Any:
         """The settings of head kind ``kind`` (``heads.<kind>``)."""
@@ -246,6 +275,11 @@ class EvaluateParams:
     bootstrap: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        _require(self.bootstrap >= 1, "evaluate.bootstrap", self.bootstrap,
+                 "an integer >= 1 (resamples of the test split for the 95% interval; 1000 is usual)")
+        _seed("evaluate.seed", self.seed)
+
 
 @dataclass(frozen=True)
 class FinetuneParams:
@@ -266,6 +300,7 @@ class FinetuneParams:
         _require(self.epochs >= 1, "finetune.epochs", self.epochs, "an integer >= 1")
         _require(self.patience >= 0, "finetune.patience", self.patience, "an integer >= 0")
         _require(self.batch_size >= 1, "finetune.batch_size", self.batch_size, "an integer >= 1")
+        _seed("finetune.seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -287,7 +322,10 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     extract: ExtractParams = field(default_factory=ExtractParams)
-    features: dict[str, FeatureSetParams] = field(default_factory=dict)
+    # A params file must define at least one: an empty section would leave every later stage nothing to do
+    # and make the heads stage remove the heads of every feature set (the loader refuses it, see "non_empty").
+    features: dict[str, FeatureSetParams] = field(
+        default_factory=dict, metadata={"non_empty": "at least one feature set (backbone, weights, cut)"})
     heads: HeadsParams = field(default_factory=HeadsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
@@ -315,6 +353,10 @@ class Params:
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ParamsError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def _seed(key: str, value: int) -> None:
+    _require(0 <= value <= MAX_SEED, key, value, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
 
 
 def join_key(prefix: str, key: str) -> str:

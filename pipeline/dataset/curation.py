@@ -64,7 +64,8 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
     scan = scan_source(Path(params.source), path_prefix=params.source)
     log.info("found %d images in %s (%s layout), %d other files ignored",
              len(scan.candidates), params.source, scan.layout, len(scan.ignored))
-    good, bad = inspect_all(scan.candidates, with_phash=params.near_duplicates is not None, progress=progress)
+    good, bad = inspect_all(scan.candidates, with_phash=params.near_duplicates is not None,
+                            max_pixels=params.max_image_pixels, progress=progress)
     if bad and params.bad_images == "error":
         raise BadImageError(f"{len(bad)} image(s) under {params.source} cannot be decoded "
                             "(set data.bad_images: skip to leave them out):\n  " + "\n  ".join(bad))

@@ -8,11 +8,23 @@ A source is a folder in one of two layouts:
 :func:`scan_source` lists the image files (hidden files and OS clutter skipped,
 other files listed as ignored); :func:`inspect_all` decodes and hashes every one
 in threads, so that a broken file stops the pipeline before any backbone runs.
+
+Names and links, the policy: every file must be named in UTF-8 (the manifest,
+the reports and the model card are UTF-8 text) and must resolve to a file inside
+``data.source`` (DVC hashes that folder to know when the dataset changed: a
+link out of it would make the dataset depend on a file DVC does not track, and
+a dangling link breaks DVC's hashing). A symbolic link whose target is inside
+the folder is followed; a link to a folder is not descended into (its files are
+found where they are). Anything else — a name that is not valid UTF-8 (shown as
+escaped bytes), a dangling link, a link loop, a link leading out of the folder —
+stops prepare with every such path named, whatever ``data.bad_images`` says:
+the fix is in the folder (rename, copy in or remove).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +80,8 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     FileNotFoundError
         If ``root`` is not a folder.
     ValueError
-        If no class folders or no images are found, or a pre-split tree lacks train/ or test/.
+        If no class folders or no images are found, or a pre-split tree lacks train/ or test/; or naming
+        every path whose name is not UTF-8 or that is a dangling link, a link loop or a link out of ``root``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -92,11 +105,16 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     candidates: list[Candidate] = []
     ignored: list[str] = []
     class_folders: set[str] = set()
+    problems: list[str] = []
+    inside = root.resolve()
     for split, top in tops:
         for class_dir in sorted(p for p in top.iterdir() if p.is_dir() and not is_junk_name(p)):
+            if _unusable(class_dir, root, inside, problems):
+                continue
             class_folders.add(class_dir.name)
             for path in sorted(class_dir.rglob("*")):
-                if not path.is_file() or any(is_junk_name(Path(part)) for part in path.relative_to(root).parts):
+                junk = any(is_junk_name(Path(part)) for part in path.relative_to(root).parts)
+                if _unusable(path, root, inside, problems, junk=junk) or junk or not path.is_file():
                     continue
                 rel = path.relative_to(root).as_posix()
                 if not is_image_name(path):
@@ -106,8 +124,13 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
                                             class_name=class_dir.name, split=split))
     # Files lying beside the class folders (or beside the split folders) are not images of a class.
     for top in ([root] if layout == "classes" else [root, *(t for _, t in tops)]):
-        loose = sorted(p for p in top.iterdir() if p.is_file() and not is_junk_name(p))
-        ignored.extend(p.relative_to(root).as_posix() for p in loose)
+        for path in sorted(p for p in top.iterdir() if not p.is_dir()):  # folders were looked at above
+            junk = is_junk_name(path)
+            if not _unusable(path, root, inside, problems, junk=junk) and not junk and path.is_file():
+                ignored.append(path.relative_to(root).as_posix())
+    if problems:
+        raise ValueError(f"{len(problems)} path(s) under {shown(root)} cannot be used as they are (names must be "
+                         "UTF-8; links must lead to a file inside the dataset folder):\n  " + "\n  ".join(problems))
     if not candidates:
         raise ValueError(f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case; "
                          "expected <root>/<class>/<images> or <root>/{train,val,test}/<class>/<images>)")
@@ -115,8 +138,49 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
                       class_folders=sorted(class_folders))
 
 
-def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, workers: int = 4,
-                progress: bool = True) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
+def shown(path: Path) -> str:
+    """A path as text: as it is when it is valid UTF-8, else its bytes escaped (``b'caf\\xe9.jpg'``)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of the name, kept by Python as surrogates
+        return repr(os.fsencode(text))
+    return text
+
+
+def _unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk: bool = False) -> bool:
+    """Whether ``path`` breaks the names-and-links policy (module docstring); if so, say why in ``problems``.
+
+    Hidden files and OS clutter (``junk``) are only checked for dangling links, which DVC cannot hash.
+    """
+    rel = path.relative_to(root)
+    if not junk and shown(rel) != str(rel):
+        problems.append(f"{shown(rel)}: the name is not valid UTF-8; rename it")
+        return True
+    if path.is_symlink():
+        target = shown(Path(os.readlink(path)))
+        try:
+            resolved = path.resolve(strict=True)
+        except FileNotFoundError:
+            problems.append(f"{shown(rel)}: a dangling symbolic link (to {target}, which does not exist); "
+                            "remove it or restore its target")
+            return True
+        except (RuntimeError, OSError):  # a loop (RuntimeError before Python 3.13)
+            problems.append(f"{shown(rel)}: a symbolic link loop (to {target}); remove it")
+            return True
+    elif junk:
+        return False
+    else:
+        resolved = path.resolve()
+    if not junk and not resolved.is_relative_to(inside):
+        problems.append(f"{shown(rel)}: leads out of the dataset folder (to {shown(resolved)}); copy the file "
+                        "in, or point data.source at a folder that holds it")
+        return True
+    return False
+
+
+def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, max_pixels: Optional[int] = None,
+                workers: int = 4, progress: bool = True) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
     """Decode and hash every candidate in threads (PIL releases the GIL while decoding).
 
     Parameters
@@ -124,6 +188,8 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, wo
     candidates : sequence of Candidate
     with_phash : bool
         Also compute each image's perceptual hash (for near-duplicate search).
+    max_pixels : int, optional
+        ``data.max_image_pixels``: larger images are bad images, refused from their header.
     workers : int
         Decoding threads.
     progress : bool
@@ -136,7 +202,7 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, wo
     """
     def one(candidate: Candidate):
         try:
-            return candidate, inspect_image(candidate.path, with_phash=with_phash), None
+            return candidate, inspect_image(candidate.path, with_phash=with_phash, max_pixels=max_pixels), None
         except (BadImageError, OSError) as error:
             return candidate, None, str(error)
 
@@ -162,7 +228,7 @@ class ImageInfo:
     phash: Optional[int] = None   # 64-bit perceptual hash, when asked for
 
 
-def inspect_image(path: Path | str, *, with_phash: bool = False) -> ImageInfo:
+def inspect_image(path: Path | str, *, with_phash: bool = False, max_pixels: Optional[int] = None) -> ImageInfo:
     """Hash a file's bytes and prove it decodes; width and height are as displayed (upright).
 
     Parameters
@@ -171,6 +237,8 @@ def inspect_image(path: Path | str, *, with_phash: bool = False) -> ImageInfo:
     with_phash : bool
         Also compute the perceptual hash of the decoded pixels
         (:func:`pipeline.dataset.duplicates.perceptual_hash`), while they are in memory.
+    max_pixels : int, optional
+        As :func:`decode_image`.
 
     Raises
     ------
@@ -179,6 +247,6 @@ def inspect_image(path: Path | str, *, with_phash: bool = False) -> ImageInfo:
     """
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    pixels = decode_image(path)
+    pixels = decode_image(path, max_pixels=max_pixels)
     return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest,
                      phash=perceptual_hash(pixels) if with_phash else None)

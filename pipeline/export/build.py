@@ -2,10 +2,13 @@
 
 :func:`export` builds ``model.keras`` — raw uint8 images of any size → resize
 → preprocessing → truncated backbone → [float16 rounding as in the store] →
-pooling → head, one Keras graph giving class probabilities — or, when the
-head's kind has no exact Keras form (see :mod:`pipeline.heads.registry`), the
-bundle ``features.keras`` + ``head.joblib`` behind the same
-:func:`pipeline.export.predict.load_model` API; and the model card.
+pooling → head, one Keras graph giving class probabilities, loaded with Keras'
+safe mode — and the model card. Every head kind has an exact Keras form (see
+:mod:`pipeline.heads.registry`); a head without one is refused rather than
+exported as a pickle, since a model folder is what people pass around and
+unpickling a file runs whatever code it names (``SECURITY.md``). The chosen
+head is loaded through :func:`pipeline.heads.saved.load_head`, which checks
+its file against the sha256 the heads stage recorded.
 
 Heads without probabilities (SVMs) are calibrated by temperature scaling on
 the validation split, which keeps their predicted class. Before writing the
@@ -22,14 +25,15 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import joblib
 import numpy as np
 
 from pipeline.config import Params
-from pipeline.provenance import NETWORK, features_identity, file_sha256, require_same
+from pipeline.heads.saved import load_head
+from pipeline.provenance import NETWORK, features_identity, require_same
 from pipeline.store.reader import open_feature_set
 
 log = logging.getLogger(__name__)
+FORM = "single Keras graph (model.keras, loaded in Keras' safe mode)"
 
 
 def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
@@ -69,8 +73,14 @@ def feature_model(cut: Any, pooling: str, store_dtype: str):
     return inputs, x
 
 
-def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: str) -> tuple[Any, Optional[Any], str]:
-    """``(keras model, bundle head or None, form)`` for a fitted head of kind ``kind`` with ``predict_proba``."""
+def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: str) -> Any:
+    """One Keras model, images → probabilities, for a fitted head of kind ``kind`` with ``predict_proba``.
+
+    Raises
+    ------
+    ValueError
+        If the head has no exact Keras form: it is not exported another way (no pickle goes into a model).
+    """
     import keras
 
     from pipeline.heads.conversion import NotConvertibleError
@@ -80,12 +90,13 @@ def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: st
     try:
         layers = to_keras_layers(head, kind)
     except NotConvertibleError as error:
-        log.info("the head is exported as a bundle: %s", error)
-        return keras.Model(inputs, features, name="shoulders_features"), head, f"bundle ({error})"
+        raise ValueError(f"this {kind} head cannot be exported as one Keras graph ({error}); an exported model "
+                         "holds no pickle, so it is not exported another way: choose another head with "
+                         "export.variant") from None
     x = features
     for layer in layers:
         x = layer(x)
-    return keras.Model(inputs, x, name="shoulders_model"), None, "single Keras graph"
+    return keras.Model(inputs, x, name="shoulders_model")
 
 
 def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, expected: np.ndarray,
@@ -126,37 +137,35 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     """
     from pipeline.backbones import build_cut_model
     from pipeline.export.model_card import build_card, card_markdown
-    from pipeline.export.predict import CARD_FILE, FEATURES_FILE, HEAD_FILE, MODEL_FILE, Predictor
+    from pipeline.export.predict import CARD_FILE, MODEL_FILE, Predictor, load_keras_model
 
     key, row, provenance = target["feature_set"], target["row"], target["provenance"]
     head_file = Path(target["head"])
-    if file_sha256(head_file) != target["head_sha256"]:
+    if row.get("sha256") != target["head_sha256"]:
         raise ValueError(f"{head_file} changed since the evaluate stage chose it; run `dvc repro`")
     expect = features_identity(target["identity"])
     val = open_feature_set(target["store"], "val", manifest=records, pooling=row["pooling"], expect=expect)
-    head, calibration = with_probabilities(joblib.load(head_file), val.X, val.y)
+    head, calibration = with_probabilities(load_head(head_file.parent, row), val.X, val.y)
     cut = build_cut_model(params.features[key], seed=params.extract.seed)
     require_same(provenance, cut.provenance, NETWORK, what=f"heads/{key} were trained on features",
                  fix=f"features.{key} now builds another network; run `dvc repro` first")
-    model, bundle_head, form = build_exported(cut, head, row["kind"], row["pooling"], provenance["dtype"])
+    model = build_exported(cut, head, row["kind"], row["pooling"], provenance["dtype"])
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    if bundle_head is None:
-        model.save(out / MODEL_FILE)
-    else:
-        model.save(out / FEATURES_FILE)
-        joblib.dump(bundle_head, out / HEAD_FILE)
+    model.save(out / MODEL_FILE)
     test = open_feature_set(target["store"], "test", manifest=records, pooling=row["pooling"], expect=expect)
     by_id = {r.id: r for r in records}
-    predictor = Predictor(list(test.classes), model, bundle_head, {})
+    # The model as it will be loaded (safe mode, from the file), not the one in memory.
+    predictor = Predictor(list(test.classes), load_keras_model(out / MODEL_FILE), {})
     check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
                               params.export.tolerance)
     card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
-                      form=form, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256)
+                      form=FORM, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256,
+                      max_image_pixels=params.data.max_image_pixels)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
     log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",
-             key, target["variant"], form, out, check["images"], check["same_class"],
+             key, target["variant"], FORM, out, check["images"], check["same_class"],
              check["max_abs_probability_difference"])
     return card

@@ -22,7 +22,8 @@ CARD_LIBRARIES = ("shoulders", "keras", "tensorflow-cpu", "tensorflow", "scikit-
 
 
 def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], prepare_report: dict, form: str,
-               calibration: str | None, check: dict, model: Any, manifest_sha256: str | None = None) -> dict:
+               calibration: str | None, check: dict, model: Any, manifest_sha256: str | None = None,
+               max_image_pixels: int | None = None) -> dict:
     """Everything the card says, as a JSON-ready mapping.
 
     ``target`` is what the evaluate stage chose for export (``reports/export_target.json``).
@@ -40,7 +41,10 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
         "classes": list(classes),
         "input": "RGB images as uint8 arrays (height, width, 3) of any size; the model resizes them "
                  f"(bilinear) to {provenance['input_size']}×{provenance['input_size']}. Decode files with "
-                 "pipeline.images.decode_image (EXIF orientation applied, first frame of animations).",
+                 f"pipeline.images.decode_image(path, target={provenance['input_size']}) (EXIF orientation applied, "
+                 "first frame of animations, JPEGs of at least twice that side decoded in the DCT domain, as in "
+                 "extraction).",
+        "max_image_pixels": max_image_pixels,   # data.max_image_pixels: predict refuses larger images by default
         "output": "class probabilities, one column per class in the order of `classes`",
         "form": form,
         "training_data": {

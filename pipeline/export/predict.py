@@ -4,14 +4,28 @@ An exported model is a folder written by the export stage (``models/``):
 
 - ``model.keras`` — one Keras graph: raw uint8 RGB images of any size →
   resize → preprocessing → truncated backbone → pooling → head → class
-  probabilities; or, for heads with no exact Keras form (RBF and polynomial
-  SVMs), a bundle: ``features.keras`` (images → pooled features) and
-  ``head.joblib`` (features → probabilities);
+  probabilities, loaded with Keras' safe mode (no Python code is deserialised);
 - ``card.json`` / ``card.md`` — the model card; ``card.json`` gives the class
-  names in the order of the probability columns.
+  names in the order of the probability columns, and the pixel limit.
 
-Images are decoded with :func:`pipeline.images.decode_image`, as in training.
-A file that cannot be read is reported and skipped; it never stops the batch.
+A model folder is something people pass around, so :func:`load_model` trusts
+it with nothing but data: it refuses a folder holding any pickle (``.joblib``,
+``.pkl``… or any file that parses as one), since unpickling runs whatever code
+the file names, and never unpickles anything (``SECURITY.md``).
+
+Images are decoded with :func:`pipeline.images.decode_image` for the
+backbone's input size, as in extraction (so a large JPEG gets the same DCT
+draft decoding its training features had);
+one whose header declares more pixels than the limit (the card's
+``max_image_pixels``, i.e. ``data.max_image_pixels``, or ``--max-pixels``) is
+refused before it is decoded. Decoded images are batched by pixels, not only
+by count, so memory stays bounded whatever their sizes. A file that cannot be
+read is reported and skipped; it never stops the batch.
+
+Exit status: 0 every image classified; 3 some images skipped (unreadable or
+too large), the others classified; 4 no image classified (every input failed,
+or none found); 1 an error before classifying (a model folder refused or
+missing, a bad option); 2 a usage error.
 
 Usage: ``shoulders predict models/ photos/ --top-k 3 --out predictions.csv``
 """
@@ -20,19 +34,36 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
+import pickletools
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from pipeline.config.schema import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 log = logging.getLogger(__name__)
-CARD_FILE, MODEL_FILE, FEATURES_FILE, HEAD_FILE = "card.json", "model.keras", "features.keras", "head.joblib"
+CARD_FILE, MODEL_FILE = "card.json", "model.keras"
+# Exit statuses of `shoulders predict` (1 and 2 are the runner's and argparse's).
+EXIT_SOME_SKIPPED, EXIT_NONE_CLASSIFIED = 3, 4
+# Names pickles go by; a file named otherwise is refused too when it parses as a pickle.
+PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle", ".pck", ".dill", ".npy", ".pt", ".pth"})
+# A model call takes at most this many pixels (or one image): 32 MP is 96 MB as uint8, ~0.4 GB as float32
+# in the graph's resize, while a batch of 32 images of 640×480 (9.8 MP) is not split.
+BATCH_PIXELS = 32_000_000
+# How much of a file is parsed (never executed) to tell whether it is a pickle.
+_SNIFF_BYTES = 1 << 20
+
+
+class UnsafeModelError(ValueError):
+    """A model folder holds a file that would run code when loaded (a pickle)."""
 
 
 @dataclass
@@ -44,61 +75,110 @@ class Predictor:
     classes : list of str
         Class names, in the order of the probability columns.
     model : keras.Model
-        Images → probabilities, or → pooled features for a bundle.
-    head : estimator or None
-        The scikit-learn head of a bundle.
+        Images → probabilities.
     card : dict
     """
 
     classes: list[str]
     model: Any
-    head: Optional[Any]
     card: dict
 
-    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    @property
+    def max_pixels(self) -> int:
+        """The largest image (width × height) to decode: the training data's limit, from the card."""
+        return int(self.card.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
+
+    @property
+    def input_size(self) -> Optional[int]:
+        """The backbone's input side: files are decoded for it as in extraction (JPEG draft decoding)."""
+        return self.card.get("backbone", {}).get("input_size")
+
+    def predict_proba(self, images: Sequence[np.ndarray], *, batch_pixels: int = BATCH_PIXELS) -> np.ndarray:
         """Probabilities for decoded images (uint8, (h, w, 3), any sizes), shape (n, n_classes).
 
-        Images of the same size go through the model together; the model resizes them itself.
+        Images of the same size go through the model together (it resizes them
+        itself), at most ``batch_pixels`` pixels (or one image) per call.
         """
         out = np.zeros((len(images), len(self.classes)), np.float32)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)
-        for indices in groups.values():
-            batch = np.stack([images[i] for i in indices]).astype(np.uint8)
-            result = np.asarray(self.model.predict_on_batch(batch))
-            if self.head is not None:
-                result = self.head.predict_proba(result)
-            out[indices] = result
+        for shape, indices in groups.items():
+            per_call = max(1, batch_pixels // max(1, shape[0] * shape[1]))
+            for start in range(0, len(indices), per_call):
+                part = indices[start:start + per_call]
+                batch = np.stack([images[i] for i in part]).astype(np.uint8, copy=False)
+                out[part] = np.asarray(self.model.predict_on_batch(batch))
         return out
 
 
-def load_model(path: Path | str) -> Predictor:
-    """Load an exported model folder (or its ``model.keras`` / ``features.keras``).
-
-    Raises
-    ------
-    FileNotFoundError
-        If the folder has no model or no card.
-    """
-    import joblib
+def load_keras_model(path: Path) -> Any:
+    """``keras.saving.load_model`` in safe mode, with the project's layers registered."""
     import keras
 
     import pipeline.export.layers  # noqa: F401 - registers the custom layers before loading
+    import pipeline.heads.kernel_layers  # noqa: F401 - the kernel SVMs' layers
 
+    if not zipfile.is_zipfile(path):
+        # Keras loads other formats (HDF5) by other routes, where safe mode does not hold.
+        raise UnsafeModelError(f"{path} is not a .keras archive (a zip file); it is not loaded")
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def pickles_in(folder: Path) -> list[str]:
+    """Every file under ``folder`` that is, or may be, a pickle: by its name, or because it parses as one.
+
+    Files are only parsed (:func:`pickletools.genops` reads opcodes), never unpickled.
+    """
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            found.append(f"{path.name} (a {path.suffix.lstrip('.')} file: a pickle)")
+        elif path.name != MODEL_FILE and _parses_as_pickle(path):
+            found.append(f"{path.name} (parses as a pickle)")
+    return found
+
+
+def _parses_as_pickle(path: Path) -> bool:
+    with path.open("rb") as handle:
+        data = handle.read(_SNIFF_BYTES)
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return True   # the header of pickle protocols 2 to 5
+    try:
+        return any(opcode.name == "STOP" for opcode, _, _ in pickletools.genops(io.BytesIO(data)))
+    except (ValueError, EOFError, UnicodeDecodeError, OverflowError):  # not a pickle (or not in its first MB)
+        return False
+
+
+def load_model(path: Path | str) -> Predictor:
+    """Load an exported model folder (or its ``model.keras``).
+
+    Raises
+    ------
+    UnsafeModelError
+        If the folder holds a pickle: nothing in it is loaded then.
+    FileNotFoundError
+        If the folder has no model or no card.
+    """
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model folder at {folder}")
+    unsafe = pickles_in(folder)
+    if unsafe:
+        raise UnsafeModelError(
+            f"{folder} holds {', '.join(unsafe)}; loading a pickle runs whatever code its author put in it, so "
+            "shoulders never loads one from a model folder (and its models have none: every head exports as one "
+            f"{MODEL_FILE}). Refused without loading anything. Re-export the model (`dvc repro export`), or "
+            "remove the file if you trust the rest of the folder")
     card_path = folder / CARD_FILE
     if not card_path.is_file():
         raise FileNotFoundError(f"no {CARD_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    if (folder / MODEL_FILE).is_file():
-        return Predictor(card["classes"], keras.saving.load_model(folder / MODEL_FILE), None, card)
-    if (folder / FEATURES_FILE).is_file() and (folder / HEAD_FILE).is_file():
-        return Predictor(card["classes"], keras.saving.load_model(folder / FEATURES_FILE),
-                         joblib.load(folder / HEAD_FILE), card)
-    raise FileNotFoundError(f"{folder} has neither {MODEL_FILE} nor {FEATURES_FILE} + {HEAD_FILE}")
+    if not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"no {MODEL_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
+    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card)
 
 
 def image_files(inputs: Iterable[Path | str]) -> list[Path]:
@@ -118,32 +198,55 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
+                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS,
                   progress: bool = True) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """Classify files in batches.
+    """Classify files in batches of at most ``batch_size`` images and ``batch_pixels`` decoded pixels.
+
+    Parameters
+    ----------
+    max_pixels : int, optional
+        Refuse (skip) images declaring more pixels; default: the model card's limit.
 
     Returns
     -------
     results : list of (path, probabilities of shape (n_classes,))
     failures : list of str
-        One message per file that could not be read (it is skipped).
+        One message per file that could not be read or was too large (it is skipped).
     """
     from tqdm.auto import tqdm
 
+    limit = predictor.max_pixels if max_pixels is None else max_pixels
     results, failures = [], []
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for start in range(0, len(files), batch_size):
-            batch, images = [], []
-            for path in files[start:start + batch_size]:
-                try:
-                    images.append(decode_image(path))
-                    batch.append(path)
-                except (BadImageError, OSError) as error:
-                    failures.append(str(error))
-                    log.warning("skipped %s", error)
+        for batch in _decoded_batches(files, failures, max_pixels=limit, batch_size=batch_size,
+                                      batch_pixels=batch_pixels, target=predictor.input_size):
+            paths, images = zip(*batch) if batch else ((), ())
             if images:
-                results.extend(zip(batch, predictor.predict_proba(images)))
-            bar.update(len(files[start:start + batch_size]))
+                results.extend(zip(paths, predictor.predict_proba(list(images), batch_pixels=batch_pixels)))
+            bar.update(len(batch))
+        bar.update(len(files) - bar.n)
     return results, failures
+
+
+def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: int, batch_size: int,
+                     batch_pixels: int, target: Optional[int]) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    """Decode files one at a time into batches, cut when full by count or by pixels (memory stays bounded)."""
+    batch: list[tuple[Path, np.ndarray]] = []
+    pixels = 0
+    for path in files:
+        try:
+            image = decode_image(path, max_pixels=max_pixels, target=target)
+        except (BadImageError, OSError) as error:
+            failures.append(str(error))
+            log.warning("skipped %s", error)
+            continue
+        if batch and (len(batch) >= batch_size or pixels + image.shape[0] * image.shape[1] > batch_pixels):
+            yield batch
+            batch, pixels = [], 0
+        batch.append((path, image))
+        pixels += image.shape[0] * image.shape[1]
+    if batch:
+        yield batch
 
 
 def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1) -> None:
@@ -174,21 +277,32 @@ def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, in
     return float(np.mean([p == t for p, t in zip(predicted, truth)])), len(results)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="shoulders predict", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``shoulders predict``; returns the exit status (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="shoulders predict", description=__doc__.splitlines()[0],
+                                     epilog="exit status: 0 every image classified; 3 some skipped, the rest "
+                                            "classified; 4 none classified; 1 error; 2 usage error")
     parser.add_argument("model", type=Path, help="an exported model folder, e.g. models/")
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=1, help="how many classes to list per image")
     parser.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images declaring more pixels (width × height) than this, before decoding "
+                             "(default: the model card's max_image_pixels, i.e. data.max_image_pixels)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1. Received: {args.batch_size}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be an integer >= 1. Received: {args.max_pixels}")
     predictor = load_model(args.model)
     if not 1 <= args.top_k <= len(predictor.classes):
         raise ValueError(f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). "
                          f"Received: {args.top_k}")
     files = image_files(args.inputs)
-    results, failures = predict_files(predictor, files, batch_size=args.batch_size, progress=not args.no_progress)
+    results, failures = predict_files(predictor, files, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                                      progress=not args.no_progress)
     if args.out:
         with args.out.open("w", newline="", encoding="utf-8") as handle:
             write_predictions(results, predictor.classes, handle, top_k=args.top_k)
@@ -198,3 +312,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     scored = folder_accuracy(results, predictor.classes)
     if scored is not None:
         log.info("accuracy %.4f over %d images (true class = the folder each file is in)", *scored)
+    if not results:
+        log.error("no image classified (%s); exit status %d", f"{len(failures)} skipped" if failures else
+                  "no image files among the inputs", EXIT_NONE_CLASSIFIED)
+        return EXIT_NONE_CLASSIFIED
+    if failures:
+        log.warning("%d image(s) skipped; exit status %d", len(failures), EXIT_SOME_SKIPPED)
+        return EXIT_SOME_SKIPPED
+    return 0

@@ -104,26 +104,26 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
     try:
         plan = client.submit(plan_on_worker, spec, settings, pure=False).result()
         check_planned(plan, expected)
-        writer = open_store_writer(plan, out)
-        writes, counts = writer.plan(wanted)
-        built = time.perf_counter()
-        log_plan(plan, f"extract {store_name(out)} on {client.scheduler.address}", spec, counts)
-        row_hashes = writer.row_hashes()
-        futures = {}
-        for shard in shards_of(writes, settings.shard_chunks):
-            hashes = {i: row_hashes[i] for w in shard for i in w.rows}
-            # Only the rows and paths a shard reads travel to its worker.
-            futures[client.submit(run_shard, spec, settings, str(writer.path), shard, hashes,
-                                  {h: paths[h] for h in hashes.values()}, pure=False)] = len(hashes)
-        log.info("%d chunks in %d shards on %d workers", len(writes), len(futures),
-                 len(client.scheduler_info()["workers"]))
-        with tqdm(total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img",
-                  disable=not progress) as bar:
-            for future in as_completed(futures):
-                future.result()  # a shard that failed for good raises here
-                bar.update(futures[future])
-        extracted = time.perf_counter()
-        writer.finalize({**plan.run_record(), "dask_workers": len(client.scheduler_info()["workers"])})
+        with open_store_writer(plan, out) as writer:
+            writes, counts = writer.plan(wanted)
+            built = time.perf_counter()
+            log_plan(plan, f"extract {store_name(out)} on {client.scheduler.address}", spec, counts)
+            row_hashes = writer.row_hashes()
+            futures = {}
+            for shard in shards_of(writes, settings.shard_chunks):
+                hashes = {i: row_hashes[i] for w in shard for i in w.rows}
+                # Only the rows and paths a shard reads travel to its worker.
+                futures[client.submit(run_shard, spec, settings, str(writer.path), shard, hashes,
+                                      {h: paths[h] for h in hashes.values()}, pure=False)] = len(hashes)
+            log.info("%d chunks in %d shards on %d workers", len(writes), len(futures),
+                     len(client.scheduler_info()["workers"]))
+            with tqdm(total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img",
+                      disable=not progress) as bar:
+                for future in as_completed(futures):
+                    future.result()  # a shard that failed for good raises here
+                    bar.update(futures[future])
+            extracted = time.perf_counter()
+            writer.finalize({**plan.run_record(), "dask_workers": len(client.scheduler_info()["workers"])})
     finally:
         if not isinstance(address, Client):
             client.close()

@@ -122,14 +122,14 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     started = time.perf_counter()
     backbone = plan_extraction(spec, settings, expected=expected)
     plan = backbone.plan
-    writer = open_store_writer(plan, out)
-    writes, counts = writer.plan(wanted)
-    built = time.perf_counter()
-    name = f"extract {store_name(out)}"
-    log_plan(plan, name, spec, counts)
-    run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress)
-    extracted = time.perf_counter()
-    writer.finalize(plan.run_record())
+    with open_store_writer(plan, out) as writer:
+        writes, counts = writer.plan(wanted)
+        built = time.perf_counter()
+        name = f"extract {store_name(out)}"
+        log_plan(plan, name, spec, counts)
+        run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress)
+        extracted = time.perf_counter()
+        writer.finalize(plan.run_record())
     finished = time.perf_counter()
     return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
                          computed=counts["computed"], rows=writer.rows, seconds=finished - started,
@@ -162,18 +162,18 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     started = time.perf_counter()
     backbone: Backbone = plan_extraction(spec, settings, expected=expected)
     plan = backbone.plan.with_views(settings)
-    writer = open_store_writer(plan, out, views=augment.views)
-    writes, counts = writer.plan(wanted)
-    built = time.perf_counter()
-    name = f"augment {store_name(out)}"
-    if writes:
-        log_plan(plan, name, spec, counts)
-        log.info("%s: %d views (ops %s, seed %d): %d image passes to compute", name, augment.views,
-                 dict(augment.ops), augment.seed, sum(len(w.rows) for w in writes))
-    run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress,
-                   augment=(dict(augment.ops), augment.seed))
-    extracted = time.perf_counter()
-    writer.finalize(plan.run_record())
+    with open_store_writer(plan, out, views=augment.views) as writer:
+        writes, counts = writer.plan(wanted)
+        built = time.perf_counter()
+        name = f"augment {store_name(out)}"
+        if writes:
+            log_plan(plan, name, spec, counts)
+            log.info("%s: %d views (ops %s, seed %d): %d image passes to compute", name, augment.views,
+                     dict(augment.ops), augment.seed, sum(len(w.rows) for w in writes))
+        run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress,
+                       augment=(dict(augment.ops), augment.seed))
+        extracted = time.perf_counter()
+        writer.finalize(plan.run_record())
     finished = time.perf_counter()
     return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
                          computed=run.rows, rows=writer.rows, seconds=finished - started,

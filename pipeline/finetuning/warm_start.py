@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import joblib
 import numpy as np
 
 from pipeline.config import SPLITS, Params
+from pipeline.heads.saved import load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.provenance import NETWORK, require_same
 from pipeline.selection.scoring import bootstrap_ci, select_best
@@ -82,7 +82,7 @@ def best_dense_head(heads_dir: Path, key: str, select_by: str) -> tuple[dict, An
     if not dense:
         raise ValueError(f"finetune needs a dense head on {key!r}: add 'dense' to heads.kinds")
     row = select_best(dense, select_by)
-    return row, joblib.load(heads_dir / key / f"{row['variant']}.joblib"), scores["provenance"]
+    return row, load_head(heads_dir / key, row), scores["provenance"]
 
 
 def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True) -> tuple[dict, Any]:

@@ -3,9 +3,12 @@
 Each function maps one fitted step to Keras layers computing exactly what it
 computes: ``StandardScaler`` and ``PCA`` (affine maps, whitening included),
 ``LogisticRegression`` (softmax, or sigmoid for two classes), the Keras
-:class:`~pipeline.heads.dense.DenseHead` (its own layers, weights copied) and a
+:class:`~pipeline.heads.dense.DenseHead` (its own layers, weights copied), a
 ``LinearSVC`` whose decision function is temperature-scaled (times β, then
-softmax, which keeps the SVM's argmax). :func:`pipeline.heads.keras_form.to_keras_layers`
+softmax, which keeps the SVM's argmax) and an RBF or polynomial ``SVC``
+(the kernel against its support vectors, its dual coefficients as one affine
+map to the pairwise decisions, the one-vs-one vote, then temperature
+scaling: :mod:`pipeline.heads.kernel_layers`). :func:`pipeline.heads.keras_form.to_keras_layers`
 puts them together for a whole fitted pipeline; a step without an exact form
 raises :class:`NotConvertibleError` naming it, rather than being approximated.
 """
@@ -42,6 +45,7 @@ def preprocessing_layers(step: Any, name: str) -> list:
 
 def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
     """A fitted LogisticRegression: its logits, then softmax (two classes: logits (0, z))."""
+    _expect(step, "sklearn.linear_model", "LogisticRegression")
     _no_temperature(step, temperature)
     coef, intercept = step.coef_, step.intercept_
     if coef.shape[0] == 1:
@@ -53,6 +57,7 @@ def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -
 
 def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
     """A fitted LinearSVC calibrated by temperature scaling: β times its decision function, then softmax."""
+    _expect(step, "sklearn.svm", "LinearSVC")
     if temperature is None:
         raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
                                   "scaling first (the export stage does, on validation)")
@@ -63,10 +68,51 @@ def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None)
     return [affine(temperature * coef.T, temperature * intercept, f"{name}_calibrated", activation="softmax")]
 
 
+def svc_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+    """A fitted RBF or polynomial SVC calibrated by temperature scaling, exactly as scikit-learn computes it.
+
+    The kernel against the support vectors, then one affine map to libsvm's
+    pairwise decisions (pair (i, j) takes the dual coefficients of i's support
+    vectors from row j−1 and of j's from row i, plus its intercept), then
+    scikit-learn's one-vs-rest decision function (the vote), times β, softmax.
+    Two classes: the decision function is that one pair's, logits (−f, f).
+    """
+    from pipeline.heads.kernel_layers import OneVsOneVote, SupportVectorKernel, pairs
+
+    _expect(step, "sklearn.svm", "SVC")
+    if temperature is None:
+        raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
+                                  "scaling first (the export stage does, on validation)")
+    if getattr(step, "kernel", None) not in ("rbf", "poly") or step.decision_function_shape != "ovr":
+        raise NotConvertibleError(f"only RBF and polynomial SVCs with decision_function_shape='ovr' convert "
+                                  f"exactly. Received: kernel={getattr(step, 'kernel', None)!r}, "
+                                  f"decision_function_shape={getattr(step, 'decision_function_shape', None)!r}")
+    support = np.asarray(step.support_vectors_, np.float64)
+    n_classes = len(step.classes_)
+    kernel = SupportVectorKernel(len(support), kernel=step.kernel, gamma=step._gamma, coef0=step.coef0,
+                                 degree=step.degree, name=f"{name}_kernel", dtype="float32")
+    kernel.build((None, support.shape[1]))
+    kernel.set_weights([support.astype(np.float32)])
+    # Which support vectors belong to which class: they are stored grouped by class, n_support_[c] each.
+    bounds = np.concatenate([[0], np.cumsum(step.n_support_)])
+    weights = np.zeros((len(support), len(pairs(n_classes))))
+    for k, (i, j) in enumerate(pairs(n_classes)):
+        weights[bounds[i]:bounds[i + 1], k] = step.dual_coef_[j - 1, bounds[i]:bounds[i + 1]]
+        weights[bounds[j]:bounds[j + 1], k] = step.dual_coef_[i, bounds[j]:bounds[j + 1]]
+    decisions = affine(weights, step.intercept_, f"{name}_pairwise")
+    if n_classes == 2:
+        # scikit-learn's binary decision function is this pair's (its public attributes are flipped for it).
+        return [kernel, decisions, affine(temperature * np.array([[-1.0, 1.0]]), np.zeros(2),
+                                          f"{name}_calibrated", activation="softmax")]
+    return [kernel, decisions, OneVsOneVote(n_classes, name=f"{name}_vote", dtype="float32"),
+            affine(temperature * np.eye(n_classes), np.zeros(n_classes), f"{name}_calibrated", activation="softmax")]
+
+
 def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
     """A fitted DenseHead: copies of its own Keras layers, weights included."""
     import keras
 
+    _expect(step, "pipeline.heads.dense", "DenseHead")
     _no_temperature(step, temperature)
     copies = []
     for layer in step.model_.layers:
@@ -81,6 +127,15 @@ def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> l
             raise NotConvertibleError(f"DenseHead layer {layer.name} ({type(layer).__name__}) is not expected")
         copies.append(clone)
     return copies
+
+
+def _expect(step: Any, module: str, name: str) -> None:
+    """Refuse, by name, a step of another type than the form converts (an out-of-core head, say)."""
+    import importlib
+
+    if not isinstance(step, getattr(importlib.import_module(module), name)):
+        raise NotConvertibleError(f"{type(step).__name__} has no exact Keras form here (this form converts a "
+                                  f"fitted {name}; heads trained out of core have none)")
 
 
 def _no_temperature(step: Any, temperature: Optional[float]) -> None:

@@ -269,10 +269,10 @@ register(HeadKind("logreg", LogRegGrid, swept=("C",), estimator=_logreg, streami
                   keras=conversion.logistic_layers, path="C", fit_order=3))
 register(HeadKind("svm_linear", SvmLinearGrid, swept=("C",), estimator=_svm_linear, streaming=_linear_sgd("hinge"),
                   keras=conversion.linear_svm_layers, probabilities=False, fit_order=2))
-register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rbf, probabilities=False,
-                  fit_order=1))
+register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rbf, keras=conversion.svc_layers,
+                  probabilities=False, fit_order=1))
 register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estimator=_svm_poly,
-                  probabilities=False, fit_order=0))
+                  keras=conversion.svc_layers, probabilities=False, fit_order=0))
 register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "learning_rate", "epochs"),
                   estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
                   fit_order=4))

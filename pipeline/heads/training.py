@@ -4,14 +4,16 @@
 on a store's train split, scores it on val (or by cross-validation,
 ``heads.cv``), saves every fitted head (``<variant>.joblib``: [standardize] →
 [pca] → head) and writes ``scores.json`` with each variant's validation
-accuracy and macro-F1, fit seconds, peak memory and fingerprint, the sweep's
-wall time, and the store's provenance. The test split is not read here.
+accuracy and macro-F1, fit seconds, peak memory, fingerprint and the sha256 of
+its file (which later stages check before loading it:
+:mod:`pipeline.heads.saved`), the sweep's wall time, and the store's
+provenance. The test split is not read here.
 
 Only what changed is refitted. A variant whose fingerprint — the sha256 of its
 estimator settings, the bytes of the pooled train and val features, the source
 of this package's modules and the library versions — equals the one recorded
-in the previous ``scores.json``, and whose ``.joblib`` file is there, is kept as
-it is (``"reused": true``). Warm-started paths are kept or refitted whole.
+in the previous ``scores.json``, and whose ``.joblib`` file is there with the
+recorded sha256, is kept as it is (``"reused": true``). Warm-started paths are kept or refitted whole.
 Files of variants no longer in the grid are removed, so the folder always holds
 exactly the grid.
 
@@ -36,10 +38,11 @@ import numpy as np
 
 from pipeline.config import HeadsParams, dask_address
 from pipeline.heads.registry import StreamingContext, head_kind
+from pipeline.heads.saved import head_file, save_head
 from pipeline.heads.sweep import FitJob, Splits, plan_jobs, run_sweep
 from pipeline.heads.variants import Variant, expand_grid, make_head, make_preprocessor
 from pipeline.manifest import Record
-from pipeline.provenance import features_identity, library_versions
+from pipeline.provenance import features_identity, file_sha256, library_versions
 from pipeline.store.layout import views_path
 from pipeline.store.reader import open_feature_set, open_store, open_views, provenance_of
 from pipeline.store.pooling import pooled_width
@@ -126,7 +129,7 @@ def job_fingerprint(job: FitJob, heads: HeadsParams, data_sha: str) -> str:
 
 
 def previous_rows(out: Path) -> dict[str, dict]:
-    """The rows of an earlier ``scores.json`` in ``out`` by variant id, when its file is there too."""
+    """The rows of an earlier ``scores.json`` in ``out`` by variant id, when its file is there, as written."""
     path = out / SCORES_FILE
     if not path.is_file():
         return {}
@@ -135,7 +138,17 @@ def previous_rows(out: Path) -> dict[str, dict]:
     except (ValueError, KeyError) as error:
         log.warning("ignoring unreadable %s (%s); refitting everything", path, error)
         return {}
-    return {r["variant"]: r for r in rows if "fingerprint" in r and (out / f"{r['variant']}.joblib").is_file()}
+    kept = {}
+    for row in rows:
+        path = head_file(out, row["variant"])
+        if "fingerprint" not in row or not path.is_file():
+            continue
+        if row.get("sha256") != file_sha256(path):
+            log.warning("%s is not the file the heads stage wrote (sha256 differs from %s): refitting it", path,
+                        SCORES_FILE)
+            continue
+        kept[row["variant"]] = row
+    return kept
 
 
 def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool = True,
@@ -187,8 +200,9 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence
     started = time.perf_counter()
     for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
                                              progress=progress, desc=f"heads {features.stem}"):
-        joblib.dump(estimator, out / f"{variant.id}.joblib")
-        rows[variant.id] = {**variant_row(variant, heads), **row, "fingerprint": fingerprints[variant], "reused": False}
+        digest = save_head(estimator, head_file(out, variant.id))
+        rows[variant.id] = {**variant_row(variant, heads), **row, "fingerprint": fingerprints[variant],
+                            "sha256": digest, "reused": False}
         log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
                  row["fit_seconds"], row["peak_rss_mib"])
     fit_wall = time.perf_counter() - started
@@ -221,8 +235,8 @@ def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: Heads
     rows = []
     started = time.perf_counter()
     for variant, estimator, row in fit_out_of_core(features, variants, heads, records):
-        joblib.dump(estimator, out / f"{variant.id}.joblib")
-        rows.append({**variant_row(variant, heads), **row, "fingerprint": None, "reused": False})
+        digest = save_head(estimator, head_file(out, variant.id))
+        rows.append({**variant_row(variant, heads), **row, "fingerprint": None, "sha256": digest, "reused": False})
         log.info("%-44s val acc %s  (%.2f s, out of core)", variant.id, _fmt(row["val_accuracy"]), row["fit_seconds"])
     skipped = [v.id for v in variants if v.id not in {r["variant"] for r in rows}]
     if skipped:

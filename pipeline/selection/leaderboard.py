@@ -16,10 +16,10 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import joblib
 import numpy as np
 
 from pipeline.config import EvaluateParams
+from pipeline.heads.saved import head_file, load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256
@@ -79,7 +79,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
             views = open_views(views_path(Path(scores["store"]).parent, key), "test", manifest=records,
                                pooling=pick["pooling"], expect=expect)
             X_test = np.concatenate([test.X[:, None], views.X], axis=1)
-        estimator = joblib.load(Path(scores["dir"]) / f"{pick['variant']}.joblib")
+        estimator = load_head(Path(scores["dir"]), pick)  # checked against the sha256 scores.json records
         result = score_test(estimator, X_test, test.y, test.classes, settings)
         chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y,
                        "classes": test.classes}
@@ -183,7 +183,7 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
     if variant not in rows:
         raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
                          + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
-    head = heads_dir / key / f"{variant}.joblib"
+    head = head_file(heads_dir / key, variant)
     summary = report["feature_sets"][key]
     runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
                   for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]

@@ -1,13 +1,20 @@
-"""Stage check: every feature set's cut names a layer of its backbone, before any extraction.
+"""Stage check: every feature set's cut names a layer of its backbone, and its weights can be had, before any extraction.
 
 Reads  ``params.yaml`` section ``features`` (loading it also checks backbone,
-       weights, input size and alpha, see :func:`pipeline.config.load_params`).
+       weights, input size and alpha, see :func:`pipeline.config.load_params`);
+       for ImageNet weights, where they will come from: the file Keras expects
+       in ``$KERAS_HOME/models/`` or its download URL, which must answer
+       (:mod:`pipeline.backbones.weights`), so that an offline machine stops
+       here with the offline ways named instead of in the middle of an extraction.
 Writes ``--out`` (``reports/checks/``): one ``<key>.json`` per feature set with
        the resolved cut, its position and the input size. Each extract stage
        depends on its own file only, so DVC runs this check before any
        extraction, while editing one feature set reruns only its own extract.
 
-The check itself is :func:`pipeline.backbones.cuts.check_cuts`.
+The checks are :func:`pipeline.backbones.cuts.check_cuts` and
+:func:`pipeline.backbones.weights.weights_sources`. Where the weights come
+from is logged, not written: it is a property of this machine, not of the
+feature set.
 
 Usage: ``python -m pipeline.stages.check --out reports/checks``
 """
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from pipeline.backbones.cuts import check_cuts
+from pipeline.backbones.weights import weights_sources
 from pipeline.config import load_params
 from pipeline.stage import run_stage
 
@@ -44,9 +52,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     features = load_params(args.params).features
     resolved = check_cuts(features)
+    sources = weights_sources(features)
     write_checks(resolved, args.out)
     log.info("%d feature set(s) checked: %s", len(resolved),
-             ", ".join(f"{k} → {v['backbone']}/{v['cut']}" for k, v in resolved.items()))
+             ", ".join(f"{k} → {v['backbone']}/{v['cut']} (weights from {sources[k].describe()})"
+                       for k, v in resolved.items()))
 
 
 if __name__ == "__main__":

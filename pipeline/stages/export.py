@@ -4,13 +4,12 @@ Reads  ``reports/export_target.json`` (written by evaluate: the head chosen on
        validation, or named by ``export.variant``, its file's sha256, its scores
        and the runners-up), that head, the feature store (val for calibration,
        test for the check), the manifest, the prepare report, and ``params.yaml``
-       sections ``export``, ``features`` and ``extract.seed``.
+       sections ``export``, ``features``, ``extract.seed`` and ``data.max_image_pixels``.
 Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
        → resize → preprocessing → truncated backbone → pooling → head, one Keras
-       graph giving class probabilities — or, when the head has no exact Keras
-       form (RBF/polynomial SVM), the bundle ``features.keras`` + ``head.joblib``
-       behind the same :func:`pipeline.export.predict.load_model` API; and the model
-       card ``card.json`` / ``card.md``.
+       graph giving class probabilities, for every head kind (no pickle: a model
+       folder is loaded in Keras' safe mode, see ``SECURITY.md``) — and the model
+       card ``card.json`` / ``card.md`` (with the pixel limit predict applies).
 
 The work, and the check against the pipeline on every test image before
 anything is written, is :func:`pipeline.export.build.export`.

@@ -5,7 +5,9 @@ come back (another experiment, the previous split), and its features are then
 free. :func:`collect_garbage` rewrites a store with only the rows of the
 images to keep, in their old order, each kept row copied bit for bit; the new
 store is built beside the old one, its chunks digested as an extraction does,
-and swapped into place, so an interruption leaves the old store whole.
+and swapped into place, so an interruption leaves the old store whole. It holds
+the store's lock meanwhile (:mod:`pipeline.store.lock`): gc never rewrites a
+store an extraction is writing.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import zarr
 
 from pipeline.store import locations
 from pipeline.store.integrity import chunk_digest, read_chunk
-from pipeline.store.layout import StoreError, create_array, create_index, n_chunks
+from pipeline.store.layout import VIEWS_DIR, StoreError, create_array, create_index, n_chunks
 from pipeline.store.locations import Location
+from pipeline.store.lock import locked
 from pipeline.store.writer import create_group, swap_into_place
 
 log = logging.getLogger(__name__)
@@ -44,10 +47,16 @@ def collect_garbage(path: Location, keep: Collection[str], *, dry_run: bool = Fa
     Raises
     ------
     StoreError
-        If an extraction into the store is pending (finish it with ``dvc repro`` first),
+        If an extraction into the store is pending (finish it with ``dvc repro`` first) or running,
         or a chunk fails its digest while being copied.
     """
     path = locations.normalize(path)
+    # Locked before anything is read (a views store lives in the views folder: layout.views_path).
+    with locked(path, views=locations.name(locations.parent(path)) == VIEWS_DIR, what="gc"):
+        return _collect(path, keep, dry_run=dry_run)
+
+
+def _collect(path: Location, keep: Collection[str], *, dry_run: bool) -> Collected:
     group = zarr.open_group(str(path), mode="r")
     attrs = dict(group.attrs)
     if "X" not in group:  # an attributes-only views marker

@@ -13,6 +13,11 @@ every chunk written back, refuses NaN/Inf, records each chunk's digest, moves
 ``rows`` to the end of the append and logs the run in the store's ``runs``.
 Readers only ever see rows below ``rows``.
 
+One process writes a store at a time: the writer holds the store's lock
+(:mod:`pipeline.store.lock`) from opening to :meth:`StoreWriter.finalize` (or
+:meth:`StoreWriter.close`; use it as a context manager), and a second writer
+stops at once naming the first one's pid.
+
 The store is updated in place when its identity matches; a store of another
 identity is never mixed into: a new one is built under
 ``<features>/.incomplete/<key>-<fingerprint>.zarr`` (resumable too) and swapped
@@ -39,6 +44,7 @@ from pipeline.store.integrity import check_finite, chunk_digest, load_chunk
 from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, create_array, create_index, n_chunks,
                                    remove_stale_temp_files, store_name)
 from pipeline.store.locations import Location
+from pipeline.store.lock import locked, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +159,26 @@ class StoreWriter:
         self.identity = _json(identity)
         self.provenance = _json(provenance)
         self.feature_shape, self.dtype, self.views = tuple(feature_shape), dtype, views
-        self.path = self._choose_path(int(chunk_rows))
-        self.group = self._open_or_create(int(chunk_rows))
+        # Before anything is read or written: a second writer stops here, naming the first.
+        self.lock = store_lock(self.final_path, views=views is not None)
+        try:
+            self.path = self._choose_path(int(chunk_rows))
+            self.group = self._open_or_create(int(chunk_rows))
+        except BaseException:
+            self.lock.release()
+            raise
         self.chunk_rows = int(self.group.attrs["chunk_rows"])
         self.started = time.perf_counter()
+
+    def close(self) -> None:
+        """Let the next writer in (finalize does it too; so does this process ending, however it ends)."""
+        self.lock.release()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ opening
 
@@ -301,6 +323,12 @@ class StoreWriter:
         ``run`` is added to the store's ``runs`` (what computed the rows: runtime,
         device, versions...), with the rows before and after and the seconds.
         """
+        try:
+            return self._finalize(run)
+        finally:
+            self.close()
+
+    def _finalize(self, run: Optional[Mapping[str, Any]]) -> Location:
         pending = self.group.attrs.get("pending")
         if pending is None:
             return self._swap()
@@ -369,7 +397,9 @@ def write_views_marker(path: Location, identity: Mapping[str, Any]) -> Location:
     path = locations.normalize(path)
     if read_identity(path) == _json(identity) and zarr.open_group(str(path), mode="r").attrs.get("views") == 0:
         return path
-    create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": _json(identity),
-                        "identity_fingerprint": fingerprint(_json(identity)), "views": 0, "rows": 0}, lambda g: None)
+    with locked(path, views=True):
+        create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": _json(identity),
+                            "identity_fingerprint": fingerprint(_json(identity)), "views": 0, "rows": 0},
+                     lambda g: None)
     log.info("views store %s: no views asked for (extract.augment.views: 0)", path)
     return path
