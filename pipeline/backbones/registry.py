@@ -1,4 +1,4 @@
-"""The registry of backbones: keras.applications families and EfficientNet-Lite0.
+"""The registry of backbones: keras.applications families and EfficientNet-Lite0/1/2.
 
 Each family knows its constructor, its own ``preprocess_input``, its default
 and minimum input size and which ``alpha`` values its ImageNet weights exist
@@ -44,6 +44,7 @@ _TF = "tf: scaled to [-1, 1]"
 _TORCH = "torch: scaled to [0, 1], ImageNet mean/std normalised"
 _INSIDE = "none outside the model: the model rescales raw 0–255 RGB itself"
 _APPS = "keras.applications"
+_LITE = "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained"
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("vgg16", f"{_APPS}.VGG16", f"{_APPS}.vgg16.preprocess_input", _CAFFE, 224),
@@ -69,10 +70,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            _INSIDE, 224),
     Family("densenet121", f"{_APPS}.DenseNet121", f"{_APPS}.densenet.preprocess_input", _TORCH, 224),
     Family("convnext_tiny", f"{_APPS}.ConvNeXtTiny", f"{_APPS}.convnext.preprocess_input", _INSIDE, 224),
-    Family("efficientnet_lite0", "pipeline.backbones.efficientnet_lite.EfficientNetLite0",
-           "pipeline.backbones.efficientnet_lite.preprocess_input",
-           "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained", 224,
-           imagenet_file="pipeline.backbones.lite_weights.imagenet_weights_file"),
+    *(Family(f"efficientnet_lite{n}", f"pipeline.backbones.efficientnet_lite.EfficientNetLite{n}",
+             "pipeline.backbones.efficientnet_lite.preprocess_input", _LITE, size,
+             imagenet_file=f"pipeline.backbones.lite_weights.lite{n}_weights_file")
+      for n, size in ((0, 224), (1, 240), (2, 260))),
 )}
 
 
