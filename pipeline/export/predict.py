@@ -93,6 +93,12 @@ def load_model(path: Path | str) -> Predictor:
     if not card_path.is_file():
         raise FileNotFoundError(f"no {CARD_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
     card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("backbone", {}).get("family") == "hub":
+        # The model holds keras_hub's layers: they are registered by importing it.
+        from pipeline.backbones.presets import require_keras_hub
+
+        require_keras_hub()
+        import keras_hub  # noqa: F401
     if (folder / MODEL_FILE).is_file():
         return Predictor(card["classes"], keras.saving.load_model(folder / MODEL_FILE), None, card)
     if (folder / FEATURES_FILE).is_file() and (folder / HEAD_FILE).is_file():

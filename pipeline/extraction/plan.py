@@ -21,14 +21,14 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from pipeline.backbones.registry import Resize
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction.runtime import Runtime, resolve_runtime
 from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
 # The libraries whose versions shape the features, recorded with every run.
-FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pillow", "zarr")
-RESIZE = "bilinear (tf.image.resize)"
+FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "keras", "keras-hub", "numpy", "pillow", "zarr")
 DECODER = "PIL via pipeline.images.decode_image"
 
 
@@ -42,16 +42,18 @@ def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, 
     """The identity the features of ``spec`` will have, from params and the resolved ``cut`` alone.
 
     Returns ``None`` when it depends on the device (float32 storage with
-    ``extract.mixed_precision: auto``): then only building the backbone tells.
+    ``extract.mixed_precision: auto``), or on files keras_hub has to fetch (a
+    preset given by name): then only building the backbone tells.
     """
-    from pipeline.backbones import family, input_size, weights_digest
+    from pipeline.backbones import network_identity
 
-    fam = family(spec.backbone)
+    network = network_identity(spec)
+    if network is None:
+        return None
     dtype = spec.dtype or settings.dtype
-    provenance = {"backbone": fam.name, "weights": spec.weights, "weights_sha256": weights_digest(spec), "cut": cut,
-                  "input_size": input_size(spec), "alpha": spec.alpha, "preprocessing": fam.preprocessing,
-                  "seed": settings.seed if spec.weights == "none" else None, "resize": RESIZE, "decoder": DECODER,
-                  "dtype": dtype, "augment": augment_identity(settings) if views else None}
+    provenance = {"backbone": spec.backbone, "weights": spec.weights, "cut": cut, "alpha": spec.alpha,
+                  "seed": settings.seed if spec.weights == "none" else None, "decoder": DECODER,
+                  "dtype": dtype, "augment": augment_identity(settings) if views else None, **network}
     if dtype == "float32":
         if settings.mixed_precision == "auto":
             return None
@@ -68,6 +70,7 @@ class ExtractionPlan:
     feature_shape: tuple[int, ...]
     chunk_rows: int
     provenance: Provenance
+    resize: Resize = Resize()       # how images are resized to the backbone's input
 
     @property
     def identity(self) -> dict:
@@ -125,10 +128,9 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
     chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
                                 batch_size=runtime.batch_size)
     provenance = Provenance(**cut.provenance, dtype=dtype,
-                            compute="mixed_float16" if runtime.mixed_precision else "float32",
-                            resize=RESIZE, decoder=DECODER)
+                            compute="mixed_float16" if runtime.mixed_precision else "float32", decoder=DECODER)
     plan = ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
-                          provenance=provenance)
+                          provenance=provenance, resize=cut.resize)
     check_planned(plan, expected)
     return Backbone(plan, cut)
 

@@ -86,7 +86,8 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
             hashes = [row_hashes[i] for w in group for i in w.rows]
             seeds = [view_seed(augment[1], view, h) for h in hashes] if augment else None
             batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, seeds,
-                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size)
+                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size,
+                                     resize=plan.resize)
             for job, block in regroup(_ticking(batches, bar, first), group):
                 in_flight.append(pool.submit(write, job, block))
                 while len(in_flight) > WRITES_IN_FLIGHT:
@@ -108,14 +109,15 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
 
 
 def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str],
-                   seeds: Optional[Sequence[int]], *, size: int, batch_size: int) -> Iterator[np.ndarray]:
+                   seeds: Optional[Sequence[int]], *, size: int, batch_size: int,
+                   resize=None) -> Iterator[np.ndarray]:
     """Decode (bytes checked), (augment,) infer and check each batch; yield stored features."""
     import tensorflow as tf
 
     from pipeline.extraction.inputs import image_batches
 
     start = 0
-    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes):
+    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, resize=resize):
         n = int(batch.shape[0])
         if n < batch_size:
             # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
