@@ -1,28 +1,39 @@
-"""Extraction throughput and memory: shoulders' extract stage against the tutorial way.
+"""Extraction throughput and memory per runtime: the extract stage against its ceilings, the tutorial way and the stage before.
 
 For each backbone, on the same JPEG files (photo-sized, 500×375, made from the
-photographs scikit-image ships), each method runs in a fresh process:
+photographs scikit-image ships: ``benchmarks/photos.py``), each method runs in
+a fresh process:
 
-- naive: ``keras.utils.load_img`` every image into one numpy array,
-  ``preprocess_input``, ``model.predict(x, batch_size=32)``, ``np.save``;
-- compute-only: the same compiled model on an in-memory tensor, batch after
-  batch, at the stage's batch size (the ceiling: no decoding, no writing);
-- shoulders: ``pipeline.extraction.feature_sets.extract_feature_set`` (tf.data decode/resize,
-  compiled inference, overlapped Zarr writes, then the read-back verification).
+- ``naive``: ``keras.utils.load_img`` every image into one numpy array,
+  ``model.predict(x, batch_size=32)``, ``np.save`` (the tutorial way);
+- ``before``: the extract stage of ``--before`` (a git revision; default the
+  last commit before the runtimes: TensorFlow with its tf.data input pipeline),
+  run from ``git archive`` of that revision with its default settings;
+- ``stage:<runtime>[:<precision>]``: today's extract stage
+  (:func:`pipeline.extraction.feature_sets.extract_feature_set`: threaded
+  decode/resize, the runtime's compiled step, overlapped Zarr writes, the
+  read-back verification) with ``extract.runtime``/``precision`` set;
+- ``compute:<runtime>[:<precision>]``: that runtime's compiled step on one
+  in-memory batch, repeated, at the batch size the stage uses (the ceiling: no
+  decoding, no writing; the first call excluded);
+- ``decode:threads`` and ``decode:tf.data``: the input pipeline alone — today's
+  (:func:`pipeline.extraction.inputs.image_batches`) and the tf.data pipeline
+  it replaced (``tf.numpy_function`` around the same PIL decode,
+  ``tf.image.resize``, ``map(num_parallel_calls=cores)``, batch, prefetch).
 
-Model construction is excluded from every timing; the first (tracing) call is
-included for naive and shoulders, excluded for compute-only. The ``after
-start-up`` column puts shoulders on compute-only's footing: images after the
-first batch over the time from the first batch's features to the verified,
-complete store. Peak RSS is the process's ``ru_maxrss``. ``--scale K`` also runs
-shoulders (and naive, if its arrays fit in a quarter of the RAM) on K× the images to
-show which one's memory grows. Each figure is the median of ``--repeats`` runs,
-interleaved.
+Columns: img/s (median of ``--repeats`` interleaved runs; model construction
+excluded, the first batch included except for compute), GFLOP/s achieved
+(FLOPs per image from TensorFlow's profiler on the frozen graph × img/s)
+against the CPU's float32 peak, and peak RSS (``ru_maxrss``). The float32 peak
+is measured, not looked up: the best of five 4096×4096×4096 float32 matrix
+products through numpy's BLAS on every core (2·n³ FLOPs each) — what dense
+float32 arithmetic reaches on this machine. ``--scale K`` also runs the
+default stage on K× the images, to show its memory stays flat.
 
-Lite0 runs with its real ImageNet weights and the stage's default storage
-(float16); VGG16 has no offline weights, so it runs with random ones (timing
-does not depend on the values) and float32 storage, since random-weight
-activations underflow float16.
+Lite0 (and Lite1/2) run with their real ImageNet weights and float16 storage;
+VGG16 has no offline weights, so it runs with random ones (timing does not
+depend on the values) and float32 storage; its bfloat16 rows report the
+features' relative L2 difference from the float32 stage.
 
 Usage::
 
@@ -32,7 +43,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -45,50 +55,29 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("naive", "compute", "shoulders")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # benchmarks/photos.py; `pipeline` stays the PYTHONPATH one
+from photos import make_photos, write_manifest  # noqa: E402
+
+BEFORE = "1d282c8"  # the last commit with the TensorFlow-only stage and its tf.data input pipeline
+PRETRAINED = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-# --------------------------------------------------------------------------- the images
+def spec_of(backbone: str):
+    from pipeline.config import FeatureSetParams
+
+    if backbone in PRETRAINED:
+        return FeatureSetParams(backbone=backbone, weights="imagenet")
+    return FeatureSetParams(backbone=backbone, weights="none", dtype="float32")  # random activations underflow f16
 
 
-def make_photos(folder: Path, n: int, *, seed: int = 0, size=(500, 375)) -> list[Path]:
-    """Write ``n`` distinct 500×375 JPEGs cut from scikit-image's bundled photographs."""
-    from PIL import Image
-    from skimage import data
-
-    sources = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field"):
-        try:
-            sources.append(np.asarray(getattr(data, name)()))
-        except Exception:  # some scikit-image images need a download; use the bundled ones
-            continue
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        photo = sources[i % len(sources)]
-        h, w = photo.shape[:2]
-        ch = int(min(h, w * 3 / 4) * rng.uniform(0.6, 1.0))
-        cw = int(ch * 4 / 3)
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = Image.fromarray(photo[top:top + ch, left:left + cw]).resize(size, Image.BILINEAR)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        path = folder / f"photo_{i:05d}.jpg"
-        crop.save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def write_manifest(paths: list[Path], manifest: Path) -> None:
-    import hashlib
-
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(("id", "path", "label", "class_name", "split", "sha256", "width", "height"))
-        for i, path in enumerate(paths):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            writer.writerow((path.name, str(path), i % 2, f"c{i % 2}", "train", digest, 500, 375))
+def methods_for(backbone: str, runtimes: list[str]) -> list[str]:
+    methods = ["naive", "before", "decode:tf.data", "decode:threads"]
+    for runtime in runtimes:
+        methods += [f"stage:{runtime}", f"compute:{runtime}"]
+    if "openvino" in runtimes and not backbone.startswith("efficientnet"):
+        methods += ["stage:openvino:bfloat16", "compute:openvino:bfloat16"]  # opt-in, dense convolutions
+    return methods
 
 
 # --------------------------------------------------------------------------- one method, in its own process
@@ -98,59 +87,107 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _settings(method: str):
+    from pipeline.config import ExtractParams
+
+    parts = method.split(":")
+    return ExtractParams(runtime=parts[1], precision=parts[2] if len(parts) > 2 else "float32")
+
+
 def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
-    import keras
-    import tensorflow as tf
-
-    from pipeline.backbones import build_cut_model
-    from pipeline.config import ExtractParams, FeatureSetParams
-    from pipeline.extraction.feature_sets import extract_feature_set
     from pipeline.manifest import images_by_hash, read_manifest
-    from pipeline.extraction.runtime import resolve_runtime
-    from pipeline.extraction.runtimes.tensorflow_step import compile_inference
 
-    pretrained = backbone == "efficientnet_lite0"  # the others have no offline weights
-    spec = FeatureSetParams(backbone=backbone, weights="imagenet" if pretrained else "none",
-                            dtype=None if pretrained else "float32")
     records = read_manifest(manifest)
     n = len(records)
-    if method == "shoulders":
-        baseline = _rss_mb()
-        images = images_by_hash(records)
-        result = extract_feature_set(spec, ExtractParams(), sorted(images), {h: r.path for h, r in images.items()},
-                                     out=work / "features.zarr", progress=False)
-        seconds = result.extract_seconds + result.finalize_seconds
-        batch = result.runtime.batch_size
-        after_first = seconds - result.first_batch_seconds
-        return {"images": n, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
-                "batch_size": batch, "startup_seconds": result.first_batch_seconds,
-                "steady_images_per_s": (n - batch) / after_first}
-    cut = build_cut_model(spec, seed=0)
+    images = images_by_hash(records)
+    baseline = _rss_mb()
+    if method.startswith("decode:"):
+        return {"images": n, "baseline_mb": baseline, **decode_only(method, [r.path for r in records])}
+    if method in ("before", "naive"):
+        from pipeline.config import ExtractParams
+        from pipeline.extraction.feature_sets import extract_feature_set
+
+        if method == "naive":
+            return naive(backbone, records, work)
+        result = extract_feature_set(spec_of(backbone), ExtractParams(), sorted(images),
+                                     {h: r.path for h, r in images.items()}, out=work / "features.zarr",
+                                     progress=False)
+        return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
+                "baseline_mb": baseline, "batch_size": result.runtime.batch_size}
+    settings = _settings(method)
+    if method.startswith("stage:"):
+        from pipeline.extraction.feature_sets import extract_feature_set
+
+        result = extract_feature_set(spec_of(backbone), settings, sorted(images),
+                                     {h: r.path for h, r in images.items()}, out=work / "features.zarr",
+                                     progress=False)
+        return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
+                "baseline_mb": baseline, "batch_size": result.runtime.batch_size, "store": str(work / "features.zarr")}
+    from pipeline.extraction.plan import plan_extraction
+
+    built = plan_extraction(spec_of(backbone), settings)
+    batch_size, size = built.plan.runtime.batch_size, built.plan.provenance.input_size
+    step = built.step()
+    batch = np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
+    step(batch)  # compiled, warm
+    steps = -(-n // batch_size)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(batch)
+    seconds = time.perf_counter() - started
+    return {"images": steps * batch_size, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
+            "batch_size": batch_size}
+
+
+def naive(backbone: str, records, work: Path) -> dict:
+    import keras
+
+    from pipeline.backbones import build_cut_model
+
+    cut = build_cut_model(spec_of(backbone), seed=0)
     size = cut.provenance["input_size"]
     baseline = _rss_mb()
-    if method == "naive":
-        started = time.perf_counter()
-        x = np.stack([keras.utils.img_to_array(keras.utils.load_img(r.path, target_size=(size, size)))
-                      for r in records])
-        features = cut.model.predict(cut.preprocess(x), batch_size=32, verbose=0)
-        np.save(work / "features.npy", features)
-        seconds = time.perf_counter() - started
-        return {"images": n, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline, "batch_size": 32}
-    infer = compile_inference(cut.model, cut.preprocess, dtype="float32", jit_compile=False)
-    batch_size = resolve_runtime(ExtractParams()).batch_size  # the ceiling of the stage's own configuration
-    batch = tf.random.uniform((batch_size, size, size, 3), 0, 255, seed=0)
-    infer(batch)[0].numpy()  # trace once: the ceiling excludes tracing
     started = time.perf_counter()
-    for _ in range(-(-n // batch_size)):
-        infer(batch)[0].numpy()
-    seconds = time.perf_counter() - started
-    images = -(-n // batch_size) * batch_size
-    return {"images": images, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
-            "batch_size": batch_size}
+    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(r.path, target_size=(size, size)))
+                  for r in records])
+    features = cut.model.predict(cut.preprocess(x), batch_size=32, verbose=0)
+    np.save(work / "features.npy", features)
+    return {"images": len(records), "seconds": time.perf_counter() - started, "rss_mb": _rss_mb(),
+            "baseline_mb": baseline, "batch_size": 32}
+
+
+def decode_only(method: str, paths: list[str], size: int = 224, batch_size: int = 32) -> dict:
+    """The input pipeline alone: today's threads or the tf.data pipeline it replaced."""
+    from pipeline.extraction.inputs import image_batches, parallel_calls
+
+    if method == "decode:threads":
+        started = time.perf_counter()
+        for _ in image_batches(paths, size=size, batch_size=batch_size):
+            pass
+        return {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "batch_size": batch_size}
+    import tensorflow as tf
+
+    from pipeline.images import decode_image
+
+    def load(path):
+        pixels = tf.numpy_function(lambda p: decode_image(p.decode("utf-8")), [path], tf.uint8, stateful=False)
+        pixels.set_shape((None, None, 3))
+        return tf.clip_by_value(tf.image.resize(pixels, (size, size), method="bilinear"), 0.0, 255.0)
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(paths))
+               .map(load, num_parallel_calls=parallel_calls(), deterministic=True)
+               .batch(batch_size).prefetch(2).with_options(options))
+    started = time.perf_counter()
+    for _ in dataset:
+        pass
+    return {"seconds": time.perf_counter() - started, "rss_mb": _rss_mb(), "batch_size": batch_size}
 
 
 def flops_per_image(backbone: str) -> float:
     """Floating-point operations of one image through the truncated model (TF profiler, frozen graph)."""
+    os.environ["KERAS_BACKEND"] = "tensorflow"
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -169,33 +206,67 @@ def flops_per_image(backbone: str) -> float:
     return float(info.total_float_ops)
 
 
+def float32_peak(n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of the best of ``repeats`` n×n×n float32 matrix products through numpy's BLAS (every core)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def relative_difference(a_store: str, b_store: str) -> float:
+    """‖a − b‖ / ‖b‖ over two stores' features, rows matched by image hash."""
+    import zarr
+
+    def rows(path):
+        group = zarr.open_group(path, mode="r")
+        hashes = [str(h) for h in group["sha256"][...]]
+        X = np.asarray(group["X"][: len(hashes)], np.float32)
+        return {h: X[i] for i, h in enumerate(hashes) if h}
+
+    a, b = rows(a_store), rows(b_store)
+    common = sorted(set(a) & set(b))
+    x, y = np.stack([a[h] for h in common]), np.stack([b[h] for h in common])
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
 # --------------------------------------------------------------------------- driver
 
 
-def naive_fits(backbone: str, n: int, size: int = 224) -> bool:
-    """Whether the naive way's image arrays (loaded, preprocessed copy) fit in a quarter of this machine's RAM."""
-    need = 2 * n * size * size * 3 * 4
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > ram / 4:
-        print(f"  {backbone} naive n={n}: skipped, its arrays alone need {need / 2**30:.1f} GiB", file=sys.stderr)
-        return False
-    return True
-
-
-def _spawn(args: list[str]) -> dict:
+def _spawn(args: list[str], pythonpath: str | None = None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KERAS_BACKEND", None)  # each runtime chooses its own backend
+    env["PYTHONPATH"] = pythonpath or str(ROOT)
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def checkout(revision: str, folder: Path) -> Path:
+    """The package as it was at ``revision`` (``git archive``), for the ``before`` method."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "pipeline"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="efficientnet_lite0,vgg16")
     parser.add_argument("--images", default="1000,48", help="images per backbone (comma list, same order)")
+    parser.add_argument("--runtimes", default="tensorflow,openvino", help="also: jax (slow on CPUs)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scale", type=int, default=0, help="also run naive and shoulders on K× the images")
+    parser.add_argument("--scale", type=int, default=0, help="also run the default stage on K× the images")
+    parser.add_argument("--before", default=BEFORE, help="the revision whose stage is the `before` row")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
     parser.add_argument("--worker", nargs=4, metavar=("METHOD", "BACKBONE", "MANIFEST", "WORKDIR"),
                         help=argparse.SUPPRESS)
@@ -211,57 +282,70 @@ def main() -> None:
 
     backbones = args.backbones.split(",")
     counts = [int(c) for c in args.images.split(",")]
+    runtimes = args.runtimes.split(",")
+    peak = float32_peak()
+    print(f"float32 peak (numpy BLAS, 4096³, {os.cpu_count()} cores): {peak:.1f} GFLOP/s", file=sys.stderr)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory(prefix="shoulders-bench-") as tmp:
         tmp = Path(tmp)
+        before = str(checkout(args.before, tmp / "before"))
         largest = max(counts) * max(1, args.scale)
         photos = make_photos(tmp / "photos", largest)
         for backbone, n in zip(backbones, counts):
             flops = _spawn(["--flops", backbone])["flops"]
-            plans = [(n, m) for m in METHODS]
+            plans = [(n, m) for m in methods_for(backbone, runtimes)]
             if args.scale > 1:
-                plans += [(n * args.scale, m) for m in ("naive", "shoulders")
-                          if m == "shoulders" or naive_fits(backbone, n * args.scale)]
+                plans.append((n * args.scale, "stage:openvino" if "openvino" in runtimes else f"stage:{runtimes[0]}"))
             results: dict[tuple[int, str], list[dict]] = {plan: [] for plan in plans}
             for repeat in range(args.repeats):
                 for count, method in plans:
                     if count != n and repeat > 0:
-                        continue  # the scaled runs are for memory: once is enough
+                        continue  # the scaled run is for memory: once is enough
                     manifest = tmp / f"manifest_{count}.csv"
                     if not manifest.exists():
                         write_manifest(photos[:count], manifest)
                     work = Path(tempfile.mkdtemp(dir=tmp))
-                    results[(count, method)].append(_spawn(["--worker", method, backbone, str(manifest), str(work)]))
-                    print(f"  {backbone} {method} n={count} run {repeat + 1}: "
-                          f"{results[(count, method)][-1]}", file=sys.stderr)
+                    result = _spawn(["--worker", method, backbone, str(manifest), str(work)],
+                                    pythonpath=before if method == "before" else None)
+                    results[(count, method)].append(result)
+                    print(f"  {backbone} {method} n={count} run {repeat + 1}: {result}", file=sys.stderr)
             raw[backbone] = {f"{m}@{c}": r for (c, m), r in results.items()}
-            keys = ("images", "seconds", "rss_mb", "baseline_mb", "startup_seconds", "steady_images_per_s")
-            median = {plan: {k: statistics.median(r[k] for r in rs) for k in keys if k in rs[0]}
+            median = {plan: {k: statistics.median(r[k] for r in rs) for k in ("images", "seconds", "rss_mb")}
                       for plan, rs in results.items()}
             speed = {plan: m["images"] / m["seconds"] for plan, m in median.items()}
+            fastest_compute = max(v for (c, m), v in speed.items()  # float32: the precision of the defaults
+                                  if m.startswith("compute:") and m.count(":") == 1 and c == n)
+            differences = {}
+            for precision_method in [m for c, m in plans if m.endswith(":bfloat16") and m.startswith("stage:")]:
+                reference = precision_method.rsplit(":", 1)[0]
+                differences[precision_method] = relative_difference(results[(n, precision_method)][0]["store"],
+                                                                    results[(n, reference)][0]["store"])
             for plan in plans:
                 count, method = plan
+                computes = not method.startswith("decode:")
                 rows.append({
-                    "backbone": backbone, "method": method, "images": count,
-                    "images_per_s": speed[plan], "gflop_per_s": speed[plan] * flops / 1e9,
+                    "backbone": backbone, "method": method, "images": count, "images_per_s": speed[plan],
+                    "gflop_per_s": speed[plan] * flops / 1e9 if computes else None,
+                    "of_peak": speed[plan] * flops / 1e9 / peak if computes else None,
                     "peak_rss_mb": median[plan]["rss_mb"], "gflop_per_image": flops / 1e9,
-                    "vs_naive": speed[plan] / speed[(n, "naive")],
-                    "vs_compute": speed[plan] / speed[(n, "compute")],
-                    "startup_s": median[plan].get("startup_seconds"),
-                    "steady_vs_compute": (median[plan]["steady_images_per_s"] / speed[(n, "compute")]
-                                          if "steady_images_per_s" in median[plan] else None),
+                    "vs_before": speed[plan] / speed[(n, "before")],
+                    "vs_fastest_compute": speed[plan] / fastest_compute,
+                    "relative_l2": differences.get(method),
+                    "batch_size": results[plan][0].get("batch_size"),
                 })
     print()
-    print(f"{'backbone':<20} {'method':<10} {'images':>6} {'img/s':>8} {'GFLOP/img':>9} {'GFLOP/s':>8} "
-          f"{'peak RSS MB':>11} {'×naive':>7} {'×compute':>8} {'start-up s':>10} {'after start-up ×compute':>23}")
+    print(f"float32 peak: {peak:.1f} GFLOP/s (numpy BLAS sgemm 4096³, best of 5, {os.cpu_count()} cores)")
+    print(f"{'backbone':<18} {'method':<26} {'images':>6} {'batch':>5} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
+          f"{'peak RSS MB':>11} {'×before':>7} {'×fastest compute':>16} {'rel. L2':>8}")
     for r in rows:
-        startup = f"{r['startup_s']:>10.2f}" if r["startup_s"] is not None else f"{'':>10}"
-        steady = f"{r['steady_vs_compute']:>23.2f}" if r["steady_vs_compute"] is not None else f"{'':>23}"
-        print(f"{r['backbone']:<20} {r['method']:<10} {r['images']:>6} {r['images_per_s']:>8.2f} "
-              f"{r['gflop_per_image']:>9.2f} {r['gflop_per_s']:>8.1f} {r['peak_rss_mb']:>11.0f} "
-              f"{r['vs_naive']:>7.2f} {r['vs_compute']:>8.2f} {startup} {steady}")
+        gflops = f"{r['gflop_per_s']:>8.1f}" if r["gflop_per_s"] is not None else f"{'':>8}"
+        of_peak = f"{r['of_peak']:>7.0%}" if r["of_peak"] is not None else f"{'':>7}"
+        l2 = f"{r['relative_l2']:>8.2e}" if r["relative_l2"] is not None else f"{'':>8}"
+        print(f"{r['backbone']:<18} {r['method']:<26} {r['images']:>6} {str(r['batch_size'] or ''):>5} "
+              f"{r['images_per_s']:>8.1f} {gflops} {of_peak} {r['peak_rss_mb']:>11.0f} {r['vs_before']:>7.2f} "
+              f"{r['vs_fastest_compute']:>16.2f} {l2}")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "raw": raw}, indent=2))
+        args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows, "raw": raw}, indent=2))
 
 
 if __name__ == "__main__":

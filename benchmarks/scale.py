@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 
 def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
     sys.path.insert(0, str(HERE))
-    from extract import make_photos, write_manifest  # the same photos as benchmarks/extract.py
+    from photos import make_photos, write_manifest  # the same photos as benchmarks/extract.py
 
     from pipeline.config import ExtractParams, FeatureSetParams
     from pipeline.extraction.feature_sets import extract_feature_set

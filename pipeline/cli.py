@@ -3,6 +3,7 @@
     shoulders ls [FEATURES_DIR]          every store: rows, backbone / cut, shape
     shoulders show STORE                 one store's identity, runs and shapes
     shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
+    shoulders layers hub --preset DIR    a keras_hub preset's blocks (by index too) and layers, with shapes
     shoulders check                      every feature set's cut against its backbone, and where its weights
                                          come from (checked to be there, or downloadable)
     shoulders verify [FEATURES_DIR]      every store: chunks as written, made with the current params,
@@ -53,11 +54,20 @@ def _show(args) -> None:
 
 
 def _layers(args) -> None:
-    from pipeline.backbones import layer_names
+    from pipeline.backbones import family, layer_names, validate_feature_set
     from pipeline.config import FeatureSetParams
 
-    for name in layer_names(FeatureSetParams(backbone=args.backbone, weights="none", size=args.size,
-                                             alpha=args.alpha)):
+    spec = FeatureSetParams(backbone=args.backbone, weights="none", size=args.size, alpha=args.alpha,
+                            preset=args.preset)
+    if family(args.backbone).from_preset:
+        from pipeline.backbones.hub import describe_cuts
+
+        validate_feature_set(spec)
+        print("\n".join(describe_cuts(spec)))
+        return
+    if args.preset is not None:
+        raise ValueError(f"--preset applies to backbone 'hub' only. Received: {args.backbone!r}")
+    for name in layer_names(spec):
         print(name)
 
 
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("backbone")
     layers.add_argument("--size", type=int, default=None, help="input size (default: the family's)")
     layers.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNets)")
+    layers.add_argument("--preset", default=None, help="backbone hub: a keras_hub preset directory (or name)")
     layers.set_defaults(run=_layers)
     check = commands.add_parser("check", help="check every feature set's cut against its backbone's layers, "
                                 "and that its weights can be had")

@@ -77,12 +77,18 @@ class Provenance:
     resize: str = "bilinear (tf.image.resize)"
     decoder: str = "PIL via pipeline.images.decode_image"
     augment: Optional[dict] = None  # views stores only: the ops and seed of the views
+    # keras_hub presets only (None otherwise, and then left out of the stored mapping):
+    preset: Optional[str] = None        # the preset as given: a directory or a name (not part of the identity)
+    architecture: Optional[str] = None  # the backbone class and the sha256 of its config.json
+    blocks: Optional[int] = None        # blocks up to the cut whose token summaries are concatenated
+    tokens: Optional[str] = None        # what a token cut stores (class token, mean of patches), if it is one
 
     def to_json(self) -> dict:
         """The flat mapping stored in a store's attributes (``augment`` only when set)."""
         out = dataclasses.asdict(self)
-        if out["augment"] is None:
-            del out["augment"]
+        for name in ("augment", *PRESET_FIELDS):
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
@@ -95,16 +101,20 @@ class Provenance:
         return cls(**mapping)
 
 
-# The same truncated network: backbone, weights (and their hash), cut and input size.
-NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size")
+PRESET_FIELDS = ("preset", "architecture", "blocks", "tokens")
+# The same truncated network: backbone, weights (and their hash), cut and input size (a preset's architecture).
+NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size", "architecture", "blocks")
 # What determines the features of an image (besides its bytes); plus the compute precision for float32 storage.
 IDENTITY = ("backbone", "weights", "weights_sha256", "cut", "input_size", "alpha", "preprocessing", "seed", "init",
             "resize", "decoder", "dtype", "augment")
+# Part of the identity only when set (presets), so that every store made before them keeps its identity.
+OPTIONAL_IDENTITY = ("architecture", "blocks")
 
 
 def identity_of(provenance: Mapping[str, Any]) -> dict:
     """The fields of ``provenance`` that determine its features: what a store is keyed by."""
     identity = {name: provenance.get(name) for name in IDENTITY}
+    identity.update({name: provenance[name] for name in OPTIONAL_IDENTITY if provenance.get(name) is not None})
     compute = provenance.get("compute")
     if identity["dtype"] == "float32" or compute == "bfloat16":
         # float16 compute (or any float32 runtime) differs from float32 by float16 storage rounding; stored as

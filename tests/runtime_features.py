@@ -20,7 +20,8 @@ def specs():
     from pipeline.config import FeatureSetParams
 
     out = {name: FeatureSetParams(backbone=name, weights="none", size=FAMILIES[name].min_size,
-                                  alpha={"mobilenet": 0.25, "mobilenet_v2": 0.35}.get(name)) for name in FAMILIES}
+                                  alpha={"mobilenet": 0.25, "mobilenet_v2": 0.35}.get(name))
+           for name in FAMILIES if not FAMILIES[name].from_preset}  # presets: tests/test_hub.py
     out[REAL] = FeatureSetParams(backbone="efficientnet_lite0", weights="imagenet")
     return out
 

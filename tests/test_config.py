@@ -32,7 +32,7 @@ def test_params_are_frozen():
     ({"extract": {"batch_size": "32"}}, "extract.batch_size"),      # wrong type
     ({"extract": {"batch_size": True}}, "extract.batch_size"),      # a bool is not an int
     ({"extract": {"dtype": "float8"}}, "float8"),                    # not a choice
-    ({"heads": {"pooling": ["mean"]}}, "mean"),
+    ({"heads": {"pooling": ["median"]}}, "median"),
     ({"heads": {"kinds": ["svm"]}}, "'svm'"),
     ({"data": {"split": {"train": 0.8, "val": 0.2, "test": 0.2}}}, "sum"),
     ({"data": {"bad_images": "ignore"}}, "data.bad_images"),

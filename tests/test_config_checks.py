@@ -119,13 +119,15 @@ def fake_layers(monkeypatch):
 
     builds = []
 
-    def layer_names(spec):
+    from pipeline.backbones import CutPoints
+
+    def cut_points(spec):
         builds.append((spec.backbone, spec.size, spec.alpha))
         if spec.size == 33:
             raise ValueError("Input size must be at least 34x34; Received: input_shape=(33, 33, 3)")
-        return ["input_layer", "conv1", "block_1_add", "block_2_add", "out_relu"]
+        return CutPoints(names=("input_layer", "conv1", "block_1_add", "block_2_add", "out_relu"), last="out_relu")
 
-    monkeypatch.setattr(pipeline.backbones.cuts, "layer_names", layer_names)
+    monkeypatch.setattr(pipeline.backbones.cuts, "cut_points", cut_points)
     return builds
 
 

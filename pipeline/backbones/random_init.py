@@ -11,6 +11,7 @@ network whichever runtime runs it, in whichever process.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Sequence
 
@@ -86,3 +87,33 @@ def initial_value(initializer: Any, shape: Sequence[int], rng: np.random.Generat
     raise ValueError(f"weights: none cannot re-draw {type(initializer).__name__} the same on every backend "
                      "(known: VarianceScaling and its Glorot/He/Lecun forms, RandomNormal, TruncatedNormal, "
                      "RandomUniform, Orthogonal)")
+
+
+def reinitialize(model: Any, seed: int) -> str:
+    """Draw every randomly initialised variable again, from its own initializer's distribution, with numpy.
+
+    Each variable gets a generator seeded by (seed, position of the variable),
+    and its values are drawn in numpy (:func:`pipeline.backbones.random_init.initial_value`):
+    Keras' own draw would depend on the backend (TensorFlow, JAX and OpenVINO
+    give three networks for one seed) and, for initializers without a seed, on
+    Python's global ``random``, which other threads of a process (a Dask
+    worker's event loop) also consume. So ``weights: none`` is the same network
+    on every runtime and in every process.
+    """
+    import keras
+
+    order = {id(variable): index for index, variable in enumerate(model.weights)}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for attribute, initializer in list(vars(layer).items()):
+            if not (attribute.endswith("_initializer") and isinstance(initializer, keras.initializers.Initializer)
+                    and "seed" in initializer.get_config()):
+                continue
+            base = attribute[: -len("_initializer")]
+            variable = next((getattr(layer, name) for name in (base, f"{base}_kernel", "kernel")
+                             if isinstance(getattr(layer, name, None), keras.Variable)), None)
+            if variable is None or id(variable) not in order:
+                continue
+            digest = hashlib.sha256(f"{seed}/{order[id(variable)]}".encode()).digest()
+            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+            variable.assign(initial_value(initializer, variable.shape, rng).astype(variable.dtype))
+    return SCHEME

@@ -1,28 +1,28 @@
-"""The registry of backbones: keras.applications families and EfficientNet-Lite0.
+"""The registry of backbones: keras.applications families, EfficientNet-Lite0/1/2 and keras_hub presets.
 
 Each family knows its constructor, its own ``preprocess_input``, its default
 and minimum input size and which ``alpha`` values its ImageNet weights exist
 for. Constructors are named by dotted path and imported only when a model is
-built, so validating params does not import TensorFlow.
+built, so validating params does not import TensorFlow. The family ``hub``
+(``from_preset``) builds from a keras_hub preset instead
+(:mod:`pipeline.backbones.hub`): its size, resize and preprocessing are the
+preset's image converter's, read from the preset (:mod:`pipeline.backbones.presets`).
 
-A *cut* names a layer; :func:`build_cut_model` builds the truncated model once
-(``keras.Model(base.inputs, base.get_layer(cut).output)``) and refuses an
-unknown layer with the valid names, nearest matches first.
+A *cut* names a layer (for presets also a block, or a block index counted
+from the end when negative); :func:`build_cut_model` builds the truncated model
+once (``keras.Model(base.inputs, base.get_layer(cut).output)``) and refuses an
+unknown cut with the valid names, nearest matches first.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
-
-from pipeline.backbones.random_init import SCHEME as RANDOM_INIT
 from pipeline.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ class Family:
     min_size: int = 32
     alphas: Optional[tuple[float, ...]] = None   # alphas with ImageNet weights; None: no alpha
     imagenet_file: Optional[str] = None          # dotted path of a function locating the weights file
+    from_preset: bool = False                    # built from a keras_hub preset: factory builds the CutModel
+    default_weights: str = "imagenet"            # what an entry without `weights` gets
+    # A family not built the keras.applications way names its own functions of a spec, by dotted path:
+    # validate, input_size, network_identity (all without TensorFlow) and cut_points.
+    hooks: Optional[dict] = None
 
 
 _CAFFE = "caffe: RGB→BGR, ImageNet mean subtracted, no scaling"
@@ -47,6 +52,7 @@ _TF = "tf: scaled to [-1, 1]"
 _TORCH = "torch: scaled to [0, 1], ImageNet mean/std normalised"
 _INSIDE = "none outside the model: the model rescales raw 0–255 RGB itself"
 _APPS = "keras.applications"
+_LITE = "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained"
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("vgg16", f"{_APPS}.VGG16", f"{_APPS}.vgg16.preprocess_input", _CAFFE, 224),
@@ -72,11 +78,69 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            _INSIDE, 224),
     Family("densenet121", f"{_APPS}.DenseNet121", f"{_APPS}.densenet.preprocess_input", _TORCH, 224),
     Family("convnext_tiny", f"{_APPS}.ConvNeXtTiny", f"{_APPS}.convnext.preprocess_input", _INSIDE, 224),
-    Family("efficientnet_lite0", "pipeline.backbones.efficientnet_lite.EfficientNetLite0",
-           "pipeline.backbones.efficientnet_lite.preprocess_input",
-           "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained", 224,
-           imagenet_file="pipeline.backbones.lite_weights.imagenet_weights_file"),
+    *(Family(f"efficientnet_lite{n}", f"pipeline.backbones.efficientnet_lite.EfficientNetLite{n}",
+             "pipeline.backbones.efficientnet_lite.preprocess_input", _LITE, size,
+             imagenet_file=f"pipeline.backbones.lite_weights.lite{n}_weights_file")
+      for n, size in ((0, 224), (1, 240), (2, 260))),
+    Family("hub", "pipeline.backbones.hub.build_cut_model", "pipeline.backbones.hub.preprocess_input",
+           "the preset's image converter", 0, from_preset=True, default_weights="preset",
+           hooks={"validate": "pipeline.backbones.presets.validate_spec",
+                  "input_size": "pipeline.backbones.presets.spec_input_size",
+                  "network_identity": "pipeline.backbones.presets.network_identity",
+                  "cut_points": "pipeline.backbones.hub.spec_cut_points"}),
 )}
+
+
+# --------------------------------------------------------------------------- resizing
+
+# How images reach a backbone's input size is part of what its features are (a store identity's
+# `resize`): keras.applications families and the Lite ports take the pipeline's own bilinear stretch
+# (tf.image.resize); a keras_hub preset brings its own in its image converter (interpolation, a centre
+# crop to the aspect ratio, antialiasing), which extraction, fine-tuning and the exported model then all
+# apply through keras.layers.Resizing, the layer the converter itself uses.
+# Draws weights: none in numpy, the same network on every Keras backend (returns its scheme's name).
+REINITIALIZE = "pipeline.backbones.random_init.reinitialize"
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How images are resized to a backbone's input (the default: the pipeline's own bilinear stretch)."""
+
+    interpolation: str = "bilinear"
+    crop_to_aspect_ratio: bool = False
+    pad_to_aspect_ratio: bool = False
+    antialias: bool = False
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"resize interpolation must be one of {list(INTERPOLATIONS)}. "
+                             f"Received: {self.interpolation!r}")
+        if self.crop_to_aspect_ratio and self.pad_to_aspect_ratio:
+            raise ValueError("a resize crops or pads to the aspect ratio, not both")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Resize()
+
+    def describe(self) -> str:
+        """What the resize is, for provenance (stores made before presets record the default's text)."""
+        if self.is_default:
+            return "bilinear (tf.image.resize)"
+        parts = [self.interpolation]
+        if self.crop_to_aspect_ratio:
+            parts.append("centre crop to the aspect ratio")
+        if self.pad_to_aspect_ratio:
+            parts.append("padded to the aspect ratio")
+        if self.antialias:
+            parts.append("antialiased")
+        return ", ".join(parts) + " (keras.layers.Resizing, as the preset's image converter)"
+
+    def layer(self, size: int, name: str = "resize"):
+        """The ``keras.layers.Resizing`` to ``(size, size)`` that does this resize (also inside ``tf.data``)."""
+        import keras
+
+        return keras.layers.Resizing(size, size, name=name, **asdict(self))
 
 
 # --------------------------------------------------------------------------- validation
@@ -105,6 +169,17 @@ def validate_feature_set(spec: Any) -> None:
         If ``weights`` is a path that does not exist.
     """
     fam = family(spec.backbone)
+    if fam.hooks:
+        import_dotted(fam.hooks["validate"])(spec)
+        return
+    if spec.preset is not None:
+        raise ValueError(f"preset applies to backbone 'hub' only, not {fam.name}. Received: preset={spec.preset!r}")
+    if spec.blocks != 1:
+        raise ValueError(f"blocks (concatenating the last blocks' tokens) applies to backbone 'hub' only, not "
+                         f"{fam.name}. Received: blocks={spec.blocks}")
+    if isinstance(spec.cut, int):
+        raise ValueError(f"a cut index counts the blocks of a preset (backbone 'hub'); {fam.name} is cut at a layer "
+                         f"name (`shoulders layers {fam.name}` lists them). Received: cut={spec.cut}")
     weights = spec.weights
     if weights not in ("imagenet", "none"):
         if not Path(weights).is_file():
@@ -129,11 +204,28 @@ def preprocess_function(name: str) -> Callable:
 
 
 def input_size(spec: Any) -> int:
-    """The input side length a feature set runs at: its own ``size`` or the family default."""
+    """The input side length a feature set runs at: its own ``size`` or the family default (a preset's: its own)."""
+    fam = family(spec.backbone)
+    if fam.hooks:
+        return import_dotted(fam.hooks["input_size"])(spec)
     return spec.size if spec.size is not None else family(spec.backbone).default_size
 
 
-# --------------------------------------------------------------------------- building
+def network_identity(spec: Any) -> Optional[dict]:
+    """What the backbone contributes to a store's identity, known without TensorFlow.
+
+    Returns
+    -------
+    dict or None
+        ``weights_sha256``, ``input_size``, ``preprocessing``, ``resize`` (and,
+        for a preset, ``architecture`` and ``blocks``); ``None`` for a preset
+        given by name, whose files only keras_hub can fetch.
+    """
+    fam = family(spec.backbone)
+    if fam.hooks:
+        return import_dotted(fam.hooks["network_identity"])(spec)
+    return {"weights_sha256": weights_digest(spec), "input_size": input_size(spec),
+            "preprocessing": fam.preprocessing, "resize": Resize().describe()}
 
 
 @dataclass(frozen=True)
@@ -146,6 +238,53 @@ class CutModel:
     cut_index: int               # its position in the base model (0 = input)
     n_layers: int                # layers in the base model
     provenance: dict
+    resize: Resize = Resize()    # how images are resized to its input (a preset's: its converter's)
+
+
+@dataclass(frozen=True)
+class CutPoints:
+    """Where a backbone can be cut: every name in order, the blocks a cut index counts, the last layer."""
+
+    names: tuple[str, ...]
+    blocks: tuple[str, ...] = ()
+    last: Optional[str] = None   # what cut: null means; None: the backbone has no single output
+
+
+def resolve_cut(cut: Any, points: CutPoints, *, backbone: str, blocks: int = 1, listing: str = "") -> str:
+    """The name a cut stands for: a name as given, a block index (negative: from the end), or null → the last.
+
+    Raises
+    ------
+    ValueError
+        Naming the valid choices (nearest names first, or the blocks for an index).
+    """
+    if cut is None:
+        if points.last is None:
+            raise ValueError(f"{backbone} has no single output: name a cut. " + _valid(None, points, listing))
+        name = points.last
+    elif isinstance(cut, int):
+        if not points.blocks:
+            raise ValueError(f"{backbone} has no blocks to count; name a layer. " + _valid(None, points, listing))
+        n = len(points.blocks)
+        if not -n <= cut < n:
+            raise ValueError(f"{backbone} has {n} blocks (cut {-n} to {n - 1}): {', '.join(points.blocks)}. "
+                             f"Received: cut={cut}")
+        name = points.blocks[cut]
+    elif cut in points.names:
+        name = cut
+    else:
+        raise ValueError(f"{backbone} has no layer {cut!r}. " + _valid(cut, points, listing))
+    if blocks > 1 and (name not in points.blocks or points.blocks.index(name) < blocks - 1):
+        raise ValueError(f"blocks: {blocks} concatenates the last {blocks} blocks up to the cut, so the cut must be "
+                         f"block {blocks - 1} or later of {', '.join(points.blocks) or '(none)'}. Received: cut={cut!r}")
+    return name
+
+
+def _valid(cut: Optional[str], points: CutPoints, listing: str) -> str:
+    names = _nearest(cut, list(points.names)) if cut is not None else list(points.names)
+    blocks = f"Blocks (cut by index, -1 the last): {', '.join(points.blocks)}. " if points.blocks else ""
+    return (blocks + "Valid cuts, nearest first: " + ", ".join(names)
+            + (f" ({listing} lists them)" if listing else ""))
 
 
 def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> CutModel:
@@ -169,6 +308,8 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
 
     validate_feature_set(spec)
     fam = family(spec.backbone)
+    if fam.from_preset:
+        return import_dotted(fam.factory)(spec, seed=seed, policy=policy)
     size = input_size(spec)
     weights, weights_sha = _resolve_weights(fam, spec)
     keras.utils.set_random_seed(seed)
@@ -182,13 +323,12 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
         base = import_dotted(fam.factory)(**kwargs)
     finally:
         keras.config.set_dtype_policy(previous)
+    init = None
     if weights is None:
-        reinitialize(base, seed)
+        # pipeline.backbones.random_init: named by its dotted path, as the factories are (no import cycle).
+        init = import_dotted(REINITIALIZE)(base, seed)
     layer_names = [layer.name for layer in base.layers]
-    cut = spec.cut if spec.cut is not None else layer_names[-1]
-    if cut not in layer_names:
-        raise ValueError(f"{fam.name} has no layer {cut!r}. Valid cuts, nearest first: "
-                         + ", ".join(_nearest(cut, layer_names)))
+    cut = resolve_cut(spec.cut, CutPoints(names=tuple(layer_names), last=layer_names[-1]), backbone=fam.name)
     model = keras.Model(base.inputs, base.get_layer(cut).output, name=f"{fam.name}_{cut}")
     provenance = {
         "backbone": fam.name,
@@ -201,57 +341,37 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
         "alpha": spec.alpha,
         "preprocessing": fam.preprocessing,
         "seed": seed if spec.weights == "none" else None,
-        "init": RANDOM_INIT if spec.weights == "none" else None,
+        "init": init,
+        "resize": Resize().describe(),
     }
     return CutModel(model=model, preprocess=preprocess_function(fam.name), cut=cut,
                     cut_index=provenance["cut_index"], n_layers=len(layer_names), provenance=provenance)
 
 
-def reinitialize(model: Any, seed: int) -> None:
-    """Draw every randomly initialised variable again, from its own initializer's distribution, with numpy.
-
-    Each variable gets a generator seeded by (seed, position of the variable),
-    and its values are drawn in numpy (:func:`pipeline.backbones.random_init.initial_value`):
-    Keras' own draw would depend on the backend (TensorFlow, JAX and OpenVINO
-    give three networks for one seed) and, for initializers without a seed, on
-    Python's global ``random``, which other threads of a process (a Dask
-    worker's event loop) also consume. So ``weights: none`` is the same network
-    on every runtime and in every process.
-    """
-    import keras
-
-    from pipeline.backbones.random_init import initial_value
-
-    order = {id(variable): index for index, variable in enumerate(model.weights)}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for attribute, initializer in list(vars(layer).items()):
-            if not (attribute.endswith("_initializer") and isinstance(initializer, keras.initializers.Initializer)
-                    and "seed" in initializer.get_config()):
-                continue
-            base = attribute[: -len("_initializer")]
-            variable = next((getattr(layer, name) for name in (base, f"{base}_kernel", "kernel")
-                             if isinstance(getattr(layer, name, None), keras.Variable)), None)
-            if variable is None or id(variable) not in order:
-                continue
-            digest = hashlib.sha256(f"{seed}/{order[id(variable)]}".encode()).digest()
-            rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-            variable.assign(initial_value(initializer, variable.shape, rng).astype(variable.dtype))
-
-
 def layer_names(spec: Any) -> list[str]:
-    """Every layer name of a feature set's backbone (built with ``weights=None``)."""
+    """Every cut of a feature set's backbone (built with ``weights=None``): its layer names (a preset's
+    blocks first)."""
+    return list(cut_points(spec).names)
+
+
+def cut_points(spec: Any) -> CutPoints:
+    """Where a feature set's backbone can be cut (built once without weights, then discarded)."""
     import keras
 
     fam = family(spec.backbone)
+    if fam.hooks:
+        points = import_dotted(fam.hooks["cut_points"])(spec)
+        keras.backend.clear_session()
+        return points
     kwargs: dict[str, Any] = {"include_top": False, "weights": None,
                               "input_shape": (input_size(spec),) * 2 + (3,)}
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     base = import_dotted(fam.factory)(**kwargs)
-    names = [layer.name for layer in base.layers]
+    names = tuple(layer.name for layer in base.layers)
     del base
     keras.backend.clear_session()
-    return names
+    return CutPoints(names=names, last=names[-1])
 
 
 def weights_digest(spec: Any) -> Optional[str]:
@@ -280,6 +400,7 @@ def import_dotted(dotted: str) -> Any:
 
 
 def _nearest(name: str, choices: list[str]) -> list[str]:
+    name = str(name)
     close = difflib.get_close_matches(name, choices, n=8, cutoff=0.4)
     return close + [c for c in choices if c not in close]
 

@@ -22,15 +22,15 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from pipeline.config.schema import (POOLINGS, SPLITS, AugmentParams, DataParams, EvaluateParams, ExportParams,
-                                    ExtractParams, FeatureSetParams, FinetuneParams, HeadsParams,
-                                    NearDuplicateParams, Params, ParamsError, SplitRatios, SyntheticParams,
-                                    did_you_mean, join_key, suggest)
+from pipeline.config.schema import (MAP_POOLINGS, POOLINGS, SPLITS, TOKEN_POOLINGS, AugmentParams, DataParams,
+                                    EvaluateParams, ExportParams, ExtractParams, FeatureSetParams, FinetuneParams,
+                                    HeadsParams, NearDuplicateParams, Params, ParamsError, SplitRatios,
+                                    SyntheticParams, did_you_mean, join_key, suggest)
 
-__all__ = ["DEFAULT_PARAMS", "POOLINGS", "SPLITS", "AugmentParams", "DataParams", "EvaluateParams", "ExportParams",
-           "ExtractParams", "FeatureSetParams", "FinetuneParams", "HeadsParams", "NearDuplicateParams", "Params",
-           "ParamsError", "SplitRatios", "SyntheticParams", "dask_address", "feature_set", "load_params",
-           "parse_params"]
+__all__ = ["DEFAULT_PARAMS", "MAP_POOLINGS", "POOLINGS", "SPLITS", "TOKEN_POOLINGS", "AugmentParams", "DataParams",
+           "EvaluateParams", "ExportParams", "ExtractParams", "FeatureSetParams", "FinetuneParams", "HeadsParams",
+           "NearDuplicateParams", "Params", "ParamsError", "SplitRatios", "SyntheticParams", "dask_address",
+           "feature_set", "load_params", "parse_params"]
 
 DEFAULT_PARAMS = Path("params.yaml")
 

@@ -19,7 +19,9 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 from pipeline.heads.registry import HEAD_KINDS
 
-POOLINGS = ("avg", "max", "flatten", "avgmax")
+MAP_POOLINGS = ("avg", "max", "flatten", "avgmax")      # of a map (h, w, c)
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")              # of a token summary (a preset's ViT-like cut)
+POOLINGS = (*MAP_POOLINGS, *TOKEN_POOLINGS)
 SPLITS = ("train", "val", "test")
 # Seeds go to numpy and scikit-learn, which take 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -121,16 +123,29 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class FeatureSetParams:
-    """One backbone × weights × cut × input size: one extract stage, one Zarr store."""
+    """One backbone × weights × cut × input size: one extract stage, one Zarr store.
+
+    ``weights`` left out is the family's default (``imagenet``; ``preset`` for
+    ``hub``). ``preset`` and ``blocks`` are for backbone ``hub`` (a keras_hub
+    preset, and how many blocks up to the cut have their tokens concatenated);
+    its ``cut`` may also be a block index (negative: from the end).
+    """
 
     backbone: str
-    weights: str = "imagenet"
-    cut: Optional[str] = None
+    weights: Optional[str] = None
+    cut: Optional[Union[int, str]] = None
     size: Optional[int] = None
     alpha: Optional[float] = None
     dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
+    preset: Optional[str] = None
+    blocks: int = 1
 
     def __post_init__(self):
+        if self.weights is None:
+            from pipeline.backbones.registry import FAMILIES
+
+            known = FAMILIES.get(self.backbone)
+            object.__setattr__(self, "weights", known.default_weights if known else "imagenet")
         # The key (features.<name>) is put in front of these messages by the loader.
         named = {"imagenet", "none"}
         if self.weights not in named and self.weights.strip().lower() in named:

@@ -63,12 +63,12 @@ def feature_model(cut: Any, pooling: str, store_dtype: str):
 
     size = cut.provenance["input_size"]
     inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
-    x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(inputs)
+    x = cut.resize.layer(size, name="resize")(inputs)   # the backbone's own: bilinear, or a preset converter's
     x = ImagePreprocess(cut.provenance["backbone"], name="preprocess")(x)
     x = cut.model(x)
     if store_dtype != "float32":
         x = StoreRounding(store_dtype, name="store_rounding")(x)
-    if len(x.shape) == 4:
+    if len(x.shape) > 2:  # a map or a token summary; a vector per image has nothing to pool
         x = apply_pooling(x, pooling)
     return inputs, x
 

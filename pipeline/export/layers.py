@@ -8,13 +8,20 @@ the project installed — :func:`pipeline.export.predict.load_model` imports it 
   (the caffe, tf and torch modes of keras.applications, Lite0's scaling);
 - :class:`StoreRounding` — rounds the cut layer's map to the feature store's
   dtype, so the exported head sees what it was trained on;
+- :class:`TokenPooling` — the token poolings (``cls``, ``mean``, ``cls+mean``) of a
+  token summary;
 - :func:`apply_pooling` — the poolings of :mod:`pipeline.store.pooling` as Keras layers.
+
+Importing it also registers :class:`pipeline.backbones.hub.TokenSummary`, which
+a keras_hub preset's cut model holds (loading such a model needs keras_hub too).
 """
 
 from __future__ import annotations
 
 import keras
 from keras import ops
+
+from pipeline.backbones.hub import TokenSummary  # noqa: F401  (registered for loading)
 
 
 @keras.saving.register_keras_serializable(package="shoulders")
@@ -50,8 +57,35 @@ class StoreRounding(keras.layers.Layer):
         return {**super().get_config(), "dtype_name": self.dtype_name}
 
 
+@keras.saving.register_keras_serializable(package="shoulders")
+class TokenPooling(keras.layers.Layer):
+    """Pool a token summary ``(batch, 2 or 1, d)``: its class token, its patch mean, or both concatenated."""
+
+    def __init__(self, pooling: str, **kwargs):
+        super().__init__(**kwargs)
+        if pooling not in ("cls", "mean", "cls+mean"):
+            raise ValueError(f"token pooling must be one of ['cls', 'mean', 'cls+mean']. Received: {pooling!r}")
+        self.pooling = pooling
+
+    def call(self, summary):
+        if self.pooling == "cls":
+            return summary[:, 0, :]
+        if self.pooling == "mean":
+            return summary[:, -1, :]
+        return ops.reshape(summary, (-1, summary.shape[1] * summary.shape[2]))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] * input_shape[2] if self.pooling == "cls+mean" else input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "pooling": self.pooling}
+
+
 # One Keras form per name of pipeline.store.pooling (tests/test_export.py checks that both pool alike).
 _POOLING_LAYERS = {
+    "cls": lambda x: TokenPooling("cls", name="cls_pool")(x),
+    "mean": lambda x: TokenPooling("mean", name="mean_pool")(x),
+    "cls+mean": lambda x: TokenPooling("cls+mean", name="cls_mean_pool")(x),
     "avg": lambda x: keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
     "max": lambda x: keras.layers.GlobalMaxPooling2D(name="max_pool")(x),
     "flatten": lambda x: keras.layers.Flatten(name="flatten")(x),
@@ -61,7 +95,11 @@ _POOLING_LAYERS = {
 
 
 def apply_pooling(x, pooling: str):
-    """Pool a map tensor the way :func:`pipeline.store.pooling.pool` pools stored maps."""
+    """Pool a map or token-summary tensor the way :func:`pipeline.store.pooling.pool` pools stored rows."""
+    from pipeline.store.pooling import applies
+
     if pooling not in _POOLING_LAYERS:
         raise ValueError(f"pooling must be one of {list(_POOLING_LAYERS)}. Received: {pooling!r}")
+    if not applies(pooling, tuple(x.shape[1:])):
+        raise ValueError(f"pooling {pooling!r} does not apply to a tensor of shape {tuple(x.shape[1:])}")
     return _POOLING_LAYERS[pooling](x)

@@ -40,10 +40,10 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
         "task": f"image classification into {len(classes)} classes",
         "classes": list(classes),
         "input": "RGB images as uint8 arrays (height, width, 3) of any size; the model resizes them "
-                 f"(bilinear) to {provenance['input_size']}×{provenance['input_size']}. Decode files with "
-                 f"pipeline.images.decode_image(path, target={provenance['input_size']}) (EXIF orientation applied, "
-                 "first frame of animations, JPEGs of at least twice that side decoded in the DCT domain, as in "
-                 "extraction).",
+                 f"({provenance.get('resize', 'bilinear')}) to {provenance['input_size']}×{provenance['input_size']}. "
+                 f"Decode files with pipeline.images.decode_image(path, target={provenance['input_size']}) "
+                 "(EXIF orientation applied, first frame of animations, JPEGs of at least twice that side decoded "
+                 "in the DCT domain, as in extraction).",
         "max_image_pixels": max_image_pixels,   # data.max_image_pixels: predict refuses larger images by default
         "output": "class probabilities, one column per class in the order of `classes`",
         "form": form,
@@ -60,7 +60,9 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
             "weights_sha256": provenance.get("weights_sha256"), "cut": provenance["cut"],
             "cut_layer_index": provenance.get("cut_index"), "layers": provenance.get("n_layers"),
             "input_size": provenance["input_size"], "preprocessing": provenance.get("preprocessing"),
-            "features_dtype": provenance.get("dtype"),
+            "resize": provenance.get("resize"), "features_dtype": provenance.get("dtype"),
+            **{name: provenance[name] for name in ("preset", "architecture", "blocks", "tokens")
+               if provenance.get(name) is not None},
         },
         "head": {"variant": variant, "kind": row["kind"], "pooling": row["pooling"],
                  "hyperparameters": row.get("params", {}), "standardize": row.get("standardize"),

@@ -178,6 +178,12 @@ def load_model(path: Path | str) -> Predictor:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
+    if card.get("backbone", {}).get("family") == "hub":
+        # The model holds keras_hub's layers: they are registered by importing it.
+        from pipeline.backbones.presets import require_keras_hub
+
+        require_keras_hub()
+        import keras_hub  # noqa: F401
     return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card)
 
 
@@ -229,8 +235,11 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
 
 
 def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: int, batch_size: int,
-                     batch_pixels: int, target: Optional[int]) -> Iterator[list[tuple[Path, np.ndarray]]]:
-    """Decode files one at a time into batches, cut when full by count or by pixels (memory stays bounded)."""
+                     batch_pixels: int, target: Optional[int] = None) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    """Decode files one at a time into batches, cut when full by count or by pixels (memory stays bounded).
+
+    ``target`` (the model's input side) lets JPEGs decode at a reduced scale that stays at least twice it.
+    """
     batch: list[tuple[Path, np.ndarray]] = []
     pixels = 0
     for path in files:

@@ -21,15 +21,15 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from pipeline.backbones.registry import Resize
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction.runtime import COMPUTE, Runtime, resolve_runtime, use_keras_backend
 from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
 # The libraries whose versions shape the features, recorded with every run.
-FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "openvino", "jax", "jaxlib", "keras", "numpy",
-                     "pillow", "scipy", "zarr")
-RESIZE = "bilinear, half-pixel centres, no antialias (pipeline.extraction.inputs.resize_bilinear)"
+FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "openvino", "jax", "jaxlib", "keras", "keras-hub",
+                     "numpy", "pillow", "scipy", "zarr")
 DECODER = "PIL via pipeline.images.decode_image; JPEG draft when the shorter side is >= 2x the input size"
 # Keras dtype policy of each compute precision (OpenVINO builds in float32 and takes a precision hint instead).
 POLICY = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -45,18 +45,21 @@ def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, 
     """The identity the features of ``spec`` will have, from params and the resolved ``cut`` alone.
 
     Returns ``None`` when it depends on the device (float32 storage with
-    ``extract.precision: auto``): then only resolving the runtime tells.
+    ``extract.precision: auto``): then only resolving the runtime tells; or
+    on files keras_hub has to fetch (a preset given by name): then only
+    building the backbone tells.
     """
-    from pipeline.backbones import family, input_size, weights_digest
+    from pipeline.backbones import network_identity
     from pipeline.backbones.random_init import SCHEME as RANDOM_INIT
 
-    fam = family(spec.backbone)
+    network = network_identity(spec)
+    if network is None:
+        return None
     dtype = spec.dtype or settings.dtype
-    provenance = {"backbone": fam.name, "weights": spec.weights, "weights_sha256": weights_digest(spec), "cut": cut,
-                  "input_size": input_size(spec), "alpha": spec.alpha, "preprocessing": fam.preprocessing,
+    provenance = {"backbone": spec.backbone, "weights": spec.weights, "cut": cut, "alpha": spec.alpha,
                   "seed": settings.seed if spec.weights == "none" else None,
-                  "init": RANDOM_INIT if spec.weights == "none" else None, "resize": RESIZE, "decoder": DECODER,
-                  "dtype": dtype, "augment": augment_identity(settings) if views else None}
+                  "init": RANDOM_INIT if spec.weights == "none" else None, "decoder": DECODER,
+                  "dtype": dtype, "augment": augment_identity(settings) if views else None, **network}
     if settings.precision == "auto":
         if dtype == "float32":
             return None
@@ -75,6 +78,7 @@ class ExtractionPlan:
     feature_shape: tuple[int, ...]
     chunk_rows: int
     provenance: Provenance
+    resize: Resize = Resize()       # how images are resized to the backbone's input
 
     @property
     def identity(self) -> dict:
@@ -140,9 +144,9 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
     dtype = spec.dtype or settings.dtype
     chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
                                 batch_size=runtime.batch_size)
-    provenance = Provenance(**cut.provenance, dtype=dtype, compute=runtime.compute, resize=RESIZE, decoder=DECODER)
+    provenance = Provenance(**cut.provenance, dtype=dtype, compute=runtime.compute, decoder=DECODER)
     plan = ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
-                          provenance=provenance)
+                          provenance=provenance, resize=cut.resize)
     check_planned(plan, expected)
     return Backbone(plan, cut, step)
 

@@ -91,7 +91,8 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
                 ops, seeds = augment[0], [view_seed(augment[1], view, h) for h in hashes]
                 transform = lambda index, image, ops=ops, seeds=seeds: augment_image(image, ops, seeds[index])  # noqa: E731
             batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, transform,
-                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size)
+                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size,
+                                     resize=plan.resize)
             for job, block in regroup(_ticking(batches, bar, first), group):
                 in_flight.append(pool.submit(write, job, block))
                 while len(in_flight) > WRITES_IN_FLIGHT:
@@ -113,11 +114,13 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
 
 
 def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str], transform, *,
-                   size: int, batch_size: int) -> Iterator[np.ndarray]:
+                   size: int, batch_size: int, resize=None) -> Iterator[np.ndarray]:
     """Decode (bytes checked), (augment,) infer and store each batch; yield stored features."""
     from pipeline.extraction.inputs import image_batches
 
-    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform):
+    # reuse: each batch is done with once its features are back (the step copies them out)
+    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform,
+                               resize=resize, reuse=True):
         n = len(batch)
         if n < batch_size:
             # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.

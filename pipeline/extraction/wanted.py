@@ -64,7 +64,8 @@ def view_images(records: Sequence[Record], *, tta: bool) -> list[str]:
 
 
 def resolved_cut(spec: FeatureSetParams, check_file: Optional[Path]) -> Optional[str]:
-    """The layer the feature set is cut at: from the check stage's file (``cut: null`` resolved), else as given.
+    """The layer the feature set is cut at: from the check stage's file (``cut: null`` and block indices
+    resolved), else as given (``None`` for a block index: only building the backbone resolves it).
 
     Raises
     ------
@@ -72,10 +73,10 @@ def resolved_cut(spec: FeatureSetParams, check_file: Optional[Path]) -> Optional
         If the check file was written for another backbone, weights or size (run the check stage).
     """
     if check_file is None:
-        return spec.cut
+        return spec.cut if isinstance(spec.cut, str) else None
     entry = json.loads(Path(check_file).read_text(encoding="utf-8"))
-    for name in ("backbone", "weights", "alpha"):
-        if entry.get(name) != getattr(spec, name):
+    for name in ("backbone", "weights", "alpha", "preset", "blocks"):
+        if entry.get(name) != getattr(spec, name) and not (name == "blocks" and spec.preset is None):
             raise ValueError(f"{check_file} was written for {name}={entry.get(name)!r}, but the feature set has "
                              f"{getattr(spec, name)!r}; run `dvc repro` (the check stage comes first)")
     return entry["cut"]

@@ -66,7 +66,8 @@ def build_finetune_model(cut: Any, head: Any, pooling: str, *, unfreeze: int, au
         top = index >= len(layers) - unfreeze
         layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
     x = backbone(x)
-    x = apply_pooling(x, pooling)
+    if len(x.shape) > 2:  # a cut that is already a vector per image has nothing to pool
+        x = apply_pooling(x, pooling)
     for layer in to_keras_layers(head, "dense"):
         x = layer(x)
     return keras.Model(inputs, x, name="finetuned")
@@ -107,7 +108,8 @@ def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True)
     size, batch = cut.provenance["input_size"], settings.batch_size
     split = {s: [r for r in records if r.split == s] for s in SPLITS}
     data = {s: labelled_batches([r.path for r in rs], [r.label for r in rs], size=size, batch_size=batch,
-                                shuffle_seed=settings.seed if s == "train" else None) for s, rs in split.items()}
+                                shuffle_seed=settings.seed if s == "train" else None, resize=cut.resize)
+            for s, rs in split.items()}
     labels = {s: np.array([r.label for r in rs]) for s, rs in split.items()}
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

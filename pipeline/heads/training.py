@@ -45,7 +45,7 @@ from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256, library_versions
 from pipeline.store.layout import views_path
 from pipeline.store.reader import open_feature_set, open_store, open_views, provenance_of
-from pipeline.store.pooling import pooled_width
+from pipeline.store.pooling import applicable, applies, pooled_width
 
 log = logging.getLogger(__name__)
 SCORES_FILE = "scores.json"
@@ -173,7 +173,7 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence
     summary : dict
         ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
     """
-    variants = expand_grid(heads)
+    variants = applicable_variants(features, expand_grid(heads))
     if out_of_core(features, variants, heads, records):
         return _train_out_of_core(features, variants, heads, out, records)
     needs_views = any(v.uses_views for v in variants)
@@ -213,6 +213,28 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence
     summary = {"variants": len(variants), "fitted": n_fit, "reused": len(variants) - n_fit,
                "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv}
     return [rows[v.id] for v in variants], summary
+
+
+def applicable_variants(features: Path, variants: Sequence[Variant]) -> list[Variant]:
+    """The variants whose pooling applies to the store's rows (map poolings to maps, token poolings to tokens).
+
+    ``heads.pooling`` is one list for every feature set; those of another kind are left out here, logged.
+
+    Raises
+    ------
+    ValueError
+        If none applies, naming the poolings that would.
+    """
+    shape = tuple(open_store(features).attrs["feature_shape"])
+    kept = [v for v in variants if applies(v.pooling, shape)]
+    left_out = sorted({v.pooling for v in variants} - {v.pooling for v in kept})
+    if not kept:
+        raise ValueError(f"{features}: none of heads.pooling {sorted({v.pooling for v in variants})} applies to its "
+                         f"rows of shape {shape}; add one of {list(applicable(shape))} to heads.pooling")
+    if left_out:
+        log.info("%s: pooling %s does not apply to rows of shape %s; its variants are left out here",
+                 features.stem, ", ".join(left_out), shape)
+    return kept
 
 
 def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams, records: Sequence[Record]) -> bool:
