@@ -123,6 +123,32 @@ def test_exported_model_loads_in_a_fresh_process(pipeline_run):
     assert name.startswith("class_") and float(total) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("runtime", ["openvino", "jax"])
+def test_predict_on_each_runtime_gives_tensorflows_probabilities(pipeline_run, runtime, tmp_path):
+    """`shoulders predict --runtime R` in a process of its own: same classes, probabilities within 1e-3.
+
+    The tolerance covers float32 rounding amplified by the store's float16
+    rounding of the features (OpenVINO f32 against TensorFlow: 1.7e-4 here).
+    """
+    out = _export(pipeline_run, _variant(pipeline_run, "svm_rbf"))
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    tables = {}
+    for name in ("tensorflow", runtime):
+        csv_path = tmp_path / f"{name}.csv"
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(out),
+                                 str(pipeline_run / "images/class_1"), "--top-k", "3", "--runtime", name,
+                                 "--no-progress", "--out", str(csv_path)],
+                                capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"runtime: {name}" in result.stderr
+        tables[name] = list(csv.DictReader(csv_path.open()))
+    reference, other = tables["tensorflow"], tables[runtime]
+    assert [r["file"] for r in other] == [r["file"] for r in reference] and len(reference) == 12
+    assert [r["predicted"] for r in other] == [r["predicted"] for r in reference]
+    for key in ("probability", "probability_2", "probability_3"):
+        np.testing.assert_allclose([float(r[key]) for r in other], [float(r[key]) for r in reference], atol=1e-3)
+
+
 def test_predict_skips_bad_files_and_writes_top_k(pipeline_run, tmp_path):
     out = _export(pipeline_run, _variant(pipeline_run, "dense"))
     folder = tmp_path / "incoming"

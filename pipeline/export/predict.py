@@ -20,7 +20,15 @@ one whose header declares more pixels than the limit (the card's
 ``max_image_pixels``, i.e. ``data.max_image_pixels``, or ``--max-pixels``) is
 refused before it is decoded. Decoded images are batched by pixels, not only
 by count, so memory stays bounded whatever their sizes. A file that cannot be
-read is reported and skipped; it never stops the batch.
+read is reported and skipped; it never stops the batch. Each image is then
+resized in numpy exactly as in extraction (:func:`pipeline.extraction.inputs.resize_image`,
+the model's own ``resize`` layer's settings) and the rest of the graph runs on
+the batch: the same pixels on every runtime.
+
+``--runtime`` chooses the Keras backend the graph runs on, as ``extract.runtime``
+does for the backbone pass (``auto``: JAX on a visible GPU, else OpenVINO,
+else TensorFlow; see :mod:`pipeline.extraction.runtime`). The probabilities
+agree across runtimes within float32 rounding (``tests/test_predict.py``).
 
 Exit status: 0 every image classified; 3 some images skipped (unreadable or
 too large), the others classified; 4 no image classified (every input failed,
@@ -40,13 +48,15 @@ import logging
 import pickletools
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from pipeline.config.schema import DEFAULT_MAX_IMAGE_PIXELS
+from pipeline.extraction.inputs import resize_image
+from pipeline.extraction.runtime import RUNTIMES, keras_backend_for
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 log = logging.getLogger(__name__)
@@ -82,6 +92,8 @@ class Predictor:
     classes: list[str]
     model: Any
     card: dict
+    _body: Any = field(default=None, repr=False)   # the graph after the resize layer, built on first use
+    _steps: dict = field(default_factory=dict, repr=False)   # OpenVINO: compiled steps by batch size
 
     @property
     def max_pixels(self) -> int:
@@ -93,12 +105,69 @@ class Predictor:
         """The backbone's input side: files are decoded for it as in extraction (JPEG draft decoding)."""
         return self.card.get("backbone", {}).get("input_size")
 
+    @property
+    def resize(self) -> Optional[Any]:
+        """The model's ``resize`` layer as a :class:`~pipeline.backbones.registry.Resize` (None: a model without one)."""
+        from pipeline.backbones.registry import Resize
+
+        layer = self._resize_layer()
+        if layer is None:
+            return None
+        config = layer.get_config()
+        return Resize(interpolation=config["interpolation"], crop_to_aspect_ratio=config["crop_to_aspect_ratio"],
+                      pad_to_aspect_ratio=config["pad_to_aspect_ratio"], antialias=config["antialias"])
+
+    def _resize_layer(self) -> Optional[Any]:
+        return next((layer for layer in self.model.layers if layer.name == "resize"), None)
+
     def predict_proba(self, images: Sequence[np.ndarray], *, batch_pixels: int = BATCH_PIXELS) -> np.ndarray:
         """Probabilities for decoded images (uint8, (h, w, 3), any sizes), shape (n, n_classes).
 
-        Images of the same size go through the model together (it resizes them
-        itself), at most ``batch_pixels`` pixels (or one image) per call.
+        Each image is resized in numpy as in extraction and the graph after its
+        ``resize`` layer runs on the batch (float32, at most ``batch_pixels``
+        pixels per call). A model without a ``resize`` layer gets the images
+        themselves, those of one size together.
         """
+        layer, size, how = self._resize_layer(), self.input_size, self.resize
+        if layer is None or size is None:
+            return self._predict_whole(images, batch_pixels)
+        if self._body is None:
+            import keras
+
+            self._body = keras.Model(layer.output, self.model.output, name="after_resize")
+            self._steps = {}
+        out = np.zeros((len(images), len(self.classes)), np.float32)
+        per_call = max(1, batch_pixels // (size * size))
+        for start in range(0, len(images), per_call):
+            part = images[start:start + per_call]
+            batch = np.empty((len(part), size, size, 3), np.float32)
+            for row, image in enumerate(part):
+                resize_image(image, size, how, batch[row])
+            out[start:start + len(part)] = self._run(batch)
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """The graph after the resize on a float32 batch.
+
+        On Keras' OpenVINO backend ``predict_on_batch`` compiles with OpenVINO's
+        default precision, which is bf16 on CPUs that have it (probabilities
+        off by up to 0.03 here): the graph runs instead through the OpenVINO
+        runtime of extraction, compiled with the f32 hint, once per batch size.
+        """
+        import keras
+
+        if keras.backend.backend() != "openvino":
+            return np.asarray(self._body.predict_on_batch(batch))
+        if len(batch) not in self._steps:
+            from pipeline.extraction.runtime import Runtime
+            from pipeline.extraction.runtimes import compile_step
+
+            runtime = Runtime(name="openvino", device="CPU", precision="float32", batch_size=len(batch),
+                              jit_compile=False)
+            self._steps[len(batch)] = compile_step(runtime, self._body, lambda x: x, batch_size=len(batch))
+        return self._steps[len(batch)](batch)
+
+    def _predict_whole(self, images: Sequence[np.ndarray], batch_pixels: int) -> np.ndarray:
         out = np.zeros((len(images), len(self.classes)), np.float32)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
@@ -299,8 +368,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="refuse images declaring more pixels (width × height) than this, before decoding "
                              "(default: the model card's max_image_pixels, i.e. data.max_image_pixels)")
+    parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
+                        help="the Keras backend the model runs on (default: auto — JAX on a visible GPU, else "
+                             "OpenVINO, else TensorFlow)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    log.info("runtime: %s", keras_backend_for(args.runtime, option="--runtime"))
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1. Received: {args.batch_size}")
     if args.max_pixels is not None and args.max_pixels < 1:

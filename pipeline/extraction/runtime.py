@@ -74,6 +74,53 @@ def jax_gpu() -> bool:
     return any(device.platform == "gpu" for device in jax.devices())
 
 
+def runtime_name(name: str, option: str = "extract.runtime") -> str:
+    """``auto`` resolved for this machine (JAX on a visible GPU, else OpenVINO, else TensorFlow), its package checked.
+
+    Raises
+    ------
+    ValueError
+        If the runtime is unknown or its package is not installed (naming what to install).
+    """
+    if name == "auto":
+        name = "jax" if jax_gpu() else "openvino" if installed("openvino") else "tensorflow"
+    if name not in RUNTIMES:
+        raise ValueError(f"{option} must be one of auto, {', '.join(RUNTIMES)}. Received: {name!r}")
+    if not installed(name):
+        hint = 'pip install -e ".[gpu]"' if name == "jax" else f"pip install {name}"
+        raise ValueError(f"{option}: {name} needs the {name!r} package, which is not installed "
+                         f"({hint}). Valid runtimes: auto, {', '.join(RUNTIMES)}")
+    return name
+
+
+def keras_backend_for(name: str, option: str = "--runtime") -> str:
+    """Make Keras run a whole model (``shoulders predict``) on runtime ``name``; returns the runtime.
+
+    Each runtime is the Keras backend of its name. Keras' backend is fixed when
+    Keras is first imported: a process where it is already chosen otherwise
+    (Keras imported, or ``KERAS_BACKEND`` set) keeps it when ``name`` is ``auto``
+    and is refused, naming what to do, when ``name`` asks for another.
+    """
+    current = _chosen_keras_backend()
+    if current is not None and (name == "auto" or current == name):
+        return current
+    name = runtime_name(name, option)
+    if current is None:
+        os.environ["KERAS_BACKEND"] = KERAS_BACKEND[name]
+        return name
+    raise ValueError(f"{option} {name} needs Keras' {KERAS_BACKEND[name]} backend, but this process already uses "
+                     f"{current} (KERAS_BACKEND or an earlier import): unset KERAS_BACKEND or set it to "
+                     f"{KERAS_BACKEND[name]}")
+
+
+def _chosen_keras_backend() -> Optional[str]:
+    if "keras" in sys.modules:
+        import keras
+
+        return keras.backend.backend()
+    return os.environ.get("KERAS_BACKEND")
+
+
 def resolve_runtime(settings: ExtractParams) -> Runtime:
     """Resolve the ``auto`` settings for this machine.
 
@@ -82,14 +129,7 @@ def resolve_runtime(settings: ExtractParams) -> Runtime:
     ValueError
         If the runtime asked for is not installed (naming what to install).
     """
-    name = settings.runtime
-    if name == "auto":
-        name = "jax" if jax_gpu() else "openvino" if installed("openvino") else "tensorflow"
-    required = {"openvino": "openvino", "jax": "jax", "tensorflow": "tensorflow"}[name]
-    if not installed(required):
-        hint = 'pip install -e ".[gpu]"' if name == "jax" else f"pip install {required}"
-        raise ValueError(f"extract.runtime: {name} needs the {required!r} package, which is not installed "
-                         f"({hint}). Valid runtimes: auto, {', '.join(RUNTIMES)}")
+    name = runtime_name(settings.runtime)
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -115,12 +155,7 @@ def use_keras_backend(runtime: Runtime) -> str:
     (through TensorFlow, then) and any other mismatch is refused, naming what to do.
     """
     wanted = KERAS_BACKEND[runtime.name]
-    if "keras" in sys.modules:
-        import keras
-
-        current = keras.backend.backend()
-    else:
-        current = os.environ.get("KERAS_BACKEND")
+    current = _chosen_keras_backend()
     if current is None:
         os.environ["KERAS_BACKEND"] = wanted
         return wanted
