@@ -15,7 +15,10 @@ a fresh process:
   read-back verification) with ``extract.runtime``/``precision`` set;
 - ``compute:<runtime>[:<precision>]``: that runtime's compiled step on one
   in-memory batch, repeated, at the batch size the stage uses (the ceiling: no
-  decoding, no writing; the first call excluded);
+  decoding, no writing; the first call excluded); ``compute:openvino-keras``
+  is the OpenVINO runtime with its model built under Keras' OpenVINO backend
+  (the graph used where TensorFlow is not installed) instead of converted by
+  OpenVINO's TensorFlow frontend;
 - ``decode:threads`` and ``decode:tf.data``: the input pipeline alone — today's
   (:func:`pipeline.extraction.inputs.image_batches`) and the tf.data pipeline
   it replaced (``tf.numpy_function`` around the same PIL decode,
@@ -71,10 +74,16 @@ def spec_of(backbone: str):
     return FeatureSetParams(backbone=backbone, weights="none", dtype="float32")  # random activations underflow f16
 
 
+# The OpenVINO runtime with its model built under Keras' OpenVINO backend (what runs without TensorFlow).
+KERAS_OPENVINO = "openvino-keras"
+
+
 def methods_for(backbone: str, runtimes: list[str]) -> list[str]:
     methods = ["naive", "before", "decode:tf.data", "decode:threads"]
     for runtime in runtimes:
         methods += [f"stage:{runtime}", f"compute:{runtime}"]
+    if "openvino" in runtimes:
+        methods.append(f"compute:{KERAS_OPENVINO}")  # the graph Keras' own OpenVINO backend makes
     if "openvino" in runtimes and not backbone.startswith("efficientnet"):
         methods += ["stage:openvino:bfloat16", "compute:openvino:bfloat16"]  # opt-in, dense convolutions
     return methods
@@ -91,7 +100,8 @@ def _settings(method: str):
     from pipeline.config import ExtractParams
 
     parts = method.split(":")
-    return ExtractParams(runtime=parts[1], precision=parts[2] if len(parts) > 2 else "float32")
+    runtime = "openvino" if parts[1] == KERAS_OPENVINO else parts[1]
+    return ExtractParams(runtime=runtime, precision=parts[2] if len(parts) > 2 else "float32")
 
 
 def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
@@ -243,6 +253,8 @@ def relative_difference(a_store: str, b_store: str) -> float:
 def _spawn(args: list[str], pythonpath: str | None = None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KERAS_BACKEND", None)  # each runtime chooses its own backend
+    if any(KERAS_OPENVINO in arg for arg in args):
+        env["KERAS_BACKEND"] = "openvino"
     env["PYTHONPATH"] = pythonpath or str(ROOT)
     result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:

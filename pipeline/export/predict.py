@@ -93,6 +93,7 @@ class Predictor:
     model: Any
     card: dict
     _body: Any = field(default=None, repr=False)   # the graph after the resize layer, built on first use
+    runtime: Optional[str] = None   # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
     _steps: dict = field(default_factory=dict, repr=False)   # OpenVINO: compiled steps by batch size
 
     @property
@@ -149,14 +150,12 @@ class Predictor:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """The graph after the resize on a float32 batch.
 
-        On Keras' OpenVINO backend ``predict_on_batch`` compiles with OpenVINO's
-        default precision, which is bf16 on CPUs that have it (probabilities
-        off by up to 0.03 here): the graph runs instead through the OpenVINO
-        runtime of extraction, compiled with the f32 hint, once per batch size.
+        The OpenVINO runtime is extraction's (:mod:`pipeline.extraction.runtimes.openvino_runtime`):
+        the graph converted and compiled with the f32 hint, once per batch size
+        (Keras' OpenVINO ``predict_on_batch`` compiles with OpenVINO's default
+        precision, bf16 on CPUs that have it: probabilities off by 0.03 here).
         """
-        import keras
-
-        if keras.backend.backend() != "openvino":
+        if self.runtime != "openvino":
             return np.asarray(self._body.predict_on_batch(batch))
         if len(batch) not in self._steps:
             from pipeline.extraction.runtime import Runtime
@@ -219,8 +218,8 @@ def _parses_as_pickle(path: Path) -> bool:
         return False
 
 
-def load_model(path: Path | str) -> Predictor:
-    """Load an exported model folder (or its ``model.keras``).
+def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
+    """Load an exported model folder (or its ``model.keras``); ``runtime="openvino"`` runs it through OpenVINO.
 
     Raises
     ------
@@ -253,7 +252,7 @@ def load_model(path: Path | str) -> Predictor:
 
         require_keras_hub()
         import keras_hub  # noqa: F401
-    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card)
+    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card, runtime=runtime)
 
 
 def image_files(inputs: Iterable[Path | str]) -> list[Path]:
@@ -373,12 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "OpenVINO, else TensorFlow)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    log.info("runtime: %s", keras_backend_for(args.runtime, option="--runtime"))
+    runtime = keras_backend_for(args.runtime, option="--runtime")
+    log.info("runtime: %s", runtime)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1. Received: {args.batch_size}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be an integer >= 1. Received: {args.max_pixels}")
-    predictor = load_model(args.model)
+    predictor = load_model(args.model, runtime=runtime)
     if not 1 <= args.top_k <= len(predictor.classes):
         raise ValueError(f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). "
                          f"Received: {args.top_k}")

@@ -2,8 +2,14 @@
 
 ``extract.runtime`` chooses what runs the backbone (:mod:`pipeline.extraction.runtimes`):
 
-- ``openvino`` — OpenVINO on the CPU (the model built under Keras' OpenVINO
-  backend, so no TensorFlow is imported); ``auto`` on a machine without a GPU;
+- ``openvino`` — OpenVINO on the CPU; ``auto`` on a machine without a GPU.
+  The model is built under Keras' TensorFlow backend and converted by
+  OpenVINO's TensorFlow frontend, whose graph keeps the convolutions in
+  OpenVINO's own layout: Lite0 at batch 8 ran 307 img/s that way against 105
+  through Keras' own OpenVINO backend, whose per-layer layout transposes (245
+  in Lite0) leave it slower than TensorFlow (133; quiet machine, same
+  weights, BENCHMARKS.md). Where TensorFlow is not installed, the model is
+  built under Keras' OpenVINO backend instead (no TensorFlow anywhere);
 - ``jax`` — Keras on JAX, compiled by XLA; ``auto`` when JAX sees a GPU
   (``pip install -e ".[gpu]"``); on a CPU JAX is slow for depthwise networks;
 - ``tensorflow`` — a compiled ``tf.function``; what the exported model and
@@ -33,8 +39,8 @@ log = logging.getLogger(__name__)
 
 BATCH_GPU = 128
 RUNTIMES = ("tensorflow", "openvino", "jax")
-# The Keras backend each runtime builds its model under.
-KERAS_BACKEND = {"tensorflow": "tensorflow", "openvino": "openvino", "jax": "jax"}
+# The Keras backend each runtime builds its model under (OpenVINO: see keras_backend()).
+KERAS_BACKEND = {"tensorflow": "tensorflow", "openvino": "tensorflow", "jax": "jax"}
 # extract.precision → how the store records the compute.
 COMPUTE = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "bfloat16"}
 
@@ -55,7 +61,22 @@ class Runtime:
 
 
 def installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """Whether ``module`` can be imported here (a finder that refuses it counts as not installed)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def keras_backend(runtime_name: str) -> str:
+    """The Keras backend runtime ``runtime_name`` builds its model under.
+
+    OpenVINO converts from TensorFlow's graph when TensorFlow is installed (the
+    faster graph, see the module docstring), else from Keras' OpenVINO backend.
+    """
+    if runtime_name == "openvino" and not installed("tensorflow"):
+        return "openvino"
+    return KERAS_BACKEND[runtime_name]
 
 
 def jax_gpu() -> bool:
@@ -96,21 +117,25 @@ def runtime_name(name: str, option: str = "extract.runtime") -> str:
 def keras_backend_for(name: str, option: str = "--runtime") -> str:
     """Make Keras run a whole model (``shoulders predict``) on runtime ``name``; returns the runtime.
 
-    Each runtime is the Keras backend of its name. Keras' backend is fixed when
-    Keras is first imported: a process where it is already chosen otherwise
-    (Keras imported, or ``KERAS_BACKEND`` set) keeps it when ``name`` is ``auto``
-    and is refused, naming what to do, when ``name`` asks for another.
+    TensorFlow and JAX run it through Keras on their backend; OpenVINO runs it
+    converted from the backend of :func:`keras_backend`. Keras' backend is fixed
+    when Keras is first imported: a process where it is already chosen (Keras
+    imported, or ``KERAS_BACKEND`` set) keeps it when ``name`` is ``auto`` (the
+    runtime of that backend's name) and is refused, naming what to do, when
+    ``name`` needs another.
     """
     current = _chosen_keras_backend()
     if current is not None and (name == "auto" or current == name):
         return current
     name = runtime_name(name, option)
     if current is None:
-        os.environ["KERAS_BACKEND"] = KERAS_BACKEND[name]
+        os.environ["KERAS_BACKEND"] = keras_backend(name)
         return name
-    raise ValueError(f"{option} {name} needs Keras' {KERAS_BACKEND[name]} backend, but this process already uses "
+    if name == "openvino" and current in ("tensorflow", "openvino"):
+        return name   # converted from whichever of its two Keras backends the process has
+    raise ValueError(f"{option} {name} needs Keras' {keras_backend(name)} backend, but this process already uses "
                      f"{current} (KERAS_BACKEND or an earlier import): unset KERAS_BACKEND or set it to "
-                     f"{KERAS_BACKEND[name]}")
+                     f"{keras_backend(name)}")
 
 
 def _chosen_keras_backend() -> Optional[str]:
@@ -151,15 +176,15 @@ def use_keras_backend(runtime: Runtime) -> str:
 
     Keras' backend is fixed per process when Keras is first imported. When it
     is already chosen — Keras imported, or ``KERAS_BACKEND`` set (a test session,
-    a user's shell) — an OpenVINO runtime converts from a TensorFlow backend
-    (through TensorFlow, then) and any other mismatch is refused, naming what to do.
+    a user's shell) — an OpenVINO runtime converts from either a TensorFlow or an
+    OpenVINO backend and any other mismatch is refused, naming what to do.
     """
-    wanted = KERAS_BACKEND[runtime.name]
+    wanted = keras_backend(runtime.name)
     current = _chosen_keras_backend()
     if current is None:
         os.environ["KERAS_BACKEND"] = wanted
         return wanted
-    if current != wanted and not (runtime.name == "openvino" and current == "tensorflow"):
+    if current != wanted and not (runtime.name == "openvino" and current in ("tensorflow", "openvino")):
         raise ValueError(f"extract.runtime: {runtime.name} needs Keras' {wanted} backend, but this process uses "
                          f"{current} (KERAS_BACKEND or an earlier import): run the stage as its own process "
                          f"without KERAS_BACKEND set (as `dvc repro` does), or set KERAS_BACKEND={wanted}")
