@@ -54,9 +54,13 @@ def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: 
                                                          "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    outputs = len(compiled.outputs)
+
+    def run(batch: np.ndarray):
+        """The features of ``batch``; a list of arrays for a model of several outputs."""
         request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        # The output tensor's memory is reused by the next inference: copy it out.
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        # The output tensors' memory is reused by the next inference: copy them out.
+        got = [np.array(request.get_output_tensor(i).data, dtype=np.float32) for i in range(outputs)]
+        return got[0] if outputs == 1 else got
 
     return run
