@@ -108,3 +108,22 @@ def test_fine_tuning_batches_run_without_the_autotuner(tmp_path):
     assert dataset.options().autotune.enabled is False
     images = np.concatenate([x.numpy() for x, _ in dataset])
     np.testing.assert_array_equal(images, np.stack([load_and_resize(p, 16) for p in paths]))
+
+
+def test_a_preset_resize_matches_keras_and_leaves_the_active_backend_intact():
+    """A non-default resize (a preset converter's) is Keras' numpy resize; importing it must not shadow
+    ``keras.src.backend.numpy``, the active backend's ops that Keras and keras_hub read by that name."""
+    import keras
+    import keras.src.backend as backends
+
+    from pipeline.backbones.registry import Resize
+    from pipeline.extraction.inputs import resize_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    how = Resize(interpolation="bicubic", antialias=True)
+    got = resize_image(pixels, 16, how)
+    expected = keras.ops.convert_to_numpy(keras.layers.Resizing(16, 16, interpolation="bicubic", antialias=True)(
+        pixels[None].astype(np.float32)))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert backends.numpy.__name__ == f"keras.src.backend.{keras.backend.backend()}.numpy"
+    assert keras.ops.zeros((2,)).shape == (2,)

@@ -121,16 +121,33 @@ def resize_image(pixels: np.ndarray, size: int, resize: Optional[Resize] = None,
         return resize_bilinear(pixels, size, out)
     if resize.interpolation == "bilinear" and not resize.antialias and not resize.pad_to_aspect_ratio:
         return resize_bilinear(centre_crop_square(pixels) if resize.crop_to_aspect_ratio else pixels, size, out)
-    from keras.src.backend.numpy.image import resize as numpy_resize
-
     batch = np.asarray(pixels, np.float32)[None]
-    resized = np.asarray(numpy_resize(batch, (size, size), interpolation=resize.interpolation,
+    resized = np.asarray(_numpy_resize()(batch, (size, size), interpolation=resize.interpolation,
                                       antialias=resize.antialias, crop_to_aspect_ratio=resize.crop_to_aspect_ratio,
                                       pad_to_aspect_ratio=resize.pad_to_aspect_ratio), np.float32)[0]
     if out is None:
         return resized
     out[...] = resized
     return out
+
+
+def _numpy_resize():
+    """``keras.ops.image.resize`` of Keras' numpy backend, whatever backend this process runs.
+
+    Importing ``keras.src.backend.numpy.image`` binds the attribute
+    ``keras.src.backend.numpy`` to the numpy backend package, which shadows the
+    active backend's ``numpy`` ops module Keras reads through that same name
+    (``keras.src.backend.numpy.zeros`` then fails everywhere, keras_hub
+    included): the attribute is put back.
+    """
+    import keras.src.backend as backends
+
+    active = backends.__dict__.get("numpy")
+    from keras.src.backend.numpy.image import resize
+
+    if active is not None:
+        backends.numpy = active
+    return resize
 
 
 def load_and_resize(path: str, size: int, sha256: Optional[str] = None, resize: Optional[Resize] = None,
