@@ -54,7 +54,8 @@ def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: 
                                                          "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
 
-    outputs = len(compiled.outputs)
+    # The model's own outputs, in order (a graph converted through TensorFlow may carry more: shape tensors).
+    outputs = len(model.outputs)
 
     def run(batch: np.ndarray):
         """The features of ``batch``; a list of arrays for a model of several outputs."""
