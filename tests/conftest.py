@@ -66,8 +66,10 @@ def tiny_params(source: str, **overrides) -> dict:
         "data": {"source": source, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "seed": 0},
         "synthetic": {"classes": 3, "per_class": 10, "image_size": 32, "seed": 0},
         "extract": {"batch_size": 4, "dtype": "float16", "chunk_mb": 0.004, "seed": 0},
-        "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1,
-                  "logreg": {"C": [0.1, 1.0]}, "svm_linear": {"C": [0.1]},
+        # The val split and the listed C only: tests of other stages stay fast and their rows fixed
+        # (tests/test_selection.py runs the default selection: cv auto and the C search).
+        "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1, "cv": 0, "combine": [],
+                  "logreg": {"C": [0.1, 1.0], "refine": 0}, "svm_linear": {"C": [0.1], "refine": 0},
                   "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3], "patience": 2}},
         "evaluate": {"bootstrap": 50},
     }

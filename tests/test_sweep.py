@@ -25,7 +25,11 @@ def splits():
 
 
 def _heads(**overrides):
-    section = {"kinds": ["logreg"], "n_jobs": 1, "logreg": {"C": [10.0, 0.01, 1.0]}, **overrides}
+    # The listed C only (no coarse-to-fine search) and the val split, unless a test says otherwise.
+    section = {"kinds": ["logreg"], "n_jobs": 1, "cv": 0, "logreg": {"C": [10.0, 0.01, 1.0]}, **overrides}
+    for kind in ("logreg", "svm_linear"):
+        if kind in section:
+            section[kind] = {"refine": 0, **section[kind]}
     return parse_params({"heads": section}).heads
 
 

@@ -223,11 +223,21 @@ class HeadsParams:
     pooling: tuple[Literal[POOLINGS], ...] = ("avg",)
     standardize: tuple[bool, ...] = (True,)             # swept: StandardScaler before the head or not
     pca: tuple[Optional[Union[int, float]], ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
-    cv: int = 0                                         # k-fold CV on train+val for selection; 0: the val split
+    # selection: "auto" (k-fold CV on train+val when val has fewer than cv_below images of some class, else
+    # the val split), 0 (always the val split) or k >= 2 (always k-fold CV on train+val)
+    cv: Union[int, Literal["auto"]] = "auto"
+    cv_folds: int = 5                                   # k of cv: auto's cross-validation
+    cv_below: int = 30                                  # cv: auto cross-validates below this many val images per class
     # swept: train on the clean features only ("none"), on clean + every cached augmented view as extra
     # rows ("stack"), or (dense heads) on one view per image drawn afresh each epoch ("draw")
     augment: tuple[Literal["none", "stack", "draw"], ...] = ("none",)
     tta: tuple[bool, ...] = (False,)                    # swept: average predictions over the cached views
+    # feature sets combined from the cache: each entry lists two or more `features` keys whose rows are
+    # concatenated (pipeline.heads.combination); trained and selected as one more feature set, "a+b"
+    combine: tuple[tuple[str, ...], ...] = ()
+    # soft-voting ensemble (stage evaluate): the best head with probabilities of each of the `ensemble`
+    # feature sets best on validation, their probabilities averaged; 0 or 1: no ensemble
+    ensemble: int = 3
     seed: int = 0
     n_jobs: int = 2
     backend: Literal["loky", "dask"] = "loky"           # dask: fit the grid on the cluster of `scheduler`
@@ -253,18 +263,25 @@ class HeadsParams:
             elif n is not None:
                 _require(0.0 < n < 1.0, "heads.pca", n,
                          "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
-        _require(self.cv == 0 or self.cv >= 2, "heads.cv", self.cv, "0 (select on the val split) or a fold count >= 2")
+        _require(self.cv == "auto" or (isinstance(self.cv, int) and (self.cv == 0 or self.cv >= 2)), "heads.cv",
+                 self.cv, "'auto', 0 (select on the val split) or a fold count >= 2")
+        _require(self.cv_folds >= 2, "heads.cv_folds", self.cv_folds, "a fold count >= 2")
+        _require(self.cv_below >= 1, "heads.cv_below", self.cv_below, "an integer >= 1 (val images per class)")
         _require(self.memory_limit_mb > 0, "heads.memory_limit_mb", self.memory_limit_mb, "a number > 0")
         _require(self.out_of_core_epochs >= 1, "heads.out_of_core_epochs", self.out_of_core_epochs, "an integer >= 1")
         _require(len(self.augment) > 0, "heads.augment", self.augment, "a non-empty list of none, stack, draw")
         _require(len(self.tta) > 0, "heads.tta", self.tta, "a non-empty list of true/false")
-        if self.cv and (set(self.augment) != {"none"} or any(self.tta)):
+        if self.cv not in (0, "auto") and (set(self.augment) != {"none"} or any(self.tta)):
             raise ParamsError(f"heads.augment / heads.tta need heads.cv: 0 (augmented views exist for train, and "
                               f"for val/test only with TTA, not for folds of train+val). Received: cv={self.cv}, "
                               f"augment={list(self.augment)}, tta={list(self.tta)}")
         if "draw" in self.augment and "dense" not in self.kinds:
             raise ParamsError("heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
                               f"heads.kinds has none. Received: kinds={list(self.kinds)}")
+        for index, members in enumerate(self.combine):
+            _require(len(members) >= 2 and len(set(members)) == len(members), f"heads.combine[{index}]",
+                     list(members), "a list of two or more different feature sets")
+        _require(self.ensemble >= 0, "heads.ensemble", self.ensemble, "an integer >= 0 (members; 0 or 1: none)")
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         _seed("heads.seed", self.seed)
 
@@ -354,6 +371,11 @@ class Params:
         if chosen is not None and chosen not in self.features:
             raise ParamsError(f"finetune.feature_set names no feature set. Received: {chosen!r}. "
                               + suggest(chosen, self.features))
+        for index, members in enumerate(self.heads.combine):
+            for name in members:
+                if name not in self.features:
+                    raise ParamsError(f"heads.combine[{index}] names no feature set. Received: {name!r}. "
+                                      + suggest(name, self.features))
         for key in self.features:
             if not _FEATURE_SET_KEY.match(key):
                 raise ParamsError(

@@ -78,6 +78,17 @@ class HeadKind:
         is then imported once).
     fit_order : int
         Jobs start in ascending order (slow kinds first, so the last to finish is short).
+    search : str, optional
+        A swept setting searched coarse to fine on a log scale (C) when the
+        kind's settings have ``refine`` > 0 (:mod:`pipeline.heads.search`):
+        the listed values are the coarse pass.
+    simplicity : int
+        Ties of the selection score go to the kind with the lowest value (the simplest).
+    regularisation : tuple of (str, int)
+        Swept settings that order variants of this kind from most to least
+        regularised, each with its direction: ``("C", 1)`` puts the smallest C
+        first, ``("dropout", -1)`` the largest dropout. Ties of the selection
+        score go to the most regularised variant.
     """
 
     name: str
@@ -90,6 +101,9 @@ class HeadKind:
     path: Optional[str] = None
     in_process: bool = False
     fit_order: int = 5
+    search: Optional[str] = None
+    simplicity: int = 5
+    regularisation: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self):
         fields = {f.name for f in dataclasses.fields(self.grid)}
@@ -97,6 +111,12 @@ class HeadKind:
         if missing:
             raise ValueError(f"head kind {self.name!r}: swept settings {missing} are not fields of "
                              f"{self.grid.__name__} ({sorted(fields)})")
+        unknown = [name for name, _ in self.regularisation if name not in self.swept]
+        if unknown:
+            raise ValueError(f"head kind {self.name!r}: regularisation settings {unknown} are not swept ({self.swept})")
+        if self.search is not None and (self.search not in self.swept or "refine" not in fields):
+            raise ValueError(f"head kind {self.name!r}: search {self.search!r} must be a swept setting, and "
+                             f"{self.grid.__name__} needs a `refine` field (rounds of bisection)")
         if self.path is not None and self.path not in self.swept:
             raise ValueError(f"head kind {self.name!r}: path {self.path!r} must be one of its swept settings")
 
@@ -149,22 +169,31 @@ def _gamma(value) -> bool:
 
 # --------------------------------------------------------------------------- the kinds' settings
 
+def _decades(low: int, high: int) -> tuple[float, ...]:
+    return tuple(float(f"1e{e}") for e in range(low, high + 1))
+
+
 @dataclass(frozen=True)
 class LogRegGrid:
-    C: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    C: tuple[float, ...] = _decades(-6, 4)      # the coarse pass of the search (every value when refine is 0)
+    refine: int = 3                             # rounds of bisection on the log scale around the best C
     max_iter: int = 2000
 
     def __post_init__(self):
         _each("heads.logreg.C", self.C, _positive, "numbers > 0")
+        _one("heads.logreg.refine", self.refine, self.refine >= 0, "an integer >= 0 (0: the listed C only)")
         _one("heads.logreg.max_iter", self.max_iter, self.max_iter >= 1, "an integer >= 1")
 
 
 @dataclass(frozen=True)
 class SvmLinearGrid:
-    C: tuple[float, ...] = (0.01, 0.1, 1.0)
+    # LinearSVC's dual solver stops converging in its default iterations past C ~ 1e2 on standardised features.
+    C: tuple[float, ...] = _decades(-6, 2)
+    refine: int = 3
 
     def __post_init__(self):
         _each("heads.svm_linear.C", self.C, _positive, "numbers > 0")
+        _one("heads.svm_linear.refine", self.refine, self.refine >= 0, "an integer >= 0 (0: the listed C only)")
 
 
 @dataclass(frozen=True)
@@ -266,13 +295,16 @@ def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
 
 
 register(HeadKind("logreg", LogRegGrid, swept=("C",), estimator=_logreg, streaming=_linear_sgd("log_loss"),
-                  keras=conversion.logistic_layers, path="C", fit_order=3))
+                  keras=conversion.logistic_layers, path="C", search="C", fit_order=3,
+                  simplicity=0, regularisation=(("C", 1),)))
 register(HeadKind("svm_linear", SvmLinearGrid, swept=("C",), estimator=_svm_linear, streaming=_linear_sgd("hinge"),
-                  keras=conversion.linear_svm_layers, probabilities=False, fit_order=2))
+                  keras=conversion.linear_svm_layers, probabilities=False, search="C", fit_order=2,
+                  simplicity=1, regularisation=(("C", 1),)))
 register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rbf, keras=conversion.svc_layers,
-                  probabilities=False, fit_order=1))
+                  probabilities=False, fit_order=1, simplicity=3, regularisation=(("C", 1),)))
 register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estimator=_svm_poly,
-                  keras=conversion.svc_layers, probabilities=False, fit_order=0))
+                  keras=conversion.svc_layers, probabilities=False, fit_order=0, simplicity=4,
+                  regularisation=(("degree", 1), ("C", 1))))
 register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "learning_rate", "epochs"),
                   estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
-                  fit_order=4))
+                  fit_order=4, simplicity=2, regularisation=(("hidden_units", 1), ("dropout", -1))))

@@ -34,14 +34,23 @@ what the fit would need on its own, not a sum over variants.
 Selection scores: with ``heads.cv == 0`` a variant is fitted on train and
 scored on val; with ``heads.cv = k`` it is scored by stratified k-fold
 cross-validation on train+val (``val_accuracy`` is then the mean over folds) and
-the model kept is refitted on all of train+val. Test rows are never seen here.
+the model kept is refitted on all of train+val. ``heads.cv: auto`` picks one of
+the two per feature set (:func:`resolve_cv`): cross-validation with
+``heads.cv_folds`` folds when val has fewer than ``heads.cv_below`` images of
+some class, the val split otherwise. Each row keeps which images its head got
+right (``val_correct``: one ``0``/``1`` per val image, or per train+val image
+out of fold, in the same order for every variant of the grid), so that
+selection can test whether two variants differ (:mod:`pipeline.selection.scoring`).
+Test rows are never seen here.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -57,6 +66,7 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.config import HeadsParams
 from pipeline.heads.registry import head_kind
+from pipeline.heads.search import coarse_to_fine
 from pipeline.heads.variants import Variant, make_head, make_preprocessor, predict_views
 
 log = logging.getLogger(__name__)
@@ -85,6 +95,8 @@ class FitJob:
 
     kind: str
     variants: tuple[Variant, ...]
+    # The setting searched coarse to fine from these variants' values (pipeline.heads.search), or None.
+    search: Optional[str] = None
 
     @property
     def features_key(self):
@@ -95,18 +107,37 @@ class FitJob:
         return head_kind(self.kind).in_process
 
 
-def plan_jobs(variants: Sequence[Variant]) -> list[FitJob]:
-    """Group variants into jobs: one per warm-started path (ascending), one per other variant; slow kinds first."""
+def searched(kind: str, heads: Optional[HeadsParams]) -> Optional[str]:
+    """The setting of ``kind`` searched coarse to fine under ``heads``, or None.
+
+    A search needs ``refine`` > 0 and at least two listed values (a coarse
+    pass): one listed value is fitted as given.
+    """
+    entry = head_kind(kind)
+    if entry.search is None or heads is None:
+        return None
+    grid = heads.grid(kind)
+    if grid.refine == 0 or len(getattr(grid, entry.search)) < 2:
+        return None
+    return entry.search
+
+
+def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) -> list[FitJob]:
+    """Group variants into jobs: one per warm-started path or search (ascending), one per other variant.
+
+    Slow kinds first. Without ``heads`` no job is a search (the listed values only).
+    """
     jobs, paths = [], {}
     for variant in variants:
-        path = head_kind(variant.kind).path
-        if path is not None:
+        order = head_kind(variant.kind).path or searched(variant.kind, heads)
+        if order is not None:
             paths.setdefault((variant.kind, variant.features_key), []).append(variant)
         else:
             jobs.append(FitJob(variant.kind, (variant,)))
     for (kind, _), members in paths.items():
-        path = head_kind(kind).path
-        jobs.append(FitJob(kind, tuple(sorted(members, key=lambda v: dict(v.params)[path]))))
+        order = head_kind(kind).path or searched(kind, heads)
+        jobs.append(FitJob(kind, tuple(sorted(members, key=lambda v: dict(v.params)[order])),
+                           search=searched(kind, heads)))
     # Slow kinds first, so that the last task to finish is a short one.
     return sorted(jobs, key=lambda j: head_kind(j.kind).fit_order)
 
@@ -143,6 +174,39 @@ class PeakRSS:
         self.peak_mib = round((self._peak - self._baseline) / 2**20, 2)
 
 
+def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) -> tuple[int, str]:
+    """The fold count selection uses on these rows (0: the val split) and why, from ``heads.cv``.
+
+    ``auto`` cross-validates with ``heads.cv_folds`` folds (fewer when the
+    smallest class of train+val has fewer images) when val has fewer than
+    ``heads.cv_below`` images of some class; it keeps the val split when a
+    variant reads augmented views (they exist for train, not for folds of
+    train+val) or when train+val cannot give two folds.
+
+    Returns
+    -------
+    folds : int
+        0 or the fold count.
+    mode : str
+        For reports: ``"val split"`` or ``"5-fold CV on train+val"``, with the reason under ``auto``.
+    """
+    if heads.cv != "auto":
+        return heads.cv, "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"
+    n_classes = int(max(splits.y_train.max(initial=-1), splits.y_val.max(initial=-1))) + 1
+    per_class = np.bincount(splits.y_val, minlength=n_classes)
+    smallest_val = int(per_class.min()) if n_classes else 0
+    if smallest_val >= heads.cv_below:
+        return 0, f"val split (auto: val has >= {heads.cv_below} images of every class)"
+    if uses_views:
+        return 0, "val split (auto: variants read augmented views, which folds of train+val lack)"
+    both = np.bincount(np.concatenate([splits.y_train, splits.y_val]), minlength=n_classes)
+    folds = min(heads.cv_folds, int(both.min()) if n_classes else 0)
+    if folds < 2:
+        return 0, "val split (auto: a class of train+val has fewer than 2 images)"
+    return folds, (f"{folds}-fold CV on train+val (auto: val has {smallest_val} images of its smallest class, "
+                   f"< {heads.cv_below})")
+
+
 # A fold: rows to fit on and rows to score on (None for the final refit of cross-validation).
 Fold = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 
@@ -164,7 +228,11 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
         The same job (results of an unordered parallel run carry it back).
     results : list of (fitted head, row dict), in the job's variant order
     """
+    if job.search is not None:
+        return search_job(job, heads, folds)
     scores = {v: [] for v in job.variants}
+    correct = {v: [] for v in job.variants}
+    proba = {v: [] for v in job.variants}
     seconds = dict.fromkeys(job.variants, 0.0)
     peaks = dict.fromkeys(job.variants, 0.0)
     kept: dict[Variant, Any] = {}
@@ -185,6 +253,8 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
             peaks[variant] = max(peaks[variant], memory.peak_mib)
             if X_score is not None and len(y_score):
                 predicted = predict_views(head, X_score)
+                correct[variant].append(np.asarray(predicted) == np.asarray(y_score))
+                proba[variant].append(class_probabilities(head, X_score))
                 scores[variant].append((accuracy_score(y_score, predicted),
                                         f1_score(y_score, predicted, average="macro", zero_division=0)))
             if index == len(folds) - 1:
@@ -203,9 +273,109 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
                "peak_rss_mib": peaks[variant],
                "features_memmapped": isinstance(folds[-1][0], np.memmap),
                "n_epochs": getattr(head, "n_epochs_", None),
-               "warm_start_from_C": warm_from[variant]}
+               "warm_start_from_C": warm_from[variant],
+               "val_correct": correct_string(np.concatenate(correct[variant])) if correct[variant] else None,
+               "val_proba": _stack(proba[variant]),
+               "scored_labels": np.concatenate([f[3] for f in folds if f[2] is not None]) if accuracy else None}
         results.append((head, row))
     return job, results
+
+
+def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Search the job's setting coarse to fine (:func:`pipeline.heads.search.coarse_to_fine`) and fit every value tried.
+
+    Each value is scored as :func:`fit_job` scores a variant (on val, or the
+    mean over the folds of train+val), warm-started from the fitted head of the
+    nearest value tried before when the kind walks a path. The returned job
+    holds every value tried, ascending: the listed ones and those the
+    bisection added. With cross-validation the kept heads are refitted on all
+    of train+val along the same ascending path.
+    """
+    setting, path = job.search, head_kind(job.kind).path
+    template = job.variants[0]
+    scored = [fold for fold in folds if fold[2] is not None]
+    fitted: list[dict[float, Any]] = [{} for _ in scored]
+    stats: dict[float, dict] = {}
+
+    def variant_at(value: float) -> Variant:
+        return dataclasses.replace(template, params=tuple((k, value if k == setting else v) for k, v in template.params))
+
+    def fit_at(value: float, done: dict[float, Any], X, y) -> tuple[Any, float, float, Optional[float]]:
+        start_from = min(done, key=lambda c: abs(math.log10(c) - math.log10(value))) if path and done else None
+        if start_from is None:
+            head = make_head(variant_at(value), heads)
+        else:
+            head = copy.deepcopy(done[start_from])
+            head.set_params(**{setting: value})   # warm start from the nearest value tried
+        with PeakRSS() as memory:
+            started = time.perf_counter()
+            head.fit(X, y)
+            seconds = time.perf_counter() - started
+        done[value] = head
+        return head, seconds, memory.peak_mib, start_from
+
+    def score_of(values: list[float]) -> dict[float, tuple[float, float]]:
+        out = {}
+        for value in values:
+            row = stats.setdefault(value, {"scores": [], "correct": [], "proba": [], "seconds": 0.0, "peak": 0.0,
+                                           "from": None})
+            for index, (X_fit, y_fit, X_score, y_score) in enumerate(scored):
+                head, seconds, peak, start_from = fit_at(value, fitted[index], X_fit, y_fit)
+                predicted = predict_views(head, X_score)
+                row["correct"].append(np.asarray(predicted) == np.asarray(y_score))
+                row["proba"].append(class_probabilities(head, X_score))
+                row["scores"].append((accuracy_score(y_score, predicted),
+                                      f1_score(y_score, predicted, average="macro", zero_division=0)))
+                row["seconds"] += seconds
+                row["peak"] = max(row["peak"], peak)
+                row["from"] = start_from if index == 0 else row["from"]
+            out[value] = tuple(float(np.mean(column)) for column in zip(*row["scores"]))
+        return out
+
+    tried = sorted(coarse_to_fine([dict(v.params)[setting] for v in job.variants], heads.grid(job.kind).refine,
+                                  score_of))
+    if folds[-1][2] is None:       # cross-validation: refit every value tried on all of train+val
+        X_all, y_all = folds[-1][0], folds[-1][1]
+        final: dict[float, Any] = {}
+        for value in tried:
+            _, seconds, peak, _ = fit_at(value, final, X_all, y_all)
+            stats[value]["seconds"] += seconds
+            stats[value]["peak"] = max(stats[value]["peak"], peak)
+    else:
+        final = fitted[-1]
+    results = []
+    for value in tried:
+        row, head = stats[value], final[value]
+        accuracy = [a for a, _ in row["scores"]]
+        results.append((head, {
+            "val_accuracy": float(np.mean(accuracy)), "val_macro_f1": float(np.mean([f for _, f in row["scores"]])),
+            "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
+            "fit_seconds": round(row["seconds"], 4), "peak_rss_mib": row["peak"],
+            "features_memmapped": isinstance(folds[-1][0], np.memmap), "n_epochs": getattr(head, "n_epochs_", None),
+            "warm_start_from_C": row["from"], "val_correct": correct_string(np.concatenate(row["correct"])),
+            "searched": setting, "val_proba": _stack(row["proba"]),
+            "scored_labels": np.concatenate([f[3] for f in scored])}))
+    return FitJob(job.kind, tuple(variant_at(v) for v in tried), search=setting), results
+
+
+def class_probabilities(head: Any, X: np.ndarray) -> Optional[np.ndarray]:
+    """Class probabilities of scored rows, (n, n_classes) float32, for soft voting; None without them.
+
+    Kinds without ``predict_proba`` (SVMs) and views (test-time augmentation) give None.
+    """
+    if X.ndim != 2 or not hasattr(head, "predict_proba"):
+        return None
+    return np.asarray(head.predict_proba(X), dtype=np.float32)
+
+
+def _stack(parts: list) -> Optional[np.ndarray]:
+    # Folds in order, like val_correct; None when a fold gave none.
+    return None if not parts or any(p is None for p in parts) else np.concatenate(parts)
+
+
+def correct_string(correct: np.ndarray) -> str:
+    """Which scored images a head got right, as one ``0``/``1`` character each (compact in scores.json)."""
+    return "".join("1" if right else "0" for right in np.asarray(correct, dtype=bool))
 
 
 def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta: bool = False
@@ -318,7 +488,11 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
     """
     from tqdm.auto import tqdm
 
-    jobs = list(jobs) if jobs is not None else plan_jobs(variants)
+    jobs = list(jobs) if jobs is not None else plan_jobs(variants, heads)
+    if heads.cv == "auto":
+        some = data[next(iter(data))]
+        heads = dataclasses.replace(heads, cv=resolve_cv(heads, some, uses_views=any(
+            v.uses_views for job in jobs for v in job.variants))[0])
     with tempfile.TemporaryDirectory(prefix="shoulders-sweep-") as tmp:
         folds, preprocessors, prep_seconds = {}, {}, {}
         for job in jobs:

@@ -26,20 +26,22 @@ one block in memory at a time, by each kind's streaming form in the registry
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import joblib
 import numpy as np
 
 from pipeline.config import HeadsParams, dask_address
+from pipeline.heads.combination import combination_key, combined_provenance, open_combination
 from pipeline.heads.registry import StreamingContext, head_kind
 from pipeline.heads.saved import head_file, save_head
-from pipeline.heads.sweep import FitJob, Splits, plan_jobs, run_sweep
+from pipeline.heads.sweep import FitJob, Splits, correct_string, plan_jobs, resolve_cv, run_sweep
 from pipeline.heads.variants import Variant, expand_grid, make_head, make_preprocessor
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256, library_versions
@@ -49,6 +51,9 @@ from pipeline.store.pooling import applicable, applies, pooled_width
 
 log = logging.getLogger(__name__)
 SCORES_FILE = "scores.json"
+VAL_PROBA_FILE = "val_proba.npz"
+# The labels of the scored images (val, or train+val in fold order) in VAL_PROBA_FILE; not a variant id.
+SCORED_LABELS = "_labels"
 # The libraries whose versions decide what a fit gives: part of every fingerprint.
 FIT_LIBRARIES = ("scikit-learn", "numpy", "keras", "joblib")
 _PACKAGE = Path(__file__).parent
@@ -128,6 +133,20 @@ def job_fingerprint(job: FitJob, heads: HeadsParams, data_sha: str) -> str:
     return hashlib.sha256(json.dumps(recipe, default=repr, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def read_val_proba(out: Path) -> dict[str, np.ndarray]:
+    """Each variant's class probabilities on the images it was scored on (val, or train+val out of fold).
+
+    Written by the heads stage beside ``scores.json`` for the kinds that give
+    probabilities, rows in the order of ``val_correct``: what soft voting
+    across feature sets is scored with (:mod:`pipeline.selection.ensemble`).
+    """
+    path = out / VAL_PROBA_FILE
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
 def previous_rows(out: Path) -> dict[str, dict]:
     """The rows of an earlier ``scores.json`` in ``out`` by variant id, when its file is there, as written."""
     path = out / SCORES_FILE
@@ -151,14 +170,15 @@ def previous_rows(out: Path) -> dict[str, dict]:
     return kept
 
 
-def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool = True,
+def train_heads(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool = True,
                 reuse: bool = True) -> tuple[list[dict], dict]:
     """Fit the grid on one store (what changed only), save every fitted head.
 
     Parameters
     ----------
-    features : Path
-        The feature store.
+    features : Path or sequence of Path
+        The feature store, or the member stores of a combination (``heads.combine``),
+        whose rows are concatenated (:mod:`pipeline.heads.combination`).
     heads : HeadsParams
     records : sequence of Record
         The manifest (train and val images, labels).
@@ -173,6 +193,8 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence
     summary : dict
         ``variants``, ``fitted``, ``reused`` and ``fit_wall_seconds`` (the sweep's wall time).
     """
+    if not isinstance(features, (str, Path)):
+        return _train_combination(list(features), heads, out, records, progress=progress, reuse=reuse)
     variants = applicable_variants(features, expand_grid(heads))
     if out_of_core(features, variants, heads, records):
         return _train_out_of_core(features, variants, heads, out, records)
@@ -180,39 +202,101 @@ def train_heads(features: Path, heads: HeadsParams, out: Path, records: Sequence
     data = read_splits(features, sorted({v.pooling for v in variants}), records,
                        views=views_path(features.parent, features.stem) if needs_views else None,
                        val_views=any(v.tta for v in variants))
+    return _fit_grid(features.stem, variants, data, heads, out, progress=progress, reuse=reuse)
+
+
+def _train_combination(stores: Sequence[Path], heads: HeadsParams, out: Path, records: Sequence[Record], *,
+                       progress: bool, reuse: bool) -> tuple[list[dict], dict]:
+    """The grid on a combination's concatenated rows (:mod:`pipeline.heads.combination`), in memory, without views."""
+    names = [Path(store).stem for store in stores]
+    key = combination_key(names)
+    variants = expand_grid(heads)
+    for store in stores:
+        variants = applicable_variants(store, variants)
+    dropped = sorted({v.id for v in variants if v.uses_views})
+    if dropped:
+        log.info("%s: augmented views are not combined; leaving out %d variants that read them", key, len(dropped))
+    variants = [v for v in variants if not v.uses_views]
+    if not variants:
+        raise ValueError(f"heads.combine {names}: no variant of the grid applies to every member without views")
+    data = {}
+    for pooling in sorted({v.pooling for v in variants}):
+        train, val = (open_combination(stores, names, split, manifest=records, pooling=pooling)
+                      for split in ("train", "val"))
+        data[pooling] = Splits(train.X, train.y, val.X, val.y)
+        log.info("%s pooling=%s: train X %s, val X %s", key, pooling, train.X.shape, val.X.shape)
+    return _fit_grid(key, variants, data, heads, out, progress=progress, reuse=reuse)
+
+
+def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], heads: HeadsParams, out: Path, *,
+              progress: bool, reuse: bool) -> tuple[list[dict], dict]:
+    """Select the mode, reuse what did not change, fit the rest, save every head (see :func:`train_heads`)."""
+    needs_views = any(v.uses_views for v in variants)
+    folds, mode = resolve_cv(heads, data[variants[0].pooling], uses_views=needs_views)
+    heads = dataclasses.replace(heads, cv=folds)
+    log.info("%s: selection by %s", name, mode)
     if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
         log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0 "
-                    "or heads.cv >= 2)", features)
+                    "or heads.cv >= 2)", name)
     digests = {pooling: data_digest(splits) for pooling, splits in data.items()}
     old = previous_rows(out) if reuse else {}
     rows: dict[str, dict] = {}
     to_fit = []
-    for job in plan_jobs(variants):
+    for job in plan_jobs(variants, heads):
         fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
         if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
-            rows.update({v.id: {**old[v.id], "reused": True} for v in job.variants})
+            # A search also keeps the values its bisection added (same fingerprint).
+            rows.update({i: {**row, "reused": True} for i, row in old.items() if row["fingerprint"] == fingerprint})
         else:
             to_fit.append((job, fingerprint))
     out.mkdir(parents=True, exist_ok=True)
     n_fit = sum(len(job.variants) for job, _ in to_fit)
-    log.info("%s: %d variants, %d to fit, %d reused", features.stem, len(variants), n_fit, len(variants) - n_fit)
-    fingerprints = {v: f for job, f in to_fit for v in job.variants}
+    log.info("%s: %d variants, %d to fit, %d reused", name, len(variants), n_fit, len(variants) - n_fit)
+    # By kind and input: a search's job is the only one of its kind and input, and yields values not in the grid.
+    fingerprints = {(job.kind, job.features_key): f for job, f in to_fit if job.search is not None}
+    fingerprints.update({v: f for job, f in to_fit for v in job.variants})
+    probabilities = read_val_proba(out) if reuse else {}
     started = time.perf_counter()
     for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
-                                             progress=progress, desc=f"heads {features.stem}"):
+                                             progress=progress, desc=f"heads {name}"):
+        proba = row.pop("val_proba", None)
+        labels = row.pop("scored_labels", None)
+        if labels is not None:
+            probabilities[SCORED_LABELS] = np.asarray(labels)
+        if proba is not None:
+            probabilities[variant.id] = proba
+        else:
+            probabilities.pop(variant.id, None)
         digest = save_head(estimator, head_file(out, variant.id))
-        rows[variant.id] = {**variant_row(variant, heads), **row, "fingerprint": fingerprints[variant],
+        fingerprint = fingerprints.get(variant) or fingerprints[(variant.kind, variant.features_key)]
+        rows[variant.id] = {**variant_row(variant, mode), **row, "fingerprint": fingerprint,
                             "sha256": digest, "reused": False}
         log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
                  row["fit_seconds"], row["peak_rss_mib"])
     fit_wall = time.perf_counter() - started
-    keep = {f"{v.id}.joblib" for v in variants}
+    ids = sorted(rows, key=lambda i: grid_position(rows[i], variants))
+    keep = {f"{i}.joblib" for i in ids}
     for stale in out.glob("*.joblib"):
         if stale.name not in keep:
             stale.unlink()
-    summary = {"variants": len(variants), "fitted": n_fit, "reused": len(variants) - n_fit,
-               "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv}
-    return [rows[v.id] for v in variants], summary
+    np.savez(out / VAL_PROBA_FILE, **{i: probabilities[i] for i in [*ids, SCORED_LABELS] if i in probabilities})
+    n_fit = sum(not rows[i]["reused"] for i in ids)
+    summary = {"variants": len(ids), "fitted": n_fit, "reused": len(ids) - n_fit,
+               "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv,
+               "selection": mode}
+    return [rows[i] for i in ids], summary
+
+
+def grid_position(row: dict, variants: Sequence[Variant]) -> tuple[int, float]:
+    """Sort key of a score row: grid order, a search's values (listed or added by bisection) ascending together."""
+    index = next((i for i, v in enumerate(variants) if v.id == row["variant"]), None)
+    search = head_kind(row["kind"]).search
+    if search is None or search not in row["params"]:
+        return index, 0.0
+    first = next(i for i, v in enumerate(variants) if v.kind == row["kind"] and v.pooling == row["pooling"]
+                 and v.standardize == row["standardize"] and v.pca == row["pca"]
+                 and v.augment == row.get("augment", "none") and v.tta == row.get("tta", False))
+    return first, float(row["params"][search])
 
 
 def applicable_variants(features: Path, variants: Sequence[Variant]) -> list[Variant]:
@@ -258,7 +342,8 @@ def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: Heads
     started = time.perf_counter()
     for variant, estimator, row in fit_out_of_core(features, variants, heads, records):
         digest = save_head(estimator, head_file(out, variant.id))
-        rows.append({**variant_row(variant, heads), **row, "fingerprint": None, "sha256": digest, "reused": False})
+        rows.append({**variant_row(variant, "val split (out of core)"), **row, "fingerprint": None, "sha256": digest,
+                     "reused": False})
         log.info("%-44s val acc %s  (%.2f s, out of core)", variant.id, _fmt(row["val_accuracy"]), row["fit_seconds"])
     skipped = [v.id for v in variants if v.id not in {r["variant"] for r in rows}]
     if skipped:
@@ -274,16 +359,15 @@ def _train_out_of_core(features: Path, variants: Sequence[Variant], heads: Heads
             stale.unlink()
     summary = {"variants": len(rows), "fitted": len(rows), "reused": 0, "skipped": skipped,
                "fit_wall_seconds": round(time.perf_counter() - started, 3), "n_jobs": 1, "cv": 0,
-               "out_of_core": True}
+               "selection": "val split (out of core)", "out_of_core": True}
     return rows, summary
 
 
-def variant_row(variant: Variant, heads: HeadsParams) -> dict:
-    """The identifying part of a score row."""
+def variant_row(variant: Variant, selection: str) -> dict:
+    """The identifying part of a score row; ``selection`` says how it was scored (:func:`resolve_cv`)."""
     return {"variant": variant.id, "kind": variant.kind, "pooling": variant.pooling,
             "standardize": variant.standardize, "pca": variant.pca, "augment": variant.augment,
-            "tta": variant.tta, "params": dict(variant.params),
-            "selection": "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"}
+            "tta": variant.tta, "params": dict(variant.params), "selection": selection}
 
 
 def _fmt(value) -> str:
@@ -297,7 +381,7 @@ def process_start() -> float:
     return psutil.Process().create_time()
 
 
-def write_scores(features: Path, heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool,
+def write_scores(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool,
                  reuse: bool, started: float) -> float:
     """Fit one store's grid and write its ``scores.json``; returns when it finished (``time.time()``).
 
@@ -306,14 +390,21 @@ def write_scores(features: Path, heads: HeadsParams, out: Path, records: Sequenc
     the end of the previous store.
     """
     rows, summary = train_heads(features, heads, out, records, progress=progress, reuse=reuse)
-    store = open_store(features)
     finished = time.time()
     summary["stage_seconds"] = round(finished - started, 3)
-    scores = {"feature_set": features.stem, "store": str(features), "identity": dict(store.attrs["identity"]),
-              "provenance": provenance_of(store), "rows": {s: sum(r.split == s for r in records) for s in ("train", "val")},
+    if isinstance(features, (str, Path)):
+        store = open_store(features)
+        where = {"feature_set": features.stem, "store": str(features), "identity": dict(store.attrs["identity"]),
+                 "provenance": provenance_of(store)}
+    else:   # a combination: its members' stores and identities, in order
+        where = {"feature_set": combination_key([Path(f).stem for f in features]),
+                 "store": [str(f) for f in features],
+                 "identity": [dict(open_store(f).attrs["identity"]) for f in features],
+                 "provenance": combined_provenance(features), "combines": [Path(f).stem for f in features]}
+    scores = {**where, "rows": {s: sum(r.split == s for r in records) for s in ("train", "val")},
               "sweep": summary, "variants": rows}
     (out / SCORES_FILE).write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
-    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", features.stem, summary["variants"],
+    log.info("%s: %d variants (%d fitted, %d reused) in %.1f s", where["feature_set"], summary["variants"],
              summary["fitted"], summary["reused"], summary["stage_seconds"])
     return finished
 
@@ -383,4 +474,5 @@ def fit_out_of_core(features, variants, heads, records):
                 if len(val.y) else None,
                 "val_accuracy_std": None, "fit_seconds": round(seconds, 4), "peak_rss_mib": None,
                 "features_memmapped": False, "n_epochs": estimator.epochs, "out_of_core": True,
+                "val_correct": correct_string(np.asarray(predicted) == np.asarray(val.y)),
             }

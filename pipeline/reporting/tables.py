@@ -29,13 +29,18 @@ def leaderboard_markdown(rows: Sequence[dict], report: dict) -> str:
              f"macro-F1 {best['test_macro_f1']:.4f}, on {best['test_images']} test images.", "",
              "Test scores are shown only for the variant chosen on validation in each feature set (✓): "
              "the test split is read once per feature set, for that variant.", ""]
-    lines += ["| feature set | chosen variant | val acc | test acc (95% CI) | test macro-F1 | recall per class |",
-              "|---|---|---:|---:|---:|---|"]
+    lines += ["| feature set | chosen variant | selected by | val acc | indistinguishable | test acc (95% CI) "
+              "| test macro-F1 | recall per class |",
+              "|---|---|---|---:|---:|---:|---:|---|"]
     for key, s in report["feature_sets"].items():
         lo, hi = s["test_accuracy_ci95"]
         recall = ", ".join(f"{name} {value:.2f}" for name, value in s["test_recall"].items())
-        lines.append(f"| {key} | {s['variant']} | {_num(s['val_accuracy'])} | {s['test_accuracy']:.4f} "
-                     f"({lo:.4f}–{hi:.4f}) | {s['test_macro_f1']:.4f} | {recall} |")
+        tied = "" if s.get("indistinguishable") is None else str(s["indistinguishable"])
+        lines.append(f"| {key} | {s['variant']} | {s.get('selection', '')} | {_num(s['val_accuracy'])} | {tied} | "
+                     f"{s['test_accuracy']:.4f} ({lo:.4f}–{hi:.4f}) | {s['test_macro_f1']:.4f} | {recall} |")
+    lines += ["", "*Indistinguishable*: how many other variants of the feature set a paired McNemar test "
+              "(p ≥ 0.05) on the validation images cannot tell from the chosen one; ties of the validation "
+              "score go to the simpler, more regularised variant."]
     if report.get("cost"):
         lines += ["", cost_markdown(report["cost"])]
     lines += ["", "## Every variant", "",

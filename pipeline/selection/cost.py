@@ -75,10 +75,12 @@ def sweep_cost(all_scores: Sequence[dict], costs: dict, test_rows: dict[str, int
     per_set, totals = {}, dict.fromkeys(("variants", "fitted", "reused"), 0)
     for scores in all_scores:
         key, rows, sweep = scores["feature_set"], scores["variants"], scores.get("sweep", {})
-        if key not in costs:
-            raise ValueError(f"no backbone timing for feature set {key!r} in the costs file "
-                             f"(it has {sorted(costs)}); rerun stage backbone_cost")
-        seconds_per_image = costs[key]["seconds_per_image"]
+        members = scores.get("combines") or [key]   # a combination reads every member's backbone pass
+        for member in members:
+            if member not in costs:
+                raise ValueError(f"no backbone timing for feature set {member!r} in the costs file "
+                                 f"(it has {sorted(costs)}); rerun stage backbone_cost")
+        seconds_per_image = sum(costs[member]["seconds_per_image"] for member in members)
         n = scores["rows"]
         per_set[key] = {
             "variants": len(rows), "fitted": sweep.get("fitted", len(rows)), "reused": sweep.get("reused", 0),
@@ -88,7 +90,9 @@ def sweep_cost(all_scores: Sequence[dict], costs: dict, test_rows: dict[str, int
             "end_to_end_seconds": round(end_to_end_seconds(rows, seconds_per_image=seconds_per_image,
                                                            n_train=n["train"], n_val=n["val"],
                                                            cv=sweep.get("cv", 0)), 1),
-            "extraction_seconds": round(seconds_per_image * (n["train"] + n["val"] + test_rows[key]), 1),
+            # A combination adds no backbone pass: its members' extraction is counted once, under them.
+            "extraction_seconds": 0.0 if scores.get("combines") else
+            round(seconds_per_image * (n["train"] + n["val"] + test_rows[key]), 1),
         }
         for name in totals:
             totals[name] += per_set[key][name]

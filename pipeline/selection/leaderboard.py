@@ -19,12 +19,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pipeline.config import EvaluateParams
+from pipeline.heads.combination import open_combination
 from pipeline.heads.saved import head_file, load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256
 from pipeline.selection.cost import sweep_cost
-from pipeline.selection.scoring import rank, score_test, select_best
+from pipeline.selection.ensemble import ENSEMBLE_KEY, soft_vote
+from pipeline.selection.scoring import indistinguishable, rank, score_test, select_best
 from pipeline.store.layout import views_path
 from pipeline.store.reader import open_feature_set, open_views
 
@@ -43,7 +45,7 @@ def load_scores(heads_dir: Path) -> list[dict]:
 
 
 def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record],
-             costs: Optional[dict] = None) -> tuple[dict, list[dict], dict]:
+             costs: Optional[dict] = None, ensemble: int = 0) -> tuple[dict, list[dict], dict]:
     """Select per feature set, score the selections on test, pick the overall best on validation.
 
     Parameters
@@ -55,6 +57,9 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
         The manifest: which images are test images, and their labels.
     costs : dict, optional
         Backbone timings by feature set (stage backbone_cost); adds ``cost`` to the report.
+    ensemble : int
+        ``heads.ensemble``: members of the soft-voting ensemble (:mod:`pipeline.selection.ensemble`),
+        which joins as one more feature set; below 2, none.
 
     Returns
     -------
@@ -70,9 +75,15 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
     for scores in all_scores:
         key, provenance = scores["feature_set"], scores["provenance"]
         pick = select_best(scores["variants"], settings.select_by)
-        # The heads were trained on this store's rows: refuse a store rebuilt since with another identity.
-        expect = features_identity(scores["identity"])
-        test = open_feature_set(scores["store"], "test", manifest=records, pooling=pick["pooling"], expect=expect)
+        if scores.get("combines"):
+            # A combination: its members' test rows side by side, each store checked against its identity.
+            test = open_combination(scores["store"], scores["combines"], "test", manifest=records,
+                                    pooling=pick["pooling"], expect=[features_identity(i) for i in scores["identity"]])
+            expect = None
+        else:
+            # The heads were trained on this store's rows: refuse a store rebuilt since with another identity.
+            expect = features_identity(scores["identity"])
+            test = open_feature_set(scores["store"], "test", manifest=records, pooling=pick["pooling"], expect=expect)
         X_test = test.X
         if pick.get("tta"):
             # Test-time augmentation: the clean features and every cached view of each test image.
@@ -83,8 +94,12 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
         result = score_test(estimator, X_test, test.y, test.classes, settings)
         chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y,
                        "classes": test.classes}
-        log.info("%s: chose %s (val %s %.4f) → test accuracy %.4f", key, pick["variant"], settings.select_by,
-                 pick[f"val_{settings.select_by}"], result["test_accuracy"])
+        tied = indistinguishable(pick, scores["variants"])
+        chosen[key]["indistinguishable"] = tied
+        chosen[key]["selection"] = pick.get("selection", "val split")
+        log.info("%s: chose %s (val %s %.4f, %s; %s other variants indistinguishable) → test accuracy %.4f", key,
+                 pick["variant"], settings.select_by, pick[f"val_{settings.select_by}"], chosen[key]["selection"],
+                 "?" if tied is None else tied, result["test_accuracy"])
         for row in scores["variants"]:
             selected = row["variant"] == pick["variant"]
             leaderboard.append({
@@ -97,7 +112,25 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
                 "test_accuracy": result["test_accuracy"] if selected else None,
                 "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
                 "n_epochs": row.get("n_epochs"), "selected": selected,
+                "selection": row.get("selection", "val split"),
+                "indistinguishable": tied if selected else None,
             })
+    voted = soft_vote(all_scores, ensemble, settings.select_by, records)
+    if voted is not None:
+        pick, test = voted["row"], voted["test"]
+        result = score_test(voted["estimator"], test.X, test.y, test.classes, settings)
+        chosen[ENSEMBLE_KEY] = {"pick": pick, "result": result, "provenance": voted["provenance"], "y": test.y,
+                                "classes": test.classes, "selection": pick["selection"], "indistinguishable": None}
+        log.info("%s: %s (val %s %.4f) → test accuracy %.4f", ENSEMBLE_KEY, ", ".join(pick["params"]["members"]),
+                 settings.select_by, pick[f"val_{settings.select_by}"], result["test_accuracy"])
+        provenance = voted["provenance"]
+        leaderboard.append({
+            "feature_set": ENSEMBLE_KEY, "backbone": provenance["backbone"], "weights": provenance["weights"],
+            "cut": provenance["cut"], **{k: pick[k] for k in ("variant", "kind", "pooling", "standardize", "pca")},
+            "augment": "none", "tta": False, "params": pick["params"], "val_accuracy": pick["val_accuracy"],
+            "val_macro_f1": pick["val_macro_f1"], "val_accuracy_std": None,
+            "test_accuracy": result["test_accuracy"], "fit_seconds": 0.0, "peak_rss_mib": None, "n_epochs": None,
+            "selected": True, "selection": pick["selection"], "indistinguishable": None})
     best_key = min(chosen, key=lambda k: rank({**chosen[k]["pick"], "feature_set": k}, settings.select_by))
     leaderboard.sort(key=lambda r: rank(r, settings.select_by))
     report = {
@@ -123,6 +156,8 @@ def _summary(key: str, chosen: dict) -> dict:
         "weights": provenance["weights"], "cut": provenance["cut"],
         "cut_depth": round(provenance["cut_index"] / max(1, provenance["n_layers"] - 1), 4),
         "val_accuracy": pick["val_accuracy"], "val_macro_f1": pick["val_macro_f1"],
+        "selection": chosen.get("selection", pick.get("selection", "val split")),
+        "indistinguishable": chosen.get("indistinguishable"),
         **{k: v for k, v in result.items() if k != "predicted"},
     }
 
@@ -174,7 +209,26 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
     the :data:`RUNNERS_UP` next best), so that the export stage reruns only when these change.
     """
     best = report.get("best_cached_head", report["best"])
+    not_exported = None
+    unexportable = combinations(heads_dir) | {ENSEMBLE_KEY}
+    if not requested and best["feature_set"] in unexportable:
+        # The export builds one backbone cut and its head; a combination or an ensemble needs several in one graph.
+        what = "the ensemble's members" if best["feature_set"] == ENSEMBLE_KEY else "a combination's members"
+        not_exported = {"feature_set": best["feature_set"], "variant": best["variant"],
+                        "reason": f"{what} need several backbone cuts in one graph, which the export does not "
+                                  "build yet; the best head on a single feature set is exported instead"}
+        # The leaderboard is ranked best first: its first chosen row of a single feature set.
+        row = next((r for r in leaderboard if r["selected"] and r["kind"] != "finetune"
+                    and r["feature_set"] not in unexportable), None)
+        if row is None:
+            raise ValueError(f"nothing to export: every feature set under {heads_dir}/ is a combination")
+        best = report["feature_sets"][row["feature_set"]]
+        log.warning("export: %s / %s is best on validation but is not exported: %s", not_exported["feature_set"],
+                    not_exported["variant"], not_exported["reason"])
     key, variant = requested.split("/", 1) if requested else (best["feature_set"], best["variant"])
+    if key in combinations(heads_dir):
+        raise ValueError(f"export.variant {requested!r} names a combination of feature sets ({key}); the export "
+                         "builds one backbone cut and its head: name a variant of a single feature set")
     scores_file = heads_dir / key / SCORES_FILE
     if not scores_file.is_file():
         raise ValueError(f"export.variant names feature set {key!r}, which has no heads in {heads_dir}/")
@@ -193,4 +247,10 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
             "store": scores["store"], "identity": scores["identity"], "provenance": scores["provenance"],
             "row": rows[variant],
             "test": summary if summary["variant"] == variant else None,
-            "finetune": report.get("finetune"), "runners_up": runners_up}
+            "finetune": report.get("finetune"), "runners_up": runners_up,
+            **({"not_exported": not_exported} if not_exported else {})}
+
+
+def combinations(heads_dir: Path) -> set[str]:
+    """The feature sets under ``heads_dir`` that are combinations (``heads.combine``)."""
+    return {s["feature_set"] for s in load_scores(heads_dir) if s.get("combines")}

@@ -4,7 +4,8 @@ Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
        images of the manifest (``--manifest``) in each feature store, ``--costs`` (the backbone timings of
        stage backbone_cost), ``--finetune`` (the fine-tune stage's result, which
        joins the leaderboard and the overall choice) and ``params.yaml`` sections
-       ``evaluate`` and ``export.variant``.
+       ``evaluate``, ``export.variant`` and ``heads.ensemble`` (the soft-voting
+       ensemble of the best feature sets' heads, one more row of the leaderboard).
 Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` and
        ``dvc exp show``: the overall best and each feature set's chosen variant
        with validation and test accuracy, macro-F1 and a bootstrap 95% interval
@@ -68,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.costs.is_file():
             raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
         costs = json.loads(args.costs.read_text(encoding="utf-8"))
-    report, leaderboard, best = evaluate(args.heads, settings, read_manifest(args.manifest), costs)
+    report, leaderboard, best = evaluate(args.heads, settings, read_manifest(args.manifest), costs,
+                                         ensemble=params.heads.ensemble)
     if args.finetune is not None:
         if not args.finetune.is_file():
             raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")

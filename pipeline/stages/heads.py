@@ -4,6 +4,10 @@ Reads  the feature stores under ``--features`` and the manifest (``--manifest``:
        which images are train and val, and their labels; rows are found by
        content hash and pooled as each variant asks), and ``params.yaml``
        sections ``heads`` and ``features``.
+Combinations (``heads.combine``) are trained after every feature set, each
+into ``heads/<a>+<b>/`` (:mod:`pipeline.heads.combination`), when the stage runs
+over every feature set.
+
 Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
        variant (``<variant>.joblib``: [standardize] → [pca] → head) and
        ``scores.json`` with each variant's validation scores, fit seconds, peak
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import load_params
+from pipeline.heads.combination import combination_key
 from pipeline.heads.training import parallel_backend, process_start, write_scores
 from pipeline.manifest import read_manifest
 from pipeline.stage import run_stage
@@ -62,7 +67,13 @@ def _run(args, params) -> None:
     for key in params.features:
         started = write_scores(store_path(args.features, key), params.heads, args.out / key, records,
                                started=started, **options)
-    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in params.features):
+    # Combinations of the cached feature sets (heads.combine): their rows concatenated, no backbone pass.
+    combined = [list(members) for members in params.heads.combine]
+    for members in combined:
+        started = write_scores([store_path(args.features, key) for key in members], params.heads,
+                               args.out / combination_key(members), records, started=started, **options)
+    known = set(params.features) | {combination_key(members) for members in combined}
+    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in known):
         log.info("removing heads of %s: no longer a feature set", stale.name)
         shutil.rmtree(stale)
 
