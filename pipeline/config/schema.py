@@ -339,7 +339,7 @@ class DiagnoseParams:
     curve_per_class: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # training images per class of each point (+ all)
     curve_draws: int = 3                # random draws of the training images per point
     label_folds: int = 5                # cross-validation folds on train+val for the label-issue ranking
-    gallery: int = 48                   # most thumbnails in each list (errors, least confident, label issues)
+    gallery: int = 32                   # most thumbnails in each list (errors, least confident, label issues)
     map_max_iter: int = 500             # t-SNE iterations of each feature set's map
     thumb_px: int = 96                  # thumbnail side
     seed: int = 0

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from pipeline.config import DiagnoseParams
 from pipeline.diagnosis.chosen import best_feature_set, load_chosen
@@ -70,6 +71,11 @@ def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], setti
              max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
     """Everything the diagnose stage writes (see the module docstring); returns ``summary.json``'s content.
 
+    Its matrices are small (hundreds of rows) and its fits many, so BLAS and
+    OpenMP run on one thread: on a busy 2-core machine their spinning threads
+    made the t-SNE maps and the learning curves 10-20 times slower in wall time
+    (BENCHMARKS.md, "The diagnose stage").
+
     Parameters
     ----------
     evaluation : dict
@@ -87,6 +93,13 @@ def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], setti
     pages : dict
         Paths of the ``errors``, ``label_issues`` and ``learning_curve`` Markdown pages.
     """
+    with threadpool_limits(limits=1):
+        return _diagnose(evaluation, heads_dir, records, settings, cv=cv, max_pixels=max_pixels, out=out,
+                         pages=pages)
+
+
+def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
+              max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     chosen = load_chosen(heads_dir, evaluation)
