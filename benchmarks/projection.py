@@ -2,7 +2,7 @@
 
 Times ``pipeline.diagnosis.projection.project`` (standardise, PCA to 50, Barnes-Hut
 t-SNE) and umap-learn on the same PCA-50 input, in this process, and prints a
-table with the median of ``--repeats`` runs. UMAP's first call includes numba's
+table with the median of ``--repeats`` runs, on one BLAS/OpenMP thread as the stage runs. UMAP's first call includes numba's
 compilation, reported apart. umap-learn is not a dependency of shoulders: install
 it (with numba, llvmlite, pynndescent) somewhere on PYTHONPATH to include it.
 
@@ -19,6 +19,7 @@ import time
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from pipeline.diagnosis.projection import PCA_DIMENSIONS, project
 from pipeline.store.reader import open_feature_set
@@ -30,6 +31,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-iter", type=int, default=500)
     args = parser.parse_args()
+    with threadpool_limits(limits=1):  # as stage diagnose runs them
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
     X = np.concatenate([np.asarray(open_feature_set(args.store, split).X) for split in ("train", "val", "test")])
     print(f"{len(X)} images × {X.shape[1]} features from {args.store}")
     rows = []
