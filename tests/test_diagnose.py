@@ -175,3 +175,29 @@ def test_flipped_labels_rank_near_the_top():
     top = np.argsort(quality, kind="stable")[:len(truth) // 10]
     assert np.isin(flipped, top).mean() >= 0.8
     assert flagged[flipped].mean() >= 0.5      # and cleanlab flags most of them itself
+
+
+def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
+    from pipeline.diagnosis.diagnose import _folds
+
+    y = np.repeat([0, 1, 2], 10)
+    (train, held), = _folds(21, y, 0, seed=0)[0]
+    assert train.tolist() == list(range(21)) and held.tolist() == list(range(21, 30))
+    folds, how = _folds(21, y, 3, seed=0)
+    assert how == "3-fold cross-validation on train+val"
+    assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(30))
+    assert all(not set(train) & set(held) for train, held in folds)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("curve_draws", 0, "diagnose.curve_draws must be an integer >= 1"),
+    ("curve_per_class", [0, 5], "diagnose.curve_per_class must be a list of integers >= 1"),
+    ("map_max_iter", 100, "diagnose.map_max_iter must be an integer >= 250"),
+    ("label_folds", 1, "diagnose.label_folds must be an integer >= 2"),
+])
+def test_bad_diagnose_params_are_named(key, value, expected):
+    from pipeline.config import ParamsError, parse_params
+
+    params = tiny_params("images", diagnose={key: value})
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        parse_params(params)
