@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from pipeline.heads.saved import load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.manifest import Record
@@ -95,10 +93,3 @@ def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
                                  features_identity(scores["identity"]))
     return chosen
 
-
-def class_index(estimator: Any, classes: Sequence[str]) -> np.ndarray:
-    """Label of each probability column of a fitted estimator."""
-    labels = np.asarray(estimator.classes_)
-    if labels.min() < 0 or labels.max() >= len(classes):
-        raise ValueError(f"the head's classes {labels.tolist()} do not fit the manifest's {len(classes)} classes")
-    return labels

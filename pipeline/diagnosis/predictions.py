@@ -45,10 +45,6 @@ class Predictions:
     def predicted(self) -> np.ndarray:
         return self.proba.argmax(axis=1)
 
-    @property
-    def confidence(self) -> np.ndarray:
-        return self.proba.max(axis=1)
-
 
 def full_proba(estimator, X: np.ndarray, n_classes: int) -> np.ndarray:
     """``predict_proba`` with one column per class of the manifest, shape (n, n_classes)."""
@@ -93,7 +89,8 @@ def prediction_rows(predictions: Sequence[Predictions], feature_set: str, varian
         for record, y, proba in zip(p.records, p.y, p.proba):
             guess = int(proba.argmax())
             rows.append({"id": record.id, "path": record.path, "sha256": record.sha256, "split": p.split,
-                         "true": p.classes[y], "predicted": p.classes[guess], "confidence": round(float(proba[guess]), 4),
+                         "true": p.classes[y], "predicted": p.classes[guess],
+                         "confidence": round(float(proba[guess]), 4),
                          "correct": bool(guess == y), "feature_set": feature_set, "variant": variant,
                          **{f"p_{name}": round(float(v), 4) for name, v in zip(p.classes, proba)}})
     return rows
