@@ -70,10 +70,12 @@ def predict_splits(chosen: ChosenHead, records: Sequence[Record], splits=("val",
     by_id = {r.id: r for r in records}
     opened = {split: chosen.features(split, records) for split in splits}
     val = opened["val"] if "val" in opened else chosen.features("val", records)
-    if len(val.y) == 0:
-        raise ValueError(f"{chosen.feature_set}: the validation split is empty; the probabilities of a head "
-                         "without its own are calibrated on it")
-    estimator = calibrated(chosen.estimator, np.asarray(val.X), val.y)
+    estimator = chosen.estimator
+    if not hasattr(estimator, "predict_proba"):
+        if len(val.y) == 0:
+            raise ValueError(f"{chosen.feature_set}: the validation split is empty, and {chosen.row['variant']} "
+                             "has no probabilities of its own: they are calibrated on validation")
+        estimator = calibrated(estimator, np.asarray(val.X), val.y)
     out = []
     for split, fs in opened.items():
         X = np.asarray(fs.X)
