@@ -187,6 +187,8 @@ def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
     assert how == "3-fold cross-validation on train+val"
     assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(30))
     assert all(not set(train) & set(held) for train, held in folds)
+    with pytest.raises(ValueError, match="validation split is empty.*heads.cv >= 2"):
+        _folds(30, y, 0, seed=0)
 
 
 @pytest.mark.parametrize("key, value, expected", [

@@ -55,6 +55,9 @@ def _folds(n_train: int, y: np.ndarray, cv: int, seed: int) -> tuple[list, str]:
     """(train rows, evaluation rows) pairs over train+val rows: the val split, or ``cv`` folds of train+val."""
     rows = np.arange(len(y))
     if cv == 0:
+        if n_train == len(y):
+            raise ValueError("the learning curve is scored on validation, and the validation split is empty: "
+                             "set data.split.val above 0, or heads.cv >= 2 to score it on folds of train+val")
         return [(rows[:n_train], rows[n_train:])], "the validation split"
     k = min(cv, int(np.bincount(y)[np.unique(y)].min()))
     if k < 2:
