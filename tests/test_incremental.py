@@ -66,7 +66,7 @@ def test_repro_then_curating_the_dataset_runs_the_backbone_on_new_images_only(tm
     root, env = _repo(tmp_path)
     cold = _run(["dvc", "repro"], root, env)
     assert _ran(cold) == {"synthesize", "prepare", "catalog", "check", "extract@mv2", "augment@mv2", "heads",
-                          "backbone_cost", "plots_page", "finetune", "evaluate", "export"}
+                          "backbone_cost", "plots_page", "finetune", "evaluate", "export", "diagnose"}
     report = _report(root)
     assert (report["images"], report["reused"], report["computed"], report["rows"]) == (30, 0, 30, 30)
     assert json.loads((root / "metrics.json").read_text())["best"]["feature_set"] == "mv2"

@@ -23,11 +23,12 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from pipeline.config.schema import (MAP_POOLINGS, POOLINGS, SPLITS, TOKEN_POOLINGS, AugmentParams, DataParams,
+                                    DiagnoseParams,
                                     EvaluateParams, ExportParams, ExtractParams, FeatureSetParams, FinetuneParams,
                                     HeadsParams, NearDuplicateParams, Params, ParamsError, SplitRatios,
                                     SyntheticParams, did_you_mean, join_key, suggest)
 
-__all__ = ["DEFAULT_PARAMS", "MAP_POOLINGS", "POOLINGS", "SPLITS", "TOKEN_POOLINGS", "AugmentParams", "DataParams",
+__all__ = ["DEFAULT_PARAMS", "MAP_POOLINGS", "POOLINGS", "SPLITS", "TOKEN_POOLINGS", "AugmentParams", "DataParams", "DiagnoseParams",
            "EvaluateParams", "ExportParams", "ExtractParams", "FeatureSetParams", "FinetuneParams", "HeadsParams",
            "NearDuplicateParams", "Params", "ParamsError", "SplitRatios", "SyntheticParams", "dask_address",
            "feature_set", "load_params", "parse_params"]

@@ -350,6 +350,30 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class DiagnoseParams:
+    """The pictures: learning curves, error gallery, label issues, maps (stage: diagnose)."""
+
+    curve_per_class: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # training images per class of each point (+ all)
+    curve_draws: int = 3                # random draws of the training images per point
+    label_folds: int = 5                # cross-validation folds on train+val for the label-issue ranking
+    gallery: int = 32                   # most thumbnails in each list (errors, least confident, label issues)
+    map_max_iter: int = 500             # t-SNE iterations of each feature set's map
+    thumb_px: int = 96                  # thumbnail side
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(len(self.curve_per_class) > 0 and all(n >= 1 for n in self.curve_per_class),
+                 "diagnose.curve_per_class", list(self.curve_per_class), "a list of integers >= 1")
+        _require(self.curve_draws >= 1, "diagnose.curve_draws", self.curve_draws, "an integer >= 1")
+        _require(self.label_folds >= 2, "diagnose.label_folds", self.label_folds, "an integer >= 2")
+        _require(self.gallery >= 1, "diagnose.gallery", self.gallery, "an integer >= 1")
+        _require(self.map_max_iter >= 250, "diagnose.map_max_iter", self.map_max_iter,
+                 "an integer >= 250 (scikit-learn's TSNE minimum)")
+        _require(16 <= self.thumb_px <= 512, "diagnose.thumb_px", self.thumb_px, "an integer from 16 to 512")
+        _seed("diagnose.seed", self.seed)
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
@@ -362,6 +386,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     export: ExportParams = field(default_factory=ExportParams)
+    diagnose: DiagnoseParams = field(default_factory=DiagnoseParams)
 
     def __post_init__(self):
         if self.export.variant is not None and self.export.variant.split("/")[0] not in self.features:

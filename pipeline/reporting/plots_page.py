@@ -7,8 +7,10 @@ ships for offline use, Vega-Lite pinned to the v5 line DVC's specs are written
 for — and ``.dvc/config`` names it as ``plots.html_template``, so a plain
 ``dvc plots show`` writes ``dvc_plots/index.html`` that renders with no network.
 It also makes vega-embed draw SVG and mark each plot's ``<div>`` with
-``data-rendered="ok"`` (or the error), which lets a headless browser check the
-page (``tests/test_plots_page.py``).
+``data-rendered="ok"`` (or the error), marks each image plot's ``<img>`` with
+``data-loaded="ok"`` (or ``"error"``) once the page has loaded, and counts
+uncaught script errors in ``<html data-script-errors>``, which lets a headless
+browser check the page (``tests/test_plots_page.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,17 @@ window.vegaEmbed = function (el, spec, options) {
       console.error(error);
     });
 };
+window.addEventListener("error", function (event) {
+  var root = document.documentElement;
+  var count = Number(root.getAttribute("data-script-errors") || 0) + 1;
+  root.setAttribute("data-script-errors", String(count));
+  root.setAttribute("data-last-script-error", String(event.message));
+});
+window.addEventListener("load", function () {
+  document.querySelectorAll("img").forEach(function (img) {
+    img.setAttribute("data-loaded", img.complete && img.naturalWidth > 0 ? "ok" : "error");
+  });
+});
 """
 
 _PAGE = """<!DOCTYPE html>
@@ -46,8 +59,9 @@ _PAGE = """<!DOCTYPE html>
 })();
     </script>
     <style>
-        body { font-family: sans-serif; }
+        body { font-family: sans-serif; max-width: 1400px; }
         body > div { margin: 1.5em 0; }
+        img { max-width: 100%; height: auto; }
     </style>
 </head>
 <body>

@@ -1,0 +1,95 @@
+"""The heads evaluate chose, loaded again from its own output files, with their features.
+
+The diagnose stage never chooses: ``reports/evaluation.json`` names the
+chosen variant of each feature set and the overall best (the best head on
+cached features when fine-tuning won, since only a cached-feature head can be
+replayed on the store); ``heads/<key>/scores.json`` gives each variant's row
+(with its sha256) and its store. The head is loaded through
+:func:`pipeline.heads.saved.load_head`, which checks that sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.heads.saved import load_head
+from pipeline.heads.training import SCORES_FILE
+from pipeline.manifest import Record
+from pipeline.provenance import features_identity
+from pipeline.store.reader import FeatureSet, open_feature_set
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChosenHead:
+    """One feature set's chosen variant.
+
+    Attributes
+    ----------
+    feature_set : str
+    row : dict
+        The variant's row of ``scores.json`` (``variant``, ``kind``, ``pooling``, ...).
+    estimator : fitted scikit-learn estimator
+    store : str
+        The feature store it was trained on.
+    identity : dict
+        The identity the store must still have.
+    """
+
+    feature_set: str
+    row: dict
+    estimator: Any
+    store: str
+    identity: dict
+
+    def features(self, split: str, records: Sequence[Record]) -> FeatureSet:
+        """The split's pooled features as the head was trained on them (clean images, no views)."""
+        return open_feature_set(self.store, split, manifest=records, pooling=self.row["pooling"],
+                                expect=self.identity)
+
+
+def read_evaluation(path: Path) -> dict:
+    """``reports/evaluation.json`` as evaluate wrote it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no evaluation report at {path}; run stage evaluate first (`dvc repro evaluate`)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def best_feature_set(evaluation: dict) -> str:
+    """The feature set of the overall choice among cached-feature heads."""
+    return evaluation.get("best_cached_head", evaluation["best"])["feature_set"]
+
+
+def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
+    """Every feature set's chosen head, by feature set, in the report's order.
+
+    Raises
+    ------
+    ValueError
+        If a chosen variant is not in its ``scores.json`` (the heads changed after evaluate ran).
+    """
+    chosen = {}
+    for key, summary in evaluation["feature_sets"].items():
+        scores_file = Path(heads_dir) / key / SCORES_FILE
+        if not scores_file.is_file():
+            raise FileNotFoundError(f"no {scores_file}; evaluation.json names feature set {key!r}: "
+                                    "run `dvc repro` so that heads and evaluate agree")
+        scores = json.loads(scores_file.read_text(encoding="utf-8"))
+        rows = {row["variant"]: row for row in scores["variants"]}
+        if summary["variant"] not in rows:
+            raise ValueError(f"{scores_file} has no variant {summary['variant']!r}, which evaluation.json chose; "
+                             "run `dvc repro` so that heads and evaluate agree")
+        row = rows[summary["variant"]]
+        if row.get("tta") or row.get("augment", "none") != "none":
+            log.warning("%s: %s was trained or scored with augmented views; the pictures use its predictions on "
+                        "the clean images", key, row["variant"])
+        chosen[key] = ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
+                                 features_identity(scores["identity"]))
+    return chosen
+

@@ -1,0 +1,209 @@
+"""The diagnose stage's work: from evaluate's choices and the cached features to pictures and tables.
+
+:func:`diagnose` writes, under ``out`` (``reports/diagnose``):
+
+* ``predictions.csv`` — every val and test image of the chosen model: id, path,
+  split, true and predicted class, confidence, each class's probability;
+* ``errors.jpg``, ``least_confident.jpg``, ``label_issues.jpg`` — contact
+  sheets (``dvc plots`` image plots) and ``thumbs/`` — the thumbnails the
+  Markdown pages link;
+* ``learning_curve.csv`` — accuracy against training images per class, per
+  feature set (:mod:`pipeline.diagnosis.learning_curve`);
+* ``label_issues.csv`` — every train and val image ranked by label quality
+  (:mod:`pipeline.diagnosis.label_issues`);
+* ``map.csv`` — t-SNE coordinates of every image per feature set, with its
+  class and whether it is an error or a suspected label issue
+  (:mod:`pipeline.diagnosis.projection`);
+* ``summary.json`` — the curve's sentence per feature set, counts, and the
+  seconds each part took;
+
+and the pages ``errors``, ``label_issues`` and ``learning_curve`` (Markdown,
+:mod:`pipeline.diagnosis.markdown`). No backbone runs: everything is read from
+the feature stores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from pipeline.config import DiagnoseParams
+from pipeline.diagnosis.chosen import best_feature_set, load_chosen
+from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
+from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
+from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
+from pipeline.diagnosis.markdown import errors_page, label_issues_page, learning_curve_page
+from pipeline.diagnosis.predictions import confused_pairs, predict_splits, prediction_rows
+from pipeline.diagnosis.projection import project
+from pipeline.manifest import Record, write_text_atomically
+from pipeline.reporting.tables import write_csv
+
+log = logging.getLogger(__name__)
+
+#: Rows of the confused-pairs table.
+TOP_PAIRS = 10
+
+
+def _folds(n_train: int, y: np.ndarray, cv: int, seed: int) -> tuple[list, str]:
+    """(train rows, evaluation rows) pairs over train+val rows: the val split, or ``cv`` folds of train+val."""
+    rows = np.arange(len(y))
+    if cv == 0:
+        if n_train == len(y):
+            raise ValueError("the learning curve is scored on validation, and the validation split is empty: "
+                             "set data.split.val above 0, or heads.cv >= 2 to score it on folds of train+val")
+        return [(rows[:n_train], rows[n_train:])], "the validation split"
+    k = min(cv, int(np.bincount(y)[np.unique(y)].min()))
+    if k < 2:
+        raise ValueError(f"heads.cv={cv}: some class has fewer than 2 train+val images, so no fold can hold it out")
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y)), \
+        f"{k}-fold cross-validation on train+val"
+
+
+def _caption(row: dict) -> list[str]:
+    return [f"true {row['true']}", f"pred {row['predicted']}", f"{row['confidence']:.2f} · {row['split']}"]
+
+
+def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
+             max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
+    """Everything the diagnose stage writes (see the module docstring); returns ``summary.json``'s content.
+
+    Its matrices are small (hundreds of rows) and its fits many, so BLAS and
+    OpenMP run on one thread: on a busy 2-core machine their spinning threads
+    made the t-SNE maps and the learning curves 10-20 times slower in wall time
+    (BENCHMARKS.md, "The diagnose stage").
+
+    Parameters
+    ----------
+    evaluation : dict
+        ``reports/evaluation.json``: which variant each feature set chose, and the overall best.
+    heads_dir : Path
+    records : sequence of Record
+        The manifest.
+    settings : DiagnoseParams
+    cv : int
+        ``heads.cv``: 0 scores the learning curve on val, k >= 2 on k folds of train+val.
+    max_pixels : int
+        ``data.max_image_pixels`` for decoding the thumbnails' images.
+    out : Path
+        Folder of the data, sheets and thumbnails.
+    pages : dict
+        Paths of the ``errors``, ``label_issues`` and ``learning_curve`` Markdown pages.
+    """
+    with threadpool_limits(limits=1):
+        return _diagnose(evaluation, heads_dir, records, settings, cv=cv, max_pixels=max_pixels, out=out,
+                         pages=pages)
+
+
+def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
+              max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    chosen = load_chosen(heads_dir, evaluation)
+    best_key = best_feature_set(evaluation)
+    best = chosen[best_key]
+    model = f"{best_key} / {best.row['variant']}"
+    thumbs = out / "thumbs"
+    seconds["load"] = time.perf_counter() - start
+
+    # -- the chosen model's predictions, its errors and its least confident correct images
+    start = time.perf_counter()
+    predictions = predict_splits(best, records)
+    rows = prediction_rows(predictions, best_key, best.row["variant"])
+    write_csv(rows, out / "predictions.csv")
+    by_id = {r.id: r for r in records}
+    wrong = sorted((r for r in rows if not r["correct"]), key=lambda r: (-r["confidence"], r["id"]))
+    unsure = sorted((r for r in rows if r["correct"]), key=lambda r: (r["confidence"], r["id"]))[:settings.gallery]
+    shown = wrong[:settings.gallery]
+    for row in (*shown, *unsure):
+        row["thumb"] = write_thumbnail(by_id[row["id"]], thumbs, settings.thumb_px, max_pixels)
+    sheets = {
+        "errors": contact_sheet([(r["thumb"], _caption(r)) for r in shown], out / "errors.jpg",
+                                size=settings.thumb_px, empty="no val or test image is misclassified",
+                                title=f"Misclassified val/test images of {model} ({len(wrong)}), most confident first"),
+        "least_confident": contact_sheet([(r["thumb"], _caption(r)) for r in unsure], out / "least_confident.jpg",
+                                         size=settings.thumb_px, empty="no correct val or test image",
+                                         title=f"Least confident correct val/test images of {model}"),
+    }
+    pairs = confused_pairs(predictions, TOP_PAIRS)
+    write_text_atomically(pages["errors"], errors_page(pages["errors"], model, shown, len(wrong), pairs, unsure,
+                                                       out / "predictions.csv", sheets))
+    seconds["errors"] = time.perf_counter() - start
+
+    # -- likely label mistakes: cross-validated probabilities on train+val of the chosen model
+    start = time.perf_counter()
+    train, val = best.features("train", records), best.features("val", records)
+    X = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
+    y = np.concatenate([train.y, val.y])
+    ids = np.concatenate([train.ids, val.ids])
+    proba = cross_val_proba(best.estimator, X, y, len(train.classes), settings.label_folds, settings.seed)
+    quality, flagged = rank_label_issues(y, proba)
+    classes = train.classes
+    order = np.argsort(quality, kind="stable")
+    ranked = [{"rank": rank + 1, "id": ids[i], "path": by_id[ids[i]].path,
+               "split": "train" if i < len(train.y) else "val", "given": classes[y[i]],
+               "suggested": classes[int(proba[i].argmax())], "quality": round(float(quality[i]), 4),
+               "flagged": bool(flagged[i])} for rank, i in enumerate(order)]
+    write_csv(ranked, out / "label_issues.csv")
+    listed = [r for r in ranked if r["flagged"]][:settings.gallery]
+    for row in listed:
+        row["thumb"] = write_thumbnail(by_id[row["id"]], thumbs, settings.thumb_px, max_pixels)
+    sheets["label_issues"] = contact_sheet(
+        [(r["thumb"], [f"given {r['given']}", f"looks {r['suggested']}", f"quality {r['quality']:.2f}"])
+         for r in listed], out / "label_issues.jpg", size=settings.thumb_px,
+        title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first", empty="no image is flagged")
+    k = min(settings.label_folds, int(np.bincount(y)[np.unique(y)].min()))
+    write_text_atomically(pages["label_issues"], label_issues_page(
+        pages["label_issues"], model, listed, int(flagged.sum()), len(y), k, out / "label_issues.csv",
+        sheets["label_issues"]))
+    suspects = {r["id"] for r in ranked if r["flagged"]}
+    seconds["label_issues"] = time.perf_counter() - start
+
+    # -- per feature set: the learning curve and the map
+    curves, curve_rows, map_rows = {}, [], []
+    seconds["learning_curve"] = seconds["map"] = 0.0
+    for key, head in chosen.items():
+        split_sets = {split: head.features(split, records) for split in ("train", "val", "test")}
+        start = time.perf_counter()
+        tr, va = split_sets["train"], split_sets["val"]
+        X_tv = np.concatenate([np.asarray(tr.X), np.asarray(va.X)])
+        y_tv = np.concatenate([tr.y, va.y])
+        folds, evaluated_on = _folds(len(tr.y), y_tv, cv, settings.seed)
+        points = learning_curve(head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws,
+                                settings.seed)
+        curves[key] = {"variant": head.row["variant"], "rows": points, "extrapolation": extrapolation(points)}
+        curve_rows += [{"feature_set": key, **p} for p in points]
+        log.info("%s: learning curve %s", key, curves[key]["extrapolation"]["sentence"])
+        seconds["learning_curve"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        X_all = np.concatenate([np.asarray(s.X) for s in split_sets.values()])
+        coords = project(X_all, max_iter=settings.map_max_iter, seed=settings.seed)
+        offset = 0
+        for split, fs in split_sets.items():
+            guesses = head.estimator.predict(np.asarray(fs.X)) if split != "train" and len(fs.y) else fs.y
+            for i, (image_id, label, guess) in enumerate(zip(fs.ids, fs.y, guesses)):
+                status = ("suspected label issue" if image_id in suspects
+                          else "misclassified" if guess != label else "ok")
+                x, y_coord = coords[offset + i]
+                map_rows.append({"feature_set": key, "x": round(float(x), 3), "y": round(float(y_coord), 3),
+                                 "class": fs.classes[label], "split": split, "status": status, "id": image_id})
+            offset += len(fs.y)
+        seconds["map"] += time.perf_counter() - start
+    write_csv(curve_rows, out / "learning_curve.csv")
+    write_csv(map_rows, out / "map.csv")
+    write_text_atomically(pages["learning_curve"], learning_curve_page(curves, evaluated_on))
+
+    summary = {"model": model, "val_test_images": len(rows), "misclassified": len(wrong),
+               "label_issues_flagged": int(flagged.sum()), "label_issues_ranked": len(y),
+               "learning_curve": {k: c["extrapolation"] for k, c in curves.items()},
+               "learning_curve_evaluated_on": evaluated_on, "map": "t-SNE (scikit-learn) after PCA to 50",
+               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

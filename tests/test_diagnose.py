@@ -1,0 +1,205 @@
+"""The diagnose stage: predictions, error gallery, label issues, learning curves and maps from the cached features."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import MOBILENET_025, SIGNS, tiny_params, write_image_folder, write_params
+from pipeline.diagnosis.learning_curve import curve_sizes, extrapolation
+from pipeline.heads.saved import load_head
+from pipeline.manifest import read_manifest
+from pipeline.stages import diagnose, evaluate, extract, prepare, heads as heads_stage
+from pipeline.store.reader import open_feature_set
+
+DIAGNOSE_ARGS = ["--evaluation", "reports/evaluation.json", "--heads", "heads", "--out", "reports/diagnose",
+                 "--errors", "reports/errors.md", "--label-issues", "reports/label_issues.md",
+                 "--learning-curve", "reports/learning_curve.md"]
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def evaluated(in_tmp):
+    """A tiny project run up to evaluate: 3 classes × 12 images, one random-weights backbone, linear heads."""
+    write_image_folder(in_tmp / "images", classes=3, per_class=12)
+    write_params(in_tmp / "params.yaml", tiny_params(
+        "images", heads={"kinds": ["logreg", "svm_linear"]},
+        diagnose={"curve_per_class": [1, 2, 5], "curve_draws": 2, "label_folds": 3, "thumb_px": 40}))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
+                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    return in_tmp
+
+
+def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evaluated):
+    diagnose.main(DIAGNOSE_ARGS)
+    out = evaluated / "reports/diagnose"
+    records = read_manifest("data/manifest.csv")
+    chosen = json.loads((evaluated / "reports/evaluation.json").read_text())["best"]
+    scores = json.loads((evaluated / "heads/mv2/scores.json").read_text())
+    row = next(r for r in scores["variants"] if r["variant"] == chosen["variant"])
+    head = load_head(evaluated / "heads/mv2", row)
+
+    # Predictions: every val and test image once, the head's own classes, probabilities that sum to 1.
+    predictions = _rows(out / "predictions.csv")
+    assert sorted(p["id"] for p in predictions) == sorted(r.id for r in records if r.split in ("val", "test"))
+    classes = ["class_0", "class_1", "class_2"]
+    for split in ("val", "test"):
+        fs = open_feature_set("features/mv2.zarr", split, pooling="avg")
+        expected = dict(zip(fs.ids, (classes[i] for i in head.predict(np.asarray(fs.X)))))
+        mine = [p for p in predictions if p["split"] == split]
+        assert {p["id"]: p["predicted"] for p in mine} == expected
+        for p in mine:
+            probabilities = [float(p[f"p_{c}"]) for c in classes]
+            assert sum(probabilities) == pytest.approx(1, abs=2e-4)
+            assert classes[int(np.argmax(probabilities))] == p["predicted"]
+            assert float(p["confidence"]) == pytest.approx(max(probabilities))
+            assert p["path"] == next(r.path for r in records if r.id == p["id"])
+    wrong = [p for p in predictions if p["correct"] == "False"]
+    test = [p for p in predictions if p["split"] == "test"]
+    assert sum(p["correct"] == "True" for p in test) / len(test) == pytest.approx(chosen["test_accuracy"])
+
+    # errors.md: every misclassified image with a thumbnail that exists, linked relative to the page.
+    errors = (evaluated / "reports/errors.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", errors)
+    assert links and all((evaluated / "reports" / link).is_file() for link in links)
+    assert all(not Path(link).is_absolute() for link in links)
+    for p in wrong:
+        assert f"| {p['id']} |" in errors
+    thumbs = sorted((out / "thumbs").glob("*.jpg"))
+    assert thumbs
+    for thumb in thumbs:
+        with Image.open(thumb) as image:
+            assert image.format == "JPEG" and max(image.size) <= 40
+    for sheet in ("errors.jpg", "least_confident.jpg", "label_issues.jpg"):
+        with Image.open(out / sheet) as image:
+            assert image.format == "JPEG" and image.width >= 420
+
+    # Label issues: every train and val image ranked once, lowest label quality first.
+    ranked = _rows(out / "label_issues.csv")
+    assert sorted(r["id"] for r in ranked) == sorted(r.id for r in records if r.split in ("train", "val"))
+    quality = [float(r["quality"]) for r in ranked]
+    assert quality == sorted(quality) and all(0 <= q <= 1 for q in quality)
+    issues = (evaluated / "reports/label_issues.md").read_text()
+    assert "never changed" in issues
+    assert all((evaluated / "reports" / link).is_file() for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", issues))
+
+    # Learning curve: 1, 2, 5 and all (here 7 or 8 training images per class), scored on validation only:
+    # refitted on every training image, the head scores what the heads stage measured on the val split.
+    curve = _rows(out / "learning_curve.csv")
+    train_per_class = np.bincount([r.label for r in records if r.split == "train"]).max()
+    assert [int(r["per_class"]) for r in curve] == [1, 2, 5, train_per_class]
+    assert [int(r["draws"]) for r in curve] == [2, 2, 2, 1]
+    assert float(curve[-1]["accuracy"]) == pytest.approx(row["val_accuracy"])
+    assert all(float(r["low"]) <= float(r["accuracy"]) <= float(r["high"]) for r in curve)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learning_curve_evaluated_on"] == "the validation split"
+    assert summary["learning_curve"]["mv2"]["sentence"] in (evaluated / "reports/learning_curve.md").read_text()
+
+    # The map: every image of the manifest once per feature set, the errors marked.
+    points = _rows(out / "map.csv")
+    assert sorted(p["id"] for p in points) == sorted(r.id for r in records)
+    marked = {p["id"] for p in points if p["status"] == "misclassified"}
+    flagged = {r["id"] for r in ranked if r["flagged"] == "True"}
+    assert marked == {p["id"] for p in wrong} - flagged
+    assert {p["id"] for p in points if p["status"] == "suspected label issue"} == flagged
+
+
+def test_curve_sizes_end_with_every_image_and_extrapolation_reads_the_slope():
+    assert curve_sizes([1, 2, 5, 10, 20, 50], np.array([12, 30, 7])) == [1, 2, 5, 10, 20, 30]
+    assert curve_sizes([50], np.array([12])) == [12]
+    rising = [{"per_class": n, "accuracy": a} for n, a in ((5, 0.60), (10, 0.70), (20, 0.80))]
+    verdict = extrapolation(rising)
+    assert verdict["points_per_doubling"] == pytest.approx(10.0) and verdict["rising"]
+    assert "add about 10 points" in verdict["sentence"]
+    flat = [{"per_class": n, "accuracy": a} for n, a in ((5, 0.9), (10, 0.902), (20, 0.903))]
+    assert not extrapolation(flat)["rising"] and "flattened" in extrapolation(flat)["sentence"]
+    # The gain is capped by what is left to 100%.
+    assert extrapolation([{"per_class": 1, "accuracy": 0.5}, {"per_class": 2, "accuracy": 0.98}])["expected_gain"] \
+        == pytest.approx(2.0)
+
+
+def test_diagnose_names_the_missing_evaluation(in_tmp):
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    with pytest.raises(FileNotFoundError, match="reports/evaluation.json.*run stage evaluate"):
+        diagnose.main(DIAGNOSE_ARGS)
+
+
+def _signs_features(per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real features: the first ``per_class`` training images of each hand sign through MobileNet α0.25 (ImageNet)."""
+    import tensorflow as tf
+
+    from pipeline.backbones import build_cut_model
+    from pipeline.config import FeatureSetParams
+    from pipeline.images import decode_image
+
+    cut = build_cut_model(FeatureSetParams(backbone="mobilenet", weights=str(MOBILENET_025), alpha=0.25, size=size),
+                          seed=0)
+    paths = [p for c in range(6) for p in sorted((SIGNS / "train" / str(c)).glob("*.jpg"))[:per_class]]
+    labels = np.array([int(p.parent.name) for p in paths])
+    pixels = tf.image.resize(np.stack([decode_image(p) for p in paths]).astype("float32"), (size, size))
+    features = np.asarray(cut.model(cut.preprocess(pixels), training=False))
+    return features.mean(axis=(1, 2)) if features.ndim == 4 else features, labels
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SIGNS.is_dir() and MOBILENET_025.is_file()), reason="needs ../shared (signs, MobileNet)")
+def test_flipped_labels_rank_near_the_top():
+    """5% of the hand signs' labels flipped: at least 80% of them are in the top 10% of the ranking."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
+
+    X, truth = _signs_features(per_class=70, size=96)
+    rng = np.random.default_rng(0)
+    flipped = rng.choice(len(truth), size=round(0.05 * len(truth)), replace=False)
+    given = truth.copy()
+    given[flipped] = (given[flipped] + rng.integers(1, 6, size=len(flipped))) % 6
+    head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    quality, flagged = rank_label_issues(given, cross_val_proba(head, X, given, 6, folds=5, seed=0))
+    top = np.argsort(quality, kind="stable")[:len(truth) // 10]
+    assert np.isin(flipped, top).mean() >= 0.8
+    assert flagged[flipped].mean() >= 0.5      # and cleanlab flags most of them itself
+
+
+def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
+    from pipeline.diagnosis.diagnose import _folds
+
+    y = np.repeat([0, 1, 2], 10)
+    (train, held), = _folds(21, y, 0, seed=0)[0]
+    assert train.tolist() == list(range(21)) and held.tolist() == list(range(21, 30))
+    folds, how = _folds(21, y, 3, seed=0)
+    assert how == "3-fold cross-validation on train+val"
+    assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(30))
+    assert all(not set(train) & set(held) for train, held in folds)
+    with pytest.raises(ValueError, match="validation split is empty.*heads.cv >= 2"):
+        _folds(30, y, 0, seed=0)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("curve_draws", 0, "diagnose.curve_draws must be an integer >= 1"),
+    ("curve_per_class", [0, 5], "diagnose.curve_per_class must be a list of integers >= 1"),
+    ("map_max_iter", 100, "diagnose.map_max_iter must be an integer >= 250"),
+    ("label_folds", 1, "diagnose.label_folds must be an integer >= 2"),
+])
+def test_bad_diagnose_params_are_named(key, value, expected):
+    from pipeline.config import ParamsError, parse_params
+
+    params = tiny_params("images", diagnose={key: value})
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        parse_params(params)
