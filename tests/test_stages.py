@@ -245,3 +245,32 @@ def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepa
     (line,) = _error_lines(caplog)
     assert line.startswith(f"another extraction of mv2 is running (pid {os.getpid()}); this extraction stopped")
     assert not Path("features/mv2.zarr").exists() and not list(Path("features/.incomplete").glob("*.zarr"))
+
+
+@pytest.mark.parametrize("layout, data, heads", [
+    # The most common published layout: train/ and val/, no test/ (test is drawn from train/).
+    ({"train": 8, "val": 3}, {}, {}),
+    # No validation split at all, compared by cross-validation instead (crashed on the empty val split).
+    ({"train": 8, "test": 3}, {"split": {"train": 0.8, "val": 0.0, "test": 0.2}}, {"cv": 2}),
+])
+def test_a_pre_split_source_missing_a_split_runs_to_evaluate(in_tmp, layout, data, heads):
+    for seed, (split, n) in enumerate(layout.items()):
+        write_image_folder(in_tmp / "images" / split, classes=3, per_class=n, seed=seed)
+    params = tiny_params("images", data=data, heads={"kinds": ["logreg"], **heads})
+    params["data"]["split"] = data.get("split", {"train": 0.7, "val": 0.15, "test": 0.15})
+    write_params(in_tmp / "params.yaml", params)
+    prepare.main(PREPARE_ARGS)
+    extract.main(EXTRACT_ARGS)
+    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    backbone_cost.main(["--out", "reports/backbone_cost.json"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
+                   "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    per_split = json.loads((in_tmp / "reports/prepare.json").read_text())["per_split"]
+    best = json.loads((in_tmp / "reports/evaluation.json").read_text())["best"]
+    assert best["test_accuracy"] == recomputed_best_test_accuracy(in_tmp)
+    if "val" in layout:
+        assert per_split == {"train": 21, "val": 9, "test": 3}   # 1 of each class's 8 drawn into test
+    else:
+        assert per_split == {"train": 24, "val": 0, "test": 9}
+        assert 0 <= best["val_accuracy"] <= 1   # the mean over the folds
