@@ -6,7 +6,15 @@ An exported model is a folder written by the export stage (``models/``):
   resize → preprocessing → truncated backbone → pooling → head → class
   probabilities, loaded with Keras' safe mode (no Python code is deserialised);
 - ``card.json`` / ``card.md`` — the model card; ``card.json`` gives the class
-  names in the order of the probability columns, and the pixel limit.
+  names in the order of the probability columns, and the pixel limit;
+- ``ood.keras`` — the out-of-domain score (:mod:`pipeline.export.ood`): each image's
+  features' distance to the k-th nearest training image's; beyond the card's
+  threshold the image is flagged ``out_of_domain`` in the CSV instead of being
+  answered as if it were one of the classes.
+
+The CSV has one row per image: file, [true class and correct, when every file sits
+in a folder named after a class], predicted class and probability (top-k),
+[ood distance and out_of_domain].
 
 A model folder is something people pass around, so :func:`load_model` trusts
 it with nothing but data: it refuses a folder holding any pickle (``.joblib``,
@@ -47,6 +55,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from pipeline.config.schema import DEFAULT_MAX_IMAGE_PIXELS
+from pipeline.export.ood import OOD_FILE
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 log = logging.getLogger(__name__)
@@ -82,6 +91,32 @@ class Predictor:
     classes: list[str]
     model: Any
     card: dict
+    ood: Optional[Any] = None        # features → out-of-domain distance (ood.keras), when the model has one
+    _scored: Optional[Any] = None    # images → (probabilities, features): one pass for both
+
+    @property
+    def ood_threshold(self) -> Optional[float]:
+        """Distances beyond this are out of domain (the card's ``out_of_domain.threshold``)."""
+        return self.card["out_of_domain"]["threshold"] if self.ood is not None else None
+
+    def predict_scored(self, images: Sequence[np.ndarray], *,
+                       batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(n, n_classes)`` and out-of-domain distances ``(n,)`` of decoded images.
+
+        Raises
+        ------
+        ValueError
+            If the model has no out-of-domain scorer (exported before it existed: re-export it).
+        """
+        if self.ood is None:
+            raise ValueError("this model has no out-of-domain scorer (ood.keras): re-export it (`dvc repro export`)")
+        if self._scored is None:
+            import keras
+
+            layer = self.model.get_layer(self.card["out_of_domain"]["features_layer"])
+            self._scored = keras.Model(self.model.inputs, [self.model.output, layer.output])
+        probabilities, features = self._run(self._scored, images, batch_pixels, 2)
+        return probabilities, np.asarray(self.ood.predict_on_batch(features), np.float32).reshape(-1)
 
     @property
     def max_pixels(self) -> int:
@@ -99,7 +134,10 @@ class Predictor:
         Images of the same size go through the model together (it resizes them
         itself), at most ``batch_pixels`` pixels (or one image) per call.
         """
-        out = np.zeros((len(images), len(self.classes)), np.float32)
+        return self._run(self.model, images, batch_pixels, 1)[0]
+
+    def _run(self, model: Any, images: Sequence[np.ndarray], batch_pixels: int, outputs: int) -> list[np.ndarray]:
+        out: list[Optional[np.ndarray]] = [None] * outputs
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)
@@ -108,8 +146,14 @@ class Predictor:
             for start in range(0, len(indices), per_call):
                 part = indices[start:start + per_call]
                 batch = np.stack([images[i] for i in part]).astype(np.uint8, copy=False)
-                out[part] = np.asarray(self.model.predict_on_batch(batch))
-        return out
+                got = model.predict_on_batch(batch)
+                for i, array in enumerate(got if outputs > 1 else [got]):
+                    array = np.asarray(array, np.float32)
+                    if out[i] is None:
+                        out[i] = np.zeros((len(images), *array.shape[1:]), np.float32)
+                    out[i][part] = array
+        width = (len(self.classes),)
+        return [a if a is not None else np.zeros((0, *width), np.float32) for a in out]
 
 
 def load_keras_model(path: Path) -> Any:
@@ -134,7 +178,7 @@ def pickles_in(folder: Path) -> list[str]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in PICKLE_SUFFIXES:
             found.append(f"{path.name} (a {path.suffix.lstrip('.')} file: a pickle)")
-        elif path.name != MODEL_FILE and _parses_as_pickle(path):
+        elif path.name not in (MODEL_FILE, OOD_FILE) and _parses_as_pickle(path):  # both: loaded in safe mode
             found.append(f"{path.name} (parses as a pickle)")
     return found
 
@@ -184,7 +228,14 @@ def load_model(path: Path | str) -> Predictor:
 
         require_keras_hub()
         import keras_hub  # noqa: F401
-    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card)
+    ood = None
+    if "out_of_domain" in card:
+        ood_file = folder / card["out_of_domain"]["file"]
+        if ood_file.name != OOD_FILE or not ood_file.is_file():
+            raise FileNotFoundError(f"the card of {folder} names the out-of-domain scorer {ood_file.name}, which is "
+                                    f"not there (expected {OOD_FILE}); re-export the model (`dvc repro export`)")
+        ood = load_keras_model(ood_file)
+    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card, ood)
 
 
 def image_files(inputs: Iterable[Path | str]) -> list[Path]:
@@ -204,8 +255,8 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
-                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS,
-                  progress: bool = True) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS, progress: bool = True,
+                  with_distance: bool = False) -> tuple[list[tuple], list[str]]:
     """Classify files in batches of at most ``batch_size`` images and ``batch_pixels`` decoded pixels.
 
     Parameters
@@ -213,9 +264,12 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
     max_pixels : int, optional
         Refuse (skip) images declaring more pixels; default: the model card's limit.
 
+    with_distance : bool
+        Also score each image out of domain (:meth:`Predictor.predict_scored`).
+
     Returns
     -------
-    results : list of (path, probabilities of shape (n_classes,))
+    results : list of (path, probabilities of shape (n_classes,)[, out-of-domain distance])
     failures : list of str
         One message per file that could not be read or was too large (it is skipped).
     """
@@ -227,7 +281,9 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
         for batch in _decoded_batches(files, failures, max_pixels=limit, batch_size=batch_size,
                                       batch_pixels=batch_pixels, target=predictor.input_size):
             paths, images = zip(*batch) if batch else ((), ())
-            if images:
+            if images and with_distance:
+                results.extend(zip(paths, *predictor.predict_scored(list(images), batch_pixels=batch_pixels)))
+            elif images:
                 results.extend(zip(paths, predictor.predict_proba(list(images), batch_pixels=batch_pixels)))
             bar.update(len(batch))
         bar.update(len(files) - bar.n)
@@ -258,19 +314,38 @@ def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: 
         yield batch
 
 
-def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1) -> None:
-    """CSV rows: file, then class and probability for the ``top_k`` most probable classes."""
+def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1,
+                      ood_threshold: Optional[float] = None) -> None:
+    """CSV rows: file, [true class, correct], then class and probability for the ``top_k`` most probable
+    classes, [out-of-domain distance, out_of_domain].
+
+    ``true_class`` and ``correct`` are there when every file sits in a folder named after a class
+    (:func:`true_classes`); the distance columns when results carry one (``with_distance``), flagged
+    beyond ``ood_threshold``.
+    """
     writer = csv.writer(handle, lineterminator="\n")
-    header = ["file", "predicted", "probability"]
+    truth = true_classes(results, classes)
+    header = ["file"] + (["true_class", "correct"] if truth else []) + ["predicted", "probability"]
     for rank in range(2, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
-    writer.writerow(header)
-    for path, proba in results:
+    scored = bool(results) and len(results[0]) == 3
+    writer.writerow(header + (["ood_distance", "out_of_domain"] if scored else []))
+    for i, (path, proba, *distance) in enumerate(results):
         order = np.argsort(-proba)[:top_k]
         row = [str(path)]
+        if truth:
+            row += [truth[i], str(classes[order[0]] == truth[i]).lower()]
         for index in order:
             row += [classes[index], f"{proba[index]:.6f}"]
+        if scored:
+            row += [f"{distance[0]:.6f}", str(ood_threshold is not None and distance[0] > ood_threshold).lower()]
         writer.writerow(row)
+
+
+def true_classes(results, classes: Sequence[str]) -> Optional[list[str]]:
+    """Each file's folder name, when every file sits in a folder named after a class; else ``None``."""
+    truth = [Path(r[0]).parent.name for r in results]
+    return truth if results and all(name in classes for name in truth) else None
 
 
 def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, int]]:
@@ -279,10 +354,10 @@ def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, in
     ``shoulders predict models data/test`` on an ImageFolder tree then reports
     how well the model does; files anywhere else give ``None``.
     """
-    truth = [path.parent.name for path, _ in results]
-    if not results or any(name not in classes for name in truth):
+    truth = true_classes(results, classes)
+    if truth is None:
         return None
-    predicted = [classes[int(np.argmax(proba))] for _, proba in results]
+    predicted = [classes[int(np.argmax(r[1]))] for r in results]
     return float(np.mean([p == t for p, t in zip(predicted, truth)])), len(results)
 
 
@@ -310,14 +385,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). "
                          f"Received: {args.top_k}")
     files = image_files(args.inputs)
+    scored = predictor.ood is not None
     results, failures = predict_files(predictor, files, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, with_distance=scored)
+    options = {"top_k": args.top_k, "ood_threshold": predictor.ood_threshold}
     if args.out:
         with args.out.open("w", newline="", encoding="utf-8") as handle:
-            write_predictions(results, predictor.classes, handle, top_k=args.top_k)
+            write_predictions(results, predictor.classes, handle, **options)
     else:
-        write_predictions(results, predictor.classes, sys.stdout, top_k=args.top_k)
+        write_predictions(results, predictor.classes, sys.stdout, **options)
     log.info("%d images classified, %d skipped", len(results), len(failures))
+    if scored:
+        far = sum(r[2] > predictor.ood_threshold for r in results)
+        ood = predictor.card["out_of_domain"]
+        (log.warning if far else log.info)(
+            "%d of %d image(s) out of domain (out_of_domain=true in the CSV): their features are farther from "
+            "their %d-th nearest training image than %g%% of the validation images' (distance > %.4f); do not "
+            "trust their predicted class", far, len(results), ood["k"], ood["percentile"], ood["threshold"])
+    elif results:
+        log.warning("this model has no out-of-domain scorer (exported before it existed): every image gets a "
+                    "class, however unlike the training images; re-export it (`dvc repro export`)")
     scored = folder_accuracy(results, predictor.classes)
     if scored is not None:
         log.info("accuracy %.4f over %d images (true class = the folder each file is in)", *scored)
