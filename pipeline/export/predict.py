@@ -399,8 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         far = sum(r[2] > predictor.ood_threshold for r in results)
         ood = predictor.card["out_of_domain"]
         (log.warning if far else log.info)(
-            "%d of %d image(s) out of domain (out_of_domain=true in the CSV): their features are farther from "
-            "their %d-th nearest training image than %g%% of the validation images' (distance > %.4f); do not "
+            "%d of %d image(s) out of domain (out_of_domain=true in the CSV): their features are farther from the "
+            "training images' (distance to the nearest k=%d) than %g%% of the validation images' (> %.4f); do not "
             "trust their predicted class", far, len(results), ood["k"], ood["percentile"], ood["threshold"])
     elif results:
         log.warning("this model has no out-of-domain scorer (exported before it existed): every image gets a "
