@@ -108,3 +108,15 @@ def test_fine_tuning_batches_run_without_the_autotuner(tmp_path):
     assert dataset.options().autotune.enabled is False
     images = np.concatenate([x.numpy() for x, _ in dataset])
     np.testing.assert_array_equal(images, np.stack([load_and_resize(p, 16) for p in paths]))
+
+
+def test_a_presets_numpy_resize_leaves_keras_working_in_the_process():
+    # Importing Keras' numpy backend used to replace the active backend's numpy ops: every later op failed.
+    import keras
+
+    from pipeline.backbones.registry import Resize
+    from pipeline.extraction.inputs import resize_image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 30, 3)).astype(np.uint8)
+    assert resize_image(pixels, 8, Resize(interpolation="bicubic")).shape == (8, 8, 3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.ops.zeros((2,))), [0.0, 0.0])

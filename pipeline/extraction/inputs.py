@@ -121,8 +121,7 @@ def resize_image(pixels: np.ndarray, size: int, resize: Optional[Resize] = None,
         return resize_bilinear(pixels, size, out)
     if resize.interpolation == "bilinear" and not resize.antialias and not resize.pad_to_aspect_ratio:
         return resize_bilinear(centre_crop_square(pixels) if resize.crop_to_aspect_ratio else pixels, size, out)
-    from keras.src.backend.numpy.image import resize as numpy_resize
-
+    numpy_resize = _numpy_backend_resize()
     batch = np.asarray(pixels, np.float32)[None]
     resized = np.asarray(numpy_resize(batch, (size, size), interpolation=resize.interpolation,
                                       antialias=resize.antialias, crop_to_aspect_ratio=resize.crop_to_aspect_ratio,
@@ -131,6 +130,24 @@ def resize_image(pixels: np.ndarray, size: int, resize: Optional[Resize] = None,
         return resized
     out[...] = resized
     return out
+
+
+def _numpy_backend_resize():
+    """Keras' numpy ``image.resize``, imported without breaking the process's Keras.
+
+    Importing ``keras.src.backend.numpy`` binds it as the attribute ``numpy`` of ``keras.src.backend``,
+    where the active backend's numpy ops live (``keras.ops.zeros`` calls ``backend.numpy.zeros``): left so,
+    every later Keras op in the process fails (``module 'keras.src.backend.numpy' has no attribute 'zeros'``).
+    The attribute is put back.
+    """
+    import keras.src.backend as active
+
+    ops = active.numpy
+    try:
+        from keras.src.backend.numpy.image import resize
+    finally:
+        active.numpy = ops
+    return resize
 
 
 def load_and_resize(path: str, size: int, sha256: Optional[str] = None, resize: Optional[Resize] = None,
