@@ -1,6 +1,6 @@
 """The backbone comparison of a finished run: best test accuracy per feature set (with its interval) and img/s.
 
-Reads what the pipeline wrote — ``metrics.json`` (the evaluate stage: the head
+Reads what the pipeline wrote — ``reports/evaluation.json`` (the evaluate stage: the head
 chosen on validation in each feature set, scored once on test, with a
 bootstrap 95% interval) and ``reports/extract/<key>.json`` (the extract stage:
 images computed and the images per second of that pass) — and prints one
@@ -21,16 +21,14 @@ from pathlib import Path
 
 
 def rows(root: Path) -> list[dict]:
-    """One row per feature set of ``root/metrics.json``, with its extraction report."""
-    metrics = json.loads((root / "metrics.json").read_text(encoding="utf-8"))
+    """One row per feature set of ``root/reports/evaluation.json``, with its extraction report."""
+    evaluation = json.loads((root / "reports" / "evaluation.json").read_text(encoding="utf-8"))
     out = []
-    for key, entry in metrics.items():
-        if not isinstance(entry, dict) or "test_accuracy" not in entry or key == "best":
-            continue
+    for key, entry in evaluation["feature_sets"].items():
         report_file = root / "reports" / "extract" / f"{key}.json"
         report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
         out.append({"feature set": key, "val": entry["val_accuracy"], "test": entry["test_accuracy"],
-                    "low": entry.get("test_ci95_low"), "high": entry.get("test_ci95_high"),
+                    "low": entry["test_accuracy_ci95"][0], "high": entry["test_accuracy_ci95"][1],
                     "computed": report.get("computed"), "img/s": report.get("images_per_second")})
     return sorted(out, key=lambda r: -r["test"])
 

@@ -2,7 +2,7 @@
 
     shoulders ls [FEATURES_DIR]          every store: rows, backbone / cut, shape
     shoulders show STORE                 one store's identity, runs and shapes
-    shoulders layers BACKBONE [--size N] the layer names a feature set can cut at
+    shoulders layers BACKBONE [--size N] the layers a feature set can cut at: index, depth, output shape, name
     shoulders layers hub --preset DIR    a keras_hub preset's blocks (by index too) and layers, with shapes
     shoulders check                      every feature set's cut against its backbone, and where its weights
                                          come from (checked to be there, or downloadable)
@@ -10,6 +10,7 @@
                                          a row for every image of the manifest? (exit status 1 if not)
     shoulders gc [FEATURES_DIR]          remove rows of images no longer in the manifest
     shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
+    shoulders summary [--top N]          the chosen model and the top of the leaderboard, in 100 columns
 
 ``--debug`` (anywhere) shows the traceback of an error instead of its one line.
 Also available as ``python -m pipeline``.
@@ -54,7 +55,8 @@ def _show(args) -> None:
 
 
 def _layers(args) -> None:
-    from pipeline.backbones import family, layer_names, validate_feature_set
+    from pipeline.backbones import family, validate_feature_set
+    from pipeline.backbones.registry import layer_shapes
     from pipeline.config import FeatureSetParams
 
     spec = FeatureSetParams(backbone=args.backbone, weights="none", size=args.size, alpha=args.alpha,
@@ -67,8 +69,21 @@ def _layers(args) -> None:
         return
     if args.preset is not None:
         raise ValueError(f"--preset applies to backbone 'hub' only. Received: {args.backbone!r}")
-    for name in layer_names(spec):
-        print(name)
+    print("\n".join(layer_table(layer_shapes(spec))))
+
+
+def layer_table(shapes: Sequence[tuple[str, tuple]]) -> list[str]:
+    """One line per layer: its index, its depth (index / last index: 0 the input, 1 the last layer, as
+    ``cut_depth`` in the reports), its output shape for one image and its name (what ``cut`` takes)."""
+    last = max(1, len(shapes) - 1)
+    lines = [f"{'index':>5}  {'depth':>5}  {'output shape':<16}  {'features':>9}  layer (cut)"]
+    for index, (name, shape) in enumerate(shapes):
+        size = 1
+        for d in shape:
+            size *= d if d is not None else 0
+        text = "×".join(str(d) for d in shape) if shape else "(several)"
+        lines.append(f"{index:>5}  {index / last:>5.2f}  {text:<16}  {size if shape else '':>9}  {name}")
+    return lines
 
 
 def _check(args) -> None:
@@ -119,6 +134,20 @@ def _gc(args) -> None:
         print("the stores changed: `dvc commit` records them (or `dvc repro`, which finds nothing to compute)")
 
 
+def _summary(args) -> None:
+    import csv
+
+    from pipeline.reporting.summary import summary_lines
+
+    for path in (args.report, args.leaderboard):
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path}: the evaluate stage writes it (`dvc repro`)")
+    report = json.loads(args.report.read_text(encoding="utf-8"))
+    with open(args.leaderboard, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    print("\n".join(summary_lines(report, rows, top=args.top)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores and "
                                      "backbones, verify them, and classify images with an exported model.",
@@ -153,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--params", type=Path, default=Path("params.yaml"))
     gc.add_argument("--dry-run", action="store_true", help="only say how many rows would go")
     gc.set_defaults(run=_gc)
+    summary = commands.add_parser("summary", help="the chosen model and the top of the leaderboard (100 columns)")
+    summary.add_argument("--top", type=int, default=10, help="leaderboard rows shown (default 10)")
+    summary.add_argument("--report", type=Path, default=Path("reports/evaluation.json"))
+    summary.add_argument("--leaderboard", type=Path, default=Path("reports/leaderboard.csv"))
+    summary.set_defaults(run=_summary)
     predict = commands.add_parser("predict", add_help=False,
                                   help="classify images with an exported model (`shoulders predict -h`)")
     predict.add_argument("arguments", nargs=argparse.REMAINDER)

@@ -8,6 +8,13 @@ a permission denied, a read-only file system — end in one line saying what
 failed, where, and what to do, and exit status 1. ``--debug`` anywhere on the
 command line (or ``SHOULDERS_DEBUG=1``) shows the traceback instead. Anything
 else is a bug and keeps its traceback.
+
+Quiet unless asked: the log lines libraries write for themselves — TensorFlow's,
+XLA's and absl's C++ logs (oneDNN, CPU features, CUDA probing), written to the
+stderr file descriptor before any Python setting can reach them — are dropped,
+and the Python loggers of those libraries show errors only. ``--verbose``
+anywhere on the command line (or ``SHOULDERS_VERBOSE=1``, e.g. for ``dvc repro``)
+shows everything. Fatal C++ lines (``F...``) always pass.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from pipeline.config import ParamsError
@@ -23,6 +32,14 @@ from pipeline.config import ParamsError
 log = logging.getLogger("pipeline")
 
 DEBUG_FLAG = "--debug"
+VERBOSE_FLAG = "--verbose"
+# Libraries whose own logs are noise to someone running a stage (their errors still show).
+NOISY_LOGGERS = ("absl", "tensorflow", "keras", "jax", "openvino", "h5py", "numexpr")
+# Lines those libraries write straight to file descriptor 2: absl's C++ log format (severity I/W/E, date,
+# time, thread, file:line]), absl's notice that it is not initialised, and TensorFlow's CPU-feature advice.
+LIBRARY_NOISE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-]+:\d+\] "
+                           rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+                           rb"|To enable the following instructions: .* rebuild TensorFlow)")
 # Errors that describe bad input (params, files, stores) or the machine (disk, permissions), not bugs.
 USER_ERRORS = (ParamsError, ValueError, OSError)
 
@@ -33,9 +50,9 @@ _RERUN = ("then rerun: an interrupted extraction resumes from its last written c
           "store row written before is intact")
 
 
-def take_debug_flag(argv: Sequence[str]) -> tuple[bool, list[str]]:
-    """``(whether --debug was given, the arguments without it)``."""
-    rest = [a for a in argv if a != DEBUG_FLAG]
+def take_debug_flag(argv: Sequence[str], flag: str = DEBUG_FLAG) -> tuple[bool, list[str]]:
+    """``(whether flag (--debug) was given, the arguments without it)``."""
+    rest = [a for a in argv if a != flag]
     return len(rest) != len(argv), rest
 
 
@@ -53,6 +70,8 @@ def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None
     if debug is None:
         debug, sys.argv[1:] = take_debug_flag(sys.argv[1:])
     debug = debug or bool(os.environ.get("SHOULDERS_DEBUG"))
+    verbose, sys.argv[1:] = take_debug_flag(sys.argv[1:], VERBOSE_FLAG)
+    restore = None if verbose or os.environ.get("SHOULDERS_VERBOSE") else quiet_library_logs()
     try:
         status = main()
     except USER_ERRORS as error:
@@ -60,8 +79,52 @@ def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None
             raise
         log.error("%s (--debug shows the traceback)", describe(error))
         sys.exit(1)
+    finally:
+        if restore is not None:
+            restore()
     if status:
         sys.exit(status)
+
+
+def quiet_library_logs() -> Callable[[], None]:
+    """Silence the libraries' own logs (module docstring) until the returned function is called.
+
+    File descriptor 2 becomes a pipe that a thread copies to the real stderr, line by line (a
+    carriage return ends a line too, so progress bars pass), leaving out :data:`LIBRARY_NOISE`.
+    """
+    # Before TensorFlow is imported (the stages import it lazily): its logs after absl is initialised.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    thread = threading.Thread(target=_copy_without_noise, args=(read_end, real), daemon=True,
+                              name="quiet-library-logs")
+    thread.start()
+
+    def restore() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)        # the last write end held here closes: the thread sees the end of the pipe
+        thread.join(timeout=5)  # a child process still holding the pipe must not hang the exit
+        os.close(real)
+
+    return restore
+
+
+def _copy_without_noise(read_end: int, out: int) -> None:
+    pending = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            lines = re.split(rb"(?<=[\r\n])", pending + chunk)
+            pending = lines.pop()   # an unfinished line (empty when the chunk ended one)
+            kept = b"".join(line for line in lines if not LIBRARY_NOISE.match(line))
+            if kept:
+                os.write(out, kept)
+    if pending and not LIBRARY_NOISE.match(pending):
+        os.write(out, pending)
 
 
 def describe(error: BaseException) -> str:

@@ -333,6 +333,19 @@ def _image_rng(seed: int, label: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(label, index)))
 
 
+def remove_dataset(root: Path) -> None:
+    """Leave ``root`` an empty folder: delete a dataset :func:`generate_dataset` wrote there, refuse anything else.
+
+    Raises
+    ------
+    ValueError
+        As :func:`generate_dataset`, if ``root`` holds anything it did not write.
+    """
+    root = Path(root)
+    _clear_previous(root)
+    root.mkdir(parents=True, exist_ok=True)
+
+
 def _clear_previous(root: Path) -> None:
     """Delete a dataset that an earlier call wrote to ``root``; refuse anything else.
 

@@ -168,5 +168,5 @@ def test_heads_train_on_views_and_score_with_tta(prepared):
     assert head[0].n_samples_seen_ == n_train * (1 + AUG["views"])
     evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
                    "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    assert json.loads((prepared / "metrics.json").read_text())["best"]["test_accuracy"] == \
+    assert json.loads((prepared / "metrics.json").read_text())["test_acc"] == \
         recomputed_best_test_accuracy(prepared)

@@ -64,6 +64,20 @@ def test_layer_names_lists_cut_points():
     assert "block4_pool" in names and "block5_pool" in names
 
 
+def test_shoulders_layers_prints_each_layers_output_shape_and_depth(capsys):
+    from pipeline.cli import main
+
+    main(["layers", "vgg16", "--size", "32"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["index", "depth", "output", "shape", "features", "layer", "(cut)"]
+    rows = {line.split()[-1]: line.split() for line in lines[1:]}
+    # VGG16 at 32 px: 19 layers; block4_pool (index 14) halves 4×4 to 2×2 with 512 channels.
+    assert len(rows) == 19 and rows["input_layer"][:4] == ["0", "0.00", "32×32×3", "3072"]
+    assert rows["block4_pool"][:4] == ["14", f"{14 / 18:.2f}", "2×2×512", "2048"]
+    assert rows["block5_pool"][:4] == ["18", "1.00", "1×1×512", "512"]
+    assert max(len(line) for line in lines) <= 100
+
+
 def test_random_weights_do_not_depend_on_other_threads_using_random():
     # A Dask worker's event loop draws from Python's global `random` while models build.
     import random

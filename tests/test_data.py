@@ -50,10 +50,105 @@ def test_presplit_layout_keeps_the_given_split(tmp_path):
     assert all(r.id.startswith(r.split + "/") for r in records)
 
 
-def test_presplit_without_test_is_refused(tmp_path):
-    write_image_folder(tmp_path / "ds" / "train", classes=2, per_class=2)
-    with pytest.raises(ValueError, match="no test/"):
+def _presplit(root, splits):
+    # Distinct seeds per split: equal ones would make cross-split duplicates.
+    for seed, (split, n) in enumerate(splits):
+        write_image_folder(root / split, classes=2, per_class=n, seed=seed)
+    return root
+
+
+@pytest.mark.parametrize("val_folder", ["val", "validation", "Validation"])
+def test_train_and_val_without_test_gets_test_drawn_from_train_seeded(tmp_path, val_folder):
+    root = _presplit(tmp_path / "ds", [("Train" if val_folder[0] == "V" else "train", 20), (val_folder, 4)])
+    records, report = build_manifest(DataParams(source=str(root)), progress=False)
+    assert report.layout == "presplit"
+    # 0.15 / (0.7 + 0.15) of each class's 20 training images: 3.5, rounded to 4; the given val kept whole.
+    assert report.per_split == {"train": 32, "val": 8, "test": 8}
+    assert all(r.id.startswith(val_folder + "/") for r in records if r.split == "val")
+    assert all(r.id.lower().startswith("train/") for r in records if r.split == "test")
+    assert "test drawn from train: 17.6%" in report.split_policy and "seed 0" in report.split_policy
+    again, _ = build_manifest(DataParams(source=str(root)), progress=False)
+    other, _ = build_manifest(DataParams(source=str(root), seed=1), progress=False)
+    drawn = lambda rs: sorted(r.id for r in rs if r.split == "test")
+    assert drawn(again) == drawn(records) != drawn(other)
+
+
+def test_train_and_test_without_val_gets_val_drawn_unless_its_ratio_is_zero(tmp_path):
+    root = _presplit(tmp_path / "ds", [("train", 10), ("test", 3)])
+    _, report = build_manifest(DataParams(source=str(root)), progress=False)
+    assert report.per_split == {"train": 16, "val": 4, "test": 6}
+    no_val = SplitRatios(train=0.8, val=0.0, test=0.2)
+    _, report = build_manifest(DataParams(source=str(root), split=no_val), progress=False)
+    assert report.per_split == {"train": 20, "val": 0, "test": 6}
+
+
+@pytest.mark.parametrize("folders, why, fix", [
+    (["train"], "a train/ folder and no val/ or test/", "move the class folders up"),
+    (["val", "test"], "no train/", "name the folder of the training images train/"),
+    (["train", "val", "validation"], "2 folders are the val split: ['val', 'validation']", "merge them"),
+    (["train", "test", "extra"], "mixes split folders ['test', 'train'] with other folders ['extra']", "move"),
+    (["cats/train", "cats/test", "dogs/train", "dogs/test"], "class folders hold split folders (cats/test/",
+     "<root>/<split>/<class>/"),
+    (["dataset/train", "dataset/test"], "one folder, dataset/, which holds the folders ['test', 'train']",
+     "point data.source at"),
+])
+def test_ambiguous_layouts_are_refused_naming_the_folders_the_layouts_and_the_fix(tmp_path, folders, why, fix):
+    for i, folder in enumerate(folders):
+        write_image_folder(tmp_path / "ds" / folder, classes=2, per_class=2, seed=i)
+    with pytest.raises(ValueError) as error:
         scan_source(tmp_path / "ds")
+    message = str(error.value)
+    assert why in message and fix in message and "Layouts accepted:" in message
+    assert f"folders found: {sorted({f.split('/')[0] for f in folders})}" in message
+
+
+def test_a_split_folder_of_loose_images_is_refused(tmp_path):
+    write_image_folder(tmp_path / "ds" / "test", classes=2, per_class=2)
+    write_image_folder(tmp_path / "flat", classes=1, per_class=3)
+    shutil.move(tmp_path / "flat" / "class_0", tmp_path / "ds" / "train")   # train/img_000.png, ...
+    with pytest.raises(ValueError, match=r"train/ holds images but no class folders.*train/<class>/<images>"):
+        scan_source(tmp_path / "ds")
+
+
+def _write_table(root, rows, header="path,label,split"):
+    root.joinpath("labels.csv").write_text(header + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return root / "labels.csv"
+
+
+def test_a_csv_source_keeps_its_split_and_draws_the_missing_one(tmp_path):
+    paths = write_image_folder(tmp_path / "ds" / "pics", classes=2, per_class=8)
+    rows = [(p.relative_to(tmp_path / "ds").as_posix(), f"kind{p.parent.name[-1]}",
+             "VALID" if i % 8 >= 6 else "train") for i, p in enumerate(paths)]
+    table = _write_table(tmp_path / "ds", rows)
+    records, report = build_manifest(DataParams(source=str(table)), progress=False)
+    assert report.layout == "table" and report.classes == ["kind0", "kind1"]
+    assert report.per_split == {"train": 10, "val": 4, "test": 2}
+    assert all(r.path == f"{tmp_path}/ds/{r.id}" and r.id.startswith("pics/") for r in records)
+    # Without the split column the rows are split by data.split.
+    table = _write_table(tmp_path / "ds", [r[:2] for r in rows], header="path,label")
+    _, report = build_manifest(DataParams(source=str(table)), progress=False)
+    assert report.per_split == {"train": 12, "val": 2, "test": 2} and "data.split" in report.split_policy
+
+
+def test_a_csv_source_names_every_bad_row(tmp_path):
+    paths = write_image_folder(tmp_path / "ds", classes=2, per_class=2)
+    (tmp_path / "ds" / "notes.txt").write_text("x")
+    (tmp_path / "outside.png").write_bytes(paths[0].read_bytes())
+    rel = [p.relative_to(tmp_path / "ds").as_posix() for p in paths]
+    table = _write_table(tmp_path / "ds", [(rel[0], "a", "train"), (rel[1], "", "train"), (rel[2], "b", "tst"),
+                                          (rel[0], "a", "test"), ("missing.png", "a", "test"),
+                                          ("notes.txt", "a", "test"), ("../outside.png", "b", "test")])
+    with pytest.raises(ValueError) as error:
+        build_manifest(DataParams(source=str(table)), progress=False)
+    message = str(error.value)
+    assert message.startswith(f"6 row(s) of {table} cannot be used")
+    for expected in ("line 3 (class_0/img_001.png): empty label", "split 'tst' is not one of",
+                     "line 5 (class_0/img_000.png): the same path as line 2", "line 6 (missing.png): no such file",
+                     "line 7 (notes.txt): not an image file", "../outside.png: leads out of the dataset folder"):
+        assert expected in message
+    _write_table(tmp_path / "ds", [(rel[0], "a")], header="file,label")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['path'\]"):
+        build_manifest(DataParams(source=str(table)), progress=False)
 
 
 def test_missing_source_is_named(tmp_path):

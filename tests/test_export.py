@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import tiny_params, write_image_folder, write_params
 from pipeline import cli
@@ -82,7 +83,7 @@ def test_each_head_kind_exports_as_one_keras_file_that_predict_loads(pipeline_ru
 
     variant = _variant(pipeline_run, kind)
     out = _export(pipeline_run, variant)
-    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "model.keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "model.keras", "ood.keras"]
     scores = json.loads((pipeline_run / "heads/mv2/scores.json").read_text())
     row = next(r for r in scores["variants"] if r["variant"] == variant)
     manifest = pipeline_run / "data/manifest.csv"
@@ -181,6 +182,34 @@ def test_predict_scores_files_in_class_folders(pipeline_run):
     wrong = [(path.parent.parent / "class_0" / path.name, proba) for path, proba in results if
              predictor.classes[proba.argmax()] != "class_0"]
     assert wrong and folder_accuracy(wrong, predictor.classes) == (0.0, len(wrong))
+
+
+def test_predict_flags_images_unlike_the_training_images_and_scores_class_folders(pipeline_run, tmp_path, capsys):
+    out = _export(pipeline_run, _variant(pipeline_run, "logreg"))
+    ood = json.loads((out / "card.json").read_text())["out_of_domain"]
+    assert (ood["k"], ood["percentile"], ood["training_images"]) == (5, 95.0, 21)
+    assert ood["flagged_validation"] <= 0.2 and "Out of domain" in (out / "card.md").read_text()
+    # In domain: the test images, in their class folders. Out: flat colours and stripes, unlike any noise image.
+    incoming = tmp_path / "incoming"
+    for record in (r for r in read_manifest(pipeline_run / "data/manifest.csv") if r.split == "test"):
+        (incoming / record.class_name).mkdir(parents=True, exist_ok=True)
+        (incoming / record.class_name / Path(record.path).name).write_bytes((pipeline_run / record.path).read_bytes())
+    foreign = tmp_path / "foreign" / "class_0"
+    foreign.mkdir(parents=True)
+    for i in range(4):
+        pixels = np.zeros((40, 48, 3), np.uint8)
+        pixels[:, ::2 + i] = 255 if i % 2 else (40 * i, 200, 90)
+        Image.fromarray(pixels).save(foreign / f"pattern_{i}.png")
+    assert shoulders_predict(str(out), str(incoming), str(foreign), "--no-progress") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert list(rows[0]) == ["file", "true_class", "correct", "predicted", "probability", "ood_distance",
+                             "out_of_domain"]
+    assert all(r["correct"] == str(r["true_class"] == r["predicted"]).lower() for r in rows)
+    flagged = {Path(r["file"]).parent.parent.name: [] for r in rows}
+    for r in rows:
+        flagged[Path(r["file"]).parent.parent.name].append(r["out_of_domain"] == "true")
+        assert (float(r["ood_distance"]) > ood["threshold"]) == (r["out_of_domain"] == "true")
+    assert all(flagged["foreign"]) and np.mean(flagged["incoming"]) <= 0.34
 
 
 def test_image_files_judge_junk_below_the_folder_named(tmp_path, monkeypatch):

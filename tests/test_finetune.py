@@ -40,13 +40,13 @@ def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
 
     evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
                    "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--finetune",
-                   "finetune/result.json"])
+                   "finetune/result.json", "--best", "reports/best"])
     report = json.loads((in_tmp / "reports/evaluation.json").read_text())
     assert report["finetune"]["test_accuracy"] == result["test_accuracy"]
     board = (in_tmp / "reports/leaderboard.csv").read_text()
     assert "finetune-" + result["head_variant"] in board
-    metrics = json.loads((in_tmp / "metrics.json").read_text())
-    assert metrics["finetune"]["val_accuracy"] == result["val_accuracy"]
+    metrics = json.loads((in_tmp / "reports/best/finetune.json").read_text())
+    assert metrics["val_acc"] == result["val_accuracy"]
     cached_best = report.get("best_cached_head", report["best"])["val_accuracy"]
     assert (report["best"]["variant"].startswith("finetune")) == (result["val_accuracy"] > cached_best)
 

@@ -95,7 +95,7 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
         assert row["val_accuracy"] == float((head.predict(val.X) == val.y).mean()), row["variant"]
     evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
                    "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    assert json.loads((in_tmp / "metrics.json").read_text())["best"]["test_accuracy"] == \
+    assert json.loads((in_tmp / "metrics.json").read_text())["test_acc"] == \
         recomputed_best_test_accuracy(in_tmp)
 
 

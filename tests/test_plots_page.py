@@ -29,7 +29,7 @@ def _plot_data(plots: Path) -> tuple[list[dict], list[dict]]:
             "b_top": ("net (none)", 1.0, 0.3)}
     report = {"feature_sets": {key: {"backbone": backbone.split()[0], "weights": backbone.split()[1][1:-1],
                                      "cut": f"cut_{key}", "cut_depth": depth, "val_accuracy": acc,
-                                     "test_accuracy": acc - 0.02}
+                                     "test_accuracy": acc - 0.02, "test_accuracy_ci95": [acc - 0.09, acc + 0.03]}
                                for key, (backbone, depth, acc) in sets.items()}}
     leaderboard = []
     for key, (_, _, acc) in sets.items():
@@ -120,6 +120,7 @@ def test_dvc_plots_render_offline_with_data(tmp_path):
     assert counts["Leaderboard"]["bar"] == len(leaderboard)                    # one bar per variant
     assert counts["Test_accuracy_against_cut"]["point"] == 3                   # one point per feature set
     assert counts["Test_accuracy_against_cut"]["line mark"] == 2               # one line per backbone
+    assert counts["Test_accuracy_against_cut"]["rule mark"] == 3               # one interval per feature set
     assert counts["Validation_accuracy"]["point"] == len(swept)                # kind, pooling, logreg.C
     assert counts["Confusion"]["rect mark"] >= 9                               # 3 × 3 cells
     assert counts["Learning_curve"]["point"] == len(curve)                     # one point per size and set

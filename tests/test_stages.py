@@ -64,7 +64,7 @@ def test_extract_stores_what_the_model_computes(prepared):
     np.testing.assert_allclose(np.asarray(test.X[0], np.float32), by_hand, rtol=2e-3, atol=2e-3)
 
 
-def test_heads_and_evaluate_end_to_end(prepared):
+def test_heads_and_evaluate_end_to_end(prepared, capsys):
     extract.main(EXTRACT_ARGS)
     heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
     scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
@@ -75,13 +75,20 @@ def test_heads_and_evaluate_end_to_end(prepared):
     assert all(v["fit_seconds"] > 0 and v["peak_rss_mib"] is not None for v in scores["variants"])
     assert scores["variants"][-1]["n_epochs"] == 3
     backbone_cost.main(["--out", "reports/backbone_cost.json"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
-                   "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    (prepared / "reports/best").mkdir(parents=True)
+    (prepared / "reports/best/gone.json").write_text("{}")   # a feature set no longer in params.yaml
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--best", "reports/best",
+                   "--report", "reports/evaluation.json", "--leaderboard", "reports/leaderboard.csv", "--plots",
+                   "plots", "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    # One short row per model, the same keys in each file: `dvc metrics show` prints one column per key.
     metrics = json.loads((prepared / "metrics.json").read_text())
-    assert set(metrics) == {"best", "mv2", "variants_trained"}
-    assert metrics["best"]["test_accuracy"] == metrics["mv2"]["test_accuracy"]
+    assert list(metrics) == ["head", "test_acc", "test_ci_lo", "test_ci_up", "val_acc"]
+    assert sorted(p.name for p in (prepared / "reports/best").iterdir()) == ["mv2.json"]
+    of_mv2 = json.loads((prepared / "reports/best/mv2.json").read_text())
+    assert metrics == {**of_mv2, "head": "mv2/" + of_mv2["head"]}
     best = json.loads((prepared / "reports/evaluation.json").read_text())["best"]
+    assert (metrics["test_acc"], [metrics["test_ci_lo"], metrics["test_ci_up"]]) == \
+        (best["test_accuracy"], best["test_accuracy_ci95"])
     assert best["feature_set"] == "mv2"
     assert best["test_accuracy"] == recomputed_best_test_accuracy(prepared)
     assert set(best["test_recall"]) == {"class_0", "class_1", "class_2"}
@@ -95,6 +102,17 @@ def test_heads_and_evaluate_end_to_end(prepared):
     assert markdown.startswith("# Leaderboard") and "**Cost.**" in markdown
     confusion = (prepared / "plots/confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 6
+    with open(prepared / "plots/accuracy_by_cut.csv", newline="") as handle:
+        (cut,) = csv.DictReader(handle)
+    assert float(cut["test_ci95_low"]) <= float(cut["test_accuracy"]) <= float(cut["test_ci95_high"])
+    from pipeline.cli import main as shoulders
+
+    shoulders(["summary", "--top", "3"])
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[0] == f"Chosen on validation (val split) accuracy: mv2 / {best['variant']}"
+    assert f"test accuracy {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}, 6 images)" in summary[1]
+    assert "Top 3 of 4 variants" in summary[3] and summary[5].split()[:3] == ["1", "mv2", board[0]["variant"]]
+    assert max(map(len, summary)) <= 100
     swept = (prepared / "plots/hyperparameters.csv").read_text().splitlines()
     assert swept[0] == "hyperparameter,value,order,feature_set,val_accuracy"
     assert {line.split(",")[0] for line in swept[1:]} == {"kind", "logreg.C"}   # the only lists of 2+
@@ -245,3 +263,32 @@ def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepa
     (line,) = _error_lines(caplog)
     assert line.startswith(f"another extraction of mv2 is running (pid {os.getpid()}); this extraction stopped")
     assert not Path("features/mv2.zarr").exists() and not list(Path("features/.incomplete").glob("*.zarr"))
+
+
+@pytest.mark.parametrize("layout, data, heads", [
+    # The most common published layout: train/ and val/, no test/ (test is drawn from train/).
+    ({"train": 8, "val": 3}, {}, {}),
+    # No validation split at all, compared by cross-validation instead (crashed on the empty val split).
+    ({"train": 8, "test": 3}, {"split": {"train": 0.8, "val": 0.0, "test": 0.2}}, {"cv": 2}),
+])
+def test_a_pre_split_source_missing_a_split_runs_to_evaluate(in_tmp, layout, data, heads):
+    for seed, (split, n) in enumerate(layout.items()):
+        write_image_folder(in_tmp / "images" / split, classes=3, per_class=n, seed=seed)
+    params = tiny_params("images", data=data, heads={"kinds": ["logreg"], **heads})
+    params["data"]["split"] = data.get("split", {"train": 0.7, "val": 0.15, "test": 0.15})
+    write_params(in_tmp / "params.yaml", params)
+    prepare.main(PREPARE_ARGS)
+    extract.main(EXTRACT_ARGS)
+    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    backbone_cost.main(["--out", "reports/backbone_cost.json"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
+                   "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    per_split = json.loads((in_tmp / "reports/prepare.json").read_text())["per_split"]
+    best = json.loads((in_tmp / "reports/evaluation.json").read_text())["best"]
+    assert best["test_accuracy"] == recomputed_best_test_accuracy(in_tmp)
+    if "val" in layout:
+        assert per_split == {"train": 21, "val": 9, "test": 3}   # 1 of each class's 8 drawn into test
+    else:
+        assert per_split == {"train": 24, "val": 0, "test": 9}
+        assert 0 <= best["val_accuracy"] <= 1   # the mean over the folds

@@ -363,15 +363,28 @@ def cut_points(spec: Any) -> CutPoints:
         points = import_dotted(fam.hooks["cut_points"])(spec)
         keras.backend.clear_session()
         return points
+    names = tuple(name for name, _ in layer_shapes(spec))
+    return CutPoints(names=names, last=names[-1])
+
+
+def layer_shapes(spec: Any) -> list[tuple[str, tuple]]:
+    """Every layer of a feature set's backbone (not a preset's; built once without weights, then discarded),
+    in order, with its output shape for one image (the batch axis left out; ``()`` where a layer has several)."""
+    import keras
+
+    fam = family(spec.backbone)
     kwargs: dict[str, Any] = {"include_top": False, "weights": None,
                               "input_shape": (input_size(spec),) * 2 + (3,)}
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     base = import_dotted(fam.factory)(**kwargs)
-    names = tuple(layer.name for layer in base.layers)
+    shapes = []
+    for layer in base.layers:
+        output = layer.output
+        shapes.append((layer.name, tuple(output.shape[1:]) if hasattr(output, "shape") else ()))
     del base
     keras.backend.clear_session()
-    return CutPoints(names=names, last=names[-1])
+    return shapes
 
 
 def weights_digest(spec: Any) -> Optional[str]:

@@ -341,9 +341,14 @@ class ExportParams:
 
     variant: Optional[str] = None   # null: the best on validation; else "<feature set>/<variant id>"
     tolerance: float = 0.002        # largest probability difference allowed against the pipeline on test
+    ood_k: int = 5                  # out of domain: distance to the k-th nearest training image (pipeline.export.ood)
+    ood_percentile: float = 95.0    # ... beyond this percentile of the validation images' distances
 
     def __post_init__(self):
         _require(0 < self.tolerance < 1, "export.tolerance", self.tolerance, "a number in (0, 1)")
+        _require(isinstance(self.ood_k, int) and self.ood_k >= 1, "export.ood_k", self.ood_k, "an integer >= 1")
+        _require(50 <= self.ood_percentile <= 100, "export.ood_percentile", self.ood_percentile,
+                 "a number from 50 to 100")
         if self.variant is not None and "/" not in self.variant:
             raise ParamsError(f"export.variant must be null or '<feature set>/<variant id>'. "
                               f"Received: {self.variant!r}")

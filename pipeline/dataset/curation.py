@@ -10,7 +10,9 @@ A class folder that ends up with no usable image (empty, only non-image files,
 or every image undecodable and skipped) is not a class: it gets no label and is
 listed under ``empty_classes`` in the report with a warning. A class with
 images in val or test but none in train is an error, since no head could ever
-predict it.
+predict it. A pre-split source that lacks val or test gets it drawn from its
+training images (the policy: :mod:`pipeline.dataset.layouts`); the report says
+how the split was made (``split_policy``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from typing import Sequence
 from pipeline.config import SPLITS, DataParams, NearDuplicateParams
 from pipeline.dataset.duplicates import cross_split_pairs, remove_duplicates
 from pipeline.dataset.report import PrepareReport, fill_statistics
+from pipeline.dataset.label_table import scan_table
+from pipeline.dataset.layouts import missing_splits
 from pipeline.dataset.sources import SourceScan, inspect_all, scan_source
-from pipeline.dataset.splits import stratified_split
+from pipeline.dataset.splits import draw_from_train, stratified_split
 from pipeline.images import BadImageError
 from pipeline.manifest import Record
 
@@ -61,7 +65,9 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
         For an empty source, fewer than two classes, classes too small to split,
         or a class with no training image.
     """
-    scan = scan_source(Path(params.source), path_prefix=params.source)
+    source = Path(params.source)
+    is_table = source.suffix.lower() == ".csv" and not source.is_dir()
+    scan = (scan_table if is_table else scan_source)(source, path_prefix=params.source)
     log.info("found %d images in %s (%s layout), %d other files ignored",
              len(scan.candidates), params.source, scan.layout, len(scan.ignored))
     good, bad = inspect_all(scan.candidates, with_phash=params.near_duplicates is not None,
@@ -84,10 +90,14 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
             conflicts = [g for g in report.duplicate_groups if len({class_of[i] for i in g}) > 1]
             report.warn(f"{len(conflicts)} duplicate group(s) are filed under more than one class; the first "
                         f"(most held-out) copy's class was kept: {conflicts[:3]}")
-    if scan.layout == "classes":
+    if all(c.split is None for c, _ in good):
         # Split by class name (sorted like the labels), so an error names the class.
         splits = stratified_split([c.class_name for c, _ in good], params.split, params.seed)
         good = [(replace(c, split=str(s)), info) for (c, info), s in zip(good, splits)]
+        report.split_policy = (f"split by data.split {asdict(params.split)}, stratified by class, "
+                               f"seed {params.seed}")
+    else:
+        good, report.split_policy = _draw_missing_splits(good, params)
     records = [Record(id=c.id, path=c.path, label=classes.index(c.class_name), class_name=c.class_name,
                       split=c.split, sha256=info.sha256, width=info.width, height=info.height)
                for c, info in good]
@@ -98,6 +108,22 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
         _report_near_duplicates(report, records, [hashes[r.id] for r in records], params.near_duplicates)
     fill_statistics(report, records, small_side=params.small_image_side)
     return records, report
+
+
+def _draw_missing_splits(good: list, params: DataParams) -> tuple[list, str]:
+    """Draw the split(s) a pre-split source lacks out of its training images (policy: :mod:`.layouts`)."""
+    given = sorted({c.split for c, _ in good}, key=SPLITS.index)
+    policy = f"the given split ({', '.join(given)})"
+    for split, fraction in missing_splits(given, params.split).items():
+        train = [i for i, (c, _) in enumerate(good) if c.split == "train"]
+        drawn = draw_from_train([good[i][0].class_name for i in train], split, fraction, params.seed)
+        for i, s in zip(train, drawn):
+            good[i] = (replace(good[i][0], split=str(s)), good[i][1])
+        policy += (f"; {split} drawn from train: {fraction:.1%} of each class's training images "
+                   f"(data.split.{split} / (data.split.train + data.split.{split})), seed {params.seed}")
+        log.info("the source has no %s split: drew %d of its %d training images into it (%.1f%% of each class, "
+                 "seed %d)", split, int(sum(s == split for s in drawn)), len(train), 100 * fraction, params.seed)
+    return good, policy
 
 
 def _report_near_duplicates(report: PrepareReport, records: Sequence[Record], hashes: Sequence[int],

@@ -35,6 +35,7 @@ class PrepareReport:
     source: str
     layout: str
     classes: list[str]
+    split_policy: str = ""                                        # how the split was made, in words
     images: int = 0
     per_split: dict[str, int] = field(default_factory=dict)
     per_class_split: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -119,6 +120,7 @@ def summary_markdown(report: PrepareReport) -> str:
     lines = [f"# Dataset: {report.source}", "",
              f"{report.images} images, {len(report.classes)} classes, layout `{report.layout}`; "
              f"class imbalance (largest / smallest train class): {report.class_imbalance}", "",
+             f"Split: {report.split_policy}.", "",
              "| class | " + " | ".join(SPLITS) + " |", "|---|" + "---:|" * len(SPLITS)]
     for name, counts in report.per_class_split.items():
         lines.append(f"| {name} | " + " | ".join(str(counts[s]) for s in SPLITS) + " |")

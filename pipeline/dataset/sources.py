@@ -1,9 +1,11 @@
 """Finding the images of a dataset folder and proving each one decodes.
 
-A source is a folder in one of two layouts:
+A source is a folder in one of two layouts, or a CSV file (:mod:`pipeline.dataset.layouts` says which
+layouts are accepted, which are refused as ambiguous, and the policy for a split a source lacks):
 
 - ``<root>/<class>/<image>``: split later, stratified by class (:mod:`pipeline.dataset.splits`);
-- ``<root>/{train,val,test}/<class>/<image>``: the given split is kept.
+- ``<root>/{train,val,test}/<class>/<image>``: the given split is kept;
+- ``path,label[,split]`` rows of a CSV file (:mod:`pipeline.dataset.label_table`).
 
 :func:`scan_source` lists the image files (hidden files and OS clutter skipped,
 other files listed as ignored); :func:`inspect_all` decodes and hashes every one
@@ -32,8 +34,8 @@ from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from pipeline.config import SPLITS
 from pipeline.dataset.duplicates import perceptual_hash
+from pipeline.dataset.layouts import ACCEPTED, split_folders
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 
@@ -51,7 +53,7 @@ class Candidate:
 class SourceScan:
     """What :func:`scan_source` found under a dataset folder."""
 
-    layout: str                  # 'presplit' or 'classes'
+    layout: str                  # 'presplit', 'classes' or 'table' (a CSV; split given when candidates have one)
     candidates: list[Candidate]  # image files, sorted by id
     ignored: list[str]           # other files (not images, not OS junk), relative to the root
     class_folders: list[str]     # every class folder name, with or without images, sorted
@@ -80,28 +82,17 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     FileNotFoundError
         If ``root`` is not a folder.
     ValueError
-        If no class folders or no images are found, or a pre-split tree lacks train/ or test/; or naming
+        If no class folders or no images are found, or the layout is ambiguous (:mod:`pipeline.dataset.layouts`);
+        or naming
         every path whose name is not UTF-8 or that is a dangling link, a link loop or a link out of ``root``.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.source {str(root)!r} is not a folder "
-                                "(expected <root>/<class>/<images> or <root>/{train,val,test}/<class>/<images>)")
     prefix = path_prefix if path_prefix is not None else str(root)
-    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not is_junk_name(p))
-    presplit = [s for s in SPLITS if s in subdirs]
-    if presplit:
-        for needed in ("train", "test"):
-            if needed not in presplit:
-                raise ValueError(f"{root} has {presplit} folders but no {needed}/: a pre-split source "
-                                 "needs train/ and test/ (val/ is optional)")
-        stray = [d for d in subdirs if d not in SPLITS]
-        if stray:
-            raise ValueError(f"{root} mixes split folders {presplit} with other folders {stray}; "
-                             "use either <root>/{train,val,test}/<class>/ or <root>/<class>/")
-        layout, tops = "presplit", [(s, root / s) for s in presplit]
-    else:
-        layout, tops = "classes", [(None, root)]
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.source {str(root)!r} is not a folder or a CSV file ({ACCEPTED})")
+    tops = split_folders(root)
+    layout = "presplit" if tops else "classes"
+    tops = tops or [(None, root)]
     candidates: list[Candidate] = []
     ignored: list[str] = []
     class_folders: set[str] = set()
@@ -109,12 +100,12 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     inside = root.resolve()
     for split, top in tops:
         for class_dir in sorted(p for p in top.iterdir() if p.is_dir() and not is_junk_name(p)):
-            if _unusable(class_dir, root, inside, problems):
+            if unusable(class_dir, root, inside, problems):
                 continue
             class_folders.add(class_dir.name)
             for path in sorted(class_dir.rglob("*")):
                 junk = any(is_junk_name(Path(part)) for part in path.relative_to(root).parts)
-                if _unusable(path, root, inside, problems, junk=junk) or junk or not path.is_file():
+                if unusable(path, root, inside, problems, junk=junk) or junk or not path.is_file():
                     continue
                 rel = path.relative_to(root).as_posix()
                 if not is_image_name(path):
@@ -126,14 +117,14 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
     for top in ([root] if layout == "classes" else [root, *(t for _, t in tops)]):
         for path in sorted(p for p in top.iterdir() if not p.is_dir()):  # folders were looked at above
             junk = is_junk_name(path)
-            if not _unusable(path, root, inside, problems, junk=junk) and not junk and path.is_file():
+            if not unusable(path, root, inside, problems, junk=junk) and not junk and path.is_file():
                 ignored.append(path.relative_to(root).as_posix())
     if problems:
         raise ValueError(f"{len(problems)} path(s) under {shown(root)} cannot be used as they are (names must be "
                          "UTF-8; links must lead to a file inside the dataset folder):\n  " + "\n  ".join(problems))
     if not candidates:
-        raise ValueError(f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case; "
-                         "expected <root>/<class>/<images> or <root>/{train,val,test}/<class>/<images>)")
+        raise ValueError(f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case). "
+                         f"{ACCEPTED}")
     return SourceScan(layout=layout, candidates=sorted(candidates, key=lambda c: c.id), ignored=sorted(ignored),
                       class_folders=sorted(class_folders))
 
@@ -148,7 +139,7 @@ def shown(path: Path) -> str:
     return text
 
 
-def _unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk: bool = False) -> bool:
+def unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk: bool = False) -> bool:
     """Whether ``path`` breaks the names-and-links policy (module docstring); if so, say why in ``problems``.
 
     Hidden files and OS clutter (``junk``) are only checked for dangling links, which DVC cannot hash.

@@ -28,12 +28,15 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.config import Params
+from pipeline.export.ood import OOD_FILE, build_ood_model, ood_card, ood_distances
 from pipeline.heads.saved import load_head
 from pipeline.provenance import NETWORK, features_identity, require_same
 from pipeline.store.reader import open_feature_set
 
 log = logging.getLogger(__name__)
 FORM = "single Keras graph (model.keras, loaded in Keras' safe mode)"
+# The layer of model.keras whose output is the pooled features the head reads.
+FEATURES_LAYER = "features"
 
 
 def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
@@ -70,7 +73,8 @@ def feature_model(cut: Any, pooling: str, store_dtype: str):
         x = StoreRounding(store_dtype, name="store_rounding")(x)
     if len(x.shape) > 2:  # a map or a token summary; a vector per image has nothing to pool
         x = apply_pooling(x, pooling)
-    return inputs, x
+    # Named, so that predict can read the features too (the out-of-domain score, pipeline.export.ood).
+    return inputs, keras.layers.Identity(name=FEATURES_LAYER)(x)
 
 
 def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: str) -> Any:
@@ -155,6 +159,13 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     out.mkdir(parents=True)
     model.save(out / MODEL_FILE)
     test = open_feature_set(target["store"], "test", manifest=records, pooling=row["pooling"], expect=expect)
+    train = open_feature_set(target["store"], "train", manifest=records, pooling=row["pooling"], expect=expect)
+    build_ood_model(np.asarray(train.X), params.export.ood_k).save(out / OOD_FILE)
+    scorer = load_keras_model(out / OOD_FILE)   # as predict will load it
+    ood = ood_card(k=params.export.ood_k, percentile=params.export.ood_percentile,
+                   val_distances=ood_distances(scorer, np.asarray(val.X)),
+                   test_distances=ood_distances(scorer, np.asarray(test.X)), train_images=len(train.X),
+                   features_layer=FEATURES_LAYER)
     by_id = {r.id: r for r in records}
     # The model as it will be loaded (safe mode, from the file), not the one in memory.
     predictor = Predictor(list(test.classes), load_keras_model(out / MODEL_FILE), {})
@@ -163,6 +174,7 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
                       form=FORM, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256,
                       max_image_pixels=params.data.max_image_pixels)
+    card["out_of_domain"] = ood
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
     log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",

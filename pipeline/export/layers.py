@@ -10,7 +10,9 @@ the project installed — :func:`pipeline.export.predict.load_model` imports it 
   dtype, so the exported head sees what it was trained on;
 - :class:`TokenPooling` — the token poolings (``cls``, ``mean``, ``cls+mean``) of a
   token summary;
-- :func:`apply_pooling` — the poolings of :mod:`pipeline.store.pooling` as Keras layers.
+- :func:`apply_pooling` — the poolings of :mod:`pipeline.store.pooling` as Keras layers;
+- :class:`KthNearestDistance` — the out-of-domain score of ``ood.keras``: the cosine distance from
+  an image's features to its k-th nearest training image's (:mod:`pipeline.export.ood`).
 
 Importing it also registers :class:`pipeline.backbones.hub.TokenSummary`, which
 a keras_hub preset's cut model holds (loading such a model needs keras_hub too).
@@ -79,6 +81,27 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling}
+
+
+@keras.saving.register_keras_serializable(package="shoulders")
+class KthNearestDistance(keras.layers.Layer):
+    """Cosine similarities to the training images ``(batch, n_train)`` → distance to the ``k``-th nearest."""
+
+    def __init__(self, k: int, **kwargs):
+        super().__init__(**kwargs)
+        if k < 1:
+            raise ValueError(f"k must be an integer >= 1. Received: {k!r}")
+        self.k = k
+
+    def call(self, similarities):
+        nearest, _ = ops.top_k(similarities, self.k)
+        return 1.0 - nearest[:, self.k - 1]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
 
 
 # One Keras form per name of pipeline.store.pooling (tests/test_export.py checks that both pool alike).

@@ -126,6 +126,15 @@ def card_markdown(card: dict) -> str:
               f"within; undecodable images skipped: {data['bad_images_skipped']}.", "",
               "| class | train | val | test |", "|---|---:|---:|---:|"]
     lines += [f"| {c} | {n['train']} | {n['val']} | {n['test']} |" for c, n in data["images_per_class"].items()]
+    ood = card.get("out_of_domain")
+    if ood:
+        test_share = "n/a" if ood["flagged_test"] is None else f"{100 * ood['flagged_test']:.1f}%"
+        lines += ["", "## Out of domain", "",
+                  f"`shoulders predict` flags an image as out of domain when the {ood['method']} (k = {ood['k']}, "
+                  f"{ood['training_images']} training images, `{ood['file']}`) exceeds **{ood['threshold']:.4f}**, "
+                  f"the {ood['percentile']:g}th percentile of the validation images' distances: "
+                  f"{100 * ood['flagged_validation']:.1f}% of validation and {test_share} of test images are flagged. "
+                  "A flagged image's class is not to be trusted, whatever its probability."]
     check = card["check_against_pipeline"]
     lines += ["", "## Checked against the pipeline", "",
               f"On the {check['images']} test images the exported model predicted the same class as the head on "

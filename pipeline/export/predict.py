@@ -6,7 +6,15 @@ An exported model is a folder written by the export stage (``models/``):
   resize → preprocessing → truncated backbone → pooling → head → class
   probabilities, loaded with Keras' safe mode (no Python code is deserialised);
 - ``card.json`` / ``card.md`` — the model card; ``card.json`` gives the class
-  names in the order of the probability columns, and the pixel limit.
+  names in the order of the probability columns, and the pixel limit;
+- ``ood.keras`` — the out-of-domain score (:mod:`pipeline.export.ood`): each image's
+  features' distance to the k-th nearest training image's; beyond the card's
+  threshold the image is flagged ``out_of_domain`` in the CSV instead of being
+  answered as if it were one of the classes.
+
+The CSV has one row per image: file, [true class and correct, when every file sits
+in a folder named after a class], predicted class and probability (top-k),
+[ood distance and out_of_domain].
 
 A model folder is something people pass around, so :func:`load_model` trusts
 it with nothing but data: it refuses a folder holding any pickle (``.joblib``,
@@ -55,6 +63,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from pipeline.config.schema import DEFAULT_MAX_IMAGE_PIXELS
+from pipeline.export.ood import OOD_FILE
 from pipeline.extraction.inputs import resize_image
 from pipeline.extraction.runtime import RUNTIMES, keras_backend_for
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
@@ -92,9 +101,29 @@ class Predictor:
     classes: list[str]
     model: Any
     card: dict
-    _body: Any = field(default=None, repr=False)   # the graph after the resize layer, built on first use
-    runtime: Optional[str] = None   # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
-    _steps: dict = field(default_factory=dict, repr=False)   # OpenVINO: compiled steps by batch size
+    ood: Optional[Any] = None        # features → out-of-domain distance (ood.keras), when the model has one
+    runtime: Optional[str] = None    # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
+    _bodies: dict = field(default_factory=dict, repr=False)   # outputs → the graph after the resize layer
+    _steps: dict = field(default_factory=dict, repr=False)    # OpenVINO: compiled steps by (outputs, batch size)
+
+    @property
+    def ood_threshold(self) -> Optional[float]:
+        """Distances beyond this are out of domain (the card's ``out_of_domain.threshold``)."""
+        return self.card["out_of_domain"]["threshold"] if self.ood is not None else None
+
+    def predict_scored(self, images: Sequence[np.ndarray], *,
+                       batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(n, n_classes)`` and out-of-domain distances ``(n,)`` of decoded images.
+
+        Raises
+        ------
+        ValueError
+            If the model has no out-of-domain scorer (exported before it existed: re-export it).
+        """
+        if self.ood is None:
+            raise ValueError("this model has no out-of-domain scorer (ood.keras): re-export it (`dvc repro export`)")
+        probabilities, features = self._run("scored", images, batch_pixels)
+        return probabilities, np.asarray(self.ood.predict_on_batch(features), np.float32).reshape(-1)
 
     @property
     def max_pixels(self) -> int:
@@ -129,25 +158,32 @@ class Predictor:
         pixels per call). A model without a ``resize`` layer gets the images
         themselves, those of one size together.
         """
-        layer, size, how = self._resize_layer(), self.input_size, self.resize
-        if layer is None or size is None:
-            return self._predict_whole(images, batch_pixels)
-        if self._body is None:
-            import keras
+        return self._run("proba", images, batch_pixels)[0]
 
-            self._body = keras.Model(layer.output, self.model.output, name="after_resize")
-            self._steps = {}
-        out = np.zeros((len(images), len(self.classes)), np.float32)
+    def _outputs(self, name: str) -> list:
+        """The graph's outputs for ``name``: ``proba`` the probabilities, ``scored`` also the pooled features."""
+        if name == "proba":
+            return [self.model.output]
+        return [self.model.output, self.model.get_layer(self.card["out_of_domain"]["features_layer"]).output]
+
+    def _run(self, name: str, images: Sequence[np.ndarray], batch_pixels: int) -> list[np.ndarray]:
+        """The outputs ``name`` for decoded images, each ``(n, ...)``, at most ``batch_pixels`` pixels per call."""
+        layer, size, how = self._resize_layer(), self.input_size, self.resize
+        if not images:
+            return [np.zeros((0, *tensor.shape[1:]), np.float32) for tensor in self._outputs(name)]
+        if layer is None or size is None:
+            return self._run_whole(name, images, batch_pixels)
+        parts = []
         per_call = max(1, batch_pixels // (size * size))
         for start in range(0, len(images), per_call):
             part = images[start:start + per_call]
             batch = np.empty((len(part), size, size, 3), np.float32)
             for row, image in enumerate(part):
                 resize_image(image, size, how, batch[row])
-            out[start:start + len(part)] = self._run(batch)
-        return out
+            parts.append(self._call(name, layer, batch))
+        return [np.concatenate(arrays) for arrays in zip(*parts)]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _call(self, name: str, layer: Any, batch: np.ndarray) -> list[np.ndarray]:
         """The graph after the resize on a float32 batch.
 
         The OpenVINO runtime is extraction's (:mod:`pipeline.extraction.runtimes.openvino_runtime`):
@@ -155,19 +191,31 @@ class Predictor:
         (Keras' OpenVINO ``predict_on_batch`` compiles with OpenVINO's default
         precision, bf16 on CPUs that have it: probabilities off by 0.03 here).
         """
+        if name not in self._bodies:
+            import keras
+
+            self._bodies[name] = keras.Model(layer.output, self._outputs(name), name=f"after_resize_{name}")
+        body = self._bodies[name]
         if self.runtime != "openvino":
-            return np.asarray(self._body.predict_on_batch(batch))
-        if len(batch) not in self._steps:
-            from pipeline.extraction.runtime import Runtime
-            from pipeline.extraction.runtimes import compile_step
+            got = body.predict_on_batch(batch)
+        else:
+            key = (name, len(batch))
+            if key not in self._steps:
+                from pipeline.extraction.runtime import Runtime
+                from pipeline.extraction.runtimes import compile_step
 
-            runtime = Runtime(name="openvino", device="CPU", precision="float32", batch_size=len(batch),
-                              jit_compile=False)
-            self._steps[len(batch)] = compile_step(runtime, self._body, lambda x: x, batch_size=len(batch))
-        return self._steps[len(batch)](batch)
+                runtime = Runtime(name="openvino", device="CPU", precision="float32", batch_size=len(batch),
+                                  jit_compile=False)
+                self._steps[key] = compile_step(runtime, body, lambda x: x, batch_size=len(batch))
+            got = self._steps[key](batch)
+        return [np.asarray(a, np.float32) for a in (got if isinstance(got, (list, tuple)) else [got])]
 
-    def _predict_whole(self, images: Sequence[np.ndarray], batch_pixels: int) -> np.ndarray:
-        out = np.zeros((len(images), len(self.classes)), np.float32)
+    def _run_whole(self, name: str, images: Sequence[np.ndarray], batch_pixels: int) -> list[np.ndarray]:
+        """A model without a resize layer: the images themselves, those of one size together."""
+        import keras
+
+        model = self.model if name == "proba" else keras.Model(self.model.inputs, self._outputs(name))
+        out: list[Optional[np.ndarray]] = [None] * len(self._outputs(name))
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)
@@ -176,7 +224,12 @@ class Predictor:
             for start in range(0, len(indices), per_call):
                 part = indices[start:start + per_call]
                 batch = np.stack([images[i] for i in part]).astype(np.uint8, copy=False)
-                out[part] = np.asarray(self.model.predict_on_batch(batch))
+                got = model.predict_on_batch(batch)
+                for i, array in enumerate(got if isinstance(got, (list, tuple)) else [got]):
+                    array = np.asarray(array, np.float32)
+                    if out[i] is None:
+                        out[i] = np.zeros((len(images), *array.shape[1:]), np.float32)
+                    out[i][part] = array
         return out
 
 
@@ -202,7 +255,7 @@ def pickles_in(folder: Path) -> list[str]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.suffix.lower() in PICKLE_SUFFIXES:
             found.append(f"{path.name} (a {path.suffix.lstrip('.')} file: a pickle)")
-        elif path.name != MODEL_FILE and _parses_as_pickle(path):
+        elif path.name not in (MODEL_FILE, OOD_FILE) and _parses_as_pickle(path):  # both: loaded in safe mode
             found.append(f"{path.name} (parses as a pickle)")
     return found
 
@@ -252,7 +305,14 @@ def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
 
         require_keras_hub()
         import keras_hub  # noqa: F401
-    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card, runtime=runtime)
+    ood = None
+    if "out_of_domain" in card:
+        ood_file = folder / card["out_of_domain"]["file"]
+        if ood_file.name != OOD_FILE or not ood_file.is_file():
+            raise FileNotFoundError(f"the card of {folder} names the out-of-domain scorer {ood_file.name}, which is "
+                                    f"not there (expected {OOD_FILE}); re-export the model (`dvc repro export`)")
+        ood = load_keras_model(ood_file)
+    return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card, ood, runtime=runtime)
 
 
 def image_files(inputs: Iterable[Path | str]) -> list[Path]:
@@ -272,8 +332,8 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
-                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS,
-                  progress: bool = True) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS, progress: bool = True,
+                  with_distance: bool = False) -> tuple[list[tuple], list[str]]:
     """Classify files in batches of at most ``batch_size`` images and ``batch_pixels`` decoded pixels.
 
     Parameters
@@ -281,9 +341,12 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
     max_pixels : int, optional
         Refuse (skip) images declaring more pixels; default: the model card's limit.
 
+    with_distance : bool
+        Also score each image out of domain (:meth:`Predictor.predict_scored`).
+
     Returns
     -------
-    results : list of (path, probabilities of shape (n_classes,))
+    results : list of (path, probabilities of shape (n_classes,)[, out-of-domain distance])
     failures : list of str
         One message per file that could not be read or was too large (it is skipped).
     """
@@ -295,7 +358,9 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
         for batch in _decoded_batches(files, failures, max_pixels=limit, batch_size=batch_size,
                                       batch_pixels=batch_pixels, target=predictor.input_size):
             paths, images = zip(*batch) if batch else ((), ())
-            if images:
+            if images and with_distance:
+                results.extend(zip(paths, *predictor.predict_scored(list(images), batch_pixels=batch_pixels)))
+            elif images:
                 results.extend(zip(paths, predictor.predict_proba(list(images), batch_pixels=batch_pixels)))
             bar.update(len(batch))
         bar.update(len(files) - bar.n)
@@ -326,19 +391,38 @@ def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: 
         yield batch
 
 
-def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1) -> None:
-    """CSV rows: file, then class and probability for the ``top_k`` most probable classes."""
+def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1,
+                      ood_threshold: Optional[float] = None) -> None:
+    """CSV rows: file, [true class, correct], then class and probability for the ``top_k`` most probable
+    classes, [out-of-domain distance, out_of_domain].
+
+    ``true_class`` and ``correct`` are there when every file sits in a folder named after a class
+    (:func:`true_classes`); the distance columns when results carry one (``with_distance``), flagged
+    beyond ``ood_threshold``.
+    """
     writer = csv.writer(handle, lineterminator="\n")
-    header = ["file", "predicted", "probability"]
+    truth = true_classes(results, classes)
+    header = ["file"] + (["true_class", "correct"] if truth else []) + ["predicted", "probability"]
     for rank in range(2, top_k + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
-    writer.writerow(header)
-    for path, proba in results:
+    scored = bool(results) and len(results[0]) == 3
+    writer.writerow(header + (["ood_distance", "out_of_domain"] if scored else []))
+    for i, (path, proba, *distance) in enumerate(results):
         order = np.argsort(-proba)[:top_k]
         row = [str(path)]
+        if truth:
+            row += [truth[i], str(classes[order[0]] == truth[i]).lower()]
         for index in order:
             row += [classes[index], f"{proba[index]:.6f}"]
+        if scored:
+            row += [f"{distance[0]:.6f}", str(ood_threshold is not None and distance[0] > ood_threshold).lower()]
         writer.writerow(row)
+
+
+def true_classes(results, classes: Sequence[str]) -> Optional[list[str]]:
+    """Each file's folder name, when every file sits in a folder named after a class; else ``None``."""
+    truth = [Path(r[0]).parent.name for r in results]
+    return truth if results and all(name in classes for name in truth) else None
 
 
 def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, int]]:
@@ -347,10 +431,10 @@ def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, in
     ``shoulders predict models data/test`` on an ImageFolder tree then reports
     how well the model does; files anywhere else give ``None``.
     """
-    truth = [path.parent.name for path, _ in results]
-    if not results or any(name not in classes for name in truth):
+    truth = true_classes(results, classes)
+    if truth is None:
         return None
-    predicted = [classes[int(np.argmax(proba))] for _, proba in results]
+    predicted = [classes[int(np.argmax(r[1]))] for r in results]
     return float(np.mean([p == t for p, t in zip(predicted, truth)])), len(results)
 
 
@@ -383,14 +467,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). "
                          f"Received: {args.top_k}")
     files = image_files(args.inputs)
+    scored = predictor.ood is not None
     results, failures = predict_files(predictor, files, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, with_distance=scored)
+    options = {"top_k": args.top_k, "ood_threshold": predictor.ood_threshold}
     if args.out:
         with args.out.open("w", newline="", encoding="utf-8") as handle:
-            write_predictions(results, predictor.classes, handle, top_k=args.top_k)
+            write_predictions(results, predictor.classes, handle, **options)
     else:
-        write_predictions(results, predictor.classes, sys.stdout, top_k=args.top_k)
+        write_predictions(results, predictor.classes, sys.stdout, **options)
     log.info("%d images classified, %d skipped", len(results), len(failures))
+    if scored:
+        far = sum(r[2] > predictor.ood_threshold for r in results)
+        ood = predictor.card["out_of_domain"]
+        (log.warning if far else log.info)(
+            "%d of %d image(s) out of domain (out_of_domain=true in the CSV): their features are farther from the "
+            "training images' (distance to the nearest k=%d) than %g%% of the validation images' (> %.4f); do not "
+            "trust their predicted class", far, len(results), ood["k"], ood["percentile"], ood["threshold"])
+    elif results:
+        log.warning("this model has no out-of-domain scorer (exported before it existed): every image gets a "
+                    "class, however unlike the training images; re-export it (`dvc repro export`)")
     scored = folder_accuracy(results, predictor.classes)
     if scored is not None:
         log.info("accuracy %.4f over %d images (true class = the folder each file is in)", *scored)

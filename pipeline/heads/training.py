@@ -106,7 +106,8 @@ def data_digest(splits: Splits) -> str:
     for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        if array.size:   # memoryview cannot cast an empty array (no validation images)
+            digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
 

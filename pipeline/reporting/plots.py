@@ -1,8 +1,10 @@
 """The data of every ``dvc plots`` plot (CSV, one file per plot declared at the top of ``dvc.yaml``).
 
-* ``leaderboard.csv`` — every variant's validation accuracy (bar chart);
-* ``accuracy_by_cut.csv`` — the chosen variant's accuracy per feature set
-  against how deep its cut is, one line per backbone (template ``.dvc/plots/by_backbone.json``);
+* ``leaderboard.csv`` — validation accuracy of the top :data:`LEADERBOARD_BARS` variants and of each
+  feature set's choice (bar chart, template ``.dvc/plots/leaderboard.json``; the whole grid is
+  ``reports/leaderboard.csv``);
+* ``accuracy_by_cut.csv`` — the chosen variant's test accuracy per feature set, with its bootstrap
+  95% interval, against how deep its cut is, one line per backbone (template ``.dvc/plots/by_backbone.json``);
 * ``confusion.csv`` — actual and predicted class of each test image of the best model;
 * ``hyperparameters.csv`` — for each swept hyperparameter (pooling,
   standardisation, PCA, head kind and each kind's own, e.g. ``logreg.C``) and
@@ -18,6 +20,9 @@ from typing import Any, Sequence
 
 from pipeline.reporting.tables import write_csv
 
+# Bars in the leaderboard chart (each feature set's choice is added when it ranks lower): the whole grid is in
+# reports/leaderboard.csv; 44 bars of long names on one chart are unreadable.
+LEADERBOARD_BARS = 20
 # Hyperparameters shared by every kind; a kind's own are named "<kind>.<name>".
 _COMMON = ("kind", "pooling", "standardize", "pca", "augment", "tta")
 
@@ -79,17 +84,37 @@ def _text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def leaderboard_bars(leaderboard: Sequence[dict], top: int = LEADERBOARD_BARS) -> list[dict]:
+    """The bars of the leaderboard chart: the ``top`` variants by rank, and each feature set's choice.
+
+    Parameters
+    ----------
+    leaderboard : sequence of dict
+        Ranked rows (best first) with ``feature_set``, ``variant``, ``val_accuracy``, ``selected``.
+    top : int
+
+    Returns
+    -------
+    list of dict
+        ``variant`` (``<feature set>/<variant>``), ``feature_set``, ``rank`` (1 = best), ``val_accuracy``;
+        at most ``top`` plus one per feature set, so that the labels of a long grid stay legible.
+    """
+    return [{"variant": f"{r['feature_set']}/{r['variant']}", "feature_set": r["feature_set"], "rank": rank,
+             "val_accuracy": r["val_accuracy"]}
+            for rank, r in enumerate(leaderboard, start=1) if rank <= top or r.get("selected")]
+
+
 def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: dict) -> None:
     """CSV data for ``dvc plots``: confusion matrix, accuracy per cut, leaderboard bars, hyperparameters."""
     classes = best["classes"]
     write_csv([{"actual": classes[a], "predicted": classes[p]}
                for a, p in zip(best["y"], best["result"]["predicted"])], plots / "confusion.csv")
     by_cut = [{"feature_set": key, "backbone": f"{s['backbone']} ({s['weights']})", "cut": s["cut"],
-               "cut_depth": s["cut_depth"], "val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"]}
+               "cut_depth": s["cut_depth"], "val_accuracy": s["val_accuracy"], "test_accuracy": s["test_accuracy"],
+               "test_ci95_low": s["test_accuracy_ci95"][0], "test_ci95_high": s["test_accuracy_ci95"][1]}
               for key, s in report["feature_sets"].items()]
     write_csv(sorted(by_cut, key=lambda r: (r["backbone"], r["cut_depth"])), plots / "accuracy_by_cut.csv")
-    write_csv([{"variant": f"{r['feature_set']}/{r['variant']}", "val_accuracy": r["val_accuracy"]}
-               for r in leaderboard], plots / "leaderboard.csv")
+    write_csv(leaderboard_bars(leaderboard), plots / "leaderboard.csv")
     swept = hyperparameter_rows(leaderboard)
     # An empty file would break `dvc plots show`; a grid of one point has nothing to plot against.
     write_csv(swept or [{"hyperparameter": "(nothing swept)", "value": "", "order": 0, "feature_set": "",

@@ -3,8 +3,8 @@
 :func:`evaluate` reads every ``heads/<key>/scores.json``, chooses per feature
 set (:mod:`pipeline.selection.scoring`), scores each choice on its store's test
 split, ranks every variant and picks the overall best on validation;
-:func:`add_finetune` joins the fine-tune stage's result; :func:`metrics_headline`
-condenses it all for ``metrics.json``; :func:`export_target` says what the
+:func:`add_finetune` joins the fine-tune stage's result; :func:`metrics_rows`
+condenses it all for ``dvc metrics show``; :func:`export_target` says what the
 export stage exports. Loading the chosen heads imports no TensorFlow (see
 :mod:`pipeline.heads.dense`).
 """
@@ -64,7 +64,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
     Returns
     -------
     report : dict
-        Everything about the selections (:func:`metrics_headline` condenses it for ``metrics.json``).
+        Everything about the selections (:func:`metrics_rows` condenses it for ``dvc metrics show``).
     leaderboard : list of dict
         One row per variant over all feature sets, best validation score first.
     best : dict
@@ -162,18 +162,37 @@ def _summary(key: str, chosen: dict) -> dict:
     }
 
 
-def metrics_headline(report: dict) -> dict:
-    """The few numbers ``dvc metrics show`` and ``dvc exp show`` should put side by side."""
-    def short(summary: dict) -> dict:
+# The columns of `dvc metrics show` (sorted by name there): short, so a row fits a terminal.
+METRIC_KEYS = ("head", "test_acc", "test_ci_lo", "test_ci_up", "val_acc")
+
+
+def metrics_rows(report: dict) -> dict[str, dict]:
+    """The rows of ``dvc metrics show``: the chosen model, then the best of each feature set (and fine-tuning).
+
+    Every row has the same few keys (:data:`METRIC_KEYS`), one metrics file each
+    (``metrics.json`` for ``chosen``, ``reports/best/<name>.json`` for the others),
+    so that the table has one column per key and a row per model and reads in a
+    terminal; everything else is in ``reports/evaluation.json``. A row added later
+    (a combination, an ensemble) is one more entry here.
+
+    Returns
+    -------
+    dict of str to dict
+        ``chosen`` first, then one entry per feature set key (and ``finetune``), each
+        ``{"head", "test_acc", "test_ci_lo", "test_ci_up", "val_acc"}`` (``head``: ``<feature set>/<variant>``
+        for ``chosen``, the variant for the others).
+    """
+    def row(summary: dict, head: str) -> dict:
         low, high = summary["test_accuracy_ci95"]
-        return {"val_accuracy": summary["val_accuracy"], "test_accuracy": summary["test_accuracy"],
-                "test_ci95_low": low, "test_ci95_high": high, "test_macro_f1": summary["test_macro_f1"]}
+        return {"head": head, "test_acc": summary["test_accuracy"], "test_ci_lo": low, "test_ci_up": high,
+                "val_acc": summary["val_accuracy"]}
 
     best = report["best"]
-    return {"best": {"feature_set": best["feature_set"], "variant": best["variant"], **short(best)},
-            **{key: short(summary) for key, summary in report["feature_sets"].items()},
-            **({"finetune": short(report["finetune"])} if report.get("finetune") else {}),
-            "variants_trained": report["variants_trained"]}
+    rows = {"chosen": row(best, f"{best['feature_set']}/{best['variant']}")}
+    rows.update({key: row(summary, summary["variant"]) for key, summary in report["feature_sets"].items()})
+    if report.get("finetune"):
+        rows["finetune"] = row(report["finetune"], f"{report['finetune']['feature_set']}/{report['finetune']['variant']}")
+    return rows
 
 
 def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by: str) -> None:

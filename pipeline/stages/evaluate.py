@@ -7,9 +7,10 @@ Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
        ``evaluate``, ``export.variant`` and ``heads.ensemble`` (the soft-voting
        ensemble of the best feature sets' heads, one more row of the leaderboard).
 Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` and
-       ``dvc exp show``: the overall best and each feature set's chosen variant
-       with validation and test accuracy, macro-F1 and a bootstrap 95% interval
-       on test accuracy); ``--report`` (the same in full, with per-class recall
+       ``dvc exp show``: the chosen model, its test accuracy with a bootstrap 95%
+       interval and its validation accuracy) and ``--best`` (a folder: the same
+       few numbers for the best head of each feature set, one file each, so that
+       ``dvc metrics show`` prints one short row per model); ``--report`` (the same in full, with per-class recall
        and the cost report); ``--cost`` (the cost report alone: how long the
        sweep took and what its variants would have cost end to end through the
        backbone); ``--leaderboard`` (CSV of every variant, test scores only for
@@ -40,7 +41,7 @@ from pipeline.config import load_params
 from pipeline.manifest import read_manifest
 from pipeline.reporting.plots import write_plots
 from pipeline.reporting.tables import leaderboard_markdown, write_csv
-from pipeline.selection.leaderboard import add_finetune, evaluate, export_target, metrics_headline
+from pipeline.selection.leaderboard import add_finetune, evaluate, export_target, metrics_rows
 from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", required=True, type=Path, help="folder holding heads/<key>/scores.json")
     parser.add_argument("--metrics", required=True, type=Path, help="headline metrics JSON")
+    parser.add_argument("--best", type=Path, help="folder for each feature set's best head's metrics, one JSON each")
     parser.add_argument("--report", required=True, type=Path, help="full evaluation JSON")
     parser.add_argument("--leaderboard", required=True, type=Path, help="CSV; a .md twin is written beside it")
     parser.add_argument("--plots", required=True, type=Path, help="folder for dvc plots data")
@@ -75,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.finetune.is_file():
             raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")
         add_finetune(report, leaderboard, json.loads(args.finetune.read_text(encoding="utf-8")), settings.select_by)
-    outputs = [(args.report, report), (args.metrics, metrics_headline(report))]
+    rows = metrics_rows(report)
+    outputs = [(args.report, report), (args.metrics, rows.pop("chosen"))]
+    if args.best is not None:
+        for stale in args.best.glob("*.json"):   # a feature set removed since the last run
+            stale.unlink()
+        outputs += [(args.best / f"{name}.json", row) for name, row in rows.items()]
     if args.export_target is not None:
         outputs.append((args.export_target, export_target(report, leaderboard, args.heads, params.export.variant)))
     if args.cost is not None:

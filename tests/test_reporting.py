@@ -1,0 +1,45 @@
+"""What people read of a run: the leaderboard chart's bars and the summary, legible however long the grid."""
+
+from __future__ import annotations
+
+from pipeline.reporting.plots import leaderboard_bars
+from pipeline.reporting.summary import summary_lines
+
+
+def _board(n_per_set: int = 22) -> list[dict]:
+    # Two feature sets with long names, ranked best first; the weaker set's choice ranks last of all.
+    rows = []
+    for i in range(n_per_set):
+        rows.append({"feature_set": "a_rather_long_feature_set_name", "variant": f"avg-dense-h256-d0.2-lr0.001-e{i}",
+                     "val_accuracy": 0.9 - i / 1000, "val_macro_f1": 0.9, "test_accuracy": 0.93 if i == 0 else None,
+                     "selected": i == 0})
+    for i in range(n_per_set):
+        rows.append({"feature_set": "b", "variant": f"avg-logreg-C{i}", "val_accuracy": 0.5 - i / 1000,
+                     "val_macro_f1": 0.5, "test_accuracy": 0.48 if i == n_per_set - 1 else None,
+                     "selected": i == n_per_set - 1})
+    return rows
+
+
+def test_the_leaderboard_chart_shows_the_top_twenty_and_every_feature_sets_choice():
+    board = _board()
+    bars = leaderboard_bars(board)
+    assert [b["rank"] for b in bars] == [*range(1, 21), 44]
+    assert bars[-1] == {"variant": "b/avg-logreg-C21", "feature_set": "b", "rank": 44, "val_accuracy": 0.479}
+
+
+def test_the_summary_fits_100_columns_whatever_the_names():
+    board = [{k: "" if v is None else str(v) for k, v in row.items()} for row in _board()]
+    report = {"selected_by": "validation (val split) accuracy",
+              "best": {"feature_set": "a_rather_long_feature_set_name", "variant": board[0]["variant"],
+                       "val_accuracy": 0.9, "test_accuracy": 0.93, "test_accuracy_ci95": [0.9, 0.96],
+                       "test_images": 200},
+              "feature_sets": {"a_rather_long_feature_set_name": {"variant": board[0]["variant"], "test_accuracy": 0.93,
+                                                                  "test_accuracy_ci95": [0.9, 0.96]},
+                               "b": {"variant": "avg-logreg-C21", "test_accuracy": 0.48,
+                                     "test_accuracy_ci95": [0.4, 0.55]}}}
+    lines = summary_lines(report, board, top=5)
+    assert max(map(len, lines)) <= 100
+    assert lines[5].split() == ["1", "a_rather_long_fea…", "avg-dense-h256-d0.2-lr0.001-e0", "0.900", "0.900",
+                                "0.930", "*"]
+    assert len([line for line in lines if line[:3].strip().isdigit()]) == 5
+    assert "  b                  0.480 [0.400, 0.550]  avg-logreg-C21" in lines
