@@ -134,7 +134,11 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
     cut = build_cut_model(spec, seed=settings.seed, policy=policy)
     step = None
     if runtime.batch_size is None:
-        key = {"runtime": runtime.name, "precision": runtime.precision, "network": cut.model.name,
+        import keras
+
+        # The Keras backend too: OpenVINO's graph differs (and so does its best batch) by the backend it came from.
+        key = {"runtime": runtime.name, "keras_backend": keras.backend.backend(), "precision": runtime.precision,
+               "network": cut.model.name,
                "input": list(cut.model.input_shape[1:]), "versions": library_versions(FEATURE_LIBRARIES)}
         batch, step = measured_batch_size(
             lambda b: compile_step(runtime, cut.model, cut.preprocess, batch_size=b),
