@@ -145,9 +145,9 @@ def _run_stages(root, heads):
     for key in ("mv2", "mv2b"):
         extract.main(["--feature-set", key, "--out", f"features/{key}.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
-                   "--export-target", "reports/export_target.json"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--best", "reports/best",
+                   "--report", "reports/evaluation.json", "--leaderboard", "reports/leaderboard.csv",
+                   "--plots", "plots", "--export-target", "reports/export_target.json"])
 
 
 def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an_ensemble(in_tmp):
@@ -167,8 +167,9 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     assert summary["selection"].startswith("3-fold CV") and isinstance(summary["indistinguishable"], int)
     assert {"mv2", "mv2b", "mv2+mv2b", "ensemble"} <= set(report["feature_sets"])
     assert report["feature_sets"]["ensemble"]["variant"] == "softvote-2"
-    metrics = json.loads((in_tmp / "metrics.json").read_text())
-    assert {"mv2+mv2b", "ensemble"} <= set(metrics)
+    rows = {path.stem: json.loads(path.read_text()) for path in (in_tmp / "reports/best").glob("*.json")}
+    assert {"mv2", "mv2b", "mv2+mv2b", "ensemble"} <= set(rows)   # rows of `dvc metrics show`
+    assert rows["ensemble"]["head"] == "softvote-2" and 0 <= rows["mv2+mv2b"]["test_acc"] <= 1
     board = (in_tmp / "reports/leaderboard.md").read_text()
     assert "indistinguishable" in board and "3-fold CV on train+val" in board and "| ensemble |" in board
     target = json.loads((in_tmp / "reports/export_target.json").read_text())
