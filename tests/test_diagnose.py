@@ -203,3 +203,23 @@ def test_bad_diagnose_params_are_named(key, value, expected):
     params = tiny_params("images", diagnose={key: value})
     with pytest.raises(ParamsError, match=re.escape(expected)):
         parse_params(params)
+
+
+def test_an_ensemble_or_combination_winner_is_pictured_through_the_best_single_feature_set(tmp_path):
+    """The ensemble has no store and a combination several: diagnose skips them and pictures the best single set."""
+    import json as json_
+
+    from pipeline.diagnosis.chosen import best_feature_set, load_chosen
+
+    (tmp_path / "a+b").mkdir()
+    (tmp_path / "a+b" / "scores.json").write_text(json_.dumps({"combines": ["a", "b"], "variants": []}))
+    evaluation = {"best": {"feature_set": "ensemble", "variant": "softvote-2"},
+                  "feature_sets": {"ensemble": {"variant": "softvote-2", "val_accuracy": 0.99},
+                                   "a+b": {"variant": "x", "val_accuracy": 0.98},
+                                   "a": {"variant": "y", "val_accuracy": 0.90},
+                                   "b": {"variant": "z", "val_accuracy": 0.95}}}
+    evaluation_only_combined = {**evaluation, "feature_sets": {k: evaluation["feature_sets"][k]
+                                                               for k in ("ensemble", "a+b")}}
+    assert load_chosen(tmp_path, evaluation_only_combined) == {}
+    assert best_feature_set(evaluation, {"a": None, "b": None}) == "b"
+    assert best_feature_set({**evaluation, "best": {"feature_set": "a"}}, {"a": None, "b": None}) == "a"

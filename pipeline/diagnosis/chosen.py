@@ -14,12 +14,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from pipeline.heads.saved import load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity
+from pipeline.selection.ensemble import ENSEMBLE_KEY
 from pipeline.store.reader import FeatureSet, open_feature_set
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,20 @@ def read_evaluation(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def best_feature_set(evaluation: dict) -> str:
-    """The feature set of the overall choice among cached-feature heads."""
-    return evaluation.get("best_cached_head", evaluation["best"])["feature_set"]
+def best_feature_set(evaluation: dict, chosen: Optional[dict] = None) -> str:
+    """The feature set of the overall choice among cached-feature heads.
+
+    When that is an ensemble or a combination (several stores; not replayed
+    here, see :func:`load_chosen`), the best on validation of the single feature
+    sets in ``chosen`` instead, as the export stage does.
+    """
+    key = evaluation.get("best_cached_head", evaluation["best"])["feature_set"]
+    if chosen is None or key in chosen:
+        return key
+    single = max(chosen, key=lambda k: evaluation["feature_sets"][k]["val_accuracy"])
+    log.warning("the best on validation, %s, combines several feature sets; the pictures are of the best single "
+                "feature set, %s", key, single)
+    return single
 
 
 def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
@@ -77,10 +89,14 @@ def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
     chosen = {}
     for key, summary in evaluation["feature_sets"].items():
         scores_file = Path(heads_dir) / key / SCORES_FILE
+        if key == ENSEMBLE_KEY:
+            continue   # a vote of other feature sets' heads: no store of its own to read
         if not scores_file.is_file():
             raise FileNotFoundError(f"no {scores_file}; evaluation.json names feature set {key!r}: "
                                     "run `dvc repro` so that heads and evaluate agree")
         scores = json.loads(scores_file.read_text(encoding="utf-8"))
+        if scores.get("combines"):
+            continue   # heads on several stores side by side: not replayed on one store
         rows = {row["variant"]: row for row in scores["variants"]}
         if summary["variant"] not in rows:
             raise ValueError(f"{scores_file} has no variant {summary['variant']!r}, which evaluation.json chose; "

@@ -106,7 +106,7 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     chosen = load_chosen(heads_dir, evaluation)
-    best_key = best_feature_set(evaluation)
+    best_key = best_feature_set(evaluation, chosen)
     best = chosen[best_key]
     model = f"{best_key} / {best.row['variant']}"
     thumbs = out / "thumbs"
