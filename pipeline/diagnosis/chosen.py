@@ -40,6 +40,9 @@ class ChosenHead:
         The feature store it was trained on.
     identity : dict
         The identity the store must still have.
+    cv : int, optional
+        The folds the heads stage selected on (0: the val split), as its ``scores.json`` records
+        (``heads.cv: auto`` is resolved per feature set there).
     """
 
     feature_set: str
@@ -47,6 +50,7 @@ class ChosenHead:
     estimator: Any
     store: str
     identity: dict
+    cv: Optional[int] = None
 
     def features(self, split: str, records: Sequence[Record]) -> FeatureSet:
         """The split's pooled features as the head was trained on them (clean images, no views)."""
@@ -106,6 +110,6 @@ def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
             log.warning("%s: %s was trained or scored with augmented views; the pictures use its predictions on "
                         "the clean images", key, row["variant"])
         chosen[key] = ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
-                                 features_identity(scores["identity"]))
+                                 features_identity(scores["identity"]), scores.get("sweep", {}).get("cv"))
     return chosen
 

@@ -174,7 +174,8 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
         tr, va = split_sets["train"], split_sets["val"]
         X_tv = np.concatenate([np.asarray(tr.X), np.asarray(va.X)])
         y_tv = np.concatenate([tr.y, va.y])
-        folds, evaluated_on = _folds(len(tr.y), y_tv, cv, settings.seed)
+        # The heads stage's own choice of folds for this feature set (heads.cv: auto is resolved there).
+        folds, evaluated_on = _folds(len(tr.y), y_tv, head.cv if head.cv is not None else cv, settings.seed)
         points = learning_curve(head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws,
                                 settings.seed)
         curves[key] = {"variant": head.row["variant"], "rows": points, "extrapolation": extrapolation(points)}
