@@ -214,8 +214,11 @@ class Predictor:
         """A model without a resize layer: the images themselves, those of one size together."""
         import keras
 
-        model = self.model if name == "proba" else keras.Model(self.model.inputs, self._outputs(name))
-        out: list[Optional[np.ndarray]] = [None] * len(self._outputs(name))
+        outputs = self._outputs(name)
+        if name != "proba" and ("whole", name) not in self._bodies:   # built once, kept with the other graphs
+            self._bodies[("whole", name)] = keras.Model(self.model.inputs, outputs)
+        model = self.model if name == "proba" else self._bodies[("whole", name)]
+        out: list[Optional[np.ndarray]] = [None] * len(outputs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)

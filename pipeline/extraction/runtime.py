@@ -131,11 +131,21 @@ def keras_backend_for(name: str, option: str = "--runtime") -> str:
     if current is None:
         os.environ["KERAS_BACKEND"] = keras_backend(name)
         return name
-    if name == "openvino" and current in ("tensorflow", "openvino"):
-        return name   # converted from whichever of its two Keras backends the process has
+    if runs_on(name, current):
+        return name
     raise ValueError(f"{option} {name} needs Keras' {keras_backend(name)} backend, but this process already uses "
                      f"{current} (KERAS_BACKEND or an earlier import): unset KERAS_BACKEND or set it to "
                      f"{keras_backend(name)}")
+
+
+def runs_on(runtime_name: str, backend: str) -> bool:
+    """Whether runtime ``runtime_name`` can run in a process whose Keras backend is ``backend``.
+
+    OpenVINO converts from whichever of its two Keras backends the process has.
+    """
+    if runtime_name == "openvino":
+        return backend in ("tensorflow", "openvino")
+    return backend == KERAS_BACKEND[runtime_name]
 
 
 def _chosen_keras_backend() -> Optional[str]:
@@ -184,7 +194,7 @@ def use_keras_backend(runtime: Runtime) -> str:
     if current is None:
         os.environ["KERAS_BACKEND"] = wanted
         return wanted
-    if current != wanted and not (runtime.name == "openvino" and current in ("tensorflow", "openvino")):
+    if not runs_on(runtime.name, current):
         raise ValueError(f"extract.runtime: {runtime.name} needs Keras' {wanted} backend, but this process uses "
                          f"{current} (KERAS_BACKEND or an earlier import): run the stage as its own process "
                          f"without KERAS_BACKEND set (as `dvc repro` does), or set KERAS_BACKEND={wanted}")
