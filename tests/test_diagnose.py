@@ -108,6 +108,10 @@ def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evalu
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learning_curve_evaluated_on"] == "the validation split"
     assert summary["learning_curve"]["mv2"]["sentence"] in (evaluated / "reports/learning_curve.md").read_text()
+    # The leaderboard (written by evaluate, before diagnose runs) says the same sentence, computed the same way.
+    leaderboard = (evaluated / "reports/leaderboard.md").read_text()
+    assert f"**Would more labelled images help?** For mv2 / {row['variant']}, " \
+           f"{summary['learning_curve']['mv2']['sentence']} (scored on the validation split;" in leaderboard
 
     # The map: every image of the manifest once per feature set, the errors marked.
     points = _rows(out / "map.csv")

@@ -35,7 +35,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import DiagnoseParams
-from pipeline.diagnosis.chosen import best_feature_set, load_chosen
+from pipeline.diagnosis.chosen import ChosenHead, best_feature_set, load_chosen
 from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
 from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
 from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
@@ -44,6 +44,7 @@ from pipeline.diagnosis.predictions import confused_pairs, predict_splits, predi
 from pipeline.diagnosis.projection import project
 from pipeline.manifest import Record, write_text_atomically
 from pipeline.reporting.tables import write_csv
+from pipeline.store.reader import FeatureSet
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,38 @@ def _folds(n_train: int, y: np.ndarray, cv: int, seed: int) -> tuple[list, str]:
         raise ValueError(f"heads.cv={cv}: some class has fewer than 2 train+val images, so no fold can hold it out")
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y)), \
         f"{k}-fold cross-validation on train+val"
+
+
+def curve_of(head: ChosenHead, train: FeatureSet, val: FeatureSet, settings: DiagnoseParams, cv: int) -> dict:
+    """A chosen head's learning curve on train+val, and its extrapolation (test is not read).
+
+    Scored on the heads stage's own choice of folds for the feature set
+    (``heads.cv: auto`` is resolved there), else on ``cv``.
+    """
+    X_tv = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
+    y_tv = np.concatenate([train.y, val.y])
+    folds, evaluated_on = _folds(len(train.y), y_tv, head.cv if head.cv is not None else cv, settings.seed)
+    points = learning_curve(head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws,
+                            settings.seed)
+    return {"variant": head.row["variant"], "rows": points, "extrapolation": extrapolation(points),
+            "evaluated_on": evaluated_on}
+
+
+def headline_curve(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *,
+                   cv: int) -> dict:
+    """The learning curve's sentence for the overall choice (its best single feature set), for the leaderboard.
+
+    The same computation as the diagnose stage's curve of that feature set, so
+    the two say the same; ``feature_set``, ``variant``, ``sentence``,
+    ``evaluated_on``.
+    """
+    chosen = load_chosen(heads_dir, evaluation)
+    key = best_feature_set(evaluation, chosen)
+    head = chosen[key]
+    with threadpool_limits(limits=1):   # as diagnose() runs it
+        curve = curve_of(head, head.features("train", records), head.features("val", records), settings, cv)
+    return {"feature_set": key, "variant": curve["variant"], "sentence": curve["extrapolation"]["sentence"],
+            "evaluated_on": curve["evaluated_on"]}
 
 
 def _caption(row: dict) -> list[str]:
@@ -171,15 +204,9 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     for key, head in chosen.items():
         split_sets = {split: head.features(split, records) for split in ("train", "val", "test")}
         start = time.perf_counter()
-        tr, va = split_sets["train"], split_sets["val"]
-        X_tv = np.concatenate([np.asarray(tr.X), np.asarray(va.X)])
-        y_tv = np.concatenate([tr.y, va.y])
-        # The heads stage's own choice of folds for this feature set (heads.cv: auto is resolved there).
-        folds, evaluated_on = _folds(len(tr.y), y_tv, head.cv if head.cv is not None else cv, settings.seed)
-        points = learning_curve(head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws,
-                                settings.seed)
-        curves[key] = {"variant": head.row["variant"], "rows": points, "extrapolation": extrapolation(points)}
-        curve_rows += [{"feature_set": key, **p} for p in points]
+        curves[key] = curve_of(head, split_sets["train"], split_sets["val"], settings, cv)
+        evaluated_on = curves[key]["evaluated_on"]
+        curve_rows += [{"feature_set": key, **p} for p in curves[key]["rows"]]
         log.info("%s: learning curve %s", key, curves[key]["extrapolation"]["sentence"])
         seconds["learning_curve"] += time.perf_counter() - start
 

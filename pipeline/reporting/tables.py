@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 def write_csv(rows: Sequence[dict], path: Path) -> None:
@@ -19,14 +19,21 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def leaderboard_markdown(rows: Sequence[dict], report: dict) -> str:
-    """The leaderboard as a Markdown page for humans: the headline, the cost, then every variant."""
+def leaderboard_markdown(rows: Sequence[dict], report: dict, curve: Optional[dict] = None) -> str:
+    """The leaderboard as a Markdown page for humans: the headline, the cost, then every variant.
+
+    ``curve``: the learning curve's sentence for the chosen model
+    (:func:`pipeline.diagnosis.diagnose.headline_curve`), said under the headline.
+    """
     best = report["best"]
     low, high = best["test_accuracy_ci95"]
     lines = ["# Leaderboard", "",
              f"Best on {report['selected_by']}: **{best['feature_set']} / {best['variant']}** — "
              f"test accuracy **{best['test_accuracy']:.4f}** (95% CI {low:.4f}–{high:.4f}), "
              f"macro-F1 {best['test_macro_f1']:.4f}, on {best['test_images']} test images.", "",
+             *([f"**Would more labelled images help?** For {curve['feature_set']} / {curve['variant']}, "
+                f"{curve['sentence']} (scored on {curve['evaluated_on']}; the curves of every feature set: "
+                "learning_curve.md).", ""] if curve else []),
              "Test scores are shown only for the variant chosen on validation in each feature set (✓): "
              "the test split is read once per feature set, for that variant.", ""]
     lines += ["| feature set | chosen variant | selected by | val acc | indistinguishable | test acc (95% CI) "

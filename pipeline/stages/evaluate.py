@@ -14,7 +14,10 @@ Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` an
        and the cost report); ``--cost`` (the cost report alone: how long the
        sweep took and what its variants would have cost end to end through the
        backbone); ``--leaderboard`` (CSV of every variant, test scores only for
-       the chosen ones) and a Markdown twin; ``--plots`` folder with the data
+       the chosen ones) and a Markdown twin, which also says whether more
+       labelled images would likely help (the learning curve of the overall
+       choice's best single feature set, on validation or cross-validation
+       only, as the diagnose stage computes it: ``params.yaml`` ``diagnose``); ``--plots`` folder with the data
        of every ``dvc plots`` plot (see :mod:`pipeline.reporting.plots`);
        ``--export-target`` (what the export stage exports: the best head on
        cached features, or the one ``export.variant`` names).
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import load_params
+from pipeline.diagnosis.diagnose import headline_curve
 from pipeline.manifest import read_manifest
 from pipeline.reporting.plots import write_plots
 from pipeline.reporting.tables import leaderboard_markdown, write_csv
@@ -71,8 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.costs.is_file():
             raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
         costs = json.loads(args.costs.read_text(encoding="utf-8"))
-    report, leaderboard, best = evaluate(args.heads, settings, read_manifest(args.manifest), costs,
-                                         ensemble=params.heads.ensemble)
+    records = read_manifest(args.manifest)
+    report, leaderboard, best = evaluate(args.heads, settings, records, costs, ensemble=params.heads.ensemble)
     if args.finetune is not None:
         if not args.finetune.is_file():
             raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")
@@ -92,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     write_csv([{k: v for k, v in row.items() if k != "params"} for row in leaderboard], args.leaderboard)
-    args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, report), encoding="utf-8")
+    curve = headline_curve(report, args.heads, records, params.diagnose, cv=params.heads.cv)
+    log.info("%s: learning curve %s", curve["feature_set"], curve["sentence"])
+    args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, report, curve), encoding="utf-8")
     write_plots(args.plots, report, leaderboard, best)
     b = report["best"]
     log.info("best: %s / %s, test accuracy %.4f (95%% CI %s)", b["feature_set"], b["variant"],
