@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.reporting.plots import leaderboard_bars
+from pipeline.reporting.plots import leaderboard_bars, search_rows
 from pipeline.reporting.summary import summary_lines
 
 
@@ -43,3 +43,19 @@ def test_the_summary_fits_100_columns_whatever_the_names():
                                 "0.930", "*"]
     assert len([line for line in lines if line[:3].strip().isdigit()]) == 5
     assert "  b                  0.480 [0.400, 0.550]  avg-logreg-C21" in lines
+
+
+def test_the_search_plot_has_every_value_tried_of_each_searched_line_ascending():
+    def row(fs, kind, c, acc, searched="C", pooling="avg", selected=False):
+        return {"feature_set": fs, "kind": kind, "pooling": pooling, "standardize": True, "pca": None,
+                "params": {"C": c}, "searched": searched, "val_accuracy": acc, "fit_seconds": 0.1,
+                "selected": selected}
+
+    leaderboard = [row("a", "logreg", 10.0, 0.9, selected=True), row("a", "logreg", 0.1, 0.8),
+                   row("a", "logreg", 1.0, 0.85, pooling="max"), row("b", "svm_linear", 1e-3, 0.7),
+                   row("a", "svm_rbf", 1.0, 0.95, searched=None)]   # a grid, not a search
+    rows = search_rows(leaderboard)
+    assert [(r["feature_set"], r["line"], r["value"]) for r in rows] == [
+        ("a", "logreg (avg)", 0.1), ("a", "logreg (avg)", 10.0), ("a", "logreg (max)", 1.0),
+        ("b", "svm_linear (avg)", 1e-3)]
+    assert [r["selected"] for r in rows] == [False, True, False, False]

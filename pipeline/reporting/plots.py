@@ -10,7 +10,12 @@
   standardisation, PCA, head kind and each kind's own, e.g. ``logreg.C``) and
   each of its values, the best validation accuracy among the variants with that
   value, per feature set (template ``.dvc/plots/hyperparameters.json``, one panel per
-  hyperparameter). Only hyperparameters with two or more values appear.
+  hyperparameter). Only hyperparameters with two or more values appear;
+* ``search.csv`` — the coarse-to-fine search of each searched setting (``C`` of
+  logistic regression and the linear SVM): every value tried, listed and
+  bisected, with its selection score and fit time, one line per feature set ×
+  kind × preprocessing (template ``.dvc/plots/search.json``, one panel per
+  feature set).
 """
 
 from __future__ import annotations
@@ -104,6 +109,21 @@ def leaderboard_bars(leaderboard: Sequence[dict], top: int = LEADERBOARD_BARS) -
             for rank, r in enumerate(leaderboard, start=1) if rank <= top or r.get("selected")]
 
 
+def search_rows(leaderboard: Sequence[dict]) -> list[dict]:
+    """Every value a coarse-to-fine search tried (rows marked ``searched``), ascending per line."""
+    rows = []
+    for row in leaderboard:
+        setting = row.get("searched")
+        if not setting or setting not in (row.get("params") or {}):
+            continue
+        preprocessing = f"{row['pooling']}" + ("" if row.get("standardize") else ", raw") + \
+            (f", pca {row['pca']}" if row.get("pca") is not None else "")
+        rows.append({"feature_set": row["feature_set"], "line": f"{row['kind']} ({preprocessing})",
+                     "setting": setting, "value": row["params"][setting], "val_accuracy": row["val_accuracy"],
+                     "fit_seconds": row.get("fit_seconds"), "selected": bool(row.get("selected"))})
+    return sorted(rows, key=lambda r: (r["feature_set"], r["line"], r["value"]))
+
+
 def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: dict) -> None:
     """CSV data for ``dvc plots``: confusion matrix, accuracy per cut, leaderboard bars, hyperparameters."""
     classes = best["classes"]
@@ -119,3 +139,6 @@ def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: di
     # An empty file would break `dvc plots show`; a grid of one point has nothing to plot against.
     write_csv(swept or [{"hyperparameter": "(nothing swept)", "value": "", "order": 0, "feature_set": "",
                          "val_accuracy": None}], plots / "hyperparameters.csv")
+    write_csv(search_rows(leaderboard) or [{"feature_set": "(nothing searched)", "line": "", "setting": "",
+                                            "value": None, "val_accuracy": None, "fit_seconds": None,
+                                            "selected": False}], plots / "search.csv")

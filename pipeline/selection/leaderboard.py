@@ -107,7 +107,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
                 "cut": provenance["cut"], "variant": row["variant"], "kind": row["kind"],
                 "pooling": row["pooling"], "standardize": row.get("standardize", True), "pca": row.get("pca"),
                 "augment": row.get("augment", "none"), "tta": row.get("tta", False),
-                "params": row.get("params", {}), "val_accuracy": row["val_accuracy"],
+                "params": row.get("params", {}), "searched": row.get("searched"), "val_accuracy": row["val_accuracy"],
                 "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
                 "test_accuracy": result["test_accuracy"] if selected else None,
                 "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
