@@ -36,7 +36,7 @@ def _plot_data(plots: Path) -> tuple[list[dict], list[dict]]:
         for c in (0.1, 1.0, 10.0):
             leaderboard.append({"feature_set": key, "variant": f"avg-logreg-C{c:g}", "kind": "logreg",
                                 "pooling": "avg", "standardize": True, "pca": None, "params": {"C": c},
-                                "val_accuracy": acc - 0.01 * c})
+                                "searched": "C", "val_accuracy": acc - 0.01 * c, "selected": c == 0.1})
         leaderboard.append({"feature_set": key, "variant": "max-svm_linear-C1", "kind": "svm_linear",
                             "pooling": "max", "standardize": True, "pca": None, "params": {"C": 1.0},
                             "val_accuracy": acc - 0.05})
@@ -107,7 +107,7 @@ def test_dvc_plots_render_offline_with_data(tmp_path):
     dom = result.stdout
     assert "data-script-errors" not in dom.split("<head", 1)[0], dom.split("<head", 1)[0]
     plots = dict(re.findall(r'<div id="([^"]+)"[^>]*data-rendered="([^"]*)"', dom))
-    assert len(plots) == 6 and set(plots.values()) == {"ok"}, plots
+    assert len(plots) == 7 and set(plots.values()) == {"ok"}, plots
     images = re.findall(r'<img [^>]*>', dom.split("<body", 1)[1])
     assert len(images) == 3 and all('data-loaded="ok"' in tag for tag in images), images
     marks = {}
@@ -115,7 +115,7 @@ def test_dvc_plots_render_offline_with_data(tmp_path):
         marks[chunk[:chunk.index('"')]] = Counter(re.findall(r'aria-roledescription="([^"]+)"', chunk))
     by_title = {next(k for k in marks if k.startswith(prefix)): prefix
                 for prefix in ("Leaderboard", "Test_accuracy_against_cut", "Confusion", "Validation_accuracy",
-                               "Learning_curve", "Map_of_each")}
+                               "Learning_curve", "Map_of_each", "Search_of_C")}
     counts = {by_title[k]: v for k, v in marks.items() if k in by_title}
     assert counts["Leaderboard"]["bar"] == len(leaderboard)                    # one bar per variant
     assert counts["Test_accuracy_against_cut"]["point"] == 3                   # one point per feature set
@@ -126,3 +126,6 @@ def test_dvc_plots_render_offline_with_data(tmp_path):
     assert counts["Learning_curve"]["point"] == len(curve)                     # one point per size and set
     assert counts["Learning_curve"]["area mark"] == 2                          # one band per feature set
     assert counts["Map_of_each"]["point"] == len(points)                       # every image in every panel
+    searched = [r for r in leaderboard if r.get("searched")]
+    assert counts["Search_of_C"]["line mark"] == 3                             # one line per feature set's logreg
+    assert counts["Search_of_C"]["point"] == len(searched) + 3                 # every C tried + each choice marked
