@@ -10,9 +10,14 @@ a fresh process:
   last commit before the runtimes: TensorFlow with its tf.data input pipeline),
   run from ``git archive`` of that revision with its default settings;
 - ``stage:<runtime>[:<precision>]``: today's extract stage
-  (:func:`pipeline.extraction.feature_sets.extract_feature_set`: threaded
-  decode/resize, the runtime's compiled step, overlapped Zarr writes, the
-  read-back verification) with ``extract.runtime``/``precision`` set;
+  (:func:`pipeline.extraction.feature_sets.extract_feature_set`, given its
+  planned identity as the stage does: threaded decode/resize, the runtime's
+  compiled step, overlapped Zarr writes, the read-back verification) with
+  ``extract.runtime``/``precision`` set, after one untimed warm-up run, so
+  that OpenVINO reads its converted network from the network cache
+  (:mod:`pipeline.extraction.network_cache`) as every stage but a machine's
+  first does; ``stage-cold:openvino`` is that first one (an empty network
+  cache: it builds and converts the network);
 - ``compute:<runtime>[:<precision>]``: that runtime's compiled step on one
   in-memory batch, repeated, at the batch size the stage uses (the ceiling: no
   decoding, no writing; the first call excluded); ``compute:openvino-keras``
@@ -25,7 +30,8 @@ a fresh process:
   ``tf.image.resize``, ``map(num_parallel_calls=cores)``, batch, prefetch).
 
 Columns: img/s (median of ``--repeats`` interleaved runs; model construction
-excluded, the first batch included except for compute), GFLOP/s achieved
+excluded, the first batch included except for compute; "with build": the
+whole extraction, model construction included), GFLOP/s achieved
 (FLOPs per image from TensorFlow's profiler on the frozen graph × img/s)
 against the CPU's float32 peak, and peak RSS (``ru_maxrss``). The float32 peak
 is measured, not looked up: the best of five 4096×4096×4096 float32 matrix
@@ -49,6 +55,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,19 +76,26 @@ PRETRAINED = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 def spec_of(backbone: str):
     from pipeline.config import FeatureSetParams
 
+    # Cuts named (the stage's check resolves `cut: null` the same way), so that the stage rows plan their identity.
     if backbone in PRETRAINED:
-        return FeatureSetParams(backbone=backbone, weights="imagenet")
-    return FeatureSetParams(backbone=backbone, weights="none", dtype="float32")  # random activations underflow f16
+        return FeatureSetParams(backbone=backbone, weights="imagenet", cut="top_activation")
+    # random activations underflow float16
+    return FeatureSetParams(backbone=backbone, weights="none", dtype="float32", cut=LAST_LAYER.get(backbone))
 
 
 # The OpenVINO runtime with its model built under Keras' OpenVINO backend (what runs without TensorFlow).
 KERAS_OPENVINO = "openvino-keras"
+# The stage on a machine that has not converted the network before (an empty network cache).
+COLD = "stage-cold:"
+LAST_LAYER = {"vgg16": "block5_pool", "vgg19": "block5_pool"}
 
 
 def methods_for(backbone: str, runtimes: list[str]) -> list[str]:
     methods = ["naive", "before", "decode:tf.data", "decode:threads"]
     for runtime in runtimes:
         methods += [f"stage:{runtime}", f"compute:{runtime}"]
+        if runtime == "openvino":
+            methods.append(f"{COLD}{runtime}")   # the first stage on a machine: converts the network
     if "openvino" in runtimes:
         methods.append(f"compute:{KERAS_OPENVINO}")  # the graph Keras' own OpenVINO backend makes
     if "openvino" in runtimes and not backbone.startswith("efficientnet"):
@@ -123,16 +137,19 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
                                      {h: r.path for h, r in images.items()}, out=work / "features.zarr",
                                      progress=False)
         return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
-                "baseline_mb": baseline, "batch_size": result.runtime.batch_size}
+                "total_seconds": result.seconds, "baseline_mb": baseline, "batch_size": result.runtime.batch_size}
     settings = _settings(method)
-    if method.startswith("stage:"):
+    if method.startswith(("stage:", COLD)):
         from pipeline.extraction.feature_sets import extract_feature_set
+        from pipeline.extraction.plan import planned_identity
 
-        result = extract_feature_set(spec_of(backbone), settings, sorted(images),
-                                     {h: r.path for h, r in images.items()}, out=work / "features.zarr",
-                                     progress=False)
+        spec = spec_of(backbone)
+        result = extract_feature_set(spec, settings, sorted(images), {h: r.path for h, r in images.items()},
+                                     out=work / "features.zarr", progress=False,
+                                     expected=planned_identity(spec, settings, spec.cut))
         return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
-                "baseline_mb": baseline, "batch_size": result.runtime.batch_size, "store": str(work / "features.zarr")}
+                "total_seconds": result.seconds, "baseline_mb": baseline, "batch_size": result.runtime.batch_size,
+                "store": str(work / "features.zarr")}
     from pipeline.extraction.plan import plan_extraction
 
     built = plan_extraction(spec_of(backbone), settings)
@@ -250,8 +267,21 @@ def relative_difference(a_store: str, b_store: str) -> float:
 # --------------------------------------------------------------------------- driver
 
 
-def _spawn(args: list[str], pythonpath: str | None = None) -> dict:
+def cold_cache(folder: Path) -> Path:
+    """A fresh shoulders cache folder holding the machine's converted weights and batch sizes, no converted network."""
+    from pipeline.backbones.lite_weights import cache_dir
+
+    folder.mkdir(parents=True)
+    for path in cache_dir().glob("*"):
+        if path.is_file():
+            shutil.copy2(path, folder / path.name)
+    return folder
+
+
+def _spawn(args: list[str], pythonpath: str | None = None, cache: Path | None = None) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if cache is not None:
+        env["SHOULDERS_CACHE_DIR"] = str(cache)
     env.pop("KERAS_BACKEND", None)  # each runtime chooses its own backend
     if any(KERAS_OPENVINO in arg for arg in args):
         env["KERAS_BACKEND"] = "openvino"
@@ -309,6 +339,11 @@ def main() -> None:
             if args.scale > 1:
                 plans.append((n * args.scale, "stage:openvino" if "openvino" in runtimes else f"stage:{runtimes[0]}"))
             results: dict[tuple[int, str], list[dict]] = {plan: [] for plan in plans}
+            for method in {m for _, m in plans if m.startswith("stage:")}:
+                # Untimed: measures the batch size if needed and converts the network once (the network cache).
+                warm = tmp / f"warm-{method.replace(':', '-')}"
+                write_manifest(photos[:8], tmp / "warm.csv")
+                _spawn(["--worker", method, backbone, str(tmp / "warm.csv"), str(warm)])
             for repeat in range(args.repeats):
                 for count, method in plans:
                     if count != n and repeat > 0:
@@ -318,11 +353,13 @@ def main() -> None:
                         write_manifest(photos[:count], manifest)
                     work = Path(tempfile.mkdtemp(dir=tmp))
                     result = _spawn(["--worker", method, backbone, str(manifest), str(work)],
-                                    pythonpath=before if method == "before" else None)
+                                    pythonpath=before if method == "before" else None,
+                                    cache=cold_cache(work / "cache") if method.startswith(COLD) else None)
                     results[(count, method)].append(result)
                     print(f"  {backbone} {method} n={count} run {repeat + 1}: {result}", file=sys.stderr)
             raw[backbone] = {f"{m}@{c}": r for (c, m), r in results.items()}
-            median = {plan: {k: statistics.median(r[k] for r in rs) for k in ("images", "seconds", "rss_mb")}
+            median = {plan: {k: statistics.median(r.get(k) or 0.0 for r in rs)
+                             for k in ("images", "seconds", "rss_mb", "total_seconds")}
                       for plan, rs in results.items()}
             speed = {plan: m["images"] / m["seconds"] for plan, m in median.items()}
             fastest_compute = max(v for (c, m), v in speed.items()  # float32: the precision of the defaults
@@ -344,18 +381,21 @@ def main() -> None:
                     "vs_fastest_compute": speed[plan] / fastest_compute,
                     "relative_l2": differences.get(method),
                     "batch_size": results[plan][0].get("batch_size"),
+                    "images_per_s_with_build": count / median[plan]["total_seconds"]
+                    if median[plan]["total_seconds"] else None,
                 })
     print()
     print(f"float32 peak: {peak:.1f} GFLOP/s (numpy BLAS sgemm 4096³, best of 5, {os.cpu_count()} cores)")
     print(f"{'backbone':<18} {'method':<26} {'images':>6} {'batch':>5} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'peak RSS MB':>11} {'×before':>7} {'×fastest compute':>16} {'rel. L2':>8}")
+          f"{'peak RSS MB':>11} {'×before':>7} {'×fastest compute':>16} {'rel. L2':>8} {'img/s with build':>16}")
     for r in rows:
         gflops = f"{r['gflop_per_s']:>8.1f}" if r["gflop_per_s"] is not None else f"{'':>8}"
         of_peak = f"{r['of_peak']:>7.0%}" if r["of_peak"] is not None else f"{'':>7}"
         l2 = f"{r['relative_l2']:>8.2e}" if r["relative_l2"] is not None else f"{'':>8}"
+        whole = f"{r['images_per_s_with_build']:>16.1f}" if r["images_per_s_with_build"] else f"{'':>16}"
         print(f"{r['backbone']:<18} {r['method']:<26} {r['images']:>6} {str(r['batch_size'] or ''):>5} "
               f"{r['images_per_s']:>8.1f} {gflops} {of_peak} {r['peak_rss_mb']:>11.0f} {r['vs_before']:>7.2f} "
-              f"{r['vs_fastest_compute']:>16.2f} {l2}")
+              f"{r['vs_fastest_compute']:>16.2f} {l2} {whole}")
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows, "raw": raw}, indent=2))
 

@@ -25,6 +25,7 @@ heads' wall time.
 Usage::
 
     python benchmarks/selection.py --source ../shared/datasets/signs --seeds 0 1 2 3 4 --images 300
+    python benchmarks/selection.py --source ../shared/datasets/signs --seeds 0 1 2 3 4 5 6 7 --images 300 --test-rest
     python benchmarks/selection.py --store features/lite0_top.zarr --manifest data/manifest.csv --seeds 0 1 2 3 4
 """
 
@@ -70,8 +71,14 @@ def extract_once(source: Path, key: str, workdir: Path) -> tuple[Path, Path]:
     return workdir / "features" / f"{key}.zarr", workdir / "data" / "manifest.csv"
 
 
-def resplit(records, seed: int, fractions: tuple[float, float, float], images: int | None):
-    """Every image assigned afresh to train/val/test per class (and ``images`` kept, stratified)."""
+def resplit(records, seed: int, fractions: tuple[float, float, float], images: int | None, *,
+            test_rest: bool = False):
+    """Every image assigned afresh to train/val/test per class (and ``images`` kept, stratified).
+
+    ``test_rest``: the images not kept join test, so that the chosen head is
+    scored on many images and the spread over seeds is the choice's, not the
+    luck of a small test split.
+    """
     rng = np.random.default_rng(seed)
     by_class: dict[int, list] = {}
     for record in records:
@@ -80,12 +87,16 @@ def resplit(records, seed: int, fractions: tuple[float, float, float], images: i
     out = []
     for label in sorted(by_class):
         members = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        rest = []
         if share is not None:
-            members = members[:max(3, round(share * len(members)))]
+            keep = max(3, round(share * len(members)))
+            members, rest = members[:keep], members[keep:]
         n_val = max(1, round(fractions[1] * len(members)))
         n_test = max(1, round(fractions[2] * len(members)))
         splits = ["val"] * n_val + ["test"] * n_test + ["train"] * (len(members) - n_val - n_test)
         out += [dataclasses.replace(r, split=s) for r, s in zip(members, splits)]
+        if test_rest:
+            out += [dataclasses.replace(r, split="test") for r in rest]
     return out
 
 
@@ -110,6 +121,11 @@ def main() -> None:
     parser.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15))
     parser.add_argument("--images", type=int, help="keep this many images (stratified) per seed: a small dataset")
     parser.add_argument("--kinds", default=None, help="comma-separated head kinds (default: params.yaml's)")
+    parser.add_argument("--settings", default="old,new",
+                        help="what to compare: old, new (the defaults), val (new, always the val split), "
+                             "cv (new, always 5-fold CV): e.g. val,cv measures where cv_below should lie")
+    parser.add_argument("--test-rest", action="store_true",
+                        help="with --images: the images not kept join test (a large test split)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if (args.source is None) == (args.store is None):
@@ -119,7 +135,11 @@ def main() -> None:
     if args.kinds:
         section["kinds"] = args.kinds.split(",")
     section["combine"] = []
-    settings = {"old": parse_params({"heads": {**section, **OLD}}).heads, "new": parse_params({"heads": section}).heads}
+    known = {"old": {**section, **OLD}, "new": section, "val": {**section, "cv": 0}, "cv": {**section, "cv": 5}}
+    wanted = args.settings.split(",")
+    if not set(wanted) <= set(known):
+        parser.error(f"--settings: choose among {', '.join(known)}; got {args.settings}")
+    settings = {name: parse_params({"heads": known[name]}).heads for name in wanted}
     with tempfile.TemporaryDirectory(prefix="shoulders-selection-") as tmp:
         if args.source is not None:
             store, manifest = extract_once(args.source, args.feature_set, Path(tmp))
@@ -128,7 +148,7 @@ def main() -> None:
         records = read_manifest(manifest)
         rows = []
         for seed in args.seeds:
-            split = resplit(records, seed, tuple(args.split), args.images)
+            split = resplit(records, seed, tuple(args.split), args.images, test_rest=args.test_rest)
             counts = {s: sum(r.split == s for r in split) for s in ("train", "val", "test")}
             for name, heads in settings.items():
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
@@ -138,6 +158,7 @@ def main() -> None:
                 print(f"seed {seed} {name}: test {accuracy:.4f} {variant} ({mode}; {seconds:.1f} s; {counts})",
                       flush=True)
     print(f"\n{store.stem}, {len(records)} images" + (f", {args.images} kept per seed" if args.images else "")
+          + (", the rest in test" if args.test_rest else "")
           + f", seeds {args.seeds}\n")
     print("| setting | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | std | median heads s |")
     print("|---|" + "---:|" * (len(args.seeds) + 3))

@@ -82,24 +82,40 @@ def measure(make_step: Callable[[int], Callable], input_size: int,
     return chosen, steps[chosen], speeds
 
 
+def _entry_key(key: Mapping) -> str:
+    return fingerprint({**machine(), **dict(key)}, length=20)
+
+
+def _read_cache() -> dict:
+    path = cache_file()
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def cached_batch_size(key: Mapping) -> Optional[int]:
+    """The batch size measured before on this machine for ``key``, or None."""
+    entry = _read_cache().get(_entry_key(key))
+    return None if entry is None else int(entry["batch_size"])
+
+
 def measured_batch_size(make_step: Callable[[int], Callable], input_size: int, key: Mapping,
                         ) -> tuple[int, Optional[Callable]]:
     """The cached choice for ``key`` (with no step compiled yet), or a fresh measurement (with its step)."""
-    path = cache_file()
-    entry_key = fingerprint({**machine(), **dict(key)}, length=20)
-    try:
-        cached = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        cached = {}
-    if entry_key in cached:
-        return int(cached[entry_key]["batch_size"]), None
+    cached = cached_batch_size(key)
+    if cached is not None:
+        return cached, None
     chosen, step, speeds = measure(make_step, input_size)
     log.info("batch size measured on this machine: %d (img/s: %s)", chosen,
              ", ".join(f"{b}: {s:.1f}" for b, s in speeds.items()))
-    cached[entry_key] = {"batch_size": chosen, "images_per_second": {str(b): round(s, 2) for b, s in speeds.items()},
-                         "key": dict(key), "machine": machine()}
+    entries = _read_cache()
+    entries[_entry_key(key)] = {"batch_size": chosen,
+                                "images_per_second": {str(b): round(s, 2) for b, s in speeds.items()},
+                                "key": dict(key), "machine": machine()}
+    path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cached, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return chosen, step

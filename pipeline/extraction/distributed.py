@@ -43,20 +43,22 @@ def _key(spec: FeatureSetParams, settings: ExtractParams) -> str:
     return fingerprint({"spec": repr(spec), "settings": repr(settings)})
 
 
-def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams) -> Backbone:
+def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams, expected: Optional[Mapping]) -> Backbone:
     key = _key(spec, settings)
     if key not in _BACKBONES:
-        _BACKBONES[key] = plan_extraction(spec, settings)
+        # With the planned identity, a worker that converted this network before reads it from its cache.
+        _BACKBONES[key] = plan_extraction(spec, settings, expected=expected)
     return _BACKBONES[key]
 
 
-def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams) -> ExtractionPlan:
+def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams, expected: Optional[Mapping] = None
+                   ) -> ExtractionPlan:
     """Run on a worker: build (and keep) the backbone, return its plan (which travels; the model does not)."""
-    return _worker_backbone(spec, settings).plan
+    return _worker_backbone(spec, settings, expected).plan
 
 
 def run_shard(spec: FeatureSetParams, settings: ExtractParams, store: str, shard: Sequence[ChunkWrite],
-              hashes: Mapping[int, str], paths: Mapping[str, str]) -> int:
+              hashes: Mapping[int, str], paths: Mapping[str, str], expected: Optional[Mapping] = None) -> int:
     """Run on a worker: compute the chunks of ``shard`` not yet done and write them into ``store``.
 
     Returns
@@ -68,7 +70,7 @@ def run_shard(spec: FeatureSetParams, settings: ExtractParams, store: str, shard
 
     from pipeline.store.writer import write_chunk
 
-    backbone = _worker_backbone(spec, settings)
+    backbone = _worker_backbone(spec, settings, expected)
     group = zarr.open_group(store, mode="r+")
     todo = [w for w in shard if not group["done"][w.chunk]]
     return run_jobs(backbone, todo, hashes, paths, lambda w, block: write_chunk(group, w, block),
@@ -102,7 +104,7 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
     started = time.perf_counter()
     client = address if isinstance(address, Client) else Client(address)
     try:
-        plan = client.submit(plan_on_worker, spec, settings, pure=False).result()
+        plan = client.submit(plan_on_worker, spec, settings, expected, pure=False).result()
         check_planned(plan, expected)
         with open_store_writer(plan, out) as writer:
             writes, counts = writer.plan(wanted)
@@ -114,7 +116,7 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
                 hashes = {i: row_hashes[i] for w in shard for i in w.rows}
                 # Only the rows and paths a shard reads travel to its worker.
                 futures[client.submit(run_shard, spec, settings, str(writer.path), shard, hashes,
-                                      {h: paths[h] for h in hashes.values()}, pure=False)] = len(hashes)
+                                      {h: paths[h] for h in hashes.values()}, expected, pure=False)] = len(hashes)
             log.info("%d chunks in %d shards on %d workers", len(writes), len(futures),
                      len(client.scheduler_info()["workers"]))
             with tqdm(total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img",

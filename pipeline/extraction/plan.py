@@ -23,7 +23,9 @@ import numpy as np
 
 from pipeline.backbones.registry import Resize
 from pipeline.config import ExtractParams, FeatureSetParams
+from pipeline.extraction import network_cache
 from pipeline.extraction.runtime import COMPUTE, Runtime, resolve_runtime, use_keras_backend
+from pipeline.extraction.runtimes import compile_step
 from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
@@ -97,62 +99,110 @@ class ExtractionPlan:
 
 
 class Backbone:
-    """A truncated backbone built for a plan, with its compiled inference step (kept per process)."""
+    """A truncated backbone built for a plan, with its compiled inference step (kept per process).
 
-    def __init__(self, plan: ExtractionPlan, cut: Any, step: Optional[Callable] = None):
+    ``cut`` is the built :class:`~pipeline.backbones.CutModel`, or None when the
+    network came converted from :mod:`pipeline.extraction.network_cache`
+    (``cached``: nothing was built). With ``cache_key`` set, the OpenVINO
+    network the step converts is stored under that key.
+    """
+
+    def __init__(self, plan: ExtractionPlan, cut: Any, step: Optional[Callable] = None, *,
+                 cached: Optional[network_cache.Entry] = None, cache_key: Optional[str] = None):
         self.plan = plan
-        self.cut = cut                      # pipeline.backbones.CutModel
+        self.cut = cut                      # pipeline.backbones.CutModel, or None (cached)
+        self.cached = cached
         self._step = step
+        self._cache_key = cache_key
 
     def step(self) -> Callable:
         """The compiled inference step for batches of the plan's size (compiled once, reused for every shard)."""
-        from pipeline.extraction.runtimes import compile_step
-
         if self._step is None:
-            self._step = compile_step(self.plan.runtime, self.cut.model, self.cut.preprocess,
-                                      batch_size=self.plan.runtime.batch_size)
+            if self.cached is not None:
+                from pipeline.extraction.runtimes.openvino_runtime import compile_network
+
+                self._step = compile_network(self.cached.network, runtime=self.plan.runtime,
+                                             outputs=self.cached.outputs)
+            else:
+                self._step = compile_step(self.plan.runtime, self.cut.model, self.cut.preprocess,
+                                          batch_size=self.plan.runtime.batch_size)
+        if self._cache_key is not None and getattr(self._step, "network", None) is not None:
+            network_cache.save(self._cache_key, self._step.network, provenance=self.cut.provenance,
+                               feature_shape=self.plan.feature_shape, resize=self.cut.resize,
+                               outputs=len(self.cut.model.outputs), identity=self.plan.identity)
+            self._cache_key = None
         return self._step
+
+
+def _network_of(described: Mapping[str, Any]) -> dict:
+    """What a batch size's speed depends on in a network: its architecture up to the cut, not its weights."""
+    return {k: described.get(k) for k in ("backbone", "cut", "alpha", "input_size", "architecture", "blocks")}
 
 
 def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
                     expected: Optional[Mapping[str, Any]] = None) -> Backbone:
     """Resolve the runtime, build the truncated model once and describe what it will produce.
 
+    An OpenVINO network converted before for the same identity and batch size
+    is read from :mod:`pipeline.extraction.network_cache` instead: nothing is
+    built and neither TensorFlow nor Keras is imported.
+
     Parameters
     ----------
     expected : mapping, optional
         The :func:`planned_identity`; the built backbone must have it (else the
-        identity rule itself is wrong, which is a bug).
+        identity rule itself is wrong, which is a bug). Without it nothing is
+        read from the network cache.
     """
-    from pipeline.backbones import build_cut_model
-    from pipeline.extraction.batch_size import measured_batch_size
-    from pipeline.extraction.runtimes import compile_step
+    from pipeline.extraction.batch_size import cached_batch_size, measured_batch_size
 
     runtime = resolve_runtime(settings)
-    use_keras_backend(runtime)
-    policy = None if runtime.name == "openvino" else POLICY[runtime.precision]
-    cut = build_cut_model(spec, seed=settings.seed, policy=policy)
+    backend = use_keras_backend(runtime)
+    batch_key = {"runtime": runtime.name, "keras_backend": backend, "precision": runtime.precision,
+                 "network": _network_of(expected) if expected else None,
+                 "versions": library_versions(FEATURE_LIBRARIES)}
+    caching = runtime.name == "openvino" and network_cache.cacheable(expected)
+    if caching:
+        batch = runtime.batch_size or cached_batch_size(batch_key)
+        entry = None if batch is None else network_cache.lookup(
+            network_cache.entry_key(expected, batch_size=batch, keras_backend=backend))
+        if entry is not None:
+            runtime = dataclasses.replace(runtime, batch_size=batch)
+            plan = _plan(spec, settings, runtime, entry.provenance, entry.feature_shape, entry.resize)
+            check_planned(plan, expected)
+            return Backbone(plan, None, cached=entry)
+    cut = _build(spec, settings, runtime)
     step = None
     if runtime.batch_size is None:
-        import keras
-
         # The Keras backend too: OpenVINO's graph differs (and so does its best batch) by the backend it came from.
-        key = {"runtime": runtime.name, "keras_backend": keras.backend.backend(), "precision": runtime.precision,
-               "network": cut.model.name,
-               "input": list(cut.model.input_shape[1:]), "versions": library_versions(FEATURE_LIBRARIES)}
+        key = batch_key if expected else {**batch_key, "network": _network_of(cut.provenance)}
         batch, step = measured_batch_size(
             lambda b: compile_step(runtime, cut.model, cut.preprocess, batch_size=b),
             cut.provenance["input_size"], key)
         runtime = dataclasses.replace(runtime, batch_size=batch)
     feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
+    plan = _plan(spec, settings, runtime, cut.provenance, feature_shape, cut.resize)
+    check_planned(plan, expected)
+    cache_key = network_cache.entry_key(expected, batch_size=runtime.batch_size, keras_backend=backend) \
+        if caching else None
+    return Backbone(plan, cut, step, cache_key=cache_key)
+
+
+def _build(spec: FeatureSetParams, settings: ExtractParams, runtime: Runtime):
+    from pipeline.backbones import build_cut_model
+
+    policy = None if runtime.name == "openvino" else POLICY[runtime.precision]
+    return build_cut_model(spec, seed=settings.seed, policy=policy)
+
+
+def _plan(spec: FeatureSetParams, settings: ExtractParams, runtime: Runtime, network: Mapping[str, Any],
+          feature_shape: tuple[int, ...], resize: Resize) -> ExtractionPlan:
     dtype = spec.dtype or settings.dtype
     chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
                                 batch_size=runtime.batch_size)
-    provenance = Provenance(**cut.provenance, dtype=dtype, compute=runtime.compute, decoder=DECODER)
-    plan = ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
-                          provenance=provenance, resize=cut.resize)
-    check_planned(plan, expected)
-    return Backbone(plan, cut, step)
+    provenance = Provenance(**network, dtype=dtype, compute=runtime.compute, decoder=DECODER)
+    return ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
+                          provenance=provenance, resize=resize)
 
 
 def check_planned(plan: ExtractionPlan, expected: Optional[Mapping[str, Any]]) -> None:

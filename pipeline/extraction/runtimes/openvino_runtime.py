@@ -47,15 +47,28 @@ def to_openvino(model: Any, preprocess: Callable, batch_size: int):
 
 
 def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> Callable:
+    """The compiled step of ``model``; the converted ``openvino.Model`` is kept as its ``network`` attribute
+    (what :mod:`pipeline.extraction.network_cache` stores)."""
+    converted = to_openvino(model, preprocess, batch_size)
+    run = compile_network(converted, runtime=runtime, outputs=len(model.outputs))
+    run.network = converted
+    return run
+
+
+def compile_network(network: Any, *, runtime: Any, outputs: int) -> Callable:
+    """Compile an ``openvino.Model`` (or the path of its IR ``.xml``) for the CPU at ``runtime``'s precision.
+
+    ``outputs`` is how many of the graph's outputs are the model's own, in order
+    (a graph converted through TensorFlow may carry more: shape tensors).
+    """
     import openvino as ov
 
-    converted = to_openvino(model, preprocess, batch_size)
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision],
-                                                         "PERFORMANCE_HINT": "LATENCY"})
+    core = ov.Core()
+    if not isinstance(network, ov.Model):
+        network = core.read_model(str(network))
+    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision],
+                                                   "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
-
-    # The model's own outputs, in order (a graph converted through TensorFlow may carry more: shape tensors).
-    outputs = len(model.outputs)
 
     def run(batch: np.ndarray):
         """The features of ``batch``; a list of arrays for a model of several outputs."""
