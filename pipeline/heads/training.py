@@ -13,7 +13,10 @@ Only what changed is refitted. A variant whose fingerprint — the sha256 of its
 estimator settings, the bytes of the pooled train and val features, the source
 of this package's modules and the library versions — equals the one recorded
 in the previous ``scores.json``, and whose ``.joblib`` file is there with the
-recorded sha256, is kept as it is (``"reused": true``). Warm-started paths are kept or refitted whole.
+recorded sha256, is kept as it is (``"reused": true``). Warm-started paths are kept or refitted whole;
+of dense heads trained together in one pass (:mod:`pipeline.heads.dense_batch`) each keeps a
+fingerprint of its own, since each is trained as it would be alone, and only those that changed are
+refitted, together.
 Files of variants no longer in the grid are removed, so the folder always holds
 exactly the grid.
 
@@ -243,7 +246,18 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     old = previous_rows(out) if reuse else {}
     rows: dict[str, dict] = {}
     to_fit = []
-    for job in plan_jobs(variants, heads):
+    # A batch's variants keep fingerprints of their own (each is trained as it would be alone):
+    # only those that changed are refitted, as a smaller batch.
+    planned = plan_jobs(variants, heads)
+    each = {v: job_fingerprint(FitJob(job.kind, (v,)), heads, digests[v.pooling])
+            for job in planned if job.together for v in job.variants}
+    for job in planned:
+        if job.together:
+            changed = tuple(v for v in job.variants if old.get(v.id, {}).get("fingerprint") != each[v])
+            rows.update({v.id: {**old[v.id], "reused": True} for v in job.variants if v not in changed})
+            if changed:
+                to_fit.append((dataclasses.replace(job, variants=changed, together=len(changed) > 1), None))
+            continue
         fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
         if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
             # A search also keeps the values its bisection added (same fingerprint).
@@ -255,7 +269,8 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     log.info("%s: %d variants, %d to fit, %d reused", name, len(variants), n_fit, len(variants) - n_fit)
     # By kind and input: a search's job is the only one of its kind and input, and yields values not in the grid.
     fingerprints = {(job.kind, job.features_key): f for job, f in to_fit if job.search is not None}
-    fingerprints.update({v: f for job, f in to_fit for v in job.variants})
+    fingerprints.update({v: f for job, f in to_fit for v in job.variants if f is not None})
+    fingerprints.update(each)
     probabilities = read_val_proba(out) if reuse else {}
     started = time.perf_counter()
     for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
