@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -94,26 +94,10 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """
         import keras
 
-        views = None
-        if getattr(X, "ndim", None) == 3:
-            views = np.asarray(X, dtype=np.float32)
-            X = views[:, 0]
-        X, y = validate_data(self, X, y, dtype=np.float32)
-        check_classification_targets(y)
-        self.classes_, encoded = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"DenseHead needs at least 2 classes; got one class: {self.classes_.tolist()}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"DenseHead needs epochs >= 1 and batch_size >= 1. "
-                             f"Received: epochs={self.epochs}, batch_size={self.batch_size}")
+        X, views, encoded = self._validate_training(X, y)
         keras.utils.set_random_seed(self.random_state)
-        rows = np.arange(len(y))
-        fit_rows, held = rows, None
-        n_held = int(round(self.validation_fraction * len(y)))
-        if self.patience and np.bincount(encoded).min() >= 2 and n_held >= len(self.classes_):
-            fit_rows, held_rows = train_test_split(rows, test_size=n_held, stratify=encoded,
-                                                   random_state=self.random_state)
-            held = (X[held_rows], encoded[held_rows])
+        fit_rows, held_rows = self.held_out_rows(encoded)
+        held = None if held_rows is None else (X[held_rows], encoded[held_rows])
         X_fit, y_fit = (X if views is None else views)[fit_rows], encoded[fit_rows]
         steps = math.ceil(len(y_fit) / self.batch_size)
         model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout)
@@ -133,6 +117,41 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.coefs_, self.intercepts_ = network_weights(model)
         self._keras_model = model
         return self
+
+    def _validate_training(self, X, y) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+        """Check the training data and settings, set ``classes_``; return the clean rows, the views and the codes.
+
+        The clean rows have shape (n_samples, n_features); the views are
+        (n_samples, n_views, n_features) or None; codes index ``classes_``.
+        """
+        views = None
+        if getattr(X, "ndim", None) == 3:
+            views = np.asarray(X, dtype=np.float32)
+            X = views[:, 0]
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"DenseHead needs at least 2 classes; got one class: {self.classes_.tolist()}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"DenseHead needs epochs >= 1 and batch_size >= 1. "
+                             f"Received: epochs={self.epochs}, batch_size={self.batch_size}")
+        return X, views, encoded
+
+    def held_out_rows(self, encoded: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The rows trained on and the rows held out for early stopping (None: no early stopping).
+
+        Rows are held out (stratified, seeded) when ``patience`` > 0 and every
+        class can spare one; ``encoded`` of shape (n_samples,) holds class codes.
+        """
+        rows = np.arange(len(encoded))
+        n_held = int(round(self.validation_fraction * len(encoded)))
+        n_classes = int(encoded.max()) + 1
+        if self.patience and np.bincount(encoded).min() >= 2 and n_held >= n_classes:
+            fit_rows, held_rows = train_test_split(rows, test_size=n_held, stratify=encoded,
+                                                   random_state=self.random_state)
+            return fit_rows, held_rows
+        return rows, None
 
     @property
     def model_(self):
@@ -172,13 +191,28 @@ def build_network(n_features: int, n_classes: int, *, hidden_units: int, dropout
     """The dense head's Keras network: ``[Dense(relu) "hidden"] → [Dropout] → Dense(softmax) "probabilities"``."""
     import keras
 
-    layers: list[Any] = [keras.Input((n_features,))]
-    if hidden_units:
-        layers.append(keras.layers.Dense(hidden_units, activation="relu", name="hidden"))
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout, name="dropout"))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax", name="probabilities"))
+    layers = [keras.Input((n_features,)), *network_layers(n_classes, hidden_units=hidden_units, dropout=dropout)]
     return keras.Sequential(layers, name="dense_head")
+
+
+def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix: str = "") -> list[Any]:
+    """The head's layers, made in one fixed order: ``[hidden] → [dropout] → probabilities``, names prefixed.
+
+    Each layer draws the seed of its initialiser (or of its dropout masks)
+    from Keras's global seed when it is made, so after the same
+    ``keras.utils.set_random_seed`` these layers start from the same weights and
+    draw the same masks wherever they are made: in a lone network or as one
+    branch of many (:mod:`pipeline.heads.dense_batch`).
+    """
+    import keras
+
+    layers: list[Any] = []
+    if hidden_units:
+        layers.append(keras.layers.Dense(hidden_units, activation="relu", name=f"{prefix}hidden"))
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout, name=f"{prefix}dropout"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", name=f"{prefix}probabilities"))
+    return layers
 
 
 def network_weights(model) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -213,20 +247,25 @@ def forward_probabilities(X: np.ndarray, coefs: Sequence[np.ndarray], intercepts
     return activations
 
 
-def _repeated(arrays: tuple[np.ndarray, np.ndarray], *, batch_size: int, seed: int | None):
+def _repeated(arrays: tuple[Any, Any], *, batch_size: int, seed: int | None):
     """A tf.data pipeline over in-memory arrays: shuffled each epoch if seeded, batched, repeated forever.
 
-    Rows of shape (n_views, n_features) become one view, drawn anew each time the row is read.
+    ``arrays`` is (inputs, labels); either may be a tuple of arrays with the
+    same rows (several inputs or outputs, :mod:`pipeline.heads.dense_batch`):
+    the shuffle order depends on the seed and the row count only, so it is the
+    same for every structure. Rows of shape (n_views, n_features) become one
+    view, drawn anew each time the row is read.
     """
     import tensorflow as tf
 
     from pipeline.tfdata import PREFETCH_BATCHES, static
 
     data = tf.data.Dataset.from_tensor_slices(arrays)
-    if arrays[0].ndim == 3:
+    n_rows = len(tf.nest.flatten(arrays[1])[0])
+    if isinstance(arrays[0], np.ndarray) and arrays[0].ndim == 3:
         n_views = arrays[0].shape[1]
         data = data.map(lambda x, y: (x[tf.random.uniform((), 0, n_views, dtype=tf.int32, seed=seed)], y))
     if seed is not None:
-        data = data.shuffle(len(arrays[1]), seed=seed, reshuffle_each_iteration=True)
+        data = data.shuffle(n_rows, seed=seed, reshuffle_each_iteration=True)
     # Autotuner off (see pipeline.tfdata).
     return static(data.batch(batch_size).repeat().prefetch(PREFETCH_BATCHES))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 from pipeline.heads import conversion
 
@@ -33,6 +33,8 @@ EstimatorFactory = Callable[[Mapping[str, Any], Any, int], Any]
 StreamingFactory = Callable[[Mapping[str, Any], Any, "StreamingContext"], Any]
 # (fitted classifier, layer-name prefix, temperature or None) → Keras layers giving probabilities
 KerasForm = Callable[[Any, str, Optional[float]], list]
+# (unfitted estimators, one input matrix each with the same rows, labels) → the estimators, fitted together
+FitTogether = Callable[[Sequence[Any], Sequence[Any], Any], list]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,12 @@ class HeadKind:
     in_process : bool
         Fit in the stage's own process rather than a worker (Keras: TensorFlow
         is then imported once).
+    fit_together : callable, optional
+        ``fit_together(estimators, inputs, y)``: fits many variants of the kind
+        in one pass, each on its own input matrix (same rows, same labels), with
+        the results each would get alone. Variants that read the same rows then
+        form one job (:func:`pipeline.heads.sweep.plan_jobs`) while the kind's
+        settings say ``batched: true`` (the grid needs that field).
     fit_order : int
         Jobs start in ascending order (slow kinds first, so the last to finish is short).
     search : str, optional
@@ -100,6 +108,7 @@ class HeadKind:
     probabilities: bool = True
     path: Optional[str] = None
     in_process: bool = False
+    fit_together: Optional[FitTogether] = None
     fit_order: int = 5
     search: Optional[str] = None
     simplicity: int = 5
@@ -117,6 +126,9 @@ class HeadKind:
         if self.search is not None and (self.search not in self.swept or "refine" not in fields):
             raise ValueError(f"head kind {self.name!r}: search {self.search!r} must be a swept setting, and "
                              f"{self.grid.__name__} needs a `refine` field (rounds of bisection)")
+        if self.fit_together is not None and "batched" not in fields:
+            raise ValueError(f"head kind {self.name!r}: fit_together needs a `batched` field in "
+                             f"{self.grid.__name__} (whether to use it)")
         if self.path is not None and self.path not in self.swept:
             raise ValueError(f"head kind {self.name!r}: path {self.path!r} must be one of its swept settings")
 
@@ -227,6 +239,7 @@ class DenseGrid:
     batch_size: int = 64
     patience: int = 8
     validation_fraction: float = 0.15
+    batched: bool = True        # variants that read the same rows train as one Keras model (pipeline.heads.dense_batch)
 
     def __post_init__(self):
         _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0,
@@ -238,6 +251,7 @@ class DenseGrid:
         _one("heads.dense.patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)")
         _one("heads.dense.validation_fraction", self.validation_fraction, 0.0 < self.validation_fraction < 0.5,
              "a number in (0, 0.5)")
+        _one("heads.dense.batched", self.batched, isinstance(self.batched, bool), "true or false")
 
 
 # --------------------------------------------------------------------------- estimators
@@ -275,6 +289,12 @@ def _dense(values, grid: DenseGrid, seed: int):
                      patience=grid.patience, validation_fraction=grid.validation_fraction, random_state=seed)
 
 
+def _dense_together(estimators, inputs, y) -> list:
+    from pipeline.heads.dense_batch import fit_dense_heads
+
+    return fit_dense_heads(estimators, inputs, y)
+
+
 def _linear_sgd(loss: str) -> StreamingFactory:
     def make(values, grid, context: StreamingContext):
         from pipeline.heads.streaming import StreamingLinearHead
@@ -307,4 +327,5 @@ register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estim
                   regularisation=(("degree", 1), ("C", 1))))
 register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "learning_rate", "epochs"),
                   estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
+                  fit_together=_dense_together,
                   fit_order=4, simplicity=2, regularisation=(("hidden_units", 1), ("dropout", -1))))

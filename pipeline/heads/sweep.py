@@ -16,13 +16,20 @@ The heads stage (:mod:`pipeline.heads.training`) and ``benchmarks/sweep.py`` cal
 * **Warm starts along a path.** Variants of a kind whose registry entry names a
   ``path`` (logistic regression: C) that share an input form one job fitted in
   ascending order, each fit starting from the previous solution (``warm_start=True``).
+* **Many dense heads, one pass.** Variants of a kind with a ``fit_together``
+  form (dense heads, while ``heads.dense.batched`` is true) that read the same
+  rows — every pooling, standardisation and PCA of one feature set — form one
+  job: per fold, one Keras model trains them all through one input pipeline
+  (:mod:`pipeline.heads.dense_batch`), each with its own weights, dropout, loss
+  and early stopping, with the results of training each alone.
 * **Keras in one process.** scikit-learn jobs go to ``heads.n_jobs`` loky
   workers (when more than one needs fitting); kinds marked ``in_process``
   (dense, Keras) run in this process meanwhile, so TensorFlow is imported once
   and never in a worker.
 
 Each variant's row records ``fit_seconds`` (wall time of its fits: the one fit
-on train, or with ``heads.cv`` the k fold fits plus the final refit) and
+on train, or with ``heads.cv`` the k fold fits plus the final refit; a batch's
+time is shared evenly by its variants) and
 ``peak_rss_mib``. The latter is the largest increase of the resident memory of
 the process that ran the fit over its value just before the fit, sampled every
 5 ms by a thread (:class:`PeakRSS`): it counts everything the fit touched that the
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import itertools
 import logging
 import math
@@ -56,51 +64,45 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import joblib
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from pipeline.config import HeadsParams
+from pipeline.heads.fold_scores import Tally, class_probabilities, correct_string
+from pipeline.heads.folds import Fold, Splits, make_folds, preprocess_folds
 from pipeline.heads.registry import head_kind
 from pipeline.heads.search import coarse_to_fine
-from pipeline.heads.variants import Variant, make_head, make_preprocessor, predict_views
+from pipeline.heads.variants import Variant, make_head
+
+__all__ = ["FitJob", "Fold", "PeakRSS", "Splits", "class_probabilities", "correct_string", "fit_job", "make_folds",
+           "plan_jobs", "resolve_cv", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Splits:
-    """The train and val rows of one pooling of one feature set.
-
-    ``X_train`` has shape (n_train, n_features), ``y_train`` (n_train,), and the
-    same for val.
-    """
-
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    # Cached augmented views, (n, K, n_features), when a variant uses them (heads.augment / heads.tta).
-    X_train_views: Optional[np.ndarray] = None
-    X_val_views: Optional[np.ndarray] = None
-
-
-@dataclass(frozen=True)
 class FitJob:
-    """Variants fitted together in one task: a warm-started path (logistic regression's C), or one variant."""
+    """Variants fitted in one task: a warm-started path (logistic regression's C), variants fitted
+    together in one pass (dense heads, ``together``), or one variant."""
 
     kind: str
     variants: tuple[Variant, ...]
     # The setting searched coarse to fine from these variants' values (pipeline.heads.search), or None.
     search: Optional[str] = None
+    # Fitted by the kind's fit_together, each variant on its own input (pipeline.heads.registry).
+    together: bool = False
 
     @property
     def features_key(self):
         return self.variants[0].features_key
+
+    @property
+    def features_keys(self) -> tuple:
+        """Every input the job's variants read, in order of first use."""
+        return tuple(dict.fromkeys(v.features_key for v in self.variants))
 
     @property
     def in_process(self) -> bool:
@@ -122,18 +124,37 @@ def searched(kind: str, heads: Optional[HeadsParams]) -> Optional[str]:
     return entry.search
 
 
-def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) -> list[FitJob]:
-    """Group variants into jobs: one per warm-started path or search (ascending), one per other variant.
+def batched(variant: Variant, heads: Optional[HeadsParams]) -> bool:
+    """Whether ``variant`` is fitted together with the others of its kind that read the same rows.
 
-    Slow kinds first. Without ``heads`` no job is a search (the listed values only).
+    Its kind needs a ``fit_together`` form and settings saying ``batched: true``;
+    a variant that draws a view per epoch (``augment: draw``) has rows of views
+    and is fitted alone.
     """
-    jobs, paths = [], {}
+    entry = head_kind(variant.kind)
+    return (entry.fit_together is not None and heads is not None and heads.grid(variant.kind).batched
+            and variant.augment != "draw")
+
+
+def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) -> list[FitJob]:
+    """Group variants into jobs: one per warm-started path or search (ascending), one per batch, one per other variant.
+
+    A batch holds the variants of a kind fitted together (:func:`batched`) that
+    read the same rows: every pooling, standardisation and PCA of one
+    augmentation and TTA setting. Slow kinds first. Without ``heads`` no job is a
+    search (the listed values only) or a batch.
+    """
+    jobs, paths, batches = [], {}, {}
     for variant in variants:
         order = head_kind(variant.kind).path or searched(variant.kind, heads)
         if order is not None:
             paths.setdefault((variant.kind, variant.features_key), []).append(variant)
+        elif batched(variant, heads):
+            batches.setdefault((variant.kind, variant.augment, variant.tta), []).append(variant)
         else:
             jobs.append(FitJob(variant.kind, (variant,)))
+    for (kind, _, _), members in batches.items():
+        jobs.append(FitJob(kind, tuple(members), together=len(members) > 1))
     for (kind, _), members in paths.items():
         order = head_kind(kind).path or searched(kind, heads)
         jobs.append(FitJob(kind, tuple(sorted(members, key=lambda v: dict(v.params)[order])),
@@ -207,8 +228,12 @@ def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) 
                    f"< {heads.cv_below})")
 
 
-# A fold: rows to fit on and rows to score on (None for the final refit of cross-validation).
-Fold = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
+def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]
+            ) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest."""
+    if job.together:
+        return fit_together_job(job, heads, folds)
+    return fit_job(job, heads, folds[job.features_key])
 
 
 def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[FitJob, list[tuple[Any, dict]]]:
@@ -230,11 +255,7 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
     """
     if job.search is not None:
         return search_job(job, heads, folds)
-    scores = {v: [] for v in job.variants}
-    correct = {v: [] for v in job.variants}
-    proba = {v: [] for v in job.variants}
-    seconds = dict.fromkeys(job.variants, 0.0)
-    peaks = dict.fromkeys(job.variants, 0.0)
+    tallies = {v: Tally() for v in job.variants}
     kept: dict[Variant, Any] = {}
     warm_from = dict.fromkeys(job.variants)
     path = head_kind(job.kind).path
@@ -249,37 +270,51 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
             with PeakRSS() as memory:
                 started = time.perf_counter()
                 head.fit(X_fit, y_fit)
-                seconds[variant] += time.perf_counter() - started
-            peaks[variant] = max(peaks[variant], memory.peak_mib)
+                tallies[variant].fitted(time.perf_counter() - started, memory.peak_mib)
             if X_score is not None and len(y_score):
-                predicted = predict_views(head, X_score)
-                correct[variant].append(np.asarray(predicted) == np.asarray(y_score))
-                proba[variant].append(class_probabilities(head, X_score))
-                scores[variant].append((accuracy_score(y_score, predicted),
-                                        f1_score(y_score, predicted, average="macro", zero_division=0)))
+                tallies[variant].score(head, X_score, y_score)
             if index == len(folds) - 1:
                 # The path goes on refitting the same object: keep a copy of each point's solution.
                 kept[variant] = copy.deepcopy(head) if path is not None else head
             previous = dict(variant.params).get(path) if path is not None else None
-    results = []
-    for variant in job.variants:
-        accuracy = [a for a, _ in scores[variant]]
-        f1 = [f for _, f in scores[variant]]
-        head = kept[variant]
-        row = {"val_accuracy": float(np.mean(accuracy)) if accuracy else None,
-               "val_macro_f1": float(np.mean(f1)) if f1 else None,
-               "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
-               "fit_seconds": round(seconds[variant], 4),
-               "peak_rss_mib": peaks[variant],
-               "features_memmapped": isinstance(folds[-1][0], np.memmap),
-               "n_epochs": getattr(head, "n_epochs_", None),
-               "warm_start_from_C": warm_from[variant],
-               "val_correct": correct_string(np.concatenate(correct[variant])) if correct[variant] else None,
-               "val_proba": _stack(proba[variant]),
-               "scored_labels": np.concatenate([f[3] for f in folds if f[2] is not None]) if accuracy else None}
-        results.append((head, row))
-    return job, results
+    memmapped = isinstance(folds[-1][0], np.memmap)
+    return job, [(kept[v], tallies[v].row(kept[v], memmapped, warm_start_from_C=warm_from[v])) for v in job.variants]
 
+
+def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]
+                     ) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Fit a batch's variants in one pass per fold with their kind's ``fit_together``, each on its own input.
+
+    Rows are scored and reported as :func:`fit_job` does; a batch's fit time
+    and peak memory are shared, so each variant's ``fit_seconds`` is its share
+    (the batch's time over its variants) and its ``peak_rss_mib`` the batch's.
+
+    Raises
+    ------
+    ValueError
+        If the inputs' folds do not hold the same labels in the same order (they
+        must be rows of the same images).
+    """
+    fit_together = head_kind(job.kind).fit_together
+    tallies = {v: Tally() for v in job.variants}
+    n_folds = len(folds[job.features_key])
+    fitted: list = []
+    for index in range(n_folds):
+        parts = [folds[v.features_key][index] for v in job.variants]
+        y_fit = parts[0][1]
+        if any(not np.array_equal(part[1], y_fit) for part in parts):
+            raise ValueError(f"variants fitted together must see the same rows; the folds of "
+                             f"{[v.id for v in job.variants]} hold different labels")
+        with PeakRSS() as memory:
+            started = time.perf_counter()
+            fitted = fit_together([make_head(v, heads) for v in job.variants], [part[0] for part in parts], y_fit)
+            share = (time.perf_counter() - started) / len(job.variants)
+        for variant, head, (_, _, X_score, y_score) in zip(job.variants, fitted, parts):
+            tallies[variant].fitted(share, memory.peak_mib)
+            if X_score is not None and len(y_score):
+                tallies[variant].score(head, X_score, y_score)
+    memmapped = all(isinstance(folds[key][-1][0], np.memmap) for key in job.features_keys)
+    return job, [(head, tallies[v].row(head, memmapped)) for v, head in zip(job.variants, fitted)]
 
 def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Search the job's setting coarse to fine (:func:`pipeline.heads.search.coarse_to_fine`) and fit every value tried.
@@ -295,7 +330,8 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
     template = job.variants[0]
     scored = [fold for fold in folds if fold[2] is not None]
     fitted: list[dict[float, Any]] = [{} for _ in scored]
-    stats: dict[float, dict] = {}
+    stats: dict[float, Tally] = {}
+    warm_from: dict[float, Optional[float]] = {}
 
     def variant_at(value: float) -> Variant:
         return dataclasses.replace(template, params=tuple((k, value if k == setting else v) for k, v in template.params))
@@ -317,19 +353,14 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
     def score_of(values: list[float]) -> dict[float, tuple[float, float]]:
         out = {}
         for value in values:
-            row = stats.setdefault(value, {"scores": [], "correct": [], "proba": [], "seconds": 0.0, "peak": 0.0,
-                                           "from": None})
+            tally = stats.setdefault(value, Tally())
             for index, (X_fit, y_fit, X_score, y_score) in enumerate(scored):
                 head, seconds, peak, start_from = fit_at(value, fitted[index], X_fit, y_fit)
-                predicted = predict_views(head, X_score)
-                row["correct"].append(np.asarray(predicted) == np.asarray(y_score))
-                row["proba"].append(class_probabilities(head, X_score))
-                row["scores"].append((accuracy_score(y_score, predicted),
-                                      f1_score(y_score, predicted, average="macro", zero_division=0)))
-                row["seconds"] += seconds
-                row["peak"] = max(row["peak"], peak)
-                row["from"] = start_from if index == 0 else row["from"]
-            out[value] = tuple(float(np.mean(column)) for column in zip(*row["scores"]))
+                tally.fitted(seconds, peak)
+                tally.score(head, X_score, y_score)
+                if index == 0:
+                    warm_from[value] = start_from
+            out[value] = tuple(float(np.mean(column)) for column in zip(*tally.scores))
         return out
 
     tried = sorted(coarse_to_fine([dict(v.params)[setting] for v in job.variants], heads.grid(job.kind).refine,
@@ -339,127 +370,13 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
         final: dict[float, Any] = {}
         for value in tried:
             _, seconds, peak, _ = fit_at(value, final, X_all, y_all)
-            stats[value]["seconds"] += seconds
-            stats[value]["peak"] = max(stats[value]["peak"], peak)
+            stats[value].fitted(seconds, peak)
     else:
         final = fitted[-1]
-    results = []
-    for value in tried:
-        row, head = stats[value], final[value]
-        accuracy = [a for a, _ in row["scores"]]
-        results.append((head, {
-            "val_accuracy": float(np.mean(accuracy)), "val_macro_f1": float(np.mean([f for _, f in row["scores"]])),
-            "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
-            "fit_seconds": round(row["seconds"], 4), "peak_rss_mib": row["peak"],
-            "features_memmapped": isinstance(folds[-1][0], np.memmap), "n_epochs": getattr(head, "n_epochs_", None),
-            "warm_start_from_C": row["from"], "val_correct": correct_string(np.concatenate(row["correct"])),
-            "searched": setting, "val_proba": _stack(row["proba"]),
-            "scored_labels": np.concatenate([f[3] for f in scored])}))
+    memmapped = isinstance(folds[-1][0], np.memmap)
+    results = [(final[value], stats[value].row(final[value], memmapped, warm_start_from_C=warm_from[value],
+                                               searched=setting)) for value in tried]
     return FitJob(job.kind, tuple(variant_at(v) for v in tried), search=setting), results
-
-
-def class_probabilities(head: Any, X: np.ndarray) -> Optional[np.ndarray]:
-    """Class probabilities of scored rows, (n, n_classes) float32, for soft voting; None without them.
-
-    Kinds without ``predict_proba`` (SVMs) and views (test-time augmentation) give None.
-    """
-    if X.ndim != 2 or not hasattr(head, "predict_proba"):
-        return None
-    return np.asarray(head.predict_proba(X), dtype=np.float32)
-
-
-def _stack(parts: list) -> Optional[np.ndarray]:
-    # Folds in order, like val_correct; None when a fold gave none.
-    return None if not parts or any(p is None for p in parts) else np.concatenate(parts)
-
-
-def correct_string(correct: np.ndarray) -> str:
-    """Which scored images a head got right, as one ``0``/``1`` character each (compact in scores.json)."""
-    return "".join("1" if right else "0" for right in np.asarray(correct, dtype=bool))
-
-
-def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta: bool = False
-               ) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]:
-    """Raw (unpreprocessed) folds: train→val, or k stratified folds of train+val and a final refit on all.
-
-    With augmented views (``cv == 0`` only): ``augment="stack"`` adds every view
-    of every training image as a row with its label; ``"draw"`` gives the
-    training rows as ``(n, 1 + K, n_features)`` (clean first) for a dense head
-    to draw one per epoch; ``tta`` gives the val rows as ``(n, 1 + K, n_features)``.
-
-    Raises
-    ------
-    ValueError
-        If ``cv`` exceeds the smallest class count of train+val, or views are
-        needed and were not read.
-    """
-    if cv == 0:
-        X_fit, y_fit, X_score = splits.X_train, splits.y_train, splits.X_val
-        if augment != "none" or tta:
-            if splits.X_train_views is None or (tta and splits.X_val_views is None):
-                raise ValueError("this variant needs cached augmented views (of val too for TTA): set "
-                                 "extract.augment.views > 0 (and extract.augment.tta: true) and run the augment stage")
-        if augment == "stack":
-            views = splits.X_train_views
-            X_fit = np.concatenate([X_fit, views.reshape(-1, views.shape[-1])])
-            y_fit = np.concatenate([y_fit, np.repeat(splits.y_train, views.shape[1])])
-        elif augment == "draw":
-            X_fit = np.concatenate([X_fit[:, None], splits.X_train_views], axis=1)
-        if tta:
-            X_score = np.concatenate([X_score[:, None], splits.X_val_views], axis=1)
-        return [(X_fit, y_fit, X_score, splits.y_val)]
-    X = np.concatenate([splits.X_train, splits.X_val])
-    y = np.concatenate([splits.y_train, splits.y_val])
-    smallest = int(np.bincount(y).min()) if len(y) else 0
-    if cv > smallest:
-        raise ValueError(f"heads.cv={cv} folds need at least {cv} images of every class in train+val; "
-                         f"the smallest class has {smallest}. Use a smaller heads.cv, or 0 for the val split")
-    splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-    folds = [(X[fit], y[fit], X[score], y[score]) for fit, score in splitter.split(X, y)]
-    return folds + [(X, y, None, None)]
-
-
-def preprocess_folds(variant: Variant, heads: HeadsParams, raw_folds, workdir: Path) -> tuple[list, list, float]:
-    """Fit a variant's preprocessing on each fold's rows to fit, transform, and memory-map the results.
-
-    Returns
-    -------
-    folds : list of Fold
-        Feature matrices as read-only ``np.memmap`` of files under ``workdir``.
-    preprocessors : list of fitted Pipeline or None, one per fold
-    seconds : float
-        Time spent fitting and transforming.
-    """
-    started = time.perf_counter()
-    folds, preprocessors = [], []
-    for index, (X_fit, y_fit, X_score, y_score) in enumerate(raw_folds):
-        preprocessor = make_preprocessor(variant, heads)
-        rows_by_features = (int(np.prod(X_fit.shape[:-1])), X_fit.shape[-1])
-        if variant.pca is not None and isinstance(variant.pca, int) and variant.pca > min(rows_by_features):
-            raise ValueError(f"heads.pca={variant.pca} components is more than this input allows: "
-                             f"min(rows, features) = {min(rows_by_features)} for pooling {variant.pooling!r}. "
-                             "Use fewer components or a variance fraction such as 0.95")
-        if preprocessor is not None:
-            # Views (n, V, d) are preprocessed as rows, fitted on every view of the training images.
-            X_fit = _rows(preprocessor.fit_transform, X_fit)
-            X_score = None if X_score is None else _rows(preprocessor.transform, X_score)
-        tag = "-".join(map(str, variant.features_key))
-        folds.append((_memmap(X_fit, workdir / f"{tag}-{index}-fit.npy"), y_fit,
-                      None if X_score is None else _memmap(X_score, workdir / f"{tag}-{index}-score.npy"), y_score))
-        preprocessors.append(preprocessor)
-    return folds, preprocessors, time.perf_counter() - started
-
-
-def _rows(transform, X: np.ndarray) -> np.ndarray:
-    """Apply a row transform to (n, d), or to each view of (n, V, d)."""
-    flat = X.reshape(-1, X.shape[-1])
-    out = transform(flat).astype(np.float32, copy=False)
-    return out.reshape(*X.shape[:-1], out.shape[-1])
-
-
-def _memmap(X: np.ndarray, path: Path) -> np.memmap:
-    np.save(path, np.ascontiguousarray(X, dtype=np.float32))
-    return np.load(path, mmap_mode="r")
 
 
 def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, Splits], *,
@@ -495,13 +412,14 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
             v.uses_views for job in jobs for v in job.variants))[0])
     with tempfile.TemporaryDirectory(prefix="shoulders-sweep-") as tmp:
         folds, preprocessors, prep_seconds = {}, {}, {}
-        for job in jobs:
-            key = job.features_key
+        for variant in (v for job in jobs for v in job.variants):
+            key = variant.features_key
             if key not in folds:
-                raw = make_folds(data[key[0]], heads.cv, heads.seed, augment=job.variants[0].augment,
-                                 tta=job.variants[0].tta)
-                folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(job.variants[0], heads, raw,
-                                                                                    Path(tmp))
+                raw = make_folds(data[key[0]], heads.cv, heads.seed, augment=variant.augment, tta=variant.tta)
+                folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(variant, heads, raw, Path(tmp))
+
+        def inputs(job: FitJob) -> dict:
+            return {key: folds[key] for key in job.features_keys}
         # Dispatch starts now: the loky workers start and fit while this process imports
         # TensorFlow and trains the Keras heads. A worker costs ~2 s to start (a Python
         # process importing scikit-learn), more than a single job usually takes: one job
@@ -509,17 +427,17 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
         in_workers = [j for j in jobs if not j.in_process]
         n_jobs = heads.n_jobs if len(in_workers) > 1 else 1
         pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            joblib.delayed(fit_job)(job, heads, folds[job.features_key]) for job in in_workers) if in_workers else ()
+            joblib.delayed(run_job)(job, heads, inputs(job)) for job in in_workers) if in_workers else ()
         in_process = [j for j in jobs if j.in_process]
-        if in_process:
-            import keras  # noqa: F401  (here, so that no variant's fit_seconds include TensorFlow's import)
-        done = (fit_job(job, heads, folds[job.features_key]) for job in in_process)
+        if in_process:   # here, so that no variant's fit_seconds include TensorFlow's import
+            importlib.import_module("keras")
+        done = (run_job(job, heads, inputs(job)) for job in in_process)
         total = sum(len(j.variants) for j in jobs)
         with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar:
             for job, results in itertools.chain(done, pending):
-                final = preprocessors[job.features_key][-1]
                 for variant, (head, row) in zip(job.variants, results):
+                    final = preprocessors[variant.features_key][-1]
                     steps = list(final.steps) if final is not None else []
-                    row["preprocess_seconds"] = round(prep_seconds[job.features_key], 4)
+                    row["preprocess_seconds"] = round(prep_seconds[variant.features_key], 4)
                     bar.update()
                     yield variant, Pipeline([*steps, ("head", head)]), row

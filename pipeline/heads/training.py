@@ -13,13 +13,16 @@ Only what changed is refitted. A variant whose fingerprint — the sha256 of its
 estimator settings, the bytes of the pooled train and val features, the source
 of this package's modules and the library versions — equals the one recorded
 in the previous ``scores.json``, and whose ``.joblib`` file is there with the
-recorded sha256, is kept as it is (``"reused": true``). Warm-started paths are kept or refitted whole.
+recorded sha256, is kept as it is (``"reused": true``). Warm-started paths are kept or refitted whole;
+of dense heads trained together in one pass (:mod:`pipeline.heads.dense_batch`) each keeps a
+fingerprint of its own, since each is trained as it would be alone, and only those that changed are
+refitted, together.
 Files of variants no longer in the grid are removed, so the folder always holds
 exactly the grid.
 
 When the pooled training features exceed ``heads.memory_limit_mb`` (or
 ``heads.out_of_core: true``), the grid is trained from dask arrays instead,
-one block in memory at a time, by each kind's streaming form in the registry
+one block in memory at a time, by each kind's streaming form (:mod:`pipeline.heads.chunked`)
 (kinds without one, PCA and views are skipped and listed).
 """
 
@@ -39,9 +42,10 @@ import numpy as np
 
 from pipeline.config import HeadsParams, dask_address
 from pipeline.heads.combination import combination_key, combined_provenance, open_combination
-from pipeline.heads.registry import StreamingContext, head_kind
+from pipeline.heads.chunked import fit_out_of_core
+from pipeline.heads.registry import head_kind
 from pipeline.heads.saved import head_file, save_head
-from pipeline.heads.sweep import FitJob, Splits, correct_string, plan_jobs, resolve_cv, run_sweep
+from pipeline.heads.sweep import FitJob, Splits, plan_jobs, resolve_cv, run_sweep
 from pipeline.heads.variants import Variant, expand_grid, make_head, make_preprocessor
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256, library_versions
@@ -243,7 +247,18 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     old = previous_rows(out) if reuse else {}
     rows: dict[str, dict] = {}
     to_fit = []
-    for job in plan_jobs(variants, heads):
+    # A batch's variants keep fingerprints of their own (each is trained as it would be alone):
+    # only those that changed are refitted, as a smaller batch.
+    planned = plan_jobs(variants, heads)
+    each = {v: job_fingerprint(FitJob(job.kind, (v,)), heads, digests[v.pooling])
+            for job in planned if job.together for v in job.variants}
+    for job in planned:
+        if job.together:
+            changed = tuple(v for v in job.variants if old.get(v.id, {}).get("fingerprint") != each[v])
+            rows.update({v.id: {**old[v.id], "reused": True} for v in job.variants if v not in changed})
+            if changed:
+                to_fit.append((dataclasses.replace(job, variants=changed, together=len(changed) > 1), None))
+            continue
         fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
         if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
             # A search also keeps the values its bisection added (same fingerprint).
@@ -255,7 +270,8 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     log.info("%s: %d variants, %d to fit, %d reused", name, len(variants), n_fit, len(variants) - n_fit)
     # By kind and input: a search's job is the only one of its kind and input, and yields values not in the grid.
     fingerprints = {(job.kind, job.features_key): f for job, f in to_fit if job.search is not None}
-    fingerprints.update({v: f for job, f in to_fit for v in job.variants})
+    fingerprints.update({v: f for job, f in to_fit for v in job.variants if f is not None})
+    fingerprints.update(each)
     probabilities = read_val_proba(out) if reuse else {}
     started = time.perf_counter()
     for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
@@ -432,48 +448,3 @@ def pooled_bytes(features, pooling: str, rows: int) -> int:
     """Bytes ``rows`` pooled float32 feature rows would take in memory, from the store's metadata."""
     group = open_store(features)
     return int(rows * pooled_width(tuple(group.attrs["feature_shape"]), pooling) * 4)
-
-
-def streaming_head(variant: Variant, heads: HeadsParams, n_train: int):
-    """The out-of-core estimator of a variant (its kind's registry entry), or ``None`` when it has none.
-
-    PCA and augmented views have no out-of-core form here, whatever the kind.
-    """
-    kind = head_kind(variant.kind)
-    if variant.pca is not None or variant.uses_views or kind.streaming is None:
-        return None
-    context = StreamingContext(n_train=n_train, epochs=heads.out_of_core_epochs, standardize=variant.standardize,
-                               seed=heads.seed)
-    return kind.streaming(dict(variant.params), heads.grid(variant.kind), context)
-
-
-def fit_out_of_core(features, variants, heads, records):
-    """Fit every variant that has an out-of-core form, reading the store as dask arrays.
-
-    Yields
-    ------
-    variant, estimator, row
-        ``row`` as :func:`pipeline.heads.sweep.run_sweep` gives it (validation
-        accuracy and macro-F1, fit seconds, ``out_of_core: true``).
-    """
-    from sklearn.metrics import accuracy_score, f1_score
-
-    for pooling in sorted({v.pooling for v in variants}):
-        train = open_feature_set(features, "train", manifest=records, pooling=pooling, as_dask=True)
-        val = open_feature_set(features, "val", manifest=records, pooling=pooling, as_dask=True)
-        for variant in (v for v in variants if v.pooling == pooling):
-            estimator = streaming_head(variant, heads, len(train.y))
-            if estimator is None:
-                continue
-            started = time.perf_counter()
-            estimator.fit(train.X, train.y)
-            seconds = time.perf_counter() - started
-            predicted = estimator.predict(val.X) if len(val.y) else np.zeros(0, int)
-            yield variant, estimator, {
-                "val_accuracy": float(accuracy_score(val.y, predicted)) if len(val.y) else None,
-                "val_macro_f1": float(f1_score(val.y, predicted, average="macro", zero_division=0))
-                if len(val.y) else None,
-                "val_accuracy_std": None, "fit_seconds": round(seconds, 4), "peak_rss_mib": None,
-                "features_memmapped": False, "n_epochs": estimator.epochs, "out_of_core": True,
-                "val_correct": correct_string(np.asarray(predicted) == np.asarray(val.y)),
-            }

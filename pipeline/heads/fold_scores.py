@@ -1,0 +1,73 @@
+"""Scoring a sweep's fitted heads on their folds, and the score row each variant gets.
+
+A :class:`Tally` collects one variant's fits (seconds, peak memory) and
+scores over the folds of a job (:mod:`pipeline.heads.sweep`) and makes its
+row: mean accuracy and macro-F1, which scored images it got right
+(:func:`correct_string`) and its class probabilities on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from pipeline.heads.variants import predict_views
+
+
+@dataclass
+class Tally:
+    """One variant's fits and scores over the folds of a job, and the row they make."""
+
+    scores: list = field(default_factory=list)      # (accuracy, macro-F1) per scored fold
+    correct: list = field(default_factory=list)
+    proba: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    seconds: float = 0.0
+    peak: float = 0.0
+
+    def fitted(self, seconds: float, peak_mib: float) -> None:
+        self.seconds += seconds
+        self.peak = max(self.peak, peak_mib)
+
+    def score(self, head: Any, X_score: np.ndarray, y_score: np.ndarray) -> None:
+        predicted = predict_views(head, X_score)
+        self.correct.append(np.asarray(predicted) == np.asarray(y_score))
+        self.proba.append(class_probabilities(head, X_score))
+        self.labels.append(y_score)
+        self.scores.append((accuracy_score(y_score, predicted),
+                            f1_score(y_score, predicted, average="macro", zero_division=0)))
+
+    def row(self, head: Any, memmapped: bool, **extra) -> dict:
+        accuracy = [a for a, _ in self.scores]
+        f1 = [f for _, f in self.scores]
+        return {"val_accuracy": float(np.mean(accuracy)) if accuracy else None,
+                "val_macro_f1": float(np.mean(f1)) if f1 else None,
+                "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
+                "fit_seconds": round(self.seconds, 4), "peak_rss_mib": self.peak, "features_memmapped": memmapped,
+                "n_epochs": getattr(head, "n_epochs_", None), "warm_start_from_C": None,
+                "val_correct": correct_string(np.concatenate(self.correct)) if self.correct else None,
+                "val_proba": _stack(self.proba),
+                "scored_labels": np.concatenate(self.labels) if self.labels else None, **extra}
+
+
+def class_probabilities(head: Any, X: np.ndarray) -> Optional[np.ndarray]:
+    """Class probabilities of scored rows, (n, n_classes) float32, for soft voting; None without them.
+
+    Kinds without ``predict_proba`` (SVMs) and views (test-time augmentation) give None.
+    """
+    if X.ndim != 2 or not hasattr(head, "predict_proba"):
+        return None
+    return np.asarray(head.predict_proba(X), dtype=np.float32)
+
+
+def _stack(parts: list) -> Optional[np.ndarray]:
+    # Folds in order, like val_correct; None when a fold gave none.
+    return None if not parts or any(p is None for p in parts) else np.concatenate(parts)
+
+
+def correct_string(correct: np.ndarray) -> str:
+    """Which scored images a head got right, as one ``0``/``1`` character each (compact in scores.json)."""
+    return "".join("1" if right else "0" for right in np.asarray(correct, dtype=bool))
