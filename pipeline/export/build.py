@@ -1,9 +1,12 @@
-"""The chosen head and its backbone cut as one deployable model, checked against the pipeline, with a card.
+"""The chosen model as one deployable Keras graph, checked against the pipeline, with a card.
 
 :func:`export` builds ``model.keras`` — raw uint8 images of any size → resize
 → preprocessing → truncated backbone → [float16 rounding as in the store] →
 pooling → head, one Keras graph giving class probabilities, loaded with Keras'
-safe mode — and the model card. Every head kind has an exact Keras form (see
+safe mode — and the model card. The chosen model may be a single feature set's
+head, a combination's head or the soft-voting ensemble: :func:`plan_export`
+loads its branches (feature sets) and heads, :mod:`pipeline.export.graph`
+builds them into one graph, each backbone once. Every head kind has an exact Keras form (see
 :mod:`pipeline.heads.registry`); a head without one is refused rather than
 exported as a pickle, since a model folder is what people pass around and
 unpickling a file runs whatever code it names (``SECURITY.md``). The chosen
@@ -13,8 +16,9 @@ its file against the sha256 the heads stage recorded.
 Heads without probabilities (SVMs) are calibrated by temperature scaling on
 the validation split, which keeps their predicted class. Before writing the
 card the exported model is checked against the pipeline: on every test image
-it must predict the class the cached-feature head predicts, with probabilities
-within ``export.tolerance``; otherwise export fails.
+it must predict the class the cached-feature head predicts (a combination's
+head on its members' rows; the mean of the ensemble members' probabilities),
+with probabilities within ``export.tolerance``; otherwise export fails.
 """
 
 from __future__ import annotations
@@ -195,7 +199,9 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, plan.expected("test"),
                               params.export.tolerance)
     check["seconds"] = round(time.perf_counter() - started, 1)
-    calibration = next((c for c in plan.calibration if c), None) if len(plan.heads) == 1 else plan.calibration
+    # One head: how it gives probabilities (None: its own). Several: those calibrated, by feature set.
+    calibration = plan.calibration[0] if len(plan.heads) == 1 else {
+        plan.branches[head.branches[0]].key: how for head, how in zip(plan.heads, plan.calibration) if how} or None
     card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
                       form=FORM, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256,
                       max_image_pixels=params.data.max_image_pixels)

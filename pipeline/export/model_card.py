@@ -178,11 +178,12 @@ def card_markdown(card: dict) -> str:
                   f"{ood['training_images']} training images, `{ood['file']}`) exceeds **{ood['threshold']:.4f}**, "
                   f"the {ood['percentile']:g}th percentile of the validation images' distances: "
                   f"{100 * ood['flagged_validation']:.1f}% of validation and {test_share} of test images are flagged. "
-                  "A flagged image's class is not to be trusted, whatever its probability."]
+                  "A flagged image's class is not to be trusted, whatever its probability."
+                  + (f" The features are {ood['features']}." if ood.get("features") else "")]
     check = card["check_against_pipeline"]
     lines += ["", "## Checked against the pipeline", "",
-              f"On the {check['images']} test images the exported model predicted the same class as the head on "
-              f"cached features for {check['same_class']}; the largest probability difference was "
+              f"On the {check['images']} test images the exported model predicted the same class as the "
+              f"{'pipeline' if card.get('members') else 'head'} on cached features for {check['same_class']}; the largest probability difference was "
               f"{check['max_abs_probability_difference']:.2g} (tolerance {check['tolerance']}). Accuracy: exported "
               f"{check['accuracy_exported']:.4f}, cached head {check['accuracy_cached_head']:.4f}.", "",
               "## Runners-up (validation)", "", "| feature set | variant | val acc |", "|---|---|---:|"]
