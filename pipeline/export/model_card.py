@@ -140,6 +140,7 @@ def card_markdown(card: dict) -> str:
     """The card for humans."""
     test = card["metrics"]["test"]
     backbone, head, data = card["backbone"], card["head"], card["training_data"]
+    own = "each head’s own" if card.get("members") else "the head’s own"
     lines = [f"# Model card: {card['name']}", "", f"Created {card['created']} by shoulders. {card['task'].capitalize()}.",
              "", f"**Classes**: {', '.join(card['classes'])}", "", "## How to use", "",
              "```", "from pipeline.export.predict import load_model", "model = load_model('models')",
@@ -163,7 +164,7 @@ def card_markdown(card: dict) -> str:
                   f"preprocessing: {backbone['preprocessing']}; features stored as {backbone['features_dtype']}"]),
               f"- head `{head['variant']}`: {head['kind']} on {head['pooling']} pooling, "
               f"hyperparameters {head['hyperparameters']}, standardised: {head['standardize']}, PCA: {head['pca']}",
-              f"- probabilities: {head['probability_calibration'] or 'the head’s own'}; {card['parameters']:,} "
+              f"- probabilities: {head['probability_calibration'] or own}; {card['parameters']:,} "
               "parameters in the Keras graph", "", "## Training data", "",
               f"Source `{data['source']}`, manifest sha256 `{data['manifest_sha256']}`. Duplicates removed: "
               f"{data['duplicates_removed']['cross_split']} across splits, {data['duplicates_removed']['within_split']} "
@@ -183,7 +184,8 @@ def card_markdown(card: dict) -> str:
     check = card["check_against_pipeline"]
     lines += ["", "## Checked against the pipeline", "",
               f"On the {check['images']} test images the exported model predicted the same class as the "
-              f"{'pipeline' if card.get('members') else 'head'} on cached features for {check['same_class']}; the largest probability difference was "
+              f"{'pipeline' if card.get('members') else 'head'} on cached features for {check['same_class']}; "
+              "the largest probability difference was "
               f"{check['max_abs_probability_difference']:.2g} (tolerance {check['tolerance']}). Accuracy: exported "
               f"{check['accuracy_exported']:.4f}, cached head {check['accuracy_cached_head']:.4f}.", "",
               "## Runners-up (validation)", "", "| feature set | variant | val acc |", "|---|---|---:|"]

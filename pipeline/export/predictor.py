@@ -82,7 +82,7 @@ class Predictor:
 
     @property
     def resize(self) -> Optional[Any]:
-        """The model's first resize layer as a :class:`~pipeline.backbones.registry.Resize` (None: a model without one)."""
+        """The model's first resize layer as a :class:`~pipeline.backbones.registry.Resize` (None: none)."""
         layers = self._resize_layers()
         return _resize_of(layers[0]) if layers else None
 
