@@ -218,6 +218,21 @@ def test_a_model_that_cannot_be_one_graph_is_refused_naming_why(pipeline_run, tm
         _target(pipeline_run, "bad", "ensemble/softvote-9")
 
 
+def test_one_cut_at_two_input_sizes_is_two_backbones_in_one_graph(pipeline_run, tmp_path):
+    """An ensemble of mv2 and mv2c (the same cut at 32 and 48 px): two truncated models, each named apart."""
+    target = json.loads(_target(pipeline_run, "pair", "ensemble/softvote-3").read_text())
+    target["members"] = [m for m in target["members"] if m["feature_set"] != "mv2b"]
+    (tmp_path / "target.json").write_text(json.dumps(target))
+    export.main(["--target", str(tmp_path / "target.json"), "--manifest", str(pipeline_run / "data/manifest.csv"),
+                 "--prepare-report", str(pipeline_run / "reports/prepare.json"), "--out", str(tmp_path / "models"),
+                 "--params", str(pipeline_run / "params.yaml")])
+    card = json.loads((tmp_path / "models/card.json").read_text())
+    assert [s["feature_sets"] for s in card["shared_backbones"]] == [["mv2"], ["mv2c"]]
+    assert card["check_against_pipeline"]["same_class"] == card["check_against_pipeline"]["images"] > 0
+    nested = _nested_models(tmp_path / "models")
+    assert len(nested) == 2 and len({m.name for m in nested}) == 2
+
+
 @pytest.mark.parametrize("runtime", ["openvino", "jax"])
 def test_predict_runs_the_ensemble_on_each_runtime(pipeline_run, runtime, tmp_path):
     """Two input sizes (two resize layers): each runtime gives TensorFlow's classes, probabilities within 1e-3."""

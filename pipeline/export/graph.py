@@ -97,48 +97,66 @@ def network_group(spec: Any) -> str:
 def build_backbones(branches: Sequence[Branch], *, seed: int) -> list[SharedBackbone]:
     """Each distinct backbone built once, at its deepest cut, with one output per distinct cut of its branches.
 
+    A cut that is not among the deepest cut's layers (on another path of a branching network) gets a
+    truncated model of its own.
+
     Raises
     ------
     ValueError
-        If a rebuilt backbone is not the network a branch's heads were trained on, or a cut is not among the
-        deeper cut's layers.
+        If a rebuilt backbone is not the network a branch's heads were trained on.
     """
+    import keras
+
+    groups: dict[str, list[int]] = {}
+    for index, branch in enumerate(branches):
+        groups.setdefault(network_group(branch.spec), []).append(index)
+    built: list[SharedBackbone] = []
+    waiting = list(groups.values())
+    while waiting:
+        backbone, left = _shared_backbone(branches, waiting.pop(0), seed=seed, number=len(built))
+        built.append(backbone)
+        if left:
+            waiting.insert(0, left)
+    names = [backbone.model.name for backbone in built]
+    for number, backbone in enumerate(built):
+        if names.count(backbone.model.name) > 1:   # one cut of one family at two input sizes: one name each
+            backbone.model = keras.Model(backbone.model.inputs, backbone.model.outputs,
+                                         name=f"{backbone.model.name}_{number}")
+    return built
+
+
+def _shared_backbone(branches: Sequence[Branch], members: list[int], *, seed: int,
+                     number: int) -> tuple[SharedBackbone, list[int]]:
+    """The truncated backbone of the deepest of ``members`` with an output per cut below it; the members left."""
     import keras
 
     from pipeline.backbones import build_cut_model
     from pipeline.provenance import NETWORK, require_same
 
-    groups: dict[str, list[int]] = {}
-    for index, branch in enumerate(branches):
-        groups.setdefault(network_group(branch.spec), []).append(index)
-    built = []
-    for number, members in enumerate(groups.values()):
-        deepest = max(members, key=lambda i: branches[i].provenance["cut_index"])
-        cut = build_cut_model(branches[deepest].spec, seed=seed)
-        cuts: list[str] = []
-        for i in members:
-            branch = branches[i]
-            # The network of the deepest cut, at this branch's cut: what this branch's heads were trained on.
-            rebuilt = {**cut.provenance, "cut": branch.provenance["cut"]} if i != deepest else cut.provenance
-            require_same(branch.provenance, rebuilt, NETWORK, what=f"the heads on {branch.key} were trained on features",
-                         fix=f"features.{branch.key} now builds another network; run `dvc repro` first")
-            if i != deepest and branch.spec.cut not in (None, branch.provenance["cut"]):
-                raise ValueError(f"features.{branch.key}.cut is {branch.spec.cut!r} but its heads were trained on cut "
-                                 f"{branch.provenance['cut']!r}; run `dvc repro` first")
-            if branch.provenance["cut"] not in cuts:
-                cuts.append(branch.provenance["cut"])
-        if len(cuts) == 1:
-            model = cut.model
-        else:
-            names = {layer.name for layer in cut.model.layers}
-            missing = [c for c in cuts if c not in names]
-            if missing:
-                raise ValueError(f"cuts {missing} are not layers below {cut.cut!r} in {cut.provenance['backbone']}: "
-                                 "the two cuts cannot share one truncated backbone; combine cuts on one path")
-            model = keras.Model(cut.model.inputs, [cut.model.get_layer(c).output for c in cuts],
-                                name=f"{cut.provenance['backbone']}_shared_{number}")
-        built.append(SharedBackbone(cut=cut, model=model, cuts=cuts, branches=list(members)))
-    return built
+    deepest = max(members, key=lambda i: branches[i].provenance["cut_index"])
+    cut = build_cut_model(branches[deepest].spec, seed=seed)
+    below = {layer.name for layer in cut.model.layers}
+    cuts: list[str] = []
+    reading, left = [], []
+    for i in members:
+        branch = branches[i]
+        if branch.provenance["cut"] not in below:
+            left.append(i)
+            continue
+        # The network of the deepest cut, at this branch's cut: what this branch's heads were trained on.
+        rebuilt = {**cut.provenance, "cut": branch.provenance["cut"]} if i != deepest else cut.provenance
+        require_same(branch.provenance, rebuilt, NETWORK, what=f"the heads on {branch.key} were trained on features",
+                     fix=f"features.{branch.key} now builds another network; run `dvc repro` first")
+        if i != deepest and branch.spec.cut not in (None, branch.provenance["cut"]):
+            raise ValueError(f"features.{branch.key}.cut is {branch.spec.cut!r} but its heads were trained on cut "
+                             f"{branch.provenance['cut']!r}; run `dvc repro` first")
+        reading.append(i)
+        if branch.provenance["cut"] not in cuts:
+            cuts.append(branch.provenance["cut"])
+    model = cut.model if len(cuts) == 1 else keras.Model(
+        cut.model.inputs, [cut.model.get_layer(c).output for c in cuts],
+        name=f"{cut.provenance['backbone']}_shared_{number}")
+    return SharedBackbone(cut=cut, model=model, cuts=cuts, branches=reading), left
 
 
 def build_graph(branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: int,
