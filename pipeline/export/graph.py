@@ -140,7 +140,7 @@ def _shared_backbone(branches: Sequence[Branch], members: list[int], *, seed: in
     reading, left = [], []
     for i in members:
         branch = branches[i]
-        if branch.provenance["cut"] not in below:
+        if i != deepest and branch.provenance["cut"] not in below:   # the deepest's cut is the model's output
             left.append(i)
             continue
         # The network of the deepest cut, at this branch's cut: what this branch's heads were trained on.
