@@ -1,9 +1,12 @@
-"""The chosen head and its backbone cut as one deployable model, checked against the pipeline, with a card.
+"""The chosen model as one deployable Keras graph, checked against the pipeline, with a card.
 
 :func:`export` builds ``model.keras`` — raw uint8 images of any size → resize
 → preprocessing → truncated backbone → [float16 rounding as in the store] →
 pooling → head, one Keras graph giving class probabilities, loaded with Keras'
-safe mode — and the model card. Every head kind has an exact Keras form (see
+safe mode — and the model card. The chosen model may be a single feature set's
+head, a combination's head or the soft-voting ensemble: :func:`plan_export`
+loads its branches (feature sets) and heads, :mod:`pipeline.export.graph`
+builds them into one graph, each backbone once. Every head kind has an exact Keras form (see
 :mod:`pipeline.heads.registry`); a head without one is refused rather than
 exported as a pickle, since a model folder is what people pass around and
 unpickling a file runs whatever code it names (``SECURITY.md``). The chosen
@@ -13,8 +16,9 @@ its file against the sha256 the heads stage recorded.
 Heads without probabilities (SVMs) are calibrated by temperature scaling on
 the validation split, which keeps their predicted class. Before writing the
 card the exported model is checked against the pipeline: on every test image
-it must predict the class the cached-feature head predicts, with probabilities
-within ``export.tolerance``; otherwise export fails.
+it must predict the class the cached-feature head predicts (a combination's
+head on its members' rows; the mean of the ensemble members' probabilities),
+with probabilities within ``export.tolerance``; otherwise export fails.
 """
 
 from __future__ import annotations
@@ -22,21 +26,24 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from pipeline.config import Params
+from pipeline.export.graph import FEATURES_LAYER, Branch, HeadPart, build_graph
+from pipeline.export.model_card import graph_card
 from pipeline.export.ood import OOD_FILE, build_ood_model, ood_card, ood_distances
+from pipeline.heads.combination import concatenate
 from pipeline.heads.saved import load_head
-from pipeline.provenance import NETWORK, features_identity, require_same
+from pipeline.provenance import features_identity
 from pipeline.store.reader import open_feature_set
 
 log = logging.getLogger(__name__)
 FORM = "single Keras graph (model.keras, loaded in Keras' safe mode)"
-# The layer of model.keras whose output is the pooled features the head reads.
-FEATURES_LAYER = "features"
 
 
 def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> tuple[Any, Optional[str]]:
@@ -56,51 +63,6 @@ def with_probabilities(estimator: Any, X_val: np.ndarray, y_val: np.ndarray) -> 
     calibrated = CalibratedClassifierCV(FrozenEstimator(estimator), method="temperature", cv=everything)
     calibrated.fit(X_val, y_val)
     return calibrated, "temperature scaling on the validation split (keeps the predicted class)"
-
-
-def feature_model(cut: Any, pooling: str, store_dtype: str):
-    """uint8 images of any size → the pooled features the head was trained on."""
-    import keras
-
-    from pipeline.export.layers import ImagePreprocess, StoreRounding, apply_pooling
-
-    size = cut.provenance["input_size"]
-    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
-    x = cut.resize.layer(size, name="resize")(inputs)   # the backbone's own: bilinear, or a preset converter's
-    x = ImagePreprocess(cut.provenance["backbone"], name="preprocess")(x)
-    x = cut.model(x)
-    if store_dtype != "float32":
-        x = StoreRounding(store_dtype, name="store_rounding")(x)
-    if len(x.shape) > 2:  # a map or a token summary; a vector per image has nothing to pool
-        x = apply_pooling(x, pooling)
-    # Named, so that predict can read the features too (the out-of-domain score, pipeline.export.ood).
-    return inputs, keras.layers.Identity(name=FEATURES_LAYER)(x)
-
-
-def build_exported(cut: Any, head: Any, kind: str, pooling: str, store_dtype: str) -> Any:
-    """One Keras model, images → probabilities, for a fitted head of kind ``kind`` with ``predict_proba``.
-
-    Raises
-    ------
-    ValueError
-        If the head has no exact Keras form: it is not exported another way (no pickle goes into a model).
-    """
-    import keras
-
-    from pipeline.heads.conversion import NotConvertibleError
-    from pipeline.heads.keras_form import to_keras_layers
-
-    inputs, features = feature_model(cut, pooling, store_dtype)
-    try:
-        layers = to_keras_layers(head, kind)
-    except NotConvertibleError as error:
-        raise ValueError(f"this {kind} head cannot be exported as one Keras graph ({error}); an exported model "
-                         "holds no pickle, so it is not exported another way: choose another head with "
-                         "export.variant") from None
-    x = features
-    for layer in layers:
-        x = layer(x)
-    return keras.Model(inputs, x, name="shoulders_model")
 
 
 def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, expected: np.ndarray,
@@ -130,6 +92,76 @@ def check_equivalence(predictor: Any, paths: Sequence[str], labels: np.ndarray, 
     return check
 
 
+@dataclass
+class Plan:
+    """What one exported graph holds, loaded and checked: its branches, their rows, the fitted heads."""
+
+    branches: list[Branch]
+    heads: list[HeadPart]
+    average: bool
+    splits: dict            # split → FeatureSet of every branch's rows side by side, in branch order
+    widths: list[int]       # columns of each branch in those rows
+    calibration: list[Optional[str]]
+
+    def columns(self, split: str, head: HeadPart) -> np.ndarray:
+        """The rows of ``split`` that ``head`` reads: its branches' columns, in its order."""
+        bounds = np.cumsum([0, *self.widths])
+        X = np.asarray(self.splits[split].X)
+        return np.concatenate([X[:, bounds[i]:bounds[i + 1]] for i in head.branches], axis=1)
+
+    def expected(self, split: str) -> np.ndarray:
+        """The pipeline's probabilities on ``split`` (n, n_classes): the head's, or the heads' mean (an ensemble)."""
+        probabilities = [head.estimator.predict_proba(self.columns(split, head)) for head in self.heads]
+        return np.mean(probabilities, axis=0) if self.average else probabilities[0]
+
+
+def plan_export(params: Params, target: dict, records) -> Plan:
+    """The branches and heads of ``target`` (a single feature set, a combination or the ensemble), loaded.
+
+    Each head file is checked against the sha256 the heads stage recorded, each store against its
+    identity; heads without probabilities are calibrated on validation (:func:`with_probabilities`).
+
+    Raises
+    ------
+    ValueError
+        If a head file changed since the evaluate stage chose it, or a member is no longer in ``features``.
+    """
+    parts = target.get("members") or [target]
+    for part in parts:
+        if part["row"].get("sha256") != part["head_sha256"]:
+            raise ValueError(f"{part['head']} changed since the evaluate stage chose it; run `dvc repro`")
+    if target.get("members"):        # the ensemble: one head per member, each on its own pooling
+        members = [(p["feature_set"], p["store"], p["identity"], p["provenance"], p["row"]["pooling"]) for p in parts]
+    elif target.get("combines"):     # a combination: one head on its members' rows side by side
+        members = [(key, store, identity, provenance, target["row"]["pooling"]) for key, store, identity, provenance
+                   in zip(target["combines"], target["store"], target["identity"], target["provenance"]["members"])]
+    else:
+        members = [(target["feature_set"], target["store"], target["identity"], target["provenance"],
+                    target["row"]["pooling"])]
+    missing = [key for key, *_ in members if key not in params.features]
+    if missing:
+        raise ValueError(f"{target['feature_set']} / {target['variant']} cannot be exported: it reads feature sets "
+                         f"{missing}, which params.yaml `features` no longer has (known: {sorted(params.features)}), so "
+                         "their backbones cannot be rebuilt; restore them or run `dvc repro`")
+    branches = [Branch(key, params.features[key], provenance, pooling) for key, _, _, provenance, pooling in members]
+    splits, widths = {}, []
+    for split in ("train", "val", "test"):
+        rows = [open_feature_set(store, split, manifest=records, pooling=pooling, expect=features_identity(identity))
+                for _, store, identity, _, pooling in members]
+        splits[split] = rows[0] if len(rows) == 1 else concatenate(rows, [m[0] for m in members])
+        widths = [r.X.shape[1] for r in rows]
+    # An ensemble's heads read one branch each; a single head (a combination's too) reads them all, in order.
+    reads = [(i,) for i in range(len(parts))] if target.get("members") else [tuple(range(len(members)))]
+    plan = Plan(branches, [], bool(target.get("members")), splits, widths, [])
+    for number, (part, branches_read) in enumerate(zip(parts, reads)):
+        head = HeadPart(load_head(Path(part["head"]).parent, part["row"]), part["row"]["kind"], branches_read,
+                        name="head" if len(parts) == 1 else f"head_{number}")
+        fitted, how = with_probabilities(head.estimator, plan.columns("val", head), splits["val"].y)
+        plan.heads.append(HeadPart(fitted, head.kind, head.branches, head.name))
+        plan.calibration.append(how)
+    return plan
+
+
 def export(params: Params, target: dict, records, prepare_report: dict, out: Path, *,
            manifest_sha256: Optional[str] = None) -> dict:
     """Build, check and write the exported model and its card; returns the card.
@@ -137,47 +169,48 @@ def export(params: Params, target: dict, records, prepare_report: dict, out: Pat
     Parameters
     ----------
     target : dict
-        What to export, as the evaluate stage wrote it (``reports/export_target.json``).
+        What to export, as the evaluate stage wrote it (``reports/export_target.json``): a single
+        feature set's head, a combination's head or the ensemble.
     """
-    from pipeline.backbones import build_cut_model
     from pipeline.export.model_card import build_card, card_markdown
     from pipeline.export.predict import CARD_FILE, MODEL_FILE, Predictor, load_keras_model
 
-    key, row, provenance = target["feature_set"], target["row"], target["provenance"]
-    head_file = Path(target["head"])
-    if row.get("sha256") != target["head_sha256"]:
-        raise ValueError(f"{head_file} changed since the evaluate stage chose it; run `dvc repro`")
-    expect = features_identity(target["identity"])
-    val = open_feature_set(target["store"], "val", manifest=records, pooling=row["pooling"], expect=expect)
-    head, calibration = with_probabilities(load_head(head_file.parent, row), val.X, val.y)
-    cut = build_cut_model(params.features[key], seed=params.extract.seed)
-    require_same(provenance, cut.provenance, NETWORK, what=f"heads/{key} were trained on features",
-                 fix=f"features.{key} now builds another network; run `dvc repro` first")
-    model = build_exported(cut, head, row["kind"], row["pooling"], provenance["dtype"])
+    started = time.perf_counter()
+    plan = plan_export(params, target, records)
+    model, backbones = build_graph(plan.branches, plan.heads, seed=params.extract.seed, average=plan.average)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save(out / MODEL_FILE)
-    test = open_feature_set(target["store"], "test", manifest=records, pooling=row["pooling"], expect=expect)
-    train = open_feature_set(target["store"], "train", manifest=records, pooling=row["pooling"], expect=expect)
+    train, val, test = (plan.splits[s] for s in ("train", "val", "test"))
     build_ood_model(np.asarray(train.X), params.export.ood_k).save(out / OOD_FILE)
     scorer = load_keras_model(out / OOD_FILE)   # as predict will load it
     ood = ood_card(k=params.export.ood_k, percentile=params.export.ood_percentile,
                    val_distances=ood_distances(scorer, np.asarray(val.X)),
                    test_distances=ood_distances(scorer, np.asarray(test.X)), train_images=len(train.X),
                    features_layer=FEATURES_LAYER)
+    if len(plan.branches) > 1:
+        ood["features"] = ("the pooled features of " + ", ".join(b.key for b in plan.branches)
+                           + " concatenated in that order (the graph's `features` layer)")
     by_id = {r.id: r for r in records}
     # The model as it will be loaded (safe mode, from the file), not the one in memory.
-    predictor = Predictor(list(test.classes), load_keras_model(out / MODEL_FILE), {})
-    check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, head.predict_proba(test.X),
+    card_input = {"backbone": {"input_size": max(b.cut.provenance["input_size"] for b in backbones)}}
+    predictor = Predictor(list(test.classes), load_keras_model(out / MODEL_FILE), card_input)
+    check = check_equivalence(predictor, [by_id[i].path for i in test.ids], test.y, plan.expected("test"),
                               params.export.tolerance)
+    check["seconds"] = round(time.perf_counter() - started, 1)
+    # One head: how it gives probabilities (None: its own). Several: those calibrated, by feature set.
+    calibration = plan.calibration[0] if len(plan.heads) == 1 else {
+        plan.branches[head.branches[0]].key: how for head, how in zip(plan.heads, plan.calibration) if how} or None
     card = build_card(target=target, classes=list(test.classes), records=records, prepare_report=prepare_report,
                       form=FORM, calibration=calibration, check=check, model=model, manifest_sha256=manifest_sha256,
                       max_image_pixels=params.data.max_image_pixels)
+    if len(plan.branches) > 1:
+        card.update(graph_card(target, plan, backbones))
     card["out_of_domain"] = ood
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     (out / "card.md").write_text(card_markdown(card), encoding="utf-8")
-    log.info("exported %s / %s as %s to %s; equivalence on %d test images: %d same class, max |Δp| %.2g",
-             key, target["variant"], FORM, out, check["images"], check["same_class"],
-             check["max_abs_probability_difference"])
+    log.info("exported %s / %s as %s to %s in %.1f s; equivalence on %d test images: %d same class, max |Δp| %.2g",
+             target["feature_set"], target["variant"], FORM, out, check["seconds"], check["images"],
+             check["same_class"], check["max_abs_probability_difference"])
     return card

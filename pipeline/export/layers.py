@@ -11,6 +11,8 @@ the project installed — :func:`pipeline.export.predict.load_model` imports it 
 - :class:`TokenPooling` — the token poolings (``cls``, ``mean``, ``cls+mean``) of a
   token summary;
 - :func:`apply_pooling` — the poolings of :mod:`pipeline.store.pooling` as Keras layers;
+- :class:`ColumnSlice` — an ensemble member's columns of the concatenated features
+  (:mod:`pipeline.export.graph`: the ``features`` layer stays in the graph for the out-of-domain score);
 - :class:`KthNearestDistance` — the out-of-domain score of ``ood.keras``: the cosine distance from
   an image's features to its k-th nearest training image's (:mod:`pipeline.export.ood`).
 
@@ -104,25 +106,49 @@ class KthNearestDistance(keras.layers.Layer):
         return {**super().get_config(), "k": self.k}
 
 
-# One Keras form per name of pipeline.store.pooling (tests/test_export.py checks that both pool alike).
+@keras.saving.register_keras_serializable(package="shoulders")
+class ColumnSlice(keras.layers.Layer):
+    """Columns ``start:stop`` of ``(batch, n)`` features: an ensemble member's part of the concatenated features."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 <= start < stop:
+            raise ValueError(f"a column slice needs 0 <= start < stop. Received: start={start!r}, stop={stop!r}")
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, features):
+        return features[:, self.start:self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+# One Keras form per name of pipeline.store.pooling (tests/test_export.py checks that both pool alike);
+# each takes the suffix that keeps its layer's name unique in a graph of several branches.
 _POOLING_LAYERS = {
-    "cls": lambda x: TokenPooling("cls", name="cls_pool")(x),
-    "mean": lambda x: TokenPooling("mean", name="mean_pool")(x),
-    "cls+mean": lambda x: TokenPooling("cls+mean", name="cls_mean_pool")(x),
-    "avg": lambda x: keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
-    "max": lambda x: keras.layers.GlobalMaxPooling2D(name="max_pool")(x),
-    "flatten": lambda x: keras.layers.Flatten(name="flatten")(x),
-    "avgmax": lambda x: keras.layers.Concatenate(name="avgmax_pool")(
+    "cls": lambda x, s: TokenPooling("cls", name=f"cls_pool{s}")(x),
+    "mean": lambda x, s: TokenPooling("mean", name=f"mean_pool{s}")(x),
+    "cls+mean": lambda x, s: TokenPooling("cls+mean", name=f"cls_mean_pool{s}")(x),
+    "avg": lambda x, s: keras.layers.GlobalAveragePooling2D(name=f"avg_pool{s}")(x),
+    "max": lambda x, s: keras.layers.GlobalMaxPooling2D(name=f"max_pool{s}")(x),
+    "flatten": lambda x, s: keras.layers.Flatten(name=f"flatten{s}")(x),
+    "avgmax": lambda x, s: keras.layers.Concatenate(name=f"avgmax_pool{s}")(
         [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)]),
 }
 
 
-def apply_pooling(x, pooling: str):
-    """Pool a map or token-summary tensor the way :func:`pipeline.store.pooling.pool` pools stored rows."""
+def apply_pooling(x, pooling: str, suffix: str = ""):
+    """Pool a map or token-summary tensor the way :func:`pipeline.store.pooling.pool` pools stored rows.
+
+    ``suffix`` ends the pooling layer's name (``avg_pool_lite0_top``): one per branch of a graph.
+    """
     from pipeline.store.pooling import applies
 
     if pooling not in _POOLING_LAYERS:
         raise ValueError(f"pooling must be one of {list(_POOLING_LAYERS)}. Received: {pooling!r}")
     if not applies(pooling, tuple(x.shape[1:])):
         raise ValueError(f"pooling {pooling!r} does not apply to a tensor of shape {tuple(x.shape[1:])}")
-    return _POOLING_LAYERS[pooling](x)
+    return _POOLING_LAYERS[pooling](x, suffix)

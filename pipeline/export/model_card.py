@@ -28,7 +28,10 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
 
     ``target`` is what the evaluate stage chose for export (``reports/export_target.json``).
     """
-    key, variant, row, provenance = target["feature_set"], target["variant"], target["row"], target["provenance"]
+    key, variant, row = target["feature_set"], target["variant"], target["row"]
+    # A combination's or the ensemble's provenance joins its members'; graph_card describes them one by one.
+    provenance = target["provenance"] if target.get("form", "single") == "single" else \
+        (target.get("members") or [{"provenance": target["provenance"]["members"][0]}])[0]["provenance"]
     counts = Counter((r.class_name, r.split) for r in records)
     selected = target.get("test") or {}
     manifest_digest = manifest_sha256
@@ -93,10 +96,51 @@ def build_card(*, target: dict, classes: Sequence[str], records: Sequence[Any], 
     }
 
 
+def graph_card(target: dict, plan: Any, backbones: Sequence[Any]) -> dict:
+    """The card's entries for a graph of several feature sets (a combination, the ensemble).
+
+    ``members`` lists each feature set with its variant (an ensemble member's own head; a combination's
+    members share its head), backbone, weights and cut; ``shared_backbones`` each backbone built once in
+    the graph and the cuts it gives; ``backbone`` and ``input`` replace the single backbone's entries.
+    """
+    parts = target.get("members") or [None] * len(plan.branches)
+    members = []
+    for branch, part in zip(plan.branches, parts):
+        provenance = branch.provenance
+        members.append({
+            "feature_set": branch.key, "variant": part["variant"] if part else target["variant"],
+            "head": part["row"]["kind"] if part else target["row"]["kind"],
+            "head_sha256": part["head_sha256"] if part else target["head_sha256"],
+            "backbone": provenance["backbone"], "weights": provenance["weights"],
+            "weights_sha256": provenance.get("weights_sha256"), "cut": provenance["cut"],
+            "cut_layer_index": provenance.get("cut_index"), "input_size": provenance["input_size"],
+            "pooling": branch.pooling, "features_dtype": provenance.get("dtype"),
+            "preprocessing": provenance.get("preprocessing"), "resize": provenance.get("resize")})
+    sizes = sorted({m["input_size"] for m in members})
+    joined = {field: "+".join(str(m[field]) for m in members) for field in ("backbone", "weights", "cut")}
+    how = "mean of the members' probabilities (soft vote)" if target.get("members") else \
+        "one head on the members' pooled features concatenated in this order"
+    return {
+        "members": members, "combined_by": how,
+        "shared_backbones": [backbone.describe(plan.branches) for backbone in backbones],
+        "input": "RGB images as uint8 arrays (height, width, 3) of any size; the model resizes them for each backbone "
+                 f"(to {', '.join(f'{s}×{s}' for s in sizes)}). Decode files with "
+                 f"pipeline.images.decode_image(path, target={sizes[-1]}) (EXIF orientation applied, first frame of "
+                 "animations, JPEGs of at least twice that side decoded in the DCT domain).",
+        "backbone": {"family": joined["backbone"], "weights": joined["weights"], "weights_sha256": None,
+                     "cut": joined["cut"], "cut_layer_index": None, "layers": None, "input_size": sizes[-1],
+                     "input_sizes": sizes, "preprocessing": "; ".join(sorted({m["preprocessing"] for m in members})),
+                     "resize": "; ".join(sorted({str(m["resize"]) for m in members})),
+                     "features_dtype": "+".join(str(m["features_dtype"]) for m in members),
+                     "families": sorted({m["backbone"] for m in members})},
+    }
+
+
 def card_markdown(card: dict) -> str:
     """The card for humans."""
     test = card["metrics"]["test"]
     backbone, head, data = card["backbone"], card["head"], card["training_data"]
+    own = "each head’s own" if card.get("members") else "the head’s own"
     lines = [f"# Model card: {card['name']}", "", f"Created {card['created']} by shoulders. {card['task'].capitalize()}.",
              "", f"**Classes**: {', '.join(card['classes'])}", "", "## How to use", "",
              "```", "from pipeline.export.predict import load_model", "model = load_model('models')",
@@ -113,13 +157,14 @@ def card_markdown(card: dict) -> str:
     val = card["metrics"]["validation"]
     lines += [f"- validation accuracy {val['accuracy']:.4f}, macro-F1 {val['macro_f1']:.4f} ({head['chosen']})", "",
               "## Model", "",
-              f"- backbone **{backbone['family']}**, weights `{backbone['weights']}` "
-              f"(sha256 `{backbone['weights_sha256'] or 'n/a: resolved by Keras'}`), cut at `{backbone['cut']}` "
-              f"(layer {backbone['cut_layer_index']} of {backbone['layers']}), input {backbone['input_size']}px, "
-              f"preprocessing: {backbone['preprocessing']}; features stored as {backbone['features_dtype']}",
+              *(_members_markdown(card) or [
+                  f"- backbone **{backbone['family']}**, weights `{backbone['weights']}` "
+                  f"(sha256 `{backbone['weights_sha256'] or 'n/a: resolved by Keras'}`), cut at `{backbone['cut']}` "
+                  f"(layer {backbone['cut_layer_index']} of {backbone['layers']}), input {backbone['input_size']}px, "
+                  f"preprocessing: {backbone['preprocessing']}; features stored as {backbone['features_dtype']}"]),
               f"- head `{head['variant']}`: {head['kind']} on {head['pooling']} pooling, "
               f"hyperparameters {head['hyperparameters']}, standardised: {head['standardize']}, PCA: {head['pca']}",
-              f"- probabilities: {head['probability_calibration'] or 'the head’s own'}; {card['parameters']:,} "
+              f"- probabilities: {head['probability_calibration'] or own}; {card['parameters']:,} "
               "parameters in the Keras graph", "", "## Training data", "",
               f"Source `{data['source']}`, manifest sha256 `{data['manifest_sha256']}`. Duplicates removed: "
               f"{data['duplicates_removed']['cross_split']} across splits, {data['duplicates_removed']['within_split']} "
@@ -134,11 +179,13 @@ def card_markdown(card: dict) -> str:
                   f"{ood['training_images']} training images, `{ood['file']}`) exceeds **{ood['threshold']:.4f}**, "
                   f"the {ood['percentile']:g}th percentile of the validation images' distances: "
                   f"{100 * ood['flagged_validation']:.1f}% of validation and {test_share} of test images are flagged. "
-                  "A flagged image's class is not to be trusted, whatever its probability."]
+                  "A flagged image's class is not to be trusted, whatever its probability."
+                  + (f" The features are {ood['features']}." if ood.get("features") else "")]
     check = card["check_against_pipeline"]
     lines += ["", "## Checked against the pipeline", "",
-              f"On the {check['images']} test images the exported model predicted the same class as the head on "
-              f"cached features for {check['same_class']}; the largest probability difference was "
+              f"On the {check['images']} test images the exported model predicted the same class as the "
+              f"{'pipeline' if card.get('members') else 'head'} on cached features for {check['same_class']}; "
+              "the largest probability difference was "
               f"{check['max_abs_probability_difference']:.2g} (tolerance {check['tolerance']}). Accuracy: exported "
               f"{check['accuracy_exported']:.4f}, cached head {check['accuracy_cached_head']:.4f}.", "",
               "## Runners-up (validation)", "", "| feature set | variant | val acc |", "|---|---|---:|"]
@@ -152,3 +199,18 @@ def card_markdown(card: dict) -> str:
     lines += ["", "## Intended use and limits", ""] + [f"- {item}" for item in card["intended_use"]]
     lines += ["", "## Versions", "", ", ".join(f"{k} {v}" for k, v in card["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _members_markdown(card: dict) -> list[str]:
+    """The lines on the members of a combination or an ensemble, and the backbones they share (none for one)."""
+    if not card.get("members"):
+        return []
+    lines = [f"- {len(card['members'])} members, {card['combined_by']}:"]
+    lines += [f"  - `{m['feature_set']}`: {m['head']} `{m['variant']}`, {m['backbone']} (`{m['weights']}`) cut at "
+              f"`{m['cut']}`, input {m['input_size']}px, {m['pooling']} pooling" for m in card["members"]]
+    for shared in card["shared_backbones"]:
+        built = ("one truncated backbone shared by " if shared["shared"] else "built for ") + ", ".join(
+            shared["feature_sets"])
+        lines.append(f"- backbone {shared['backbone']} (`{shared['weights']}`, {shared['input_size']}px) built once: "
+                     f"{built}, outputs at {', '.join(shared['cuts'])}")
+    return lines

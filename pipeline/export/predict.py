@@ -30,8 +30,9 @@ refused before it is decoded. Decoded images are batched by pixels, not only
 by count, so memory stays bounded whatever their sizes. A file that cannot be
 read is reported and skipped; it never stops the batch. Each image is then
 resized in numpy exactly as in extraction (:func:`pipeline.extraction.inputs.resize_image`,
-the model's own ``resize`` layer's settings) and the rest of the graph runs on
-the batch: the same pixels on every runtime.
+the model's own ``resize`` layer's settings; a combination's or an ensemble's
+graph has one per input size) and the rest of the graph runs on the batch: the
+same pixels on every runtime (:class:`pipeline.export.predictor.Predictor`).
 
 ``--runtime`` chooses the Keras backend the graph runs on, as ``extract.runtime``
 does for the backbone pass (``auto``: JAX on a visible GPU, else OpenVINO,
@@ -56,15 +57,13 @@ import logging
 import pickletools
 import sys
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from pipeline.config.schema import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.export.ood import OOD_FILE
-from pipeline.extraction.inputs import resize_image
+from pipeline.export.predictor import BATCH_PIXELS, Predictor
 from pipeline.extraction.runtime import RUNTIMES, keras_backend_for
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
@@ -74,166 +73,12 @@ CARD_FILE, MODEL_FILE = "card.json", "model.keras"
 EXIT_SOME_SKIPPED, EXIT_NONE_CLASSIFIED = 3, 4
 # Names pickles go by; a file named otherwise is refused too when it parses as a pickle.
 PICKLE_SUFFIXES = frozenset({".joblib", ".pkl", ".pickle", ".pck", ".dill", ".npy", ".pt", ".pth"})
-# A model call takes at most this many pixels (or one image): 32 MP is 96 MB as uint8, ~0.4 GB as float32
-# in the graph's resize, while a batch of 32 images of 640×480 (9.8 MP) is not split.
-BATCH_PIXELS = 32_000_000
 # How much of a file is parsed (never executed) to tell whether it is a pickle.
 _SNIFF_BYTES = 1 << 20
 
 
 class UnsafeModelError(ValueError):
     """A model folder holds a file that would run code when loaded (a pickle)."""
-
-
-@dataclass
-class Predictor:
-    """An exported model ready to classify images.
-
-    Attributes
-    ----------
-    classes : list of str
-        Class names, in the order of the probability columns.
-    model : keras.Model
-        Images → probabilities.
-    card : dict
-    """
-
-    classes: list[str]
-    model: Any
-    card: dict
-    ood: Optional[Any] = None        # features → out-of-domain distance (ood.keras), when the model has one
-    runtime: Optional[str] = None    # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
-    _bodies: dict = field(default_factory=dict, repr=False)   # outputs → the graph after the resize layer
-    _steps: dict = field(default_factory=dict, repr=False)    # OpenVINO: compiled steps by (outputs, batch size)
-
-    @property
-    def ood_threshold(self) -> Optional[float]:
-        """Distances beyond this are out of domain (the card's ``out_of_domain.threshold``)."""
-        return self.card["out_of_domain"]["threshold"] if self.ood is not None else None
-
-    def predict_scored(self, images: Sequence[np.ndarray], *,
-                       batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities ``(n, n_classes)`` and out-of-domain distances ``(n,)`` of decoded images.
-
-        Raises
-        ------
-        ValueError
-            If the model has no out-of-domain scorer (exported before it existed: re-export it).
-        """
-        if self.ood is None:
-            raise ValueError("this model has no out-of-domain scorer (ood.keras): re-export it (`dvc repro export`)")
-        probabilities, features = self._run("scored", images, batch_pixels)
-        return probabilities, np.asarray(self.ood.predict_on_batch(features), np.float32).reshape(-1)
-
-    @property
-    def max_pixels(self) -> int:
-        """The largest image (width × height) to decode: the training data's limit, from the card."""
-        return int(self.card.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
-
-    @property
-    def input_size(self) -> Optional[int]:
-        """The backbone's input side: files are decoded for it as in extraction (JPEG draft decoding)."""
-        return self.card.get("backbone", {}).get("input_size")
-
-    @property
-    def resize(self) -> Optional[Any]:
-        """The model's ``resize`` layer as a :class:`~pipeline.backbones.registry.Resize` (None: a model without one)."""
-        from pipeline.backbones.registry import Resize
-
-        layer = self._resize_layer()
-        if layer is None:
-            return None
-        config = layer.get_config()
-        return Resize(interpolation=config["interpolation"], crop_to_aspect_ratio=config["crop_to_aspect_ratio"],
-                      pad_to_aspect_ratio=config["pad_to_aspect_ratio"], antialias=config["antialias"])
-
-    def _resize_layer(self) -> Optional[Any]:
-        return next((layer for layer in self.model.layers if layer.name == "resize"), None)
-
-    def predict_proba(self, images: Sequence[np.ndarray], *, batch_pixels: int = BATCH_PIXELS) -> np.ndarray:
-        """Probabilities for decoded images (uint8, (h, w, 3), any sizes), shape (n, n_classes).
-
-        Each image is resized in numpy as in extraction and the graph after its
-        ``resize`` layer runs on the batch (float32, at most ``batch_pixels``
-        pixels per call). A model without a ``resize`` layer gets the images
-        themselves, those of one size together.
-        """
-        return self._run("proba", images, batch_pixels)[0]
-
-    def _outputs(self, name: str) -> list:
-        """The graph's outputs for ``name``: ``proba`` the probabilities, ``scored`` also the pooled features."""
-        if name == "proba":
-            return [self.model.output]
-        return [self.model.output, self.model.get_layer(self.card["out_of_domain"]["features_layer"]).output]
-
-    def _run(self, name: str, images: Sequence[np.ndarray], batch_pixels: int) -> list[np.ndarray]:
-        """The outputs ``name`` for decoded images, each ``(n, ...)``, at most ``batch_pixels`` pixels per call."""
-        layer, size, how = self._resize_layer(), self.input_size, self.resize
-        if not images:
-            return [np.zeros((0, *tensor.shape[1:]), np.float32) for tensor in self._outputs(name)]
-        if layer is None or size is None:
-            return self._run_whole(name, images, batch_pixels)
-        parts = []
-        per_call = max(1, batch_pixels // (size * size))
-        for start in range(0, len(images), per_call):
-            part = images[start:start + per_call]
-            batch = np.empty((len(part), size, size, 3), np.float32)
-            for row, image in enumerate(part):
-                resize_image(image, size, how, batch[row])
-            parts.append(self._call(name, layer, batch))
-        return [np.concatenate(arrays) for arrays in zip(*parts)]
-
-    def _call(self, name: str, layer: Any, batch: np.ndarray) -> list[np.ndarray]:
-        """The graph after the resize on a float32 batch.
-
-        The OpenVINO runtime is extraction's (:mod:`pipeline.extraction.runtimes.openvino_runtime`):
-        the graph converted and compiled with the f32 hint, once per batch size
-        (Keras' OpenVINO ``predict_on_batch`` compiles with OpenVINO's default
-        precision, bf16 on CPUs that have it: probabilities off by 0.03 here).
-        """
-        if name not in self._bodies:
-            import keras
-
-            self._bodies[name] = keras.Model(layer.output, self._outputs(name), name=f"after_resize_{name}")
-        body = self._bodies[name]
-        if self.runtime != "openvino":
-            got = body.predict_on_batch(batch)
-        else:
-            key = (name, len(batch))
-            if key not in self._steps:
-                from pipeline.extraction.runtime import Runtime
-                from pipeline.extraction.runtimes import compile_step
-
-                runtime = Runtime(name="openvino", device="CPU", precision="float32", batch_size=len(batch),
-                                  jit_compile=False)
-                self._steps[key] = compile_step(runtime, body, lambda x: x, batch_size=len(batch))
-            got = self._steps[key](batch)
-        return [np.asarray(a, np.float32) for a in (got if isinstance(got, (list, tuple)) else [got])]
-
-    def _run_whole(self, name: str, images: Sequence[np.ndarray], batch_pixels: int) -> list[np.ndarray]:
-        """A model without a resize layer: the images themselves, those of one size together."""
-        import keras
-
-        outputs = self._outputs(name)
-        if name != "proba" and ("whole", name) not in self._bodies:   # built once, kept with the other graphs
-            self._bodies[("whole", name)] = keras.Model(self.model.inputs, outputs)
-        model = self.model if name == "proba" else self._bodies[("whole", name)]
-        out: list[Optional[np.ndarray]] = [None] * len(outputs)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(index)
-        for shape, indices in groups.items():
-            per_call = max(1, batch_pixels // max(1, shape[0] * shape[1]))
-            for start in range(0, len(indices), per_call):
-                part = indices[start:start + per_call]
-                batch = np.stack([images[i] for i in part]).astype(np.uint8, copy=False)
-                got = model.predict_on_batch(batch)
-                for i, array in enumerate(got if isinstance(got, (list, tuple)) else [got]):
-                    array = np.asarray(array, np.float32)
-                    if out[i] is None:
-                        out[i] = np.zeros((len(images), *array.shape[1:]), np.float32)
-                    out[i][part] = array
-        return out
 
 
 def load_keras_model(path: Path) -> Any:
@@ -302,7 +147,8 @@ def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if not (folder / MODEL_FILE).is_file():
         raise FileNotFoundError(f"no {MODEL_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
-    if card.get("backbone", {}).get("family") == "hub":
+    backbone = card.get("backbone", {})
+    if "hub" in backbone.get("families", [backbone.get("family")]):
         # The model holds keras_hub's layers: they are registered by importing it.
         from pipeline.backbones.presets import require_keras_hub
 

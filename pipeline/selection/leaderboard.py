@@ -221,33 +221,66 @@ def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by:
 
 
 def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: Optional[str]) -> dict:
-    """What the export stage exports: the best head on cached features, or the one ``export.variant`` names.
+    """What the export stage exports: the best model on cached features, or the one ``export.variant`` names.
 
-    Everything the export and its model card need is here (the head file and its
-    sha256, the store, the score row, the test result if the head was scored,
-    the :data:`RUNNERS_UP` next best), so that the export stage reruns only when these change.
+    The best may be a single feature set's head, a combination's head (``heads.combine``) or the
+    soft-voting ensemble (``ensemble/<variant>``): the export builds any of them as one Keras graph
+    (:mod:`pipeline.export.graph`). Only when that is impossible (a head without an exact Keras form,
+    such as one trained out of core) is the best single feature set's head exported instead, and
+    ``not_exported`` says what was not and why; a model ``export.variant`` names is refused then.
+
+    Everything the export and its model card need is here (each head file and its sha256, the
+    stores, the score rows, the test result if the model was scored, the :data:`RUNNERS_UP` next
+    best), so that the export stage reruns only when these change.
     """
     best = report.get("best_cached_head", report["best"])
-    not_exported = None
-    unexportable = combinations(heads_dir) | {ENSEMBLE_KEY}
-    if not requested and best["feature_set"] in unexportable:
-        # The export builds one backbone cut and its head; a combination or an ensemble needs several in one graph.
-        what = "the ensemble's members" if best["feature_set"] == ENSEMBLE_KEY else "a combination's members"
-        not_exported = {"feature_set": best["feature_set"], "variant": best["variant"],
-                        "reason": f"{what} need several backbone cuts in one graph, which the export does not "
-                                  "build yet; the best head on a single feature set is exported instead"}
-        # The leaderboard is ranked best first: its first chosen row of a single feature set.
-        row = next((r for r in leaderboard if r["selected"] and r["kind"] != "finetune"
-                    and r["feature_set"] not in unexportable), None)
-        if row is None:
-            raise ValueError(f"nothing to export: every feature set under {heads_dir}/ is a combination")
-        best = report["feature_sets"][row["feature_set"]]
-        log.warning("export: %s / %s is best on validation but is not exported: %s", not_exported["feature_set"],
-                    not_exported["variant"], not_exported["reason"])
     key, variant = requested.split("/", 1) if requested else (best["feature_set"], best["variant"])
-    if key in combinations(heads_dir):
-        raise ValueError(f"export.variant {requested!r} names a combination of feature sets ({key}); the export "
-                         "builds one backbone cut and its head: name a variant of a single feature set")
+    target = _target(report, leaderboard, heads_dir, key, variant)
+    reason = unexportable(target)
+    not_exported = None
+    if reason and requested:
+        raise ValueError(f"export.variant {requested!r} cannot be exported: {reason}")
+    if reason:
+        not_exported = {"feature_set": key, "variant": variant,
+                        "reason": f"{reason}; the best head on a single feature set is exported instead"}
+        # The leaderboard is ranked best first: its first chosen row of a single feature set.
+        several = combinations(heads_dir) | {ENSEMBLE_KEY}
+        row = next((r for r in leaderboard if r["selected"] and r["kind"] != "finetune"
+                    and r["feature_set"] not in several), None)
+        if row is None:
+            raise ValueError(f"nothing to export: {reason}, and every feature set under {heads_dir}/ is a combination")
+        log.warning("export: %s / %s is best on validation but is not exported: %s", key, variant, reason)
+        key, variant = row["feature_set"], report["feature_sets"][row["feature_set"]]["variant"]
+        target = _target(report, leaderboard, heads_dir, key, variant)
+    summary = report["feature_sets"].get(key)
+    runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
+                  for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]
+    return {**target,
+            "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
+            "test": summary if summary and summary["variant"] == variant else None,
+            "finetune": report.get("finetune"), "runners_up": runners_up,
+            **({"not_exported": not_exported} if not_exported else {})}
+
+
+def _target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, key: str, variant: str) -> dict:
+    """The heads, stores and score rows of one model: a feature set's or a combination's variant, or the ensemble."""
+    if key != ENSEMBLE_KEY:
+        return _head_target(heads_dir, leaderboard, key, variant)
+    voted = next((r for r in leaderboard if r["feature_set"] == ENSEMBLE_KEY), None)
+    if voted is None:
+        raise ValueError(f"export.variant names the ensemble ({key}/{variant}), but the evaluate stage made none "
+                         "(heads.ensemble below 2, or fewer than 2 feature sets with a head giving probabilities)")
+    if voted["variant"] != variant:
+        raise ValueError(f"no variant {variant!r} of the {ENSEMBLE_KEY}. Known: {voted['variant']}")
+    members = [_head_target(heads_dir, leaderboard, *name.split("/", 1)) for name in voted["params"]["members"]]
+    provenance = report["feature_sets"][ENSEMBLE_KEY]
+    return {"feature_set": key, "variant": variant, "form": "ensemble", "head": None, "head_sha256": None,
+            "store": [m["store"] for m in members], "identity": [m["identity"] for m in members],
+            "provenance": {k: provenance.get(k) for k in ("backbone", "weights", "cut", "cut_depth")},
+            "row": voted, "members": members}
+
+
+def _head_target(heads_dir: Path, leaderboard: Sequence[dict], key: str, variant: str) -> dict:
     scores_file = heads_dir / key / SCORES_FILE
     if not scores_file.is_file():
         raise ValueError(f"export.variant names feature set {key!r}, which has no heads in {heads_dir}/")
@@ -257,17 +290,26 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
         raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
                          + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
     head = head_file(heads_dir / key, variant)
-    summary = report["feature_sets"][key]
-    runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
-                  for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]
-    return {"feature_set": key, "variant": variant,
-            "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
+    combines = scores.get("combines")
+    return {"feature_set": key, "variant": variant, "form": "combination" if combines else "single",
             "head": str(head), "head_sha256": file_sha256(head),
             "store": scores["store"], "identity": scores["identity"], "provenance": scores["provenance"],
-            "row": rows[variant],
-            "test": summary if summary["variant"] == variant else None,
-            "finetune": report.get("finetune"), "runners_up": runners_up,
-            **({"not_exported": not_exported} if not_exported else {})}
+            "row": rows[variant], **({"combines": combines} if combines else {})}
+
+
+def unexportable(target: dict) -> Optional[str]:
+    """Why a target's model cannot be one Keras graph (a head without an exact Keras form), or None."""
+    from pipeline.heads.registry import head_kind
+
+    for part in target.get("members") or [target]:
+        row, name = part["row"], f"{part['feature_set']}/{part['variant']}"
+        what = f"the ensemble's member {name}" if target.get("members") else name
+        if row.get("out_of_core"):
+            return (f"{what} is a {row['kind']} head trained out of core, which has no exact Keras form "
+                    "(an exported model holds no pickle)")
+        if head_kind(row["kind"]).keras is None:
+            return f"{what} is a {row['kind']} head, which has no exact Keras form (an exported model holds no pickle)"
+    return None
 
 
 def combinations(heads_dir: Path) -> set[str]:

@@ -8,8 +8,11 @@ Reads  ``reports/export_target.json`` (written by evaluate: the head chosen on
 Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
        → resize → preprocessing → truncated backbone → pooling → head, one Keras
        graph giving class probabilities, for every head kind (no pickle: a model
-       folder is loaded in Keras' safe mode, see ``SECURITY.md``) — and the model
-       card ``card.json`` / ``card.md`` (with the pixel limit predict applies).
+       folder is loaded in Keras' safe mode, see ``SECURITY.md``); for a
+       combination or the ensemble, every member's branch in that one graph,
+       each backbone built once (:mod:`pipeline.export.graph`) — ``ood.keras``,
+       and the model card ``card.json`` / ``card.md`` (with the pixel limit
+       predict applies, and the members).
 
 The work, and the check against the pipeline on every test image before
 anything is written, is :func:`pipeline.export.build.export`.
