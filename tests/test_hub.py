@@ -157,6 +157,28 @@ def test_identity_is_planned_without_building_and_follows_weights_and_converter(
     assert random["weights_sha256"] is None and random["seed"] == settings.seed
 
 
+def test_a_converted_network_serves_the_same_preset_copied_elsewhere_and_records_the_new_path(
+        presets, tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.extraction.plan import plan_extraction, planned_identity
+    from pipeline.extraction.runtime import installed
+
+    if not installed("openvino"):
+        pytest.skip("needs openvino")
+    monkeypatch.setenv("SHOULDERS_CACHE_DIR", str(tmp_path / "cache"))
+    settings = load_params_with({"extract": {"runtime": "openvino", "batch_size": 2}}).extract
+    moved = shutil.copytree(presets["vit"], tmp_path / "moved")
+    first = plan_extraction(spec(presets["vit"], cut=-1), settings,
+                            expected=planned_identity(spec(presets["vit"], cut=-1), settings, "transformer_block_3"))
+    first.step()  # converts and caches the network
+    again = plan_extraction(spec(moved, cut=-1), settings,
+                            expected=planned_identity(spec(moved, cut=-1), settings, "transformer_block_3"))
+    assert first.cached is None and again.cached is not None           # same weights, so the same entry
+    assert again.plan.provenance.to_json()["preset"] == str(moved)      # where it was found this time
+    assert again.plan.identity == first.plan.identity
+
+
 def load_params_with(overrides):
     return parse_params(tiny_params("images", **overrides))
 

@@ -70,6 +70,16 @@ class Entry:
         return self.folder / NETWORK_FILE
 
 
+# Provenance fields that say where something was found, not what it is: the identity pins the content (a preset
+# by its weights' sha256), so an entry serves the same preset copied elsewhere, and these come from the params.
+WHERE_FOUND = ("preset",)
+
+
+def provenance_for(entry: Entry, spec: Any) -> dict:
+    """The cached provenance with :data:`WHERE_FOUND` fields taken from ``spec`` (the feature set's params)."""
+    return {**entry.provenance, **{name: getattr(spec, name) for name in WHERE_FOUND if name in entry.provenance}}
+
+
 def cache_root() -> Path:
     from pipeline.backbones.lite_weights import cache_dir
 

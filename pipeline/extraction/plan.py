@@ -168,7 +168,8 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
             network_cache.entry_key(expected, batch_size=batch, keras_backend=backend))
         if entry is not None:
             runtime = dataclasses.replace(runtime, batch_size=batch)
-            plan = _plan(spec, settings, runtime, entry.provenance, entry.feature_shape, entry.resize)
+            plan = _plan(spec, settings, runtime, network_cache.provenance_for(entry, spec), entry.feature_shape,
+                         entry.resize)
             check_planned(plan, expected)
             return Backbone(plan, None, cached=entry)
     cut = _build(spec, settings, runtime)
