@@ -121,3 +121,25 @@ def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
     assert [len(b) for b in blocks] == [7, len(hashes) - 7]
     assert backbone.step() is backbone.step()
     assert backbone.step().traced.experimental_get_tracing_count() == 1
+
+
+def test_the_precision_guard_counts_losses_and_overflow_as_the_elementwise_rule_does():
+    from pipeline.extraction.precision import PrecisionGuard
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, 4, 4, 16)).astype(np.float32)
+    features[0, 0, 0, :5] = 0.0
+    features[1, 0, 0, :3] = 1e-9                               # non-zero, round to 0 in float16
+    guard = PrecisionGuard("fs", "float16")
+    stored = guard.store(features)
+    assert stored.dtype == np.float16 and guard.lost == 3 and guard.nonzero == features.size - 5
+    assert guard.lost == np.count_nonzero((features != 0) & (stored == 0))
+    features[2, 1, 1, 1] = np.nan                              # refused when finalising, not an overflow here
+    PrecisionGuard("fs", "float16").store(features)
+    features[3, 0, 0, 0] = 1e6
+    with pytest.raises(ValueError, match=r"overflow float16 \(1 values beyond its range; largest \|value\| 1e\+06\)"):
+        PrecisionGuard("fs", "float16").store(features)
+    tiny = np.full((2, 8), 1e-9, np.float32)
+    with pytest.raises(ValueError, match="underflow float16: 100% of the non-zero values"):
+        PrecisionGuard("fs", "float16").store(tiny)
+    assert PrecisionGuard("fs", "float32").store(tiny) is tiny

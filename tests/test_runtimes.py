@@ -114,6 +114,39 @@ def test_openvino_converted_through_tensorflow_in_a_tensorflow_process_agrees_to
                   {"mobilenet_v2": runtime_outputs["tensorflow"]["mobilenet_v2"]})
 
 
+def test_openvino_streams_batches_in_order_each_as_a_lone_call_gives_it():
+    from pipeline.backbones import build_cut_model
+    from pipeline.extraction.runtime import Runtime
+    from pipeline.extraction.runtimes import compile_step, stream
+    from runtime_features import BATCH, specs
+
+    spec = specs()["mobilenet_v2"]
+    cut = build_cut_model(spec, seed=0)
+    step = compile_step(Runtime("openvino", "CPU", "float32", BATCH, False), cut.model, cut.preprocess,
+                        batch_size=BATCH)
+    assert step.streams >= 1 and step.requests >= 1
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(0, 255, (BATCH, spec.size, spec.size, 3)).astype(np.float32) for _ in range(7)]
+    alone = [step(b) for b in batches]
+    reused = np.empty_like(batches[0])
+
+    def recycled():   # one array refilled for every batch, as the input pipeline's ring does
+        for b in batches:
+            reused[...] = b
+            yield reused
+
+    streamed = list(stream(step, recycled()))
+    scale = max(float(np.abs(a).max()) for a in alone)       # random weights: tiny activations
+    assert len(streamed) == 7 and scale > 0
+    for got, want in zip(streamed, alone):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+    assert np.abs(streamed[0] - streamed[1]).max() > 1e-2 * scale   # distinct batches, not one repeated
+    first = next(iter(stream(step, iter(batches))))          # a consumer that stops early leaves nothing running
+    np.testing.assert_allclose(first, alone[0], rtol=0, atol=1e-5 * scale)
+    plain = [np.asarray(x) for x in stream(lambda b: b[:, :1, 0, 0], batches[:2])]   # a step without stream
+    assert [p.shape for p in plain] == [(BATCH, 1)] * 2
+
+
 @pytest.fixture
 def prepared(in_tmp):
     from pipeline.stages import prepare

@@ -14,7 +14,7 @@ from pipeline.manifest import Record
 from pipeline.store import pooling
 from pipeline.store.gc import collect_garbage
 from pipeline.store.layout import INCOMPLETE_DIR, StoreError, rows_per_chunk, store_path
-from pipeline.store.reader import list_feature_sets, open_feature_set, open_store, open_views
+from pipeline.store.reader import list_feature_sets, open_feature_set, open_store, open_views, read_pooled
 from pipeline.store.writer import StoreWriter, rows_missing
 
 SHAPE = (3, 3, 4)
@@ -97,6 +97,26 @@ def test_pooling_shapes_and_values(store, name, width):
     maps = np.stack([features_of(r.sha256) for r in manifest if r.split == "test"]).astype(np.float16)
     assert X.shape == (4, width) and X.dtype == np.float32
     np.testing.assert_allclose(X, pooling.pool(maps.astype(np.float32), name), rtol=1e-6)
+
+
+def test_several_splits_and_poolings_read_each_chunk_once_and_equal_one_read_each(store, monkeypatch):
+    from pipeline.store import reader
+
+    path, manifest = store
+    calls = []
+    counted = reader.read_chunk
+    monkeypatch.setattr(reader, "read_chunk", lambda *a, **k: calls.append(a[2]) or counted(*a, **k))
+    both = read_pooled(path, ("train", "val"), poolings=("avg", "avgmax", "none"), manifest=manifest)
+    index = reader.row_index(open_store(path))
+    holding = {index[r.sha256] // CHUNK for r in manifest if r.split in ("train", "val")}
+    assert sorted(calls) == sorted(holding) and len(holding) > 1   # each once, though train and val share one
+    for split in ("train", "val"):
+        for name in ("avg", "avgmax", "none"):
+            alone = open_feature_set(path, split, manifest=manifest, pooling=name)
+            np.testing.assert_array_equal(both[split][name].X, alone.X)
+            assert both[split][name].ids.tolist() == alone.ids.tolist()
+    empty = read_pooled(path, ("val",), poolings=("avg",), manifest=records({"train": NAMES["train"]}))
+    assert empty["val"]["avg"].X.shape == (0, 4)
 
 
 def test_every_pooling_name_has_one_implementation():

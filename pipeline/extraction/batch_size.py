@@ -66,13 +66,7 @@ def measure(make_step: Callable[[int], Callable], input_size: int,
     for batch in candidates:
         step = make_step(batch)
         images = rng.integers(0, 256, (batch, input_size, input_size, 3)).astype(np.float32)
-        step(images)  # compile / warm up
-        timings = []
-        for _ in range(TIMED_CALLS):
-            started = time.perf_counter()
-            step(images)
-            timings.append(time.perf_counter() - started)
-        seconds = statistics.median(timings)
+        seconds = seconds_per_batch(step, images, rounds=TIMED_CALLS)
         speeds[batch] = batch / seconds
         steps[batch] = step
         best = max(speeds.values())
@@ -80,6 +74,26 @@ def measure(make_step: Callable[[int], Callable], input_size: int,
             break
     chosen = max(speeds, key=speeds.get)
     return chosen, steps[chosen], speeds
+
+
+def seconds_per_batch(step: Callable, images: np.ndarray, *, rounds: int) -> float:
+    """Median seconds per batch of ``images`` through ``step`` as extraction runs it (:func:`~pipeline.extraction.runtimes.stream`).
+
+    Each round streams one batch per request the step keeps in flight (its
+    ``requests``; 1 for a step without ``stream``), after one warm-up round.
+    """
+    from pipeline.extraction.runtimes import stream
+
+    width = int(getattr(step, "requests", 1))
+    for _ in stream(step, [images] * width):  # compile / warm up
+        pass
+    timings = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in stream(step, [images] * width):
+            pass
+        timings.append((time.perf_counter() - started) / width)
+    return statistics.median(timings)
 
 
 def _entry_key(key: Mapping) -> str:

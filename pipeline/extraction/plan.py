@@ -160,7 +160,8 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
     backend = use_keras_backend(runtime)
     batch_key = {"runtime": runtime.name, "keras_backend": backend, "precision": runtime.precision,
                  "network": _network_of(expected) if expected else None,
-                 "versions": library_versions(FEATURE_LIBRARIES)}
+                 "versions": library_versions(FEATURE_LIBRARIES),
+                 "timing": "streamed"}   # how it was timed (batch_size.seconds_per_batch): older choices are remeasured
     caching = runtime.name == "openvino" and network_cache.cacheable(expected)
     if caching:
         batch = runtime.batch_size or cached_batch_size(batch_key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Share of non-zero float32 values allowed to round to zero when stored as float16;
@@ -22,13 +24,27 @@ class PrecisionGuard:
         self.lost = self.nonzero = 0
 
     def store(self, features: np.ndarray) -> np.ndarray:
-        """``features`` (float32, from any runtime) in the storage dtype, checked."""
+        """``features`` (float32, from any runtime) in the storage dtype, checked.
+
+        Counted without boolean temporaries, in five passes (the extract stage
+        does this for every batch on its main thread): a value is lost when it
+        is non-zero and stored as zero, so ``lost`` is the stored zeros less the
+        computed ones; and nothing overflows when the largest and smallest
+        stored values are finite (NaN computed is not overflow: finalising
+        refuses non-finite features).
+        """
         stored = features.astype(self.dtype, copy=False)
-        nonzero = features != 0
-        finite = np.isfinite(features)
-        self.check(lost=int(np.count_nonzero(nonzero & (stored == 0))), nonzero=int(np.count_nonzero(nonzero)),
-                   overflow=int(np.count_nonzero(finite & ~np.isfinite(stored))),
-                   largest=float(np.abs(features).max(initial=0.0)))
+        size = features.size
+        if not size:
+            return stored
+        computed_zeros = size - np.count_nonzero(features)
+        high, low = float(stored.max()), float(stored.min())
+        overflow, largest = 0, max(abs(high), abs(low))
+        if not math.isfinite(largest):   # a value beyond the storage dtype's range, or a NaN computed
+            overflow = int(np.count_nonzero(np.isfinite(features) & ~np.isfinite(stored)))
+            largest = float(np.nanmax(np.abs(features), initial=0.0))
+        self.check(lost=int(size - np.count_nonzero(stored) - computed_zeros), nonzero=int(size - computed_zeros),
+                   overflow=overflow, largest=largest)
         return stored
 
     def check(self, lost: int, nonzero: int, overflow: int, largest: float) -> None:

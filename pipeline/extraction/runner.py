@@ -115,17 +115,28 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
 
 def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str], transform, *,
                    size: int, batch_size: int, resize=None) -> Iterator[np.ndarray]:
-    """Decode (bytes checked), (augment,) infer and store each batch; yield stored features."""
-    from pipeline.extraction.inputs import image_batches
+    """Decode (bytes checked), (augment,) infer and store each batch; yield stored features.
 
-    # reuse: each batch is done with once its features are back (the step copies them out)
-    for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform,
-                               resize=resize, reuse=True):
-        n = len(batch)
-        if n < batch_size:
-            # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
-            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        yield guard.store(infer(batch)[:n])
+    Batches go through :func:`pipeline.extraction.runtimes.stream`: a runtime that
+    keeps several in flight (OpenVINO's streams) gets them as they are decoded.
+    """
+    from pipeline.extraction.inputs import image_batches
+    from pipeline.extraction.runtimes import stream
+
+    sizes: deque[int] = deque()
+
+    def padded() -> Iterator[np.ndarray]:
+        # reuse: a runtime is done with each batch once the next is asked for (it copies or has copied it)
+        for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform,
+                                   resize=resize, reuse=True):
+            sizes.append(len(batch))
+            if len(batch) < batch_size:
+                # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
+                batch = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])
+            yield batch
+
+    for features in stream(infer, padded()):
+        yield guard.store(features[:sizes.popleft()])
 
 
 def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkWrite]) -> Iterator[tuple[ChunkWrite, np.ndarray]]:

@@ -3,8 +3,10 @@
 What is measured: the runtime's compiled step (:mod:`pipeline.extraction.runtimes`)
 — the cut model, its preprocessing included — on a batch of random 0–255 images
 at its input size and at the batch size extraction itself uses (resolved, or
-measured, by :func:`pipeline.extraction.plan.plan_extraction`), the median of a
-few batches after one warm-up batch. The backbone is built with
+measured, by :func:`pipeline.extraction.plan.plan_extraction`), streamed as
+extraction streams batches (several in flight where the runtime keeps several:
+:func:`pipeline.extraction.batch_size.seconds_per_batch`), the median of a few
+rounds after a warm-up round. The backbone is built with
 ``weights: none``: the same layers and arithmetic as with trained weights,
 without reading a weights file. Image decoding and resizing are left out, so an
 end-to-end estimate built on it is a lower bound.
@@ -14,18 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
-import time
 from typing import Mapping
 
 import numpy as np
 
 from pipeline.config import ExtractParams, FeatureSetParams
+from pipeline.extraction.batch_size import seconds_per_batch
 from pipeline.extraction.plan import plan_extraction
 
 log = logging.getLogger(__name__)
 
-# Batches timed after the warm-up; the median is kept.
+# Rounds timed after the warm-up; the median is kept.
 TIMED_BATCHES = 3
 
 
@@ -44,13 +45,8 @@ def time_backbone(spec: FeatureSetParams, settings: ExtractParams, *, batches: i
     step = backbone.step()
     images = np.random.default_rng(settings.seed).integers(0, 256, (runtime.batch_size, size, size, 3))
     images = images.astype(np.float32)
-    step(images)
-    timings = []
-    for _ in range(batches):
-        started = time.perf_counter()
-        step(images)
-        timings.append(time.perf_counter() - started)
-    return {"seconds_per_image": statistics.median(timings) / runtime.batch_size, "batch_size": runtime.batch_size,
+    seconds = seconds_per_batch(step, images, rounds=batches)
+    return {"seconds_per_image": seconds / runtime.batch_size, "batch_size": runtime.batch_size,
             "input_size": size, "batches": batches, "runtime": runtime.name, "device": runtime.device}
 
 

@@ -50,7 +50,7 @@ from pipeline.heads.variants import Variant, expand_grid, make_head, make_prepro
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256, library_versions
 from pipeline.store.layout import views_path
-from pipeline.store.reader import open_feature_set, open_store, open_views, provenance_of
+from pipeline.store.reader import open_store, open_views, provenance_of, read_pooled
 from pipeline.store.pooling import applicable, applies, pooled_width
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ _PACKAGE = Path(__file__).parent
 
 def read_splits(features: Path, poolings: Sequence[str], records: Sequence[Record], *,
                 views: Optional[Path] = None, val_views: bool = False) -> dict[str, Splits]:
-    """The train and val rows of a store for each pooling (read once each, pooled as read).
+    """The train and val rows of a store for each pooling (the store read once, pooled as read).
 
     Parameters
     ----------
@@ -82,9 +82,9 @@ def read_splits(features: Path, poolings: Sequence[str], records: Sequence[Recor
         features, or lacks val views.
     """
     data = {}
+    read = read_pooled(features, ("train", "val"), poolings=poolings, manifest=records)
     for pooling in poolings:
-        train = open_feature_set(features, "train", manifest=records, pooling=pooling)
-        val = open_feature_set(features, "val", manifest=records, pooling=pooling)
+        train, val = read["train"][pooling], read["val"][pooling]
         train_views = val_views_X = None
         if views is not None:
             train_views, val_views_X = _read_views(views, pooling, records, open_store(features), val_views)

@@ -73,8 +73,10 @@ def create_array(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Arr
     """A numeric array of a store: zstd with checksums, every chunk written even when all zero."""
     return group.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype,
-        # Checksums make a corrupted chunk fail to decode instead of reading as data.
-        compressors=ZstdCodec(level=3, checksum=True),
+        # Checksums make a corrupted chunk fail to decode instead of reading as data. Level 1: on features
+        # (ReLU maps are mostly zeros) it compresses as well as 3 (6.1× against 5.8× on Lite0's top) and writes
+        # 1.6× faster, which the extract stage's writer thread takes from the cores decoding and inferring.
+        compressors=ZstdCodec(level=1, checksum=True),
         # An all-zero chunk must still exist on disk, or it would look unwritten.
         config={"write_empty_chunks": True},
         fill_value=0,

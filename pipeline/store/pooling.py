@@ -45,7 +45,7 @@ def _avgmax(X, spatial, xp):
 
 
 def _flatten(X, spatial, xp):
-    return X.reshape((X.shape[0], -1)).astype("float32")
+    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")   # not -1: an empty block too
 
 
 def _class_token(X, spatial, xp):
@@ -57,7 +57,7 @@ def _patch_mean(X, spatial, xp):
 
 
 def _class_and_mean(X, spatial, xp):
-    return X.reshape((X.shape[0], -1)).astype("float32")
+    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")   # not -1: an empty block too
 
 
 # One function per name of heads.pooling (tests/test_store.py checks that the two lists agree).

@@ -209,19 +209,53 @@ def open_feature_set(path: Location, split: str = "train", *, manifest: Manifest
     -------
     FeatureSet
     """
+    if not as_dask:
+        return read_pooled(path, (split,), poolings=(pooling,), manifest=manifest, expect=expect)[split][pooling]
     check_pooling(pooling)
+    group = _features_group(path, expect)
+    all_records = manifest_records(manifest, path)
+    records = _split_records(all_records, split)
+    return _feature_set(group, records, all_records, _lazy(group, path, _rows_of(group, path, records), pooling))
+
+
+def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str], manifest: Manifest = None,
+                expect: Mapping[str, Any] | None = None) -> dict[str, dict[str, FeatureSet]]:
+    """Several splits of a store, each under several poolings, reading every chunk of the store once.
+
+    What :func:`open_feature_set` gives for each ``(split, pooling)``, as
+    ``result[split][pooling]``: the heads stage reads train and val under every
+    pooling of its grid this way, where one call per pair would read (and
+    digest-check) the store's chunks once per pair (their rows interleave).
+    """
+    for pooling in poolings:
+        check_pooling(pooling)
+    group = _features_group(path, expect)
+    all_records = manifest_records(manifest, path)
+    records = {split: _split_records(all_records, split) for split in splits}
+    rows = {split: _rows_of(group, path, records[split]) for split in splits}
+    X = group["X"]
+    total, size = int(group.attrs["rows"]), X.chunks[0]
+    digests = group.attrs["chunk_digests"]
+    out = {split: {pooling: np.empty((len(rows[split]), *_empty_pooled(group, pooling).shape[1:]), np.float32)
+                   for pooling in poolings} for split in splits}
+    chunk_of = {split: rows[split] // size for split in splits}
+    for chunk in np.unique(np.concatenate([chunk_of[split] for split in splits] or [np.zeros(0, np.int64)])):
+        block = np.asarray(read_chunk(path, X, int(chunk), total, digests[chunk]), np.float32)
+        for split in splits:
+            wanted = np.flatnonzero(chunk_of[split] == chunk)
+            if len(wanted):
+                picked = block[rows[split][wanted] - chunk * size]
+                for pooling in poolings:
+                    out[split][pooling][wanted] = pool(picked, pooling)
+    return {split: {pooling: _feature_set(group, records[split], all_records, out[split][pooling])
+                    for pooling in poolings} for split in splits}
+
+
+def _features_group(path: Location, expect: Mapping[str, Any] | None) -> zarr.Group:
     group = open_store(path, expect=expect)
     if group.attrs.get("kind") != "features":
         raise StoreError(f"{path} is a views store; open it with open_views")
-    all_records = manifest_records(manifest, path)
-    records = _split_records(all_records, split)
-    rows = _rows_of(group, path, records)
-    if as_dask:
-        X = _lazy(group, path, rows, pooling)
-    else:
-        X = _gathered(group, path, rows, lambda block: pool(block, pooling))
-        X = _empty_pooled(group, pooling) if X is None else X
-    return _feature_set(group, records, all_records, X)
+    return group
 
 
 def _empty_pooled(group: zarr.Group, pooling: str) -> np.ndarray:

@@ -2,8 +2,13 @@
 
 ``compile_step(runtime, model, preprocess, batch_size=...)`` returns a function
 from a float32 batch of raw 0–255 images of exactly ``batch_size`` rows to the
-cut layer's features as float32 numpy. Each runtime lives in a module of its
-own and imports its framework only when called: :mod:`.tensorflow_runtime`,
+cut layer's features as float32 numpy. A step may also have a ``stream``
+method, ``stream(batches) -> iterator of features`` in the order of the
+batches, which keeps several batches in flight (OpenVINO: one per CPU stream);
+:func:`stream` uses it where there is one, and calls the step batch by batch
+where there is not. Whatever times or runs many batches (extraction, the batch
+size measurement, ``backbone_cost``) goes through :func:`stream`. Each runtime
+lives in a module of its own and imports its framework only when called: :mod:`.tensorflow_runtime`,
 :mod:`.openvino_runtime`, :mod:`.jax_runtime` (see :mod:`pipeline.extraction.runtime`
 for how one is chosen).
 """
@@ -11,7 +16,7 @@ for how one is chosen).
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -22,3 +27,13 @@ def compile_step(runtime: Any, model: Any, preprocess: Callable, *, batch_size: 
     """The compiled inference step of ``model`` (after ``preprocess``) on ``runtime``, for batches of ``batch_size``."""
     module = importlib.import_module(f"pipeline.extraction.runtimes.{runtime.name}_runtime")
     return module.compile_step(model, preprocess, batch_size=batch_size, runtime=runtime)
+
+
+def stream(step: Step, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``step`` over ``batches``, in order: through its ``stream`` method (several batches in flight) if it has one."""
+    streaming = getattr(step, "stream", None)
+    if streaming is not None:
+        yield from streaming(batches)
+    else:
+        for batch in batches:
+            yield step(batch)

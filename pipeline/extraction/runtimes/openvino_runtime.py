@@ -9,19 +9,29 @@ layers directly, with a layout transpose around each layer (245 in Lite0,
 0.8× TensorFlow). The graph is
 made for the batch size and compiled with an explicit precision hint
 (``f32`` unless ``extract.precision`` says otherwise: OpenVINO's own default is
-``bf16`` on CPUs that have it) and the ``LATENCY`` performance hint, which ran
-faster than ``THROUGHPUT`` for one stream of batches (BENCHMARKS.md).
+``bf16`` on CPUs that have it) and the ``THROUGHPUT`` performance hint:
+OpenVINO splits the cores into streams (2 streams of 1 thread on a 2-core
+machine) and the step's ``stream`` keeps one batch in flight per stream
+(``AsyncInferQueue``). Under the ``LATENCY`` hint one batch at a time runs on
+every core, and each inference waits for its slowest thread: while the
+decoding threads take a core from it, the other idles at the barrier. With
+streams each batch runs on its own thread and the decoding threads only slow
+the stream they share a core with: the stage ran 1.18× faster on the same
+machine, compute alone about as fast (BENCHMARKS.md). A lone call
+(``step(batch)``) runs on one stream.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 HINTS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+# OpenVINO's performance hint (see the module docstring).
+PERFORMANCE_HINT = "THROUGHPUT"
 
 
 def to_openvino(model: Any, preprocess: Callable, batch_size: int):
@@ -46,16 +56,16 @@ def to_openvino(model: Any, preprocess: Callable, batch_size: int):
         return ov.Core().read_model(str(path))
 
 
-def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> Callable:
+def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> "NetworkStep":
     """The compiled step of ``model``; the converted ``openvino.Model`` is kept as its ``network`` attribute
     (what :mod:`pipeline.extraction.network_cache` stores)."""
     converted = to_openvino(model, preprocess, batch_size)
-    run = compile_network(converted, runtime=runtime, outputs=len(model.outputs))
-    run.network = converted
-    return run
+    step = compile_network(converted, runtime=runtime, outputs=len(model.outputs))
+    step.network = converted
+    return step
 
 
-def compile_network(network: Any, *, runtime: Any, outputs: int) -> Callable:
+def compile_network(network: Any, *, runtime: Any, outputs: int) -> "NetworkStep":
     """Compile an ``openvino.Model`` (or the path of its IR ``.xml``) for the CPU at ``runtime``'s precision.
 
     ``outputs`` is how many of the graph's outputs are the model's own, in order
@@ -67,14 +77,64 @@ def compile_network(network: Any, *, runtime: Any, outputs: int) -> Callable:
     if not isinstance(network, ov.Model):
         network = core.read_model(str(network))
     compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision],
-                                                   "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+                                                   "PERFORMANCE_HINT": PERFORMANCE_HINT})
+    return NetworkStep(compiled, outputs)
 
-    def run(batch: np.ndarray):
+
+class NetworkStep:
+    """A compiled OpenVINO network as a step: ``step(batch)`` for one batch, ``step.stream(batches)`` for many."""
+
+    def __init__(self, compiled: Any, outputs: int):
+        self.compiled = compiled
+        self.outputs = outputs
+        self.streams = int(compiled.get_property("NUM_STREAMS"))
+        self.requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._request = compiled.create_infer_request()
+
+    def _features(self, request: Any):
+        # The output tensors' memory is reused by the request's next inference: copy them out.
+        got = [np.array(request.get_output_tensor(i).data, dtype=np.float32) for i in range(self.outputs)]
+        return got[0] if self.outputs == 1 else got
+
+    def __call__(self, batch: np.ndarray):
         """The features of ``batch``; a list of arrays for a model of several outputs."""
-        request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        # The output tensors' memory is reused by the next inference: copy them out.
-        got = [np.array(request.get_output_tensor(i).data, dtype=np.float32) for i in range(outputs)]
-        return got[0] if outputs == 1 else got
+        self._request.infer({0: np.ascontiguousarray(batch, np.float32)})
+        return self._features(self._request)
 
-    return run
+    def stream(self, batches: Iterable[np.ndarray]) -> Iterator:
+        """The features of each batch, in order, with one batch in flight per infer request.
+
+        Inputs are copied into the requests when started, so a batch array may
+        be reused by its producer as soon as the next one is asked for.
+        """
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        done: dict[int, Any] = {}
+        failed: list[BaseException] = []
+
+        def finished(request, index):
+            try:
+                done[index] = self._features(request)
+            except BaseException as error:  # noqa: BLE001 - raised again on the consuming thread
+                failed.append(error)
+
+        queue.set_callback(finished)
+        given = taken = 0
+        try:
+            for batch in batches:
+                queue.start_async({0: np.ascontiguousarray(batch, np.float32)}, given)  # waits for a free request
+                given += 1
+                while taken in done:
+                    yield done.pop(taken)
+                    taken += 1
+                if failed:
+                    raise failed[0]
+            queue.wait_all()
+            if failed:
+                raise failed[0]
+            while taken < given:
+                yield done.pop(taken)
+                taken += 1
+        finally:
+            queue.wait_all()   # nothing left running on the requests when the consumer stops early
