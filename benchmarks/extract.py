@@ -19,8 +19,9 @@ a fresh process:
   first does; ``stage-cold:openvino`` is that first one (an empty network
   cache: it builds and converts the network);
 - ``compute:<runtime>[:<precision>]``: that runtime's compiled step on one
-  in-memory batch, repeated, at the batch size the stage uses (the ceiling: no
-  decoding, no writing; the first call excluded); ``compute:openvino-keras``
+  in-memory batch, repeated, at the batch size the stage uses, streamed as the
+  stage streams batches (OpenVINO: one in flight per CPU stream) (the ceiling:
+  no decoding, no writing; a warm-up round excluded); ``compute:openvino-keras``
   is the OpenVINO runtime with its model built under Keras' OpenVINO backend
   (the graph used where TensorFlow is not installed) instead of converted by
   OpenVINO's TensorFlow frontend;
@@ -52,6 +53,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -151,16 +153,18 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
                 "total_seconds": result.seconds, "baseline_mb": baseline, "batch_size": result.runtime.batch_size,
                 "store": str(work / "features.zarr")}
     from pipeline.extraction.plan import plan_extraction
+    from pipeline.extraction.runtimes import stream
 
     built = plan_extraction(spec_of(backbone), settings)
     batch_size, size = built.plan.runtime.batch_size, built.plan.provenance.input_size
     step = built.step()
     batch = np.random.default_rng(0).uniform(0, 255, (batch_size, size, size, 3)).astype(np.float32)
-    step(batch)  # compiled, warm
+    for _ in stream(step, [batch] * int(getattr(step, "requests", 1))):
+        pass  # compiled, warm
     steps = -(-n // batch_size)
     started = time.perf_counter()
-    for _ in range(steps):
-        step(batch)
+    for _ in stream(step, itertools.repeat(batch, steps)):  # as the stage runs it: several in flight where it can
+        pass
     seconds = time.perf_counter() - started
     return {"images": steps * batch_size, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
             "batch_size": batch_size}

@@ -90,6 +90,7 @@ class NetworkStep:
         self.streams = int(compiled.get_property("NUM_STREAMS"))
         self.requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._request = compiled.create_infer_request()
+        self._queue = None
 
     def _features(self, request: Any):
         # The output tensors' memory is reused by the request's next inference: copy them out.
@@ -109,7 +110,11 @@ class NetworkStep:
         """
         import openvino as ov
 
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        if self._queue is None:
+            # Made once and kept as long as the step: a queue released while its last callback is still
+            # unwinding on OpenVINO's thread is destroyed on that thread, which then joins itself (abort).
+            self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        queue = self._queue
         done: dict[int, Any] = {}
         failed: list[BaseException] = []
 
