@@ -33,7 +33,8 @@ class PrecisionGuard:
         stored values are finite (NaN computed is not overflow: finalising
         refuses non-finite features).
         """
-        stored = features.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):   # counted and reported below, with the fix
+            stored = features.astype(self.dtype, copy=False)
         size = features.size
         if not size:
             return stored
