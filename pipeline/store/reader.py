@@ -155,24 +155,25 @@ def _rows_of(group: zarr.Group, path: Location, records: Sequence[Record]) -> np
     return np.array([index[r.sha256] for r in records], dtype=np.int64)
 
 
-def _gathered(group: zarr.Group, path: Location, rows: np.ndarray, transform, view: Optional[int] = None):
-    """``transform(block)`` of every chunk holding a row of ``rows`` (digest-checked), gathered in that order."""
+def _gathered(group: zarr.Group, path: Location, rows: Mapping[str, np.ndarray], poolings: Sequence[str],
+              view: Optional[int] = None) -> dict[str, dict[str, np.ndarray]]:
+    """``result[key][pooling]``: the rows ``rows[key]`` pooled, every chunk holding one read (digest-checked) once."""
     X = group["X"]
     total = int(group.attrs["rows"])
     digests = group.attrs["chunk_digests"]
     size = X.chunks[0]
-    parts, positions = [], []
-    for chunk in np.unique(rows // size):
+    out = {key: {pooling: np.empty((len(wanted), *_empty_pooled(group, pooling).shape[1:]), np.float32)
+                 for pooling in poolings} for key, wanted in rows.items()}
+    chunk_of = {key: wanted // size for key, wanted in rows.items()}
+    for chunk in np.unique(np.concatenate([*chunk_of.values(), np.zeros(0, np.int64)])):
         expected = digests[chunk] if view is None else digests[chunk][view]
-        block = transform(np.asarray(read_chunk(path, X, int(chunk), total, expected, view), np.float32))
-        wanted = np.flatnonzero(rows // size == chunk)
-        parts.append(block[rows[wanted] - chunk * size])
-        positions.append(wanted)
-    if not parts:
-        return None
-    out = np.empty((len(rows), *parts[0].shape[1:]), parts[0].dtype)
-    for part, where in zip(parts, positions):
-        out[where] = part
+        block = np.asarray(read_chunk(path, X, int(chunk), total, expected, view), np.float32)
+        for key, wanted in rows.items():
+            here = np.flatnonzero(chunk_of[key] == chunk)
+            if len(here):
+                picked = block[wanted[here] - chunk * size]
+                for pooling in poolings:
+                    out[key][pooling][here] = pool(picked, pooling)
     return out
 
 
@@ -232,21 +233,7 @@ def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str
     group = _features_group(path, expect)
     all_records = manifest_records(manifest, path)
     records = {split: _split_records(all_records, split) for split in splits}
-    rows = {split: _rows_of(group, path, records[split]) for split in splits}
-    X = group["X"]
-    total, size = int(group.attrs["rows"]), X.chunks[0]
-    digests = group.attrs["chunk_digests"]
-    out = {split: {pooling: np.empty((len(rows[split]), *_empty_pooled(group, pooling).shape[1:]), np.float32)
-                   for pooling in poolings} for split in splits}
-    chunk_of = {split: rows[split] // size for split in splits}
-    for chunk in np.unique(np.concatenate([chunk_of[split] for split in splits] or [np.zeros(0, np.int64)])):
-        block = np.asarray(read_chunk(path, X, int(chunk), total, digests[chunk]), np.float32)
-        for split in splits:
-            wanted = np.flatnonzero(chunk_of[split] == chunk)
-            if len(wanted):
-                picked = block[rows[split][wanted] - chunk * size]
-                for pooling in poolings:
-                    out[split][pooling][wanted] = pool(picked, pooling)
+    out = _gathered(group, path, {split: _rows_of(group, path, records[split]) for split in splits}, poolings)
     return {split: {pooling: _feature_set(group, records[split], all_records, out[split][pooling])
                     for pooling in poolings} for split in splits}
 
@@ -325,12 +312,8 @@ def open_views(path: Location, split: str = "train", *, manifest: Manifest = Non
     except StoreError:
         raise ValueError(f"{path} has no views of every {split} image (views are made of the training images, "
                          "and of val and test with extract.augment.tta: true); run `dvc repro`") from None
-    per_view = [_gathered(group, path, rows, lambda block: pool(block, pooling), view) for view in range(views)]
-    if per_view[0] is None:
-        shape = _empty_pooled(group, pooling).shape[1:]
-        X = np.zeros((0, views, *shape), np.float32)
-    else:
-        X = np.stack(per_view, axis=1)
+    X = np.stack([_gathered(group, path, {split: rows}, (pooling,), view)[split][pooling] for view in range(views)],
+                 axis=1)
     return _feature_set(group, records, all_records, X)
 
 

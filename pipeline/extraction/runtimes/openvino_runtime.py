@@ -136,11 +136,9 @@ class NetworkStep:
                     taken += 1
                 if failed:
                     raise failed[0]
-            queue.wait_all()
-            if failed:
-                raise failed[0]
-            while taken < given:
-                yield done.pop(taken)
-                taken += 1
         finally:
-            queue.wait_all()   # nothing left running on the requests when the consumer stops early
+            queue.wait_all()   # nothing left running on the requests, also when the consumer stops early
+        if failed:
+            raise failed[0]
+        for index in range(taken, given):
+            yield done.pop(index)
