@@ -264,9 +264,9 @@ def _logreg(values, grid: LogRegGrid, seed: int):
 
 
 def _svm_linear(values, grid: SvmLinearGrid, seed: int):
-    from sklearn.svm import LinearSVC
+    from pipeline.heads.linear_svm import RowSpaceLinearSVC
 
-    return LinearSVC(C=values["C"], random_state=seed)
+    return RowSpaceLinearSVC(C=values["C"], random_state=seed)
 
 
 def _svm_rbf(values, grid: SvmRbfGrid, seed: int):

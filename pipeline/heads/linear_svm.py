@@ -1,0 +1,55 @@
+"""The linear SVM head: scikit-learn's ``LinearSVC``, fitted in the row space of its training rows when they are few.
+
+Small image datasets give wide matrices: a few hundred training rows of 1,280
+to several thousand pooled features. liblinear's dual coordinate descent
+(what ``LinearSVC`` runs when rows are fewer than columns) touches every
+column of a row at each step, so its cost grows with the width, while the
+problem it solves depends on the rows only through their inner products:
+with an L2 penalty the solution ``w`` lies in the span of the training rows
+(the representer theorem), and the dual is written in ``X Xᵀ`` alone
+(liblinear's intercept is one more constant column, kept as it is).
+
+:class:`RowSpaceLinearSVC` therefore fits on ``Z = X Q``, where ``Xᵀ = Q R``
+is a thin QR decomposition (``Q`` of shape (n_features, n_samples) with
+orthonormal columns, so ``Z = Rᵀ`` and ``Z Zᵀ = X Xᵀ``): the same dual, the
+same coordinate order (same ``random_state``), the same iterations, on
+n_samples columns instead of n_features. The fitted ``coef_`` is mapped back
+(``coef_Z Qᵀ``), so the head is an ordinary ``LinearSVC`` on the full features
+for prediction, saving and export. Equal to ``LinearSVC`` fitted on ``X`` to
+float64 rounding (``tests/test_linear_svm.py``); 2–4× faster on this
+project's feature sets (``BENCHMARKS.md``). With as many rows as columns, or an
+L1 penalty (whose solution is not in the row span), it is ``LinearSVC`` as is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.svm import LinearSVC
+
+__all__ = ["RowSpaceLinearSVC"]
+
+
+class RowSpaceLinearSVC(LinearSVC):
+    """``LinearSVC`` with the same parameters, solved on n_samples columns when n_samples < n_features.
+
+    Parameters are ``LinearSVC``'s (see its documentation); ``dual="auto"``
+    decides on the shape of ``X`` as given, not of the reduced matrix.
+    """
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on ``X`` of shape (n_samples, n_features); returns self, with ``coef_`` of shape (n_classes or 1, n_features)."""
+        X = np.asarray(X)
+        if X.ndim != 2 or self.penalty != "l2" or X.shape[0] >= X.shape[1]:
+            return super().fit(X, y, sample_weight=sample_weight)
+        n_features = X.shape[1]
+        Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))     # Xᵀ = Q R, so X Q = Rᵀ
+        dual = self.dual
+        # "auto" would see a square matrix and pick the primal; for X (fewer rows than columns) it picks the dual.
+        self.dual = True if dual == "auto" else dual
+        try:
+            super().fit(np.ascontiguousarray(R.T), y, sample_weight=sample_weight)
+        finally:
+            self.dual = dual
+        self.coef_ = self.coef_ @ Q.T
+        self.n_features_in_ = n_features
+        return self
