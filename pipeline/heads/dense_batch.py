@@ -27,10 +27,11 @@ sum in another order; ``tests/test_dense_batch.py`` holds them to 1e-5):
   ``keras.utils.set_random_seed`` of the head's seed (:func:`_lone_start`);
   their initial weights are copied into the stack and their ``Dropout`` layer,
   with the seed a lone head's draws, is applied to the branch's slice;
-* its own losses (:class:`_MemberLosses`: the epoch's training loss and the
-  held-out loss, as a lone head's Keras computes them) and its own early
-  stopping: after every epoch :class:`_BranchStopping` reads the branch's
-  held-out loss, keeps its best weights, and marks it done when its patience
+* its own losses (:class:`_MemberLosses`: the epoch's training loss, as a lone
+  head's Keras computes it; the held-out loss from the epoch's weights, as a
+  lone head's early stopping computes it: :func:`~pipeline.heads.dense.held_out_loss`)
+  and its own early stopping: after every epoch :class:`_BranchStopping` reads
+  the branch's held-out loss, keeps its best weights, and marks it done when its patience
   runs out or it reaches its own ``epochs``; training stops when every branch is
   done, and each keeps its best weights (the last ones without early stopping),
   its ``n_epochs_`` and its ``loss_curve_``.
@@ -53,7 +54,7 @@ from typing import Any, Optional, Sequence
 import keras
 import numpy as np
 
-from pipeline.heads.dense import DenseHead, _repeated, network_layers
+from pipeline.heads.dense import DenseHead, _repeated, forward_probabilities, held_out_loss, network_layers
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class _Branch:
     """One head's place in the batched model and its early-stopping state."""
 
     head: DenseHead
-    name: str                                    # its losses in the logs of fit: "<name>_loss", "val_<name>_loss"
+    name: str                                    # its training loss in the logs of fit: "<name>_loss"
+    held_out: Optional[np.ndarray] = None        # its input's held-out rows (early stopping)
     stack: Any = None                            # the _Stack layer it is a member of
     member: int = 0                              # its index in that stack
     best: Optional[float] = None
@@ -74,6 +76,11 @@ class _Branch:
 
     def current_weights(self) -> list[np.ndarray]:
         return self.stack.member_weights(self.member)
+
+    def held_out_loss(self, weights: list[np.ndarray], labels: np.ndarray) -> float:
+        """The loss of ``weights`` (kernels then biases) on the held-out rows, as a lone head's early stopping reads it."""
+        n_layers = len(weights) // 2
+        return held_out_loss(forward_probabilities(self.held_out, weights[:n_layers], weights[n_layers:]), labels)
 
 
 class _Stack(keras.layers.Layer):
@@ -133,7 +140,7 @@ class _MemberLosses(keras.metrics.Metric):
     """Each member's cross-entropy over an epoch (mean over rows), logged as ``<name>_loss`` per member.
 
     The mean over rows is a lone head's training loss (Keras weighs each batch
-    by its size); on the held-out rows, one batch, it is its ``val_loss``.
+    by its size).
     """
 
     def __init__(self, names: list[str], **kwargs):
@@ -169,20 +176,27 @@ def _stack_loss(y_true, y_pred):
 
 
 class _BranchStopping(keras.callbacks.Callback):
-    """Per-branch early stopping with ``EarlyStopping(restore_best_weights=True)``'s rules; stops when all are done."""
+    """Per-branch early stopping with ``EarlyStopping(restore_best_weights=True)``'s rules; stops when all are done.
 
-    def __init__(self, branches: Sequence[_Branch], held_out: bool):
+    Each branch's held-out loss is computed as a lone head's is
+    (:func:`pipeline.heads.dense.held_out_loss`, from the epoch's weights);
+    ``held_labels`` is None without early stopping.
+    """
+
+    def __init__(self, branches: Sequence[_Branch], held_labels: Optional[np.ndarray]):
         super().__init__()
         self.branches = branches
-        self.held_out = held_out
+        self.held_labels = held_labels
+        self.held_out = held_labels is not None
 
     def on_epoch_end(self, epoch, logs=None):
         for branch in (b for b in self.branches if not b.done):
             branch.loss_curve.append(float(logs[f"{branch.name}_loss"]))
             if self.held_out:
-                loss = float(logs[f"val_{branch.name}_loss"])
+                weights = branch.current_weights()
+                loss = branch.held_out_loss(weights, self.held_labels)
                 if branch.best is None or loss < branch.best:
-                    branch.best, branch.wait, branch.weights = loss, 0, branch.current_weights()
+                    branch.best, branch.wait, branch.weights = loss, 0, weights
                 else:
                     branch.wait += 1
                 branch.done = branch.wait >= branch.head.patience and epoch > 0
@@ -273,15 +287,14 @@ def _fit_group(members: list[tuple]) -> None:
     def rows(selected: np.ndarray) -> tuple[Any, Any]:
         return tuple(m[selected] for m in matrices), tuple(label[selected] for label in labels)
 
-    validation = {}
     if held_rows is not None:
-        validation = {"validation_data": _repeated(rows(held_rows), batch_size=len(held_rows), seed=None),
-                      "validation_steps": 1}
-    stopping = _BranchStopping(branches, held_out=held_rows is not None)
+        for index, (_, X, *_) in enumerate(members):
+            branches[index].held_out = matrices[slots[id(X)]][held_rows]
+    stopping = _BranchStopping(branches, None if held_rows is None else encoded[held_rows])
     keras.utils.set_random_seed(first.random_state)     # the shuffle a lone head's pipeline draws
     model.fit(_repeated(rows(fit_rows), batch_size=first.batch_size, seed=first.random_state),
               epochs=max(b.head.epochs for b in branches), steps_per_epoch=steps, callbacks=[stopping], verbose=0,
-              shuffle=False, **validation)
+              shuffle=False)
     for branch in branches:
         weights = branch.weights if branch.weights is not None else branch.current_weights()
         head = branch.head
