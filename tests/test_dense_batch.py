@@ -154,3 +154,20 @@ def test_batched_is_a_checked_setting_and_needs_a_field_to_exist():
     with pytest.raises(ValueError, match="fit_together needs a `batched` field in NoSwitch"):
         HeadKind("toy", NoSwitch, swept=("width",), estimator=lambda p, g, s: None,
                  fit_together=lambda heads, inputs, y: heads)
+
+
+def test_held_out_loss_is_keras_sparse_crossentropy_on_probabilities():
+    import keras
+
+    from pipeline.heads.dense import held_out_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=4.0, size=(50, 6)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probabilities[0] = [1.0, 0, 0, 0, 0, 0]          # clipped, as Keras clips: a zero would give an infinite loss
+    labels = rng.integers(0, 6, size=50)
+    labels[0] = 3
+    expected = float(keras.ops.convert_to_numpy(keras.ops.mean(
+        keras.losses.sparse_categorical_crossentropy(labels, probabilities))))
+    assert np.isfinite(held_out_loss(probabilities, labels))
+    assert held_out_loss(probabilities, labels) == pytest.approx(expected, rel=1e-6)

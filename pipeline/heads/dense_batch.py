@@ -288,8 +288,9 @@ def _fit_group(members: list[tuple]) -> None:
         return tuple(m[selected] for m in matrices), tuple(label[selected] for label in labels)
 
     if held_rows is not None:
+        held = [matrix[held_rows] for matrix in matrices]     # one copy per input, shared by its branches
         for index, (_, X, *_) in enumerate(members):
-            branches[index].held_out = matrices[slots[id(X)]][held_rows]
+            branches[index].held_out = held[slots[id(X)]]
     stopping = _BranchStopping(branches, None if held_rows is None else encoded[held_rows])
     keras.utils.set_random_seed(first.random_state)     # the shuffle a lone head's pipeline draws
     model.fit(_repeated(rows(fit_rows), batch_size=first.batch_size, seed=first.random_state),
