@@ -79,8 +79,13 @@ class _Branch:
 
     def held_out_loss(self, weights: list[np.ndarray], labels: np.ndarray) -> float:
         """The loss of ``weights`` (kernels then biases) on the held-out rows, as a lone head's early stopping reads it."""
-        n_layers = len(weights) // 2
-        return held_out_loss(forward_probabilities(self.held_out, weights[:n_layers], weights[n_layers:]), labels)
+        return held_out_loss(forward_probabilities(self.held_out, *_coefs_intercepts(weights)), labels)
+
+
+def _coefs_intercepts(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Kernels then biases (a member's weights) as :class:`DenseHead`'s ``coefs_`` and ``intercepts_``."""
+    n_layers = len(weights) // 2
+    return weights[:n_layers], weights[n_layers:]
 
 
 class _Stack(keras.layers.Layer):
@@ -126,14 +131,19 @@ class _Stack(keras.layers.Layer):
 
     def member_weights(self, member: int) -> list[np.ndarray]:
         """One member's kernels then biases, as :class:`DenseHead` keeps them (``coefs_ + intercepts_``)."""
-        def value(variable):
-            return np.array(keras.ops.convert_to_numpy(variable), np.float32)
+        return self.members_weights()[member]
 
-        kernel, bias = value(self.kernel)[member], value(self.bias)[member]
+    def members_weights(self) -> list[list[np.ndarray]]:
+        """Every member's :meth:`member_weights`, each variable read once (early stopping reads all every epoch)."""
+        def value(variable):
+            return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+
+        kernel, bias = value(self.kernel), value(self.bias)
         if not self.hidden_units:
-            return [kernel, bias]
-        columns = slice(member * self.hidden_units, (member + 1) * self.hidden_units)
-        return [value(self.hidden_kernel)[:, columns], kernel, value(self.hidden_bias)[columns], bias]
+            return [[kernel[m].copy(), bias[m].copy()] for m in range(len(self.dropouts))]
+        hidden_kernel, hidden_bias, width = value(self.hidden_kernel), value(self.hidden_bias), self.hidden_units
+        return [[hidden_kernel[:, m * width:(m + 1) * width].copy(), kernel[m].copy(),
+                 hidden_bias[m * width:(m + 1) * width].copy(), bias[m].copy()] for m in range(len(self.dropouts))]
 
 
 class _MemberLosses(keras.metrics.Metric):
@@ -187,13 +197,14 @@ class _BranchStopping(keras.callbacks.Callback):
         super().__init__()
         self.branches = branches
         self.held_labels = held_labels
-        self.held_out = held_labels is not None
 
     def on_epoch_end(self, epoch, logs=None):
+        held_out = self.held_labels is not None
+        read: dict[int, list] = {}         # each stack's weights, read once this epoch
         for branch in (b for b in self.branches if not b.done):
             branch.loss_curve.append(float(logs[f"{branch.name}_loss"]))
-            if self.held_out:
-                weights = branch.current_weights()
+            if held_out:
+                weights = read.setdefault(id(branch.stack), branch.stack.members_weights())[branch.member]
                 loss = branch.held_out_loss(weights, self.held_labels)
                 if branch.best is None or loss < branch.best:
                     branch.best, branch.wait, branch.weights = loss, 0, weights
@@ -202,7 +213,7 @@ class _BranchStopping(keras.callbacks.Callback):
                 branch.done = branch.wait >= branch.head.patience and epoch > 0
             if epoch + 1 >= branch.head.epochs:
                 branch.done = True
-            if branch.done and not self.held_out:
+            if branch.done and not held_out:
                 branch.weights = branch.current_weights()
         if all(b.done for b in self.branches):
             self.model.stop_training = True
@@ -299,8 +310,7 @@ def _fit_group(members: list[tuple]) -> None:
     for branch in branches:
         weights = branch.weights if branch.weights is not None else branch.current_weights()
         head = branch.head
-        n_layers = len(weights) // 2
-        head.coefs_, head.intercepts_ = weights[:n_layers], weights[n_layers:]
+        head.coefs_, head.intercepts_ = _coefs_intercepts(weights)
         head.loss_curve_ = branch.loss_curve
         head.n_epochs_ = len(branch.loss_curve)
 
