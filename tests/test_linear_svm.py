@@ -59,3 +59,10 @@ def test_parameters_clone_as_linear_svc():
     copy = clone(head)
     assert isinstance(copy, LinearSVC) and copy.get_params() == head.get_params()
     assert copy.set_params(C=3.0).C == 3.0
+
+
+def test_bad_rows_get_scikit_learns_message_not_a_linear_algebra_error():
+    X, y = wide(20, 100, 2)
+    X[3, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        RowSpaceLinearSVC().fit(X, y)

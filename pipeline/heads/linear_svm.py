@@ -24,7 +24,9 @@ L1 penalty (whose solution is not in the row span), it is ``LinearSVC`` as is.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_array
 
 __all__ = ["RowSpaceLinearSVC"]
 
@@ -38,8 +40,9 @@ class RowSpaceLinearSVC(LinearSVC):
 
     def fit(self, X, y, sample_weight=None):
         """Fit on ``X`` of shape (n_samples, n_features); returns self, with ``coef_`` of shape (n_classes or 1, n_features)."""
-        X = np.asarray(X)
-        if X.ndim != 2 or self.penalty != "l2" or X.shape[0] >= X.shape[1]:
+        # scikit-learn's checks first (shape, NaN/inf, named in its messages): a QR would not name them.
+        X = check_array(X, accept_sparse="csr", dtype=(np.float64, np.float32))
+        if scipy.sparse.issparse(X) or self.penalty != "l2" or X.shape[0] >= X.shape[1]:
             return super().fit(X, y, sample_weight=sample_weight)
         n_features = X.shape[1]
         Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))     # Xᵀ = Q R, so X Q = Rᵀ
