@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import MOBILENET_025, SIGNS, tiny_params, write_image_folder, write_params
-from pipeline.diagnosis.learning_curve import curve_sizes, extrapolation
+from pipeline.diagnosis.learning_curve import curve_sizes, extrapolation, learning_curve
 from pipeline.heads.saved import load_head
 from pipeline.manifest import read_manifest
 from pipeline.stages import diagnose, evaluate, extract, prepare, heads as heads_stage
@@ -134,6 +134,22 @@ def test_curve_sizes_end_with_every_image_and_extrapolation_reads_the_slope():
     # The gain is capped by what is left to 100%.
     assert extrapolation([{"per_class": 1, "accuracy": 0.5}, {"per_class": 2, "accuracy": 0.98}])["expected_gain"] \
         == pytest.approx(2.0)
+
+
+def test_the_last_point_of_a_cross_validated_curve_is_one_folds_training_images_per_class():
+    # 5 folds of 3 classes × 40 images: each fit trains on 32 per class. The point "all" must say 32 (not
+    # the 160 of the five folds' training rows summed) and fit every training row of each fold once.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    X = rng.normal(size=(len(y), 4)) + y[:, None]
+    folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(X, y))
+    rows = learning_curve(LogisticRegression(), X, y, folds, [1, 5, 10, 50], draws=2, seed=0)
+    assert [r["per_class"] for r in rows] == [1, 5, 10, 32]
+    assert rows[-1]["train_images"] == 96 and rows[-1]["draws"] == 5
+    assert rows[0]["train_images"] == 3 and rows[0]["draws"] == 10
 
 
 def test_diagnose_names_the_missing_evaluation(in_tmp):

@@ -41,6 +41,17 @@ def _min_rows(estimator: Any) -> int:
     return components if isinstance(components, int) else 1
 
 
+def _largest_training_counts(y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Training images per class of the largest fold (class by class): what "all available" means per fit.
+
+    Each fold is one fit, so the counts are per fold, never summed over folds
+    (summed, five CV folds of 100 images per class would read as 400).
+    """
+    per_fold = [np.bincount(y[train], minlength=int(y.max()) + 1) for train, _ in folds]
+    counts = np.max(per_fold, axis=0)
+    return counts[counts > 0]
+
+
 def learning_curve(estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],
                    per_class: Sequence[int], draws: int, seed: int) -> list[dict]:
     """Accuracy against training images per class.
@@ -66,10 +77,8 @@ def learning_curve(estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence
         and folds), ``low`` and ``high`` (the lowest and highest draw), ``draws``.
     """
     rng = np.random.default_rng(seed)
-    counts = np.bincount(y[np.concatenate([train for train, _ in folds])])
-    counts = counts[counts > 0]
     rows = []
-    for n in curve_sizes(per_class, counts):
+    for n in curve_sizes(per_class, _largest_training_counts(y, folds)):
         scores, sizes = [], []
         for train, held in folds:
             by_class = [train[y[train] == c] for c in np.unique(y[train])]
