@@ -44,7 +44,7 @@ def write_params(folder: Path, source: str, *, cut: str, views: int, augment: li
                                             "translation": 0.1, "contrast": 0.2}}
     params["heads"].update({"kinds": ["logreg", "svm_linear", "dense"], "augment": augment, "tta": tta,
                             "logreg": {"C": [0.01, 0.1, 1.0], "max_iter": 2000}, "svm_linear": {"C": [0.01, 0.1]}})
-    params["heads"]["dense"].update({"hidden_units": [256], "dropout": [0.5], "epochs": [60]})
+    params["heads"]["dense"].update({"hidden_units": [256], "dropout": [0.5], "weight_decay": [0.0], "epochs": [60]})
     if finetune:
         params["finetune"].update(finetune)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

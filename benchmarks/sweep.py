@@ -54,7 +54,7 @@ def sweep_grid(epochs: int, n_jobs: int, batched: bool = True):
         "kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "pooling": ["avg", "avgmax"], "n_jobs": n_jobs,
         "cv": 0, "logreg": {"C": [0.01, 0.1, 1.0, 10.0], "refine": 0}, "svm_linear": {"C": [0.01, 0.1], "refine": 0},
         "svm_rbf": {"C": [1.0, 10.0], "gamma": ["scale"]},
-        "dense": {"hidden_units": [256], "dropout": [0.0, 0.5], "learning_rate": [0.001], "epochs": [epochs],
+        "dense": {"hidden_units": [256], "dropout": [0.0, 0.5], "weight_decay": [0.0], "learning_rate": [0.001], "epochs": [epochs],
                   "batch_size": 64, "patience": 0, "batched": batched}}}).heads
 
 

@@ -70,7 +70,7 @@ def tiny_params(source: str, **overrides) -> dict:
         # (tests/test_selection.py runs the default selection: cv auto and the C search).
         "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1, "cv": 0, "combine": [],
                   "logreg": {"C": [0.1, 1.0], "refine": 0}, "svm_linear": {"C": [0.1], "refine": 0},
-                  "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3], "patience": 2}},
+                  "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3], "patience": 2}},
         "evaluate": {"bootstrap": 50},
     }
     params["features"] = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add",

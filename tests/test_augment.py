@@ -145,15 +145,15 @@ def test_heads_train_on_views_and_score_with_tta(prepared):
     write_params(prepared / "params.yaml", tiny_params(
         "images", extract={"batch_size": 4, "chunk_mb": 0.004, "augment": {**AUG, "tta": True}},
         heads={"kinds": ["logreg", "dense"], "n_jobs": 1, "logreg": {"C": [1.0]},
-               "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [4]},
+               "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [4]},
                "augment": ["none", "stack", "draw"], "tta": [False, True]}))
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
     scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
     ids = {row["variant"]: row for row in scores["variants"]}
-    assert {"avg-logreg-C1", "avg-logreg-C1-aug", "avg-logreg-C1-tta", "avg-dense-h8-d0-lr0.001-e4-augdraw",
-            "avg-dense-h8-d0-lr0.001-e4-augdraw-tta"} <= set(ids)
+    assert {"avg-logreg-C1", "avg-logreg-C1-aug", "avg-logreg-C1-tta", "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw",
+            "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw-tta"} <= set(ids)
     assert not any(i.startswith("avg-logreg") and "augdraw" in i for i in ids)  # draw is for dense heads
     # Without TTA, validation is scored on the clean features only.
     val = open_feature_set("features/mv2.zarr", "val", pooling="avg")

@@ -54,6 +54,29 @@ def test_batched_heads_predict_what_each_predicts_trained_alone(dropout):
         assert len(together.loss_curve_) == together.n_epochs_
 
 
+def test_weight_decay_shrinks_the_kernels_and_batched_members_keep_their_own():
+    X, y = _blobs(40, 24, 1.0)
+    decays = [0.0, 1e-3, 3e-2]
+
+    def make(decay, hidden_units=16):
+        return DenseHead(hidden_units=hidden_units, dropout=0.3, weight_decay=decay, epochs=15, patience=3,
+                         batch_size=32, random_state=0)
+
+    lone = [make(decay).fit(X, y) for decay in decays]
+    norms = [sum(float(np.sum(k ** 2)) for k in head.coefs_) for head in lone]
+    assert norms[0] > norms[1] > norms[2], norms
+    # One stack of three members, each with its own penalty, and a softmax regression with one: as alone.
+    batched = fit_dense_heads([make(decay) for decay in decays] + [make(1e-2, hidden_units=0)], [X] * 4, y)
+    for together, alone in zip(batched, lone + [make(1e-2, hidden_units=0).fit(X, y)]):
+        assert together.n_epochs_ == alone.n_epochs_
+        for a, b in zip(together.coefs_ + together.intercepts_, alone.coefs_ + alone.intercepts_):
+            np.testing.assert_allclose(a, b, atol=TOLERANCE)
+        # The loss curve is the cross-entropy, penalty left out, batched or alone.
+        np.testing.assert_allclose(together.loss_curve_, alone.loss_curve_, atol=TOLERANCE)
+    with pytest.raises(ValueError, match="weight_decay >= 0. Received: weight_decay=-1"):
+        make(-1.0).fit(X, y)
+
+
 def test_each_branch_stops_on_its_own_patience_and_keeps_its_best_weights():
     X, y = _blobs(30, 30, 0.6)       # barely separable: a high learning rate overfits within epochs
 
@@ -90,7 +113,7 @@ def _grid(batched: bool):
     return parse_params({"heads": {
         "kinds": ["logreg", "dense"], "pooling": ["avg", "max"], "n_jobs": 1, "cv": 0,
         "logreg": {"C": [1.0], "refine": 0},
-        "dense": {"hidden_units": [8, 0], "dropout": [0.0, 0.3], "epochs": [15], "patience": 3, "batched": batched},
+        "dense": {"hidden_units": [8, 0], "dropout": [0.0, 0.3], "weight_decay": [0.0], "epochs": [15], "patience": 3, "batched": batched},
     }}).heads
 
 
@@ -124,7 +147,7 @@ def test_a_batched_heads_stage_refits_only_the_dense_variant_that_changed(in_tmp
     from pipeline.stages import extract, heads as heads_stage, prepare
 
     write_image_folder(in_tmp / "images", classes=3, per_class=10)
-    dense = {"hidden_units": [8], "dropout": [0.0, 0.5], "epochs": [3], "patience": 2}
+    dense = {"hidden_units": [8], "dropout": [0.0, 0.5], "weight_decay": [0.0], "epochs": [3], "patience": 2}
     write_params(in_tmp / "params.yaml", tiny_params("images", heads={"dense": dense}))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
                   "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
@@ -132,15 +155,15 @@ def test_a_batched_heads_stage_refits_only_the_dense_variant_that_changed(in_tmp
     args = ["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"]
     heads_stage.main(args)
     first = {v["variant"]: v for v in json.loads((in_tmp / "heads/mv2/scores.json").read_text())["variants"]}
-    assert {"avg-dense-h8-d0-lr0.001-e3", "avg-dense-h8-d0.5-lr0.001-e3"} <= set(first)
+    assert {"avg-dense-h8-d0-wd0-lr0.001-e3", "avg-dense-h8-d0.5-wd0-lr0.001-e3"} <= set(first)
     write_params(in_tmp / "params.yaml", tiny_params("images", heads={"dense": {**dense, "dropout": [0.0, 0.3]}}))
     heads_stage.main(args)
     changed = json.loads((in_tmp / "heads/mv2/scores.json").read_text())
     fitted = {v["variant"] for v in changed["variants"] if not v["reused"]}
-    assert fitted == {"avg-dense-h8-d0.3-lr0.001-e3"}
-    kept = next(v for v in changed["variants"] if v["variant"] == "avg-dense-h8-d0-lr0.001-e3")
-    assert kept["fingerprint"] == first["avg-dense-h8-d0-lr0.001-e3"]["fingerprint"]
-    assert not (in_tmp / "heads/mv2/avg-dense-h8-d0.5-lr0.001-e3.joblib").exists()
+    assert fitted == {"avg-dense-h8-d0.3-wd0-lr0.001-e3"}
+    kept = next(v for v in changed["variants"] if v["variant"] == "avg-dense-h8-d0-wd0-lr0.001-e3")
+    assert kept["fingerprint"] == first["avg-dense-h8-d0-wd0-lr0.001-e3"]["fingerprint"]
+    assert not (in_tmp / "heads/mv2/avg-dense-h8-d0.5-wd0-lr0.001-e3.joblib").exists()
 
 
 def test_batched_is_a_checked_setting_and_needs_a_field_to_exist():

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # One variant of every head kind.
 HEADS = {"kinds": ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"], "n_jobs": 1, "logreg": {"C": [1.0]},
          "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]}, "svm_poly": {"C": [1.0], "degree": [2]},
-         "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [5]}}
+         "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]}}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pipeline.config import ParamsError, parse_params
 def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     write_image_folder(in_tmp / "images", classes=2, per_class=12)
     params = tiny_params("images", heads={"kinds": ["dense"], "n_jobs": 1,
-                                          "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [5]}},
+                                          "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]}},
                          finetune={"feature_set": "mv2", "unfreeze": 6, "epochs": 2, "patience": 1,
                                    "batch_size": 4, "learning_rate": 1e-4})
     write_params(in_tmp / "params.yaml", params)

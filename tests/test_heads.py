@@ -101,13 +101,13 @@ def test_dense_head_without_patience_trains_every_epoch(blobs):
 def test_grid_ids_are_stable_and_readable():
     heads = parse_params({"heads": {"kinds": ["logreg", "svm_rbf", "dense"], "pooling": ["avg", "max"],
                                     "logreg": {"C": [0.1, 1.0]}, "svm_rbf": {"C": [1.0], "gamma": ["scale", 0.01]},
-                                    "dense": {"hidden_units": [256], "dropout": [0.0, 0.5],
+                                    "dense": {"hidden_units": [256], "dropout": [0.0, 0.5], "weight_decay": [0.0, 1e-3],
                                               "learning_rate": [0.001], "epochs": [60]}}}).heads
     ids = [v.id for v in expand_grid(heads)]
-    assert len(ids) == 2 * (2 + 2 + 2) and len(set(ids)) == len(ids)
+    assert len(ids) == 2 * (2 + 2 + 4) and len(set(ids)) == len(ids)
     assert "avg-logreg-C0.1" in ids
     assert "max-svm_rbf-C1-gscale" in ids and "avg-svm_rbf-C1-g0.01" in ids
-    assert "avg-dense-h256-d0.5-lr0.001-e60" in ids
+    assert "avg-dense-h256-d0.5-wd0-lr0.001-e60" in ids and "max-dense-h256-d0-wd0.001-lr0.001-e60" in ids
 
 
 def test_grid_sweeps_pooling_standardisation_and_pca():
@@ -135,7 +135,7 @@ def test_grid_refuses_a_value_listed_twice():
 @pytest.mark.parametrize("kind", ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"])
 def test_every_kind_learns_separable_data(blobs, kind):
     X, y = blobs
-    heads = parse_params({"heads": {"kinds": [kind], "dense": {"epochs": [40], "hidden_units": [16], "learning_rate": [0.01]}}}).heads
+    heads = parse_params({"heads": {"kinds": [kind], "dense": {"epochs": [40], "hidden_units": [16], "weight_decay": [0.0], "learning_rate": [0.01]}}}).heads
     # C = 1 where the kind has a C (the default grids start at 1e-6, the coarse pass of the C search).
     variant = next(v for v in expand_grid(heads) if dict(v.params).get("C", 1.0) == 1.0)
     estimator = make_estimator(variant, heads).fit(X[:90], y[:90])

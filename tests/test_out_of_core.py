@@ -79,7 +79,7 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params(
         "images", heads={"kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "out_of_core": True,
                          "logreg": {"C": [1.0]}, "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]},
-                         "dense": {"hidden_units": [8], "dropout": [0.0], "epochs": [3]}}))
+                         "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3]}}))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])

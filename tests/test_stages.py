@@ -69,7 +69,7 @@ def test_heads_and_evaluate_end_to_end(prepared, capsys):
     heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
     scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
     assert [v["variant"] for v in scores["variants"]] == [
-        "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-lr0.001-e3"]
+        "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-wd0-lr0.001-e3"]
     assert all((prepared / "heads/mv2" / f"{v['variant']}.joblib").is_file() for v in scores["variants"])
     assert scores["sweep"]["fitted"] == 4 and scores["rows"] == {"train": 18, "val": 6}
     assert all(v["fit_seconds"] > 0 and v["peak_rss_mib"] is not None for v in scores["variants"])

@@ -30,6 +30,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 log = logging.getLogger(__name__)
 
+# The metric a penalised head's loss curve is read from (Keras' "loss" then includes the penalty).
+_CROSS_ENTROPY = "cross_entropy"
+
 
 class DenseHead(ClassifierMixin, BaseEstimator):
     """A Keras dense head — [Dense(relu) → Dropout] → Dense(softmax) — as a scikit-learn classifier.
@@ -40,6 +43,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         Width of the hidden layer; 0 for none (softmax regression).
     dropout : float
         Dropout rate after the hidden layer (or on the input if there is none).
+    weight_decay : float
+        L2 penalty on the kernels: ``weight_decay · Σ w²`` of every kernel (not
+        the biases) is added to the training loss. 0 for none.
     learning_rate : float
         Adam's learning rate.
     epochs : int
@@ -64,16 +70,17 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     n_epochs_ : int
         Epochs actually run.
     loss_curve_ : list of float
-        Training loss per epoch.
+        Training cross-entropy per epoch (the weight penalty left out).
     model_ : keras.Model
         An inference model with the fitted weights, built on first access
         (imports Keras); not pickled.
     """
 
     def __init__(self, hidden_units=256, dropout=0.5, learning_rate=1e-3, epochs=60, batch_size=64,
-                 patience=8, validation_fraction=0.15, random_state=0):
+                 patience=8, validation_fraction=0.15, random_state=0, weight_decay=0.0):
         self.hidden_units = hidden_units
         self.dropout = dropout
+        self.weight_decay = weight_decay
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
@@ -100,9 +107,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         held = None if held_rows is None else (X[held_rows], encoded[held_rows])
         X_fit, y_fit = (X if views is None else views)[fit_rows], encoded[fit_rows]
         steps = math.ceil(len(y_fit) / self.batch_size)
-        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout)
+        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout,
+                              weight_decay=self.weight_decay)
+        # With a weight penalty Keras' "loss" includes it: the cross-entropy alone is tracked for the loss curve.
+        metrics = [keras.metrics.SparseCategoricalCrossentropy(name=_CROSS_ENTROPY)] if self.weight_decay else None
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss="sparse_categorical_crossentropy", steps_per_execution=steps)
+                      loss="sparse_categorical_crossentropy", metrics=metrics, steps_per_execution=steps)
         callbacks = []
         if held is not None:
             # The held-out loss in numpy (it sets logs["val_loss"] before EarlyStopping reads it): Keras'
@@ -112,7 +122,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
                                                         restore_best_weights=True)]
         history = model.fit(_repeated((X_fit, y_fit), batch_size=self.batch_size, seed=self.random_state),
                             epochs=self.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
-        self.loss_curve_ = [float(v) for v in history.history["loss"]]
+        self.loss_curve_ = [float(v) for v in history.history[_CROSS_ENTROPY if self.weight_decay else "loss"]]
         self.n_epochs_ = len(self.loss_curve_)
         self.coefs_, self.intercepts_ = network_weights(model)
         self._keras_model = model
@@ -136,6 +146,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"DenseHead needs epochs >= 1 and batch_size >= 1. "
                              f"Received: epochs={self.epochs}, batch_size={self.batch_size}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"DenseHead needs weight_decay >= 0. Received: weight_decay={self.weight_decay}")
         return X, views, encoded
 
     def held_out_rows(self, encoded: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -187,16 +199,20 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(probabilities, axis=1)]
 
 
-def build_network(n_features: int, n_classes: int, *, hidden_units: int, dropout: float):
+def build_network(n_features: int, n_classes: int, *, hidden_units: int, dropout: float, weight_decay: float = 0.0):
     """The dense head's Keras network: ``[Dense(relu) "hidden"] → [Dropout] → Dense(softmax) "probabilities"``."""
     import keras
 
-    layers = [keras.Input((n_features,)), *network_layers(n_classes, hidden_units=hidden_units, dropout=dropout)]
+    layers = [keras.Input((n_features,)), *network_layers(n_classes, hidden_units=hidden_units, dropout=dropout,
+                                                          weight_decay=weight_decay)]
     return keras.Sequential(layers, name="dense_head")
 
 
-def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix: str = "") -> list[Any]:
+def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix: str = "",
+                   weight_decay: float = 0.0) -> list[Any]:
     """The head's layers, made in one fixed order: ``[hidden] → [dropout] → probabilities``, names prefixed.
+
+    ``weight_decay`` > 0 puts an L2 penalty (``keras.regularizers.L2``) on both kernels.
 
     Each layer draws the seed of its initialiser (or of its dropout masks)
     from Keras's global seed when it is made, so after the same
@@ -206,12 +222,15 @@ def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix:
     """
     import keras
 
+    penalty = keras.regularizers.L2(weight_decay) if weight_decay else None
     layers: list[Any] = []
     if hidden_units:
-        layers.append(keras.layers.Dense(hidden_units, activation="relu", name=f"{prefix}hidden"))
+        layers.append(keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=penalty,
+                                         name=f"{prefix}hidden"))
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name=f"{prefix}dropout"))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax", name=f"{prefix}probabilities"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty,
+                                     name=f"{prefix}probabilities"))
     return layers
 
 

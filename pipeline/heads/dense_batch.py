@@ -27,7 +27,8 @@ sum in another order; ``tests/test_dense_batch.py`` holds them to 1e-5):
   ``keras.utils.set_random_seed`` of the head's seed (:func:`_lone_start`);
   their initial weights are copied into the stack and their ``Dropout`` layer,
   with the seed a lone head's draws, is applied to the branch's slice;
-* its own losses (:class:`_MemberLosses`: the epoch's training loss, as a lone
+* the same weight decay (an L2 penalty on its own slices of the stacked kernels);
+* its own losses (:class:`_MemberLosses`: the epoch's training cross-entropy, as a lone
   head's Keras computes it; the held-out loss from the epoch's weights, as a
   lone head's early stopping computes it: :func:`~pipeline.heads.dense.held_out_loss`)
   and its own early stopping: after every epoch :class:`_BranchStopping` reads
@@ -88,6 +89,23 @@ def _coefs_intercepts(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list
     return weights[:n_layers], weights[n_layers:]
 
 
+class _MemberPenalty:
+    """Each member's L2 weight penalty on its part of a stacked kernel: ``Σ_m decay_m · Σ w_m²``.
+
+    ``decays`` is one value per element along ``axis`` (a member's value
+    repeated over its columns of the hidden kernel; one per member of the
+    output kernel), so each member's gradient is a lone head's ``L2(decay)``'s.
+    """
+
+    def __init__(self, decays: np.ndarray, axis: int):
+        self.decays, self.axis = decays.astype(np.float32), axis
+
+    def __call__(self, kernel):
+        ops = keras.ops
+        other = tuple(a for a in range(len(kernel.shape)) if a != self.axis)
+        return ops.sum(ops.sum(ops.square(kernel), axis=other) * self.decays)
+
+
 class _Stack(keras.layers.Layer):
     """The branches of one width on one input, as stacked weights: one matmul per layer for all of them.
 
@@ -95,28 +113,35 @@ class _Stack(keras.layers.Layer):
     members × hidden_units)``, its output kernel ``(members, hidden_units,
     n_classes)``: Adam updates every element on its own, so each member learns
     as its own layers would. Each member's dropout is its own lone head's
-    ``Dropout`` layer (same seed, so the same masks), applied to its slice.
+    ``Dropout`` layer (same seed, so the same masks), applied to its slice;
+    its weight decay is an L2 penalty on its slices (:class:`_MemberPenalty`).
     Output: probabilities of shape (batch, members, n_classes).
     """
 
-    def __init__(self, initial: list[list[np.ndarray]], dropouts: list, hidden_units: int, **kwargs):
+    def __init__(self, initial: list[list[np.ndarray]], dropouts: list, hidden_units: int, decays: list[float],
+                 **kwargs):
         super().__init__(**kwargs)
-        self.initial, self.dropouts, self.hidden_units = initial, dropouts, hidden_units
+        self.initial, self.dropouts, self.hidden_units, self.decays = initial, dropouts, hidden_units, decays
 
     def build(self, input_shape):
         kernels = list(zip(*self.initial))         # per layer: every member's array, kernels then biases
+        penalised = any(self.decays)
+        decays = np.asarray(self.decays, np.float32)
         if self.hidden_units:
-            self.hidden_kernel = self._weight("hidden_kernel", np.concatenate(kernels[0], axis=1))
+            self.hidden_kernel = self._weight("hidden_kernel", np.concatenate(kernels[0], axis=1),
+                                              _MemberPenalty(np.repeat(decays, self.hidden_units), axis=1)
+                                              if penalised else None)
             self.hidden_bias = self._weight("hidden_bias", np.concatenate(kernels[2]))
             out_kernels, out_biases = kernels[1], kernels[3]
         else:
             out_kernels, out_biases = kernels[0], kernels[1]
-        self.kernel = self._weight("kernel", np.stack(out_kernels))
+        self.kernel = self._weight("kernel", np.stack(out_kernels), _MemberPenalty(decays, axis=0) if penalised else None)
         self.bias = self._weight("bias", np.stack(out_biases))
         self.initial = None
 
-    def _weight(self, name: str, value: np.ndarray):
-        return self.add_weight(shape=value.shape, initializer=keras.initializers.Constant(value), name=name)
+    def _weight(self, name: str, value: np.ndarray, regularizer=None):
+        return self.add_weight(shape=value.shape, initializer=keras.initializers.Constant(value), name=name,
+                               regularizer=regularizer)
 
     def call(self, x, training=False):
         ops, n = keras.ops, len(self.dropouts)
@@ -284,7 +309,8 @@ def _fit_group(members: list[tuple]) -> None:
             weights, dropout = _lone_start(branches[index].head, matrices[slot].shape[1], n_classes)
             initial.append(weights)
             dropouts.append(dropout)
-        stack = _Stack(initial, dropouts, hidden_units, name=f"stack{number}")
+        stack = _Stack(initial, dropouts, hidden_units, [float(branches[i].head.weight_decay) for i in indices],
+                       name=f"stack{number}")
         outputs.append(stack(model_inputs[slot]))
         for member, index in enumerate(indices):
             branches[index].stack, branches[index].member = stack, member

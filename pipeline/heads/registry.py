@@ -234,6 +234,7 @@ class SvmPolyGrid:
 class DenseGrid:
     hidden_units: tuple[int, ...] = (256,)
     dropout: tuple[float, ...] = (0.0, 0.5)
+    weight_decay: tuple[float, ...] = (0.0, 1e-4, 1e-3)   # L2 penalty on the kernels (0: none)
     learning_rate: tuple[float, ...] = (0.001,)
     epochs: tuple[int, ...] = (60,)
     batch_size: int = 64
@@ -245,6 +246,7 @@ class DenseGrid:
         _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0,
               "integers >= 0 (0: no hidden layer)")
         _each("heads.dense.dropout", self.dropout, lambda p: 0.0 <= p < 1.0, "numbers in [0, 1)")
+        _each("heads.dense.weight_decay", self.weight_decay, lambda w: w >= 0, "numbers >= 0 (0: no penalty)")
         _each("heads.dense.learning_rate", self.learning_rate, _positive, "numbers > 0")
         _each("heads.dense.epochs", self.epochs, lambda e: e >= 1, "integers >= 1")
         _one("heads.dense.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
@@ -285,7 +287,7 @@ def _dense(values, grid: DenseGrid, seed: int):
     from pipeline.heads.dense import DenseHead
 
     return DenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
-                     learning_rate=values["learning_rate"], epochs=values["epochs"], batch_size=grid.batch_size,
+                     weight_decay=values["weight_decay"], learning_rate=values["learning_rate"], epochs=values["epochs"], batch_size=grid.batch_size,
                      patience=grid.patience, validation_fraction=grid.validation_fraction, random_state=seed)
 
 
@@ -309,7 +311,7 @@ def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
     from pipeline.heads.streaming import StreamingDenseHead
 
     return StreamingDenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
-                              learning_rate=values["learning_rate"], epochs=values["epochs"],
+                              weight_decay=values["weight_decay"], learning_rate=values["learning_rate"], epochs=values["epochs"],
                               batch_size=grid.batch_size, standardize=context.standardize,
                               random_state=context.seed)
 
@@ -325,7 +327,7 @@ register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rb
 register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estimator=_svm_poly,
                   keras=conversion.svc_layers, probabilities=False, fit_order=0, simplicity=4,
                   regularisation=(("degree", 1), ("C", 1))))
-register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "learning_rate", "epochs"),
+register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "weight_decay", "learning_rate", "epochs"),
                   estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
                   fit_together=_dense_together,
-                  fit_order=4, simplicity=2, regularisation=(("hidden_units", 1), ("dropout", -1))))
+                  fit_order=4, simplicity=2, regularisation=(("hidden_units", 1), ("dropout", -1), ("weight_decay", -1))))

@@ -193,9 +193,10 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, hidden_units=256, dropout=0.5, learning_rate=1e-3, epochs=20, batch_size=64,
-                 standardize=True, random_state=0):
+                 standardize=True, random_state=0, weight_decay=0.0):
         self.hidden_units = hidden_units
         self.dropout = dropout
+        self.weight_decay = weight_decay
         self.learning_rate = learning_rate
         self.epochs = epochs
         self.batch_size = batch_size
@@ -217,7 +218,8 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         self.scaler_ = fit_scaler(X) if self.standardize else None
         keras.utils.set_random_seed(self.random_state)
         # The same network as the in-memory dense head; only how it is fed differs.
-        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout)
+        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout,
+                              weight_decay=self.weight_decay)
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="sparse_categorical_crossentropy")
         source = _BlockBatches(X, encoded, self.batch_size, self.scaler_, self.random_state)
         dataset = tf.data.Dataset.from_generator(

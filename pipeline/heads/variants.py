@@ -34,7 +34,7 @@ from pipeline.heads.registry import head_kind
 
 # Short names that make variant ids readable and stable (other settings keep their own name).
 _ABBREVIATIONS = {"C": "C", "gamma": "g", "degree": "deg", "hidden_units": "h", "dropout": "d",
-                  "learning_rate": "lr", "epochs": "e"}
+                  "weight_decay": "wd", "learning_rate": "lr", "epochs": "e"}
 
 
 @dataclass(frozen=True)
