@@ -129,6 +129,8 @@ def test_curve_sizes_end_with_every_image_and_extrapolation_reads_the_slope():
     verdict = extrapolation(rising)
     assert verdict["points_per_doubling"] == pytest.approx(10.0) and verdict["rising"]
     assert "add about 10 points" in verdict["sentence"]
+    one = [{"per_class": n, "accuracy": a} for n, a in ((5, 0.80), (10, 0.812), (20, 0.824))]
+    assert "add about 1 point (" in extrapolation(one)["sentence"]
     flat = [{"per_class": n, "accuracy": a} for n, a in ((5, 0.9), (10, 0.902), (20, 0.903))]
     assert not extrapolation(flat)["rising"] and "flattened" in extrapolation(flat)["sentence"]
     # The gain is capped by what is left to 100%.

@@ -122,8 +122,9 @@ def extrapolation(rows: Sequence[dict]) -> dict:
            f"{len(tail)} points, {tail[0]['per_class']}–{last['per_class']} per class: {slope:+.1f} points "
            "per doubling)")
     if slope >= FLAT_POINTS:
+        points = "point" if round(gain) == 1 else "points"
         sentence = (f"the curve is still rising: doubling the training images would likely add about "
-                    f"{gain:.0f} points {how}")
+                    f"{gain:.0f} {points} {how}")
     else:
         sentence = f"the curve has flattened: more images of the same kind would likely add under 1 point {how}"
     return {"points_per_doubling": round(slope, 2), "expected_gain": round(gain, 2), "rising": slope >= FLAT_POINTS,

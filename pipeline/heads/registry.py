@@ -234,7 +234,7 @@ class SvmPolyGrid:
 class DenseGrid:
     hidden_units: tuple[int, ...] = (256,)
     dropout: tuple[float, ...] = (0.0, 0.5)
-    weight_decay: tuple[float, ...] = (0.0, 1e-4, 1e-3)   # L2 penalty on the kernels (0: none)
+    weight_decay: tuple[float, ...] = (0.0, 1e-3)   # L2 penalty on the kernels (0: none)
     learning_rate: tuple[float, ...] = (0.001,)
     epochs: tuple[int, ...] = (60,)
     batch_size: int = 64
