@@ -175,6 +175,27 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     target = json.loads((in_tmp / "reports/export_target.json").read_text())
     assert target["feature_set"] in ("mv2", "mv2b")
 
+    # When the ensemble is the choice (made so here), diagnose's pictures are of the ensemble itself: its
+    # replayed soft vote scores on test what evaluate scored, and the error page names its members.
+    from pipeline.stages import diagnose
+
+    ensemble = report["feature_sets"]["ensemble"]
+    assert len(ensemble["members"]) == 2 and {m.split("/")[0] for m in ensemble["members"]} <= {"mv2", "mv2b"}
+    (in_tmp / "reports/evaluation.json").write_text(json.dumps({**report, "best": ensemble}))
+    diagnose.main(["--evaluation", "reports/evaluation.json", "--heads", "heads", "--out", "reports/diagnose",
+                   "--errors", "reports/errors.md", "--label-issues", "reports/label_issues.md",
+                   "--learning-curve", "reports/learning_curve.md"])
+    import csv
+
+    with open(in_tmp / "reports/diagnose/predictions.csv", newline="", encoding="utf-8") as handle:
+        predictions = list(csv.DictReader(handle))
+    test = [p for p in predictions if p["split"] == "test"]
+    assert {p["feature_set"] for p in predictions} == {"ensemble"}
+    assert sum(p["correct"] == "True" for p in test) / len(test) == pytest.approx(ensemble["test_accuracy"])
+    errors = (in_tmp / "reports/errors.md").read_text()
+    assert "ensemble / softvote-2 (the overall choice on validation: the mean probabilities of" in errors
+    assert all(member in errors for member in ensemble["members"])
+
 
 def test_a_combination_refuses_feature_sets_of_other_images(in_tmp):
     from pipeline.heads.combination import concatenate

@@ -82,6 +82,30 @@ def best_feature_set(evaluation: dict, chosen: Optional[dict] = None) -> str:
     return single
 
 
+def load_ensemble(heads_dir: Path, evaluation: dict) -> Optional[list[ChosenHead]]:
+    """The members of the soft-voting ensemble when it is the overall choice (else None), each its own head.
+
+    ``evaluation.json`` names them ``<feature set>/<variant>`` (a member is
+    its feature set's best head with probabilities, not always its chosen one);
+    each is loaded from its ``scores.json`` row, its sha256 checked.
+    """
+    best = evaluation["best"]
+    if best["feature_set"] != ENSEMBLE_KEY or not best.get("members"):
+        return None
+    members = []
+    for name in best["members"]:
+        key, variant = name.split("/", 1)
+        scores_file = Path(heads_dir) / key / SCORES_FILE
+        scores = json.loads(scores_file.read_text(encoding="utf-8")) if scores_file.is_file() else {"variants": []}
+        row = next((r for r in scores["variants"] if r["variant"] == variant), None)
+        if row is None:
+            raise ValueError(f"{scores_file} has no variant {variant!r}, a member of the ensemble evaluation.json "
+                             "chose; run `dvc repro` so that heads and evaluate agree")
+        members.append(ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
+                                  features_identity(scores["identity"]), scores.get("sweep", {}).get("cv")))
+    return members
+
+
 def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
     """Every feature set's chosen head, by feature set, in the report's order.
 

@@ -35,12 +35,12 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import DiagnoseParams
-from pipeline.diagnosis.chosen import ChosenHead, best_feature_set, load_chosen
+from pipeline.diagnosis.chosen import ChosenHead, best_feature_set, load_chosen, load_ensemble
 from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
 from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
 from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
 from pipeline.diagnosis.markdown import errors_page, label_issues_page, learning_curve_page
-from pipeline.diagnosis.predictions import confused_pairs, predict_splits, prediction_rows
+from pipeline.diagnosis.predictions import confused_pairs, predict_ensemble, predict_splits, prediction_rows
 from pipeline.diagnosis.projection import project
 from pipeline.manifest import Record, write_text_atomically
 from pipeline.reporting.tables import write_csv
@@ -99,6 +99,11 @@ def headline_curve(evaluation: dict, heads_dir: Path, records: Sequence[Record],
             "evaluated_on": curve["evaluated_on"]}
 
 
+def _short(model: str) -> str:
+    """The model's name without its parenthesised explanation (sheet titles are one line)."""
+    return model.split(" (", 1)[0]
+
+
 def _caption(row: dict) -> list[str]:
     return [f"true {row['true']}", f"pred {row['predicted']}", f"{row['confidence']:.2f} · {row['split']}"]
 
@@ -141,14 +146,29 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     chosen = load_chosen(heads_dir, evaluation)
     best_key = best_feature_set(evaluation, chosen)
     best = chosen[best_key]
-    model = f"{best_key} / {best.row['variant']}"
+    members = load_ensemble(heads_dir, evaluation)
+    overall = evaluation["best"]
+    # Label issues and maps read one store: the best single feature set's head when the choice spans several.
+    single = f"{best_key} / {best.row['variant']}"
+    if members is not None:
+        model = (f"{overall['feature_set']} / {overall['variant']} (the overall choice on validation: the mean "
+                 f"probabilities of {', '.join(overall['members'])})")
+    elif best_key == overall["feature_set"]:
+        model = f"{single} (the overall choice on validation)"
+    else:
+        model = (f"{single} (the best single feature set; the overall choice, {overall['feature_set']} / "
+                 f"{overall['variant']}, reads several stores side by side and is not replayed here)")
     thumbs = out / "thumbs"
     seconds["load"] = time.perf_counter() - start
 
     # -- the chosen model's predictions, its errors and its least confident correct images
     start = time.perf_counter()
-    predictions = predict_splits(best, records)
-    rows = prediction_rows(predictions, best_key, best.row["variant"])
+    if members is not None:
+        predictions = predict_ensemble(members, records)
+        rows = prediction_rows(predictions, overall["feature_set"], overall["variant"])
+    else:
+        predictions = predict_splits(best, records)
+        rows = prediction_rows(predictions, best_key, best.row["variant"])
     write_csv(rows, out / "predictions.csv")
     by_id = {r.id: r for r in records}
     wrong = sorted((r for r in rows if not r["correct"]), key=lambda r: (-r["confidence"], r["id"]))
@@ -159,10 +179,10 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     sheets = {
         "errors": contact_sheet([(r["thumb"], _caption(r)) for r in shown], out / "errors.jpg",
                                 size=settings.thumb_px, empty="no val or test image is misclassified",
-                                title=f"Misclassified val/test images of {model} ({len(wrong)}), most confident first"),
+                                title=f"Misclassified val/test images of {_short(model)} ({len(wrong)}), most confident first"),
         "least_confident": contact_sheet([(r["thumb"], _caption(r)) for r in unsure], out / "least_confident.jpg",
                                          size=settings.thumb_px, empty="no correct val or test image",
-                                         title=f"Least confident correct val/test images of {model}"),
+                                         title=f"Least confident correct val/test images of {_short(model)}"),
     }
     pairs = confused_pairs(predictions, TOP_PAIRS)
     write_text_atomically(pages["errors"], errors_page(pages["errors"], model, shown, len(wrong), pairs, unsure,
@@ -193,7 +213,7 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
         title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first", empty="no image is flagged")
     k = min(settings.label_folds, int(np.bincount(y)[np.unique(y)].min()))
     write_text_atomically(pages["label_issues"], label_issues_page(
-        pages["label_issues"], model, listed, int(flagged.sum()), len(y), k, out / "label_issues.csv",
+        pages["label_issues"], single, listed, int(flagged.sum()), len(y), k, out / "label_issues.csv",
         sheets["label_issues"]))
     suspects = {r["id"] for r in ranked if r["flagged"]}
     seconds["label_issues"] = time.perf_counter() - start

@@ -34,7 +34,7 @@ def errors_page(page: Path, model: str, errors: Sequence[dict], total_errors: in
     """``reports/errors.md``: the misclassified val and test images, the confused pairs, the least confident."""
     shown = f"the {len(errors)} most confident of {total_errors}" if len(errors) < total_errors else "all"
     lines = ["# What the chosen model gets wrong", "",
-             f"Model: **{model}** (the overall choice on validation). Every val and test image with its "
+             f"Model: **{model}**. Every val and test image with its "
              f"probabilities: [{predictions_csv.name}]({_link(page, predictions_csv)}).", "",
              "## Most confused class pairs (val + test)", ""]
     if pairs:

@@ -84,6 +84,28 @@ def predict_splits(chosen: ChosenHead, records: Sequence[Record], splits=("val",
     return out
 
 
+def predict_ensemble(members: Sequence[ChosenHead], records: Sequence[Record],
+                     splits=("val", "test")) -> list[Predictions]:
+    """The soft vote of ``members`` on each split: the mean of their probabilities, as evaluate scores it.
+
+    Each member reads its own store and pooling; rows are matched by image id.
+    """
+    per_member = [{p.split: p for p in predict_splits(member, records, splits)} for member in members]
+    out = []
+    for split in splits:
+        first = per_member[0][split]
+        order = [r.id for r in first.records]
+        stacked = []
+        for predictions in per_member:
+            p = predictions[split]
+            row_of = {r.id: i for i, r in enumerate(p.records)}
+            if set(row_of) != set(order):
+                raise ValueError(f"the ensemble's members read different {split} images; rerun `dvc repro`")
+            stacked.append(p.proba[[row_of[i] for i in order]])
+        out.append(Predictions(split, first.records, first.y, np.mean(stacked, axis=0), first.classes))
+    return out
+
+
 def prediction_rows(predictions: Sequence[Predictions], feature_set: str, variant: str) -> list[dict]:
     """One CSV row per image: id, path, split, true and predicted class, confidence, every class's probability."""
     rows = []

@@ -158,6 +158,7 @@ def _summary(key: str, chosen: dict) -> dict:
         "val_accuracy": pick["val_accuracy"], "val_macro_f1": pick["val_macro_f1"],
         "selection": chosen.get("selection", pick.get("selection", "val split")),
         "indistinguishable": chosen.get("indistinguishable"),
+        **({"members": pick["params"]["members"]} if pick.get("kind") == "ensemble" else {}),
         **{k: v for k, v in result.items() if k != "predicted"},
     }
 
