@@ -140,6 +140,15 @@ def test_heads_refit_only_what_changed(prepared):
     assert not (prepared / "heads/mv2/avg-logreg-C0.1.joblib").exists()
     assert sorted(p.name for p in (prepared / "heads/mv2").glob("*.joblib")) == sorted(
         f"{v['variant']}.joblib" for v in changed["variants"])
+    # Another cv_below that keeps cross-validation: nothing is refitted, and every row says why with the
+    # threshold now set (a reused row must not keep the old one's words).
+    for below in (50, 60):
+        write_params(prepared / "params.yaml", tiny_params("images", heads={"cv": "auto", "cv_below": below,
+                                                                            "cv_folds": 2}))
+        heads_stage.main(args)
+    last = json.loads((prepared / "heads/mv2/scores.json").read_text())
+    assert last["sweep"]["fitted"] == 0 and last["variants"]
+    assert all(v["selection"].startswith("2-fold CV") and v["selection"].endswith("< 60)") for v in last["variants"])
 
 
 def test_heads_refuse_a_store_lacking_images_of_the_manifest(prepared):

@@ -227,7 +227,7 @@ class HeadsParams:
     # the val split), 0 (always the val split) or k >= 2 (always k-fold CV on train+val)
     cv: Union[int, Literal["auto"]] = "auto"
     cv_folds: int = 5                                   # k of cv: auto's cross-validation
-    cv_below: int = 30                                  # cv: auto cross-validates below this many val images per class
+    cv_below: int = 70                                  # cv: auto cross-validates below this many val images per class
     # swept: train on the clean features only ("none"), on clean + every cached augmented view as extra
     # rows ("stack"), or (dense heads) on one view per image drawn afresh each epoch ("draw")
     augment: tuple[Literal["none", "stack", "draw"], ...] = ("none",)
