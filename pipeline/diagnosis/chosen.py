@@ -96,14 +96,22 @@ def load_ensemble(heads_dir: Path, evaluation: dict) -> Optional[list[ChosenHead
     for name in best["members"]:
         key, variant = name.split("/", 1)
         scores_file = Path(heads_dir) / key / SCORES_FILE
-        scores = json.loads(scores_file.read_text(encoding="utf-8")) if scores_file.is_file() else {"variants": []}
-        row = next((r for r in scores["variants"] if r["variant"] == variant), None)
-        if row is None:
-            raise ValueError(f"{scores_file} has no variant {variant!r}, a member of the ensemble evaluation.json "
-                             "chose; run `dvc repro` so that heads and evaluate agree")
-        members.append(ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
-                                  features_identity(scores["identity"]), scores.get("sweep", {}).get("cv")))
+        if not scores_file.is_file():
+            raise FileNotFoundError(f"no {scores_file}; the ensemble evaluation.json chose has {name} as a member: "
+                                    "run `dvc repro` so that heads and evaluate agree")
+        members.append(_head_of(key, json.loads(scores_file.read_text(encoding="utf-8")), scores_file, variant))
     return members
+
+
+def _head_of(key: str, scores: dict, scores_file: Path, variant: str) -> ChosenHead:
+    """The variant's head of a feature set's ``scores.json`` (its sha256 checked), with its store and identity."""
+    rows = {row["variant"]: row for row in scores["variants"]}
+    if variant not in rows:
+        raise ValueError(f"{scores_file} has no variant {variant!r}, which evaluation.json chose; "
+                         "run `dvc repro` so that heads and evaluate agree")
+    row = rows[variant]
+    return ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
+                      features_identity(scores["identity"]), scores.get("sweep", {}).get("cv"))
 
 
 def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
@@ -125,15 +133,9 @@ def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
         scores = json.loads(scores_file.read_text(encoding="utf-8"))
         if scores.get("combines"):
             continue   # heads on several stores side by side: not replayed on one store
-        rows = {row["variant"]: row for row in scores["variants"]}
-        if summary["variant"] not in rows:
-            raise ValueError(f"{scores_file} has no variant {summary['variant']!r}, which evaluation.json chose; "
-                             "run `dvc repro` so that heads and evaluate agree")
-        row = rows[summary["variant"]]
-        if row.get("tta") or row.get("augment", "none") != "none":
+        chosen[key] = head = _head_of(key, scores, scores_file, summary["variant"])
+        if head.row.get("tta") or head.row.get("augment", "none") != "none":
             log.warning("%s: %s was trained or scored with augmented views; the pictures use its predictions on "
-                        "the clean images", key, row["variant"])
-        chosen[key] = ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
-                                 features_identity(scores["identity"]), scores.get("sweep", {}).get("cv"))
+                        "the clean images", key, head.row["variant"])
     return chosen
 
