@@ -28,7 +28,10 @@ a fresh process:
 - ``decode:threads`` and ``decode:tf.data``: the input pipeline alone — today's
   (:func:`pipeline.extraction.inputs.image_batches`) and the tf.data pipeline
   it replaced (``tf.numpy_function`` around the same PIL decode,
-  ``tf.image.resize``, ``map(num_parallel_calls=cores)``, batch, prefetch).
+  ``tf.image.resize``, ``map(num_parallel_calls=cores)``, batch, prefetch);
+- a method ending in ``+pil`` (``decode:threads+pil``, ``stage:openvino+pil``):
+  the same, with every file decoded by PIL instead of libjpeg-turbo through
+  simplejpeg (the decoder before it; the same pixels, see ``pipeline/images.py``).
 
 Columns: img/s (median of ``--repeats`` interleaved runs; model construction
 excluded, the first batch included except for compute; "with build": the
@@ -87,17 +90,20 @@ def spec_of(backbone: str):
 
 # The OpenVINO runtime with its model built under Keras' OpenVINO backend (what runs without TensorFlow).
 KERAS_OPENVINO = "openvino-keras"
+# A method with every file decoded by PIL (the decoder before simplejpeg), for the same run's comparison.
+PIL = "+pil"
 # The stage on a machine that has not converted the network before (an empty network cache).
 COLD = "stage-cold:"
 LAST_LAYER = {"vgg16": "block5_pool", "vgg19": "block5_pool"}
 
 
 def methods_for(backbone: str, runtimes: list[str]) -> list[str]:
-    methods = ["naive", "before", "decode:tf.data", "decode:threads"]
+    methods = ["naive", "before", "decode:tf.data", "decode:threads", f"decode:threads{PIL}"]
     for runtime in runtimes:
         methods += [f"stage:{runtime}", f"compute:{runtime}"]
         if runtime == "openvino":
             methods.append(f"{COLD}{runtime}")   # the first stage on a machine: converts the network
+            methods.append(f"stage:{runtime}{PIL}")
     if "openvino" in runtimes:
         methods.append(f"compute:{KERAS_OPENVINO}")  # the graph Keras' own OpenVINO backend makes
     if "openvino" in runtimes and not backbone.startswith("efficientnet"):
@@ -122,6 +128,12 @@ def _settings(method: str):
 
 def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     from pipeline.manifest import images_by_hash, read_manifest
+
+    if method.endswith(PIL):
+        import pipeline.images
+
+        pipeline.images.simplejpeg = None   # every file through PIL, as before simplejpeg
+        method = method[: -len(PIL)]
 
     records = read_manifest(manifest)
     n = len(records)

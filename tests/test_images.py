@@ -156,3 +156,84 @@ def test_inspect_can_add_the_perceptual_hash(tmp_path, rgb):
     plain, hashed = inspect_image(path), inspect_image(path, with_phash=True)
     assert plain.phash is None and 0 <= hashed.phash < 2**64
     assert (plain.width, plain.height, plain.sha256) == (hashed.width, hashed.height, hashed.sha256)
+
+
+def _pil_pixels(path):
+    """What PIL alone makes of a file: the decoding every other path must equal."""
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+@pytest.fixture
+def photo():
+    from skimage import data
+
+    return np.asarray(data.astronaut())[::3, ::2]   # 171×256, a real photograph's textures
+
+
+@pytest.fixture
+def jpeg_calls(monkeypatch):
+    """The decodes libjpeg-turbo did directly (not handed to PIL), counted, so a test sees the fast path ran."""
+    from pipeline import images
+
+    assert images.simplejpeg is not None, "simplejpeg is a dependency: the fast path must be testable"
+    calls = []
+    original = images._libjpeg_turbo
+
+    def counted(data):
+        pixels = original(data)
+        calls.append(pixels is not None)
+        return pixels
+    monkeypatch.setattr(images, "_libjpeg_turbo", counted)
+    return calls
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])   # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_libjpeg_turbo_gives_pils_pixels_to_the_bit(tmp_path, photo, jpeg_calls, subsampling, progressive, mode):
+    image = Image.fromarray(photo).convert(mode)
+    path = _save(tmp_path / "p.jpg", image, quality=87, subsampling=subsampling, progressive=progressive)
+    np.testing.assert_array_equal(decode_image(path), _pil_pixels(path))
+    assert jpeg_calls == [True]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_as_pil_turns_it(tmp_path, photo, jpeg_calls, orientation):
+    image = Image.fromarray(photo[:, :200])   # not square: a wrong turn changes the shape
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path / "o.jpg", image, exif=exif, quality=90)
+    pixels = decode_image(path)
+    np.testing.assert_array_equal(pixels, _pil_pixels(path))
+    assert pixels.flags.c_contiguous and jpeg_calls == [True]
+
+
+def test_cmyk_draft_and_corrupt_jpegs_go_through_pil(tmp_path, photo, jpeg_calls):
+    cmyk = _save(tmp_path / "c.jpg", Image.fromarray(photo).convert("CMYK"), quality=90)
+    np.testing.assert_array_equal(decode_image(cmyk), _pil_pixels(cmyk))
+    big = _save(tmp_path / "big.jpg", Image.fromarray(np.tile(photo, (2, 2, 1))), quality=90)   # 342×512
+    with Image.open(big) as image:
+        image.draft("RGB", (160, 160))
+        drafted = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(decode_image(big, target=160), drafted)   # DCT-domain 1/2: PIL's draft
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)   # corrupt entropy-coded data: libjpeg-turbo warns
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(bytes(data))
+    np.testing.assert_array_equal(decode_image(corrupt), _pil_pixels(corrupt))
+    assert jpeg_calls == [False]   # only the corrupt file reached libjpeg-turbo, which handed it to PIL
+
+
+def test_real_photos_decode_as_pil_decodes_them(jpeg_calls):
+    from pathlib import Path
+
+    signs = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "signs" / "train"
+    if not signs.is_dir():
+        pytest.skip(f"{signs} is not there (../shared, beside the project)")
+    photos = sorted(signs.rglob("*.jpg"))[::40]
+    for path in photos:
+        np.testing.assert_array_equal(decode_image(path), _pil_pixels(path), err_msg=str(path))
+    assert len(photos) >= 10 and all(jpeg_calls)

@@ -31,7 +31,10 @@ from pipeline.store.layout import rows_per_chunk
 
 # The libraries whose versions shape the features, recorded with every run.
 FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "openvino", "jax", "jaxlib", "keras", "keras-hub",
-                     "numpy", "pillow", "scipy", "zarr")
+                     "numpy", "pillow", "simplejpeg", "scipy", "zarr")
+# The pixel contract, part of a store's identity. Most JPEGs are decoded by libjpeg-turbo through simplejpeg
+# rather than PIL (faster, the same pixels to the bit: tests/test_images.py), so the text and the caches made
+# before that change stand; the versions recorded with every run name both libraries.
 DECODER = "PIL via pipeline.images.decode_image; JPEG draft when the shorter side is >= 2x the input size"
 # Keras dtype policy of each compute precision (OpenVINO builds in float32 and takes a precision hint instead).
 POLICY = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
