@@ -143,3 +143,22 @@ def test_the_precision_guard_counts_losses_and_overflow_as_the_elementwise_rule_
     with pytest.raises(ValueError, match="underflow float16: 100% of the non-zero values"):
         PrecisionGuard("fs", "float16").store(tiny)
     assert PrecisionGuard("fs", "float32").store(tiny) is tiny
+    edge = np.ones((1, 205), np.float32)
+    edge[0, :5] = [65504.0, 65519.0, -0.0, 6e-8, -1e-8]   # float16's max, rounds down to it, -0, subnormal, underflow
+    guard = PrecisionGuard("fs", "float16")
+    guard.store(edge)
+    assert (guard.lost, guard.nonzero) == (1, 204)
+    with pytest.raises(ValueError, match=r"overflow float16 \(1 values"):
+        PrecisionGuard("fs", "float16").store(np.array([[1.0, -65520.0]], np.float32))   # rounds to -inf
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32"])
+def test_nonzero_values_are_counted_on_their_bits_as_numpy_counts_them(dtype):
+    from pipeline.extraction.precision import _count_nonzero
+
+    values = np.array([0.0, -0.0, 1.0, -2.5, 1e-30, np.inf, -np.inf, np.nan] if dtype != "int32" else [0, 1, -1, 0, 7],
+                      dtype)
+    if dtype.startswith("float"):
+        values = np.concatenate([values, np.nextafter(np.zeros(3, dtype), 1)])   # the smallest subnormal
+    assert _count_nonzero(values) == np.count_nonzero(values)
+    assert _count_nonzero(values[::2]) == np.count_nonzero(values[::2])   # strided: counted on a copy
