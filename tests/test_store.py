@@ -251,6 +251,22 @@ def test_non_finite_features_are_refused_when_finalising(tmp_path):
     assert INCOMPLETE_DIR in str(writer.path) and not (tmp_path / "x.zarr").exists()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_non_finite_value_is_found_in_either_storage_dtype(dtype, bad):
+    from pipeline.store.integrity import check_finite
+
+    block = np.zeros((4, 3, 5), dtype)
+    block[0] = 65504.0                       # float16's largest finite value, all ones but one exponent bit
+    block[1] = -np.finfo(dtype).tiny / 2     # subnormal
+    check_finite(block, "ok")
+    block[2, 1, 4] = block[3, 0, 1] = bad
+    with pytest.raises(StoreError, match=r"bad: 2 row\(s\) contain NaN or Inf"):
+        check_finite(block, "bad")
+    with pytest.raises(StoreError, match=r"strided: 1 row\(s\)"):
+        check_finite(block[::2, :, ::2], "strided")   # rows 0 and 2: row 2 has its bad value, row 3 is skipped
+
+
 def _chunk_file(path, chunk):
     return path / "X" / "c" / str(chunk) / "0" / "0" / "0"
 

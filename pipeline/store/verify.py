@@ -262,7 +262,7 @@ def integrity_problems(group: zarr.Group, path: Path) -> list[str]:
             where = f"chunk {chunk}" + ("" if view is None else f" of view {view}")
             try:
                 block = load_chunk(path, X, chunk, rows, view)
-                check_finite(np.asarray(block, np.float32), f"{where}")
+                check_finite(block, f"{where}")
             except StoreError as error:
                 problems.append(str(error).replace(f"{path}: ", ""))
                 continue

@@ -346,7 +346,7 @@ class StoreWriter:
             entry = []
             for view in views:
                 block = load_chunk(self.path, X, chunk, end, view)
-                check_finite(np.asarray(block, np.float32), f"{self.path}: chunk {chunk}")
+                check_finite(block, f"{self.path}: chunk {chunk}")
                 entry.append(chunk_digest(block, chunk, view))
             value = entry[0] if self.views is None else entry
             digests[chunk:chunk + 1] = [value]
