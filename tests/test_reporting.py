@@ -59,3 +59,19 @@ def test_the_search_plot_has_every_value_tried_of_each_searched_line_ascending()
         ("a", "logreg (avg)", 0.1), ("a", "logreg (avg)", 10.0), ("a", "logreg (max)", 1.0),
         ("b", "svm_linear (avg)", 1e-3)]
     assert [r["selected"] for r in rows] == [False, True, False, False]
+
+
+def test_the_leaderboard_marks_a_variant_whose_solver_did_not_converge():
+    from pipeline.reporting.tables import leaderboard_markdown
+
+    rows = [{**row, "cut": "top", "fit_seconds": 0.5, "not_converged": 4 if i == 1 else 0}
+            for i, row in enumerate(_board(3))]
+    summary = {"variant": rows[0]["variant"], "selection": "val split", "val_accuracy": 0.9, "test_accuracy": 0.93,
+               "test_accuracy_ci95": [0.9, 0.96], "test_macro_f1": 0.92, "test_recall": {"x": 1.0}}
+    report = {"selected_by": "val split accuracy", "best": {**summary, "feature_set": "b", "test_images": 100},
+              "feature_sets": {"b": summary}}
+    text = leaderboard_markdown(rows, report)
+    assert "| avg-dense-h256-d0.2-lr0.001-e1 (not converged in 4 fits) |" in text
+    assert text.count("not converged in") == 1 and "*Not converged*" in text
+    clean = leaderboard_markdown([{**row, "not_converged": 0} for row in rows], report)
+    assert "onverged" not in clean

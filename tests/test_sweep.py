@@ -79,8 +79,11 @@ def test_pca_that_asks_for_too_many_components_is_named(splits):
 
 
 def test_peak_rss_sees_a_large_allocation():
+    import time
+
     with PeakRSS() as memory:
         block = np.ones(80 * 2**20 // 8)   # 80 MiB, touched
+        time.sleep(0.05)                   # freed within the block: the sampling thread, not the exit, must see it
         del block
     assert 60 < memory.peak_mib < 200
     with PeakRSS() as idle:
@@ -95,3 +98,30 @@ def test_end_to_end_cost_counts_every_epoch_of_every_variant():
     # 3-fold CV: epochs × k × (train+val) + train+val per variant.
     assert end_to_end_seconds(rows, seconds_per_image=1.0, n_train=100, n_val=20, cv=3) == \
         (1 * 3 * 120 + 120) + (10 * 3 * 120 + 120)
+
+
+def test_a_fit_that_stops_at_its_iteration_limit_is_counted_on_its_row_not_warned_anonymously(splits):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    heads = _heads(cv=3, logreg={"C": [1e-3, 1e4], "max_iter": 2})
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        rows = {v.id: row for v, _, row in run_sweep(expand_grid(heads), heads, {"avg": splits})}
+    assert not [w for w in escaped if issubclass(w.category, ConvergenceWarning)]
+    assert rows["avg-logreg-C10000"]["not_converged"] == 4           # 3 folds and the refit on train+val
+    heads = _heads(cv=3, logreg={"C": [1e-3]})
+    [(_, _, row)] = list(run_sweep(expand_grid(heads), heads, {"avg": splits}))
+    assert row["not_converged"] == 0
+
+
+def test_a_watched_fit_passes_other_warnings_on():
+    import warnings
+
+    from pipeline.heads.watch import Watched
+
+    with pytest.warns(UserWarning, match="keep me"):
+        with Watched() as fit:
+            warnings.warn("keep me", UserWarning)
+    assert fit.converged and fit.seconds >= 0

@@ -1,6 +1,7 @@
 """Scoring a sweep's fitted heads on their folds, and the score row each variant gets.
 
-A :class:`Tally` collects one variant's fits (seconds, peak memory) and
+A :class:`Tally` collects one variant's fits (seconds, peak memory, whether
+each converged: :class:`pipeline.heads.watch.Watched`) and
 scores over the folds of a job (:mod:`pipeline.heads.sweep`) and makes its
 row: mean accuracy and macro-F1, which scored images it got right
 (:func:`correct_string`) and its class probabilities on them.
@@ -27,10 +28,16 @@ class Tally:
     labels: list = field(default_factory=list)
     seconds: float = 0.0
     peak: float = 0.0
+    not_converged: int = 0                          # fits that stopped at their solver's iteration limit
 
-    def fitted(self, seconds: float, peak_mib: float) -> None:
-        self.seconds += seconds
-        self.peak = max(self.peak, peak_mib)
+    def fitted(self, fit: Any, share: int = 1) -> None:
+        """Count one watched fit (:class:`~pipeline.heads.watch.Watched`); ``share``: heads it fitted together.
+
+        A batch's time is shared evenly by its heads; its peak memory is each one's.
+        """
+        self.seconds += fit.seconds / share
+        self.peak = max(self.peak, fit.peak_mib)
+        self.not_converged += not fit.converged
 
     def score(self, head: Any, X_score: np.ndarray, y_score: np.ndarray) -> None:
         predicted = predict_views(head, X_score)
@@ -47,6 +54,7 @@ class Tally:
                 "val_macro_f1": float(np.mean(f1)) if f1 else None,
                 "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
                 "fit_seconds": round(self.seconds, 4), "peak_rss_mib": self.peak, "features_memmapped": memmapped,
+                "not_converged": self.not_converged,
                 "n_epochs": getattr(head, "n_epochs_", None), "warm_start_from_C": None,
                 "val_correct": correct_string(np.concatenate(self.correct)) if self.correct else None,
                 "val_proba": _stack(self.proba),

@@ -32,11 +32,14 @@ on train, or with ``heads.cv`` the k fold fits plus the final refit; a batch's
 time is shared evenly by its variants) and
 ``peak_rss_mib``. The latter is the largest increase of the resident memory of
 the process that ran the fit over its value just before the fit, sampled every
-5 ms by a thread (:class:`PeakRSS`): it counts everything the fit touched that the
+5 ms by a thread (:class:`~pipeline.heads.watch.PeakRSS`): it counts everything the fit touched that the
 process had not already mapped, pages of the shared memory-mapped input read
 for the first time included, and a short peak between two samples is missed. A
 worker reuses memory freed by its earlier fits, so the number is a lower bound of
-what the fit would need on its own, not a sum over variants.
+what the fit would need on its own, not a sum over variants. A row also says
+how many of its fits stopped at their solver's iteration limit
+(``not_converged``: scikit-learn's ``ConvergenceWarning``, caught per fit by
+:class:`~pipeline.heads.watch.Watched` and logged with the variant's name).
 
 Selection scores: with ``heads.cv == 0`` a variant is fitted on train and
 scored on val; with ``heads.cv = k`` it is scored by stratified k-fold
@@ -60,8 +63,6 @@ import itertools
 import logging
 import math
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -76,6 +77,7 @@ from pipeline.heads.folds import Fold, Splits, make_folds, preprocess_folds
 from pipeline.heads.registry import head_kind
 from pipeline.heads.search import coarse_to_fine
 from pipeline.heads.variants import Variant, make_head
+from pipeline.heads.watch import PeakRSS, Watched
 
 __all__ = ["FitJob", "Fold", "PeakRSS", "Splits", "class_probabilities", "correct_string", "fit_job", "make_folds",
            "plan_jobs", "resolve_cv", "run_sweep"]
@@ -163,38 +165,6 @@ def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) 
     return sorted(jobs, key=lambda j: head_kind(j.kind).fit_order)
 
 
-class PeakRSS:
-    """Context manager: the peak increase of this process's resident memory during the block, in MiB.
-
-    Sampled every ``interval`` seconds by a daemon thread (psutil), plus once
-    at exit; see the module docstring for what the number means.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.peak_mib = 0.0
-
-    def __enter__(self) -> "PeakRSS":
-        import psutil
-
-        self._process = psutil.Process()
-        self._baseline = self._peak = self._process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._process.memory_info().rss)
-        self.peak_mib = round((self._peak - self._baseline) / 2**20, 2)
-
-
 def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) -> tuple[int, str]:
     """The fold count selection uses on these rows (0: the val split) and why, from ``heads.cv``.
 
@@ -267,10 +237,9 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
             else:
                 head.set_params(**{path: dict(variant.params)[path]})   # warm start from the previous value
                 warm_from[variant] = previous
-            with PeakRSS() as memory:
-                started = time.perf_counter()
+            with Watched() as fit:
                 head.fit(X_fit, y_fit)
-                tallies[variant].fitted(time.perf_counter() - started, memory.peak_mib)
+            tallies[variant].fitted(fit)
             if X_score is not None and len(y_score):
                 tallies[variant].score(head, X_score, y_score)
             if index == len(folds) - 1:
@@ -305,12 +274,10 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
         if any(not np.array_equal(part[1], y_fit) for part in parts):
             raise ValueError(f"variants fitted together must see the same rows; the folds of "
                              f"{[v.id for v in job.variants]} hold different labels")
-        with PeakRSS() as memory:
-            started = time.perf_counter()
+        with Watched() as fit:
             fitted = fit_together([make_head(v, heads) for v in job.variants], [part[0] for part in parts], y_fit)
-            share = (time.perf_counter() - started) / len(job.variants)
         for variant, head, (_, _, X_score, y_score) in zip(job.variants, fitted, parts):
-            tallies[variant].fitted(share, memory.peak_mib)
+            tallies[variant].fitted(fit, share=len(job.variants))
             if X_score is not None and len(y_score):
                 tallies[variant].score(head, X_score, y_score)
     memmapped = all(isinstance(folds[key][-1][0], np.memmap) for key in job.features_keys)
@@ -336,27 +303,25 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
     def variant_at(value: float) -> Variant:
         return dataclasses.replace(template, params=tuple((k, value if k == setting else v) for k, v in template.params))
 
-    def fit_at(value: float, done: dict[float, Any], X, y) -> tuple[Any, float, float, Optional[float]]:
+    def fit_at(value: float, done: dict[float, Any], X, y) -> tuple[Any, Watched, Optional[float]]:
         start_from = min(done, key=lambda c: abs(math.log10(c) - math.log10(value))) if path and done else None
         if start_from is None:
             head = make_head(variant_at(value), heads)
         else:
             head = copy.deepcopy(done[start_from])
             head.set_params(**{setting: value})   # warm start from the nearest value tried
-        with PeakRSS() as memory:
-            started = time.perf_counter()
+        with Watched() as fit:
             head.fit(X, y)
-            seconds = time.perf_counter() - started
         done[value] = head
-        return head, seconds, memory.peak_mib, start_from
+        return head, fit, start_from
 
     def score_of(values: list[float]) -> dict[float, tuple[float, float]]:
         out = {}
         for value in values:
             tally = stats.setdefault(value, Tally())
             for index, (X_fit, y_fit, X_score, y_score) in enumerate(scored):
-                head, seconds, peak, start_from = fit_at(value, fitted[index], X_fit, y_fit)
-                tally.fitted(seconds, peak)
+                head, fit, start_from = fit_at(value, fitted[index], X_fit, y_fit)
+                tally.fitted(fit)
                 tally.score(head, X_score, y_score)
                 if index == 0:
                     warm_from[value] = start_from
@@ -369,8 +334,7 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
         X_all, y_all = folds[-1][0], folds[-1][1]
         final: dict[float, Any] = {}
         for value in tried:
-            _, seconds, peak, _ = fit_at(value, final, X_all, y_all)
-            stats[value].fitted(seconds, peak)
+            stats[value].fitted(fit_at(value, final, X_all, y_all)[1])
     else:
         final = fitted[-1]
     memmapped = isinstance(folds[-1][0], np.memmap)
@@ -401,7 +365,8 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
     row : dict
         ``val_accuracy``, ``val_macro_f1``, ``val_accuracy_std`` (cross-validation
         only), ``fit_seconds``, ``preprocess_seconds``, ``peak_rss_mib``,
-        ``features_memmapped``, ``n_epochs`` (dense), ``warm_start_from_C`` (logreg).
+        ``features_memmapped``, ``n_epochs`` (dense), ``warm_start_from_C`` (logreg),
+        ``not_converged`` (fits that stopped at their iteration limit).
     """
     from tqdm.auto import tqdm
 

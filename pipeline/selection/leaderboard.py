@@ -111,7 +111,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
                 "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
                 "test_accuracy": result["test_accuracy"] if selected else None,
                 "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
-                "n_epochs": row.get("n_epochs"), "selected": selected,
+                "n_epochs": row.get("n_epochs"), "not_converged": row.get("not_converged"), "selected": selected,
                 "selection": row.get("selection", "val split"),
                 "indistinguishable": tied if selected else None,
             })
