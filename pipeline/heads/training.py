@@ -292,9 +292,9 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
         log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
                  row["fit_seconds"], row["peak_rss_mib"])
         if row.get("not_converged"):
-            log.warning("%s: %d of its fits stopped at the solver's iteration limit, not converged (scikit-learn's "
-                        "ConvergenceWarning); scored as they stopped, `not_converged` in scores.json", variant.id,
-                        row["not_converged"])
+            log.warning("%s/%s: %d of its fits stopped at the solver's iteration limit, not converged (scikit-learn's "
+                        "ConvergenceWarning); scored as they stopped, `not_converged` in scores.json", name,
+                        variant.id, row["not_converged"])
     fit_wall = time.perf_counter() - started
     ids = sorted(rows, key=lambda i: grid_position(rows[i], variants))
     keep = {f"{i}.joblib" for i in ids}
