@@ -47,6 +47,13 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", "@eadir"})
 
 
+ORIENTATION = 0x0112   # the EXIF tag
+# What each EXIF orientation's transpose does to (height, width, channels) pixels (1: nothing).
+_TURNS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+          5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+          7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a)}
+
+
 class BadImageError(ValueError):
     """A file with an image extension that cannot be decoded."""
 
@@ -111,11 +118,10 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
                                     f"than the limit of {max_pixels / 1e6:g} (data.max_image_pixels; "
                                     "`shoulders predict --max-pixels`); not decoded")
             draft = target is not None and image.format == "JPEG" and min(image.size) >= 2 * target
-            orientation = image.getexif().get(ORIENTATION, 1)
             if image.format == "JPEG" and image.mode in ("RGB", "L") and not draft:
                 pixels = _libjpeg_turbo(data)
                 if pixels is not None:
-                    return _upright(pixels, orientation)
+                    return _upright(pixels, image.getexif().get(ORIENTATION, 1))
             image.seek(0)
             if draft:
                 image.draft(image.mode, (target, target))
@@ -127,9 +133,6 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as error:
         raise BadImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
-
-
-ORIENTATION = 0x0112   # the EXIF tag
 
 
 def _libjpeg_turbo(data: bytes) -> Optional[np.ndarray]:
@@ -148,10 +151,8 @@ def _libjpeg_turbo(data: bytes) -> Optional[np.ndarray]:
 
 def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     """Pixels turned as ``ImageOps.exif_transpose`` turns their image for an EXIF ``orientation`` (1–8)."""
-    turned = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-              5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-              7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a)}.get(orientation)
-    return pixels if turned is None else np.ascontiguousarray(turned(pixels))
+    turn = _TURNS.get(orientation)
+    return pixels if turn is None else np.ascontiguousarray(turn(pixels))
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

@@ -252,18 +252,21 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     planned = plan_jobs(variants, heads)
     each = {v: job_fingerprint(FitJob(job.kind, (v,)), heads, digests[v.pooling])
             for job in planned if job.together for v in job.variants}
+    def reused(row: dict) -> dict:
+        # A reused row takes this run's `selection` words: they name heads.cv_below, which fingerprints lack.
+        return {**row, "reused": True, "selection": mode}
+
     for job in planned:
         if job.together:
             changed = tuple(v for v in job.variants if old.get(v.id, {}).get("fingerprint") != each[v])
-            rows.update({v.id: {**old[v.id], "reused": True, "selection": mode} for v in job.variants if v not in changed})
+            rows.update({v.id: reused(old[v.id]) for v in job.variants if v not in changed})
             if changed:
                 to_fit.append((dataclasses.replace(job, variants=changed, together=len(changed) > 1), None))
             continue
         fingerprint = job_fingerprint(job, heads, digests[job.variants[0].pooling])
         if all(old.get(v.id, {}).get("fingerprint") == fingerprint for v in job.variants):
             # A search also keeps the values its bisection added (same fingerprint).
-            # A reused row takes this run's `selection` words: they name heads.cv_below, which fingerprints lack.
-            rows.update({i: {**row, "reused": True, "selection": mode} for i, row in old.items() if row["fingerprint"] == fingerprint})
+            rows.update({i: reused(row) for i, row in old.items() if row["fingerprint"] == fingerprint})
         else:
             to_fit.append((job, fingerprint))
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ process (loky workers, or this process's own thread), as the sweep runs them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -28,18 +29,18 @@ class Watched:
     """Context manager around one fit: ``seconds``, ``peak_mib`` and ``converged``, set when the block ends."""
 
     def __enter__(self) -> "Watched":
-        self._warnings = warnings.catch_warnings(record=True)
-        self._caught = self._warnings.__enter__()
-        warnings.simplefilter("always", ConvergenceWarning)
-        self._memory = PeakRSS().__enter__()
+        with contextlib.ExitStack() as stack:   # a failure to start undoes what had started
+            self._caught = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always", ConvergenceWarning)
+            self._memory = stack.enter_context(PeakRSS())
+            self._contexts = stack.pop_all()
         self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._started
-        self._memory.__exit__(*exc)
+        self._contexts.__exit__(*exc)           # the memory sampler stops, then the warning filters are restored
         self.peak_mib = self._memory.peak_mib
-        self._warnings.__exit__(*exc)
         self.converged = True
         for caught in self._caught:
             if issubclass(caught.category, ConvergenceWarning):
