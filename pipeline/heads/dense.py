@@ -1,25 +1,23 @@
-"""The Keras dense head as a scikit-learn classifier: Keras trains it, numpy predicts with it.
+"""The dense head as a scikit-learn classifier: JAX trains it, numpy predicts with it, Keras exports it.
 
-:class:`DenseHead` is ``[Dense(relu) → Dropout] → Dense(softmax)`` trained by
-``keras.Model.fit`` on arrays already in memory. Two choices keep it cheap in a
-sweep of many variants:
+:class:`DenseHead` is ``[Dense(relu) → Dropout] → Dense(softmax)`` trained on
+arrays already in memory by :mod:`pipeline.heads.dense_batch` — the same
+compiled program that trains a sweep's dense variants and folds together, with
+one member — so a head fitted alone and one fitted in a batch are the same
+head. Two choices keep it cheap:
 
-* Training reads one ``tf.data`` pipeline that is built once per fit, shuffled
-  each epoch and repeated, with ``steps_per_epoch`` set: Keras then keeps one
-  iterator for the whole fit instead of building a new one from the numpy
-  arrays every epoch, and ``steps_per_execution`` runs a whole epoch in one
-  compiled call. On this project's 630 × 1280 features that halved the time of
-  a 60-epoch fit (``benchmarks/sweep.py`` measures the sweep as a whole).
+* Training is one ``jax.jit``-compiled program per shape (epochs of shuffled
+  mini-batches, Adam, dropout, weight decay and early stopping in one
+  ``while_loop``), on the CPU or a GPU: no per-step Python, no Keras tracing.
 * The fitted state is plain numpy (``coefs_``, ``intercepts_``): predicting,
-  pickling and unpickling need no TensorFlow, so the evaluate stage and the
-  ``.joblib`` files load in milliseconds. ``model_`` rebuilds an equivalent
+  pickling and unpickling need neither JAX nor TensorFlow, so the evaluate stage and the
+  ``.joblib`` files load in milliseconds. ``model_`` builds an equivalent
   Keras model on demand (same layer names and weights) for conversion or export.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -30,9 +28,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 log = logging.getLogger(__name__)
 
-# The metric a penalised head's loss curve is read from (Keras' "loss" then includes the penalty).
-_CROSS_ENTROPY = "cross_entropy"
-
+# keras.config.epsilon(): Keras clips probabilities to [ε, 1 - ε] before taking their log.
+_KERAS_EPSILON = 1e-7
 
 class DenseHead(ClassifierMixin, BaseEstimator):
     """A Keras dense head — [Dense(relu) → Dropout] → Dense(softmax) — as a scikit-learn classifier.
@@ -99,33 +96,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        import keras
+        from pipeline.heads.dense_batch import prepared_member, train_members
 
         X, views, encoded = self._validate_training(X, y)
-        keras.utils.set_random_seed(self.random_state)
-        fit_rows, held_rows = self.held_out_rows(encoded)
-        held = None if held_rows is None else (X[held_rows], encoded[held_rows])
-        X_fit, y_fit = (X if views is None else views)[fit_rows], encoded[fit_rows]
-        steps = math.ceil(len(y_fit) / self.batch_size)
-        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout,
-                              weight_decay=self.weight_decay)
-        # With a weight penalty Keras' "loss" includes it: the cross-entropy alone is tracked for the loss curve.
-        metrics = [keras.metrics.SparseCategoricalCrossentropy(name=_CROSS_ENTROPY)] if self.weight_decay else None
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=metrics, steps_per_execution=steps)
-        callbacks = []
-        if held is not None:
-            # The held-out loss in numpy (it sets logs["val_loss"] before EarlyStopping reads it): Keras'
-            # validation pass per epoch cost more than the epoch's training here (see held_out_loss).
-            callbacks += [_held_out_callback(*held),
-                          keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                                        restore_best_weights=True)]
-        history = model.fit(_repeated((X_fit, y_fit), batch_size=self.batch_size, seed=self.random_state),
-                            epochs=self.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
-        self.loss_curve_ = [float(v) for v in history.history[_CROSS_ENTROPY if self.weight_decay else "loss"]]
-        self.n_epochs_ = len(self.loss_curve_)
-        self.coefs_, self.intercepts_ = network_weights(model)
-        self._keras_model = model
+        if views is None:
+            train_members([prepared_member(self, 0, encoded)], [X])
+        else:
+            # View v of row i at v · n + i (view 0 is the clean one, which early stopping reads).
+            flat = np.ascontiguousarray(np.swapaxes(views, 0, 1)).reshape(-1, views.shape[-1])
+            train_members([prepared_member(self, 0, encoded, views=views.shape[1])], [flat])
         return self
 
     def _validate_training(self, X, y) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
@@ -271,50 +250,9 @@ def held_out_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
     Probabilities of shape (n_samples, n_classes) are clipped to
     ``[ε, 1 - ε]`` (Keras' ``epsilon()``, 1e-7) and the mean of ``-log p[label]``
-    is taken in float32. Early stopping reads it once per epoch, from the
-    weights of that epoch and :func:`forward_probabilities`: Keras' own
-    validation pass (an evaluation call per epoch, which under
-    ``steps_per_execution`` also ran the held-out batch once per training
-    step) took about a third of a 60-epoch fit on this project's features.
+    is taken in float32: what early stopping reads after every epoch
+    (:mod:`pipeline.heads.dense_batch` computes the same inside its program).
     """
-    import keras
-
-    epsilon = np.float32(keras.config.epsilon())
+    epsilon = np.float32(_KERAS_EPSILON)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], epsilon, np.float32(1) - epsilon)
     return float(np.mean(-np.log(picked, dtype=np.float32), dtype=np.float32))
-
-
-def _held_out_callback(X_held: np.ndarray, y_held: np.ndarray):
-    """A callback that puts the held-out loss of each epoch's weights in ``logs["val_loss"]``."""
-    import keras
-
-    class HeldOutLoss(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            coefs, intercepts = network_weights(self.model)
-            logs["val_loss"] = held_out_loss(forward_probabilities(X_held, coefs, intercepts), y_held)
-
-    return HeldOutLoss()
-
-
-def _repeated(arrays: tuple[Any, Any], *, batch_size: int, seed: int | None):
-    """A tf.data pipeline over in-memory arrays: shuffled each epoch if seeded, batched, repeated forever.
-
-    ``arrays`` is (inputs, labels); either may be a tuple of arrays with the
-    same rows (several inputs or outputs, :mod:`pipeline.heads.dense_batch`):
-    the shuffle order depends on the seed and the row count only, so it is the
-    same for every structure. Rows of shape (n_views, n_features) become one
-    view, drawn anew each time the row is read.
-    """
-    import tensorflow as tf
-
-    from pipeline.tfdata import PREFETCH_BATCHES, static
-
-    data = tf.data.Dataset.from_tensor_slices(arrays)
-    n_rows = len(tf.nest.flatten(arrays[1])[0])
-    if isinstance(arrays[0], np.ndarray) and arrays[0].ndim == 3:
-        n_views = arrays[0].shape[1]
-        data = data.map(lambda x, y: (x[tf.random.uniform((), 0, n_views, dtype=tf.int32, seed=seed)], y))
-    if seed is not None:
-        data = data.shuffle(n_rows, seed=seed, reshuffle_each_iteration=True)
-    # Autotuner off (see pipeline.tfdata).
-    return static(data.batch(batch_size).repeat().prefetch(PREFETCH_BATCHES))

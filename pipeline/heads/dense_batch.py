@@ -1,265 +1,99 @@
-"""Many dense heads trained as one Keras model: one input pipeline, one compiled step per epoch.
+"""Many dense heads trained at once: one compiled JAX program for every member, on the CPU or a GPU.
 
-A sweep's dense variants read the same rows (one feature set: its poolings,
-standardisations and PCAs are different columns of the same images, with the
-same labels). :func:`fit_dense_heads` trains them together, as DINOv2's
-evaluation trains its linear heads: one ``keras.Model`` with one input per
-distinct matrix, each head a branch ``[Dense(relu)] → [Dropout] →
-Dense(softmax)`` with its own weights and loss (Keras sums the losses, so each
-branch's gradient is that of its own loss). One ``tf.data`` pipeline feeds every
-branch, and one compiled call runs a whole epoch for all of them.
+A sweep's dense variants, and under cross-validation each of them once per
+fold, are small networks ``[Dense(relu)] → [Dropout] → Dense(softmax)`` on
+rows that are already in memory. Trained one Keras model at a time they cost
+more in tracing and per-step overhead than in arithmetic. Here every member —
+a head on its own input matrix and its own rows (a fold's training rows, say)
+— is one slice of a ``jax.vmap``: a whole training run (epochs of shuffled
+mini-batches, Adam, dropout, weight decay, early stopping on held-out rows)
+is one ``jax.lax.while_loop`` compiled once per shape and run for all members
+together, as DINOv2's evaluation trains its linear heads. A member that has
+stopped is carried along with its weights frozen (``vmap`` of a while loop
+runs until the last member is done).
 
-The branches of one hidden width on one input are one :class:`_Stack`: their
-kernels side by side, so a layer is one matmul for all of them. Tracing the
-compiled epoch costs about 0.6 s per separate branch on this project's CPUs
-(the layers, losses and Adam updates of each), a stack of 8 about what one
-branch costs.
+Each member is trained exactly as :class:`~pipeline.heads.dense.DenseHead`
+trains one head alone — ``DenseHead.fit`` is this function with one member —
+so batched and lone results agree to float32 rounding (the batched matmuls sum
+in another order; ``tests/test_dense_batch.py`` holds them to 1e-5):
 
-Each branch is trained as :class:`~pipeline.heads.dense.DenseHead` would train
-it alone, so the results are the same (to float32 rounding: the stacked matmuls
-sum in another order; ``tests/test_dense_batch.py`` holds them to 1e-5):
+* the rows held out for early stopping: a stratified, seeded split
+  (:meth:`~pipeline.heads.dense.DenseHead.held_out_rows`);
+* the order of the rows: a permutation of the training rows per epoch from
+  ``numpy.random.default_rng(random_state)``, in batches of ``batch_size``
+  (the last one smaller), made in numpy before the program runs;
+* the initial weights: Glorot-uniform kernels (Keras' default) and zero
+  biases drawn from the same generator; the dropout masks from
+  ``jax.random.key(random_state)`` folded with the step number;
+* Adam with Keras' defaults (β₁ 0.9, β₂ 0.999, ε 1e-7), the mean
+  cross-entropy of the batch plus ``weight_decay · Σ w²`` over the kernels;
+* early stopping as Keras' ``EarlyStopping(patience, restore_best_weights=True)``
+  on the held-out cross-entropy (:func:`~pipeline.heads.dense.held_out_loss`'s
+  clipping), the best weights kept.
 
-* the same rows held out for early stopping (the same stratified, seeded split)
-  and the same shuffle order (the same seeded pipeline: the order depends on
-  the seed and the row count only);
-* the same initial weights and dropout masks: each branch's lone layers are
-  made by :func:`~pipeline.heads.dense.network_layers` right after
-  ``keras.utils.set_random_seed`` of the head's seed (:func:`_lone_start`);
-  their initial weights are copied into the stack and their ``Dropout`` layer,
-  with the seed a lone head's draws, is applied to the branch's slice;
-* the same weight decay (an L2 penalty on its own slices of the stacked kernels);
-* its own losses (:class:`_MemberLosses`: the epoch's training cross-entropy, as a lone
-  head's Keras computes it; the held-out loss from the epoch's weights, as a
-  lone head's early stopping computes it: :func:`~pipeline.heads.dense.held_out_loss`)
-  and its own early stopping: after every epoch :class:`_BranchStopping` reads
-  the branch's held-out loss, keeps its best weights, and marks it done when its patience
-  runs out or it reaches its own ``epochs``; training stops when every branch is
-  done, and each keeps its best weights (the last ones without early stopping),
-  its ``n_epochs_`` and its ``loss_curve_``.
-
-A done branch is carried along (its later updates are discarded): one pass for
-all. Heads are grouped into one model per learning rate (one Adam each, so the
-optimiser is a lone head's), seed, batch size and held-out split; a sweep's
-dense heads differ in none of these but the learning rate. The fitted heads are
-ordinary :class:`DenseHead` objects (numpy ``coefs_``/``intercepts_``), so
-prediction, saving and export do not change.
+Members are grouped by what fixes the program's shapes (hidden width, batch
+size, the input width); everything else — learning rate, dropout, weight
+decay, epochs, patience, seed, rows — may differ between members of a group.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
-import keras
 import numpy as np
 
-from pipeline.heads.dense import DenseHead, _repeated, forward_probabilities, held_out_loss, network_layers
+from pipeline.heads.dense import DenseHead
 
 log = logging.getLogger(__name__)
 
+# Keras' Adam defaults and its clipping of probabilities (keras.config.epsilon()).
+_BETA_1, _BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-7
+_CLIP = 1e-7
 
-@dataclass
-class _Branch:
-    """One head's place in the batched model and its early-stopping state."""
+
+@dataclass(frozen=True)
+class Member:
+    """One head to train: its estimator (settings), its input matrix and its rows.
+
+    ``matrix`` indexes the ``inputs`` given to :func:`train_members`;
+    ``fit_rows`` are the rows of that matrix it trains on, in order (its
+    epochs shuffle them); ``held_rows`` the rows its early stopping scores
+    (None: no early stopping); ``labels`` the class code of every row of the
+    matrix. ``views`` > 1: the matrix holds ``views`` copies of the rows, view
+    ``v`` of row ``i`` at ``v · n + i``, and each epoch trains on one view of
+    every row, drawn afresh (held-out rows are read on view 0, the clean one).
+    """
 
     head: DenseHead
-    name: str                                    # its training loss in the logs of fit: "<name>_loss"
-    held_out: Optional[np.ndarray] = None        # its input's held-out rows (early stopping)
-    stack: Any = None                            # the _Stack layer it is a member of
-    member: int = 0                              # its index in that stack
-    best: Optional[float] = None
-    wait: int = 0
-    weights: Optional[list[np.ndarray]] = None   # kernels and biases kept (best, or last when done)
-    loss_curve: list[float] = field(default_factory=list)
-    done: bool = False
-
-    def current_weights(self) -> list[np.ndarray]:
-        return self.stack.member_weights(self.member)
-
-    def held_out_loss(self, weights: list[np.ndarray], labels: np.ndarray) -> float:
-        """The loss of ``weights`` (kernels then biases) on the held-out rows, as a lone head's early stopping reads it."""
-        return held_out_loss(forward_probabilities(self.held_out, *_coefs_intercepts(weights)), labels)
+    matrix: int
+    fit_rows: np.ndarray
+    held_rows: Optional[np.ndarray]
+    labels: np.ndarray
+    n_classes: int
+    views: int = 1
 
 
-def _coefs_intercepts(weights: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Kernels then biases (a member's weights) as :class:`DenseHead`'s ``coefs_`` and ``intercepts_``."""
-    n_layers = len(weights) // 2
-    return weights[:n_layers], weights[n_layers:]
-
-
-class _MemberPenalty:
-    """Each member's L2 weight penalty on its part of a stacked kernel: ``Σ_m decay_m · Σ w_m²``.
-
-    ``decays`` is one value per element along ``axis`` (a member's value
-    repeated over its columns of the hidden kernel; one per member of the
-    output kernel), so each member's gradient is a lone head's ``L2(decay)``'s.
-    """
-
-    def __init__(self, decays: np.ndarray, axis: int):
-        self.decays, self.axis = decays.astype(np.float32), axis
-
-    def __call__(self, kernel):
-        ops = keras.ops
-        other = tuple(a for a in range(len(kernel.shape)) if a != self.axis)
-        return ops.sum(ops.sum(ops.square(kernel), axis=other) * self.decays)
-
-
-class _Stack(keras.layers.Layer):
-    """The branches of one width on one input, as stacked weights: one matmul per layer for all of them.
-
-    Its hidden kernel is the members' kernels side by side, ``(n_features,
-    members × hidden_units)``, its output kernel ``(members, hidden_units,
-    n_classes)``: Adam updates every element on its own, so each member learns
-    as its own layers would. Each member's dropout is its own lone head's
-    ``Dropout`` layer (same seed, so the same masks), applied to its slice;
-    its weight decay is an L2 penalty on its slices (:class:`_MemberPenalty`).
-    Output: probabilities of shape (batch, members, n_classes).
-    """
-
-    def __init__(self, initial: list[list[np.ndarray]], dropouts: list, hidden_units: int, decays: list[float],
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.initial, self.dropouts, self.hidden_units, self.decays = initial, dropouts, hidden_units, decays
-
-    def build(self, input_shape):
-        kernels = list(zip(*self.initial))         # per layer: every member's array, kernels then biases
-        penalised = any(self.decays)
-        decays = np.asarray(self.decays, np.float32)
-        if self.hidden_units:
-            self.hidden_kernel = self._weight("hidden_kernel", np.concatenate(kernels[0], axis=1),
-                                              _MemberPenalty(np.repeat(decays, self.hidden_units), axis=1)
-                                              if penalised else None)
-            self.hidden_bias = self._weight("hidden_bias", np.concatenate(kernels[2]))
-            out_kernels, out_biases = kernels[1], kernels[3]
-        else:
-            out_kernels, out_biases = kernels[0], kernels[1]
-        self.kernel = self._weight("kernel", np.stack(out_kernels), _MemberPenalty(decays, axis=0) if penalised else None)
-        self.bias = self._weight("bias", np.stack(out_biases))
-        self.initial = None
-
-    def _weight(self, name: str, value: np.ndarray, regularizer=None):
-        return self.add_weight(shape=value.shape, initializer=keras.initializers.Constant(value), name=name,
-                               regularizer=regularizer)
-
-    def call(self, x, training=False):
-        ops, n = keras.ops, len(self.dropouts)
-        if self.hidden_units:
-            hidden = ops.relu(ops.matmul(x, self.hidden_kernel) + self.hidden_bias)
-            parts = [hidden[:, i * self.hidden_units:(i + 1) * self.hidden_units] for i in range(n)]
-        else:
-            parts = [x] * n
-        parts = [part if drop is None else drop(part, training=training) for part, drop in zip(parts, self.dropouts)]
-        logits = ops.einsum("bnh,nhc->bnc", ops.stack(parts, axis=1), self.kernel) + self.bias
-        return ops.softmax(logits, axis=-1)
-
-    def member_weights(self, member: int) -> list[np.ndarray]:
-        """One member's kernels then biases, as :class:`DenseHead` keeps them (``coefs_ + intercepts_``)."""
-        return self.members_weights()[member]
-
-    def members_weights(self) -> list[list[np.ndarray]]:
-        """Every member's :meth:`member_weights`, each variable read once (early stopping reads all every epoch)."""
-        def value(variable):
-            return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
-
-        kernel, bias = value(self.kernel), value(self.bias)
-        if not self.hidden_units:
-            return [[kernel[m].copy(), bias[m].copy()] for m in range(len(self.dropouts))]
-        hidden_kernel, hidden_bias, width = value(self.hidden_kernel), value(self.hidden_bias), self.hidden_units
-        return [[hidden_kernel[:, m * width:(m + 1) * width].copy(), kernel[m].copy(),
-                 hidden_bias[m * width:(m + 1) * width].copy(), bias[m].copy()] for m in range(len(self.dropouts))]
-
-
-class _MemberLosses(keras.metrics.Metric):
-    """Each member's cross-entropy over an epoch (mean over rows), logged as ``<name>_loss`` per member.
-
-    The mean over rows is a lone head's training loss (Keras weighs each batch
-    by its size).
-    """
-
-    def __init__(self, names: list[str], **kwargs):
-        super().__init__(**kwargs)
-        self.names = names
-        self.total = self.add_variable(shape=(len(names),), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        ops = keras.ops
-        losses = _member_crossentropy(y_true, y_pred)
-        self.total.assign_add(ops.sum(losses, axis=0))
-        self.count.assign_add(ops.cast(ops.shape(losses)[0], self.count.dtype))
-
-    def result(self):
-        return {f"{name}_loss": self.total[i] / self.count for i, name in enumerate(self.names)}
-
-    def reset_state(self):
-        self.total.assign(keras.ops.zeros_like(self.total))
-        self.count.assign(0.0)
-
-
-def _member_crossentropy(y_true, y_pred):
-    """Sparse cross-entropy of each row for each member: labels (batch,), probabilities (batch, members, classes)."""
-    ops = keras.ops
-    labels = ops.broadcast_to(ops.reshape(ops.cast(y_true, "int32"), (-1, 1)), ops.shape(y_pred)[:2])
-    return keras.losses.sparse_categorical_crossentropy(labels, y_pred)
-
-
-def _stack_loss(y_true, y_pred):
-    # Summed over members, averaged over rows by Keras: the sum of the members' own losses.
-    return keras.ops.sum(_member_crossentropy(y_true, y_pred), axis=1)
-
-
-class _BranchStopping(keras.callbacks.Callback):
-    """Per-branch early stopping with ``EarlyStopping(restore_best_weights=True)``'s rules; stops when all are done.
-
-    Each branch's held-out loss is computed as a lone head's is
-    (:func:`pipeline.heads.dense.held_out_loss`, from the epoch's weights);
-    ``held_labels`` is None without early stopping.
-    """
-
-    def __init__(self, branches: Sequence[_Branch], held_labels: Optional[np.ndarray]):
-        super().__init__()
-        self.branches = branches
-        self.held_labels = held_labels
-
-    def on_epoch_end(self, epoch, logs=None):
-        held_out = self.held_labels is not None
-        read: dict[int, list] = {}         # each stack's weights, read once this epoch
-        for branch in (b for b in self.branches if not b.done):
-            branch.loss_curve.append(float(logs[f"{branch.name}_loss"]))
-            if held_out:
-                weights = read.setdefault(id(branch.stack), branch.stack.members_weights())[branch.member]
-                loss = branch.held_out_loss(weights, self.held_labels)
-                if branch.best is None or loss < branch.best:
-                    branch.best, branch.wait, branch.weights = loss, 0, weights
-                else:
-                    branch.wait += 1
-                branch.done = branch.wait >= branch.head.patience and epoch > 0
-            if epoch + 1 >= branch.head.epochs:
-                branch.done = True
-            if branch.done and not held_out:
-                branch.weights = branch.current_weights()
-        if all(b.done for b in self.branches):
-            self.model.stop_training = True
-
-
-def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray], y: np.ndarray) -> list[DenseHead]:
-    """Fit ``heads[i]`` on ``inputs[i]``, all with labels ``y``, as few batched Keras models.
+def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray],
+                    y: Union[np.ndarray, Sequence[np.ndarray]]) -> list[DenseHead]:
+    """Fit ``heads[i]`` on ``inputs[i]`` as one batched program per shape, each as if alone.
 
     Parameters
     ----------
     heads : sequence of DenseHead
         Unfitted; fitted in place.
-    inputs : sequence of ndarray, each of shape (n_samples, n_features_i)
-        One per head, the same rows in the same order; heads given the same
-        array object share one model input.
-    y : ndarray of shape (n_samples,)
+    inputs : sequence of ndarray, each of shape (n_samples_i, n_features_i)
+        One per head; heads given the same array object share one copy on the device.
+    y : ndarray of shape (n_samples,), or one such array per head
+        The labels: one array for every input (the same rows), or each head's
+        own (the folds of a cross-validation, say).
 
     Returns
     -------
     list of DenseHead
-        The same heads, fitted, as if each had been fitted alone (see the module docstring).
+        The same heads, fitted, as if each had been fitted alone.
 
     Raises
     ------
@@ -269,91 +103,221 @@ def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray], y:
     if len(heads) != len(inputs):
         raise ValueError(f"fit_dense_heads needs one input per head. Received: {len(heads)} heads, "
                          f"{len(inputs)} inputs")
-    groups: dict[tuple, list] = {}
-    for head, X in zip(heads, inputs):
+    labels = list(y) if isinstance(y, (list, tuple)) else [y] * len(heads)
+    if len(labels) != len(heads):
+        raise ValueError(f"fit_dense_heads needs one label array, or one per head. Received: {len(heads)} heads, "
+                         f"{len(labels)} label arrays")
+    matrices: list[np.ndarray] = []
+    slots: dict[int, int] = {}
+    members = []
+    for head, X, y_head in zip(heads, inputs, labels):
         if not isinstance(head, DenseHead):
             raise ValueError(f"fit_dense_heads fits DenseHead objects only. Received: {type(head).__name__}")
-        if getattr(X, "ndim", None) != 2 or len(X) != len(y):
-            raise ValueError(f"fit_dense_heads needs inputs of shape (n_samples={len(y)}, n_features); views "
+        if getattr(X, "ndim", None) != 2 or len(X) != len(y_head):
+            raise ValueError(f"fit_dense_heads needs inputs of shape (n_samples={len(y_head)}, n_features); views "
                              f"(n, n_views, n_features) are fitted by DenseHead.fit alone. "
                              f"Received: shape {getattr(X, 'shape', None)}")
-        clean, _, encoded = head._validate_training(X, y)
-        fit_rows, held_rows = head.held_out_rows(encoded)
-        split = None if held_rows is None else held_rows.tobytes()
-        key = (float(head.learning_rate), head.random_state, head.batch_size, split)
-        groups.setdefault(key, []).append((head, X, clean, encoded, fit_rows, held_rows))
-    for members in groups.values():
-        _fit_group(members)
-    log.debug("%d dense heads trained as %d batched models", len(heads), len(groups))
+        clean, _, encoded = head._validate_training(X, y_head)
+        slot = (id(X), id(y_head))         # a matrix on the device holds its rows' labels too
+        if slot not in slots:
+            slots[slot] = len(matrices)
+            matrices.append(clean)
+        members.append(prepared_member(head, slots[slot], encoded))
+    train_members(members, matrices)
     return list(heads)
 
 
-def _fit_group(members: list[tuple]) -> None:
-    """Train heads that share learning rate, seed, batch size and held-out split as one model."""
-    first, _, _, encoded, fit_rows, held_rows = members[0]
-    n_classes = len(first.classes_)
-    slots: dict[int, int] = {}           # id(input array) → model input, so a shared matrix is fed once
-    matrices: list[np.ndarray] = []
-    stacks: dict[tuple[int, int], list[int]] = {}      # (input, hidden units) → members
-    for index, (head, X, clean, *_) in enumerate(members):
-        if id(X) not in slots:
-            slots[id(X)] = len(matrices)
-            matrices.append(clean)
-        stacks.setdefault((slots[id(X)], head.hidden_units), []).append(index)
-    branches = [_Branch(head, name=f"branch{index}") for index, (head, *_) in enumerate(members)]
-    model_inputs = [keras.Input((m.shape[1],), name=f"input{i}") for i, m in enumerate(matrices)]
-    outputs, metrics = [], []
-    for number, ((slot, hidden_units), indices) in enumerate(stacks.items()):
-        initial, dropouts = [], []
-        for index in indices:
-            weights, dropout = _lone_start(branches[index].head, matrices[slot].shape[1], n_classes)
-            initial.append(weights)
-            dropouts.append(dropout)
-        stack = _Stack(initial, dropouts, hidden_units, [float(branches[i].head.weight_decay) for i in indices],
-                       name=f"stack{number}")
-        outputs.append(stack(model_inputs[slot]))
-        for member, index in enumerate(indices):
-            branches[index].stack, branches[index].member = stack, member
-        metrics.append([_MemberLosses([branches[i].name for i in indices], name=f"stack{number}_members")])
-    model = keras.Model(model_inputs, outputs, name="dense_heads")
-    steps = math.ceil(len(fit_rows) / first.batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(first.learning_rate), loss=[_stack_loss] * len(outputs),
-                  metrics=metrics, steps_per_execution=steps)
-    labels = tuple([encoded] * len(outputs))
+def prepared_member(head: DenseHead, matrix: int, encoded: np.ndarray, views: int = 1) -> Member:
+    """A :class:`Member` training ``head`` on every row of matrix ``matrix`` but those it holds out.
 
-    def rows(selected: np.ndarray) -> tuple[Any, Any]:
-        return tuple(m[selected] for m in matrices), tuple(label[selected] for label in labels)
-
-    if held_rows is not None:
-        held = [matrix[held_rows] for matrix in matrices]     # one copy per input, shared by its branches
-        for index, (_, X, *_) in enumerate(members):
-            branches[index].held_out = held[slots[id(X)]]
-    stopping = _BranchStopping(branches, None if held_rows is None else encoded[held_rows])
-    keras.utils.set_random_seed(first.random_state)     # the shuffle a lone head's pipeline draws
-    model.fit(_repeated(rows(fit_rows), batch_size=first.batch_size, seed=first.random_state),
-              epochs=max(b.head.epochs for b in branches), steps_per_epoch=steps, callbacks=[stopping], verbose=0,
-              shuffle=False)
-    for branch in branches:
-        weights = branch.weights if branch.weights is not None else branch.current_weights()
-        head = branch.head
-        head.coefs_, head.intercepts_ = _coefs_intercepts(weights)
-        head.loss_curve_ = branch.loss_curve
-        head.n_epochs_ = len(branch.loss_curve)
-
-
-def _lone_start(head: DenseHead, n_features: int, n_classes: int) -> tuple[list[np.ndarray], Any]:
-    """The initial kernels and biases (``coefs_ + intercepts_`` order) and the Dropout layer (or None) of a lone head.
-
-    Made as :meth:`DenseHead.fit` makes them, right after seeding Keras with
-    the head's seed, so they hold the lone head's initial weights and dropout seed.
+    ``encoded`` holds the class codes of the rows (``head.classes_`` set by
+    :meth:`DenseHead._validate_training`).
     """
-    keras.utils.set_random_seed(head.random_state)
-    layers = network_layers(n_classes, hidden_units=head.hidden_units, dropout=head.dropout)
-    dense = [layer for layer in layers if isinstance(layer, keras.layers.Dense)]
-    width = n_features
-    for layer in dense:
-        layer.build((None, width))
-        width = layer.units
-    dropout = next((layer for layer in layers if isinstance(layer, keras.layers.Dropout)), None)
-    weights = [keras.ops.convert_to_numpy(w) for w in [layer.kernel for layer in dense] + [layer.bias for layer in dense]]
-    return [np.array(w, np.float32) for w in weights], dropout
+    fit_rows, held_rows = head.held_out_rows(encoded)
+    labels = np.tile(encoded, views) if views > 1 else encoded
+    return Member(head, matrix, fit_rows, held_rows, labels, len(head.classes_), views)
+
+
+def train_members(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
+    """Train every member on its matrix (see the module docstring); the heads are fitted in place.
+
+    Members of one hidden width, batch size and input width run as one program.
+    """
+    groups: dict[tuple, list[Member]] = {}
+    for member in members:
+        head = member.head
+        key = (head.hidden_units, head.batch_size, matrices[member.matrix].shape[1], member.n_classes)
+        groups.setdefault(key, []).append(member)
+    for group in groups.values():
+        _train_group(group, matrices)
+    log.debug("%d dense heads trained as %d batched programs", len(members), len(groups))
+
+
+def _row_orders(member: Member, epochs: int, steps: int) -> np.ndarray:
+    """Each epoch's rows in batches, shape (epochs, steps, batch_size), ``-1`` where a batch has fewer rows.
+
+    A permutation of the member's training rows per epoch from its seed (and,
+    with views, the view of each row drawn afresh).
+    """
+    head = member.head
+    rng = np.random.default_rng(head.random_state)
+    size = steps * head.batch_size
+    orders = np.full((epochs, size), -1, np.int32)
+    n = len(member.fit_rows)
+    n_rows = len(member.labels) // member.views
+    for epoch in range(min(epochs, head.epochs)):
+        rows = member.fit_rows[rng.permutation(n)]
+        if member.views > 1:
+            rows = rows + n_rows * rng.integers(0, member.views, size=n)
+        orders[epoch, :n] = rows
+    return orders.reshape(epochs, steps, head.batch_size)
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
+
+
+def _initial_weights(head: DenseHead, n_features: int, n_classes: int) -> dict[str, np.ndarray]:
+    """Glorot-uniform kernels and zero biases, drawn from the head's seed (the same alone or batched)."""
+    rng = np.random.default_rng([head.random_state, 1])
+    width = head.hidden_units or n_features
+    weights = {"w2": _glorot(rng, width, n_classes), "b2": np.zeros(n_classes, np.float32)}
+    if head.hidden_units:
+        weights = {"w1": _glorot(rng, n_features, head.hidden_units),
+                   "b1": np.zeros(head.hidden_units, np.float32), **weights}
+    return weights
+
+
+def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
+    """Train members that share a program shape; set each head's ``coefs_``, ``intercepts_``, ``n_epochs_``, ``loss_curve_``."""
+    import jax
+    import jax.numpy as jnp
+
+    first = members[0].head
+    batch_size, hidden = first.batch_size, first.hidden_units
+    n_classes = members[0].n_classes
+    epochs = max(m.head.epochs for m in members)
+    steps = max(math.ceil(len(m.fit_rows) / batch_size) for m in members)
+    n_held = max((0 if m.held_rows is None else len(m.held_rows)) for m in members)
+    used = sorted({m.matrix for m in members})
+    place = {index: position for position, index in enumerate(used)}
+    n_rows = max(len(matrices[i]) for i in used)
+    X = np.zeros((len(used), n_rows, matrices[used[0]].shape[1]), np.float32)
+    Y = np.zeros((len(used), n_rows), np.int32)
+    for index in used:
+        X[place[index], :len(matrices[index])] = matrices[index]
+    for member in members:
+        Y[place[member.matrix], :len(member.labels)] = member.labels
+    held = np.full((len(members), max(n_held, 1)), -1, np.int32)
+    for i, member in enumerate(members):
+        if member.held_rows is not None:
+            held[i, :len(member.held_rows)] = member.held_rows
+    orders = np.stack([_row_orders(m, epochs, steps) for m in members])
+    initial = [_initial_weights(m.head, X.shape[2], n_classes) for m in members]
+    params = {name: np.stack([w[name] for w in initial]) for name in initial[0]}
+    settings = {
+        "matrix": np.array([place[m.matrix] for m in members], np.int32),
+        "learning_rate": np.array([m.head.learning_rate for m in members], np.float32),
+        "dropout": np.array([m.head.dropout for m in members], np.float32),
+        "weight_decay": np.array([m.head.weight_decay for m in members], np.float32),
+        "epochs": np.array([m.head.epochs for m in members], np.int32),
+        "patience": np.array([m.head.patience if m.held_rows is not None else 0 for m in members], np.int32),
+        "key": np.stack([np.asarray(jax.random.key_data(jax.random.key(m.head.random_state))) for m in members]),
+    }
+    program = _program(hidden > 0)
+    result = program(jnp.asarray(X), jnp.asarray(Y), jnp.asarray(orders), jnp.asarray(held), params, settings)
+    result = jax.tree.map(np.asarray, result)
+    for i, member in enumerate(members):
+        head = member.head
+        names = ["w1", "w2"] if hidden else ["w2"]
+        head.coefs_ = [np.array(result["weights"][n][i], np.float32) for n in names]
+        head.intercepts_ = [np.array(result["weights"][n.replace("w", "b")][i], np.float32) for n in names]
+        head.n_epochs_ = int(result["epochs_run"][i])
+        head.loss_curve_ = [float(v) for v in result["loss_curve"][i][:head.n_epochs_]]
+
+
+_PROGRAMS: dict[bool, object] = {}
+
+
+def _program(hidden: bool):
+    """The compiled training program (one per network shape kind; jit caches one per array shapes)."""
+    if hidden not in _PROGRAMS:
+        _PROGRAMS[hidden] = _build_program(hidden)
+    return _PROGRAMS[hidden]
+
+
+def _build_program(hidden: bool):
+    import jax
+    import jax.numpy as jnp
+
+    def forward(params, x, key, rate, training):
+        """Probabilities' logits of rows ``x``; dropout (inverted, as Keras) when ``training``."""
+        h = jax.nn.relu(x @ params["w1"] + params["b1"]) if hidden else x
+        if training:
+            keep = jax.random.bernoulli(key, 1.0 - rate, h.shape)
+            h = jnp.where(keep, h / (1.0 - rate), 0.0)
+        return h @ params["w2"] + params["b2"]
+
+    def penalty(params, decay):
+        return decay * sum(jnp.sum(jnp.square(params[name])) for name in (("w1", "w2") if hidden else ("w2",)))
+
+    def train_one(X, Y, orders, held, params, s):
+        x_all, y_all = X[s["matrix"]], Y[s["matrix"]]
+        key = jax.random.wrap_key_data(s["key"])
+        held_valid = held >= 0
+        x_held, y_held = x_all[jnp.maximum(held, 0)], y_all[jnp.maximum(held, 0)]
+        n_epochs_max = orders.shape[0]
+
+        def batch_loss(p, rows, step_key):
+            valid = rows >= 0
+            safe = jnp.maximum(rows, 0)
+            logits = forward(p, x_all[safe], step_key, s["dropout"], True)
+            nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y_all[safe][:, None], axis=1)[:, 0]
+            count = jnp.maximum(jnp.sum(valid), 1)
+            cross_entropy = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+            return cross_entropy + penalty(p, s["weight_decay"]), (cross_entropy, jnp.sum(valid))
+
+        def step(carry, rows):
+            p, m, v, t, total, count = carry
+            step_key = jax.random.fold_in(key, t)
+            (_, (cross_entropy, n_valid)), grads = jax.value_and_grad(batch_loss, has_aux=True)(p, rows, step_key)
+            active = n_valid > 0
+            t_next = t + active.astype(t.dtype)
+            tf = t_next.astype(jnp.float32)
+            lr = s["learning_rate"] * jnp.sqrt(1.0 - _BETA_2 ** tf) / (1.0 - _BETA_1 ** tf)
+            m_new = jax.tree.map(lambda a, g: _BETA_1 * a + (1.0 - _BETA_1) * g, m, grads)
+            v_new = jax.tree.map(lambda a, g: _BETA_2 * a + (1.0 - _BETA_2) * g * g, v, grads)
+            p_new = jax.tree.map(lambda w, a, b: w - lr * a / (jnp.sqrt(b) + _ADAM_EPSILON), p, m_new, v_new)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+            return (keep(p_new, p), keep(m_new, m), keep(v_new, v), t_next,
+                    total + cross_entropy * n_valid, count + n_valid), None
+
+        def held_out(p):
+            logits = forward(p, x_held, key, 0.0, False)
+            probabilities = jax.nn.softmax(logits)
+            picked = jnp.take_along_axis(probabilities, y_held[:, None], axis=1)[:, 0]
+            nll = -jnp.log(jnp.clip(picked, _CLIP, 1.0 - _CLIP))
+            return jnp.sum(jnp.where(held_valid, nll, 0.0)) / jnp.maximum(jnp.sum(held_valid), 1)
+
+        def epoch(state):
+            p, m, v, t, e, best_loss, best_p, wait, done, curve = state
+            (p, m, v, t, total, count), _ = jax.lax.scan(step, (p, m, v, t, 0.0, 0), orders[e])
+            curve = curve.at[e].set(total / jnp.maximum(count, 1))
+            early = s["patience"] > 0
+            loss = held_out(p)
+            better = loss < best_loss
+            best_loss = jnp.where(better, loss, best_loss)
+            best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
+            wait = jnp.where(better, 0, wait + 1)
+            done = (early & (wait >= s["patience"]) & (e > 0)) | (e + 1 >= s["epochs"])
+            return p, m, v, t, e + 1, best_loss, best_p, wait, done, curve
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        state = (params, zeros, zeros, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.inf), params, jnp.int32(0),
+                 jnp.bool_(False), jnp.full((n_epochs_max,), jnp.nan, jnp.float32))
+        p, _, _, _, e, _, best_p, _, _, curve = jax.lax.while_loop(lambda st: ~st[8], epoch, state)
+        weights = jax.tree.map(lambda a, b: jnp.where(s["patience"] > 0, a, b), best_p, p)
+        return {"weights": weights, "epochs_run": e, "loss_curve": curve}
+
+    return jax.jit(jax.vmap(train_one, in_axes=(None, None, 0, 0, 0, 0)))

@@ -13,7 +13,9 @@ with an L2 penalty the solution ``w`` lies in the span of the training rows
 is a thin QR decomposition (``Q`` of shape (n_features, n_samples) with
 orthonormal columns, so ``Z = Rᵀ`` and ``Z Zᵀ = X Xᵀ``): the same dual, the
 same coordinate order (same ``random_state``), the same iterations, on
-n_samples columns instead of n_features. The fitted ``coef_`` is mapped back
+n_samples columns instead of n_features. The decomposition is made once per
+training matrix (:func:`row_space`): a search fits one matrix at many C, and
+the QR cost more than most of those fits. The fitted ``coef_`` is mapped back
 (``coef_Z Qᵀ``), so the head is an ordinary ``LinearSVC`` on the full features
 for prediction, saving and export. Equal to ``LinearSVC`` fitted on ``X`` to
 float64 rounding (``tests/test_linear_svm.py``); 2–4× faster on this
@@ -23,12 +25,39 @@ L1 penalty (whose solution is not in the row span), it is ``LinearSVC`` as is.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_array
 
-__all__ = ["RowSpaceLinearSVC"]
+__all__ = ["RowSpaceLinearSVC", "row_space"]
+
+# The last matrices decomposed, by id, each with a weak reference that says it is still that matrix.
+_BASES: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
+_KEPT = 8
+
+
+def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Q, R`` of the thin QR decomposition ``Xᵀ = Q R`` in float64, computed once per matrix object.
+
+    Fits of one training matrix at many C (a search, a path) share it; a
+    matrix is recognised by identity (a weak reference, so a new array at a
+    reused address is not mistaken for it), and only the last few are kept.
+    """
+    entry = _BASES.get(id(X))
+    if entry is not None and entry[0]() is X:
+        return entry[1], entry[2]
+    Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))
+    try:
+        reference = weakref.ref(X)
+    except TypeError:          # an object without weak references: not cached
+        return Q, R
+    while len(_BASES) >= _KEPT:
+        _BASES.pop(next(iter(_BASES)))
+    _BASES[id(X)] = (reference, Q, R)
+    return Q, R
 
 
 class RowSpaceLinearSVC(LinearSVC):
@@ -41,11 +70,14 @@ class RowSpaceLinearSVC(LinearSVC):
     def fit(self, X, y, sample_weight=None):
         """Fit on ``X`` of shape (n_samples, n_features); returns self, with ``coef_`` of shape (n_classes or 1, n_features)."""
         # scikit-learn's checks first (shape, NaN/inf, named in its messages): a QR would not name them.
+        given = X
         X = check_array(X, accept_sparse="csr", dtype=(np.float64, np.float32))
         if scipy.sparse.issparse(X) or self.penalty != "l2" or X.shape[0] >= X.shape[1]:
             return super().fit(X, y, sample_weight=sample_weight)
         n_features = X.shape[1]
-        Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))     # Xᵀ = Q R, so X Q = Rᵀ
+        # The matrix as given (a memory map shared by a search's fits), so that its decomposition is reused.
+        source = given if isinstance(given, np.ndarray) and given.shape == X.shape else X
+        Q, R = row_space(source)     # Xᵀ = Q R, so X Q = Rᵀ
         dual = self.dual
         # "auto" would see a square matrix and pick the primal; for X (fewer rows than columns) it picks the dual.
         self.dual = True if dual == "auto" else dual

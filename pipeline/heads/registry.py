@@ -33,7 +33,7 @@ EstimatorFactory = Callable[[Mapping[str, Any], Any, int], Any]
 StreamingFactory = Callable[[Mapping[str, Any], Any, "StreamingContext"], Any]
 # (fitted classifier, layer-name prefix, temperature or None) → Keras layers giving probabilities
 KerasForm = Callable[[Any, str, Optional[float]], list]
-# (unfitted estimators, one input matrix each with the same rows, labels) → the estimators, fitted together
+# (unfitted estimators, one input matrix each, their labels: one array or one per estimator) → fitted together
 FitTogether = Callable[[Sequence[Any], Sequence[Any], Any], list]
 
 
@@ -76,12 +76,14 @@ class HeadKind:
     path : str, optional
         A swept setting fitted as one warm-started path in ascending order (C).
     in_process : bool
-        Fit in the stage's own process rather than a worker (Keras: TensorFlow
+        Fit in the stage's own process rather than a worker, after the
+        scikit-learn jobs, racing them under cross-validation (dense: JAX
         is then imported once).
     fit_together : callable, optional
         ``fit_together(estimators, inputs, y)``: fits many variants of the kind
-        in one pass, each on its own input matrix (same rows, same labels), with
-        the results each would get alone. Variants that read the same rows then
+        in one pass, each on its own input matrix with its labels (``y``: one
+        array for all, or one per estimator: the folds of a cross-validation),
+        with the results each would get alone. Variants that read the same rows then
         form one job (:func:`pipeline.heads.sweep.plan_jobs`) while the kind's
         settings say ``batched: true`` (the grid needs that field).
     fit_order : int
@@ -240,7 +242,7 @@ class DenseGrid:
     batch_size: int = 64
     patience: int = 8
     validation_fraction: float = 0.15
-    batched: bool = True        # variants that read the same rows train as one Keras model (pipeline.heads.dense_batch)
+    batched: bool = True        # variants (× folds) that read the same rows train as one JAX program (pipeline.heads.dense_batch)
 
     def __post_init__(self):
         _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0,
@@ -268,7 +270,9 @@ def _logreg(values, grid: LogRegGrid, seed: int):
 def _svm_linear(values, grid: SvmLinearGrid, seed: int):
     from pipeline.heads.linear_svm import RowSpaceLinearSVC
 
-    return RowSpaceLinearSVC(C=values["C"], random_state=seed)
+    # The dual always: at the large C of a search liblinear's primal (what dual="auto" picks for tall matrices)
+    # runs up to 9x longer to its iteration limit (BENCHMARKS.md); both solve the same problem.
+    return RowSpaceLinearSVC(C=values["C"], dual=True, random_state=seed)
 
 
 def _svm_rbf(values, grid: SvmRbfGrid, seed: int):

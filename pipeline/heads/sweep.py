@@ -16,16 +16,24 @@ The heads stage (:mod:`pipeline.heads.training`) and ``benchmarks/sweep.py`` cal
 * **Warm starts along a path.** Variants of a kind whose registry entry names a
   ``path`` (logistic regression: C) that share an input form one job fitted in
   ascending order, each fit starting from the previous solution (``warm_start=True``).
-* **Many dense heads, one pass.** Variants of a kind with a ``fit_together``
+* **Many dense heads, one program.** Variants of a kind with a ``fit_together``
   form (dense heads, while ``heads.dense.batched`` is true) that read the same
   rows — every pooling, standardisation and PCA of one feature set — form one
-  job: per fold, one Keras model trains them all through one input pipeline
-  (:mod:`pipeline.heads.dense_batch`), each with its own weights, dropout, loss
-  and early stopping, with the results of training each alone.
-* **Keras in one process.** scikit-learn jobs go to ``heads.n_jobs`` loky
-  workers (when more than one needs fitting); kinds marked ``in_process``
-  (dense, Keras) run in this process meanwhile, so TensorFlow is imported once
-  and never in a worker.
+  job, and every variant × fold of it is one member of one compiled JAX
+  program (:mod:`pipeline.heads.dense_batch`), each with its own weights,
+  dropout, loss and early stopping, with the results of training each alone.
+* **Racing.** Under cross-validation the in-process kinds (dense) run after
+  every scikit-learn job of the feature set, fold by fold, against the best
+  complete variant so far (:func:`leader_of`): after each fold but the last, a
+  variant that a one-sided exact McNemar test on the images scored so far finds
+  less accurate than the leader at level ``heads.race`` stops
+  (:func:`dominated`; its row's ``raced_out``). Whole folds are compared, never
+  partly trained heads, so a head that learns slowly is judged on what it
+  ends with.
+* **Two phases, no oversubscription.** scikit-learn jobs go to ``heads.n_jobs``
+  loky workers (one BLAS thread each; one job runs in this process, with one
+  BLAS thread too); then the kinds marked ``in_process`` (dense, JAX) run here
+  on every core (or the GPU).
 
 Each variant's row records ``fit_seconds`` (wall time of its fits: the one fit
 on train, or with ``heads.cv`` the k fold fits plus the final refit; a batch's
@@ -56,10 +64,9 @@ Test rows are never seen here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-import importlib
-import itertools
 import logging
 import math
 import tempfile
@@ -70,6 +77,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import joblib
 import numpy as np
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from pipeline.config import HeadsParams
 from pipeline.heads.fold_scores import Tally, class_probabilities, correct_string
@@ -198,11 +206,11 @@ def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) 
                    f"< {heads.cv_below})")
 
 
-def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]
-            ) -> tuple[FitJob, list[tuple[Any, dict]]]:
+def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
+            leader: Optional["Leader"] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest."""
-    if job.together:
-        return fit_together_job(job, heads, folds)
+    if job.together or head_kind(job.kind).fit_together is not None and batched(job.variants[0], heads):
+        return fit_together_job(job, heads, folds, leader)
     return fit_job(job, heads, folds[job.features_key])
 
 
@@ -250,13 +258,19 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
     return job, [(kept[v], tallies[v].row(kept[v], memmapped, warm_start_from_C=warm_from[v])) for v in job.variants]
 
 
-def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]
-                     ) -> tuple[FitJob, list[tuple[Any, dict]]]:
-    """Fit a batch's variants in one pass per fold with their kind's ``fit_together``, each on its own input.
+def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
+                     leader: Optional["Leader"] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Fit a batch's variants on every fold with their kind's ``fit_together``, racing them against ``leader``.
 
-    Rows are scored and reported as :func:`fit_job` does; a batch's fit time
-    and peak memory are shared, so each variant's ``fit_seconds`` is its share
-    (the batch's time over its variants) and its ``peak_rss_mib`` the batch's.
+    Without racing every variant × fold is one member of one batched fit. With
+    it (cross-validation, ``heads.race`` > 0 and a ``leader`` scored on every
+    fold) the folds are fitted one at a time; after each fold but the last, a
+    variant whose right and wrong answers on the images scored so far are
+    significantly worse than the leader's (:func:`dominated`) stops: its row
+    says so (``raced_out``), keeps its partial scores, and it gets no final
+    refit and no fitted head. Rows are scored and reported as :func:`fit_job`
+    does; a batched fit's time is shared evenly by its members (variant ×
+    fold), its peak memory is each one's.
 
     Raises
     ------
@@ -267,21 +281,83 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
     fit_together = head_kind(job.kind).fit_together
     tallies = {v: Tally() for v in job.variants}
     n_folds = len(folds[job.features_key])
-    fitted: list = []
     for index in range(n_folds):
-        parts = [folds[v.features_key][index] for v in job.variants]
-        y_fit = parts[0][1]
-        if any(not np.array_equal(part[1], y_fit) for part in parts):
+        y_fit = folds[job.features_key][index][1]
+        if any(not np.array_equal(folds[key][index][1], y_fit) for key in job.features_keys):
             raise ValueError(f"variants fitted together must see the same rows; the folds of "
                              f"{[v.id for v in job.variants]} hold different labels")
+    refit = folds[job.features_key][-1][2] is None      # cross-validation: the last fold is the refit on all
+    n_scored = n_folds - 1 if refit else n_folds
+    racing = refit and leader is not None and heads.race > 0 and n_scored > 1
+    rounds = [[index] for index in range(n_folds)] if racing else [list(range(n_folds))]
+    live, kept, raced_out = list(job.variants), {}, {}
+    for fold_indices in rounds:
+        members = [(variant, index) for index in fold_indices for variant in live]
+        if not members:
+            break
         with Watched() as fit:
-            fitted = fit_together([make_head(v, heads) for v in job.variants], [part[0] for part in parts], y_fit)
-        for variant, head, (_, _, X_score, y_score) in zip(job.variants, fitted, parts):
-            tallies[variant].fitted(fit, share=len(job.variants))
+            fitted = fit_together([make_head(v, heads) for v, _ in members],
+                                  [folds[v.features_key][i][0] for v, i in members],
+                                  [folds[v.features_key][i][1] for v, i in members])
+        for (variant, index), head in zip(members, fitted):
+            tallies[variant].fitted(fit, share=len(members))
+            _, _, X_score, y_score = folds[variant.features_key][index]
             if X_score is not None and len(y_score):
                 tallies[variant].score(head, X_score, y_score)
+            if index == n_folds - 1:
+                kept[variant] = head
+        if racing and fold_indices[0] < n_scored - 1:
+            for variant in list(live):
+                p_value = dominated(tallies[variant], leader)
+                if p_value < heads.race:
+                    live.remove(variant)
+                    raced_out[variant] = {"after_folds": fold_indices[0] + 1, "folds": n_scored,
+                                          "leader": leader.variant, "p_value": round(p_value, 6)}
     memmapped = all(isinstance(folds[key][-1][0], np.memmap) for key in job.features_keys)
-    return job, [(head, tallies[v].row(head, memmapped)) for v, head in zip(job.variants, fitted)]
+    results = []
+    for variant in job.variants:
+        if variant in raced_out:
+            row = tallies[variant].row(None, memmapped, raced_out=raced_out[variant])
+            row.update(val_proba=None, scored_labels=None)     # partial: no soft vote, no labels of record
+            results.append((None, row))
+        else:
+            results.append((kept[variant], tallies[variant].row(kept[variant], memmapped)))
+    return job, results
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The variant racing compares against: the best complete one so far (every scored image, in fold order)."""
+
+    variant: str
+    val_correct: str
+
+
+def leader_of(rows: Sequence[dict]) -> Optional[Leader]:
+    """The complete row (not raced out) with the best validation accuracy; ties to the first; None if none."""
+    complete = [r for r in rows if r.get("val_correct") and not r.get("raced_out") and r.get("val_accuracy") is not None]
+    if not complete:
+        return None
+    best = max(complete, key=lambda r: r["val_accuracy"])
+    return Leader(best["variant"], best["val_correct"])
+
+
+def dominated(tally: Tally, leader: Leader) -> float:
+    """One-sided exact McNemar p-value that the tallied variant is less accurate than ``leader``.
+
+    On the images the variant has been scored on so far (the first folds, the
+    same images in the same order as the leader's ``val_correct``): among the
+    images exactly one of the two got right, how unlikely so few are the
+    variant's if both were equally accurate.
+    """
+    from scipy.stats import binom
+
+    mine = np.concatenate(tally.correct)
+    theirs = np.frombuffer(leader.val_correct.encode(), dtype=np.uint8)[:len(mine)] == ord("1")
+    only_mine, only_theirs = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
+    if only_mine + only_theirs == 0:
+        return 1.0
+    return float(binom.cdf(only_mine, only_mine + only_theirs, 0.5))
 
 def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Search the job's setting coarse to fine (:func:`pipeline.heads.search.coarse_to_fine`) and fit every value tried.
@@ -344,8 +420,8 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
 
 
 def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, Splits], *,
-              jobs: Optional[Sequence[FitJob]] = None, progress: bool = False,
-              desc: str = "heads") -> Iterator[tuple[Variant, Pipeline, dict]]:
+              jobs: Optional[Sequence[FitJob]] = None, progress: bool = False, desc: str = "heads",
+              complete: Sequence[dict] = ()) -> Iterator[tuple[Variant, Optional[Pipeline], dict]]:
     """Fit variants in parallel and yield each as soon as it is done.
 
     Parameters
@@ -356,12 +432,17 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
         ``n_jobs``, ``cv``, ``seed`` and every head setting.
     data : dict of str to Splits
         The train and val rows for each pooling the variants use.
+    complete : sequence of dict
+        Score rows of this feature set not refitted now (reused): the
+        in-process kinds race against the best of these and of this sweep's
+        first phase (:func:`fit_together_job`).
 
     Yields
     ------
     variant : Variant
-    estimator : sklearn Pipeline
-        Fitted preprocessing (if any) and head, ready to ``predict`` on pooled features.
+    estimator : sklearn Pipeline or None
+        Fitted preprocessing (if any) and head, ready to ``predict`` on pooled
+        features; None for a variant stopped by racing (its row's ``raced_out``).
     row : dict
         ``val_accuracy``, ``val_macro_f1``, ``val_accuracy_std`` (cross-validation
         only), ``fit_seconds``, ``preprocess_seconds``, ``peak_rss_mib``,
@@ -385,24 +466,36 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
 
         def inputs(job: FitJob) -> dict:
             return {key: folds[key] for key in job.features_keys}
-        # Dispatch starts now: the loky workers start and fit while this process imports
-        # TensorFlow and trains the Keras heads. A worker costs ~2 s to start (a Python
-        # process importing scikit-learn), more than a single job usually takes: one job
-        # (a rerun that refits one changed C path, say) runs in this process instead.
+
+        def finished(job: FitJob, results) -> Iterator[tuple[Variant, Optional[Pipeline], dict]]:
+            for variant, (head, row) in zip(job.variants, results):
+                final = preprocessors[variant.features_key][-1]
+                steps = list(final.steps) if final is not None else []
+                row["preprocess_seconds"] = round(prep_seconds[variant.features_key], 4)
+                bar.update()
+                scored.append({"variant": variant.id, **row})
+                yield variant, None if head is None else Pipeline([*steps, ("head", head)]), row
+
+        # Two phases, each keeping both cores busy without oversubscribing them. First the
+        # scikit-learn jobs in heads.n_jobs loky workers (one BLAS thread each: joblib's default),
+        # then the in-process kinds (dense: one JAX program per batch, on every core or the GPU),
+        # which race against the best variant the first phase found (fit_together_job). A worker
+        # costs ~2 s to start, more than a single job usually takes: one job (a rerun that refits
+        # one changed C path, say) runs in this process instead.
         in_workers = [j for j in jobs if not j.in_process]
-        n_jobs = heads.n_jobs if len(in_workers) > 1 else 1
-        pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            joblib.delayed(run_job)(job, heads, inputs(job)) for job in in_workers) if in_workers else ()
         in_process = [j for j in jobs if j.in_process]
-        if in_process:   # here, so that no variant's fit_seconds include TensorFlow's import
-            importlib.import_module("keras")
-        done = (run_job(job, heads, inputs(job)) for job in in_process)
+        n_jobs = heads.n_jobs if len(in_workers) > 1 else 1
+        scored = list(complete)
         total = sum(len(j.variants) for j in jobs)
         with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar:
-            for job, results in itertools.chain(done, pending):
-                for variant, (head, row) in zip(job.variants, results):
-                    final = preprocessors[variant.features_key][-1]
-                    steps = list(final.steps) if final is not None else []
-                    row["preprocess_seconds"] = round(prep_seconds[variant.features_key], 4)
-                    bar.update()
-                    yield variant, Pipeline([*steps, ("head", head)]), row
+            if in_workers:
+                # In this process (one job), one BLAS thread as in a worker: these fits are too small for
+                # two threads to gain, and measured ~3x slower with them (logistic regression, 2 cores).
+                limit = threadpool_limits(limits=1) if n_jobs == 1 else contextlib.nullcontext()
+                with limit:
+                    pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                        joblib.delayed(run_job)(job, heads, inputs(job)) for job in in_workers)
+                    for job, results in pending:
+                        yield from finished(job, results)
+            for job in in_process:
+                yield from finished(*run_job(job, heads, inputs(job), leader_of(scored)))

@@ -35,7 +35,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import joblib
 import numpy as np
@@ -165,6 +165,9 @@ def previous_rows(out: Path) -> dict[str, dict]:
     kept = {}
     for row in rows:
         path = head_file(out, row["variant"])
+        if "fingerprint" in row and row.get("raced_out"):
+            kept[row["variant"]] = row      # stopped by racing: scores only, no fitted head
+            continue
         if "fingerprint" not in row or not path.is_file():
             continue
         if row.get("sha256") != file_sha256(path):
@@ -176,7 +179,7 @@ def previous_rows(out: Path) -> dict[str, dict]:
 
 
 def train_heads(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool = True,
-                reuse: bool = True) -> tuple[list[dict], dict]:
+                reuse: bool = True, control: bool = False) -> tuple[list[dict], dict]:
     """Fit the grid on one store (what changed only), save every fitted head.
 
     Parameters
@@ -190,6 +193,8 @@ def train_heads(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: 
     out : Path
         Folder of the fitted heads; earlier results in it are reused when their
         fingerprints match (unless ``reuse`` is false).
+    control : bool
+        The store is a control feature set (:func:`control_variants`): a cheap, fixed grid.
 
     Returns
     -------
@@ -201,6 +206,8 @@ def train_heads(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: 
     if not isinstance(features, (str, Path)):
         return _train_combination(list(features), heads, out, records, progress=progress, reuse=reuse)
     variants = applicable_variants(features, expand_grid(heads))
+    if control:
+        variants, heads = control_variants(features.stem, variants, heads)
     if out_of_core(features, variants, heads, records):
         return _train_out_of_core(features, variants, heads, out, records)
     needs_views = any(v.uses_views for v in variants)
@@ -256,9 +263,17 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
         # A reused row takes this run's `selection` words: they name heads.cv_below, which fingerprints lack.
         return {**row, "reused": True, "selection": mode}
 
+    # A variant stopped by racing was compared with the best of the others: when any other job is
+    # refitted (the best may change), it races again.
+    others_change = any(
+        (any(old.get(v.id, {}).get("fingerprint") != each[v] for v in job.variants) if job.together else
+         not all(old.get(v.id, {}).get("fingerprint") == job_fingerprint(job, heads, digests[v.pooling])
+                 for v in job.variants))
+        for job in planned)
     for job in planned:
         if job.together:
-            changed = tuple(v for v in job.variants if old.get(v.id, {}).get("fingerprint") != each[v])
+            changed = tuple(v for v in job.variants if old.get(v.id, {}).get("fingerprint") != each[v]
+                            or (others_change and old[v.id].get("raced_out")))
             rows.update({v.id: reused(old[v.id]) for v in job.variants if v not in changed})
             if changed:
                 to_fit.append((dataclasses.replace(job, variants=changed, together=len(changed) > 1), None))
@@ -278,8 +293,10 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
     fingerprints.update(each)
     probabilities = read_val_proba(out) if reuse else {}
     started = time.perf_counter()
+    fitted_ids = {v.id for job, _ in to_fit for v in job.variants}
+    complete = [row for i, row in rows.items() if i not in fitted_ids]
     for variant, estimator, row in run_sweep(variants, heads, data, jobs=[job for job, _ in to_fit],
-                                             progress=progress, desc=f"heads {name}"):
+                                             progress=progress, desc=f"heads {name}", complete=complete):
         proba = row.pop("val_proba", None)
         labels = row.pop("scored_labels", None)
         if labels is not None:
@@ -288,25 +305,32 @@ def _fit_grid(name: str, variants: Sequence[Variant], data: dict[str, Splits], h
             probabilities[variant.id] = proba
         else:
             probabilities.pop(variant.id, None)
-        digest = save_head(estimator, head_file(out, variant.id))
+        digest = None if estimator is None else save_head(estimator, head_file(out, variant.id))
         fingerprint = fingerprints.get(variant) or fingerprints[(variant.kind, variant.features_key)]
         rows[variant.id] = {**variant_row(variant, mode), **row, "fingerprint": fingerprint,
                             "sha256": digest, "reused": False}
-        log.info("%-44s val acc %s  (%.2f s, %+.0f MiB)", variant.id, _fmt(row["val_accuracy"]),
-                 row["fit_seconds"], row["peak_rss_mib"])
+        raced = row.get("raced_out")
+        log.debug("%-44s val acc %s  (%.2f s, %+.0f MiB)%s", variant.id, _fmt(row["val_accuracy"]),
+                  row["fit_seconds"], row["peak_rss_mib"],
+                  f"  stopped by racing after {raced['after_folds']} of {raced['folds']} folds" if raced else "")
         if row.get("not_converged"):
             log.warning("%s/%s: %d of its fits stopped at the solver's iteration limit, not converged (scikit-learn's "
                         "ConvergenceWarning); scored as they stopped, `not_converged` in scores.json", name,
                         variant.id, row["not_converged"])
     fit_wall = time.perf_counter() - started
     ids = sorted(rows, key=lambda i: grid_position(rows[i], variants))
-    keep = {f"{i}.joblib" for i in ids}
+    keep = {f"{i}.joblib" for i in ids if not rows[i].get("raced_out")}
     for stale in out.glob("*.joblib"):
         if stale.name not in keep:
             stale.unlink()
     np.savez(out / VAL_PROBA_FILE, **{i: probabilities[i] for i in [*ids, SCORED_LABELS] if i in probabilities})
     n_fit = sum(not rows[i]["reused"] for i in ids)
-    summary = {"variants": len(ids), "fitted": n_fit, "reused": len(ids) - n_fit,
+    raced = [i for i in ids if rows[i].get("raced_out")]
+    if raced:
+        log.info("%s: %d variants stopped by racing (heads.race=%g: significantly behind %s after %s folds)", name,
+                 len(raced), heads.race, rows[raced[0]]["raced_out"]["leader"],
+                 "/".join(str(rows[i]["raced_out"]["after_folds"]) for i in raced))
+    summary = {"variants": len(ids), "fitted": n_fit, "reused": len(ids) - n_fit, "raced_out": len(raced),
                "fit_wall_seconds": round(fit_wall, 3), "n_jobs": heads.n_jobs, "cv": heads.cv,
                "selection": mode}
     return [rows[i] for i in ids], summary
@@ -322,6 +346,43 @@ def grid_position(row: dict, variants: Sequence[Variant]) -> tuple[int, float]:
                  and v.standardize == row["standardize"] and v.pca == row["pca"]
                  and v.augment == row.get("augment", "none") and v.tta == row.get("tta", False))
     return first, float(row["params"][search])
+
+
+def control_feature_sets(features: Mapping[str, Any]) -> set[str]:
+    """The feature sets of params' ``features`` that are controls: random weights beside pretrained ones.
+
+    A backbone with ``weights: none`` is a yardstick of what pretrained weights
+    add when some other feature set has them; when none has, it is the
+    experiment itself and gets the whole grid.
+    """
+    random = {key for key, spec in features.items() if spec.weights == "none"}
+    return random if len(random) < len(features) else set()
+
+
+def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams
+                     ) -> tuple[list[Variant], HeadsParams]:
+    """The variants fitted on ``features`` and their settings: a control feature set gets a cheap, fixed grid.
+
+    A control feature set (``weights: none``: the backbone with random weights)
+    is a yardstick of what the pretrained weights add, not a candidate: only the
+    kinds of ``heads.control_kinds`` are fitted on it, at their listed values
+    (no coarse-to-fine search), which says that as well as the whole grid would.
+
+    Raises
+    ------
+    ValueError
+        If no variant of the grid is of a control kind.
+    """
+    kept = [v for v in variants if v.kind in heads.control_kinds]
+    if not kept:
+        raise ValueError(f"{name} is a control feature set (weights: none): only heads.control_kinds "
+                         f"{list(heads.control_kinds)} are fitted on it, and heads.kinds {list(heads.kinds)} has none "
+                         "of them; add one to heads.kinds or to heads.control_kinds")
+    log.info("%s: a control feature set (weights: none): fitting %s only (heads.control_kinds) at their listed "
+             "values, %d of %d variants", name, ", ".join(heads.control_kinds), len(kept), len(variants))
+    grids = {kind: dataclasses.replace(grid, refine=0) if hasattr(grid, "refine") else grid
+             for kind, grid in heads.grids.items()}
+    return kept, dataclasses.replace(heads, grids=grids)
 
 
 def applicable_variants(features: Path, variants: Sequence[Variant]) -> list[Variant]:
@@ -407,14 +468,15 @@ def process_start() -> float:
 
 
 def write_scores(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: Path, records: Sequence[Record], *, progress: bool,
-                 reuse: bool, started: float) -> float:
+                 reuse: bool, started: float, control: bool = False) -> float:
     """Fit one store's grid and write its ``scores.json``; returns when it finished (``time.time()``).
 
     ``stage_seconds`` is the wall time since ``started``: for the first store of
     the process its start (interpreter and imports included), for the next ones
     the end of the previous store.
     """
-    rows, summary = train_heads(features, heads, out, records, progress=progress, reuse=reuse)
+    rows, summary = train_heads(features, heads, out, records, progress=progress, reuse=reuse, control=control)
+    summary["control"] = control
     finished = time.time()
     summary["stage_seconds"] = round(finished - started, 3)
     if isinstance(features, (str, Path)):

@@ -56,12 +56,20 @@ def leaderboard_markdown(rows: Sequence[dict], report: dict, curve: Optional[dic
     for rank, row in enumerate(rows, 1):
         test = f"{row['test_accuracy']:.4f} ✓" if row["selected"] else ""
         stopped = f" (not converged in {row['not_converged']} fits)" if row.get("not_converged") else ""
+        raced = row.get("raced_out")
+        if raced:
+            stopped += f" (stopped by racing after {raced['after_folds']} of {raced['folds']} folds)"
         lines.append(f"| {rank} | {row['feature_set']} | {row['cut']} | {row['variant']}{stopped} | "
                      f"{_num(row['val_accuracy'])} | {_num(row['val_macro_f1'])} | {test} | "
                      f"{row['fit_seconds']:.2f} | {_num(row.get('peak_rss_mib'), 1)} |")
     if any(row.get("not_converged") for row in rows):
         lines += ["", "*Not converged*: the solver stopped at its iteration limit in that many of the variant's fits "
                   "(scikit-learn's ConvergenceWarning); the variant is scored as it stopped."]
+    if any(row.get("raced_out") for row in rows):
+        lines += ["", "*Stopped by racing*: after that many folds of the cross-validation a one-sided exact McNemar "
+                  "test on the images scored so far found the variant less accurate than the best complete variant "
+                  "of its feature set (`heads.race`); its val scores are over those folds only, it is never chosen "
+                  "and has no fitted head."]
     return "\n".join(lines) + "\n"
 
 

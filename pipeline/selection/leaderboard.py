@@ -111,7 +111,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
                 "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
                 "test_accuracy": result["test_accuracy"] if selected else None,
                 "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
-                "n_epochs": row.get("n_epochs"), "not_converged": row.get("not_converged"), "selected": selected,
+                "n_epochs": row.get("n_epochs"), "not_converged": row.get("not_converged"), "raced_out": row.get("raced_out"), "selected": selected,
                 "selection": row.get("selection", "val split"),
                 "indistinguishable": tied if selected else None,
             })
@@ -290,6 +290,11 @@ def _head_target(heads_dir: Path, leaderboard: Sequence[dict], key: str, variant
     if variant not in rows:
         raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
                          + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
+    raced = rows[variant].get("raced_out")
+    if raced:
+        raise ValueError(f"export.variant {key}/{variant} was stopped by racing after {raced['after_folds']} of "
+                         f"{raced['folds']} folds (significantly less accurate than {raced['leader']}), so it has no "
+                         "fitted head; set heads.race: 0 to fit every variant fully, or name another variant")
     head = head_file(heads_dir / key, variant)
     combines = scores.get("combines")
     return {"feature_set": key, "variant": variant, "form": "combination" if combines else "single",

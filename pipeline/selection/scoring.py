@@ -61,8 +61,12 @@ def rank(row: dict, select_by: str) -> tuple:
 
 
 def select_best(rows: Sequence[dict], select_by: str) -> dict:
-    """The row with the best validation score; ties go to the simpler, more regularised variant (:func:`rank`)."""
-    scored = [r for r in rows if r.get(f"val_{select_by}") is not None]
+    """The row with the best validation score; ties go to the simpler, more regularised variant (:func:`rank`).
+
+    Variants stopped by racing (``raced_out``: scored on some folds only, no
+    fitted head) are never chosen.
+    """
+    scored = [r for r in rows if r.get(f"val_{select_by}") is not None and not r.get("raced_out")]
     if not scored:
         raise ValueError("no variant has a validation score (is the validation split empty?)")
     return min(scored, key=lambda r: rank(r, select_by))

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from pipeline.config import load_params
 from pipeline.heads.combination import combination_key
-from pipeline.heads.training import parallel_backend, process_start, write_scores
+from pipeline.heads.training import control_feature_sets, parallel_backend, process_start, write_scores
 from pipeline.manifest import read_manifest
 from pipeline.stage import run_stage
 from pipeline.store.layout import store_path
@@ -64,9 +64,10 @@ def _run(args, params) -> None:
         return
     # Every feature set in one process: TensorFlow (for dense heads) is imported once, and the
     # fingerprints keep the heads of feature sets whose features and params did not change.
+    controls = control_feature_sets(params.features)
     for key in params.features:
         started = write_scores(store_path(args.features, key), params.heads, args.out / key, records,
-                               started=started, **options)
+                               started=started, control=key in controls, **options)
     # Combinations of the cached feature sets (heads.combine): their rows concatenated, no backbone pass.
     combined = [list(members) for members in params.heads.combine]
     for members in combined:
