@@ -1,7 +1,7 @@
 """The dense head as a scikit-learn classifier: JAX trains it, numpy predicts with it, Keras exports it.
 
 :class:`DenseHead` is ``[Dense(relu) → Dropout] → Dense(softmax)`` trained on
-arrays already in memory by :mod:`pipeline.heads.dense_batch` — the same
+arrays already in memory by :mod:`pipeline.heads.dense_training` — the same
 compiled program that trains a sweep's dense variants and folds together, with
 one member — so a head fitted alone and one fitted in a batch are the same
 head. Two choices keep it cheap:
@@ -96,7 +96,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        from pipeline.heads.dense_batch import prepared_member, train_members
+        from pipeline.heads.dense_training import prepared_member, train_members
 
         X, views, encoded = self._validate_training(X, y)
         if views is None:
@@ -191,13 +191,9 @@ def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix:
                    weight_decay: float = 0.0) -> list[Any]:
     """The head's layers, made in one fixed order: ``[hidden] → [dropout] → probabilities``, names prefixed.
 
-    ``weight_decay`` > 0 puts an L2 penalty (``keras.regularizers.L2``) on both kernels.
-
-    Each layer draws the seed of its initialiser (or of its dropout masks)
-    from Keras's global seed when it is made, so after the same
-    ``keras.utils.set_random_seed`` these layers start from the same weights and
-    draw the same masks wherever they are made: in a lone network or as one
-    branch of many (:mod:`pipeline.heads.dense_batch`).
+    ``weight_decay`` > 0 puts an L2 penalty (``keras.regularizers.L2``) on both kernels. The
+    exported model (:attr:`DenseHead.model_`) and the out-of-core head
+    (:mod:`pipeline.heads.streaming`) are made of these layers.
     """
     import keras
 
@@ -251,7 +247,7 @@ def held_out_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     Probabilities of shape (n_samples, n_classes) are clipped to
     ``[ε, 1 - ε]`` (Keras' ``epsilon()``, 1e-7) and the mean of ``-log p[label]``
     is taken in float32: what early stopping reads after every epoch
-    (:mod:`pipeline.heads.dense_batch` computes the same inside its program).
+    (:mod:`pipeline.heads.dense_training` computes the same inside its program).
     """
     epsilon = np.float32(_KERAS_EPSILON)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], epsilon, np.float32(1) - epsilon)

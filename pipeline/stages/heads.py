@@ -6,7 +6,9 @@ Reads  the feature stores under ``--features`` and the manifest (``--manifest``:
        sections ``heads`` and ``features``.
 Combinations (``heads.combine``) are trained after every feature set, each
 into ``heads/<a>+<b>/`` (:mod:`pipeline.heads.combination`), when the stage runs
-over every feature set.
+over every feature set. A feature set with random weights beside pretrained
+ones is a control: it gets ``heads.control_kinds`` only
+(:func:`pipeline.heads.training.control_feature_sets`).
 
 Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
        variant (``<variant>.joblib``: [standardize] → [pca] → head) and
@@ -62,7 +64,7 @@ def _run(args, params) -> None:
     if args.features.suffix == ".zarr":
         write_scores(args.features, params.heads, args.out, records, started=started, **options)
         return
-    # Every feature set in one process: TensorFlow (for dense heads) is imported once, and the
+    # Every feature set in one process: JAX (for dense heads) is imported, and its programs compiled, once; the
     # fingerprints keep the heads of feature sets whose features and params did not change.
     controls = control_feature_sets(params.features)
     for key in params.features:

@@ -1,0 +1,271 @@
+"""Dense heads trained by JAX: one compiled program trains every member at once, on the CPU or a GPU.
+
+A sweep's dense variants, and under cross-validation each of them once per
+fold, are small networks ``[Dense(relu)] → [Dropout] → Dense(softmax)`` on
+rows that are already in memory. Trained one Keras model at a time they cost
+more in tracing and per-step overhead than in arithmetic. Here every member —
+a head on its own input matrix and its own rows (a fold's training rows, say)
+— is one slice of a ``jax.vmap``: a whole training run (epochs of shuffled
+mini-batches, Adam, dropout, weight decay, early stopping on held-out rows)
+is one ``jax.lax.while_loop`` compiled once per shape and run for all members
+together, as DINOv2's evaluation trains its linear heads. A member that has
+stopped is carried along with its weights frozen (``vmap`` of a while loop
+runs until the last member is done).
+
+Each member is trained exactly as :class:`~pipeline.heads.dense.DenseHead`
+trains one head alone — ``DenseHead.fit`` is this function with one member —
+so batched and lone results agree to float32 rounding (the batched matmuls sum
+in another order; ``tests/test_dense_batch.py`` holds them to 1e-5):
+
+* the rows held out for early stopping: a stratified, seeded split
+  (:meth:`~pipeline.heads.dense.DenseHead.held_out_rows`);
+* the order of the rows: a permutation of the training rows per epoch from
+  ``numpy.random.default_rng(random_state)``, in batches of ``batch_size``
+  (the last one smaller), made in numpy before the program runs;
+* the initial weights: Glorot-uniform kernels (Keras' default) and zero
+  biases drawn from the same generator; the dropout masks from
+  ``jax.random.key(random_state)`` folded with the step number;
+* Adam with Keras' defaults (β₁ 0.9, β₂ 0.999, ε 1e-7), the mean
+  cross-entropy of the batch plus ``weight_decay · Σ w²`` over the kernels;
+* early stopping as Keras' ``EarlyStopping(patience, restore_best_weights=True)``
+  on the held-out cross-entropy (:func:`~pipeline.heads.dense.held_out_loss`'s
+  clipping), the best weights kept.
+
+Members are grouped by what fixes the program's shapes (hidden width, batch
+size, the input width); everything else — learning rate, dropout, weight
+decay, epochs, patience, seed, rows — may differ between members of a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+log = logging.getLogger(__name__)
+
+# Keras' Adam defaults and its clipping of probabilities (keras.config.epsilon()).
+_BETA_1, _BETA_2, _ADAM_EPSILON = 0.9, 0.999, 1e-7
+_CLIP = 1e-7
+
+
+@dataclass(frozen=True)
+class Member:
+    """One head to train: its estimator (settings), its input matrix and its rows.
+
+    ``matrix`` indexes the ``inputs`` given to :func:`train_members`;
+    ``fit_rows`` are the rows of that matrix it trains on, in order (its
+    epochs shuffle them); ``held_rows`` the rows its early stopping scores
+    (None: no early stopping); ``labels`` the class code of every row of the
+    matrix. ``views`` > 1: the matrix holds ``views`` copies of the rows, view
+    ``v`` of row ``i`` at ``v · n + i``, and each epoch trains on one view of
+    every row, drawn afresh (held-out rows are read on view 0, the clean one).
+    """
+
+    head: Any                 # a DenseHead (its settings; fitted in place)
+    matrix: int
+    fit_rows: np.ndarray
+    held_rows: Optional[np.ndarray]
+    labels: np.ndarray
+    n_classes: int
+    views: int = 1
+
+
+def prepared_member(head, matrix: int, encoded: np.ndarray, views: int = 1) -> Member:
+    """A :class:`Member` training ``head`` on every row of matrix ``matrix`` but those it holds out.
+
+    ``encoded`` holds the class codes of the rows (``head.classes_`` set by
+    :meth:`DenseHead._validate_training`).
+    """
+    fit_rows, held_rows = head.held_out_rows(encoded)
+    labels = np.tile(encoded, views) if views > 1 else encoded
+    return Member(head, matrix, fit_rows, held_rows, labels, len(head.classes_), views)
+
+
+def train_members(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
+    """Train every member on its matrix (see the module docstring); the heads are fitted in place.
+
+    Members of one hidden width, batch size and input width run as one program.
+    """
+    groups: dict[tuple, list[Member]] = {}
+    for member in members:
+        head = member.head
+        key = (head.hidden_units, head.batch_size, matrices[member.matrix].shape[1], member.n_classes)
+        groups.setdefault(key, []).append(member)
+    for group in groups.values():
+        _train_group(group, matrices)
+    log.debug("%d dense heads trained as %d batched programs", len(members), len(groups))
+
+
+def _row_orders(member: Member, epochs: int, steps: int) -> np.ndarray:
+    """Each epoch's rows in batches, shape (epochs, steps, batch_size), ``-1`` where a batch has fewer rows.
+
+    A permutation of the member's training rows per epoch from its seed (and,
+    with views, the view of each row drawn afresh).
+    """
+    head = member.head
+    rng = np.random.default_rng(head.random_state)
+    size = steps * head.batch_size
+    orders = np.full((epochs, size), -1, np.int32)
+    n = len(member.fit_rows)
+    n_rows = len(member.labels) // member.views
+    for epoch in range(min(epochs, head.epochs)):
+        rows = member.fit_rows[rng.permutation(n)]
+        if member.views > 1:
+            rows = rows + n_rows * rng.integers(0, member.views, size=n)
+        orders[epoch, :n] = rows
+    return orders.reshape(epochs, steps, head.batch_size)
+
+
+def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
+
+
+def _initial_weights(head, n_features: int, n_classes: int) -> dict[str, np.ndarray]:
+    """Glorot-uniform kernels and zero biases, drawn from the head's seed (the same alone or batched)."""
+    rng = np.random.default_rng([head.random_state, 1])
+    width = head.hidden_units or n_features
+    weights = {"w2": _glorot(rng, width, n_classes), "b2": np.zeros(n_classes, np.float32)}
+    if head.hidden_units:
+        weights = {"w1": _glorot(rng, n_features, head.hidden_units),
+                   "b1": np.zeros(head.hidden_units, np.float32), **weights}
+    return weights
+
+
+def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
+    """Train members that share a program shape; set each head's ``coefs_``, ``intercepts_``, ``n_epochs_``, ``loss_curve_``."""
+    import jax
+    import jax.numpy as jnp
+
+    first = members[0].head
+    batch_size, hidden = first.batch_size, first.hidden_units
+    n_classes = members[0].n_classes
+    epochs = max(m.head.epochs for m in members)
+    steps = max(math.ceil(len(m.fit_rows) / batch_size) for m in members)
+    n_held = max((0 if m.held_rows is None else len(m.held_rows)) for m in members)
+    used = sorted({m.matrix for m in members})
+    place = {index: position for position, index in enumerate(used)}
+    n_rows = max(len(matrices[i]) for i in used)
+    X = np.zeros((len(used), n_rows, matrices[used[0]].shape[1]), np.float32)
+    Y = np.zeros((len(used), n_rows), np.int32)
+    for index in used:
+        X[place[index], :len(matrices[index])] = matrices[index]
+    for member in members:
+        Y[place[member.matrix], :len(member.labels)] = member.labels
+    held = np.full((len(members), max(n_held, 1)), -1, np.int32)
+    for i, member in enumerate(members):
+        if member.held_rows is not None:
+            held[i, :len(member.held_rows)] = member.held_rows
+    orders = np.stack([_row_orders(m, epochs, steps) for m in members])
+    initial = [_initial_weights(m.head, X.shape[2], n_classes) for m in members]
+    params = {name: np.stack([w[name] for w in initial]) for name in initial[0]}
+    settings = {
+        "matrix": np.array([place[m.matrix] for m in members], np.int32),
+        "learning_rate": np.array([m.head.learning_rate for m in members], np.float32),
+        "dropout": np.array([m.head.dropout for m in members], np.float32),
+        "weight_decay": np.array([m.head.weight_decay for m in members], np.float32),
+        "epochs": np.array([m.head.epochs for m in members], np.int32),
+        "patience": np.array([m.head.patience if m.held_rows is not None else 0 for m in members], np.int32),
+        "key": np.stack([np.asarray(jax.random.key_data(jax.random.key(m.head.random_state))) for m in members]),
+    }
+    program = _program(hidden > 0)
+    result = program(jnp.asarray(X), jnp.asarray(Y), jnp.asarray(orders), jnp.asarray(held), params, settings)
+    result = jax.tree.map(np.asarray, result)
+    for i, member in enumerate(members):
+        head = member.head
+        names = ["w1", "w2"] if hidden else ["w2"]
+        head.coefs_ = [np.array(result["weights"][n][i], np.float32) for n in names]
+        head.intercepts_ = [np.array(result["weights"][n.replace("w", "b")][i], np.float32) for n in names]
+        head.n_epochs_ = int(result["epochs_run"][i])
+        head.loss_curve_ = [float(v) for v in result["loss_curve"][i][:head.n_epochs_]]
+
+
+_PROGRAMS: dict[bool, object] = {}
+
+
+def _program(hidden: bool):
+    """The compiled training program (one per network shape kind; jit caches one per array shapes)."""
+    if hidden not in _PROGRAMS:
+        _PROGRAMS[hidden] = _build_program(hidden)
+    return _PROGRAMS[hidden]
+
+
+def _build_program(hidden: bool):
+    import jax
+    import jax.numpy as jnp
+
+    def forward(params, x, key, rate, training):
+        """Probabilities' logits of rows ``x``; dropout (inverted, as Keras) when ``training``."""
+        h = jax.nn.relu(x @ params["w1"] + params["b1"]) if hidden else x
+        if training:
+            keep = jax.random.bernoulli(key, 1.0 - rate, h.shape)
+            h = jnp.where(keep, h / (1.0 - rate), 0.0)
+        return h @ params["w2"] + params["b2"]
+
+    def penalty(params, decay):
+        return decay * sum(jnp.sum(jnp.square(params[name])) for name in (("w1", "w2") if hidden else ("w2",)))
+
+    def train_one(X, Y, orders, held, params, s):
+        x_all, y_all = X[s["matrix"]], Y[s["matrix"]]
+        key = jax.random.wrap_key_data(s["key"])
+        held_valid = held >= 0
+        x_held, y_held = x_all[jnp.maximum(held, 0)], y_all[jnp.maximum(held, 0)]
+        n_epochs_max = orders.shape[0]
+
+        def batch_loss(p, rows, step_key):
+            valid = rows >= 0
+            safe = jnp.maximum(rows, 0)
+            logits = forward(p, x_all[safe], step_key, s["dropout"], True)
+            nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), y_all[safe][:, None], axis=1)[:, 0]
+            count = jnp.maximum(jnp.sum(valid), 1)
+            cross_entropy = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+            return cross_entropy + penalty(p, s["weight_decay"]), (cross_entropy, jnp.sum(valid))
+
+        def step(carry, rows):
+            p, m, v, t, total, count = carry
+            step_key = jax.random.fold_in(key, t)
+            (_, (cross_entropy, n_valid)), grads = jax.value_and_grad(batch_loss, has_aux=True)(p, rows, step_key)
+            active = n_valid > 0
+            t_next = t + active.astype(t.dtype)
+            tf = t_next.astype(jnp.float32)
+            lr = s["learning_rate"] * jnp.sqrt(1.0 - _BETA_2 ** tf) / (1.0 - _BETA_1 ** tf)
+            m_new = jax.tree.map(lambda a, g: _BETA_1 * a + (1.0 - _BETA_1) * g, m, grads)
+            v_new = jax.tree.map(lambda a, g: _BETA_2 * a + (1.0 - _BETA_2) * g * g, v, grads)
+            p_new = jax.tree.map(lambda w, a, b: w - lr * a / (jnp.sqrt(b) + _ADAM_EPSILON), p, m_new, v_new)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
+            return (keep(p_new, p), keep(m_new, m), keep(v_new, v), t_next,
+                    total + cross_entropy * n_valid, count + n_valid), None
+
+        def held_out(p):
+            logits = forward(p, x_held, key, 0.0, False)
+            probabilities = jax.nn.softmax(logits)
+            picked = jnp.take_along_axis(probabilities, y_held[:, None], axis=1)[:, 0]
+            nll = -jnp.log(jnp.clip(picked, _CLIP, 1.0 - _CLIP))
+            return jnp.sum(jnp.where(held_valid, nll, 0.0)) / jnp.maximum(jnp.sum(held_valid), 1)
+
+        def epoch(state):
+            p, m, v, t, e, best_loss, best_p, wait, done, curve = state
+            (p, m, v, t, total, count), _ = jax.lax.scan(step, (p, m, v, t, 0.0, 0), orders[e])
+            curve = curve.at[e].set(total / jnp.maximum(count, 1))
+            early = s["patience"] > 0
+            loss = held_out(p)
+            better = loss < best_loss
+            best_loss = jnp.where(better, loss, best_loss)
+            best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
+            wait = jnp.where(better, 0, wait + 1)
+            done = (early & (wait >= s["patience"]) & (e > 0)) | (e + 1 >= s["epochs"])
+            return p, m, v, t, e + 1, best_loss, best_p, wait, done, curve
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        state = (params, zeros, zeros, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.inf), params, jnp.int32(0),
+                 jnp.bool_(False), jnp.full((n_epochs_max,), jnp.nan, jnp.float32))
+        p, _, _, _, e, _, best_p, _, _, curve = jax.lax.while_loop(lambda st: ~st[8], epoch, state)
+        weights = jax.tree.map(lambda a, b: jnp.where(s["patience"] > 0, a, b), best_p, p)
+        return {"weights": weights, "epochs_run": e, "loss_curve": curve}
+
+    return jax.jit(jax.vmap(train_one, in_axes=(None, None, 0, 0, 0, 0)))
