@@ -6,7 +6,7 @@ the script extracts one store once (or takes one, ``--store`` with its
 train / val / test (stratified, ``--split`` fractions; a pre-split source's
 folders are ignored: its images are merged into one class tree), optionally
 keeping ``--images`` of them (stratified) to play a small dataset, and runs
-the heads stage's own code (:func:`pipeline.heads.training.write_scores`) and the
+the heads stage's own code (:func:`pipeline.heads.training.train_and_write`) and the
 evaluate stage's selection (:func:`pipeline.selection.leaderboard.evaluate`)
 with two settings of ``heads``:
 
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_params, parse_params  # noqa: E402
-from pipeline.heads.training import write_scores  # noqa: E402
+from pipeline.heads.training import train_and_write  # noqa: E402
 from pipeline.manifest import read_manifest  # noqa: E402
 from pipeline.selection.leaderboard import evaluate  # noqa: E402
 
@@ -104,7 +104,7 @@ def run(store: Path, records, heads, evaluate_params, workdir: Path) -> tuple[fl
     """Test accuracy of the chosen head, its variant, the selection mode and the heads' wall seconds."""
     out = workdir / "heads"
     started = time.perf_counter()
-    write_scores(store, heads, out / store.stem, records, progress=False, reuse=False, started=time.time())
+    train_and_write([[store]], heads, [out / store.stem], records, progress=False, reuse=False)
     seconds = time.perf_counter() - started
     report, _, _ = evaluate(out, evaluate_params, records)
     chosen = report["feature_sets"][store.stem]

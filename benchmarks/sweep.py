@@ -6,15 +6,17 @@ cached way runs the backbone once (the extract stage) and sweeps heads on the
 stored features. This script measures both in the same run, on the default
 feature sets of params.yaml (their stores must exist: ``dvc repro`` builds them):
 
-1. **sweep** — the heads stage's own code (:func:`pipeline.heads.training.train_heads`,
-   nothing reused) over every default feature set (or ``--feature-sets``) with a
-   grid of 20 variants each: pooling avg and avg+max, logistic regression on a C
-   path, linear and RBF SVMs, and dense heads with ``--epochs`` epochs each (no
-   early stopping). Run twice: with the dense variants of a feature set trained
-   together as one batched Keras model (``heads.dense.batched: true``, the
-   default) and each alone (``false``, the way before). Each is timed from the
-   first store read to the last fit; TensorFlow's import, timed once before
-   both, is added to each (the heads stage pays it once).
+1. **sweep** — the heads stage's own code (:func:`pipeline.heads.training.train_and_write`,
+   one pooled run, nothing reused) over every default feature set (or
+   ``--feature-sets``) with a grid of 20 variants each: pooling avg and
+   avg+max, logistic regression on a C path, linear and RBF SVMs, and dense
+   heads with ``--epochs`` epochs each (no early stopping), selected on the val
+   split. Run twice: with the dense variants of a feature set trained together
+   as members of one JAX program (``heads.dense.batched: true``, the default)
+   and each alone (``false``). Each is timed from the first store read to the
+   last fit; JAX's import, timed once before both, is added to each (the heads
+   stage pays it once). The first run compiles the dense programs (no
+   compilation cache on disk: a fresh one in a temporary folder).
 2. **end to end** — one dense head (256 units, dropout 0.5, the same Adam
    settings and batch size) trained for the same ``--epochs`` epochs on top of the
    frozen EfficientNet-Lite0 of the first feature set, on the training images
@@ -46,7 +48,7 @@ from pipeline.config import load_params, parse_params  # noqa: E402
 from pipeline.manifest import read_manifest  # noqa: E402
 from pipeline.heads.variants import expand_grid  # noqa: E402
 from pipeline.store.layout import store_path  # noqa: E402
-from pipeline.heads.training import train_heads  # noqa: E402
+from pipeline.heads.training import train_and_write  # noqa: E402
 
 
 def sweep_grid(epochs: int, n_jobs: int, batched: bool = True):
@@ -62,9 +64,9 @@ def run_sweep(keys, features_dir: Path, heads, records) -> tuple[float, int, lis
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for key in keys:
-            key_rows, _ = train_heads(store_path(features_dir, key), heads, Path(tmp) / key, records, progress=False,
-                                      reuse=False)
+        results = train_and_write([[store_path(features_dir, key)] for key in keys], heads,
+                                  [Path(tmp) / key for key in keys], records, progress=False, reuse=False)
+        for key, (key_rows, _) in zip(keys, results):
             rows += [{**r, "feature_set": key} for r in key_rows]
     return time.perf_counter() - started, len(rows), rows
 
@@ -148,15 +150,17 @@ def main() -> None:
           "dense head", flush=True)
     records = read_manifest(args.manifest)
     started = time.perf_counter()
-    importlib.import_module("keras")   # timed once: the heads stage imports TensorFlow once
+    jax = importlib.import_module("jax")   # timed once: the heads stage imports JAX once
     import_seconds = time.perf_counter() - started
+    cache = tempfile.TemporaryDirectory(prefix="shoulders-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", cache.name)     # cold: nothing compiled before
     sweeps = {}
     for batched in (True, False):
         seconds, n_variants, rows = run_sweep(keys, args.features, sweep_grid(args.epochs, args.n_jobs, batched),
                                               records)
         sweeps[batched] = (seconds + import_seconds, n_variants, rows)
         print(f"sweep ({'batched' if batched else 'each dense head alone'}) done: {seconds:.1f} s "
-              f"+ {import_seconds:.1f} s TensorFlow import", flush=True)
+              f"+ {import_seconds:.1f} s JAX import", flush=True)
     e2e = run_end_to_end(params.features[keys[0]], params.extract.seed, args.manifest, args.epochs, 64)
     per_image = e2e["seconds"] / (args.epochs * e2e["images_per_epoch"] + e2e["val_images"])
 
@@ -172,7 +176,7 @@ def main() -> None:
     print(f"| one dense head end to end through frozen {params.features[keys[0]].backbone} ({keys[0]}) | 1 | "
           f"{args.epochs} | {e2e['seconds']:.1f} | 1 | {e2e['val_accuracy']:.4f} |")
     print()
-    print(f"where the time goes (s): TensorFlow import {import_seconds:.1f}; fitting summed by kind —")
+    print(f"where the time goes (s): JAX import {import_seconds:.1f}; fitting summed by kind —")
     for batched in (True, False):
         spent = where_time_goes(sweeps[batched][2])
         print(f"  {'batched' if batched else 'alone  '}: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()))

@@ -80,10 +80,20 @@ def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None
         log.error("%s (--debug shows the traceback)", describe(error))
         sys.exit(1)
     finally:
+        _stop_worker_pools()
         if restore is not None:
             restore()
     if status:
         sys.exit(status)
+
+
+def _stop_worker_pools() -> None:
+    """Stop joblib's loky workers, if any started: they hold the log pipe open and would only idle until exit."""
+    if "joblib" not in sys.modules:
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
 
 
 def quiet_library_logs() -> Callable[[], None]:
@@ -108,7 +118,10 @@ def quiet_library_logs() -> Callable[[], None]:
     def restore() -> None:
         sys.stderr.flush()
         os.dup2(real, 2)        # the last write end held here closes: the thread sees the end of the pipe
-        thread.join(timeout=5)  # a child process still holding the pipe must not hang the exit
+        # What this process wrote is in the pipe already and copied within milliseconds; a child still holding
+        # the pipe (loky's resource tracker lives as long as this process) must not hold up the exit, as
+        # the 5 s this waited before did on every stage that had used joblib's workers.
+        thread.join(timeout=0.5)
         os.close(real)
 
     return restore

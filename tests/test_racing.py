@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,74 @@ def test_a_control_feature_set_is_random_weights_beside_pretrained_ones_and_gets
     assert len(kept) == len(heads.logreg.C)
     with pytest.raises(ValueError, match="heads.control_kinds"):
         control_variants("random", [v for v in expand_grid(heads) if v.kind == "dense"], heads)
+
+
+def _imbalanced(seed=0):
+    """Three blobs, 90/45/45 images: a tiny C predicts the largest class and is far behind."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(3, 8))
+    y = np.repeat(np.arange(3), [90, 45, 45])
+    X = (centres[y] + rng.normal(size=(len(y), 8))).astype(np.float32)
+    order = rng.permutation(len(y))
+    X, y = X[order], y[order]
+    return Splits(X[:135], y[:135], X[135:], y[135:])
+
+
+# Logistic regression's tiny C predicts the largest class (its intercept is not penalised): hopeless, stopped.
+# Every C of the linear SVM separates these blobs: none is dominated, and racing must change nothing.
+@pytest.mark.parametrize("kind, hopeless", [("logreg", True), ("svm_linear", False)])
+def test_a_raced_c_search_stops_the_hopeless_values_and_finds_what_the_full_search_finds(kind, hopeless):
+    splits = _imbalanced()
+    grid = {kind: {"C": [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0], "refine": 2}}
+    rows = {}
+    for race in (0.0, 0.05):
+        heads = parse_params({"heads": {"kinds": [kind], "n_jobs": 1, "cv": 5, "race": race, **grid}}).heads
+        rows[race] = {v.id: (estimator, {**row, "kind": kind}) for v, estimator, row in
+                      run_sweep(expand_grid(heads), heads, {"avg": splits})}
+    full, raced = rows[0.0], rows[0.05]
+    assert set(raced) == set(full)                 # the same values tried: the listed ones and the bisection's
+    stopped = {i for i, (_, row) in raced.items() if row.get("raced_out")}
+    if hopeless:
+        assert f"avg-{kind}-C1e-06" in stopped and len(stopped) >= 2
+    else:
+        assert not stopped and all(raced[i][1]["val_correct"] == full[i][1]["val_correct"] for i in full)
+    for i in stopped:
+        estimator, row = raced[i]
+        assert estimator is None and row["raced_out"]["after_folds"] < 5
+        assert full[i][1]["val_correct"].startswith(row["val_correct"])   # the same fits on the folds it ran
+    best = select_best([{**r, "variant": i} for i, (_, r) in full.items()], "accuracy")
+    chosen = select_best([{**r, "variant": i} for i, (_, r) in raced.items()], "accuracy")
+    assert chosen["variant"] == best["variant"] and chosen["val_accuracy"] == best["val_accuracy"]
+    assert raced[chosen["variant"]][0] is not None
+
+
+def test_the_stage_reuses_raced_rows_and_races_them_again_when_another_variant_changes(in_tmp):
+    from conftest import tiny_params, write_image_folder, write_params
+    from pipeline.stages import extract, heads as heads_stage, prepare
+
+    write_image_folder(in_tmp / "images", classes=2, per_class=40)
+    # One hidden unit and a huge step: the unit dies (ReLU) and every image gets one class, half of them right.
+    dense = {"hidden_units": [1], "dropout": [0.0], "weight_decay": [0.0], "epochs": [20], "learning_rate": [10.0],
+             "patience": 0}
+    section = {"kinds": ["logreg", "dense"], "cv": 4, "race": 0.05, "logreg": {"C": [1.0], "refine": 0},
+               "dense": dense}
+    write_params(in_tmp / "params.yaml", tiny_params("images", heads=section))
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
+                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    args = ["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"]
+
+    def run() -> dict:
+        heads_stage.main(args)
+        return {v["variant"]: v for v in json.loads((in_tmp / "heads/mv2/scores.json").read_text())["variants"]}
+
+    first = run()
+    dense_id = "avg-dense-h1-d0-wd0-lr10-e20"
+    assert first[dense_id]["raced_out"]["leader"] == "avg-logreg-C1" and first[dense_id]["sha256"] is None
+    assert not (in_tmp / f"heads/mv2/{dense_id}.joblib").exists()
+    again = run()
+    assert all(row["reused"] for row in again.values()) and again[dense_id]["raced_out"] == first[dense_id]["raced_out"]
+    write_params(in_tmp / "params.yaml", tiny_params("images", heads={**section, "logreg": {"C": [0.5], "refine": 0}}))
+    changed = run()
+    assert {i for i, row in changed.items() if not row["reused"]} == {"avg-logreg-C0.5", dense_id}
+    assert changed[dense_id]["raced_out"]["leader"] == "avg-logreg-C0.5"

@@ -238,9 +238,9 @@ class HeadsParams:
     # soft-voting ensemble (stage evaluate): the best head with probabilities of each of the `ensemble`
     # feature sets best on validation, their probabilities averaged; 0 or 1: no ensemble
     ensemble: int = 3
-    # racing under cross-validation: a variant of a costly kind (dense) stops after a fold once a one-sided
-    # exact McNemar test on the images scored so far says it is less accurate than the best complete
-    # variant at this level; 0: off (every variant runs every fold)
+    # racing under cross-validation: a variant stops after a fold once a one-sided exact McNemar test on
+    # the images scored so far says it is less accurate than the best so far at this level (the values of
+    # a C search race each other; dense heads race the best complete variant); 0: off (every fold)
     race: float = 0.05
     # the head kinds fitted on a control feature set (`weights: none`, a random-weights baseline):
     # a cheap, fixed yardstick rather than the whole grid

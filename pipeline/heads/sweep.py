@@ -64,12 +64,14 @@ Test rows are never seen here.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -364,17 +366,26 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
 
     Each value is scored as :func:`fit_job` scores a variant (on val, or the
     mean over the folds of train+val), warm-started from the fitted head of the
-    nearest value tried before when the kind walks a path. The returned job
-    holds every value tried, ascending: the listed ones and those the
-    bisection added. With cross-validation the kept heads are refitted on all
-    of train+val along the same ascending path.
+    nearest value tried before on the same fold when the kind walks a path.
+    Under cross-validation with ``heads.race`` > 0 the values of a round race
+    fold by fold: after each fold but the last, a value that a one-sided exact
+    McNemar test (:func:`dominated`) finds less accurate on the images scored
+    so far than the best value on them (of this round, or an earlier round's)
+    stops; it is scored on those folds only, never refined around, never
+    refitted, and its row says ``raced_out``. The returned job holds every
+    value tried, ascending: the listed ones and those the bisection added.
+    With cross-validation the values not stopped are refitted on all of
+    train+val along the same ascending path.
     """
     setting, path = job.search, head_kind(job.kind).path
     template = job.variants[0]
     scored = [fold for fold in folds if fold[2] is not None]
+    cross_validated = folds[-1][2] is None
+    racing = cross_validated and heads.race > 0 and len(scored) > 1
     fitted: list[dict[float, Any]] = [{} for _ in scored]
     stats: dict[float, Tally] = {}
     warm_from: dict[float, Optional[float]] = {}
+    raced_out: dict[float, dict] = {}
 
     def variant_at(value: float) -> Variant:
         return dataclasses.replace(template, params=tuple((k, value if k == setting else v) for k, v in template.params))
@@ -391,51 +402,91 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
         done[value] = head
         return head, fit, start_from
 
-    def score_of(values: list[float]) -> dict[float, tuple[float, float]]:
-        out = {}
+    def race(live: list[float], folds_done: int) -> None:
+        # The best value on the images scored so far: of this round (live) or of an earlier one (complete).
+        contenders = live + [v for v in stats if v not in live and v not in raced_out]
+        n_images = sum(len(part) for part in stats[live[0]].correct)
+        correct = {v: np.concatenate(stats[v].correct)[:n_images] for v in contenders}
+        best = max(contenders, key=lambda v: (correct[v].mean(), -v))
+        leader = Leader(variant_at(best).id, correct_string(correct[best]))
+        for value in [v for v in live if v != best]:
+            p_value = dominated(stats[value], leader)
+            if p_value < heads.race:
+                live.remove(value)
+                raced_out[value] = {"after_folds": folds_done, "folds": len(scored), "leader": leader.variant,
+                                    "p_value": round(p_value, 6)}
+
+    def score_of(values: list[float]) -> dict[float, tuple[float, ...]]:
+        live = list(values)
         for value in values:
-            tally = stats.setdefault(value, Tally())
-            for index, (X_fit, y_fit, X_score, y_score) in enumerate(scored):
+            stats[value] = Tally()
+        for index, (X_fit, y_fit, X_score, y_score) in enumerate(scored):
+            for value in list(live):
                 head, fit, start_from = fit_at(value, fitted[index], X_fit, y_fit)
-                tally.fitted(fit)
-                tally.score(head, X_score, y_score)
+                stats[value].fitted(fit)
+                stats[value].score(head, X_score, y_score)
                 if index == 0:
                     warm_from[value] = start_from
-            out[value] = tuple(float(np.mean(column)) for column in zip(*tally.scores))
-        return out
+            if racing and index < len(scored) - 1 and len(live) > 1:
+                race(live, index + 1)
+        # A value stopped by racing is never the best (nor refined around).
+        return {value: (-1.0,) if value in raced_out else
+                tuple(float(np.mean(column)) for column in zip(*stats[value].scores)) for value in values}
 
     tried = sorted(coarse_to_fine([dict(v.params)[setting] for v in job.variants], heads.grid(job.kind).refine,
                                   score_of))
-    if folds[-1][2] is None:       # cross-validation: refit every value tried on all of train+val
+    if cross_validated:       # refit every value tried (and not stopped) on all of train+val
         X_all, y_all = folds[-1][0], folds[-1][1]
         final: dict[float, Any] = {}
-        for value in tried:
+        for value in (v for v in tried if v not in raced_out):
             stats[value].fitted(fit_at(value, final, X_all, y_all)[1])
     else:
         final = fitted[-1]
     memmapped = isinstance(folds[-1][0], np.memmap)
-    results = [(final[value], stats[value].row(final[value], memmapped, warm_start_from_C=warm_from[value],
-                                               searched=setting)) for value in tried]
+    results = []
+    for value in tried:
+        if value in raced_out:
+            row = stats[value].row(None, memmapped, warm_start_from_C=warm_from[value], searched=setting,
+                                   raced_out=raced_out[value])
+            row.update(val_proba=None, scored_labels=None)     # partial: no soft vote, no labels of record
+            results.append((None, row))
+        else:
+            results.append((final[value], stats[value].row(final[value], memmapped,
+                                                           warm_start_from_C=warm_from[value], searched=setting)))
     return FitJob(job.kind, tuple(variant_at(v) for v in tried), search=setting), results
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One feature set's part of a pooled run (:func:`run_sweeps`): its jobs, their settings and rows.
+
+    ``heads.cv`` is a fold count here (resolved); ``complete`` holds the score
+    rows of the feature set not refitted now (reused): the in-process kinds
+    race against the best of these and of this run's first phase.
+    """
+
+    variants: Sequence[Variant]
+    heads: HeadsParams
+    data: Mapping[str, Splits]
+    jobs: Sequence[FitJob]
+    complete: Sequence[dict] = ()
 
 
 def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, Splits], *,
               jobs: Optional[Sequence[FitJob]] = None, progress: bool = False, desc: str = "heads",
               complete: Sequence[dict] = ()) -> Iterator[tuple[Variant, Optional[Pipeline], dict]]:
-    """Fit variants in parallel and yield each as soon as it is done.
+    """Fit one feature set's variants in parallel and yield each as soon as it is done.
 
     Parameters
     ----------
     variants : sequence of Variant
         Ignored when ``jobs`` is given (a subset of :func:`plan_jobs`' jobs).
     heads : HeadsParams
-        ``n_jobs``, ``cv``, ``seed`` and every head setting.
+        ``n_jobs``, ``cv`` (``auto`` is resolved here), ``seed``, ``race`` and every head setting.
     data : dict of str to Splits
         The train and val rows for each pooling the variants use.
     complete : sequence of dict
-        Score rows of this feature set not refitted now (reused): the
-        in-process kinds race against the best of these and of this sweep's
-        first phase (:func:`fit_together_job`).
+        See :class:`Sweep`.
 
     Yields
     ------
@@ -447,55 +498,97 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
         ``val_accuracy``, ``val_macro_f1``, ``val_accuracy_std`` (cross-validation
         only), ``fit_seconds``, ``preprocess_seconds``, ``peak_rss_mib``,
         ``features_memmapped``, ``n_epochs`` (dense), ``warm_start_from_C`` (logreg),
-        ``not_converged`` (fits that stopped at their iteration limit).
+        ``not_converged`` (fits that stopped at their iteration limit), ``raced_out``.
     """
-    from tqdm.auto import tqdm
-
     jobs = list(jobs) if jobs is not None else plan_jobs(variants, heads)
     if heads.cv == "auto":
         some = data[next(iter(data))]
         heads = dataclasses.replace(heads, cv=resolve_cv(heads, some, uses_views=any(
             v.uses_views for job in jobs for v in job.variants))[0])
+    for _, variant, estimator, row in run_sweeps([Sweep(variants, heads, data, jobs, complete)], progress=progress,
+                                                 desc=desc):
+        yield variant, estimator, row
+
+
+def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "heads"
+               ) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
+    """Fit the jobs of several feature sets as one pooled run; yield ``(sweep index, variant, estimator, row)``.
+
+    Two phases, each keeping every core busy without oversubscribing it. First
+    every scikit-learn job of every sweep goes to one pool of ``heads.n_jobs``
+    loky workers (one BLAS thread each, joblib's default), so that the long
+    jobs of one feature set overlap the short ones of another; then the kinds
+    marked ``in_process`` (dense: one JAX program per batch, on every core or the
+    GPU) run here, each sweep's racing against the best variant of its own
+    feature set (:func:`fit_together_job`). One job in all runs in this process
+    (a loky worker costs ~2 s to start), with one BLAS thread too: these fits
+    are too small for two threads to gain, and measured ~3× slower with them.
+    """
+    from tqdm.auto import tqdm
+
     with tempfile.TemporaryDirectory(prefix="shoulders-sweep-") as tmp:
         folds, preprocessors, prep_seconds = {}, {}, {}
-        for variant in (v for job in jobs for v in job.variants):
-            key = variant.features_key
-            if key not in folds:
-                raw = make_folds(data[key[0]], heads.cv, heads.seed, augment=variant.augment, tta=variant.tta)
-                folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(variant, heads, raw, Path(tmp))
+        for index, sweep in enumerate(sweeps):
+            for variant in (v for job in sweep.jobs for v in job.variants):
+                key = (index, variant.features_key)
+                if key not in folds:
+                    raw = make_folds(sweep.data[variant.pooling], sweep.heads.cv, sweep.heads.seed,
+                                     augment=variant.augment, tta=variant.tta)
+                    workdir = Path(tmp) / str(index)
+                    workdir.mkdir(exist_ok=True)
+                    folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(variant, sweep.heads, raw,
+                                                                                         workdir)
 
-        def inputs(job: FitJob) -> dict:
-            return {key: folds[key] for key in job.features_keys}
+        def inputs(index: int, job: FitJob) -> dict:
+            return {key: folds[(index, key)] for key in job.features_keys}
 
-        def finished(job: FitJob, results) -> Iterator[tuple[Variant, Optional[Pipeline], dict]]:
+        def finished(index: int, job: FitJob, results) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
             for variant, (head, row) in zip(job.variants, results):
-                final = preprocessors[variant.features_key][-1]
+                final = preprocessors[(index, variant.features_key)][-1]
                 steps = list(final.steps) if final is not None else []
-                row["preprocess_seconds"] = round(prep_seconds[variant.features_key], 4)
+                row["preprocess_seconds"] = round(prep_seconds[(index, variant.features_key)], 4)
                 bar.update()
-                scored.append({"variant": variant.id, **row})
-                yield variant, None if head is None else Pipeline([*steps, ("head", head)]), row
+                scored[index].append({"variant": variant.id, **row})
+                yield index, variant, None if head is None else Pipeline([*steps, ("head", head)]), row
 
-        # Two phases, each keeping both cores busy without oversubscribing them. First the
-        # scikit-learn jobs in heads.n_jobs loky workers (one BLAS thread each: joblib's default),
-        # then the in-process kinds (dense: one JAX program per batch, on every core or the GPU),
-        # which race against the best variant the first phase found (fit_together_job). A worker
-        # costs ~2 s to start, more than a single job usually takes: one job (a rerun that refits
-        # one changed C path, say) runs in this process instead.
-        in_workers = [j for j in jobs if not j.in_process]
-        in_process = [j for j in jobs if j.in_process]
-        n_jobs = heads.n_jobs if len(in_workers) > 1 else 1
-        scored = list(complete)
-        total = sum(len(j.variants) for j in jobs)
+        in_workers = [(i, job) for i, sweep in enumerate(sweeps) for job in sweep.jobs if not job.in_process]
+        in_process = [(i, job) for i, sweep in enumerate(sweeps) for job in sweep.jobs if job.in_process]
+        n_jobs = sweeps[0].heads.n_jobs if len(in_workers) > 1 else 1
+        scored = [list(sweep.complete) for sweep in sweeps]
+        total = sum(len(job.variants) for sweep in sweeps for job in sweep.jobs)
         with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar:
+            started = time.perf_counter()
+            waiting = collections.Counter(index for index, _ in in_workers)
+            dense_seconds = 0.0
+
+            def in_process_jobs(index: int) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
+                # A feature set's in-process jobs start as soon as its last scikit-learn job is in (its
+                # leader is known), while the workers go on with the other feature sets' jobs.
+                nonlocal dense_seconds
+                begun = time.perf_counter()
+                for job in (job for i, job in in_process if i == index):
+                    yield from finished(index, *run_job(job, sweeps[index].heads, inputs(index, job),
+                                                        leader_of(scored[index])))
+                dense_seconds += time.perf_counter() - begun
+
+            for index in range(len(sweeps)):
+                if not waiting[index]:
+                    yield from in_process_jobs(index)
             if in_workers:
-                # In this process (one job), one BLAS thread as in a worker: these fits are too small for
-                # two threads to gain, and measured ~3x slower with them (logistic regression, 2 cores).
                 limit = threadpool_limits(limits=1) if n_jobs == 1 else contextlib.nullcontext()
                 with limit:
-                    pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                        joblib.delayed(run_job)(job, heads, inputs(job)) for job in in_workers)
-                    for job, results in pending:
-                        yield from finished(job, results)
-            for job in in_process:
-                yield from finished(*run_job(job, heads, inputs(job), leader_of(scored)))
+                    # Every job queued at once: the workers keep fitting while this process trains dense heads.
+                    pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="all")(
+                        joblib.delayed(_run_indexed)(i, job, sweeps[i].heads, inputs(i, job)) for i, job in in_workers)
+                    for index, (job, results) in pending:
+                        yield from finished(index, job, results)
+                        waiting[index] -= 1
+                        if not waiting[index]:
+                            yield from in_process_jobs(index)
+            log.info("%s: %d scikit-learn jobs (%d worker%s) and %d in-process jobs (%.1f s of it) in %.1f s", desc,
+                     len(in_workers), n_jobs, "s" if n_jobs > 1 else "", len(in_process), dense_seconds,
+                     time.perf_counter() - started)
+
+
+def _run_indexed(index: int, job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]):
+    return index, run_job(job, heads, folds)

@@ -33,7 +33,7 @@ from typing import Sequence
 
 from pipeline.config import load_params
 from pipeline.heads.combination import combination_key
-from pipeline.heads.training import control_feature_sets, parallel_backend, process_start, write_scores
+from pipeline.heads.training import control_feature_sets, parallel_backend, process_start, train_and_write
 from pipeline.manifest import read_manifest
 from pipeline.stage import run_stage
 from pipeline.store.layout import store_path
@@ -62,21 +62,21 @@ def _run(args, params) -> None:
     records = read_manifest(args.manifest)
     started = process_start()
     if args.features.suffix == ".zarr":
-        write_scores(args.features, params.heads, args.out, records, started=started, **options)
+        train_and_write([[args.features]], params.heads, [args.out], records, started=started, **options)
         return
-    # Every feature set in one process: JAX (for dense heads) is imported, and its programs compiled, once; the
+    # Every feature set in one process and one pooled run: JAX (for dense heads) is imported, and its programs
+    # compiled, once, and the scikit-learn jobs of every feature set share one pool of workers; the
     # fingerprints keep the heads of feature sets whose features and params did not change.
     controls = control_feature_sets(params.features)
-    for key in params.features:
-        started = write_scores(store_path(args.features, key), params.heads, args.out / key, records,
-                               started=started, control=key in controls, **options)
+    keys = list(params.features)
+    stores = [[store_path(args.features, key)] for key in keys]
     # Combinations of the cached feature sets (heads.combine): their rows concatenated, no backbone pass.
     combined = [list(members) for members in params.heads.combine]
-    for members in combined:
-        started = write_scores([store_path(args.features, key) for key in members], params.heads,
-                               args.out / combination_key(members), records, started=started, **options)
-    known = set(params.features) | {combination_key(members) for members in combined}
-    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in known):
+    stores += [[store_path(args.features, key) for key in members] for members in combined]
+    names = keys + [combination_key(members) for members in combined]
+    train_and_write(stores, params.heads, [args.out / name for name in names], records, started=started,
+                    controls=[name in controls for name in names], **options)
+    for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in set(names)):
         log.info("removing heads of %s: no longer a feature set", stale.name)
         shutil.rmtree(stale)
 
