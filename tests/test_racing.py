@@ -11,7 +11,8 @@ from pipeline.config import parse_params
 from pipeline.heads.dense import DenseHead
 from pipeline.heads.fold_scores import Tally
 from pipeline.heads.folds import make_folds
-from pipeline.heads.sweep import Leader, Splits, dominated, run_sweep
+from pipeline.heads.racing import Leader, dominated
+from pipeline.heads.sweep import Splits, run_sweep
 from pipeline.heads.training import control_feature_sets, control_variants
 from pipeline.heads.variants import expand_grid, make_preprocessor
 from pipeline.selection.scoring import select_best

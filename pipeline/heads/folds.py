@@ -87,6 +87,39 @@ def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta
     return folds + [(X, y, None, None)]
 
 
+def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) -> tuple[int, str]:
+    """The fold count selection uses on these rows (0: the val split) and why, from ``heads.cv``.
+
+    ``auto`` cross-validates with ``heads.cv_folds`` folds (fewer when the
+    smallest class of train+val has fewer images) when val has fewer than
+    ``heads.cv_below`` images of some class; it keeps the val split when a
+    variant reads augmented views (they exist for train, not for folds of
+    train+val) or when train+val cannot give two folds.
+
+    Returns
+    -------
+    folds : int
+        0 or the fold count.
+    mode : str
+        For reports: ``"val split"`` or ``"5-fold CV on train+val"``, with the reason under ``auto``.
+    """
+    if heads.cv != "auto":
+        return heads.cv, "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"
+    n_classes = int(max(splits.y_train.max(initial=-1), splits.y_val.max(initial=-1))) + 1
+    per_class = np.bincount(splits.y_val, minlength=n_classes)
+    smallest_val = int(per_class.min()) if n_classes else 0
+    if smallest_val >= heads.cv_below:
+        return 0, f"val split (auto: val has >= {heads.cv_below} images of every class)"
+    if uses_views:
+        return 0, "val split (auto: variants read augmented views, which folds of train+val lack)"
+    both = np.bincount(np.concatenate([splits.y_train, splits.y_val]), minlength=n_classes)
+    folds = min(heads.cv_folds, int(both.min()) if n_classes else 0)
+    if folds < 2:
+        return 0, "val split (auto: a class of train+val has fewer than 2 images)"
+    return folds, (f"{folds}-fold CV on train+val (auto: val has {smallest_val} images of its smallest class, "
+                   f"< {heads.cv_below})")
+
+
 def preprocess_folds(variant: Variant, heads: HeadsParams, raw_folds, workdir: Path) -> tuple[list, list, float]:
     """Fit a variant's preprocessing on each fold's rows to fit, transform, and memory-map the results.
 

@@ -83,7 +83,8 @@ from threadpoolctl import threadpool_limits
 
 from pipeline.config import HeadsParams
 from pipeline.heads.fold_scores import Tally, class_probabilities, correct_string
-from pipeline.heads.folds import Fold, Splits, make_folds, preprocess_folds
+from pipeline.heads.racing import Leader, dominated, leader_of
+from pipeline.heads.folds import Fold, Splits, make_folds, preprocess_folds, resolve_cv
 from pipeline.heads.registry import head_kind
 from pipeline.heads.search import coarse_to_fine
 from pipeline.heads.variants import Variant, make_head
@@ -175,41 +176,8 @@ def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) 
     return sorted(jobs, key=lambda j: head_kind(j.kind).fit_order)
 
 
-def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) -> tuple[int, str]:
-    """The fold count selection uses on these rows (0: the val split) and why, from ``heads.cv``.
-
-    ``auto`` cross-validates with ``heads.cv_folds`` folds (fewer when the
-    smallest class of train+val has fewer images) when val has fewer than
-    ``heads.cv_below`` images of some class; it keeps the val split when a
-    variant reads augmented views (they exist for train, not for folds of
-    train+val) or when train+val cannot give two folds.
-
-    Returns
-    -------
-    folds : int
-        0 or the fold count.
-    mode : str
-        For reports: ``"val split"`` or ``"5-fold CV on train+val"``, with the reason under ``auto``.
-    """
-    if heads.cv != "auto":
-        return heads.cv, "val split" if heads.cv == 0 else f"{heads.cv}-fold CV on train+val"
-    n_classes = int(max(splits.y_train.max(initial=-1), splits.y_val.max(initial=-1))) + 1
-    per_class = np.bincount(splits.y_val, minlength=n_classes)
-    smallest_val = int(per_class.min()) if n_classes else 0
-    if smallest_val >= heads.cv_below:
-        return 0, f"val split (auto: val has >= {heads.cv_below} images of every class)"
-    if uses_views:
-        return 0, "val split (auto: variants read augmented views, which folds of train+val lack)"
-    both = np.bincount(np.concatenate([splits.y_train, splits.y_val]), minlength=n_classes)
-    folds = min(heads.cv_folds, int(both.min()) if n_classes else 0)
-    if folds < 2:
-        return 0, "val split (auto: a class of train+val has fewer than 2 images)"
-    return folds, (f"{folds}-fold CV on train+val (auto: val has {smallest_val} images of its smallest class, "
-                   f"< {heads.cv_below})")
-
-
 def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-            leader: Optional["Leader"] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
+            leader: Optional[Leader] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest."""
     if job.together or head_kind(job.kind).fit_together is not None and batched(job.variants[0], heads):
         return fit_together_job(job, heads, folds, leader)
@@ -261,7 +229,7 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
 
 
 def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-                     leader: Optional["Leader"] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
+                     leader: Optional[Leader] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Fit a batch's variants on every fold with their kind's ``fit_together``, racing them against ``leader``.
 
     Without racing every variant × fold is one member of one batched fit. With
@@ -326,40 +294,6 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
             results.append((kept[variant], tallies[variant].row(kept[variant], memmapped)))
     return job, results
 
-
-@dataclass(frozen=True)
-class Leader:
-    """The variant racing compares against: the best complete one so far (every scored image, in fold order)."""
-
-    variant: str
-    val_correct: str
-
-
-def leader_of(rows: Sequence[dict]) -> Optional[Leader]:
-    """The complete row (not raced out) with the best validation accuracy; ties to the first; None if none."""
-    complete = [r for r in rows if r.get("val_correct") and not r.get("raced_out") and r.get("val_accuracy") is not None]
-    if not complete:
-        return None
-    best = max(complete, key=lambda r: r["val_accuracy"])
-    return Leader(best["variant"], best["val_correct"])
-
-
-def dominated(tally: Tally, leader: Leader) -> float:
-    """One-sided exact McNemar p-value that the tallied variant is less accurate than ``leader``.
-
-    On the images the variant has been scored on so far (the first folds, the
-    same images in the same order as the leader's ``val_correct``): among the
-    images exactly one of the two got right, how unlikely so few are the
-    variant's if both were equally accurate.
-    """
-    from scipy.stats import binom
-
-    mine = np.concatenate(tally.correct)
-    theirs = np.frombuffer(leader.val_correct.encode(), dtype=np.uint8)[:len(mine)] == ord("1")
-    only_mine, only_theirs = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
-    if only_mine + only_theirs == 0:
-        return 1.0
-    return float(binom.cdf(only_mine, only_mine + only_theirs, 0.5))
 
 def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Search the job's setting coarse to fine (:func:`pipeline.heads.search.coarse_to_fine`) and fit every value tried.
