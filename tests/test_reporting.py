@@ -39,6 +39,15 @@ def test_the_summary_fits_100_columns_whatever_the_names():
                                      "test_accuracy_ci95": [0.4, 0.55]}}}
     lines = summary_lines(report, board, top=5)
     assert max(map(len, lines)) <= 100
+    assert lines[0].startswith("Chosen: a_rather_long_feature_set_name / avg-dense-h256")
+    assert lines[0].endswith("…  val 0.900, test 0.930 (95% CI 0.900-0.960)")    # the name cut, not the numbers
+    # However long the selection's words and the names, the first line keeps the model's numbers.
+    long = {**report, "selected_by": "validation (5-fold CV on train+val (auto: val has 23 images of its smallest "
+                                     "class, < 70)) accuracy",
+            "best": {**report["best"], "feature_set": "x" * 60}}
+    first = summary_lines(long, board, top=5)[0]
+    assert first.startswith("Chosen: xxx") and first.endswith("val 0.900, test 0.930 (95% CI 0.900-0.960)")
+    assert len(first) <= 100
     assert lines[5].split() == ["1", "a_rather_long_fea…", "avg-dense-h256-d0.2-lr0.001-e0", "0.900", "0.900",
                                 "0.930", "*"]
     assert len([line for line in lines if line[:3].strip().isdigit()]) == 5

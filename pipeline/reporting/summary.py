@@ -32,10 +32,12 @@ def summary_lines(report: dict, leaderboard: Sequence[dict], *, top: int = 10) -
     """
     best = report["best"]
     low, high = best["test_accuracy_ci95"]
-    lines = [_fit(f"Chosen on {report.get('selected_by', 'validation accuracy')}: "
-                  f"{best['feature_set']} / {best['variant']}"),
-             _fit(f"  test accuracy {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}, "
-                  f"{best.get('test_images', '?')} images), validation accuracy {best['val_accuracy']:.3f}"),
+    # The first line is the answer: the model and its numbers; a long name is cut, never the numbers.
+    numbers = f"  val {best['val_accuracy']:.3f}, test {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f})"
+    lines = [f"Chosen: {_cut(best['feature_set'] + ' / ' + best['variant'], WIDTH - len('Chosen: ') - len(numbers))}"
+             f"{numbers}",
+             _fit(f"  on {report.get('selected_by', 'validation accuracy')}; test scored once, "
+                  f"{best.get('test_images', '?')} images"),
              "", f"Top {min(top, len(leaderboard))} of {len(leaderboard)} variants "
                  "(test accuracy only for each feature set's choice, read once):",
              f"{'#':>{_RANK}}  {'feature set':<{_FEATURES}} {'variant':<{_VARIANT}} {'val acc':>8} {'val f1':>8} "
