@@ -58,14 +58,42 @@ def worktree(revision: str, where: Path) -> Path:
     return where
 
 
-def run_stage(code: Path, features: Path, out: Path, *, manifest: Path, params: Path) -> tuple[float, float]:
-    """Run ``code``'s heads stage; returns (wall seconds, CPU seconds of the process and its workers)."""
-    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Settings this round added: the baseline's params reader refuses keys it does not know.
+NEW_KEYS = {"heads": ("race", "control_kinds")}
+
+
+def for_baseline(params: Path) -> Path:
+    """A copy of ``params`` without the keys the baseline does not know (its grid is otherwise the same)."""
+    settings = yaml.safe_load(params.read_text(encoding="utf-8"))
+    for section, keys in NEW_KEYS.items():
+        for key in keys:
+            settings.get(section, {}).pop(key, None)
+    copy = Path(tempfile.mkdtemp(prefix="shoulders-params-")) / "params.yaml"
+    copy.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return copy
+
+
+def run_stage(code: Path, features: Path, out: Path, *, manifest: Path, params: Path,
+              jax_cache: Path | None = None) -> tuple[float, float]:
+    """Run ``code``'s heads stage; returns (wall seconds, CPU seconds of the process and its workers).
+
+    ``jax_cache``: the folder of JAX's compilation cache (default: a new empty
+    one, so that every compilation is paid, as on a first run). The baseline
+    (any code but this checkout's) reads ``params`` without this round's keys.
+    """
+    if code != ROOT:
+        params = for_baseline(params)
+    if jax_cache is None:
+        jax_cache = Path(tempfile.mkdtemp(prefix="shoulders-jax-cache-"))
+    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "JAX_COMPILATION_CACHE_DIR": str(jax_cache)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipeline.stages.heads", "--features", str(features), "--out", str(out),
-                    "--manifest", str(manifest), "--params", str(params), "--no-progress"],
-                   cwd=code, env=env, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "pipeline.stages.heads", "--features", str(features), "--out",
+                           str(out), "--manifest", str(manifest), "--params", str(params), "--no-progress"],
+                          cwd=code, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the heads stage of {code} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -79,13 +107,17 @@ def sides(args, tmp: Path) -> dict[str, Path]:
 def stage(args) -> None:
     with tempfile.TemporaryDirectory(prefix="shoulders-heads-") as tmp:
         codes = sides(args, Path(tmp))
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
+        warm_cache = Path(tmp) / "jax-cache"
+        common = {"manifest": ROOT / "data/manifest.csv", "params": ROOT / "params.yaml"}
+        run_stage(codes["new"], ROOT / "features", Path(tmp) / "warm-up", jax_cache=warm_cache, **common)
+        runs = {"old": {}, "new": {}, "new, compilation cache warm": {"jax_cache": warm_cache}}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
         variants = {}
         for repeat in range(args.repeats):
-            for name, code in codes.items():
-                out = Path(tmp) / f"{name}-{repeat}"
-                times[name].append(run_stage(code, ROOT / "features", out, manifest=ROOT / "data/manifest.csv",
-                                             params=ROOT / "params.yaml"))
+            for name, options in runs.items():
+                out = Path(tmp) / f"{name}-{repeat}".replace(" ", "_").replace(",", "")
+                code = codes["old" if name == "old" else "new"]
+                times[name].append(run_stage(code, ROOT / "features", out, **common, **options))
                 variants[name] = sum(len(json.loads(f.read_text())["variants"]) for f in out.glob("*/scores.json"))
                 print(f"{name} #{repeat + 1}: {times[name][-1][0]:.1f} s wall, {times[name][-1][1]:.1f} s CPU",
                       flush=True)
@@ -94,13 +126,15 @@ def stage(args) -> None:
           f"baseline {args.baseline}; {args.repeats} runs each, interleaved\n")
     print("| heads stage | variants | wall s (median) | min | max | CPU s / wall s |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, runs in times.items():
-        wall = [w for w, _ in runs]
-        busy = statistics.median(c / w for w, c in runs)
+    for name, measured in times.items():
+        wall = [w for w, _ in measured]
+        busy = statistics.median(c / w for w, c in measured)
         print(f"| {name} | {variants[name]} | {statistics.median(wall):.1f} | {min(wall):.1f} | {max(wall):.1f} | "
               f"{busy:.2f} |")
-    old, new = (statistics.median(w for w, _ in times[n]) for n in ("old", "new"))
-    print(f"\nnew / old = {new / old:.3f} (1/{old / new:.1f})")
+    old = statistics.median(w for w, _ in times["old"])
+    for name in ("new", "new, compilation cache warm"):
+        new = statistics.median(w for w, _ in times[name])
+        print(f"{name} / old = {new / old:.3f} (1/{old / new:.1f})")
 
 
 def synthetic_store(workdir: Path, per_class: int, feature_set: str) -> tuple[Path, Path, Path]:

@@ -70,11 +70,12 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import joblib
 import numpy as np
@@ -177,8 +178,11 @@ def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) 
 
 
 def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-            leader: Optional[Leader] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
-    """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest."""
+            leader: Optional[Callable[[], Optional[Leader]]] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest.
+
+    ``leader``: what a batch races against (:func:`fit_together_job`), asked for when first needed.
+    """
     if job.together or head_kind(job.kind).fit_together is not None and batched(job.variants[0], heads):
         return fit_together_job(job, heads, folds, leader)
     return fit_job(job, heads, folds[job.features_key])
@@ -229,12 +233,15 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
 
 
 def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-                     leader: Optional[Leader] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
-    """Fit a batch's variants on every fold with their kind's ``fit_together``, racing them against ``leader``.
+                     leader: Optional[Callable[[], Optional[Leader]]] = None
+                     ) -> tuple[FitJob, list[tuple[Any, dict]]]:
+    """Fit a batch's variants on every fold with their kind's ``fit_together``, racing them against ``leader()``.
 
     Without racing every variant × fold is one member of one batched fit. With
-    it (cross-validation, ``heads.race`` > 0 and a ``leader`` scored on every
-    fold) the folds are fitted one at a time; after each fold but the last, a
+    it (cross-validation, ``heads.race`` > 0 and a ``leader`` to ask for the
+    best complete variant, scored on every fold: called once, after the first
+    fold, so the first fold trains while the leader is still being fitted) the
+    folds are fitted one at a time; after each fold but the last, a
     variant whose right and wrong answers on the images scored so far are
     significantly worse than the leader's (:func:`dominated`) stops: its row
     says so (``raced_out``), keeps its partial scores, and it gets no final
@@ -259,6 +266,7 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
     refit = folds[job.features_key][-1][2] is None      # cross-validation: the last fold is the refit on all
     n_scored = n_folds - 1 if refit else n_folds
     racing = refit and leader is not None and heads.race > 0 and n_scored > 1
+    best: Optional[Leader] = None
     rounds = [[index] for index in range(n_folds)] if racing else [list(range(n_folds))]
     live, kept, raced_out = list(job.variants), {}, {}
     for fold_indices in rounds:
@@ -276,13 +284,16 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
                 tallies[variant].score(head, X_score, y_score)
             if index == n_folds - 1:
                 kept[variant] = head
+        if racing and fold_indices[0] == 0:
+            best = leader()
+            racing = best is not None
         if racing and fold_indices[0] < n_scored - 1:
             for variant in list(live):
-                p_value = dominated(tallies[variant], leader)
+                p_value = dominated(tallies[variant], best)
                 if p_value < heads.race:
                     live.remove(variant)
                     raced_out[variant] = {"after_folds": fold_indices[0] + 1, "folds": n_scored,
-                                          "leader": leader.variant, "p_value": round(p_value, 6)}
+                                          "leader": best.variant, "p_value": round(p_value, 6)}
     memmapped = all(isinstance(folds[key][-1][0], np.memmap) for key in job.features_keys)
     results = []
     for variant in job.variants:
@@ -490,35 +501,45 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
         n_jobs = sweeps[0].heads.n_jobs if len(in_workers) > 1 else 1
         scored = [list(sweep.complete) for sweep in sweeps]
         total = sum(len(job.variants) for sweep in sweeps for job in sweep.jobs)
-        with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar:
+        with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar, \
+                contextlib.ExitStack() as stack:
             started = time.perf_counter()
             waiting = collections.Counter(index for index, _ in in_workers)
-            dense_seconds = 0.0
-
-            def in_process_jobs(index: int) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
-                # A feature set's in-process jobs start as soon as its last scikit-learn job is in (its
-                # leader is known), while the workers go on with the other feature sets' jobs.
-                nonlocal dense_seconds
-                begun = time.perf_counter()
-                for job in (job for i, job in in_process if i == index):
-                    yield from finished(index, *run_job(job, sweeps[index].heads, inputs(index, job),
-                                                        leader_of(scored[index])))
-                dense_seconds += time.perf_counter() - begun
-
-            for index in range(len(sweeps)):
-                if not waiting[index]:
-                    yield from in_process_jobs(index)
+            buffered: list = []
+            pending = iter(())
             if in_workers:
                 limit = threadpool_limits(limits=1) if n_jobs == 1 else contextlib.nullcontext()
-                with limit:
-                    # Every job queued at once: the workers keep fitting while this process trains dense heads.
-                    pending = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="all")(
-                        joblib.delayed(_run_indexed)(i, job, sweeps[i].heads, inputs(i, job)) for i, job in in_workers)
-                    for index, (job, results) in pending:
-                        yield from finished(index, job, results)
-                        waiting[index] -= 1
-                        if not waiting[index]:
-                            yield from in_process_jobs(index)
+                stack.enter_context(limit)
+                # Every job queued at once: the workers keep fitting while this process trains dense heads.
+                pending = iter(joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="all")(
+                    joblib.delayed(_run_indexed)(i, job, sweeps[i].heads, inputs(i, job)) for i, job in in_workers))
+
+            def collect_one() -> None:
+                index, (job, results) = next(pending)
+                buffered.extend(finished(index, job, results))
+                waiting[index] -= 1
+
+            def leader_when_ready(index: int) -> Callable[[], Optional[Leader]]:
+                # The best complete variant of the feature set, once its scikit-learn jobs are all in.
+                def leader() -> Optional[Leader]:
+                    while waiting[index]:
+                        collect_one()
+                    return leader_of(scored[index])
+                return leader
+
+            # Each feature set's in-process jobs (dense) start at once, on this process's cores, while the
+            # workers fit the scikit-learn jobs; a batch asks for its leader after its first fold.
+            dense_started = time.perf_counter()
+            for index, job in in_process:
+                done = run_job(job, sweeps[index].heads, inputs(index, job), leader_when_ready(index))
+                yield from buffered
+                buffered.clear()
+                yield from finished(index, *done)
+            dense_seconds = time.perf_counter() - dense_started
+            while any(waiting.values()):
+                collect_one()
+                yield from buffered
+                buffered.clear()
             log.info("%s: %d scikit-learn jobs (%d worker%s) and %d in-process jobs (%.1f s of it) in %.1f s", desc,
                      len(in_workers), n_jobs, "s" if n_jobs > 1 else "", len(in_process), dense_seconds,
                      time.perf_counter() - started)
@@ -526,3 +547,14 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
 
 def _run_indexed(index: int, job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]):
     return index, run_job(job, heads, folds)
+
+
+def start_workers(n_jobs: int) -> Iterator[int]:
+    """Start the ``n_jobs`` loky workers now (each imports this module: scikit-learn, ~2 s); exhaust it before fitting.
+
+    The heads stage calls it as soon as it knows it has jobs for them, so that
+    the workers start while it reads the other feature sets; :func:`run_sweeps`
+    then finds them running (joblib keeps one pool per process).
+    """
+    return joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+        joblib.delayed(os.getpid)() for _ in range(n_jobs))

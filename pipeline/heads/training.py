@@ -40,7 +40,7 @@ from pipeline.heads.plan import (SCORES_FILE, HeadsPlan, control_feature_sets, c
                                  plan_feature_set, pooled_bytes)
 from pipeline.heads.registry import head_kind
 from pipeline.heads.saved import head_file, save_head
-from pipeline.heads.sweep import Splits, Sweep, run_sweeps
+from pipeline.heads.sweep import Splits, Sweep, run_sweeps, start_workers
 from pipeline.heads.variants import Variant
 from pipeline.manifest import Record
 from pipeline.store.reader import open_store, provenance_of
@@ -263,8 +263,14 @@ def train_and_write(stores: Sequence[Sequence[Path]], heads: HeadsParams, outs: 
     """
     started = time.time() if started is None else started
     controls = list(controls) or [False] * len(stores)
-    planned = [plan_feature_set(members, heads, out, records, reuse=reuse, control=control)
-               for members, out, control in zip(stores, outs, controls)]
+    planned, workers = [], None
+    for members, out, control in zip(stores, outs, controls):
+        planned.append(plan_feature_set(members, heads, out, records, reuse=reuse, control=control))
+        in_workers = sum(not job.in_process for plan, _ in planned for job in plan.jobs)
+        if workers is None and heads.n_jobs != 1 and in_workers > 1:
+            workers = start_workers(heads.n_jobs)     # they start while the other feature sets are read
+    for _ in workers or ():
+        pass
     results = fit_plans(planned, records, progress=progress)
     stage = time.time() - started
     fitting = [sum(r["fit_seconds"] for r in rows if not r.get("reused")) + 1e-9 for rows, _ in results]
