@@ -89,13 +89,15 @@ def prepared_member(head, matrix: int, encoded: np.ndarray, views: int = 1) -> M
 def train_members(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
     """Train every member on its matrix (see the module docstring); the heads are fitted in place.
 
-    Members of one hidden width, batch size and input width run as one program.
+    Members of one hidden width and batch size run as one program. Its shapes
+    are rounded up (:func:`_padded_shapes`), so that the programs of a sweep's
+    folds, feature sets and inputs are few and compiled once each: compiling one
+    costs ~1-2 s on 2 cores, more than training a fold of four heads.
     """
     groups: dict[tuple, list[Member]] = {}
     for member in members:
         head = member.head
-        key = (head.hidden_units, head.batch_size, matrices[member.matrix].shape[1], member.n_classes)
-        groups.setdefault(key, []).append(member)
+        groups.setdefault((head.hidden_units, head.batch_size, member.n_classes), []).append(member)
     for group in groups.values():
         _train_group(group, matrices)
     log.debug("%d dense heads trained as %d batched programs", len(members), len(groups))
@@ -119,6 +121,24 @@ def _row_orders(member: Member, epochs: int, steps: int) -> np.ndarray:
             rows = rows + n_rows * rng.integers(0, member.views, size=n)
         orders[epoch, :n] = rows
     return orders.reshape(epochs, steps, head.batch_size)
+
+
+def _round_up(value: int, step: int) -> int:
+    return max(step, -(-value // step) * step)
+
+
+def _padded_shapes(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> tuple[int, int, int, int]:
+    """The program's member count, input width, rows and held-out rows: rounded up, the padding inert.
+
+    Members: the next power of two (copies of the last, discarded). Width:
+    the widest input (narrower ones get zero columns, and their first kernel
+    zero rows, which neither change a sum nor get a gradient). Rows and
+    held-out rows: multiples of 32 and 8 (folds differ by a row or two).
+    """
+    width = max(matrices[m.matrix].shape[1] for m in members)
+    rows = _round_up(max(len(matrices[m.matrix]) for m in members), 32)
+    held = _round_up(max((0 if m.held_rows is None else len(m.held_rows)) for m in members), 8)
+    return 1 << (len(members) - 1).bit_length(), width, rows, held
 
 
 def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
@@ -145,24 +165,31 @@ def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> N
     first = members[0].head
     batch_size, hidden = first.batch_size, first.hidden_units
     n_classes = members[0].n_classes
+    n_real = len(members)
+    n_members, width, n_rows, n_held = _padded_shapes(members, matrices)
+    members = list(members) + [members[-1]] * (n_members - n_real)
     epochs = max(m.head.epochs for m in members)
     steps = max(math.ceil(len(m.fit_rows) / batch_size) for m in members)
-    n_held = max((0 if m.held_rows is None else len(m.held_rows)) for m in members)
     used = sorted({m.matrix for m in members})
     place = {index: position for position, index in enumerate(used)}
-    n_rows = max(len(matrices[i]) for i in used)
-    X = np.zeros((len(used), n_rows, matrices[used[0]].shape[1]), np.float32)
+    X = np.zeros((len(used), n_rows, width), np.float32)
     Y = np.zeros((len(used), n_rows), np.int32)
     for index in used:
-        X[place[index], :len(matrices[index])] = matrices[index]
+        X[place[index], :len(matrices[index]), :matrices[index].shape[1]] = matrices[index]
     for member in members:
         Y[place[member.matrix], :len(member.labels)] = member.labels
-    held = np.full((len(members), max(n_held, 1)), -1, np.int32)
+    held = np.full((len(members), n_held), -1, np.int32)
     for i, member in enumerate(members):
         if member.held_rows is not None:
             held[i, :len(member.held_rows)] = member.held_rows
     orders = np.stack([_row_orders(m, epochs, steps) for m in members])
-    initial = [_initial_weights(m.head, X.shape[2], n_classes) for m in members]
+    first_kernel = "w1" if hidden else "w2"
+    initial = []
+    for member in members:
+        weights = _initial_weights(member.head, matrices[member.matrix].shape[1], n_classes)
+        kernel = weights[first_kernel]
+        weights[first_kernel] = np.pad(kernel, ((0, width - kernel.shape[0]), (0, 0)))
+        initial.append(weights)
     params = {name: np.stack([w[name] for w in initial]) for name in initial[0]}
     settings = {
         "matrix": np.array([place[m.matrix] for m in members], np.int32),
@@ -176,10 +203,11 @@ def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> N
     program = _program(hidden > 0)
     result = program(jnp.asarray(X), jnp.asarray(Y), jnp.asarray(orders), jnp.asarray(held), params, settings)
     result = jax.tree.map(np.asarray, result)
-    for i, member in enumerate(members):
+    for i, member in enumerate(members[:n_real]):
         head = member.head
         names = ["w1", "w2"] if hidden else ["w2"]
         head.coefs_ = [np.array(result["weights"][n][i], np.float32) for n in names]
+        head.coefs_[0] = head.coefs_[0][:matrices[member.matrix].shape[1]]     # the input's own width
         head.intercepts_ = [np.array(result["weights"][n.replace("w", "b")][i], np.float32) for n in names]
         head.n_epochs_ = int(result["epochs_run"][i])
         head.loss_curve_ = [float(v) for v in result["loss_curve"][i][:head.n_epochs_]]

@@ -72,19 +72,8 @@ def train_heads(features: Union[Path, Sequence[Path]], heads: HeadsParams, out: 
                 progress: bool = True, reuse: bool = True, control: bool = False) -> tuple[list[dict], dict]:
     """Fit the grid on one store, or one combination of stores (what changed only); save every fitted head.
 
-    Parameters
-    ----------
-    features : Path or sequence of Path
-        The feature store, or the member stores of a combination (``heads.combine``),
-        whose rows are concatenated (:mod:`pipeline.heads.combination`).
-    heads : HeadsParams
-    out : Path
-        Folder of the fitted heads; earlier results in it are reused when their
-        fingerprints match (unless ``reuse`` is false).
-    records : sequence of Record
-        The manifest (train and val images, labels).
-    control : bool
-        The store is a control feature set (:func:`~pipeline.heads.plan.control_variants`): a cheap, fixed grid.
+    ``features`` is a store or a combination's member stores; the other
+    arguments are :func:`~pipeline.heads.plan.plan_feature_set`'s.
 
     Returns
     -------
