@@ -263,8 +263,10 @@ class DenseGrid:
 def _logreg(values, grid: LogRegGrid, seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    # warm_start: fitted along its C path (pipeline.heads.sweep), each C starts from the previous solution.
-    return LogisticRegression(C=values["C"], max_iter=grid.max_iter, warm_start=True, random_state=seed)
+    # warm_start: fitted along its C path (pipeline.heads.sweep), each C starts from the previous solution. A
+    # tight tolerance makes the path a C is reached by immaterial (racing skips values on later folds): with
+    # the default 1e-4 the warm start changed near-tied scores, and so choices (BENCHMARKS.md).
+    return LogisticRegression(C=values["C"], max_iter=grid.max_iter, warm_start=True, random_state=seed, tol=1e-6)
 
 
 def _svm_linear(values, grid: SvmLinearGrid, seed: int):
