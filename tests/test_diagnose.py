@@ -199,6 +199,24 @@ def test_flipped_labels_rank_near_the_top():
     assert flagged[flipped].mean() >= 0.5      # and cleanlab flags most of them itself
 
 
+def test_label_issues_never_fork_a_process_where_jax_runs(monkeypatch):
+    # cleanlab forks a multiprocessing pool by default; a fork of a process with JAX's threads can deadlock.
+    import os
+
+    import jax.numpy as jnp
+
+    from pipeline.diagnosis.label_issues import rank_label_issues
+
+    jnp.zeros(1).block_until_ready()          # JAX's threads are running, as in the diagnose stage
+    forks = []
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or pytest.fail("os.fork() was called"))
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    proba = rng.dirichlet(np.ones(3), size=len(y)) * 0.3 + np.eye(3)[y] * 0.7
+    quality, flagged = rank_label_issues(y, proba)
+    assert not forks and quality.shape == flagged.shape == y.shape
+
+
 def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
     from pipeline.diagnosis.diagnose import _folds
 

@@ -214,3 +214,13 @@ def test_the_stage_reuses_raced_rows_and_races_them_again_when_another_variant_c
     changed = run()
     assert {i for i, row in changed.items() if not row["reused"]} == {"avg-logreg-C0.5", dense_id}
     assert changed[dense_id]["raced_out"]["leader"] == "avg-logreg-C0.5"
+
+
+def test_a_raced_row_ranks_after_every_full_one_and_is_never_chosen_whatever_its_partial_score():
+    from pipeline.selection.scoring import rank
+
+    full = {"variant": "avg-logreg-C1", "kind": "logreg", "params": {"C": 1.0}, "val_accuracy": 0.80}
+    raced = {"variant": "avg-dense-h8", "kind": "dense", "params": {}, "val_accuracy": 0.95,
+             "raced_out": {"after_folds": 1, "folds": 5, "leader": "avg-logreg-C1", "p_value": 0.01}}
+    assert sorted([raced, full], key=lambda r: rank(r, "accuracy")) == [full, raced]
+    assert select_best([raced, full], "accuracy") is full

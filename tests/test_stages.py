@@ -109,8 +109,9 @@ def test_heads_and_evaluate_end_to_end(prepared, capsys):
 
     shoulders(["summary", "--top", "3"])
     summary = capsys.readouterr().out.splitlines()
-    assert summary[0] == f"Chosen on validation (val split) accuracy: mv2 / {best['variant']}"
-    assert f"test accuracy {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}, 6 images)" in summary[1]
+    assert summary[0] == (f"Chosen: mv2 / {best['variant']}  val {best['val_accuracy']:.3f}, "
+                          f"test {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f})")
+    assert summary[1].startswith("  on validation (val split) accuracy") and "6 images" in summary[1]
     assert "Top 3 of 4 variants" in summary[3] and summary[5].split()[:3] == ["1", "mv2", board[0]["variant"]]
     assert max(map(len, summary)) <= 100
     swept = (prepared / "plots/hyperparameters.csv").read_text().splitlines()

@@ -93,6 +93,8 @@ def rank_label_issues(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.
     columns = columns / np.clip(columns.sum(axis=1, keepdims=True), 1e-12, None)
     labels = np.searchsorted(present, y)
     quality = get_label_quality_scores(labels, columns, method="self_confidence")
-    flagged = find_label_issues(labels, columns, filter_by="prune_by_noise_rate") if len(present) > 1 \
+    # n_jobs=1: cleanlab would otherwise fork a multiprocessing pool from a process where JAX's threads run
+    # (a fork of a multithreaded process can deadlock); on a few thousand rows one process takes milliseconds.
+    flagged = find_label_issues(labels, columns, filter_by="prune_by_noise_rate", n_jobs=1) if len(present) > 1 \
         else np.zeros(len(y), bool)
     return quality, np.asarray(flagged, bool)

@@ -52,12 +52,14 @@ def complexity(row: dict) -> tuple:
 def rank(row: dict, select_by: str) -> tuple:
     """Sort key, best first: the validation score, then the simpler, more regularised variant, then the other metric.
 
-    Fit time is no part of it (it changes from run to run); the feature set and
-    the variant id make the order total, so the choice is the same every run.
+    Variants stopped by racing (scored on their first folds only) come after
+    every variant scored in full. Fit time is no part of it (it changes from
+    run to run); the feature set and the variant id make the order total, so
+    the choice is the same every run.
     """
     other = "macro_f1" if select_by == "accuracy" else "accuracy"
-    return (-(row.get(f"val_{select_by}") or 0.0), complexity(row), -(row.get(f"val_{other}") or 0.0),
-            row.get("feature_set", ""), row["variant"])
+    return (bool(row.get("raced_out")), -(row.get(f"val_{select_by}") or 0.0), complexity(row),
+            -(row.get(f"val_{other}") or 0.0), row.get("feature_set", ""), row["variant"])
 
 
 def select_best(rows: Sequence[dict], select_by: str) -> dict:
