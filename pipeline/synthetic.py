@@ -333,8 +333,12 @@ def _image_rng(seed: int, label: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(label, index)))
 
 
+# The one file :func:`remove_dataset` leaves in the folder (it is ours to delete, like the images).
+UNUSED_NOTE = "UNUSED.txt"
+
+
 def remove_dataset(root: Path) -> None:
-    """Leave ``root`` an empty folder: delete a dataset :func:`generate_dataset` wrote there, refuse anything else.
+    """Leave ``root`` a folder with a one-line note: delete a dataset :func:`generate_dataset` wrote there, refuse anything else.
 
     Raises
     ------
@@ -344,6 +348,9 @@ def remove_dataset(root: Path) -> None:
     root = Path(root)
     _clear_previous(root)
     root.mkdir(parents=True, exist_ok=True)
+    # Not left empty: DVC warns that an empty output folder is empty on every run.
+    (root / UNUSED_NOTE).write_text("No synthetic images: params.yaml's data.source points at another dataset.\n",
+                                    encoding="utf-8")
 
 
 def _clear_previous(root: Path) -> None:
@@ -363,6 +370,9 @@ def _clear_previous(root: Path) -> None:
         )
     ours, foreign = [], []
     for entry in sorted(root.iterdir()):
+        if entry.name == UNUSED_NOTE and entry.is_file() and not entry.is_symlink():
+            ours.append(entry)
+            continue
         if entry.is_symlink() or not entry.is_dir() or entry.name not in CLASS_NAMES:
             foreign.append(entry)
             continue
@@ -384,8 +394,9 @@ def _clear_previous(root: Path) -> None:
         item.unlink()
     for entry in root.iterdir():
         entry.rmdir()
-    if ours:
-        logger.info("removed %d images of a previous synthetic dataset from %s", len(ours), root)
+    images = [item for item in ours if item.name != UNUSED_NOTE]
+    if images:
+        logger.info("removed %d images of a previous synthetic dataset from %s", len(images), root)
 
 
 def generate_dataset(

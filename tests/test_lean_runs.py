@@ -27,8 +27,12 @@ def test_synthesize_writes_nothing_when_data_source_points_elsewhere(in_tmp):
     write_image_folder(in_tmp / "images")
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     synthesize.main(["--out", "data/synthetic", "--no-progress"])
-    # Its output stays (DVC expects it), empty: the images written before are gone.
-    assert (in_tmp / "data/synthetic").is_dir() and not any((in_tmp / "data/synthetic").iterdir())
+    # Its output stays (DVC expects it), with only a note (DVC warns about an empty output): the images are gone.
+    assert [p.name for p in (in_tmp / "data/synthetic").iterdir()] == ["UNUSED.txt"]
+    synthesize.main(["--out", "data/synthetic", "--no-progress"])          # and the note is its own to replace
+    write_params(in_tmp / "params.yaml", tiny_params("data/synthetic"))
+    synthesize.main(["--out", "data/synthetic", "--no-progress"])
+    assert sorted(p.name for p in (in_tmp / "data/synthetic").iterdir()) == ["ring", "star", "triangle"]
 
 
 def test_augment_with_no_views_starts_no_framework(in_tmp):
@@ -53,8 +57,8 @@ def test_library_logs_are_quiet_unless_verbose(in_tmp):
     # A real TensorFlow start (the check stage builds the backbone): its C++ logs go, the stage's own line stays.
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     quiet = _run(["-m", "pipeline.stages.check", "--out", "checks"], cwd=in_tmp).stderr
-    assert quiet.splitlines() == ["INFO __main__: 1 feature set(s) checked: mv2 → mobilenet_v2/block_2_add "
-                                  "(weights from random)"]
+    assert quiet.splitlines() == ["INFO __main__: 1 feature set(s) checked",
+                                  "INFO __main__:   mv2 → mobilenet_v2/block_2_add (weights: random)"]
     loud = _run(["-m", "pipeline.stages.check", "--out", "checks", "--verbose"], cwd=in_tmp).stderr
     assert "absl::InitializeLog" in loud and "] " in loud and quiet.splitlines()[0] in loud
 

@@ -47,6 +47,10 @@ class WeightsSource:
     def describe(self) -> str:
         return self.kind if self.where is None else f"{self.kind}: {self.where}"
 
+    def brief(self) -> str:
+        """The kind and the file's (or URL's) last name: a log line's worth, without the folders."""
+        return self.kind if self.where is None else f"{self.kind} {self.where.rstrip('/').rsplit('/', 1)[-1]}"
+
 
 @dataclass(frozen=True)
 class _Request:

@@ -54,9 +54,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     resolved = check_cuts(features)
     sources = weights_sources(features)
     write_checks(resolved, args.out)
-    log.info("%d feature set(s) checked: %s", len(resolved),
-             ", ".join(f"{k} → {v['backbone']}/{v['cut']} (weights from {sources[k].describe()})"
-                       for k, v in resolved.items()))
+    # One short line per feature set; the weights' full paths (long, and this machine's) only with --verbose.
+    log.info("%d feature set(s) checked", len(resolved))
+    for key, entry in resolved.items():
+        log.info("  %s → %s/%s (weights: %s)", key, entry["backbone"], entry["cut"], sources[key].brief())
+        log.debug("  %s: weights from %s", key, sources[key].describe())
 
 
 if __name__ == "__main__":
