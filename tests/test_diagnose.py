@@ -107,7 +107,9 @@ def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evalu
     assert all(float(r["low"]) <= float(r["accuracy"]) <= float(r["high"]) for r in curve)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learning_curve_evaluated_on"] == "the validation split"
-    assert summary["learning_curve"]["mv2"]["sentence"] in (evaluated / "reports/learning_curve.md").read_text()
+    page = (evaluated / "reports/learning_curve.md").read_text()
+    assert summary["learning_curve"]["mv2"]["sentence"] in page
+    assert "| per class | accuracy | low | high | fits |" in page and "`diagnose.curve_draws` random draws" in page
     # The leaderboard (written by evaluate, before diagnose runs) says the same sentence, computed the same way.
     leaderboard = (evaluated / "reports/leaderboard.md").read_text()
     assert f"**Would more labelled images help?** For mv2 / {row['variant']}, " \

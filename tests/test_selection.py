@@ -195,6 +195,9 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     errors = (in_tmp / "reports/errors.md").read_text()
     assert "ensemble / softvote-2 (the overall choice on validation: the mean probabilities of" in errors
     assert all(member in errors for member in ensemble["members"])
+    # Label issues are the ensemble's too: its members' out-of-fold probabilities, averaged.
+    issues = (in_tmp / "reports/label_issues.md").read_text()
+    assert "probabilities of **ensemble / softvote-2**" in issues
 
 
 def test_a_combination_refuses_feature_sets_of_other_images(in_tmp):

@@ -99,6 +99,28 @@ def headline_curve(evaluation: dict, heads_dir: Path, records: Sequence[Record],
             "evaluated_on": curve["evaluated_on"]}
 
 
+def _out_of_fold_proba(heads: Sequence[ChosenHead], records: Sequence[Record], settings: DiagnoseParams
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
+    """Train+val ids, labels and out-of-fold probabilities of one head or of an ensemble's mean, train rows first.
+
+    Every head is refitted on the same stratified folds (they depend only on
+    the labels and ``diagnose.seed``), each on its own store's rows.
+    """
+    probas, reference = [], None
+    for head in heads:
+        train, val = head.features("train", records), head.features("val", records)
+        ids = np.concatenate([train.ids, val.ids])
+        y = np.concatenate([train.y, val.y])
+        if reference is not None and not np.array_equal(ids, reference[0]):
+            raise ValueError(f"the ensemble's stores list train+val images in different orders ({head.feature_set} against "
+                             f"{heads[0].feature_set}); run `dvc repro` so that every store covers the manifest")
+        X = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
+        probas.append(cross_val_proba(head.estimator, X, y, len(train.classes), settings.label_folds, settings.seed))
+        reference = reference or (ids, y, len(train.y), list(train.classes))
+    ids, y, n_train, classes = reference
+    return ids, y, np.mean(probas, axis=0), n_train, classes
+
+
 def _short(model: str) -> str:
     """The model's name without its parenthesised explanation (sheet titles are one line)."""
     return model.split(" (", 1)[0]
@@ -148,7 +170,8 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     best = chosen[best_key]
     members = load_ensemble(heads_dir, evaluation)
     overall = evaluation["best"]
-    # Label issues and maps read one store: the best single feature set's head when the choice spans several.
+    # Label issues are the ensemble's when it is the choice; a combination (several stores side by side) is not
+    # replayed: the best single feature set's head stands in for it.
     single = f"{best_key} / {best.row['variant']}"
     if members is not None:
         model = (f"{overall['feature_set']} / {overall['variant']} (the overall choice on validation: the mean "
@@ -189,18 +212,14 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
                                                        out / "predictions.csv", sheets))
     seconds["errors"] = time.perf_counter() - start
 
-    # -- likely label mistakes: cross-validated probabilities on train+val of the chosen model
+    # -- likely label mistakes: cross-validated probabilities on train+val of the chosen model (an ensemble's
+    #    members each on their own store, their probabilities averaged as the ensemble averages them)
     start = time.perf_counter()
-    train, val = best.features("train", records), best.features("val", records)
-    X = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
-    y = np.concatenate([train.y, val.y])
-    ids = np.concatenate([train.ids, val.ids])
-    proba = cross_val_proba(best.estimator, X, y, len(train.classes), settings.label_folds, settings.seed)
+    ids, y, proba, n_train, classes = _out_of_fold_proba(members or [best], records, settings)
     quality, flagged = rank_label_issues(y, proba)
-    classes = train.classes
     order = np.argsort(quality, kind="stable")
     ranked = [{"rank": rank + 1, "id": ids[i], "path": by_id[ids[i]].path,
-               "split": "train" if i < len(train.y) else "val", "given": classes[y[i]],
+               "split": "train" if i < n_train else "val", "given": classes[y[i]],
                "suggested": classes[int(proba[i].argmax())], "quality": round(float(quality[i]), 4),
                "flagged": bool(flagged[i])} for rank, i in enumerate(order)]
     write_csv(ranked, out / "label_issues.csv")
@@ -213,7 +232,8 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
         title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first", empty="no image is flagged")
     k = min(settings.label_folds, int(np.bincount(y)[np.unique(y)].min()))
     write_text_atomically(pages["label_issues"], label_issues_page(
-        pages["label_issues"], single, listed, int(flagged.sum()), len(y), k, out / "label_issues.csv",
+        pages["label_issues"], single if members is None else _short(model), listed, int(flagged.sum()), len(y), k,
+        out / "label_issues.csv",
         sheets["label_issues"]))
     suspects = {r["id"] for r in ranked if r["flagged"]}
     seconds["label_issues"] = time.perf_counter() - start

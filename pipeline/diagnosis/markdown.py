@@ -74,10 +74,12 @@ def learning_curve_page(curves: dict, evaluated_on: str) -> str:
     """``reports/learning_curve.md``: each feature set's curve in a table and its one sentence."""
     lines = ["# Would more labelled images help?", "",
              f"Accuracy of each feature set's chosen head, refitted on random draws of n training images per "
-             f"class and scored on {evaluated_on} (test is not read). low–high: the range over the draws.", ""]
+             f"class and scored on {evaluated_on} (test is not read). low–high: the range over the fits. "
+             "fits: the fits averaged at that point, `diagnose.curve_draws` random draws in each fold (the last "
+             "point, every image, has nothing to draw: one fit per fold).", ""]
     for key, curve in curves.items():
         lines += [f"## {key} ({curve['variant']})", "", f"**{curve['extrapolation']['sentence']}.**", "",
-                  "| per class | accuracy | low | high | draws |", "|---|---|---|---|---|"]
+                  "| per class | accuracy | low | high | fits |", "|---|---|---|---|---|"]
         lines += [f"| {r['per_class']} | {r['accuracy']:.4f} | {r['low']:.4f} | {r['high']:.4f} | {r['draws']} |"
                   for r in curve["rows"]]
         lines.append("")
