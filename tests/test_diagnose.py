@@ -62,6 +62,7 @@ def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evalu
         expected = dict(zip(fs.ids, (classes[i] for i in head.predict(np.asarray(fs.X)))))
         mine = [p for p in predictions if p["split"] == split]
         assert {p["id"]: p["predicted"] for p in mine} == expected
+        assert all(p["out_of_fold"] == "False" for p in mine)     # selected on the val split: fitted on train
         for p in mine:
             probabilities = [float(p[f"p_{c}"]) for c in classes]
             assert sum(probabilities) == pytest.approx(1, abs=2e-4)

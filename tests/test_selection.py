@@ -195,6 +195,10 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     errors = (in_tmp / "reports/errors.md").read_text()
     assert "ensemble / softvote-2 (the overall choice on validation: the mean probabilities of" in errors
     assert all(member in errors for member in ensemble["members"])
+    # Selected by CV, the final heads saw val: val's errors are out-of-fold predictions, and say so.
+    val = [p for p in predictions if p["split"] == "val"]
+    assert val and all(p["out_of_fold"] == "True" for p in val) and all(p["out_of_fold"] == "False" for p in test)
+    assert "Val images: out-of-fold predictions" in errors
     # Label issues are the ensemble's too: its members' out-of-fold probabilities, averaged.
     issues = (in_tmp / "reports/label_issues.md").read_text()
     assert "probabilities of **ensemble / softvote-2**" in issues

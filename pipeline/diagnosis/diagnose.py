@@ -3,7 +3,10 @@
 :func:`diagnose` writes, under ``out`` (``reports/diagnose``):
 
 * ``predictions.csv`` — every val and test image of the chosen model: id, path,
-  split, true and predicted class, confidence, each class's probability;
+  split, true and predicted class, confidence, each class's probability, and
+  ``out_of_fold``: under k-fold CV selection the final heads were refitted on
+  train+val, so val's rows are out-of-fold predictions instead (in-sample
+  ones would flatter it);
 * ``errors.jpg``, ``least_confident.jpg``, ``label_issues.jpg`` — contact
   sheets (``dvc plots`` image plots) and ``thumbs/`` — the thumbnails the
   Markdown pages link;
@@ -24,6 +27,7 @@ the feature stores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -40,7 +44,8 @@ from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
 from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
 from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
 from pipeline.diagnosis.markdown import errors_page, label_issues_page, learning_curve_page
-from pipeline.diagnosis.predictions import confused_pairs, predict_ensemble, predict_splits, prediction_rows
+from pipeline.diagnosis.predictions import (Predictions, confused_pairs, predict_ensemble, predict_splits,
+                                            prediction_rows)
 from pipeline.diagnosis.projection import project
 from pipeline.manifest import Record, write_text_atomically
 from pipeline.reporting.tables import write_csv
@@ -121,13 +126,30 @@ def _out_of_fold_proba(heads: Sequence[ChosenHead], records: Sequence[Record], s
     return ids, y, np.mean(probas, axis=0), n_train, classes
 
 
+def _label_folds(y: np.ndarray, settings: DiagnoseParams) -> int:
+    """The folds :func:`cross_val_proba` used: ``diagnose.label_folds``, fewer when a class has fewer images."""
+    return min(settings.label_folds, int(np.bincount(y)[np.unique(y)].min()))
+
+
+def _with_out_of_fold(predictions: Predictions, ids: np.ndarray, proba: np.ndarray) -> Predictions:
+    """``predictions`` (val) with each image's out-of-fold probabilities, matched by image id."""
+    row_of = {image_id: i for i, image_id in enumerate(ids)}
+    missing = [r.id for r in predictions.records if r.id not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} val image(s) have no out-of-fold prediction (e.g. {missing[0]}); "
+                         "rerun `dvc repro` so that every store covers the manifest")
+    rows = [row_of[r.id] for r in predictions.records]
+    return dataclasses.replace(predictions, proba=proba[rows])
+
+
 def _short(model: str) -> str:
     """The model's name without its parenthesised explanation (sheet titles are one line)."""
     return model.split(" (", 1)[0]
 
 
 def _caption(row: dict) -> list[str]:
-    return [f"true {row['true']}", f"pred {row['predicted']}", f"{row['confidence']:.2f} · {row['split']}"]
+    split = "val (oof)" if row.get("out_of_fold") else row["split"]
+    return [f"true {row['true']}", f"pred {row['predicted']}", f"{row['confidence']:.2f} · {split}"]
 
 
 def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
@@ -184,14 +206,29 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     thumbs = out / "thumbs"
     seconds["load"] = time.perf_counter() - start
 
+    # -- out-of-fold probabilities on train+val of the chosen model (an ensemble's members each on their own
+    #    store, their probabilities averaged as the ensemble averages them): label issues, and val's errors under CV
+    start = time.perf_counter()
+    heads = members or [best]
+    ids, y, proba, n_train, classes = _out_of_fold_proba(heads, records, settings)
+    seconds["out_of_fold"] = time.perf_counter() - start
+
     # -- the chosen model's predictions, its errors and its least confident correct images
     start = time.perf_counter()
     if members is not None:
         predictions = predict_ensemble(members, records)
-        rows = prediction_rows(predictions, overall["feature_set"], overall["variant"])
+        name = (overall["feature_set"], overall["variant"])
     else:
         predictions = predict_splits(best, records)
-        rows = prediction_rows(predictions, best_key, best.row["variant"])
+        name = (best_key, best.row["variant"])
+    # Selected by k-fold CV, the final heads were refitted on train+val: their val predictions are in-sample.
+    # Val is shown as each image's out-of-fold prediction instead (the head refitted without its fold).
+    out_of_fold = bool(heads[0].cv)
+    if out_of_fold:
+        predictions = [_with_out_of_fold(p, ids, proba) if p.split == "val" else p for p in predictions]
+    rows = prediction_rows(predictions, *name)
+    for row in rows:
+        row["out_of_fold"] = out_of_fold and row["split"] == "val"
     write_csv(rows, out / "predictions.csv")
     by_id = {r.id: r for r in records}
     wrong = sorted((r for r in rows if not r["correct"]), key=lambda r: (-r["confidence"], r["id"]))
@@ -208,14 +245,15 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
                                          title=f"Least confident correct val/test images of {_short(model)}"),
     }
     pairs = confused_pairs(predictions, TOP_PAIRS)
+    val_note = (f"Val images: out-of-fold predictions ({_label_folds(y, settings)}-fold, `diagnose.label_folds`), "
+                f"since the final head was refitted on train+val after its {heads[0].cv}-fold CV selection; test: the final "
+                "head's." if out_of_fold else "Val and test: the final head's predictions (it was fitted on train).")
     write_text_atomically(pages["errors"], errors_page(pages["errors"], model, shown, len(wrong), pairs, unsure,
-                                                       out / "predictions.csv", sheets))
+                                                       out / "predictions.csv", sheets, val_note))
     seconds["errors"] = time.perf_counter() - start
 
-    # -- likely label mistakes: cross-validated probabilities on train+val of the chosen model (an ensemble's
-    #    members each on their own store, their probabilities averaged as the ensemble averages them)
+    # -- likely label mistakes: from the out-of-fold probabilities above
     start = time.perf_counter()
-    ids, y, proba, n_train, classes = _out_of_fold_proba(members or [best], records, settings)
     quality, flagged = rank_label_issues(y, proba)
     order = np.argsort(quality, kind="stable")
     ranked = [{"rank": rank + 1, "id": ids[i], "path": by_id[ids[i]].path,
@@ -230,9 +268,9 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
         [(r["thumb"], [f"given {r['given']}", f"looks {r['suggested']}", f"quality {r['quality']:.2f}"])
          for r in listed], out / "label_issues.jpg", size=settings.thumb_px,
         title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first", empty="no image is flagged")
-    k = min(settings.label_folds, int(np.bincount(y)[np.unique(y)].min()))
     write_text_atomically(pages["label_issues"], label_issues_page(
-        pages["label_issues"], single if members is None else _short(model), listed, int(flagged.sum()), len(y), k,
+        pages["label_issues"], single if members is None else _short(model), listed, int(flagged.sum()), len(y),
+        _label_folds(y, settings),
         out / "label_issues.csv",
         sheets["label_issues"]))
     suspects = {r["id"] for r in ranked if r["flagged"]}

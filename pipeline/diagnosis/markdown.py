@@ -30,11 +30,14 @@ def _table(page: Path, rows: Sequence[dict], columns: Sequence[tuple[str, str]])
 
 
 def errors_page(page: Path, model: str, errors: Sequence[dict], total_errors: int, pairs: Sequence[dict],
-                unsure: Sequence[dict], predictions_csv: Path, images: dict) -> str:
-    """``reports/errors.md``: the misclassified val and test images, the confused pairs, the least confident."""
+                unsure: Sequence[dict], predictions_csv: Path, images: dict, note: str = "") -> str:
+    """``reports/errors.md``: the misclassified val and test images, the confused pairs, the least confident.
+
+    ``note`` says whose predictions val's are (out of fold under CV).
+    """
     shown = f"the {len(errors)} most confident of {total_errors}" if len(errors) < total_errors else "all"
     lines = ["# What the chosen model gets wrong", "",
-             f"Model: **{model}**. Every val and test image with its "
+             f"Model: **{model}**. {note} Every val and test image with its "
              f"probabilities: [{predictions_csv.name}]({_link(page, predictions_csv)}).", "",
              "## Most confused class pairs (val + test)", ""]
     if pairs:
