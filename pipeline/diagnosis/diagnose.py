@@ -117,8 +117,9 @@ def _out_of_fold_proba(heads: Sequence[ChosenHead], records: Sequence[Record], s
         ids = np.concatenate([train.ids, val.ids])
         y = np.concatenate([train.y, val.y])
         if reference is not None and not np.array_equal(ids, reference[0]):
-            raise ValueError(f"the ensemble's stores list train+val images in different orders ({head.feature_set} against "
-                             f"{heads[0].feature_set}); run `dvc repro` so that every store covers the manifest")
+            raise ValueError(f"the ensemble's stores list train+val images in different orders "
+                             f"({head.feature_set} against {heads[0].feature_set}); run `dvc repro` so that every store "
+                             "covers the manifest")
         X = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
         probas.append(cross_val_proba(head.estimator, X, y, len(train.classes), settings.label_folds, settings.seed))
         reference = reference or (ids, y, len(train.y), list(train.classes))
@@ -246,8 +247,9 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     }
     pairs = confused_pairs(predictions, TOP_PAIRS)
     val_note = (f"Val images: out-of-fold predictions ({_label_folds(y, settings)}-fold, `diagnose.label_folds`), "
-                f"since the final head was refitted on train+val after its {heads[0].cv}-fold CV selection; test: the final "
-                "head's." if out_of_fold else "Val and test: the final head's predictions (it was fitted on train).")
+                f"since the final head was refitted on train+val after its {heads[0].cv}-fold CV selection; "
+                "test: the final head's." if out_of_fold
+                else "Val and test: the final head's predictions (it was fitted on train).")
     write_text_atomically(pages["errors"], errors_page(pages["errors"], model, shown, len(wrong), pairs, unsure,
                                                        out / "predictions.csv", sheets, val_note))
     seconds["errors"] = time.perf_counter() - start
