@@ -30,7 +30,8 @@ def _plot_data(plots: Path) -> tuple[list[dict], list[dict]]:
     report = {"feature_sets": {key: {"backbone": backbone.split()[0], "weights": backbone.split()[1][1:-1],
                                      "cut": f"cut_{key}", "cut_depth": depth, "val_accuracy": acc,
                                      "test_accuracy": acc - 0.02, "test_accuracy_ci95": [acc - 0.09, acc + 0.03]}
-                               for key, (backbone, depth, acc) in sets.items()}}
+                               for key, (backbone, depth, acc) in sets.items()},
+              "best": {"feature_set": "a_top"}}
     leaderboard = []
     for key, (_, _, acc) in sets.items():
         for c in (0.1, 1.0, 10.0):
@@ -114,14 +115,16 @@ def test_dvc_plots_render_offline_with_data(tmp_path):
     for chunk in dom.split('<div id="')[1:]:
         marks[chunk[:chunk.index('"')]] = Counter(re.findall(r'aria-roledescription="([^"]+)"', chunk))
     by_title = {next(k for k in marks if k.startswith(prefix)): prefix
-                for prefix in ("Leaderboard", "Test_accuracy_against_cut", "Confusion", "Validation_accuracy",
+                for prefix in ("Leaderboard", "Validation_accuracy_against_cut", "Confusion",
+                               "Validation_accuracy_against_each",
                                "Learning_curve", "Map_of_each", "Search_of_C")}
     counts = {by_title[k]: v for k, v in marks.items() if k in by_title}
     assert counts["Leaderboard"]["bar"] == len(leaderboard)                    # one bar per variant
-    assert counts["Test_accuracy_against_cut"]["point"] == 3                   # one point per feature set
-    assert counts["Test_accuracy_against_cut"]["line mark"] == 2               # one line per backbone
-    assert counts["Test_accuracy_against_cut"]["rule mark"] == 3               # one interval per feature set
-    assert counts["Validation_accuracy"]["point"] == len(swept)                # kind, pooling, logreg.C
+    # One validation point per feature set and one line per backbone; test only on the chosen model (♦, interval).
+    assert counts["Validation_accuracy_against_cut"]["point"] == 3 + 1
+    assert counts["Validation_accuracy_against_cut"]["line mark"] == 2
+    assert counts["Validation_accuracy_against_cut"]["rule mark"] == 1
+    assert counts["Validation_accuracy_against_each"]["point"] == len(swept)   # kind, pooling, logreg.C
     assert counts["Confusion"]["rect mark"] >= 9                               # 3 × 3 cells
     assert counts["Learning_curve"]["point"] == len(curve)                     # one point per size and set
     assert counts["Learning_curve"]["area mark"] == 2                          # one band per feature set
