@@ -266,3 +266,26 @@ def test_an_ensemble_or_combination_winner_is_pictured_through_the_best_single_f
     assert load_chosen(tmp_path, evaluation_only_combined) == {}
     assert best_feature_set(evaluation, {"a": None, "b": None}) == "b"
     assert best_feature_set({**evaluation, "best": {"feature_set": "a"}}, {"a": None, "b": None}) == "a"
+
+
+def test_small_images_fill_their_tile_and_long_class_names_are_not_cut(tmp_path):
+    # 24-px images (a satellite tile's size class) and a 20-letter class name, as a user's dataset has them.
+    import hashlib
+
+    from PIL import Image as PILImage
+
+    from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
+    from pipeline.manifest import Record
+
+    path = tmp_path / "tile.png"
+    PILImage.new("RGB", (24, 16), (200, 30, 30)).save(path)
+    record = Record("tile", str(path), 0, "HerbaceousVegetation", "val", hashlib.sha256(path.read_bytes()).hexdigest(),
+                    24, 16)
+    thumb = write_thumbnail(record, tmp_path / "thumbs", 96)
+    assert PILImage.open(thumb).size == (96, 64)
+    caption = ["true HerbaceousVegetation", "pred PermanentCrop", "0.91 · val"]
+    sheet = contact_sheet([(thumb, caption)] * 3, tmp_path / "sheet.jpg", size=96, title="t", empty="none")
+    from PIL import ImageDraw, ImageFont
+
+    needed = ImageDraw.Draw(PILImage.new("RGB", (1, 1))).textlength(caption[0], font=ImageFont.load_default(size=11))
+    assert PILImage.open(sheet).width >= 3 * needed          # three tiles, each as wide as its longest line

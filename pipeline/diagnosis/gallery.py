@@ -35,6 +35,11 @@ def write_thumbnail(record: Record, folder: Path, size: int, max_pixels: Optiona
     if not path.is_file():
         pixels = decode_image(record.path, sha256=record.sha256, target=size, max_pixels=max_pixels)
         image = Image.fromarray(pixels)
+        if max(image.size) < size:
+            # A small image (a 64-px tile) is enlarged to the tile: at its own size it is a speck on the page.
+            scale = size / max(image.size)
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                 Image.Resampling.LANCZOS)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, "JPEG", quality=85)
@@ -61,7 +66,11 @@ def contact_sheet(tiles: Sequence[tuple[Path, Sequence[str]]], out: Path, *, siz
         Written instead of tiles when there are none (a sheet is always written: DVC plots need the file).
     """
     font = _font()
-    tile_w, tile_h = size + 12, size + 8 + CAPTION_LINES * LINE_PX
+    # Tiles as wide as their longest caption line (class names are not cut), up to twice the picture's side.
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    longest = max((measure.textlength(line, font=font) for _, caption in tiles for line in caption), default=0)
+    text_w = int(min(max(size + 8, longest + 2), 2 * size))
+    tile_w, tile_h = text_w + 12, size + 8 + CAPTION_LINES * LINE_PX
     cols = max(1, min(columns, len(tiles)))
     rows = math.ceil(len(tiles) / cols) if tiles else 0
     header = 24
@@ -75,9 +84,9 @@ def contact_sheet(tiles: Sequence[tuple[Path, Sequence[str]]], out: Path, *, siz
         x, y = (index % cols) * tile_w + 6, header + (index // cols) * tile_h
         with Image.open(thumb) as picture:
             picture = picture.convert("RGB")
-            sheet.paste(picture, (x + (size - picture.width) // 2, y + (size - picture.height) // 2))
+            sheet.paste(picture, (x + (text_w - picture.width) // 2, y + (size - picture.height) // 2))
         for line, text in enumerate(list(caption)[:CAPTION_LINES]):
-            draw.text((x, y + size + 3 + line * LINE_PX), _fit(draw, text, font, size + 8), fill="black", font=font)
+            draw.text((x, y + size + 3 + line * LINE_PX), _fit(draw, text, font, text_w), fill="black", font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, "JPEG", quality=88)
     return out

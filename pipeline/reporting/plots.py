@@ -9,7 +9,8 @@
   drawn for every cut would invite choosing the cut on test;
 * ``confusion.csv`` — actual and predicted class of each test image of the best model;
 * ``hyperparameters.csv`` — for each swept hyperparameter (pooling,
-  standardisation, PCA, head kind and each kind's own, e.g. ``logreg.C``) and
+  standardisation, PCA, head kind and each kind's own, e.g. ``dense.dropout``;
+  not a searched ``C``, which ``search.csv`` plots on a log axis) and
   each of its values, the best validation accuracy among the variants with that
   value, per feature set (template ``.dvc/plots/hyperparameters.json``, one panel per
   hyperparameter). Only hyperparameters with two or more values appear;
@@ -54,7 +55,9 @@ def hyperparameter_rows(leaderboard: Sequence[dict]) -> list[dict]:
         if row["val_accuracy"] is None:
             continue
         settings = {name: row.get(name) for name in _COMMON}
-        settings.update({f"{row['kind']}.{name}": value for name, value in row["params"].items()})
+        # A searched setting (a C bisected coarse to fine: ~20 values) has its own plot on a log axis (search.csv).
+        settings.update({f"{row['kind']}.{name}": value for name, value in row["params"].items()
+                         if name != row.get("searched")})
         for name, value in settings.items():
             key = (name, row["feature_set"], _hashable(value))
             best[key] = max(best.get(key, 0.0), row["val_accuracy"])
