@@ -276,6 +276,23 @@ def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepa
     assert not Path("features/mv2.zarr").exists() and not list(Path("features/.incomplete").glob("*.zarr"))
 
 
+def test_backbone_timings_are_measured_once_per_machine_and_dated(prepared, monkeypatch, tmp_path):
+    # One timing taken on a busy spell made the cost report swing 10× between runs: now one per machine, dated.
+    from pipeline.reporting.tables import cost_markdown
+    from pipeline.selection.cost import sweep_cost
+
+    monkeypatch.setenv("SHOULDERS_CACHE_DIR", str(tmp_path / "cache"))
+    backbone_cost.main(["--out", "first.json"])
+    backbone_cost.main(["--out", "second.json"])
+    first, second = (json.loads((prepared / name).read_text())["mv2"] for name in ("first.json", "second.json"))
+    assert first["cached"] is False and second["cached"] is True
+    assert second["seconds_per_image"] == first["seconds_per_image"] and second["measured_at"] == first["measured_at"]
+    scores = {"feature_set": "mv2", "variants": [{"kind": "logreg", "fit_seconds": 1.0, "params": {}}],
+              "rows": {"train": 18, "val": 6}, "sweep": {"fitted": 1, "stage_seconds": 2.0}}
+    text = cost_markdown(sweep_cost([scores], {"mv2": second}, {"mv2": 6}))
+    assert f"(measured on this machine on {first['measured_at'][:10]})" in text
+
+
 @pytest.mark.parametrize("layout, data, heads", [
     # The most common published layout: train/ and val/, no test/ (test is drawn from train/).
     ({"train": 8, "val": 3}, {}, {}),

@@ -15,19 +15,31 @@ end-to-end estimate built on it is a lower bound.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from pipeline.config import ExtractParams, FeatureSetParams
-from pipeline.extraction.batch_size import seconds_per_batch
+from pipeline.extraction.batch_size import machine, seconds_per_batch
 from pipeline.extraction.plan import plan_extraction
+from pipeline.provenance import fingerprint
 
 log = logging.getLogger(__name__)
 
 # Rounds timed after the warm-up; the median is kept.
-TIMED_BATCHES = 3
+TIMED_BATCHES = 5
+
+
+def cost_cache_file() -> Path:
+    """``backbone-cost.json`` in the shoulders cache folder: one measurement per machine and backbone."""
+    from pipeline.backbones.lite_weights import cache_dir
+
+    return cache_dir() / "backbone-cost.json"
 
 
 def time_backbone(spec: FeatureSetParams, settings: ExtractParams, *, batches: int = TIMED_BATCHES) -> dict:
@@ -50,15 +62,62 @@ def time_backbone(spec: FeatureSetParams, settings: ExtractParams, *, batches: i
             "input_size": size, "batches": batches, "runtime": runtime.name, "device": runtime.device}
 
 
-def time_feature_sets(features: Mapping[str, FeatureSetParams], settings: ExtractParams) -> dict[str, dict]:
-    """:func:`time_backbone` for every feature set, once per distinct backbone × cut × size × alpha."""
+def time_feature_sets(features: Mapping[str, FeatureSetParams], settings: ExtractParams, *,
+                      cached: bool = True) -> dict[str, dict]:
+    """:func:`time_backbone` for every feature set, once per distinct backbone × cut × size × alpha.
+
+    A timing is taken once per machine (the CPU model and usable cores) and
+    backbone settings, and kept in :func:`cost_cache_file`: one measured on a
+    busy spell was 10× another, and the cost report swung with it from run to
+    run. Each entry says when it was measured (``measured_at``, UTC) and
+    whether this run measured it (``cached``); delete the file, or pass
+    ``cached=False``, to measure again.
+    """
+    entries = _read_cost_cache() if cached else {}
     measured: dict[tuple, dict] = {}
     out = {}
     for key, spec in features.items():
         same = (spec.backbone, spec.cut, spec.size, spec.alpha)
         if same not in measured:
-            measured[same] = time_backbone(spec, settings)
-            log.info("%s: %s cut %r: %.4f s per image (%s, batch %d)", key, spec.backbone, spec.cut,
-                     measured[same]["seconds_per_image"], measured[same]["runtime"], measured[same]["batch_size"])
+            entry_key = fingerprint({**machine(), **_cost_key(spec, settings)}, length=20)
+            if entry_key in entries:
+                measured[same] = {**entries[entry_key]["timing"], "cached": True}
+            else:
+                timing = {**time_backbone(spec, settings),
+                          "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                entries[entry_key] = {"timing": timing, "key": _cost_key(spec, settings), "machine": machine()}
+                measured[same] = {**timing, "cached": False}
+            log.info("%s: %s cut %r: %.4f s per image (%s, batch %d; %s %s)", key, spec.backbone, spec.cut,
+                     measured[same]["seconds_per_image"], measured[same]["runtime"], measured[same]["batch_size"],
+                     "measured on this machine" if measured[same]["cached"] else "measured now, at",
+                     measured[same]["measured_at"])
         out[key] = {"backbone": spec.backbone, "cut": spec.cut, **measured[same]}
+    if cached:
+        _write_cost_cache(entries)
     return out
+
+
+def _cost_key(spec: FeatureSetParams, settings: ExtractParams) -> dict:
+    """What a timing depends on besides the machine (the weights do not: it is timed with ``weights: none``)."""
+    return {"backbone": spec.backbone, "cut": spec.cut, "size": spec.size, "alpha": spec.alpha,
+            "runtime": settings.runtime, "precision": settings.precision, "batch_size": settings.batch_size,
+            "jit_compile": settings.jit_compile}
+
+
+def _read_cost_cache() -> dict:
+    path = cost_cache_file()
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):      # unreadable or torn: measure again
+        return {}
+
+
+def _write_cost_cache(entries: dict) -> None:
+    path = cost_cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:           # a read-only cache folder costs a measurement next time, nothing else
+        log.warning("could not keep the backbone timings in %s: %s", path, error)

@@ -81,10 +81,16 @@ def cost_markdown(cost: dict) -> str:
     if cost.get("end_to_end_seconds") is not None:
         text += (f" Run end to end through the frozen backbone instead — every variant reading every image "
                  f"through it each epoch, at the measured {cost['seconds_per_image_mean'] * 1000:.1f} ms per "
-                 f"image — the same variants would take ≈ {cost['end_to_end_seconds']:,.0f} s "
+                 f"image{_measured_when(cost)} — the same variants would take ≈ {cost['end_to_end_seconds']:,.0f} s "
                  f"({cost['end_to_end_seconds'] / max(cost['fit_seconds'], 1e-9):,.0f}× the fitting time), "
                  f"against ≈ {cost['extraction_seconds']:,.0f} s to extract the features once.")
     return text
+
+
+def _measured_when(cost: dict) -> str:
+    """`` (measured on this machine on <date>)`` from the earliest backbone timing, or nothing if unrecorded."""
+    dates = sorted(d for d in cost.get("measured_at", []) if d)
+    return f" (measured on this machine on {dates[0][:10]})" if dates else ""
 
 
 def _num(value, digits: int = 4) -> str:

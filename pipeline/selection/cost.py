@@ -99,6 +99,7 @@ def sweep_cost(all_scores: Sequence[dict], costs: dict, test_rows: dict[str, int
     sums = {name: round(sum(p[name] or 0.0 for p in per_set.values()), 3)
             for name in ("heads_stage_seconds", "fit_seconds", "end_to_end_seconds", "extraction_seconds")}
     mean_spi = float(np.mean([p["seconds_per_image"] for p in per_set.values()]))
+    measured_at = sorted({c["measured_at"] for c in costs.values() if c.get("measured_at")})
     ratio = sums["end_to_end_seconds"] / sums["fit_seconds"] if sums["fit_seconds"] else None
-    return {**totals, **sums, "seconds_per_image_mean": mean_spi,
+    return {**totals, **sums, "seconds_per_image_mean": mean_spi, "measured_at": measured_at,
             "end_to_end_over_fit": None if ratio is None else round(ratio, 1), "feature_sets": per_set}
