@@ -110,6 +110,8 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
         if actual != sha256:
             raise BadImageError(f"{path}: its bytes changed since prepare read them (sha256 {actual[:12]}…, "
                                 f"expected {sha256[:12]}…); run `dvc repro` so that prepare sees the new file")
+    if not data:
+        raise BadImageError(f"{path}: the file is empty (0 bytes), not an image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size  # from the header: nothing decoded yet
@@ -130,7 +132,11 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
             return _to_rgb(image)
     except BadImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+    except UnidentifiedImageError as error:
+        # PIL names the in-memory buffer, not the file: say what the file is instead.
+        raise BadImageError(f"{path}: cannot decode image: not an image format Pillow reads ({len(data)} bytes, "
+                            f"starting {data[:8]!r})") from error
+    except (OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as error:
         raise BadImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
 

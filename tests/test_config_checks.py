@@ -286,3 +286,81 @@ def test_imagenet_weights_in_the_keras_cache_or_at_a_path_pass_the_check(keras_h
                                         random={"backbone": "mobilenet", "alpha": 0.25, "weights": "none"}))
     assert sources["cached"].describe() == f"keras cache: {keras_home / 'models' / MOBILENET_025.name}"
     assert sources["path"].describe() == f"file: {MOBILENET_025}" and sources["random"].kind == "random"
+
+
+# --------------------------------------------------------------------------- params_check: before DVC deletes anything
+
+
+def _gate(root, *extra):
+    from pipeline.stages import params_check
+
+    params_check.main(["--synthetic", "data/synthetic", "--out", "reports/params_check.json", *extra])
+    return (root / "reports/params_check.json").read_bytes()
+
+
+def test_params_check_refuses_a_bad_value_naming_it_and_writes_nothing(in_tmp, image_folder):
+    write_params(in_tmp / "params.yaml", tiny_params("images", data={"split": {"train": 0.6, "val": 1.5, "test": 0.2}}))
+    with pytest.raises(ParamsError, match=r"data\.split\.val must be between 0 and 1\. Received: val=1\.5"):
+        _gate(in_tmp)
+    assert not (in_tmp / "reports/params_check.json").exists()
+
+
+def test_params_check_writes_the_same_bytes_for_any_valid_values(in_tmp, image_folder):
+    # Its file is a dependency of every first stage: bytes that followed the values would rerun them all.
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    first = _gate(in_tmp)
+    write_params(in_tmp / "params.yaml", tiny_params("images", heads={"seed": 7}, data={"seed": 3},
+                                                     extract={"batch_size": 8}))
+    assert _gate(in_tmp) == first
+
+
+def test_params_check_refuses_a_data_source_that_does_not_exist_but_not_the_synthetic_folder(in_tmp):
+    write_params(in_tmp / "params.yaml", tiny_params("imgs"))
+    with pytest.raises(ParamsError, match=r"data\.source must name a folder of images or a CSV file .*"
+                                          r"Received: 'imgs', which does not exist"):
+        _gate(in_tmp)
+    write_params(in_tmp / "params.yaml", tiny_params("data/synthetic"))   # written by synthesize, after this stage
+    assert _gate(in_tmp) == b'{"params": "valid"}\n'
+
+
+def test_params_check_names_every_path_dvc_cannot_hash_in_one_line(in_tmp, image_folder):
+    import os
+
+    from pipeline.stages.params_check import names_dvc_cannot_hash
+
+    (image_folder / "class_0" / os.fsdecode(b"\xff\xfe.jpg")).write_bytes(b"x")
+    (image_folder / "class_1" / os.fsdecode(b".hidden\xe9")).write_bytes(b"x")     # DVC hashes hidden files too
+    bad_folder = image_folder / os.fsdecode(b"caf\xe9")
+    bad_folder.mkdir()
+    (bad_folder / os.fsdecode(b"\xff.png")).write_bytes(b"x")                    # the folder is the one to rename
+    (image_folder / "class_2" / "gone.png").symlink_to("nowhere.png")
+    (image_folder / "class_2" / "loop.png").symlink_to("loop.png")
+    (image_folder / "class_2" / "fine.png").symlink_to("img_000.png")
+    (image_folder / "linked").symlink_to("class_1")
+    problems = names_dvc_cannot_hash(image_folder)
+    assert problems == sorted([
+        r"b'caf\xe9': the name is not valid UTF-8; rename it",
+        r"b'class_0/\xff\xfe.jpg': the name is not valid UTF-8; rename it",
+        r"b'class_1/.hidden\xe9': the name is not valid UTF-8; rename it",
+        "class_2/gone.png: a symbolic link to nowhere.png, which does not exist (or a link loop); remove it or "
+        "restore its target",
+        "class_2/loop.png: a symbolic link to loop.png, which does not exist (or a link loop); remove it or "
+        "restore its target"])
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    with pytest.raises(ValueError) as error:
+        _gate(in_tmp)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("data.source images: 5 path(s) DVC cannot hash: ")
+    assert r"b'class_0/\xff\xfe.jpg': the name is not valid UTF-8; rename it" in message
+    assert message.endswith("(rename or remove them, then `dvc repro`)")
+
+
+def test_params_check_names_a_few_paths_and_counts_the_rest(in_tmp, image_folder):
+    import os
+
+    for i in range(8):
+        (image_folder / "class_0" / os.fsdecode(b"%d\xff.jpg" % i)).write_bytes(b"x")
+    write_params(in_tmp / "params.yaml", tiny_params("images"))
+    with pytest.raises(ValueError, match=r"8 path\(s\) DVC cannot hash: .*4\\xff.jpg.* and 3 more \(rename") as error:
+        _gate(in_tmp)
+    assert r"5\xff.jpg" not in str(error.value)

@@ -137,6 +137,15 @@ def test_bad_files_stop_prepare_naming_each(messy):
         assert rel in message
 
 
+def test_an_empty_or_unrecognised_file_is_named_and_said_what_it_is(messy):
+    with pytest.raises(BadImageError) as error:
+        build_manifest(DataParams(source=str(messy)), progress=False)
+    lines = {line.strip().split(": ")[0].split("/ds/")[-1]: line for line in str(error.value).splitlines()[1:]}
+    assert lines["train/dog/empty.png"].endswith("train/dog/empty.png: the file is empty (0 bytes), not an image")
+    assert "not an image format Pillow reads (13 bytes, starting b'not a pi')" in lines["train/bird/notes.jpg"]
+    assert "BytesIO" not in str(error.value)
+
+
 def test_counts_after_skip_and_deduplication(skipped):
     records, report = skipped
     assert report.per_split == {"train": 24, "val": 7, "test": 8} and report.images == len(records) == 39
@@ -196,7 +205,8 @@ def test_near_duplicates_are_reported_not_removed(messy):
     assert {"train/cat/img_3.png", "test/cat/near.png"} <= {r.id for r in records}
 
 
-def test_prepare_stage_writes_matching_reports(messy, in_tmp):
+def test_prepare_stage_writes_matching_reports(messy, in_tmp, monkeypatch):
+    monkeypatch.setenv("SHOULDERS_CACHE_DIR", str(in_tmp / "cache"))   # prepare's record of file stats
     source = str(messy)
     raw = tiny_params(source)
     raw["data"].update(bad_images="skip", near_duplicates={"method": "phash", "max_distance": 6})

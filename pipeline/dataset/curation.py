@@ -1,9 +1,10 @@
 """Building the manifest from a source: scan, inspect, de-duplicate, split (the prepare stage's core).
 
-Every image is decoded once (:func:`pipeline.dataset.sources.inspect_all`) so
-that a broken file stops the pipeline here, before any backbone runs, and its
-content hash finds exact duplicates (:mod:`pipeline.dataset.duplicates`). The
-result is the manifest (:mod:`pipeline.manifest`): one row per image with its
+Every image is decoded once (:func:`pipeline.dataset.sources.inspect_all`; once
+per change of its bytes, with the stage's record of file stats,
+:mod:`pipeline.dataset.stat_cache`) so that a broken file stops the pipeline
+here, before any backbone runs, and its content hash finds exact duplicates
+(:mod:`pipeline.dataset.duplicates`). The result is the manifest (:mod:`pipeline.manifest`): one row per image with its
 path, label, class name, split, sha256, width and height.
 
 A class folder that ends up with no usable image (empty, only non-image files,
@@ -21,7 +22,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipeline.config import SPLITS, DataParams, NearDuplicateParams
 from pipeline.dataset.duplicates import cross_split_pairs, remove_duplicates
@@ -29,6 +30,7 @@ from pipeline.dataset.report import PrepareReport, fill_statistics
 from pipeline.dataset.label_table import scan_table
 from pipeline.dataset.layouts import missing_splits
 from pipeline.dataset.sources import SourceScan, inspect_all, scan_source
+from pipeline.dataset.stat_cache import StatCache
 from pipeline.dataset.splits import draw_from_train, stratified_split
 from pipeline.images import BadImageError
 from pipeline.manifest import Record
@@ -39,13 +41,17 @@ log = logging.getLogger(__name__)
 _LISTED_PAIRS = 1000
 
 
-def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[Record], PrepareReport]:
+def build_manifest(params: DataParams, *, progress: bool = True, known: Optional[StatCache] = None
+                   ) -> tuple[list[Record], PrepareReport]:
     """Scan, inspect, de-duplicate and split a source into manifest records.
 
     Parameters
     ----------
     params : DataParams
     progress : bool
+    known : StatCache, optional
+        What earlier runs found in the source's files: unchanged files are not read again, and every
+        file read is noted in it (:func:`pipeline.dataset.sources.inspect_all`; the caller saves it).
 
     Returns
     -------
@@ -71,7 +77,7 @@ def build_manifest(params: DataParams, *, progress: bool = True) -> tuple[list[R
     log.info("found %d images in %s (%s layout), %d other files ignored",
              len(scan.candidates), params.source, scan.layout, len(scan.ignored))
     good, bad = inspect_all(scan.candidates, with_phash=params.near_duplicates is not None,
-                            max_pixels=params.max_image_pixels, progress=progress)
+                            max_pixels=params.max_image_pixels, progress=progress, known=known)
     if bad and params.bad_images == "error":
         raise BadImageError(f"{len(bad)} image(s) under {params.source} cannot be decoded "
                             "(set data.bad_images: skip to leave them out):\n  " + "\n  ".join(bad))

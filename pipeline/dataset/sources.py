@@ -9,7 +9,9 @@ layouts are accepted, which are refused as ambiguous, and the policy for a split
 
 :func:`scan_source` lists the image files (hidden files and OS clutter skipped,
 other files listed as ignored); :func:`inspect_all` decodes and hashes every one
-in threads, so that a broken file stops the pipeline before any backbone runs.
+in threads, so that a broken file stops the pipeline before any backbone runs
+(a file unchanged since prepare's last run is not read again:
+:mod:`pipeline.dataset.stat_cache`).
 
 Names and links, the policy: every file must be named in UTF-8 (the manifest,
 the reports and the model card are UTF-8 text) and must resolve to a file inside
@@ -26,7 +28,9 @@ the fix is in the folder (rename, copy in or remove).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +40,10 @@ from tqdm.auto import tqdm
 
 from pipeline.dataset.duplicates import perceptual_hash
 from pipeline.dataset.layouts import ACCEPTED, split_folders
+from pipeline.dataset.stat_cache import Facts, StatCache
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,8 @@ def unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk:
 
 
 def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, max_pixels: Optional[int] = None,
-                workers: int = 4, progress: bool = True) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
+                workers: int = 4, progress: bool = True, known: Optional[StatCache] = None
+                ) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
     """Decode and hash every candidate in threads (PIL releases the GIL while decoding).
 
     Parameters
@@ -184,6 +192,10 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, ma
     workers : int
         Decoding threads.
     progress : bool
+    known : StatCache, optional
+        What earlier runs found in these files (:mod:`pipeline.dataset.stat_cache`): a file whose stat
+        is unchanged is not read again; a changed one is hashed, and decoded unless its bytes are the
+        ones recorded. Every good file read is noted in it (the caller saves it). ``None``: read every file.
 
     Returns
     -------
@@ -193,20 +205,57 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, ma
     """
     def one(candidate: Candidate):
         try:
-            return candidate, inspect_image(candidate.path, with_phash=with_phash, max_pixels=max_pixels), None
+            if known is None:
+                return candidate, inspect_image(candidate.path, with_phash=with_phash, max_pixels=max_pixels), None
+            return (candidate, *_inspect_known(candidate.path, known, with_phash=with_phash, max_pixels=max_pixels))
         except (BadImageError, OSError) as error:
             return candidate, None, str(error)
 
-    good, bad = [], []
+    good, bad, unchanged = [], [], 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(one, candidates)
-        for candidate, info, error in tqdm(results, total=len(candidates), desc="inspect images",
-                                           unit="img", disable=not progress):
-            if error is None:
-                good.append((candidate, info))
-            else:
-                bad.append(error)
+        for candidate, info, seen in tqdm(results, total=len(candidates), desc="inspect images",
+                                          unit="img", disable=not progress):
+            if info is None:
+                bad.append(seen)
+                continue
+            good.append((candidate, info))
+            if seen is not None:
+                known.record(*seen)
+            elif known is not None:
+                known.keep(candidate.path)
+                unchanged += 1
+    if known is not None:
+        log.info("inspected %d image(s): %d unchanged since prepare's last run (not read again), %d read",
+                 len(candidates), unchanged, len(candidates) - unchanged)
     return good, bad
+
+
+def _inspect_known(path: str, known: StatCache, *, with_phash: bool, max_pixels: Optional[int]):
+    """:func:`inspect_image` that skips what ``known`` says about an unchanged file.
+
+    Returns the ImageInfo and, for a file that was read, what to note in ``known`` (None when it was not read).
+    """
+    def enough(facts: Optional[Facts]) -> bool:
+        return facts is not None and (facts.phash is not None or not with_phash) and (
+            max_pixels is None or facts.width * facts.height <= max_pixels)   # else decode: it says why
+
+    read_at = time.time_ns()   # before the stat: a write after it has a later ctime
+    stat = os.stat(path)
+    facts = known.lookup(path, stat)
+    seen = None
+    if not enough(facts):
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        facts = known.by_content(digest)
+        if not enough(facts):   # bytes read before (a touch, a copy, a move) need no decoding
+            pixels = decode_image(path, sha256=digest, max_pixels=max_pixels)
+            facts = Facts(sha256=digest, width=int(pixels.shape[1]), height=int(pixels.shape[0]),
+                          phash=perceptual_hash(pixels) if with_phash else None)
+        seen = (path, stat, read_at, facts)
+    info = ImageInfo(width=facts.width, height=facts.height, sha256=facts.sha256,
+                     phash=facts.phash if with_phash else None)
+    return info, seen
 
 
 @dataclass(frozen=True)

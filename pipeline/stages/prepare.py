@@ -17,6 +17,13 @@ near duplicates across splits are searched for and reported when
 ``data.near_duplicates`` is set. Every file is written whole or not at all, so a
 full disk leaves the previous outputs in place.
 
+The stage runs on every ``dvc repro`` (``always_changed`` in dvc.yaml), since
+DVC cannot see an image of a CSV source change (it tracks the CSV); its outputs
+change only when the dataset does, so later stages rerun only then. A file
+whose size, mtime, ctime and inode are those of the last run is not read again
+(:mod:`pipeline.dataset.stat_cache`; the record is kept in the shoulders cache
+folder, not in the project).
+
 The work is :func:`pipeline.dataset.curation.build_manifest`.
 
 Usage: ``python -m pipeline.stages.prepare --manifest data/manifest.csv --report reports/prepare.json``
@@ -33,6 +40,7 @@ from typing import Sequence
 from pipeline.config import load_params
 from pipeline.dataset.curation import build_manifest
 from pipeline.dataset.report import dataset_metrics, summary_markdown
+from pipeline.dataset.stat_cache import StatCache, record_file
 from pipeline.manifest import write_content_hashes, write_manifest, write_text_atomically
 from pipeline.stage import run_stage
 
@@ -51,7 +59,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    records, report = build_manifest(params.data, progress=not args.no_progress)
+    known = StatCache.load(record_file(params.data.source))
+    try:
+        records, report = build_manifest(params.data, progress=not args.no_progress, known=known)
+    finally:
+        if known.recorded:   # also when bad images stop the stage: the good ones need no reading next time
+            known.save()
     write_manifest(records, args.manifest)
     write_content_hashes(records, args.hashes or args.manifest.with_name("content_hashes.txt"))
     write_text_atomically(args.report, json.dumps(report.to_dict(), indent=2) + "\n")
