@@ -6,9 +6,12 @@
     shoulders layers hub --preset DIR    a keras_hub preset's blocks (by index too) and layers, with shapes
     shoulders check                      every feature set's cut against its backbone, and where its weights
                                          come from (checked to be there, or downloadable)
+    shoulders check-params               every value of params.yaml, and the names under data.source that DVC
+                                         could not hash (what the params_check stage checks), without DVC
     shoulders verify [FEATURES_DIR]      every store: chunks as written, made with the current params,
                                          a row for every image of the manifest? (exit status 1 if not)
-    shoulders gc [FEATURES_DIR]          remove rows of images no longer in the manifest
+    shoulders gc [FEATURES_DIR]          remove rows of images no longer in the manifest (named; --dry-run
+                                         lists them first, --keep OTHER.csv keeps another experiment's)
     shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
     shoulders summary [--top N]          the chosen model and the top of the leaderboard, in 100 columns
 
@@ -98,6 +101,17 @@ def _check(args) -> None:
               f"{entry['n_layers']}), input {entry['input_size']}, weights from {sources[key].describe()}")
 
 
+def _check_params(args) -> None:
+    # The stage's own checks: this command is how to get them when DVC stops before running that stage
+    # (its hashing of data.source fails on a name that is not UTF-8 without naming the file).
+    from pipeline.stages.params_check import check_params
+
+    params = check_params(args.params, args.synthetic)
+    print(f"{args.params}: every value valid; data.source {params.data.source}: "
+          + ("the synthesize stage's folder" if Path(params.data.source).resolve() == args.synthetic.resolve()
+             else "exists, and DVC can hash every name under it"))
+
+
 def _verify(args) -> None:
     from pipeline.config import load_params
     from pipeline.store.layout import StoreError
@@ -112,6 +126,10 @@ def _verify(args) -> None:
                          + "; `dvc repro` re-extracts stale and damaged stores")
 
 
+# Removed rows a gc names one by one (a dry run names all of them).
+GC_LISTED = 20
+
+
 def _gc(args) -> None:
     from pipeline.config import load_params
     from pipeline.extraction.wanted import view_images
@@ -119,19 +137,31 @@ def _gc(args) -> None:
     from pipeline.store.gc import collect_garbage
     from pipeline.store.layout import VIEWS_DIR
 
-    records = read_manifest(args.manifest)
+    manifests = [args.manifest, *args.keep]
+    records = [record for manifest in manifests for record in read_manifest(manifest)]
+    named = " nor ".join(str(m) for m in manifests)
     tta = load_params(args.params).extract.augment.tta
-    keep = {r.sha256 for r in records}
+    keep, keep_views = {r.sha256 for r in records}, set(view_images(records, tta=tta))
     removed = 0
     stores = sorted(args.features.glob("*.zarr")) + sorted((args.features / VIEWS_DIR).glob("*.zarr"))
     for path in stores:
-        done = collect_garbage(path, view_images(records, tta=tta) if path.parent.name == VIEWS_DIR else keep,
-                               dry_run=args.dry_run)
+        views = path.parent.name == VIEWS_DIR
+        done = collect_garbage(path, keep_views if views else keep, dry_run=args.dry_run)
         removed += done.removed
-        print(f"{path}: {done.rows_before} rows, {done.removed} of images no longer in {args.manifest} "
-              + ("would be removed" if args.dry_run else "removed"))
-    if removed and not args.dry_run:
-        print("the stores changed: `dvc commit` records them (or `dvc repro`, which finds nothing to compute)")
+        why = f"of images no longer in {named}" + (" (views: of its training images only, val and test too with "
+                                                    "extract.augment.tta)" if views else "")
+        print(f"{path}: {done.rows_before} rows, {done.removed} {why} "
+              + ("would be removed" if args.dry_run else "removed") + (":" if done.removed else ""))
+        shown = done.removed_hashes if args.dry_run else done.removed_hashes[:GC_LISTED]
+        for content_hash in shown:
+            print(f"  - sha256 {content_hash}")
+        if len(shown) < done.removed:
+            print(f"  - … and {done.removed - len(shown)} more (`--dry-run` lists every row before a gc)")
+    if removed:
+        print(f"another experiment that needs these rows (queued, or on another split or dataset) computes them "
+              "again: keep them with --keep ITS_MANIFEST.csv (repeatable)"
+              + ("" if args.dry_run else "; the stores changed: `dvc commit` records them (or `dvc repro`, which "
+                 "finds nothing to compute)"))
 
 
 def _summary(args) -> None:
@@ -169,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "and that its weights can be had")
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.set_defaults(run=_check)
+    check_params = commands.add_parser("check-params", help="check every value of params.yaml, and that DVC can "
+                                       "hash every name under data.source (UTF-8 names, no dangling link)")
+    check_params.add_argument("--params", type=Path, default=Path("params.yaml"))
+    check_params.add_argument("--synthetic", type=Path, default=Path("data/synthetic"),
+                              help="the synthesize stage's folder (need not exist)")
+    check_params.set_defaults(run=_check_params)
     verify = commands.add_parser("verify", help="check every store's chunks, shapes and provenance")
     verify.add_argument("features", nargs="?", default=Path("features"), type=Path)
     verify.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -180,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("features", nargs="?", default=Path("features"), type=Path)
     gc.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
     gc.add_argument("--params", type=Path, default=Path("params.yaml"))
-    gc.add_argument("--dry-run", action="store_true", help="only say how many rows would go")
+    gc.add_argument("--keep", type=Path, action="append", default=[], metavar="MANIFEST",
+                    help="also keep the rows of this manifest's images (another experiment's; repeatable)")
+    gc.add_argument("--dry-run", action="store_true", help="only list the rows that would go (by content hash)")
     gc.set_defaults(run=_gc)
     summary = commands.add_parser("summary", help="the chosen model and the top of the leaderboard (100 columns)")
     summary.add_argument("--top", type=int, default=10, help="leaderboard rows shown (default 10)")

@@ -71,20 +71,43 @@ def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None
         debug, sys.argv[1:] = take_debug_flag(sys.argv[1:])
     debug = debug or bool(os.environ.get("SHOULDERS_DEBUG"))
     verbose, sys.argv[1:] = take_debug_flag(sys.argv[1:], VERBOSE_FLAG)
-    restore = None if verbose or os.environ.get("SHOULDERS_VERBOSE") else quiet_library_logs()
+    verbose = verbose or bool(os.environ.get("SHOULDERS_VERBOSE"))
+    if verbose:     # the lines kept at DEBUG (one per head variant, the weights' full paths) as well
+        logging.getLogger().setLevel(logging.DEBUG)
+    restore = None if verbose else quiet_library_logs()
     try:
         status = main()
     except USER_ERRORS as error:
         if debug:
             raise
         log.error("%s (--debug shows the traceback)", describe(error))
-        sys.exit(1)
+        status = 1
     finally:
         _stop_worker_pools()
         if restore is not None:
             restore()
     if status:
+        # Out of the except clause: the error and the frames of its traceback are let go by now.
+        _finish_abandoned_work()
         sys.exit(status)
+
+
+def _finish_abandoned_work() -> None:
+    """Close what a failed stage left suspended, while the interpreter can still run it.
+
+    A stage that fails half-way leaves generators suspended mid-stream: an
+    extraction's batch stream still has inferences in flight on OpenVINO's
+    threads and decoding threads behind it. Only reference cycles of the error's
+    frames hold them, so only a cyclic collection closes them (their ``finally``
+    waits for the inferences and stops the threads). Left to the collection at
+    interpreter exit, an inference that finishes then finds the interpreter
+    finalising: its callback's thread is ended inside OpenVINO's C++ code, which
+    catches the unwinding, and glibc aborts the process ("FATAL: exception not
+    rethrown", SIGABRT, exit status 134) after the one-line error.
+    """
+    import gc
+
+    gc.collect()
 
 
 def _stop_worker_pools() -> None:

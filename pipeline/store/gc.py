@@ -7,7 +7,16 @@ images to keep, in their old order, each kept row copied bit for bit; the new
 store is built beside the old one, its chunks digested as an extraction does,
 and swapped into place, so an interruption leaves the old store whole. It holds
 the store's lock meanwhile (:mod:`pipeline.store.lock`): gc never rewrites a
-store an extraction is writing.
+store an extraction is writing. Readers are not locked out: one that was
+reading the old store when the new one was swapped in starts over on it
+(:func:`pipeline.store.reader.read_consistently`), never reporting the
+swapped chunks as damage.
+
+Which rows go is decided by ``keep`` alone: rows of images in none of the
+manifests the caller gives (``shoulders gc --keep OTHER.csv`` adds one) go,
+even those another experiment (queued, or on another split or dataset) would
+need: it then computes them again. :class:`Collected` names them, by content
+hash, and a dry run removes nothing.
 """
 
 from __future__ import annotations
@@ -32,9 +41,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Collected:
+    """What gc did (or, in a dry run, would do) to one store."""
+
     path: str
     rows_before: int
     rows_after: int
+    removed_hashes: tuple[str, ...] = ()   # the content hashes of the rows removed, in row order
 
     @property
     def removed(self) -> int:
@@ -43,6 +55,20 @@ class Collected:
 
 def collect_garbage(path: Location, keep: Collection[str], *, dry_run: bool = False) -> Collected:
     """Rewrite the store at ``path`` with only the rows whose content hash is in ``keep``.
+
+    Parameters
+    ----------
+    path : Location
+        A feature store or views store.
+    keep : collection of str
+        The content hashes whose rows stay: the images of every manifest that still matters.
+    dry_run : bool
+        Only say what would go; the store is not touched.
+
+    Returns
+    -------
+    Collected
+        Rows before and after, and the content hashes of the rows removed (or that would be).
 
     Raises
     ------
@@ -67,7 +93,7 @@ def _collect(path: Location, keep: Collection[str], *, dry_run: bool) -> Collect
     hashes = [str(h) for h in group["sha256"][:rows].tolist()] if rows else []
     keep = set(keep)
     kept = np.array([i for i, h in enumerate(hashes) if h in keep], dtype=np.int64)
-    result = Collected(str(path), rows, len(kept))
+    result = Collected(str(path), rows, len(kept), tuple(h for h in hashes if h not in keep))
     if dry_run or len(kept) == rows:
         return result
     X = group["X"]
@@ -114,5 +140,6 @@ def _collect(path: Location, keep: Collection[str], *, dry_run: bool) -> Collect
     new = create_group(tmp, {**attrs, "rows": int(len(kept)), "chunk_digests": [], "runs": runs}, fill)
     new.attrs["chunk_digests"] = new_digests
     swap_into_place(tmp, path)
-    log.info("gc %s: %d rows kept, %d removed", path, len(kept), rows - len(kept))
+    log.info("gc %s: %d rows kept, %d removed (images in none of the manifests kept)", path, len(kept),
+             rows - len(kept))
     return result

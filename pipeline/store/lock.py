@@ -7,7 +7,9 @@ on its attributes and swap, and one of them would die half-way. So
 (``views-<key>.lock`` for a views store), a file that outlives the store's own
 folder being built and swapped. The second process does not wait: it stops at
 once with "another extraction of <key> is running (pid …)", the pid read from
-the lock file, which its holder writes after taking it.
+the lock file, which its holder writes after taking it. Readers take no lock:
+one under way when a writer swaps a rewritten store in starts over on it
+(:func:`pipeline.store.reader.read_consistently`, whose module says why).
 
 Why ``flock`` and not the ``filelock`` package: the kernel releases a flock
 when its holder dies, SIGKILL included, so a killed extraction leaves no stale

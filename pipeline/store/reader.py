@@ -13,6 +13,19 @@ ids and class names. A store that lacks a row for an image of the split, is
 of another identity than ``expect``, or of another format, is refused, naming
 what to do. Every function takes a local path or an fsspec URL.
 
+A store may be replaced while it is read: ``shoulders gc`` and an extraction
+that builds a store of a new identity swap a rewritten store into place
+(:func:`pipeline.store.writer.swap_into_place`), an extraction repairs damaged
+chunks in place. A reader between reading the store's attributes and its
+chunks then finds chunks missing or not matching the digests it holds — not
+damage. So a read that fails starts over (:func:`read_consistently`) when the
+store's attributes are no longer those it opened (every rewrite records a
+run there) and reports the failure only when they are. No lock is taken: a
+reader needs no write access to the features folder, never waits behind an
+extraction (which appends rows readers may go on reading), and the same check
+serves stores on object stores, which have no locks, and dask arrays, read
+after :func:`open_feature_set` returns (their compute stops naming the rewrite).
+
 For ad-hoc analysis::
 
     from pipeline.store.reader import list_feature_sets, open_feature_set
@@ -23,9 +36,10 @@ For ad-hoc analysis::
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import zarr
@@ -42,6 +56,13 @@ log = logging.getLogger(__name__)
 
 Manifest = Union[str, Path, Sequence[Record], None]
 MANIFEST_NAME = Path("data") / "manifest.csv"
+# A read of a store that was replaced meanwhile starts over at most this many times (a store rewritten more
+# often than that while one read runs is reported as found).
+REREADS = 3
+# How long a read waits for a store being swapped into place: its previous version is moved aside as
+# <name>.<id>.old until the new one is renamed in (two renames on a local disk, a copy on an object store).
+SWAP_WAIT_S = 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,48 @@ def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> za
         if diffs:
             raise StoreError(f"{path} was made with another identity: " + "; ".join(diffs))
     return group
+
+
+def read_consistently(path: Location, open_group: Callable[[], zarr.Group], read: Callable[[zarr.Group], T]) -> T:
+    """``read(open_group())``, started over on the store now at ``path`` when it failed because the store
+    was replaced or rewritten meanwhile (module docstring); a failure in an unchanged store is raised as is."""
+    path = locations.normalize(path)
+    attempt = 0
+    while True:
+        wait_for_swap(path)
+        group = open_group()
+        try:
+            return read(group)
+        # StoreError is a ValueError; zarr raises KeyError or FileNotFoundError for an array swapped away.
+        except (ValueError, KeyError, OSError):
+            if attempt == REREADS or not replaced_since(path, group.attrs):
+                raise
+        attempt += 1
+        log.info("%s was rewritten while it was read (by `shoulders gc` or an extraction); reading it again", path)
+
+
+def replaced_since(path: Location, attrs: Mapping[str, Any]) -> bool:
+    """Whether the store at ``path`` is no longer the one whose attributes were ``attrs``: rewritten
+    (``rows``, ``chunk_digests`` and ``runs`` change), replaced by another, or gone."""
+    path = locations.normalize(path)
+    wait_for_swap(path)
+    if not locations.exists(locations.join(path, "zarr.json")):
+        return True
+    try:
+        now = dict(zarr.open_group(str(path), mode="r").attrs)
+    except (FileNotFoundError, ValueError):  # removed, or its zarr.json being replaced, since the check above
+        return True
+    return now != dict(attrs)
+
+
+def wait_for_swap(path: Location) -> None:
+    """Return once the store at ``path`` is not in the middle of a swap (absent while its previous version,
+    moved aside as ``<name>.<id>.old``, is still there), or after :data:`SWAP_WAIT_S`."""
+    deadline = time.monotonic() + SWAP_WAIT_S
+    while (not locations.exists(locations.join(path, "zarr.json"))
+           and locations.glob(locations.parent(path), f"{locations.name(path)}.*.old")
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
 
 
 def provenance_of(group: zarr.Group) -> dict:
@@ -213,10 +276,13 @@ def open_feature_set(path: Location, split: str = "train", *, manifest: Manifest
     if not as_dask:
         return read_pooled(path, (split,), poolings=(pooling,), manifest=manifest, expect=expect)[split][pooling]
     check_pooling(pooling)
-    group = _features_group(path, expect)
-    all_records = manifest_records(manifest, path)
-    records = _split_records(all_records, split)
-    return _feature_set(group, records, all_records, _lazy(group, path, _rows_of(group, path, records), pooling))
+
+    def read(group: zarr.Group) -> FeatureSet:
+        all_records = manifest_records(manifest, path)
+        records = _split_records(all_records, split)
+        return _feature_set(group, records, all_records, _lazy(group, path, _rows_of(group, path, records), pooling))
+
+    return read_consistently(path, lambda: _features_group(path, expect), read)
 
 
 def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str], manifest: Manifest = None,
@@ -230,12 +296,15 @@ def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str
     """
     for pooling in poolings:
         check_pooling(pooling)
-    group = _features_group(path, expect)
-    all_records = manifest_records(manifest, path)
-    records = {split: _split_records(all_records, split) for split in splits}
-    out = _gathered(group, path, {split: _rows_of(group, path, records[split]) for split in splits}, poolings)
-    return {split: {pooling: _feature_set(group, records[split], all_records, out[split][pooling])
-                    for pooling in poolings} for split in splits}
+
+    def read(group: zarr.Group) -> dict[str, dict[str, FeatureSet]]:
+        all_records = manifest_records(manifest, path)
+        records = {split: _split_records(all_records, split) for split in splits}
+        out = _gathered(group, path, {split: _rows_of(group, path, records[split]) for split in splits}, poolings)
+        return {split: {pooling: _feature_set(group, records[split], all_records, out[split][pooling])
+                        for pooling in poolings} for split in splits}
+
+    return read_consistently(path, lambda: _features_group(path, expect), read)
 
 
 def _features_group(path: Location, expect: Mapping[str, Any] | None) -> zarr.Group:
@@ -259,9 +328,17 @@ def _lazy(group: zarr.Group, path: Location, rows: np.ndarray, pooling: str):
     size = X.chunks[0]
     counts = [len(range(*chunk_rows(X, c, total).indices(total))) for c in range(len(digests))]
     shape = _empty_pooled(group, pooling).shape[1:]
+    opened = dict(group.attrs)
 
     def load(c: int) -> np.ndarray:
-        return pool(np.asarray(read_chunk(path, X, c, total, digests[c]), np.float32), pooling)
+        try:
+            block = read_chunk(path, X, c, total, digests[c])
+        except StoreError as error:
+            if replaced_since(path, opened):  # the rows this array picks are no longer where it picks them
+                raise StoreError(f"{path} was rewritten (by `shoulders gc` or an extraction) after this dask array "
+                                 "was made from it; call open_feature_set again") from error
+            raise
+        return pool(np.asarray(block, np.float32), pooling)
 
     blocks = [da.from_delayed(_delayed(load, c), shape=(counts[c], *shape), dtype=np.float32)
               for c in range(len(digests))]
@@ -299,22 +376,28 @@ def open_views(path: Location, split: str = "train", *, manifest: Manifest = Non
         ``X`` of shape (n_samples, K, width) (or the unpooled maps for 'none').
     """
     check_pooling(pooling)
-    group = open_store(path, expect=expect)
-    if group.attrs.get("kind") != "views":
-        raise StoreError(f"{path} is a feature store, not a views store")
-    views = int(group.attrs.get("views") or 0)
-    if views == 0:
-        raise ValueError(f"{path} has no augmented views: set extract.augment.views > 0 and run `dvc repro`")
-    all_records = manifest_records(manifest, path)
-    records = _split_records(all_records, split)
-    try:
-        rows = _rows_of(group, path, records)
-    except StoreError:
-        raise ValueError(f"{path} has no views of every {split} image (views are made of the training images, "
-                         "and of val and test with extract.augment.tta: true); run `dvc repro`") from None
-    X = np.stack([_gathered(group, path, {split: rows}, (pooling,), view)[split][pooling] for view in range(views)],
-                 axis=1)
-    return _feature_set(group, records, all_records, X)
+
+    def views_group() -> zarr.Group:
+        group = open_store(path, expect=expect)
+        if group.attrs.get("kind") != "views":
+            raise StoreError(f"{path} is a feature store, not a views store")
+        if not int(group.attrs.get("views") or 0):
+            raise ValueError(f"{path} has no augmented views: set extract.augment.views > 0 and run `dvc repro`")
+        return group
+
+    def read(group: zarr.Group) -> FeatureSet:
+        all_records = manifest_records(manifest, path)
+        records = _split_records(all_records, split)
+        try:
+            rows = _rows_of(group, path, records)
+        except StoreError:
+            raise ValueError(f"{path} has no views of every {split} image (views are made of the training images, "
+                             "and of val and test with extract.augment.tta: true); run `dvc repro`") from None
+        X = np.stack([_gathered(group, path, {split: rows}, (pooling,), view)[split][pooling]
+                      for view in range(int(group.attrs["views"]))], axis=1)
+        return _feature_set(group, records, all_records, X)
+
+    return read_consistently(path, views_group, read)
 
 
 def rows_in_every_store(stores: Sequence[Location]) -> set[str]:
