@@ -123,7 +123,7 @@ def _verify(args) -> None:
     failing = [r for r in reports if r.failing]
     if failing:
         raise StoreError(f"{len(failing)} store(s) not ok: " + ", ".join(f"{r.key} ({r.state})" for r in failing)
-                         + "; `dvc repro` re-extracts stale and damaged stores")
+                         + "; `dvc repro` re-extracts stale stores and recomputes the rows of damaged chunks")
 
 
 # Removed rows a gc names one by one (a dry run names all of them).

@@ -77,7 +77,12 @@ def test_sigkill_then_resume_is_bit_identical(in_tmp):
 
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "resuming an interrupted extraction" in result.stderr
+    # The rows written before the kill are reused, not counted as computed again.
+    chunk_rows = zarr.open_group(in_tmp / "features" / "mv2.zarr", mode="r").attrs["chunk_rows"]
+    before_kill = sum(min(240, (c + 1) * chunk_rows) - c * chunk_rows for c in done_at_kill)
+    assert f"resuming an interrupted extraction: {before_kill} of its 240 rows were written before, " \
+           f"{240 - before_kill} to compute" in result.stderr
+    assert f"extract mv2: 240 images, {before_kill} reused, {240 - before_kill} computed in" in result.stderr
     final = in_tmp / "features" / "mv2.zarr"
     after = chunk_files(final)
     # Chunks completed before the kill were not recomputed: same file, same inode and mtime.

@@ -15,7 +15,8 @@ from pipeline.store import pooling
 from pipeline.store.gc import collect_garbage
 from pipeline.store.layout import INCOMPLETE_DIR, StoreError, rows_per_chunk, store_path
 from pipeline.store.reader import list_feature_sets, open_feature_set, open_store, open_views, read_pooled
-from pipeline.store.writer import StoreWriter, rows_missing
+from pipeline.store.contents import rows_missing
+from pipeline.store.writer import StoreWriter
 
 SHAPE = (3, 3, 4)
 IDENTITY = {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add", "dtype": "float16"}
@@ -163,7 +164,7 @@ def test_two_files_with_the_same_bytes_are_one_row(tmp_path):
                   sha256=sha("t0"), width=8, height=8)
     path = store_path(tmp_path, "x")
     _, _, counts = extract(path, [r.sha256 for r in manifest + [twin]])
-    assert counts == {"images": 4, "reused": 0, "computed": 4} and open_store(path).attrs["rows"] == 4
+    assert counts == {"images": 4, "reused": 0, "computed": 4, "repaired": 0} and open_store(path).attrs["rows"] == 4
     train = open_feature_set(path, "train", manifest=manifest + [twin], pooling="none")
     np.testing.assert_array_equal(train.X[0], train.X[2])
     assert train.y.tolist() == [0, 1, 1]
@@ -174,13 +175,13 @@ def test_adding_images_computes_only_them_and_keeps_every_old_row(store):
     before = np.asarray(zarr.open_group(str(path), mode="r")["X"][...])
     more = records({**NAMES, "train": NAMES["train"] + ["n0", "n1", "n2"]})
     _, writes, counts = extract(path, [r.sha256 for r in more])
-    assert counts == {"images": 20, "reused": 17, "computed": 3}
+    assert counts == {"images": 20, "reused": 17, "computed": 3, "repaired": 0}
     assert sum(len(w.rows) for w in writes) == 3 and writes[0].rows.start == 17
     after = np.asarray(zarr.open_group(str(path), mode="r")["X"][...])
     np.testing.assert_array_equal(after[:17], before)  # bit for bit, the boundary chunk included
     assert len(open_store(path).attrs["runs"]) == 2
     again = extract(path, [r.sha256 for r in more])[2]
-    assert again == {"images": 20, "reused": 20, "computed": 0}
+    assert again == {"images": 20, "reused": 20, "computed": 0, "repaired": 0}
     assert rows_missing(path, IDENTITY, [r.sha256 for r in more]) == 0
 
 
@@ -316,8 +317,8 @@ def test_views_grow_in_views_and_in_images(tmp_path):
     _, writes, _ = extract(path, train[:3], identity=identity, views=2, view_offset=10.0)
     assert sum(len(w.rows) for w in writes) == 6
     _, writes, counts = extract(path, train, identity=identity, views=3, view_offset=10.0)
-    # New images get every view; old images only the new view.
-    assert sum(len(w.rows) for w in writes) == 2 * 3 + 3 * 1 and counts["computed"] == 2
+    # New images get every view; old images only the new view (computed counts image × view passes).
+    assert sum(len(w.rows) for w in writes) == 2 * 3 + 3 * 1 == counts["computed"] and counts["reused"] == 0
     views = open_views(path, "train", manifest=manifest, pooling="avg")
     assert views.X.shape == (5, 3, 4)
     expected = np.stack([[(features_of(h) + v * 10.0).astype(np.float16).astype(np.float32).mean((0, 1))

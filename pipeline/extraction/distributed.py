@@ -2,8 +2,8 @@
 
 The client (the extract stage) only coordinates: it asks a worker to plan the
 extraction (feature shape, identity, chunking, resolved on the worker's
-device), opens the store and plans the rows to add
-(:class:`pipeline.store.writer.StoreWriter`), cuts the chunk writes into
+device), opens the store and plans the rows to add, and those of damaged chunks
+to compute again (:class:`pipeline.store.writer.StoreWriter`), cuts the chunk writes into
 shards, maps them onto the cluster, and finally reads the written chunks back
 and records them. Each worker process builds the truncated model once and
 keeps it (:data:`_BACKBONES`), streams its shard's images through it and
@@ -24,12 +24,13 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.config import ExtractParams, FeatureSetParams
-from pipeline.extraction.feature_sets import ExtractResult, log_plan, open_store_writer
+from pipeline.extraction.feature_sets import ExtractResult, check_recomputable, log_plan, open_store_writer
 from pipeline.extraction.plan import Backbone, ExtractionPlan, check_planned, plan_extraction
 from pipeline.extraction.runner import run_jobs
 from pipeline.provenance import fingerprint
 from pipeline.store.layout import store_name
 from pipeline.store.locations import Location
+from pipeline.store.repair import ChunkKey
 from pipeline.store.writer import ChunkWrite
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,13 @@ def shards_of(writes: Sequence[ChunkWrite], chunks_per_shard: int) -> list[list[
 
 def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
                         paths: Mapping[str, str], *, out: Location, address: Any, progress: bool = True,
-                        expected: Optional[Mapping] = None) -> ExtractResult:
+                        expected: Optional[Mapping] = None,
+                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
     """Extract one feature set on a Dask cluster (see the module docstring).
 
     Parameters
     ----------
-    spec, settings, wanted, paths, out, expected
+    spec, settings, wanted, paths, out, expected, repair
         As :func:`pipeline.extraction.feature_sets.extract_feature_set`.
     address : str or distributed.Client
         The scheduler's address, or a connected client.
@@ -107,10 +109,11 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
         plan = client.submit(plan_on_worker, spec, settings, expected, pure=False).result()
         check_planned(plan, expected)
         with open_store_writer(plan, out) as writer:
-            writes, counts = writer.plan(wanted)
+            writes, counts = writer.plan(wanted, repair)
+            row_hashes = writer.row_hashes()
+            check_recomputable(writes, row_hashes, paths, store=writer.final_path)
             built = time.perf_counter()
             log_plan(plan, f"extract {store_name(out)} on {client.scheduler.address}", spec, counts)
-            row_hashes = writer.row_hashes()
             futures = {}
             for shard in shards_of(writes, settings.shard_chunks):
                 hashes = {i: row_hashes[i] for w in shard for i in w.rows}
@@ -133,4 +136,4 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
     return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
                          computed=counts["computed"], rows=writer.rows, seconds=finished - started,
                          build_seconds=built - started, extract_seconds=extracted - built, first_batch_seconds=None,
-                         finalize_seconds=finished - extracted, runtime=plan.runtime)
+                         finalize_seconds=finished - extracted, runtime=plan.runtime, repaired=counts["repaired"])

@@ -2,8 +2,9 @@
 
 :func:`extract_feature_set` plans the extraction, opens the feature set's store
 (:class:`pipeline.store.writer.StoreWriter`: in place when its identity
-matches, else a new one), computes rows for the images that have none — every
-other row is reused as it is — and finalises the store.
+matches, else a new one), computes rows for the images that have none and
+recomputes those of chunks that fail their digests — every other row is reused
+as it is — and finalises the store.
 :func:`augment_feature_set` does the same for K seeded augmented views of the
 images that need views (training images; val and test too for test-time
 augmentation), adding new views to old rows as K grows.
@@ -24,7 +25,8 @@ from pipeline.extraction.runner import run_jobs
 from pipeline.extraction.runtime import Runtime
 from pipeline.store.layout import store_name
 from pipeline.store.locations import Location
-from pipeline.store.writer import StoreWriter
+from pipeline.store.repair import ChunkKey, chunk_order, unrecoverable
+from pipeline.store.writer import ChunkWrite, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class ExtractResult:
     first_batch_seconds: Optional[float]  # of extract_seconds, until the first batch's features (tracing)
     finalize_seconds: float    # reading written chunks back, recording digests
     runtime: Optional[Runtime]  # None when nothing was computed (no backbone was built)
+    repaired: int = 0          # of computed, old rows of chunks that failed their digests
 
     def report(self) -> dict:
         """The accounting written to ``reports/extract/<key>.json`` (a DVC metrics file)."""
@@ -53,7 +56,8 @@ class ExtractResult:
             after = self.extract_seconds - self.first_batch_seconds
             rest = self.computed - min(self.computed, self.runtime.batch_size or 0)
             steady = rest / after if rest and after > 0 else None
-        return {"images": self.images, "reused": self.reused, "computed": self.computed, "rows": self.rows,
+        return {"images": self.images, "reused": self.reused, "computed": self.computed,
+                "repaired": self.repaired, "rows": self.rows,
                 "seconds": round(self.seconds, 3),
                 "images_per_second": None if speed is None else round(speed, 2),
                 # after the first batch: start-up (tracing, compilation) excluded
@@ -68,7 +72,8 @@ class ExtractResult:
         """The one line an extraction logs."""
         report = self.report()
         speed = report["images_per_second"]
-        return (f"{name}: {self.images} images, {self.reused} reused, {self.computed} computed in "
+        repaired = f" ({self.repaired} of them repairing damaged chunks)" if self.repaired else ""
+        return (f"{name}: {self.images} images, {self.reused} reused, {self.computed} computed{repaired} in "
                 f"{self.seconds:.1f} s" + (f" ({speed:.1f} images/s)" if speed else "") + f"; {self.rows} rows")
 
 
@@ -95,10 +100,31 @@ def log_plan(plan: ExtractionPlan, name: str, spec: FeatureSetParams, counts: Ma
              counts["computed"])
 
 
+def check_recomputable(writes: Sequence[ChunkWrite], row_hashes: Sequence[str], paths: Mapping[str, str], *,
+                       store: Location) -> None:
+    """Refuse, before any image is read, rows to compute whose image has no file: old rows of a damaged chunk
+    whose images are no longer in the dataset (new rows are always of the dataset's images).
+
+    Raises
+    ------
+    StoreError
+        Naming the store, the chunks, how many rows, and what to do.
+    """
+    lost = {}
+    for write in writes:
+        for row in write.rows:
+            if row_hashes[row] not in paths:
+                lost.setdefault(row, (write.chunk, write.view))
+    if lost:
+        raise unrecoverable(store, sorted(set(lost.values()), key=chunk_order), len(lost))
+
+
 def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
                         paths: Mapping[str, str], *, out: Location, progress: bool = True,
-                        expected: Optional[Mapping] = None) -> ExtractResult:
-    """Add rows for the images of ``wanted`` that the feature set's store lacks, resuming an interrupted run.
+                        expected: Optional[Mapping] = None,
+                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
+    """Add rows for the images of ``wanted`` that the feature set's store lacks, recompute the rows of its chunks
+    that fail their digests, resuming an interrupted run.
 
     Parameters
     ----------
@@ -109,11 +135,15 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     wanted : sequence of str
         The content hashes of the images to have rows for.
     paths : mapping of sha256 to path
-        Where each image's bytes are (checked against the hash as they are read).
+        Where each image's bytes are (checked against the hash as they are read):
+        those of ``wanted``, and of any other image a damaged chunk may hold.
     out : Location
         The store (or fsspec URL).
     expected : mapping, optional
         The planned identity (:func:`pipeline.extraction.plan.planned_identity`).
+    repair : sequence of (chunk, view), optional
+        The store's chunks that fail their digests, if the caller looked
+        (:func:`pipeline.store.repair.find_damage`); None: the writer looks.
 
     Returns
     -------
@@ -123,11 +153,13 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     backbone = plan_extraction(spec, settings, expected=expected)
     plan = backbone.plan
     with open_store_writer(plan, out) as writer:
-        writes, counts = writer.plan(wanted)
+        writes, counts = writer.plan(wanted, repair)
+        row_hashes = writer.row_hashes()
+        check_recomputable(writes, row_hashes, paths, store=writer.final_path)
         built = time.perf_counter()
         name = f"extract {store_name(out)}"
         log_plan(plan, name, spec, counts)
-        run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress)
+        run = run_jobs(backbone, writes, row_hashes, paths, writer.write, name=name, progress=progress)
         extracted = time.perf_counter()
         writer.finalize(plan.run_record())
     finished = time.perf_counter()
@@ -135,13 +167,14 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
                          computed=counts["computed"], rows=writer.rows, seconds=finished - started,
                          build_seconds=built - started, extract_seconds=extracted - built,
                          first_batch_seconds=run.first_batch_seconds, finalize_seconds=finished - extracted,
-                         runtime=plan.runtime)
+                         runtime=plan.runtime, repaired=counts["repaired"])
 
 
 def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
                         paths: Mapping[str, str], *, out: Location, progress: bool = True,
-                        expected: Optional[Mapping] = None) -> ExtractResult:
-    """Compute the missing augmented views of the images of ``wanted``.
+                        expected: Optional[Mapping] = None,
+                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
+    """Compute the missing augmented views of the images of ``wanted`` (and those of damaged chunks again).
 
     Parameters
     ----------
@@ -150,7 +183,7 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
         Its ``augment`` section says how many views (K), which ops, which seed.
     wanted : sequence of str
         The images that get views.
-    paths, out, expected
+    paths, out, expected, repair
         As :func:`extract_feature_set`; ``out`` is the views store.
 
     Returns
@@ -163,14 +196,16 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
     backbone: Backbone = plan_extraction(spec, settings, expected=expected)
     plan = backbone.plan.with_views(settings)
     with open_store_writer(plan, out, views=augment.views) as writer:
-        writes, counts = writer.plan(wanted)
+        writes, counts = writer.plan(wanted, repair)
+        row_hashes = writer.row_hashes()
+        check_recomputable(writes, row_hashes, paths, store=writer.final_path)
         built = time.perf_counter()
         name = f"augment {store_name(out)}"
         if writes:
             log_plan(plan, name, spec, counts)
             log.info("%s: %d views (ops %s, seed %d): %d image passes to compute", name, augment.views,
                      dict(augment.ops), augment.seed, sum(len(w.rows) for w in writes))
-        run = run_jobs(backbone, writes, writer.row_hashes(), paths, writer.write, name=name, progress=progress,
+        run = run_jobs(backbone, writes, row_hashes, paths, writer.write, name=name, progress=progress,
                        augment=(dict(augment.ops), augment.seed))
         extracted = time.perf_counter()
         writer.finalize(plan.run_record())
@@ -179,4 +214,4 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
                          computed=run.rows, rows=writer.rows, seconds=finished - started,
                          build_seconds=built - started, extract_seconds=extracted - built,
                          first_batch_seconds=run.first_batch_seconds, finalize_seconds=finished - extracted,
-                         runtime=plan.runtime)
+                         runtime=plan.runtime, repaired=counts["repaired"])

@@ -93,10 +93,15 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
             batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, transform,
                                      size=plan.provenance.input_size, batch_size=plan.runtime.batch_size,
                                      resize=plan.resize)
-            for job, block in regroup(_ticking(batches, bar, first), group):
-                in_flight.append(pool.submit(write, job, block))
-                while len(in_flight) > WRITES_IN_FLIGHT:
-                    in_flight.popleft().result()
+            try:
+                for job, block in regroup(_ticking(batches, bar, first), group):
+                    in_flight.append(pool.submit(write, job, block))
+                    while len(in_flight) > WRITES_IN_FLIGHT:
+                        in_flight.popleft().result()
+            finally:
+                # A failure (a full disk): wait for the inferences in flight and stop the decoding threads now,
+                # not in the garbage collection at exit (abort: "FATAL: exception not rethrown").
+                batches.close()
         while in_flight:
             in_flight.popleft().result()
     return RunStats(rows=todo, seconds=time.perf_counter() - started,

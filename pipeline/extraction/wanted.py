@@ -5,7 +5,9 @@ The extract stages' DVC input is the catalog stage's list of images
 holds. :func:`dataset_images` picks the dataset's among them; their bytes are
 found through the manifest (first record with those bytes), and
 :func:`already_extracted` decides from the store's attributes alone — no
-backbone built, no TensorFlow imported — that there is nothing to do.
+backbone built, no TensorFlow imported — that there is nothing to do, once
+:func:`damage_to_repair` has read every chunk of the store back against its
+digest (a damaged chunk's rows are computed again: there is something to do).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from pipeline.config import SPLITS, FeatureSetParams
 from pipeline.manifest import Record, images_by_hash
+from pipeline.store.contents import has_identity, rows_missing, stored_hashes
 from pipeline.store.locations import Location
-from pipeline.store.writer import rows_missing, stored_hashes
+from pipeline.store.repair import Damage, find_damage, unrecoverable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,46 @@ def paths_of(records: Sequence[Record], wanted: Sequence[str], *, where: str) ->
         raise ValueError(f"{len(missing)} image(s) of {where} are not in the manifest (first sha256 {missing[0]}); "
                          "rerun `dvc repro prepare`")
     return {h: by_hash[h].path for h in wanted}
+
+
+def image_paths(records: Sequence[Record], wanted: Sequence[str], *, where: str,
+                damage: Optional[Damage] = None) -> dict[str, str]:
+    """Where the bytes of every image of the manifest are, by content hash: those of ``wanted`` (checked by
+    :func:`paths_of`), and the others, which old rows of a damaged chunk may be of.
+
+    Raises
+    ------
+    ValueError
+        If an image of ``wanted`` is not in the manifest.
+    StoreError
+        If a row of ``damage`` is of an image no longer in the dataset (before any backbone is built).
+    """
+    paths = {**{h: r.path for h, r in images_by_hash(records).items()}, **paths_of(records, wanted, where=where)}
+    if damage:
+        lost = sum(h not in paths for h in damage.hashes)
+        if lost:
+            raise unrecoverable(damage.path, damage.chunks, lost)
+    return paths
+
+
+def damage_to_repair(out: Location, identity: Optional[Mapping[str, Any]]) -> Optional[Damage]:
+    """The chunks of the store at ``out`` that fail their digests, if it is the store of ``identity`` (the one
+    this extraction adds to: a store of another identity is replaced, not repaired). Every chunk is read.
+
+    Returns
+    -------
+    Damage or None
+        None when ``identity`` is unknown before the backbone is built (the
+        store writer then looks itself); empty for a sound store or none.
+
+    Raises
+    ------
+    StoreError
+        If the store is damaged in a way rows cannot repair (:func:`pipeline.store.repair.find_damage`).
+    """
+    if identity is None:
+        return None
+    return find_damage(out) if has_identity(out, identity) else Damage(str(out))
 
 
 def view_images(records: Sequence[Record], *, tta: bool) -> list[str]:

@@ -15,6 +15,9 @@ View ``v`` of an image depends only on (seed, v, its bytes), so growing
 ones being recomputed, and re-splitting computes views only for images that
 became training images. Other ops, seed or backbone start a new store. With
 ``views: 0`` the store is an attributes-only marker and no backbone is built.
+As in the extract stage, the views of chunks that fail their digests are
+computed again (only they), and the stage ends by checking every chunk of the
+store against its digest.
 The work is :func:`pipeline.extraction.feature_sets.augment_feature_set`.
 
 Usage: ``python -m pipeline.stages.augment --feature-set KEY --out features/views/KEY.zarr``
@@ -32,11 +35,13 @@ from typing import Sequence
 from pipeline.config import feature_set, load_params
 from pipeline.extraction.feature_sets import augment_feature_set, nothing_to_do
 from pipeline.extraction.plan import augment_identity, planned_identity
-from pipeline.extraction.wanted import already_extracted, paths_of, resolved_cut, view_images
+from pipeline.extraction.wanted import already_extracted, damage_to_repair, image_paths, resolved_cut, view_images
 from pipeline.manifest import read_manifest
 from pipeline.stage import run_stage
+from pipeline.store.contents import stored_rows
 from pipeline.store.layout import store_name
-from pipeline.store.writer import stored_rows, write_views_marker
+from pipeline.store.repair import prove_store
+from pipeline.store.writer import write_views_marker
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +63,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     identity = planned_identity(spec, settings, cut, views=True) if cut is not None else None
     records = read_manifest(args.manifest)
     wanted = view_images(records, tta=settings.augment.tta)
+    # A views store about to become a marker (views: 0) is replaced, not read.
+    damage = damage_to_repair(args.out, identity) if settings.augment.views else None
     if settings.augment.views == 0:
         write_views_marker(args.out, identity or {"augment": augment_identity(settings), "cut": cut})
         result = nothing_to_do(args.out, 0, 0, started)
-    elif already_extracted(args.out, identity, wanted, views=settings.augment.views):
+    elif not damage and already_extracted(args.out, identity, wanted, views=settings.augment.views):
+        # Every chunk was just read back against its digest: the store verifies as it is.
         result = nothing_to_do(args.out, len(wanted), stored_rows(args.out), started)
     else:
-        result = augment_feature_set(spec, settings, wanted, paths_of(records, wanted, where=str(args.manifest)),
-                                     out=args.out, progress=not args.no_progress, expected=identity)
+        paths = image_paths(records, wanted, where=str(args.manifest), damage=damage)
+        result = augment_feature_set(spec, settings, wanted, paths, out=args.out, progress=not args.no_progress,
+                                     expected=identity, repair=None if damage is None else damage.chunks)
+        prove_store(result.path)
     log.info("%s", result.summary(f"augment {store_name(args.out)}"))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,17 @@ Reads  ``--hashes`` (``data/extraction_hashes.txt``, written by the catalog
 Writes the feature store ``--out`` (``features/<key>.zarr``, kept between runs:
        DVC ``persist``): the unpooled map of the cut layer of every image, keyed
        by its content hash; and ``--report`` (``reports/extract/<key>.json``, DVC
-       metrics): images, reused, computed, seconds, images_per_second.
+       metrics): images, reused, computed (repaired: of them, rows of damaged chunks), seconds,
+       images_per_second.
 
 Images with a row already are never computed again; rows of images no longer
-in the dataset stay until ``shoulders gc``. When the store already has every
-row, the stage stops before building the backbone (or importing TensorFlow).
+in the dataset stay until ``shoulders gc``. Every chunk of the store is first
+read back against its digest: the rows of chunks that fail (a file missing,
+corrupt, changed or swapped) are computed again, and only they. When the
+store is sound and already has every row, the stage stops before building the
+backbone (or importing TensorFlow). Whatever it wrote, its last act is to check
+every chunk of the store against its digest: it never ends successfully (and
+so DVC never records the store) unless the store verifies.
 The work is :func:`pipeline.extraction.feature_sets.extract_feature_set` (in
 this process) or :func:`pipeline.extraction.distributed.extract_distributed`
 (when ``extract.scheduler`` or ``$DASK_SCHEDULER_ADDRESS`` names a Dask
@@ -35,11 +41,12 @@ from typing import Sequence
 from pipeline.config import dask_address, feature_set, load_params
 from pipeline.extraction.feature_sets import extract_feature_set, nothing_to_do
 from pipeline.extraction.plan import planned_identity
-from pipeline.extraction.wanted import already_extracted, dataset_images, paths_of, resolved_cut
+from pipeline.extraction.wanted import already_extracted, damage_to_repair, dataset_images, image_paths, resolved_cut
 from pipeline.manifest import read_content_hashes, read_manifest
 from pipeline.stage import run_stage
+from pipeline.store.contents import stored_rows
 from pipeline.store.layout import store_name
-from pipeline.store.writer import stored_rows
+from pipeline.store.repair import prove_store
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +70,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     wanted = dataset_images(read_content_hashes(args.hashes), records, store=args.out)
     cut = resolved_cut(spec, args.check)
     identity = planned_identity(spec, params.extract, cut) if cut is not None else None
-    if already_extracted(args.out, identity, wanted):
+    damage = damage_to_repair(args.out, identity)
+    if not damage and already_extracted(args.out, identity, wanted):
+        # Every chunk was just read back against its digest: the store verifies as it is.
         result = nothing_to_do(args.out, len(set(wanted)), stored_rows(args.out), started)
     else:
-        paths = paths_of(records, wanted, where=str(args.manifest))
-        options = {"out": args.out, "progress": not args.no_progress, "expected": identity}
+        paths = image_paths(records, wanted, where=str(args.manifest), damage=damage)
+        options = {"out": args.out, "progress": not args.no_progress, "expected": identity,
+                   "repair": None if damage is None else damage.chunks}
         address = dask_address(params.extract.scheduler)
         if address:
             from pipeline.extraction.distributed import extract_distributed
@@ -75,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             result = extract_distributed(spec, params.extract, wanted, paths, address=address, **options)
         else:
             result = extract_feature_set(spec, params.extract, wanted, paths, **options)
+        prove_store(result.path)
     log.info("%s", result.summary(f"extract {store_name(args.out)}"))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

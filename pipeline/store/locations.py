@@ -85,6 +85,16 @@ def remove(location: Location) -> None:
         shutil.rmtree(location)
 
 
+def remove_file(location: Location) -> None:
+    """Delete one file if it exists."""
+    if is_url(location):
+        fs, path = _fs(str(location))
+        if fs.exists(path):
+            fs.rm_file(path)
+    else:
+        Path(location).unlink(missing_ok=True)
+
+
 def glob(location: Location, pattern: str) -> list[Location]:
     """Entries of ``location`` matching ``pattern``, sorted, as locations of the same kind."""
     if is_url(location):

@@ -8,7 +8,10 @@ on ``features/``. Each store ``<key>.zarr`` (and each views store under
   as zeros), does not decode (zstd checksums catch flipped bytes), does not
   match the digest recorded when it was written (changed, or swapped with
   another chunk: the digest is bound to the chunk's position), holds NaN or
-  Inf, or if its index of content hashes is shorter than its rows or repeats one;
+  Inf, or if its index of content hashes is shorter than its rows, repeats one
+  or holds something else (the next ``dvc repro`` recomputes the rows of
+  damaged chunks, :mod:`pipeline.store.repair`; a damaged index or array
+  stops it with what to do);
 - **incomplete** if an extraction into it was interrupted (the next
   ``dvc repro`` resumes it);
 - **stale** if its identity differs from what the feature set of the same key
@@ -38,8 +41,8 @@ from tqdm.auto import tqdm
 
 from pipeline.config import FeatureSetParams, Params
 from pipeline.manifest import read_manifest
-from pipeline.store.integrity import check_finite, chunk_digest, load_chunk
-from pipeline.store.layout import INCOMPLETE_DIR, STORE_FORMAT, VIEWS_DIR, StoreError, n_chunks
+from pipeline.store.integrity import chunk_problems, store_problems
+from pipeline.store.layout import INCOMPLETE_DIR, STORE_FORMAT, VIEWS_DIR
 from pipeline.store.reader import provenance_of
 
 FAILING_STATES = ("corrupt", "incomplete", "stale", "orphan")
@@ -233,44 +236,13 @@ def identity_problems(identity: dict, expected: dict, group: zarr.Group) -> list
 
 
 def integrity_problems(group: zarr.Group, path: Path) -> list[str]:
-    """Everything wrong with a store's arrays: missing, undecodable, changed or swapped chunks, bad values."""
-    attrs = group.attrs
-    problems: list[str] = []
-    for name in ("X", "sha256", "done"):
-        if name not in group:
-            problems.append(f"array {name} is missing")
+    """Everything wrong with a store's arrays: missing, undecodable, changed or swapped chunks, bad values, a
+    damaged index (:func:`~pipeline.store.integrity.store_problems`, then
+    :func:`~pipeline.store.integrity.chunk_problems`)."""
+    problems = store_problems(group)
     if problems:
         return problems
-    X, index = group["X"], group["sha256"]
-    rows, chunk_rows = int(attrs["rows"]), int(attrs["chunk_rows"])
-    feature_shape, views = tuple(attrs["feature_shape"]), attrs.get("views")
-    digests = attrs.get("chunk_digests") or []
-    expected_shape = (*([int(views)] if views is not None else []), *feature_shape)
-    if tuple(X.shape[1:]) != expected_shape or str(X.dtype) != attrs["dtype"] or X.chunks[0] != chunk_rows:
-        problems.append(f"X: shape {X.shape[1:]} {X.dtype} in chunks of {X.chunks[0]}, recorded {expected_shape} "
-                        f"{attrs['dtype']} in chunks of {chunk_rows}")
-        return problems
-    if X.shape[0] < rows or index.shape[0] < rows:
-        return problems + [f"{rows} rows recorded, but X has {X.shape[0]} and the index {index.shape[0]}"]
-    if len(digests) != n_chunks(rows, chunk_rows):
-        return problems + [f"{len(digests)} chunk digests recorded for {n_chunks(rows, chunk_rows)} chunks"]
-    hashes = index[:rows].tolist() if rows else []
-    if len(set(hashes)) != len(hashes):
-        problems.append("sha256: an image has more than one row")
-    for chunk in range(n_chunks(rows, chunk_rows)):
-        for view in ([None] if views is None else range(int(views))):
-            where = f"chunk {chunk}" + ("" if view is None else f" of view {view}")
-            try:
-                block = load_chunk(path, X, chunk, rows, view)
-                check_finite(block, f"{where}")
-            except StoreError as error:
-                problems.append(str(error).replace(f"{path}: ", ""))
-                continue
-            recorded = digests[chunk] if view is None else digests[chunk][view]
-            if chunk_digest(block, chunk, view) != recorded:
-                problems.append(f"{where} (rows {chunk * chunk_rows}-{min((chunk + 1) * chunk_rows, rows) - 1}) "
-                                "does not match its recorded digest: changed, swapped or truncated since written")
-    return problems
+    return [problem for _, _, problem in chunk_problems(path, group)]
 
 
 def render(reports: Sequence[StoreReport]) -> str:

@@ -13,6 +13,12 @@ every chunk written back, refuses NaN/Inf, records each chunk's digest, moves
 ``rows`` to the end of the append and logs the run in the store's ``runs``.
 Readers only ever see rows below ``rows``.
 
+Chunks of the verified rows that fail their digests (a file missing, corrupt,
+changed or swapped: :func:`pipeline.store.repair.find_damage`) are part of the
+same append: :meth:`StoreWriter.plan` recomputes exactly their rows (``repair``
+in ``pending``, so a killed repair resumes too), and only the chunks written
+get new digests.
+
 One process writes a store at a time: the writer holds the store's lock
 (:mod:`pipeline.store.lock`) from opening to :meth:`StoreWriter.finalize` (or
 :meth:`StoreWriter.close`; use it as a context manager), and a second writer
@@ -27,7 +33,6 @@ paths and fsspec URLs are both served (:mod:`pipeline.store.locations`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -40,11 +45,15 @@ import zarr
 
 from pipeline.provenance import fingerprint
 from pipeline.store import locations
-from pipeline.store.integrity import check_finite, chunk_digest, load_chunk
-from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, create_array, create_index, n_chunks,
-                                   remove_stale_temp_files, store_name)
+# What a store holds (read without writing): also importable from here, where callers long found it.
+from pipeline.store.contents import (as_stored, has_identity, read_identity, rows_missing,  # noqa: F401
+                                     stored_hashes, stored_rows)
+from pipeline.store.integrity import check_finite, chunk_digest, chunk_problems, load_chunk
+from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, chunk_file, create_array, create_index,
+                                   n_chunks, remove_stale_temp_files, store_name)
 from pipeline.store.locations import Location
 from pipeline.store.lock import locked, store_lock
+from pipeline.store.repair import ChunkKey, as_list, chunk_order, failing, find_damage, repairs_of
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +65,6 @@ class ChunkWrite:
     chunk: int
     rows: range
     view: Optional[int] = None
-
-
-def _json(mapping: Mapping[str, Any]) -> dict:
-    # As zarr stores attributes, so that comparisons with what a store holds are exact.
-    return json.loads(json.dumps(dict(mapping)))
 
 
 def digest_of(hashes: Sequence[str]) -> str:
@@ -92,49 +96,6 @@ def swap_into_place(source: Location, target: Location) -> None:
         locations.move(source, target)
 
 
-def rows_missing(path: Location, identity: Mapping[str, Any], wanted: Sequence[str], *,
-                 views: Optional[int] = None) -> Optional[int]:
-    """How many images of ``wanted`` the store at ``path`` lacks (views: or lacks a view of), read from its
-    attributes and index alone; ``None`` when there is no store of this identity or an append is pending."""
-    if read_identity(path) != _json(identity):
-        return None
-    group = zarr.open_group(str(locations.normalize(path)), mode="r")
-    attrs = group.attrs
-    if attrs.get("pending") or (views is not None and int(attrs.get("views") or 0) != views):
-        return None
-    if "sha256" not in group:
-        return None
-    rows = int(attrs["rows"])
-    have = set(group["sha256"][:rows].tolist()) if rows else set()
-    return len(set(wanted) - have)
-
-
-def stored_rows(path: Location) -> int:
-    """Verified rows of the store at ``path`` (0 when there is none)."""
-    if not locations.exists(locations.join(path, "zarr.json")):
-        return 0
-    return int(zarr.open_group(str(locations.normalize(path)), mode="r").attrs.get("rows") or 0)
-
-
-def stored_hashes(path: Location) -> set[str]:
-    """The content hashes of the verified rows of the store at ``path`` (empty when there is none)."""
-    rows = stored_rows(path)
-    if not rows:
-        return set()
-    return set(zarr.open_group(str(locations.normalize(path)), mode="r")["sha256"][:rows].tolist())
-
-
-def read_identity(path: Location) -> Optional[dict]:
-    """The identity recorded in the store at ``path``, or ``None`` when there is no readable store of this format."""
-    if not locations.exists(locations.join(path, "zarr.json")):
-        return None
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs
-    except (FileNotFoundError, ValueError):
-        return None
-    return dict(attrs["identity"]) if attrs.get("shoulders_store") == STORE_FORMAT else None
-
-
 class StoreWriter:
     """Open the store of one identity (creating or resuming it), plan and write missing rows, finalise.
 
@@ -156,8 +117,8 @@ class StoreWriter:
     def __init__(self, path: Location, identity: Mapping[str, Any], provenance: Mapping[str, Any], *,
                  feature_shape: tuple[int, ...], dtype: str, chunk_rows: int, views: Optional[int] = None):
         self.final_path = locations.normalize(path)
-        self.identity = _json(identity)
-        self.provenance = _json(provenance)
+        self.identity = as_stored(identity)
+        self.provenance = as_stored(provenance)
         self.feature_shape, self.dtype, self.views = tuple(feature_shape), dtype, views
         # Before anything is read or written: a second writer stops here, naming the first.
         self.lock = store_lock(self.final_path, views=views is not None)
@@ -190,6 +151,10 @@ class StoreWriter:
         if existing is not None:
             log.info("%s was made with another identity (%s); building a new store beside it",
                      self.final_path, ", ".join(k for k in self.identity if existing.get(k) != self.identity[k]))
+        elif locations.exists(self.final_path):
+            log.warning("%s is not a readable store of format %d (its zarr.json is damaged or of another "
+                        "version); building a new one beside it, which replaces it when complete",
+                        self.final_path, STORE_FORMAT)
         stem = store_name(self.final_path)
         prefix = "views-" if self.views is not None else ""
         return locations.join(locations.parent(self.final_path), INCOMPLETE_DIR,
@@ -233,21 +198,34 @@ class StoreWriter:
         n = self.group["sha256"].shape[0]
         return [str(h) for h in self.group["sha256"][:n].tolist()] if n else []
 
-    def plan(self, wanted: Sequence[str]) -> tuple[list[ChunkWrite], dict]:
-        """Append rows for the hashes of ``wanted`` that have none (and, for views, add new views); resume an
-        append of the same rows that was interrupted.
+    def plan(self, wanted: Sequence[str], repair: Optional[Sequence[ChunkKey]] = None) -> tuple[list[ChunkWrite], dict]:
+        """Append rows for the hashes of ``wanted`` that have none (and, for views, add new views), recompute the
+        rows of damaged chunks; resume an append of the same rows that was interrupted.
 
         Parameters
         ----------
         wanted : sequence of str
             The content hashes this extraction needs (duplicates are one row).
+        repair : sequence of (chunk, view), optional
+            Chunks of the verified rows that fail their digests, from a
+            :func:`~pipeline.store.repair.find_damage` of this store the caller
+            made (only they are read again here); None: found here (every chunk
+            is read back).
 
         Returns
         -------
         writes : list of ChunkWrite
             What to compute, in row order (view by view).
         counts : dict
-            ``images`` (distinct wanted), ``reused`` (with a row already), ``computed`` (rows added).
+            ``images`` (distinct wanted), ``reused`` (of those, the rows this run
+            leaves as they are: old ones, and those an interrupted run wrote),
+            ``computed`` (rows, or for views image × view passes, this run
+            computes) and ``repaired`` (of those, the old rows of damaged chunks).
+
+        Raises
+        ------
+        StoreError
+            If the store is damaged in a way rows cannot repair (the store and what to do named).
         """
         wanted = sorted(set(wanted))
         attrs = self.group.attrs
@@ -256,22 +234,44 @@ class StoreWriter:
         have = self.row_hashes()
         verified = set(have[:self.rows])
         new = [h for h in wanted if h not in verified]
+        if repair is None:
+            damaged = set(find_damage(self.path).chunks)
+        else:  # read again under the lock: the caller looked before taking it
+            damaged = {(chunk, view) for chunk, view, _ in chunk_problems(self.path, self.group, only=set(repair))}
+        damaged = {(chunk, view) for chunk, view in damaged if view is None or view < views_after}
         pending = attrs.get("pending")
         if pending and (pending["sha256_digest"] != digest_of(new) or pending["views"] != views_after):
             log.info("%s: an interrupted extraction of other images is dropped (%d rows)", self.path,
                      pending["rows_to"] - pending["rows_from"])
+            damaged |= repairs_of(pending)      # its repairs are still to do
             pending = None
         if pending is None:
-            if not new and views_after == views_before:
-                return [], {"images": len(wanted), "reused": len(wanted), "computed": 0}
-            self._start_append(new, views_before, views_after)
+            if not new and views_after == views_before and not damaged:
+                return [], {"images": len(wanted), "reused": len(wanted), "computed": 0, "repaired": 0}
+            self._start_append(new, views_before, views_after, damaged)
         else:
-            log.info("%s: resuming an interrupted extraction (%d rows)", self.path, len(new))
+            self._add_repairs(damaged - repairs_of(pending))
         writes = self._pending_writes()
-        counts = {"images": len(wanted), "reused": len(wanted) - len(new), "computed": len(new)}
+        computed = sum(len(w.rows) for w in writes)
+        if pending is not None:
+            planned = sum(len(w.rows) for w in self._pending_writes(done_too=True))
+            log.info("%s: resuming an interrupted extraction: %d of its %d rows were written before, %d to compute",
+                     self.path, planned - computed, planned, computed)
+        repairs = repairs_of(self.group.attrs["pending"])
+        repairing = [w for w in writes if (w.chunk, w.view) in repairs]
+        repaired = sum(len(range(w.rows.start, min(w.rows.stop, self.rows))) for w in repairing)
+        if repairing:
+            log.info("%s: %s (missing, corrupt, changed or swapped): recomputing %d %s", self.path,
+                     failing([(w.chunk, w.view) for w in repairing]), repaired,
+                     "row(s)" if self.views is None else "image view(s)")
+        hashes = self.row_hashes()
+        touched = {hashes[i] for w in writes for i in w.rows}
+        counts = {"images": len(wanted), "reused": sum(h not in touched for h in wanted), "computed": computed,
+                  "repaired": repaired}
         return writes, counts
 
-    def _start_append(self, new: Sequence[str], views_before: int, views_after: int) -> None:
+    def _start_append(self, new: Sequence[str], views_before: int, views_after: int,
+                      repairs: set[ChunkKey]) -> None:
         start, end = self.rows, self.rows + len(new)
         X, index, done = self.group["X"], self.group["sha256"], self.group["done"]
         # Rows past `rows` are left over from a dropped append: overwritten now.
@@ -281,35 +281,73 @@ class StoreWriter:
         X.resize((end, *([views_after] if self.views is not None else []), *self.feature_shape))
         chunks = n_chunks(end, self.chunk_rows)
         done.resize((chunks, *([views_after] if self.views is not None else [])))
-        flags = np.asarray(done[...]) if done.size else np.zeros(done.shape, np.uint8)
+        # Written from what the store proves, not read from `done`: the chunks (and views) of verified rows
+        # before the first new one are done, everything else is to write. A damaged `done` is rewritten so.
         first = start // self.chunk_rows
+        flags = np.zeros(done.shape, np.uint8)
         if self.views is None:
-            flags[first:] = 0
+            flags[:first] = 1
         else:
-            flags[first:, :] = 0                  # new rows: every view
-            flags[:, views_before:] = 0           # new views: every row
+            flags[:first, :views_before] = 1
+        for chunk, view in repairs:
+            flags[chunk if view is None else (chunk, view)] = 0
+        self._discard(repairs)
         if done.size:
             done[...] = flags
         self.group.attrs["pending"] = {"rows_from": start, "rows_to": end, "views_from": views_before,
-                                       "views": views_after, "sha256_digest": digest_of(new)}
+                                       "views": views_after, "sha256_digest": digest_of(new),
+                                       "repair": as_list(repairs)}
 
-    def _pending_writes(self) -> list[ChunkWrite]:
+    def _add_repairs(self, repairs: set[ChunkKey]) -> None:
+        """Add damaged chunks to the append in progress (found when resuming it)."""
+        if not repairs:
+            return
+        done = self.group["done"]
+        self._discard(repairs)
+        for chunk, view in repairs:
+            done[chunk if view is None else (chunk, view)] = 0
+        pending = dict(self.group.attrs["pending"])
+        pending["repair"] = as_list(repairs_of(pending) | repairs)
+        self.group.attrs["pending"] = pending
+
+    def _discard(self, repairs: set[ChunkKey]) -> None:
+        """Delete the files of damaged chunks: a partial chunk (the last) is written over what its file holds,
+        which must not be bytes that fail to decode."""
+        X = self.group["X"]
+        for chunk, view in repairs:
+            locations.remove_file(chunk_file(self.path, X, "X", chunk, view))
+
+    def _pending_writes(self, *, done_too: bool = False) -> list[ChunkWrite]:
+        """The chunk writes of the append in progress not yet done (``done_too``: all of them)."""
         pending = self.group.attrs["pending"]
         start, end = pending["rows_from"], pending["rows_to"]
+        repairs = repairs_of(pending)
+        written = self._written(pending)
         done = np.asarray(self.group["done"][...])
         writes = []
         for view in ([None] if self.views is None else range(pending["views"])):
             for chunk in range(n_chunks(end, self.chunk_rows)):
                 flag = done[chunk] if view is None else done[chunk, view]
-                if flag:
+                if (flag and not done_too) or (chunk, view) not in written:
                     continue
                 first = chunk * self.chunk_rows
-                if view is None or view < pending["views_from"]:
+                if (chunk, view) not in repairs and (view is None or view < pending["views_from"]):
                     first = max(first, start)     # an old view (or the features) of old rows is kept
                 rows = range(first, min((chunk + 1) * self.chunk_rows, end))
                 if len(rows):
                     writes.append(ChunkWrite(chunk, rows, view))
         return writes
+
+    def _written(self, pending: Mapping[str, Any]) -> set[ChunkKey]:
+        """The chunks (and views) the append ``pending`` writes: those of its new rows, of new views, repairs."""
+        start, end = pending["rows_from"], pending["rows_to"]
+        every = range(n_chunks(end, self.chunk_rows))
+        of_new_rows = range(start // self.chunk_rows, n_chunks(end, self.chunk_rows)) if end > start else range(0)
+        written = set(repairs_of(pending))
+        for view in ([None] if self.views is None else range(pending["views"])):
+            chunks = every if view is not None and view >= pending["views_from"] else of_new_rows
+            written |= {(chunk, view) for chunk in chunks}
+        return written
 
     # ------------------------------------------------------------------ writing
 
@@ -337,25 +375,31 @@ class StoreWriter:
             raise StoreError(f"cannot finalise {self.path}: {len(missing)} chunk(s) not written, first "
                              f"chunk {missing[0].chunk}")
         end = pending["rows_to"]
-        digests = list(self.group.attrs["chunk_digests"])
-        first = pending["rows_from"] // self.chunk_rows if pending["views_from"] == pending["views"] or \
-            self.views is None else 0
+        chunks = n_chunks(end, self.chunk_rows)
+        digests = list(self.group.attrs["chunk_digests"])[:chunks]
+        digests += [None] * (chunks - len(digests))
+        if self.views is not None:           # fewer views than before: the others are gone
+            digests = [entry[:pending["views"]] if isinstance(entry, list) else entry for entry in digests]
         X = self.group["X"]
-        views = [None] if self.views is None else list(range(pending["views"]))
-        for chunk in range(first, n_chunks(end, self.chunk_rows)):
-            entry = []
-            for view in views:
-                block = load_chunk(self.path, X, chunk, end, view)
-                check_finite(block, f"{self.path}: chunk {chunk}")
-                entry.append(chunk_digest(block, chunk, view))
-            value = entry[0] if self.views is None else entry
-            digests[chunk:chunk + 1] = [value]
-        del digests[n_chunks(end, self.chunk_rows):]
+        # Only the chunks this append wrote are read back and digested: every other one keeps the digest that
+        # proves it (a chunk damaged meanwhile is never blessed with a new one).
+        for chunk, view in sorted(self._written(pending), key=chunk_order):
+            block = load_chunk(self.path, X, chunk, end, view)
+            check_finite(block, f"{self.path}: chunk {chunk}" + ("" if view is None else f" of view {view}"))
+            digest = chunk_digest(block, chunk, view)
+            if view is None:
+                digests[chunk] = digest
+            else:
+                entry = list(digests[chunk] or [])
+                entry += [None] * (pending["views"] - len(entry))
+                entry[view] = digest
+                digests[chunk] = entry
         runs = list(self.group.attrs["runs"])
         runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "rows_before": pending["rows_from"], "rows_after": end,
                      "views_before": pending["views_from"] if self.views is not None else None,
                      "views_after": pending["views"] if self.views is not None else None,
+                     **({"repaired_chunks": as_list(repairs_of(pending))} if pending.get("repair") else {}),
                      "seconds": round(time.perf_counter() - self.started, 3), "provenance": self.provenance,
                      **dict(run or {})})
         self.group.attrs.update({"chunk_digests": digests, "rows": end, "runs": runs, "pending": None,
@@ -395,11 +439,11 @@ def write_chunk(group: zarr.Group, write: ChunkWrite, block: np.ndarray) -> None
 def write_views_marker(path: Location, identity: Mapping[str, Any]) -> Location:
     """The views store of ``extract.augment.views: 0``: attributes only, no arrays (and no backbone run)."""
     path = locations.normalize(path)
-    if read_identity(path) == _json(identity) and zarr.open_group(str(path), mode="r").attrs.get("views") == 0:
+    if read_identity(path) == as_stored(identity) and zarr.open_group(str(path), mode="r").attrs.get("views") == 0:
         return path
     with locked(path, views=True):
-        create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": _json(identity),
-                            "identity_fingerprint": fingerprint(_json(identity)), "views": 0, "rows": 0},
+        create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": as_stored(identity),
+                            "identity_fingerprint": fingerprint(as_stored(identity)), "views": 0, "rows": 0},
                      lambda g: None)
     log.info("views store %s: no views asked for (extract.augment.views: 0)", path)
     return path
