@@ -33,19 +33,19 @@ def _heads(**overrides):
     return parse_params({"heads": section}).heads
 
 
-def test_logistic_regression_fits_each_c_as_it_would_alone(splits):
+def test_logistic_regression_walks_its_c_path_with_warm_starts(splits):
     heads = _heads()
     jobs = plan_jobs(expand_grid(heads))
-    assert len(jobs) == 3 and all(len(job.variants) == 1 for job in jobs)
+    assert len(jobs) == 1 and [dict(v.params)["C"] for v in jobs[0].variants] == [0.01, 1.0, 10.0]
     results = {v.id: (est, row) for v, est, row in run_sweep(expand_grid(heads), heads, {"avg": splits})}
-    assert [results[f"avg-logreg-C{c}"][1]["warm_start_from_C"] for c in ("0.01", "1", "10")] == [None] * 3
-    # Each C's kept model is the one a lone fit gives, to the bit: no other C decides where its solver starts.
+    assert [results[f"avg-logreg-C{c}"][1]["warm_start_from_C"] for c in ("0.01", "1", "10")] == [None, 0.01, 1.0]
+    # Each C's kept model is its own solution (to the solver's tolerance), the one a cold fit reaches.
     scaler = StandardScaler().fit(splits.X_train)
     X, X_val = scaler.transform(splits.X_train), scaler.transform(splits.X_val)
     for c in (0.01, 1.0, 10.0):
-        alone = LogisticRegression(C=c, max_iter=2000).fit(X, splits.y_train)
-        kept = results[f"avg-logreg-C{c:g}"][0].named_steps["head"]
-        np.testing.assert_allclose(kept.predict_proba(X_val), alone.predict_proba(X_val), rtol=1e-6, atol=1e-9)
+        cold = LogisticRegression(C=c, max_iter=2000).fit(X, splits.y_train)
+        warm = results[f"avg-logreg-C{c:g}"][0].named_steps["head"]
+        np.testing.assert_allclose(warm.predict_proba(X_val), cold.predict_proba(X_val), atol=0.03)
     assert results["avg-logreg-C0.01"][0].named_steps["head"].coef_.std() < \
         results["avg-logreg-C10"][0].named_steps["head"].coef_.std()
 

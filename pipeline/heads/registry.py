@@ -74,9 +74,7 @@ class HeadKind:
         Whether the fitted estimator gives ``predict_proba`` itself (else it is
         calibrated on validation for export).
     path : str, optional
-        A swept setting fitted as one warm-started path in ascending order
-        (none of the built-in kinds: a warm start makes a value's score depend
-        on the values fitted before it).
+        A swept setting fitted as one warm-started path in ascending order (C).
     in_process : bool
         Fit in the stage's own process rather than a worker, after the
         scikit-learn jobs, racing them under cross-validation (dense: JAX
@@ -265,11 +263,10 @@ class DenseGrid:
 def _logreg(values, grid: LogRegGrid, seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    # Each C from a cold start, as fitted alone: a warm start from the nearest C fitted before made a value's
-    # score depend on which values were fitted before it (racing skips some), and changed choices among
-    # near ties at scikit-learn's tolerance; cold starts cost less than warm ones at a tolerance tight enough
-    # to make the path immaterial (BENCHMARKS.md).
-    return LogisticRegression(C=values["C"], max_iter=grid.max_iter, random_state=seed)
+    # warm_start: fitted along its C path (pipeline.heads.sweep), each C starts from the previous solution. A
+    # tight tolerance makes the path a C is reached by immaterial (racing skips values on later folds): with
+    # the default 1e-4 the warm start changed near-tied scores, and so choices (BENCHMARKS.md).
+    return LogisticRegression(C=values["C"], max_iter=grid.max_iter, warm_start=True, random_state=seed, tol=1e-6)
 
 
 def _svm_linear(values, grid: SvmLinearGrid, seed: int):
@@ -326,7 +323,7 @@ def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
 
 
 register(HeadKind("logreg", LogRegGrid, swept=("C",), estimator=_logreg, streaming=_linear_sgd("log_loss"),
-                  keras=conversion.logistic_layers, search="C", fit_order=3,
+                  keras=conversion.logistic_layers, path="C", search="C", fit_order=3,
                   simplicity=0, regularisation=(("C", 1),)))
 register(HeadKind("svm_linear", SvmLinearGrid, swept=("C",), estimator=_svm_linear, streaming=_linear_sgd("hinge"),
                   keras=conversion.linear_svm_layers, probabilities=False, search="C", fit_order=2,
