@@ -132,3 +132,17 @@ def recomputed_best_test_accuracy(root: Path) -> float:
     test = open_feature_set(root / scores["store"] if not Path(scores["store"]).is_absolute() else scores["store"],
                             "test", pooling=row["pooling"])
     return float((predict_views(head, test.X) == test.y).mean())
+
+
+def run_to_evaluate(root: Path) -> Path:
+    """Run prepare, extract (feature set ``mv2``), heads and evaluate in ``root`` (the cwd, its params.yaml written)."""
+    from pipeline.stages import evaluate, extract, prepare
+    from pipeline.stages import heads as heads_stage
+
+    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
+                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
+    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
+    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
+                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    return root

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MOBILENET_025, SIGNS, tiny_params, write_image_folder, write_params
+from conftest import MOBILENET_025, SIGNS, run_to_evaluate, tiny_params, write_image_folder, write_params
 from pipeline.diagnosis.learning_curve import curve_sizes, extrapolation, learning_curve
 from pipeline.heads.saved import load_head
 from pipeline.manifest import read_manifest
-from pipeline.stages import diagnose, evaluate, extract, prepare, heads as heads_stage
+from pipeline.stages import diagnose
 from pipeline.store.reader import open_feature_set
 
 DIAGNOSE_ARGS = ["--evaluation", "reports/evaluation.json", "--heads", "heads", "--out", "reports/diagnose",
@@ -35,13 +35,7 @@ def evaluated(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params(
         "images", heads={"kinds": ["logreg", "svm_linear"]},
         diagnose={"curve_per_class": [1, 2, 5], "curve_draws": 2, "label_folds": 3, "thumb_px": 40}))
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
-    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    return in_tmp
+    return run_to_evaluate(in_tmp)
 
 
 def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evaluated):

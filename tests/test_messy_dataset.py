@@ -193,6 +193,12 @@ def test_sizes_and_small_images_are_reported(skipped):
     assert report.short_side_histogram["0-31"] == 2 and report.short_side_histogram["2048-4095"] == 1
     assert any("shorter than 32 px" in w for w in report.warnings)
     assert report.near_duplicates is None  # off unless asked for
+    # Mostly small images here: the page says how much the backbone enlarges them and what to try.
+    from pipeline.dataset.report import summary_markdown
+
+    short = report.image_size["shorter side"]["median"]
+    page = summary_markdown(report)
+    assert short < 160 and f"The median shorter side is {short:g} px" in page and f"{224 / short:.1f}×" in page
 
 
 def test_near_duplicates_are_reported_not_removed(messy):

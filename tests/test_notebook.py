@@ -14,7 +14,7 @@ import json
 import nbclient
 import nbformat
 import pytest
-from conftest import REPO, tiny_params, write_image_folder, write_params
+from conftest import REPO, run_to_evaluate, tiny_params, write_image_folder, write_params
 
 NOTEBOOK = REPO / "examples" / "explore_features.ipynb"
 # Appended to the notebook's copy: what it computed, for the test to read back.
@@ -28,20 +28,11 @@ print("REPORT " + json.dumps({"feature_set": FEATURE_SET, "pooling": POOLING, "c
 @pytest.fixture
 def small_run(in_tmp):
     """A finished run of one tiny feature set: the files the notebook reads (features, manifest, heads, reports)."""
-    from pipeline.stages import evaluate, extract, prepare
-    from pipeline.stages import heads as heads_stage
-
     write_image_folder(in_tmp / "images", classes=3, per_class=12)
     # cv 0: the chosen head is selected on val, so the notebook's refit on train must score what evaluate reported.
     write_params(in_tmp / "params.yaml", tiny_params("images", extract={"runtime": "tensorflow"},
                                                      heads={"kinds": ["logreg", "svm_linear"], "ensemble": 0}))
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
-    extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
-    heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    return in_tmp
+    return run_to_evaluate(in_tmp)
 
 
 def test_the_notebook_explores_a_runs_stores_and_reproduces_its_choice(small_run, monkeypatch):

@@ -21,6 +21,10 @@ from pipeline.config import SPLITS
 
 log = logging.getLogger(__name__)
 
+# The default backbones' input side (EfficientNet-Lite0): images with a median shorter side below
+# UPSCALE_NOTE_BELOW get a note on how much they are enlarged and what to try.
+TYPICAL_INPUT = 224
+UPSCALE_NOTE_BELOW = 160
 # Lower edges of the shorter-side histogram, in pixels: powers of two, the
 # scale at which backbones (32 to 600 px inputs) see a difference.
 SIDE_BINS = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -86,8 +90,9 @@ def fill_statistics(report: PrepareReport, records: Sequence, *, small_side: int
             report.warn(f"class(es) {absent} have no {split} images: their {split} accuracy is not measured")
     widths = np.array([r.width for r in records], dtype=np.int64)
     heights = np.array([r.height for r in records], dtype=np.int64)
-    report.image_size = {"width": _percentiles(widths), "height": _percentiles(heights)}
     short = np.minimum(widths, heights)
+    report.image_size = {"width": _percentiles(widths), "height": _percentiles(heights),
+                         "shorter side": _percentiles(short)}
     report.short_side_histogram = _histogram(short)
     small = [r.id for r, side in zip(records, short) if side < small_side]
     report.small_images = {"below": small_side, "count": len(small), "ids": small[:_LISTED]}
@@ -176,6 +181,14 @@ def _sizes_section(report: PrepareReport) -> list[str]:
               for k, v in sizes.items() if v]
     lines += ["", "Shorter side: " + ", ".join(f"{k} px: {v}" for k, v in report.short_side_histogram.items() if v)
               + f". Smaller than {report.small_images.get('below')} px: {report.small_images.get('count', 0)}."]
+    short = (sizes.get("shorter side") or {}).get("median")
+    if short and short < UPSCALE_NOTE_BELOW:
+        lines += ["", f"**Small images.** The median shorter side is {short:g} px: each image is enlarged to its "
+                  f"backbone's input ({TYPICAL_INPUT} px for EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2), "
+                  f"about {TYPICAL_INPUT / short:.1f}× here, so the backbone sees soft, blown-up pixels. "
+                  "Worth trying: an earlier cut (a block's features keep finer detail than the last layer's), a "
+                  "backbone with a smaller input (MobileNet at 128 or 160 px), and comparing both by the "
+                  "leaderboard's validation accuracy."]
     return lines
 
 
