@@ -285,7 +285,7 @@ def relative_difference(a_store: str, b_store: str) -> float:
 
 def cold_cache(folder: Path) -> Path:
     """A fresh shoulders cache folder holding the machine's converted weights and batch sizes, no converted network."""
-    from pipeline.backbones.lite_weights import cache_dir
+    from pipeline.cache_dir import cache_dir
 
     folder.mkdir(parents=True)
     for path in cache_dir().glob("*"):

@@ -20,7 +20,7 @@ from conftest import REPO, tiny_params, write_image_folder, write_params
 from pipeline.config import SPLITS
 from pipeline.stages import prepare
 from pipeline.store.reader import read_pooled
-from pipeline.store.writer import stored_rows
+from pipeline.store.contents import stored_rows
 
 pytest.importorskip("openvino")
 

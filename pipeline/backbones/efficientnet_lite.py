@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from pipeline.backbones.lite_weights import cache_dir, imagenet_weights_file
+from pipeline.backbones.lite_weights import imagenet_weights_file
+from pipeline.cache_dir import cache_dir
 from pipeline.backbones.torch_legacy import read_legacy_state_dict
 from pipeline.provenance import file_sha256
 

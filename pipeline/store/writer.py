@@ -45,9 +45,7 @@ import zarr
 
 from pipeline.provenance import fingerprint
 from pipeline.store import locations
-# What a store holds (read without writing): also importable from here, where callers long found it.
-from pipeline.store.contents import (as_stored, has_identity, read_identity, rows_missing,  # noqa: F401
-                                     stored_hashes, stored_rows)
+from pipeline.store.contents import as_stored, read_identity
 from pipeline.store.integrity import check_finite, chunk_digest, chunk_problems, load_chunk
 from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, chunk_file, create_array, create_index,
                                    n_chunks, remove_stale_temp_files, store_name)
