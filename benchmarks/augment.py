@@ -34,16 +34,34 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_params(folder: Path, source: str, *, cut: str, views: int, augment: list[str], tta: list[bool],
-                 finetune: dict | None = None) -> None:
+def write_params(
+    folder: Path,
+    source: str,
+    *,
+    cut: str,
+    views: int,
+    augment: list[str],
+    tta: list[bool],
+    finetune: dict | None = None,
+) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["source"] = source
     params["features"] = {"lite0": {"backbone": "efficientnet_lite0", "weights": "imagenet", "cut": cut}}
-    params["extract"]["augment"] = {"views": views, "seed": 0, "tta": True,
-                                    "ops": {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1,
-                                            "translation": 0.1, "contrast": 0.2}}
-    params["heads"].update({"kinds": ["logreg", "svm_linear", "dense"], "augment": augment, "tta": tta,
-                            "logreg": {"C": [0.01, 0.1, 1.0], "max_iter": 2000}, "svm_linear": {"C": [0.01, 0.1]}})
+    params["extract"]["augment"] = {
+        "views": views,
+        "seed": 0,
+        "tta": True,
+        "ops": {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1, "translation": 0.1, "contrast": 0.2},
+    }
+    params["heads"].update(
+        {
+            "kinds": ["logreg", "svm_linear", "dense"],
+            "augment": augment,
+            "tta": tta,
+            "logreg": {"C": [0.01, 0.1, 1.0], "max_iter": 2000},
+            "svm_linear": {"C": [0.01, 0.1]},
+        }
+    )
     params["heads"]["dense"].update({"hidden_units": [256], "dropout": [0.5], "weight_decay": [0.0], "epochs": [60]})
     if finetune:
         params["finetune"].update(finetune)
@@ -57,8 +75,7 @@ def best(folder: Path, *, keep=lambda variant: True) -> dict:
 
     from pipeline.config import load_params
     from pipeline.selection.scoring import score_test, select_best
-    from pipeline.store.reader import open_feature_set
-    from pipeline.store.reader import open_views
+    from pipeline.store.reader import open_feature_set, open_views
 
     scores = json.loads((folder / "heads/lite0/scores.json").read_text())
     rows = [r for r in scores["variants"] if keep(r["variant"])]
@@ -71,8 +88,12 @@ def best(folder: Path, *, keep=lambda variant: True) -> dict:
     estimator = joblib.load(folder / "heads/lite0" / f"{pick['variant']}.joblib")
     # score_test averages over views (TTA) as the evaluate stage does.
     result = score_test(estimator, X, test.y, test.classes, load_params(folder / "params.yaml").evaluate)
-    return {"variant": pick["variant"], "val": pick["val_accuracy"], "test": result["test_accuracy"],
-            "ci": result["test_accuracy_ci95"]}
+    return {
+        "variant": pick["variant"],
+        "val": pick["val_accuracy"],
+        "test": result["test_accuracy"],
+        "ci": result["test_accuracy_ci95"],
+    }
 
 
 def main() -> None:
@@ -83,7 +104,8 @@ def main() -> None:
     parser.add_argument("--unfreeze", type=int, default=30)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from pipeline.stages import augment, extract, finetune, prepare, synthesize, heads as heads_stage
+    from pipeline.stages import augment, extract, finetune, prepare, synthesize
+    from pipeline.stages import heads as heads_stage
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="shoulders-augment-") as tmp:
@@ -104,42 +126,75 @@ def main() -> None:
             extract_seconds = time.perf_counter() - started
             started = time.perf_counter()
             heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
-            rows.append({"setting": "(a) clean cached features", **best(folder),
-                         "seconds": time.perf_counter() - started})
+            rows.append(
+                {"setting": "(a) clean cached features", **best(folder), "seconds": time.perf_counter() - started}
+            )
             for views in (2, 4, 8):
-                write_params(folder, source, cut=args.cut, views=views, augment=["stack", "draw"],
-                             tta=[False, True])
+                write_params(folder, source, cut=args.cut, views=views, augment=["stack", "draw"], tta=[False, True])
                 started = time.perf_counter()
                 augment.main(["--feature-set", "lite0", "--out", "features/views/lite0.zarr", "--no-progress"])
                 grown = time.perf_counter() - started
                 heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
                 spent = time.perf_counter() - started
-                rows.append({"setting": f"(b) clean + {views} views (stack/draw, ±TTA)", **best(folder),
-                             "seconds": spent, "views_seconds": grown})
-                rows.append({"setting": "    same, without TTA", **best(folder, keep=lambda v: "tta" not in v),
-                             "seconds": spent})
-            write_params(folder, source, cut=args.cut, views=0, augment=["none"], tta=[False],
-                         finetune={"feature_set": "lite0", "epochs": args.finetune_epochs, "patience": 2,
-                                   "unfreeze": args.unfreeze, "learning_rate": 1e-5})
+                rows.append(
+                    {
+                        "setting": f"(b) clean + {views} views (stack/draw, ±TTA)",
+                        **best(folder),
+                        "seconds": spent,
+                        "views_seconds": grown,
+                    }
+                )
+                rows.append(
+                    {
+                        "setting": "    same, without TTA",
+                        **best(folder, keep=lambda v: "tta" not in v),
+                        "seconds": spent,
+                    }
+                )
+            write_params(
+                folder,
+                source,
+                cut=args.cut,
+                views=0,
+                augment=["none"],
+                tta=[False],
+                finetune={
+                    "feature_set": "lite0",
+                    "epochs": args.finetune_epochs,
+                    "patience": 2,
+                    "unfreeze": args.unfreeze,
+                    "learning_rate": 1e-5,
+                },
+            )
             heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
             started = time.perf_counter()
             finetune.main(["--heads", "heads", "--out", "finetune", "--no-progress"])
             result = json.loads((folder / "finetune/result.json").read_text())
-            rows.append({"setting": f"(c) fine-tune top {args.unfreeze} layers from {result['head_variant']}",
-                         "variant": f"kept the {result['kept']}, {result['epochs_run']} epochs",
-                         "val": result["val_accuracy"], "test": result["test_accuracy"],
-                         "ci": result["test_accuracy_ci95"], "seconds": time.perf_counter() - started,
-                         "val_before": result["val_accuracy_before"]})
+            rows.append(
+                {
+                    "setting": f"(c) fine-tune top {args.unfreeze} layers from {result['head_variant']}",
+                    "variant": f"kept the {result['kept']}, {result['epochs_run']} epochs",
+                    "val": result["val_accuracy"],
+                    "test": result["test_accuracy"],
+                    "ci": result["test_accuracy_ci95"],
+                    "seconds": time.perf_counter() - started,
+                    "val_before": result["val_accuracy_before"],
+                }
+            )
         finally:
             os.chdir(cwd)
-    print(f"\nsource: {args.source}; EfficientNet-Lite0 (ImageNet) cut at {args.cut}; extraction of the clean "
-          f"features: {extract_seconds:.0f} s")
+    print(
+        f"\nsource: {args.source}; EfficientNet-Lite0 (ImageNet) cut at {args.cut}; extraction of the clean "
+        f"features: {extract_seconds:.0f} s"
+    )
     print(f"{'setting':<58} {'best on val':<44} {'val':>6} {'test':>6} {'95% CI':>15} {'seconds':>8}")
     for r in rows:
         low, high = r["ci"]
-        print(f"{r['setting']:<58} {r['variant']:<44} {r['val']:>6.4f} {r['test']:>6.4f} "
-              f"{low:>7.4f}-{high:<7.4f} {r['seconds']:>8.0f}" + (f"  (views {r['views_seconds']:.0f} s)"
-                                                                     if "views_seconds" in r else ""))
+        print(
+            f"{r['setting']:<58} {r['variant']:<44} {r['val']:>6.4f} {r['test']:>6.4f} "
+            f"{low:>7.4f}-{high:<7.4f} {r['seconds']:>8.0f}"
+            + (f"  (views {r['views_seconds']:.0f} s)" if "views_seconds" in r else "")
+        )
 
 
 if __name__ == "__main__":

@@ -27,20 +27,32 @@ def rows(root: Path) -> list[dict]:
     for key, entry in evaluation["feature_sets"].items():
         report_file = root / "reports" / "extract" / f"{key}.json"
         report = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else {}
-        out.append({"feature set": key, "val": entry["val_accuracy"], "test": entry["test_accuracy"],
-                    "low": entry["test_accuracy_ci95"][0], "high": entry["test_accuracy_ci95"][1],
-                    "computed": report.get("computed"), "img/s": report.get("images_per_second")})
+        out.append(
+            {
+                "feature set": key,
+                "val": entry["val_accuracy"],
+                "test": entry["test_accuracy"],
+                "low": entry["test_accuracy_ci95"][0],
+                "high": entry["test_accuracy_ci95"][1],
+                "computed": report.get("computed"),
+                "img/s": report.get("images_per_second"),
+            }
+        )
     return sorted(out, key=lambda r: -r["test"])
 
 
 def table(found: list[dict]) -> str:
-    lines = ["| feature set | val acc | test acc | 95% interval | images extracted | extraction img/s |",
-             "|---|---:|---:|---|---:|---:|"]
+    lines = [
+        "| feature set | val acc | test acc | 95% interval | images extracted | extraction img/s |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     for r in found:
         interval = f"[{r['low']:.3f}, {r['high']:.3f}]" if r["low"] is not None else "—"
         speed = f"{r['img/s']:.1f}" if r["img/s"] else "—"
-        lines.append(f"| {r['feature set']} | {r['val']:.3f} | {r['test']:.3f} | {interval} | "
-                     f"{r['computed'] if r['computed'] is not None else '—'} | {speed} |")
+        lines.append(
+            f"| {r['feature set']} | {r['val']:.3f} | {r['test']:.3f} | {interval} | "
+            f"{r['computed'] if r['computed'] is not None else '—'} | {speed} |"
+        )
     return "\n".join(lines)
 
 

@@ -32,8 +32,11 @@ from pipeline.heads.dense import DenseHead  # noqa: E402
 from pipeline.heads.dense_batch import fit_dense_heads  # noqa: E402
 from pipeline.store.reader import open_feature_set  # noqa: E402
 
-GRIDS = {"dropout {0, 0.5} × decay {0}": (0.0,), "dropout {0, 0.5} × decay {0, 1e-3}": (0.0, 1e-3),
-         "dropout {0, 0.5} × decay {0, 1e-4, 1e-3}": (0.0, 1e-4, 1e-3)}
+GRIDS = {
+    "dropout {0, 0.5} × decay {0}": (0.0,),
+    "dropout {0, 0.5} × decay {0, 1e-3}": (0.0, 1e-3),
+    "dropout {0, 0.5} × decay {0, 1e-4, 1e-3}": (0.0, 1e-4, 1e-3),
+}
 
 
 def main() -> None:
@@ -47,14 +50,20 @@ def main() -> None:
     train = open_feature_set(args.store, "train", pooling="avg")
     X = StandardScaler().fit_transform(np.asarray(train.X, np.float32)).astype(np.float32)
     y = np.asarray(train.y)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.store}: "
-          f"train X {X.shape}", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {args.store}: "
+        f"train X {X.shape}",
+        flush=True,
+    )
     seconds: dict[str, list[float]] = {name: [] for name in GRIDS}
     epochs: dict[str, list[int]] = {}
     for _ in range(args.repeats):
         for name, decays in GRIDS.items():
-            heads = [DenseHead(hidden_units=256, dropout=d, weight_decay=w, epochs=60, patience=8, random_state=0)
-                     for d in (0.0, 0.5) for w in decays]
+            heads = [
+                DenseHead(hidden_units=256, dropout=d, weight_decay=w, epochs=60, patience=8, random_state=0)
+                for d in (0.0, 0.5)
+                for w in decays
+            ]
             started = time.perf_counter()
             fit_dense_heads(heads, [X] * len(heads), y)
             seconds[name].append(time.perf_counter() - started)
@@ -63,8 +72,10 @@ def main() -> None:
     print("\n| grid | members | s per fit (median) | min | max | epochs per member |")
     print("|---|---:|---:|---:|---:|---|")
     for name, times in seconds.items():
-        print(f"| {name} | {len(epochs[name])} | {np.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | "
-              f"{epochs[name]} |")
+        print(
+            f"| {name} | {len(epochs[name])} | {np.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | "
+            f"{epochs[name]} |"
+        )
 
 
 if __name__ == "__main__":

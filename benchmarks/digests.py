@@ -55,8 +55,9 @@ def build_store(path: Path, shape: tuple[int, ...], rows: int, seed: int = 0) ->
     """A finished float16 store of ``rows`` rows with 8 MB chunks, as an extraction leaves it."""
     chunk = rows_per_chunk(shape, 2, chunk_mb=8.0, batch_size=BATCH)
     rng = np.random.default_rng(seed)
-    with StoreWriter(path, {"benchmark": str(shape)}, {}, feature_shape=shape, dtype="float16",
-                     chunk_rows=chunk) as writer:
+    with StoreWriter(
+        path, {"benchmark": str(shape)}, {}, feature_shape=shape, dtype="float16", chunk_rows=chunk
+    ) as writer:
         writes, _ = writer.plan([sha(i) for i in range(rows)])
         for write in writes:
             block = np.abs(rng.normal(size=(len(write.rows), *shape))) * (rng.random((len(write.rows), *shape)) > 0.5)
@@ -111,32 +112,62 @@ def main() -> None:
             digests = group.attrs["chunk_digests"]
             chunks = n_chunks(total, X.chunks[0])
             decode, checked = median_interleaved(
-                [lambda: [load_chunk(path, X, c, total) for c in range(chunks)],
-                 lambda: [read_chunk(path, X, c, total, digests[c]) for c in range(chunks)]], args.repeats)
+                [
+                    lambda: [load_chunk(path, X, c, total) for c in range(chunks)],
+                    lambda: [read_chunk(path, X, c, total, digests[c]) for c in range(chunks)],
+                ],
+                args.repeats,
+            )
             blocks = [load_chunk(path, X, c, total) for c in range(chunks)]
             digest = median_seconds(lambda: [chunk_digest(b, c) for c, b in enumerate(blocks)], args.repeats)
-            records = [Record(id=f"i{i}", path="", label=i % 2, class_name="ab"[i % 2], split="train",
-                              sha256=sha(i), width=1, height=1) for i in range(total)]
-            whole = median_seconds(lambda: open_feature_set(path, "train", manifest=records, pooling="avg"),
-                                   args.repeats)
+            records = [
+                Record(
+                    id=f"i{i}",
+                    path="",
+                    label=i % 2,
+                    class_name="ab"[i % 2],
+                    split="train",
+                    sha256=sha(i),
+                    width=1,
+                    height=1,
+                )
+                for i in range(total)
+            ]
+            whole = median_seconds(
+                lambda: open_feature_set(path, "train", manifest=records, pooling="avg"), args.repeats
+            )
             per_image = backbone_seconds_per_image(cut, args.repeats)
             mb = X.chunks[0] * np.prod(shape) * 2 / 1e6
-            results.append({"cut": cut, "rows": total, "chunks": chunks, "rows_per_chunk": X.chunks[0], "mb": mb,
-                            "decode_ms": 1e3 * decode / chunks, "checked_ms": 1e3 * checked / chunks,
-                            "digest_ms": 1e3 * digest / chunks, "open_s": whole,
-                            "backbone_ms": 1e3 * per_image * X.chunks[0]})
+            results.append(
+                {
+                    "cut": cut,
+                    "rows": total,
+                    "chunks": chunks,
+                    "rows_per_chunk": X.chunks[0],
+                    "mb": mb,
+                    "decode_ms": 1e3 * decode / chunks,
+                    "checked_ms": 1e3 * checked / chunks,
+                    "digest_ms": 1e3 * digest / chunks,
+                    "open_s": whole,
+                    "backbone_ms": 1e3 * per_image * X.chunks[0],
+                }
+            )
     print()
-    print("| store (Lite0 cut) | rows per 8 MB chunk | decode a chunk | decode + check its digest | read overhead "
-          "| digest alone | open_feature_set, all rows (avg): digests' share | backbone for a chunk's rows "
-          "| extraction overhead |")
+    print(
+        "| store (Lite0 cut) | rows per 8 MB chunk | decode a chunk | decode + check its digest | read overhead "
+        "| digest alone | open_feature_set, all rows (avg): digests' share | backbone for a chunk's rows "
+        "| extraction overhead |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['cut']} | {r['rows_per_chunk']} ({r['mb']:.1f} MB) | {r['decode_ms']:.1f} ms "
-              f"| {r['checked_ms']:.1f} ms | {100 * (r['checked_ms'] / r['decode_ms'] - 1):+.0f} % "
-              f"| {r['digest_ms']:.1f} ms ({r['digest_ms'] / r['mb']:.2f} ms/MB) | {r['open_s']:.2f} s "
-              f"({r['rows']} rows): {100 * r['digest_ms'] * r['chunks'] / 1e3 / r['open_s']:.0f} % "
-              f"| {r['backbone_ms'] / 1e3:.2f} s "
-              f"| {100 * r['digest_ms'] / r['backbone_ms']:.2f} % |")
+        print(
+            f"| {r['cut']} | {r['rows_per_chunk']} ({r['mb']:.1f} MB) | {r['decode_ms']:.1f} ms "
+            f"| {r['checked_ms']:.1f} ms | {100 * (r['checked_ms'] / r['decode_ms'] - 1):+.0f} % "
+            f"| {r['digest_ms']:.1f} ms ({r['digest_ms'] / r['mb']:.2f} ms/MB) | {r['open_s']:.2f} s "
+            f"({r['rows']} rows): {100 * r['digest_ms'] * r['chunks'] / 1e3 / r['open_s']:.0f} % "
+            f"| {r['backbone_ms'] / 1e3:.2f} s "
+            f"| {100 * r['digest_ms'] / r['backbone_ms']:.2f} % |"
+        )
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def methods_for(backbone: str, runtimes: list[str]) -> list[str]:
     for runtime in runtimes:
         methods += [f"stage:{runtime}", f"compute:{runtime}"]
         if runtime == "openvino":
-            methods.append(f"{COLD}{runtime}")   # the first stage on a machine: converts the network
+            methods.append(f"{COLD}{runtime}")  # the first stage on a machine: converts the network
             methods.append(f"stage:{runtime}{PIL}")
     if "openvino" in runtimes:
         methods.append(f"compute:{KERAS_OPENVINO}")  # the graph Keras' own OpenVINO backend makes
@@ -132,7 +132,7 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     if method.endswith(PIL):
         import pipeline.images
 
-        pipeline.images.simplejpeg = None   # every file through PIL, as before simplejpeg
+        pipeline.images.simplejpeg = None  # every file through PIL, as before simplejpeg
         method = method[: -len(PIL)]
 
     records = read_manifest(manifest)
@@ -147,23 +147,46 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
 
         if method == "naive":
             return naive(backbone, records, work)
-        result = extract_feature_set(spec_of(backbone), ExtractParams(), sorted(images),
-                                     {h: r.path for h, r in images.items()}, out=work / "features.zarr",
-                                     progress=False)
-        return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
-                "total_seconds": result.seconds, "baseline_mb": baseline, "batch_size": result.runtime.batch_size}
+        result = extract_feature_set(
+            spec_of(backbone),
+            ExtractParams(),
+            sorted(images),
+            {h: r.path for h, r in images.items()},
+            out=work / "features.zarr",
+            progress=False,
+        )
+        return {
+            "images": n,
+            "seconds": result.extract_seconds + result.finalize_seconds,
+            "rss_mb": _rss_mb(),
+            "total_seconds": result.seconds,
+            "baseline_mb": baseline,
+            "batch_size": result.runtime.batch_size,
+        }
     settings = _settings(method)
     if method.startswith(("stage:", COLD)):
         from pipeline.extraction.feature_sets import extract_feature_set
         from pipeline.extraction.plan import planned_identity
 
         spec = spec_of(backbone)
-        result = extract_feature_set(spec, settings, sorted(images), {h: r.path for h, r in images.items()},
-                                     out=work / "features.zarr", progress=False,
-                                     expected=planned_identity(spec, settings, spec.cut))
-        return {"images": n, "seconds": result.extract_seconds + result.finalize_seconds, "rss_mb": _rss_mb(),
-                "total_seconds": result.seconds, "baseline_mb": baseline, "batch_size": result.runtime.batch_size,
-                "store": str(work / "features.zarr")}
+        result = extract_feature_set(
+            spec,
+            settings,
+            sorted(images),
+            {h: r.path for h, r in images.items()},
+            out=work / "features.zarr",
+            progress=False,
+            expected=planned_identity(spec, settings, spec.cut),
+        )
+        return {
+            "images": n,
+            "seconds": result.extract_seconds + result.finalize_seconds,
+            "rss_mb": _rss_mb(),
+            "total_seconds": result.seconds,
+            "baseline_mb": baseline,
+            "batch_size": result.runtime.batch_size,
+            "store": str(work / "features.zarr"),
+        }
     from pipeline.extraction.plan import plan_extraction
     from pipeline.extraction.runtimes import stream
 
@@ -178,8 +201,13 @@ def run_method(method: str, backbone: str, manifest: Path, work: Path) -> dict:
     for _ in stream(step, itertools.repeat(batch, steps)):  # as the stage runs it: several in flight where it can
         pass
     seconds = time.perf_counter() - started
-    return {"images": steps * batch_size, "seconds": seconds, "rss_mb": _rss_mb(), "baseline_mb": baseline,
-            "batch_size": batch_size}
+    return {
+        "images": steps * batch_size,
+        "seconds": seconds,
+        "rss_mb": _rss_mb(),
+        "baseline_mb": baseline,
+        "batch_size": batch_size,
+    }
 
 
 def naive(backbone: str, records, work: Path) -> dict:
@@ -191,12 +219,16 @@ def naive(backbone: str, records, work: Path) -> dict:
     size = cut.provenance["input_size"]
     baseline = _rss_mb()
     started = time.perf_counter()
-    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(r.path, target_size=(size, size)))
-                  for r in records])
+    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(r.path, target_size=(size, size))) for r in records])
     features = cut.model.predict(cut.preprocess(x), batch_size=32, verbose=0)
     np.save(work / "features.npy", features)
-    return {"images": len(records), "seconds": time.perf_counter() - started, "rss_mb": _rss_mb(),
-            "baseline_mb": baseline, "batch_size": 32}
+    return {
+        "images": len(records),
+        "seconds": time.perf_counter() - started,
+        "rss_mb": _rss_mb(),
+        "baseline_mb": baseline,
+        "batch_size": 32,
+    }
 
 
 def decode_only(method: str, paths: list[str], size: int = 224, batch_size: int = 32) -> dict:
@@ -219,9 +251,13 @@ def decode_only(method: str, paths: list[str], size: int = 224, batch_size: int 
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(paths))
-               .map(load, num_parallel_calls=parallel_calls(), deterministic=True)
-               .batch(batch_size).prefetch(2).with_options(options))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(tf.constant(paths))
+        .map(load, num_parallel_calls=parallel_calls(), deterministic=True)
+        .batch(batch_size)
+        .prefetch(2)
+        .with_options(options)
+    )
     started = time.perf_counter()
     for _ in dataset:
         pass
@@ -240,12 +276,14 @@ def flops_per_image(backbone: str) -> float:
     cut = build_cut_model(FeatureSetParams(backbone=backbone, weights="none"), seed=0)
     size = cut.provenance["input_size"]
     function = tf.function(lambda x: cut.model(x, training=False)).get_concrete_function(
-        tf.TensorSpec((1, size, size, 3), tf.float32))
+        tf.TensorSpec((1, size, size, 3), tf.float32)
+    )
     frozen = convert_variables_to_constants_v2(function)
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    info = tf.compat.v1.profiler.profile(graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op",
-                                         options=options)
+    info = tf.compat.v1.profiler.profile(
+        graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+    )
     return float(info.total_float_ops)
 
 
@@ -255,7 +293,7 @@ def float32_peak(n: int = 4096, repeats: int = 5) -> float:
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def _timed(function) -> float:
@@ -311,8 +349,9 @@ def _spawn(args: list[str], pythonpath: str | None = None, cache: Path | None = 
 def checkout(revision: str, folder: Path) -> Path:
     """The package as it was at ``revision`` (``git archive``), for the ``before`` method."""
     folder.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "pipeline"], capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "pipeline"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
@@ -326,8 +365,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=0, help="also run the default stage on K× the images")
     parser.add_argument("--before", default=BEFORE, help="the revision whose stage is the `before` row")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
-    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "BACKBONE", "MANIFEST", "WORKDIR"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("METHOD", "BACKBONE", "MANIFEST", "WORKDIR"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--flops", metavar="BACKBONE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -368,50 +408,71 @@ def main() -> None:
                     if not manifest.exists():
                         write_manifest(photos[:count], manifest)
                     work = Path(tempfile.mkdtemp(dir=tmp))
-                    result = _spawn(["--worker", method, backbone, str(manifest), str(work)],
-                                    pythonpath=before if method == "before" else None,
-                                    cache=cold_cache(work / "cache") if method.startswith(COLD) else None)
+                    result = _spawn(
+                        ["--worker", method, backbone, str(manifest), str(work)],
+                        pythonpath=before if method == "before" else None,
+                        cache=cold_cache(work / "cache") if method.startswith(COLD) else None,
+                    )
                     results[(count, method)].append(result)
                     print(f"  {backbone} {method} n={count} run {repeat + 1}: {result}", file=sys.stderr)
             raw[backbone] = {f"{m}@{c}": r for (c, m), r in results.items()}
-            median = {plan: {k: statistics.median(r.get(k) or 0.0 for r in rs)
-                             for k in ("images", "seconds", "rss_mb", "total_seconds")}
-                      for plan, rs in results.items()}
+            median = {
+                plan: {
+                    k: statistics.median(r.get(k) or 0.0 for r in rs)
+                    for k in ("images", "seconds", "rss_mb", "total_seconds")
+                }
+                for plan, rs in results.items()
+            }
             speed = {plan: m["images"] / m["seconds"] for plan, m in median.items()}
-            fastest_compute = max(v for (c, m), v in speed.items()  # float32: the precision of the defaults
-                                  if m.startswith("compute:") and m.count(":") == 1 and c == n)
+            fastest_compute = max(
+                v
+                for (c, m), v in speed.items()  # float32: the precision of the defaults
+                if m.startswith("compute:") and m.count(":") == 1 and c == n
+            )
             differences = {}
             for precision_method in [m for c, m in plans if m.endswith(":bfloat16") and m.startswith("stage:")]:
                 reference = precision_method.rsplit(":", 1)[0]
-                differences[precision_method] = relative_difference(results[(n, precision_method)][0]["store"],
-                                                                    results[(n, reference)][0]["store"])
+                differences[precision_method] = relative_difference(
+                    results[(n, precision_method)][0]["store"], results[(n, reference)][0]["store"]
+                )
             for plan in plans:
                 count, method = plan
                 computes = not method.startswith("decode:")
-                rows.append({
-                    "backbone": backbone, "method": method, "images": count, "images_per_s": speed[plan],
-                    "gflop_per_s": speed[plan] * flops / 1e9 if computes else None,
-                    "of_peak": speed[plan] * flops / 1e9 / peak if computes else None,
-                    "peak_rss_mb": median[plan]["rss_mb"], "gflop_per_image": flops / 1e9,
-                    "vs_before": speed[plan] / speed[(n, "before")],
-                    "vs_fastest_compute": speed[plan] / fastest_compute,
-                    "relative_l2": differences.get(method),
-                    "batch_size": results[plan][0].get("batch_size"),
-                    "images_per_s_with_build": count / median[plan]["total_seconds"]
-                    if median[plan]["total_seconds"] else None,
-                })
+                rows.append(
+                    {
+                        "backbone": backbone,
+                        "method": method,
+                        "images": count,
+                        "images_per_s": speed[plan],
+                        "gflop_per_s": speed[plan] * flops / 1e9 if computes else None,
+                        "of_peak": speed[plan] * flops / 1e9 / peak if computes else None,
+                        "peak_rss_mb": median[plan]["rss_mb"],
+                        "gflop_per_image": flops / 1e9,
+                        "vs_before": speed[plan] / speed[(n, "before")],
+                        "vs_fastest_compute": speed[plan] / fastest_compute,
+                        "relative_l2": differences.get(method),
+                        "batch_size": results[plan][0].get("batch_size"),
+                        "images_per_s_with_build": count / median[plan]["total_seconds"]
+                        if median[plan]["total_seconds"]
+                        else None,
+                    }
+                )
     print()
     print(f"float32 peak: {peak:.1f} GFLOP/s (numpy BLAS sgemm 4096³, best of 5, {os.cpu_count()} cores)")
-    print(f"{'backbone':<18} {'method':<26} {'images':>6} {'batch':>5} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
-          f"{'peak RSS MB':>11} {'×before':>7} {'×fastest compute':>16} {'rel. L2':>8} {'img/s with build':>16}")
+    print(
+        f"{'backbone':<18} {'method':<26} {'images':>6} {'batch':>5} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
+        f"{'peak RSS MB':>11} {'×before':>7} {'×fastest compute':>16} {'rel. L2':>8} {'img/s with build':>16}"
+    )
     for r in rows:
         gflops = f"{r['gflop_per_s']:>8.1f}" if r["gflop_per_s"] is not None else f"{'':>8}"
         of_peak = f"{r['of_peak']:>7.0%}" if r["of_peak"] is not None else f"{'':>7}"
         l2 = f"{r['relative_l2']:>8.2e}" if r["relative_l2"] is not None else f"{'':>8}"
         whole = f"{r['images_per_s_with_build']:>16.1f}" if r["images_per_s_with_build"] else f"{'':>16}"
-        print(f"{r['backbone']:<18} {r['method']:<26} {r['images']:>6} {str(r['batch_size'] or ''):>5} "
-              f"{r['images_per_s']:>8.1f} {gflops} {of_peak} {r['peak_rss_mb']:>11.0f} {r['vs_before']:>7.2f} "
-              f"{r['vs_fastest_compute']:>16.2f} {l2} {whole}")
+        print(
+            f"{r['backbone']:<18} {r['method']:<26} {r['images']:>6} {str(r['batch_size'] or ''):>5} "
+            f"{r['images_per_s']:>8.1f} {gflops} {of_peak} {r['peak_rss_mb']:>11.0f} {r['vs_before']:>7.2f} "
+            f"{r['vs_fastest_compute']:>16.2f} {l2} {whole}"
+        )
     if args.json:
         args.json.write_text(json.dumps({"peak_gflops": peak, "rows": rows, "raw": raw}, indent=2))
 

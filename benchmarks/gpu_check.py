@@ -58,7 +58,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 from benchmarks.photos import make_photos  # noqa: E402
 
 STAGES = ("prepare", "catalog", "check", "extract")
-AGREEMENT_BOUND = 0.02   # relative L2, GPU (mixed float16) against CPU (float32)
+AGREEMENT_BOUND = 0.02  # relative L2, GPU (mixed float16) against CPU (float32)
 
 
 # --------------------------------------------------------------------------- the project
@@ -88,8 +88,11 @@ def write_project(folder: Path, photos: list[Path], key: str, extract: dict) -> 
 
 def run_stages(folder: Path, key: str, env: dict) -> dict:
     """Run the stages up to extract in ``folder``; the extract stage's report and its process's wall time."""
-    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    environment = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     wall = {}
     for stage in STAGES:
         command = [sys.executable if part == "python" else part for part in stage_command(stage, key)]
@@ -107,11 +110,24 @@ def run_stages(folder: Path, key: str, env: dict) -> dict:
 
 def heads_stage(folder: Path, key: str, env: dict) -> str:
     """The heads stage (default grid) on the extracted store, as dvc.yaml runs it for one store: wall seconds."""
-    environment = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    environment = {
+        **os.environ,
+        **env,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     out = folder / "heads-check" / ("cpu" if env else "device")
-    command = [sys.executable, "-m", "pipeline.stages.heads", "--features", f"features/{key}.zarr", "--out",
-               str(out / key), "--manifest", "data/manifest.csv", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.heads",
+        "--features",
+        f"features/{key}.zarr",
+        "--out",
+        str(out / key),
+        "--manifest",
+        "data/manifest.csv",
+        "--no-progress",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -140,9 +156,13 @@ def compute_only(folder: Path, key: str, repeats: int) -> dict:
         started = time.perf_counter()
         step(batch)  # returns host numpy: the device work has finished
         times.append(time.perf_counter() - started)
-    return {"batch_size": batch_size, "images_per_second": batch_size / statistics.median(times),
-            "runtime": backbone.plan.runtime.name, "device": backbone.plan.runtime.device,
-            "precision": backbone.plan.runtime.precision}
+    return {
+        "batch_size": batch_size,
+        "images_per_second": batch_size / statistics.median(times),
+        "runtime": backbone.plan.runtime.name,
+        "device": backbone.plan.runtime.device,
+        "precision": backbone.plan.runtime.precision,
+    }
 
 
 def _decode_one(task: tuple[str, int]) -> int:
@@ -185,8 +205,13 @@ def agreement(gpu_store: Path, cpu_store: Path) -> dict:
     b = np.stack([cpu[h] for h in common])
     relative_l2 = float(np.linalg.norm(a - b) / np.linalg.norm(b))
     worst = float(np.abs(a - b).max() / np.abs(b).max())
-    return {"images": len(common), "relative_l2": relative_l2, "worst_element_relative": worst,
-            "bound": AGREEMENT_BOUND, "agrees": relative_l2 <= AGREEMENT_BOUND}
+    return {
+        "images": len(common),
+        "relative_l2": relative_l2,
+        "worst_element_relative": worst,
+        "bound": AGREEMENT_BOUND,
+        "agrees": relative_l2 <= AGREEMENT_BOUND,
+    }
 
 
 # --------------------------------------------------------------------------- driver
@@ -200,8 +225,12 @@ def machine() -> dict:
     import jax
 
     devices = jax.devices()
-    return {"jax": jax.__version__, "platform": devices[0].platform, "device": str(devices[0].device_kind),
-            "cpu_cores": os.cpu_count()}
+    return {
+        "jax": jax.__version__,
+        "platform": devices[0].platform,
+        "device": str(devices[0].device_kind),
+        "cpu_cores": os.cpu_count(),
+    }
 
 
 def main() -> None:
@@ -223,8 +252,7 @@ def main() -> None:
     print(f"{len(photos)} JPEGs 500×375 in {time.perf_counter() - started:.1f} s", flush=True)
 
     gpu_dir, cpu_dir = work / "device", work / "cpu"
-    write_project(gpu_dir, photos, key, {"runtime": "jax", "precision": args.precision,
-                                         "batch_size": args.batch_size})
+    write_project(gpu_dir, photos, key, {"runtime": "jax", "precision": args.precision, "batch_size": args.batch_size})
     stage = run_stages(gpu_dir, key, {})
     print(f"extract stage on {stage['device']}: {stage}", flush=True)
     compute = compute_only(gpu_dir, key, args.repeats)
@@ -232,13 +260,18 @@ def main() -> None:
     size = json.loads((gpu_dir / "reports" / "checks" / f"{key}.json").read_text()).get("input_size", 224)
     decode = decode_ceiling([str(p) for p in photos], size, args.batch_size)
     print(f"decode: {decode}", flush=True)
-    write_project(cpu_dir, photos[: args.subset], key, {"runtime": "jax", "precision": "float32",
-                                                        "batch_size": min(args.batch_size, 32)})
+    write_project(
+        cpu_dir,
+        photos[: args.subset],
+        key,
+        {"runtime": "jax", "precision": "float32", "batch_size": min(args.batch_size, 32)},
+    )
     cpu = run_stages(cpu_dir, key, {"JAX_PLATFORMS": "cpu"})
     agree = agreement(gpu_dir / "features" / f"{key}.zarr", cpu_dir / "features" / f"{key}.zarr")
     print(f"agreement: {agree}", flush=True)
-    heads = {where: heads_stage(gpu_dir, key, env) for where, env in
-             (("device", {}), ("host CPU", {"JAX_PLATFORMS": "cpu"}))}
+    heads = {
+        where: heads_stage(gpu_dir, key, env) for where, env in (("device", {}), ("host CPU", {"JAX_PLATFORMS": "cpu"}))
+    }
     print(f"heads stage: {heads}", flush=True)
 
     e2e = stage["images_per_second"]
@@ -246,29 +279,54 @@ def main() -> None:
     rows = [
         ("extract stage, end to end (decode → inference → Zarr)", rate(e2e)),
         ("  after its first batch (start-up, compilation excluded)", rate(stage["steady_images_per_second"])),
-        ("  whole stage process (imports, build, compile, verify)",
-         f"{stage['computed'] / stage['stage_wall_seconds']:,.0f} img/s ({stage['stage_wall_seconds']:.1f} s)"),
-        (f"compute only ({compute['runtime']} {compute['device']} {compute['precision']}, "
-         f"batch {compute['batch_size']})", f"{compute['images_per_second']:,.0f} img/s"),
-        (f"decode + resize, the stage's threads ({decode['cores']} cores)",
-         f"{decode['threads_images_per_second']:,.0f} img/s"),
-        (f"decode + resize, a process pool ({decode['cores']} cores)",
-         f"{decode['processes_images_per_second']:,.0f} img/s"),
+        (
+            "  whole stage process (imports, build, compile, verify)",
+            f"{stage['computed'] / stage['stage_wall_seconds']:,.0f} img/s ({stage['stage_wall_seconds']:.1f} s)",
+        ),
+        (
+            f"compute only ({compute['runtime']} {compute['device']} {compute['precision']}, "
+            f"batch {compute['batch_size']})",
+            f"{compute['images_per_second']:,.0f} img/s",
+        ),
+        (
+            f"decode + resize, the stage's threads ({decode['cores']} cores)",
+            f"{decode['threads_images_per_second']:,.0f} img/s",
+        ),
+        (
+            f"decode + resize, a process pool ({decode['cores']} cores)",
+            f"{decode['processes_images_per_second']:,.0f} img/s",
+        ),
         ("end to end / min(compute, decode ceiling)", f"{e2e / min(compute['images_per_second'], ceiling):.2f}"),
         *((f"heads stage, default grid on {key}, JAX on the {where}", value) for where, value in heads.items()),
-        (f"agreement with the CPU (float32), {agree['images']} images",
-         f"relative L2 {agree['relative_l2']:.2e}, worst element {agree['worst_element_relative']:.2e} "
-         f"({'within' if agree['agrees'] else 'OUTSIDE'} {AGREEMENT_BOUND:.0%})"),
+        (
+            f"agreement with the CPU (float32), {agree['images']} images",
+            f"relative L2 {agree['relative_l2']:.2e}, worst element {agree['worst_element_relative']:.2e} "
+            f"({'within' if agree['agrees'] else 'OUTSIDE'} {AGREEMENT_BOUND:.0%})",
+        ),
     ]
-    print(f"\nshoulders GPU check: {info['device']} ({info['platform']}), JAX {info['jax']}, "
-          f"{args.images} JPEGs 500×375, {key}, batch {args.batch_size}, {args.precision}")
+    print(
+        f"\nshoulders GPU check: {info['device']} ({info['platform']}), JAX {info['jax']}, "
+        f"{args.images} JPEGs 500×375, {key}, batch {args.batch_size}, {args.precision}"
+    )
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "stage": stage, "compute": compute, "decode": decode,
-                                         "agreement": agree, "cpu_stage": cpu, "heads": heads}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "stage": stage,
+                    "compute": compute,
+                    "decode": decode,
+                    "agreement": agree,
+                    "cpu_stage": cpu,
+                    "heads": heads,
+                },
+                indent=2,
+            )
+        )
     if not agree["agrees"]:
         raise SystemExit(1)
 

@@ -53,8 +53,11 @@ from pipeline.selection.leaderboard import evaluate  # noqa: E402
 
 def worktree(revision: str, where: Path) -> Path:
     """A checkout of ``revision`` at ``where`` (git worktree, detached)."""
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(where), revision],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(where), revision],
+        check=True,
+        capture_output=True,
+    )
     return where
 
 
@@ -73,8 +76,9 @@ def for_baseline(params: Path) -> Path:
     return copy
 
 
-def run_stage(code: Path, features: Path, out: Path, *, manifest: Path, params: Path,
-              jax_cache: Path | None = None) -> tuple[float, float]:
+def run_stage(
+    code: Path, features: Path, out: Path, *, manifest: Path, params: Path, jax_cache: Path | None = None
+) -> tuple[float, float]:
     """Run ``code``'s heads stage; returns (wall seconds, CPU seconds of the process and its workers).
 
     ``jax_cache``: the folder of JAX's compilation cache (default: a new empty
@@ -85,13 +89,34 @@ def run_stage(code: Path, features: Path, out: Path, *, manifest: Path, params: 
         params = for_baseline(params)
     if jax_cache is None:
         jax_cache = Path(tempfile.mkdtemp(prefix="shoulders-jax-cache-"))
-    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "JAX_COMPILATION_CACHE_DIR": str(jax_cache)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(code),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+    }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pipeline.stages.heads", "--features", str(features), "--out",
-                           str(out), "--manifest", str(manifest), "--params", str(params), "--no-progress"],
-                          cwd=code, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.stages.heads",
+            "--features",
+            str(features),
+            "--out",
+            str(out),
+            "--manifest",
+            str(manifest),
+            "--params",
+            str(params),
+            "--no-progress",
+        ],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"the heads stage of {code} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - started
@@ -119,18 +144,23 @@ def stage(args) -> None:
                 code = codes["old" if name == "old" else "new"]
                 times[name].append(run_stage(code, ROOT / "features", out, **common, **options))
                 variants[name] = sum(len(json.loads(f.read_text())["variants"]) for f in out.glob("*/scores.json"))
-                print(f"{name} #{repeat + 1}: {times[name][-1][0]:.1f} s wall, {times[name][-1][1]:.1f} s CPU",
-                      flush=True)
+                print(
+                    f"{name} #{repeat + 1}: {times[name][-1][0]:.1f} s wall, {times[name][-1][1]:.1f} s CPU", flush=True
+                )
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(codes["old"])], check=False)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"baseline {args.baseline}; {args.repeats} runs each, interleaved\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"baseline {args.baseline}; {args.repeats} runs each, interleaved\n"
+    )
     print("| heads stage | variants | wall s (median) | min | max | CPU s / wall s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, measured in times.items():
         wall = [w for w, _ in measured]
         busy = statistics.median(c / w for w, c in measured)
-        print(f"| {name} | {variants[name]} | {statistics.median(wall):.1f} | {min(wall):.1f} | {max(wall):.1f} | "
-              f"{busy:.2f} |")
+        print(
+            f"| {name} | {variants[name]} | {statistics.median(wall):.1f} | {min(wall):.1f} | {max(wall):.1f} | "
+            f"{busy:.2f} |"
+        )
     old = statistics.median(w for w, _ in times["old"])
     for name in ("new", "new, compilation cache warm"):
         new = statistics.median(w for w, _ in times[name])
@@ -146,11 +176,20 @@ def synthetic_store(workdir: Path, per_class: int, feature_set: str) -> tuple[Pa
     params["heads"]["combine"] = []
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for command in (["pipeline.stages.synthesize", "--out", "data/synthetic", "--no-progress"],
-                    ["pipeline.stages.prepare", "--manifest", "data/manifest.csv", "--report", "prepare.json",
-                     "--no-progress"],
-                    ["pipeline.stages.extract", "--feature-set", feature_set, "--manifest", "data/manifest.csv",
-                     "--out", f"features/{feature_set}.zarr", "--no-progress"]):
+    for command in (
+        ["pipeline.stages.synthesize", "--out", "data/synthetic", "--no-progress"],
+        ["pipeline.stages.prepare", "--manifest", "data/manifest.csv", "--report", "prepare.json", "--no-progress"],
+        [
+            "pipeline.stages.extract",
+            "--feature-set",
+            feature_set,
+            "--manifest",
+            "data/manifest.csv",
+            "--out",
+            f"features/{feature_set}.zarr",
+            "--no-progress",
+        ],
+    ):
         subprocess.run([sys.executable, "-m", *command], cwd=workdir, env=env, check=True, capture_output=True)
     return workdir / "features" / f"{feature_set}.zarr", workdir / "data" / "manifest.csv", workdir / "params.yaml"
 
@@ -171,8 +210,10 @@ def scale(args) -> None:
                     rows.append({"images": images, "side": name, "wall": wall, "cpu": cpu})
                     print(f"{images} images, {name}: {wall:.1f} s", flush=True)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(codes["old"])], check=False)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; baseline "
-          f"{args.baseline}; feature set {args.feature_set}; median of {args.repeats}\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; baseline "
+        f"{args.baseline}; feature set {args.feature_set}; median of {args.repeats}\n"
+    )
     print("| images | old s | new s | new / old | new s per 1,000 images |")
     print("|---:|---:|---:|---:|---:|")
     for images in sorted({r["images"] for r in rows}):
@@ -206,20 +247,34 @@ def selection(args) -> None:
                 wall, _ = run_stage(code, store, out / store.stem, manifest=split_file, params=params_file)
                 report, _, _ = evaluate(out, params.evaluate, split)
                 chosen = report["feature_sets"][store.stem]
-                rows.append({"seed": seed, "side": name, "test_accuracy": chosen["test_accuracy"],
-                             "variant": chosen["variant"], "seconds": wall})
-                print(f"seed {seed} {name}: test {chosen['test_accuracy']:.4f} {chosen['variant']} ({wall:.1f} s)",
-                      flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "side": name,
+                        "test_accuracy": chosen["test_accuracy"],
+                        "variant": chosen["variant"],
+                        "seconds": wall,
+                    }
+                )
+                print(
+                    f"seed {seed} {name}: test {chosen['test_accuracy']:.4f} {chosen['variant']} ({wall:.1f} s)",
+                    flush=True,
+                )
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(codes["old"])], check=False)
-    print(f"\n{args.source} as {args.feature_set}, {len(records)} images, re-split 70/15/15 per seed; baseline "
-          f"{args.baseline}\n")
+    print(
+        f"\n{args.source} as {args.feature_set}, {len(records)} images, re-split 70/15/15 per seed; baseline "
+        f"{args.baseline}\n"
+    )
     print("| side | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | std | median stage s |")
     print("|---|" + "---:|" * (len(args.seeds) + 3))
     for name in ("old", "new"):
         mine = [r for r in rows if r["side"] == name]
         accuracy = np.array([r["test_accuracy"] for r in mine])
-        print(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accuracy)
-              + f" | {accuracy.mean():.4f} | {accuracy.std():.4f} | {np.median([r['seconds'] for r in mine]):.1f} |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{a:.3f}" for a in accuracy)
+            + f" | {accuracy.mean():.4f} | {accuracy.std():.4f} | {np.median([r['seconds'] for r in mine]):.1f} |"
+        )
 
 
 def main() -> None:

@@ -113,15 +113,19 @@ def main() -> None:
             path.unlink()
         rows.append((f"(d) remove {len(removed)} images (10%)", timed_repro(root, env, keys)))
         cold = rows[0][1]["seconds"]
-        print(f"source: {args.source} ({n} images copied, {len(held)} held back for (c)); feature sets: "
-              f"{', '.join(keys)}\n")
+        print(
+            f"source: {args.source} ({n} images copied, {len(held)} held back for (c)); feature sets: "
+            f"{', '.join(keys)}\n"
+        )
         print("| run | backbone passes per feature set | extract stages run | wall s | % of cold | stages run |")
         print("|---|---|---|---:|---:|---|")
         for label, row in rows:
             passes = ", ".join(f"{k} {v}" for k, v in row["passes"].items())
             extracts = [s for s in row["stages"] if s.startswith("extract@")]
-            print(f"| {label} | {passes} | {len(extracts)} | {row['seconds']:.1f} | {100 * row['seconds'] / cold:.0f}% | "
-                  f"{', '.join(row['stages']) or 'none'} |")
+            print(
+                f"| {label} | {passes} | {len(extracts)} | {row['seconds']:.1f} | {100 * row['seconds'] / cold:.0f}% | "
+                f"{', '.join(row['stages']) or 'none'} |"
+            )
 
 
 if __name__ == "__main__":

@@ -66,13 +66,17 @@ def main() -> None:
         raise SystemExit(f"--feature-sets: unknown {unknown}; valid: {', '.join(params.features)}")
     poolings = args.poolings.split(",")
     Cs = params.heads.grid("svm_linear").C
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}; C: {', '.join(f'{c:g}' for c in Cs)}; first of 5 folds of train+val")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; C: {', '.join(f'{c:g}' for c in Cs)}; first of 5 folds of train+val"
+    )
     print()
-    print("| feature set | pooling | fit rows × features | LinearSVC s | row space s | × faster | max rel. coef diff "
-          "| held-out predictions alike |")
+    print(
+        "| feature set | pooling | fit rows × features | LinearSVC s | row space s | × faster | max rel. coef diff "
+        "| held-out predictions alike |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
-    warnings.simplefilter("ignore", ConvergenceWarning)   # both heads hit the same iteration cap at the same C
+    warnings.simplefilter("ignore", ConvergenceWarning)  # both heads hit the same iteration cap at the same C
     totals = [0.0, 0.0]
     for key in keys:
         read = read_pooled(store_path(args.features, key), ["train", "val"], poolings=poolings, manifest=args.manifest)
@@ -89,8 +93,11 @@ def main() -> None:
             totals[1] += after
             diff = max(float(np.abs(a.coef_ - b.coef_).max() / np.abs(a.coef_).max()) for a, b in zip(plain, reduced))
             alike = np.mean([np.mean(a.predict(X_held) == b.predict(X_held)) for a, b in zip(plain, reduced)])
-            print(f"| {key} | {pooling} | {X_fit.shape[0]} × {X_fit.shape[1]} | {before:.2f} | {after:.2f} | "
-                  f"{before / after:.2f} | {diff:.1e} | {alike:.4f} |", flush=True)
+            print(
+                f"| {key} | {pooling} | {X_fit.shape[0]} × {X_fit.shape[1]} | {before:.2f} | {after:.2f} | "
+                f"{before / after:.2f} | {diff:.1e} | {alike:.4f} |",
+                flush=True,
+            )
     print(f"| all | | | {totals[0]:.2f} | {totals[1]:.2f} | {totals[0] / totals[1]:.2f} | | |")
 
 

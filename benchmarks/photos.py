@@ -42,7 +42,7 @@ def _write(task: tuple[Path, int, int, tuple[int, int]]) -> Path:
     ch = int(min(h, w * size[1] / size[0]) * rng.uniform(0.6, 1.0))
     cw = int(ch * size[0] / size[1])
     top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = Image.fromarray(photo[top:top + ch, left:left + cw]).resize(size, Image.BILINEAR)
+    crop = Image.fromarray(photo[top : top + ch, left : left + cw]).resize(size, Image.BILINEAR)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     path = folder / f"photo_{i:05d}.jpg"
@@ -55,15 +55,30 @@ def make_photos(folder: Path, n: int, *, seed: int = 0, size: tuple[int, int] = 
     folder.mkdir(parents=True, exist_ok=True)
     tasks = [(folder, i, seed, size) for i in range(n)]
     # spawn: the caller may have imported a multithreaded framework (JAX), which fork would copy mid-flight
-    with ProcessPoolExecutor(max_workers=min(os.cpu_count() or 1, 16),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(os.cpu_count() or 1, 16), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         return list(pool.map(_write, tasks, chunksize=32))
 
 
 def write_manifest(paths: list[Path], manifest: Path, size: tuple[int, int] = (500, 375)) -> None:
     """A manifest of ``paths`` (two classes, all in train) as the stages read it."""
-    from pipeline.manifest import Record, write_manifest as write
+    from pipeline.manifest import Record
+    from pipeline.manifest import write_manifest as write
 
-    write([Record(id=path.name, path=str(path), label=i % 2, class_name=f"c{i % 2}", split="train",
-                  sha256=hashlib.sha256(path.read_bytes()).hexdigest(), width=size[0], height=size[1])
-           for i, path in enumerate(paths)], manifest)
+    write(
+        [
+            Record(
+                id=path.name,
+                path=str(path),
+                label=i % 2,
+                class_name=f"c{i % 2}",
+                split="train",
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                width=size[0],
+                height=size[1],
+            )
+            for i, path in enumerate(paths)
+        ],
+        manifest,
+    )

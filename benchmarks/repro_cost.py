@@ -28,13 +28,30 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP = {".git", ".venv", "features", "heads", "plots", "reports", "dvc_plots", "finetune", "dvc.lock",
-        "metrics.json", "__pycache__", ".pytest_cache", ".hypothesis", "shoulders.egg-info", "build"}
+SKIP = {
+    ".git",
+    ".venv",
+    "features",
+    "heads",
+    "plots",
+    "reports",
+    "dvc_plots",
+    "finetune",
+    "dvc.lock",
+    "metrics.json",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    "shoulders.egg-info",
+    "build",
+}
 CHANGES = [
-    ("a logistic-regression C (heads.logreg.C: 10 → 100)",
-     "logreg: {C: [0.01, 0.1, 1.0, 10.0]", "logreg: {C: [0.01, 0.1, 1.0, 100.0]"),
-    ("a dense-head dropout (heads.dense.dropout: 0.5 → 0.3)",
-     "dropout: [0.0, 0.5]", "dropout: [0.0, 0.3]"),
+    (
+        "a logistic-regression C (heads.logreg.C: 10 → 100)",
+        "logreg: {C: [0.01, 0.1, 1.0, 10.0]",
+        "logreg: {C: [0.01, 0.1, 1.0, 100.0]",
+    ),
+    ("a dense-head dropout (heads.dense.dropout: 0.5 → 0.3)", "dropout: [0.0, 0.5]", "dropout: [0.0, 0.3]"),
 ]
 
 
@@ -61,9 +78,15 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 def repro_env() -> dict:
     """The environment the benchmarks run DVC and git in: this venv first, quiet TensorFlow, a git identity."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
 
 
 def timed_repro(cwd: Path, env: dict) -> tuple[float, list[str]]:

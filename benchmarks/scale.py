@@ -55,17 +55,33 @@ def extraction(images: int, workers: list[int], tmp: Path) -> list[dict]:
     rows = []
     started = time.perf_counter()
     result = extract_feature_set(spec, ExtractParams(), *records, out=tmp / "local.zarr", progress=False)
-    rows.append({"how": "in-process extract stage", "workers": 0, "images_per_s": images / result.extract_seconds,
-                 "wall_s": time.perf_counter() - started})
+    rows.append(
+        {
+            "how": "in-process extract stage",
+            "workers": 0,
+            "images_per_s": images / result.extract_seconds,
+            "wall_s": time.perf_counter() - started,
+        }
+    )
     from distributed import Client, LocalCluster
 
     for n in workers:
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                          host="127.0.0.1") as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             started = time.perf_counter()
             result = _distributed(spec, ExtractParams(shard_chunks=1), records, tmp / f"dask{n}.zarr", client)
-            rows.append({"how": f"Dask LocalCluster, {n} worker process(es)", "workers": n,
-                         "images_per_s": images / result.extract_seconds, "wall_s": time.perf_counter() - started})
+            rows.append(
+                {
+                    "how": f"Dask LocalCluster, {n} worker process(es)",
+                    "workers": n,
+                    "images_per_s": images / result.extract_seconds,
+                    "wall_s": time.perf_counter() - started,
+                }
+            )
     return rows
 
 
@@ -86,10 +102,16 @@ def make_store(path: Path, manifest: Path, rows: int, dims: int, classes: int, c
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(classes, dims)).astype(np.float32)
-    hashes = [f"{i:064x}" for i in range(rows)]   # rows are keyed by content hashes
+    hashes = [f"{i:064x}" for i in range(rows)]  # rows are keyed by content hashes
     label_of = dict(zip(hashes, rng.integers(0, classes, size=rows).tolist()))
-    writer = StoreWriter(path, {"benchmark": "out-of-core"}, {}, feature_shape=(dims,), dtype="float16",
-                         chunk_rows=rows_per_chunk((dims,), 2, chunk_mb=chunk_mb, batch_size=1))
+    writer = StoreWriter(
+        path,
+        {"benchmark": "out-of-core"},
+        {},
+        feature_shape=(dims,),
+        dtype="float16",
+        chunk_rows=rows_per_chunk((dims,), 2, chunk_mb=chunk_mb, batch_size=1),
+    )
     writes, _ = writer.plan(hashes)
     in_rows = writer.row_hashes()
     for write in writes:
@@ -97,8 +119,22 @@ def make_store(path: Path, manifest: Path, rows: int, dims: int, classes: int, c
         block = centres[labels] + rng.normal(scale=12.0, size=(len(labels), dims)).astype(np.float32)
         writer.write(write, block)
     writer.finalize()
-    write_manifest([Record(id=str(i), path=str(i), label=label_of[h], class_name=f"c{label_of[h]}", split="train",
-                           sha256=h, width=1, height=1) for i, h in enumerate(hashes)], manifest)
+    write_manifest(
+        [
+            Record(
+                id=str(i),
+                path=str(i),
+                label=label_of[h],
+                class_name=f"c{label_of[h]}",
+                split="train",
+                sha256=h,
+                width=1,
+                height=1,
+            )
+            for i, h in enumerate(hashes)
+        ],
+        manifest,
+    )
 
 
 def train_under_limit(store: str, manifest: str, limit_mb: float, how: str) -> dict:
@@ -128,8 +164,14 @@ def train_under_limit(store: str, manifest: str, limit_mb: float, how: str) -> d
             outcome = f"trained; accuracy on 5000 rows {accuracy:.3f}"
     except MemoryError:
         outcome = "MemoryError"
-    return {"how": how, "limit_mb": limit_mb, "outcome": outcome, "seconds": time.perf_counter() - started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "baseline_rss_mb": baseline_rss}
+    return {
+        "how": how,
+        "limit_mb": limit_mb,
+        "outcome": outcome,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "baseline_rss_mb": baseline_rss,
+    }
 
 
 def _vm_mb() -> float:
@@ -158,28 +200,37 @@ def main() -> None:
         tmp = Path(tmp)
         if not args.skip_extraction:
             rows = extraction(args.images, [int(n) for n in args.workers.split(",")], tmp)
-            print(f"\n{'extraction (EfficientNet-Lite0, 224×224, ' + str(args.images) + ' JPEGs)':<52} "
-                  f"{'img/s':>7} {'wall s':>7}")
+            print(
+                f"\n{'extraction (EfficientNet-Lite0, 224×224, ' + str(args.images) + ' JPEGs)':<52} "
+                f"{'img/s':>7} {'wall s':>7}"
+            )
             for row in rows:
                 print(f"{row['how']:<52} {row['images_per_s']:>7.2f} {row['wall_s']:>7.1f}")
         store = tmp / "big.zarr"
         # Chunks small against the limit: a block is held a few times over while it is scaled and shuffled.
         make_store(store, tmp / "big.csv", args.rows, args.dims, classes=10, chunk_mb=args.limit_mb / 50)
         size_mb = args.rows * args.dims * 4 / 2**20
-        print(f"\nout-of-core: {args.rows} × {args.dims} features = {size_mb:.0f} MB as float32 "
-              f"({size_mb / args.limit_mb:.1f}× the {args.limit_mb:.0f} MB limit)")
+        print(
+            f"\nout-of-core: {args.rows} × {args.dims} features = {size_mb:.0f} MB as float32 "
+            f"({size_mb / args.limit_mb:.1f}× the {args.limit_mb:.0f} MB limit)"
+        )
         print(f"{'head':<12} {'outcome':<40} {'seconds':>8} {'RSS before MB':>13} {'peak RSS MB':>12}")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MALLOC_ARENA_MAX": "1"}
         for how in ("in-memory", "streaming"):
-            out = subprocess.run([sys.executable, __file__, "--child", str(store), str(tmp / "big.csv"),
-                                  str(args.limit_mb), how],
-                                 capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(store), str(tmp / "big.csv"), str(args.limit_mb), how],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if out.returncode != 0:
                 print(f"{how:<12} crashed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode}")
                 continue
             row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{row['how']:<12} {row['outcome']:<40} {row['seconds']:>8.1f} {row['baseline_rss_mb']:>13.0f} "
-                  f"{row['peak_rss_mb']:>12.0f}")
+            print(
+                f"{row['how']:<12} {row['outcome']:<40} {row['seconds']:>8.1f} {row['baseline_rss_mb']:>13.0f} "
+                f"{row['peak_rss_mb']:>12.0f}"
+            )
 
 
 if __name__ == "__main__":

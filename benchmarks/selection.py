@@ -52,7 +52,11 @@ from pipeline.heads.training import train_and_write  # noqa: E402
 from pipeline.manifest import read_manifest  # noqa: E402
 from pipeline.selection.leaderboard import evaluate  # noqa: E402
 
-OLD = {"cv": 0, "logreg": {"C": [0.01, 0.1, 1.0, 10.0], "refine": 0}, "svm_linear": {"C": [0.01, 0.1, 1.0], "refine": 0}}
+OLD = {
+    "cv": 0,
+    "logreg": {"C": [0.01, 0.1, 1.0, 10.0], "refine": 0},
+    "svm_linear": {"C": [0.01, 0.1, 1.0], "refine": 0},
+}
 
 
 def extract_once(source: Path, key: str, workdir: Path) -> tuple[Path, Path]:
@@ -63,16 +67,24 @@ def extract_once(source: Path, key: str, workdir: Path) -> tuple[Path, Path]:
     params["heads"]["combine"] = []
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for command in (["pipeline.stages.prepare", "--manifest", "data/manifest.csv", "--report", "prepare.json",
-                     "--no-progress"],
-                    ["pipeline.stages.extract", "--feature-set", key, "--manifest", "data/manifest.csv",
-                     "--out", f"features/{key}.zarr", "--no-progress"]):
+    for command in (
+        ["pipeline.stages.prepare", "--manifest", "data/manifest.csv", "--report", "prepare.json", "--no-progress"],
+        [
+            "pipeline.stages.extract",
+            "--feature-set",
+            key,
+            "--manifest",
+            "data/manifest.csv",
+            "--out",
+            f"features/{key}.zarr",
+            "--no-progress",
+        ],
+    ):
         subprocess.run([sys.executable, "-m", *command], cwd=workdir, env=env, check=True)
     return workdir / "features" / f"{key}.zarr", workdir / "data" / "manifest.csv"
 
 
-def resplit(records, seed: int, fractions: tuple[float, float, float], images: int | None, *,
-            test_rest: bool = False):
+def resplit(records, seed: int, fractions: tuple[float, float, float], images: int | None, *, test_rest: bool = False):
     """Every image assigned afresh to train/val/test per class (and ``images`` kept, stratified).
 
     ``test_rest``: the images not kept join test, so that the chosen head is
@@ -121,11 +133,15 @@ def main() -> None:
     parser.add_argument("--split", type=float, nargs=3, default=(0.7, 0.15, 0.15))
     parser.add_argument("--images", type=int, help="keep this many images (stratified) per seed: a small dataset")
     parser.add_argument("--kinds", default=None, help="comma-separated head kinds (default: params.yaml's)")
-    parser.add_argument("--settings", default="old,new",
-                        help="what to compare: old, new (the defaults), val (new, always the val split), "
-                             "cv (new, always 5-fold CV): e.g. val,cv measures where cv_below should lie")
-    parser.add_argument("--test-rest", action="store_true",
-                        help="with --images: the images not kept join test (a large test split)")
+    parser.add_argument(
+        "--settings",
+        default="old,new",
+        help="what to compare: old, new (the defaults), val (new, always the val split), "
+        "cv (new, always 5-fold CV): e.g. val,cv measures where cv_below should lie",
+    )
+    parser.add_argument(
+        "--test-rest", action="store_true", help="with --images: the images not kept join test (a large test split)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if (args.source is None) == (args.store is None):
@@ -153,20 +169,36 @@ def main() -> None:
             for name, heads in settings.items():
                 with tempfile.TemporaryDirectory(dir=tmp) as work:
                     accuracy, variant, mode, seconds = run(store, split, heads, params.evaluate, Path(work))
-                rows.append({"seed": seed, "setting": name, "test_accuracy": accuracy, "variant": variant,
-                             "selection": mode, "seconds": round(seconds, 1), **counts})
-                print(f"seed {seed} {name}: test {accuracy:.4f} {variant} ({mode}; {seconds:.1f} s; {counts})",
-                      flush=True)
-    print(f"\n{store.stem}, {len(records)} images" + (f", {args.images} kept per seed" if args.images else "")
-          + (", the rest in test" if args.test_rest else "")
-          + f", seeds {args.seeds}\n")
+                rows.append(
+                    {
+                        "seed": seed,
+                        "setting": name,
+                        "test_accuracy": accuracy,
+                        "variant": variant,
+                        "selection": mode,
+                        "seconds": round(seconds, 1),
+                        **counts,
+                    }
+                )
+                print(
+                    f"seed {seed} {name}: test {accuracy:.4f} {variant} ({mode}; {seconds:.1f} s; {counts})", flush=True
+                )
+    print(
+        f"\n{store.stem}, {len(records)} images"
+        + (f", {args.images} kept per seed" if args.images else "")
+        + (", the rest in test" if args.test_rest else "")
+        + f", seeds {args.seeds}\n"
+    )
     print("| setting | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | std | median heads s |")
     print("|---|" + "---:|" * (len(args.seeds) + 3))
     for name in settings:
         mine = [r for r in rows if r["setting"] == name]
         accuracy = np.array([r["test_accuracy"] for r in mine])
-        print(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accuracy)
-              + f" | {accuracy.mean():.4f} | {accuracy.std():.4f} | {np.median([r['seconds'] for r in mine]):.1f} |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{a:.3f}" for a in accuracy)
+            + f" | {accuracy.mean():.4f} | {accuracy.std():.4f} | {np.median([r['seconds'] for r in mine]):.1f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 

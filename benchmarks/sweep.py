@@ -45,27 +45,50 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_params, parse_params  # noqa: E402
-from pipeline.manifest import read_manifest  # noqa: E402
-from pipeline.heads.variants import expand_grid  # noqa: E402
-from pipeline.store.layout import store_path  # noqa: E402
 from pipeline.heads.training import train_and_write  # noqa: E402
+from pipeline.heads.variants import expand_grid  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.store.layout import store_path  # noqa: E402
 
 
 def sweep_grid(epochs: int, n_jobs: int, batched: bool = True):
-    return parse_params({"heads": {
-        "kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "pooling": ["avg", "avgmax"], "n_jobs": n_jobs,
-        "cv": 0, "logreg": {"C": [0.01, 0.1, 1.0, 10.0], "refine": 0}, "svm_linear": {"C": [0.01, 0.1], "refine": 0},
-        "svm_rbf": {"C": [1.0, 10.0], "gamma": ["scale"]},
-        "dense": {"hidden_units": [256], "dropout": [0.0, 0.5], "weight_decay": [0.0], "learning_rate": [0.001], "epochs": [epochs],
-                  "batch_size": 64, "patience": 0, "batched": batched}}}).heads
+    return parse_params(
+        {
+            "heads": {
+                "kinds": ["logreg", "svm_linear", "svm_rbf", "dense"],
+                "pooling": ["avg", "avgmax"],
+                "n_jobs": n_jobs,
+                "cv": 0,
+                "logreg": {"C": [0.01, 0.1, 1.0, 10.0], "refine": 0},
+                "svm_linear": {"C": [0.01, 0.1], "refine": 0},
+                "svm_rbf": {"C": [1.0, 10.0], "gamma": ["scale"]},
+                "dense": {
+                    "hidden_units": [256],
+                    "dropout": [0.0, 0.5],
+                    "weight_decay": [0.0],
+                    "learning_rate": [0.001],
+                    "epochs": [epochs],
+                    "batch_size": 64,
+                    "patience": 0,
+                    "batched": batched,
+                },
+            }
+        }
+    ).heads
 
 
 def run_sweep(keys, features_dir: Path, heads, records) -> tuple[float, int, list[dict]]:
     rows = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        results = train_and_write([[store_path(features_dir, key)] for key in keys], heads,
-                                  [Path(tmp) / key for key in keys], records, progress=False, reuse=False)
+        results = train_and_write(
+            [[store_path(features_dir, key)] for key in keys],
+            heads,
+            [Path(tmp) / key for key in keys],
+            records,
+            progress=False,
+            reuse=False,
+        )
         for key, (key_rows, _) in zip(keys, results):
             rows += [{**r, "feature_set": key} for r in key_rows]
     return time.perf_counter() - started, len(rows), rows
@@ -115,15 +138,25 @@ def run_end_to_end(spec, seed: int, manifest: Path, epochs: int, batch_size: int
     outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     steps = math.ceil(len(y_train) / batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                  steps_per_execution=steps)
-    data = (tf.data.Dataset.from_tensor_slices((X_train, y_train)).shuffle(len(y_train), seed=seed)
-            .batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", steps_per_execution=steps
+    )
+    data = (
+        tf.data.Dataset.from_tensor_slices((X_train, y_train))
+        .shuffle(len(y_train), seed=seed)
+        .batch(batch_size)
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
     model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
     predicted = np.argmax(model.predict(X_val, batch_size=batch_size, verbose=0), axis=1)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "val_accuracy": float((predicted == y_val).mean()),
-            "images_per_epoch": len(y_train), "val_images": len(y_val)}
+    return {
+        "seconds": seconds,
+        "val_accuracy": float((predicted == y_val).mean()),
+        "images_per_epoch": len(y_train),
+        "val_images": len(y_val),
+    }
 
 
 def main() -> None:
@@ -133,8 +166,9 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("features"), help="folder of the feature stores")
     parser.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--feature-sets", default=None,
-                        help="comma-separated feature sets to sweep (default: every one of params.yaml)")
+    parser.add_argument(
+        "--feature-sets", default=None, help="comma-separated feature sets to sweep (default: every one of params.yaml)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -145,22 +179,29 @@ def main() -> None:
         raise SystemExit(f"--feature-sets: unknown {unknown}; valid: {', '.join(params.features)}")
     heads = sweep_grid(args.epochs, args.n_jobs)
     n_grid = len(expand_grid(heads)) * len(keys)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f}; feature sets: {', '.join(keys)}; {n_grid} variants; {args.epochs} epochs per "
-          "dense head", flush=True)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f}; feature sets: {', '.join(keys)}; {n_grid} variants; {args.epochs} epochs per "
+        "dense head",
+        flush=True,
+    )
     records = read_manifest(args.manifest)
     started = time.perf_counter()
-    jax = importlib.import_module("jax")   # timed once: the heads stage imports JAX once
+    jax = importlib.import_module("jax")  # timed once: the heads stage imports JAX once
     import_seconds = time.perf_counter() - started
     cache = tempfile.TemporaryDirectory(prefix="shoulders-jax-cache-")
-    jax.config.update("jax_compilation_cache_dir", cache.name)     # cold: nothing compiled before
+    jax.config.update("jax_compilation_cache_dir", cache.name)  # cold: nothing compiled before
     sweeps = {}
     for batched in (True, False):
-        seconds, n_variants, rows = run_sweep(keys, args.features, sweep_grid(args.epochs, args.n_jobs, batched),
-                                              records)
+        seconds, n_variants, rows = run_sweep(
+            keys, args.features, sweep_grid(args.epochs, args.n_jobs, batched), records
+        )
         sweeps[batched] = (seconds + import_seconds, n_variants, rows)
-        print(f"sweep ({'batched' if batched else 'each dense head alone'}) done: {seconds:.1f} s "
-              f"+ {import_seconds:.1f} s JAX import", flush=True)
+        print(
+            f"sweep ({'batched' if batched else 'each dense head alone'}) done: {seconds:.1f} s "
+            f"+ {import_seconds:.1f} s JAX import",
+            flush=True,
+        )
     e2e = run_end_to_end(params.features[keys[0]], params.extract.seed, args.manifest, args.epochs, 64)
     per_image = e2e["seconds"] / (args.epochs * e2e["images_per_epoch"] + e2e["val_images"])
 
@@ -170,26 +211,39 @@ def main() -> None:
     for batched, label in ((True, "dense heads batched"), (False, "each dense head alone")):
         seconds, n_variants, rows = sweeps[batched]
         best = max(rows, key=lambda r: r["val_accuracy"])
-        print(f"| sweep on cached features, {label} ({len(keys)} feature sets, n_jobs={args.n_jobs}) | {n_variants} | "
-              f"{args.epochs} | {seconds:.1f} | {seconds / e2e['seconds']:.3f} | "
-              f"{best['val_accuracy']:.4f} ({best['feature_set']}/{best['variant']}) |")
-    print(f"| one dense head end to end through frozen {params.features[keys[0]].backbone} ({keys[0]}) | 1 | "
-          f"{args.epochs} | {e2e['seconds']:.1f} | 1 | {e2e['val_accuracy']:.4f} |")
+        print(
+            f"| sweep on cached features, {label} ({len(keys)} feature sets, n_jobs={args.n_jobs}) | {n_variants} | "
+            f"{args.epochs} | {seconds:.1f} | {seconds / e2e['seconds']:.3f} | "
+            f"{best['val_accuracy']:.4f} ({best['feature_set']}/{best['variant']}) |"
+        )
+    print(
+        f"| one dense head end to end through frozen {params.features[keys[0]].backbone} ({keys[0]}) | 1 | "
+        f"{args.epochs} | {e2e['seconds']:.1f} | 1 | {e2e['val_accuracy']:.4f} |"
+    )
     print()
     print(f"where the time goes (s): JAX import {import_seconds:.1f}; fitting summed by kind —")
     for batched in (True, False):
         spent = where_time_goes(sweeps[batched][2])
         print(f"  {'batched' if batched else 'alone  '}: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()))
     lone_rows, batch_rows = sweeps[False][2], sweeps[True][2]
-    same = sum(a["val_correct"] == b["val_correct"] for a, b in zip(
-        sorted(lone_rows, key=lambda r: (r["feature_set"], r["variant"])),
-        sorted(batch_rows, key=lambda r: (r["feature_set"], r["variant"]))) if a["kind"] == "dense")
-    print(f"dense variants whose val predictions agree batched and alone: {same} of "
-          f"{sum(r['kind'] == 'dense' for r in lone_rows)}")
+    same = sum(
+        a["val_correct"] == b["val_correct"]
+        for a, b in zip(
+            sorted(lone_rows, key=lambda r: (r["feature_set"], r["variant"])),
+            sorted(batch_rows, key=lambda r: (r["feature_set"], r["variant"])),
+        )
+        if a["kind"] == "dense"
+    )
+    print(
+        f"dense variants whose val predictions agree batched and alone: {same} of "
+        f"{sum(r['kind'] == 'dense' for r in lone_rows)}"
+    )
     n_variants = sweeps[True][1]
     images = sum((r["n_epochs"] or 1) * e2e["images_per_epoch"] + e2e["val_images"] for r in batch_rows)
-    print(f"end to end, measured {1000 * per_image:.1f} ms per image per pass; the {n_variants} variants "
-          f"that way would take ~{per_image * images:,.0f} s")
+    print(
+        f"end to end, measured {1000 * per_image:.1f} ms per image per pass; the {n_variants} variants "
+        f"that way would take ~{per_image * images:,.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import SyntheticParams  # noqa: E402
 from pipeline.synthetic import CLASS_NAMES, generate_dataset  # noqa: E402
 
-DEFAULT_WEIGHTS = (
-    Path(__file__).resolve().parents[2] / "shared/keras-models/mobilenet_2_5_224_tf_no_top.h5"
-)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/keras-models/mobilenet_2_5_224_tf_no_top.h5"
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -70,9 +68,7 @@ def edge_statistics(images: np.ndarray) -> np.ndarray:
     gy, gx = np.gradient(grey, axis=(1, 2))
     magnitude = np.hypot(gx, gy)
     bins = (np.mod(np.arctan2(gy, gx), np.pi) / np.pi * 36).astype(int) % 36
-    hist = np.stack(
-        [np.bincount(b.ravel(), weights=m.ravel(), minlength=36) for b, m in zip(bins, magnitude)]
-    )
+    hist = np.stack([np.bincount(b.ravel(), weights=m.ravel(), minlength=36) for b, m in zip(bins, magnitude)])
     hist /= hist.sum(axis=1, keepdims=True)
     harmonics = np.abs(np.fft.rfft(hist, axis=1))[:, 1:10]
     density = np.stack([(magnitude > t).mean(axis=(1, 2)) for t in (5, 10, 20, 40, 80)], axis=1)
@@ -97,9 +93,7 @@ def mobilenet_features(images: np.ndarray, weights: str | None, batch_size: int 
     return np.concatenate(chunks).astype(np.float64)
 
 
-def linear_head_scores(
-    features: np.ndarray, labels: np.ndarray, seed: int
-) -> tuple[float, float, float]:
+def linear_head_scores(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float, float]:
     """Test accuracy on a stratified 70/30 split, and mean and std of 5-fold CV accuracy.
 
     ``features`` has shape (n_images, n_features), ``labels`` shape (n_images,).
@@ -123,9 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     args = parser.parse_args(argv)
     if not args.weights.is_file():
-        raise FileNotFoundError(
-            f"MobileNet-0.25 ImageNet weights not found. Received: --weights={args.weights}"
-        )
+        raise FileNotFoundError(f"MobileNet-0.25 ImageNet weights not found. Received: --weights={args.weights}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

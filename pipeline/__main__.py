@@ -1,5 +1,5 @@
 """``python -m pipeline``: the same as the ``shoulders`` command."""
 
-from pipeline.cli import main
+from pipeline.cli.shoulders import main
 
 main()

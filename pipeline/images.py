@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,11 +46,17 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store", "__macosx", "@eadir"})
 
 
-ORIENTATION = 0x0112   # the EXIF tag
+ORIENTATION = 0x0112  # the EXIF tag
 # What each EXIF orientation's transpose does to (height, width, channels) pixels (1: nothing).
-_TURNS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-          5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-          7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a)}
+_TURNS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a),
+}
 
 
 class BadImageError(ValueError):
@@ -68,8 +73,9 @@ def is_junk_name(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in JUNK_NAMES
 
 
-def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Optional[int] = None,
-                 max_pixels: Optional[int] = None) -> np.ndarray:
+def decode_image(
+    path: Path | str, *, sha256: str | None = None, target: int | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode an image file to RGB pixels.
 
     Parameters
@@ -108,17 +114,21 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
-            raise BadImageError(f"{path}: its bytes changed since prepare read them (sha256 {actual[:12]}…, "
-                                f"expected {sha256[:12]}…); run `dvc repro` so that prepare sees the new file")
+            raise BadImageError(
+                f"{path}: its bytes changed since prepare read them (sha256 {actual[:12]}…, "
+                f"expected {sha256[:12]}…); run `dvc repro` so that prepare sees the new file"
+            )
     if not data:
         raise BadImageError(f"{path}: the file is empty (0 bytes), not an image")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size  # from the header: nothing decoded yet
             if max_pixels is not None and width * height > max_pixels:
-                raise BadImageError(f"{path}: declares {width}×{height} = {width * height / 1e6:.1f} megapixels, more "
-                                    f"than the limit of {max_pixels / 1e6:g} (data.max_image_pixels; "
-                                    "`shoulders predict --max-pixels`); not decoded")
+                raise BadImageError(
+                    f"{path}: declares {width}×{height} = {width * height / 1e6:.1f} megapixels, more "
+                    f"than the limit of {max_pixels / 1e6:g} (data.max_image_pixels; "
+                    "`shoulders predict --max-pixels`); not decoded"
+                )
             draft = target is not None and image.format == "JPEG" and min(image.size) >= 2 * target
             if image.format == "JPEG" and image.mode in ("RGB", "L") and not draft:
                 pixels = _libjpeg_turbo(data)
@@ -134,14 +144,14 @@ def decode_image(path: Path | str, *, sha256: Optional[str] = None, target: Opti
         raise
     except UnidentifiedImageError as error:
         # PIL names the in-memory buffer, not the file: say what the file is instead.
-        raise BadImageError(f"{path}: cannot decode image: not an image format Pillow reads ({len(data)} bytes, "
-                            f"starting {data[:8]!r})") from error
-    except (OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError) as error:
+        raise BadImageError(
+            f"{path}: cannot decode image: not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise BadImageError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
 
 
-def _libjpeg_turbo(data: bytes) -> Optional[np.ndarray]:
+def _libjpeg_turbo(data: bytes) -> np.ndarray | None:
     """A colour or grey JPEG decoded by libjpeg-turbo to RGB as PIL decodes it; ``None``: let PIL decide.
 
     ``strict``: a warning (corrupt data libjpeg-turbo can read past, a

@@ -19,9 +19,9 @@ import csv
 import io
 import os
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 MANIFEST_FIELDS = ("id", "path", "label", "class_name", "split", "sha256", "width", "height")
 
@@ -30,8 +30,8 @@ MANIFEST_FIELDS = ("id", "path", "label", "class_name", "split", "sha256", "widt
 class Record:
     """One image of the manifest."""
 
-    id: str            # path relative to the source root, POSIX separators
-    path: str          # path to open, relative to the project root (or absolute)
+    id: str  # path relative to the source root, POSIX separators
+    path: str  # path to open, relative to the project root (or absolute)
     label: int
     class_name: str
     split: str
@@ -79,9 +79,19 @@ def read_manifest(path: Path | str) -> list[Record]:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
             raise ValueError(f"{path} has columns {reader.fieldnames}; expected {list(MANIFEST_FIELDS)}")
-        return [Record(id=row["id"], path=row["path"], label=int(row["label"]), class_name=row["class_name"],
-                       split=row["split"], sha256=row["sha256"], width=int(row["width"]),
-                       height=int(row["height"])) for row in reader]
+        return [
+            Record(
+                id=row["id"],
+                path=row["path"],
+                label=int(row["label"]),
+                class_name=row["class_name"],
+                split=row["split"],
+                sha256=row["sha256"],
+                width=int(row["width"]),
+                height=int(row["height"]),
+            )
+            for row in reader
+        ]
 
 
 def class_names(records: Sequence[Record]) -> list[str]:

@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
+
 
 def file_sha256(path: Path | str) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
@@ -62,26 +64,26 @@ class Provenance:
     """
 
     backbone: str
-    weights: str                   # imagenet | none | a weights file
-    weights_sha256: Optional[str]  # of the weights file read (None: Keras' own ImageNet file, or random)
-    cut: str                       # layer name
-    cut_index: int                 # its position in the base model (0 = input)
+    weights: str  # imagenet | none | a weights file
+    weights_sha256: str | None  # of the weights file read (None: Keras' own ImageNet file, or random)
+    cut: str  # layer name
+    cut_index: int  # its position in the base model (0 = input)
     n_layers: int
     input_size: int
-    alpha: Optional[float]
+    alpha: float | None
     preprocessing: str
-    seed: Optional[int]            # initialisation of weights: none
-    init: Optional[str] = None     # how weights: none are drawn (pipeline.backbones.random_init.SCHEME)
-    dtype: str = "float16"         # storage
-    compute: str = "float32"       # float32 | mixed_float16 | bfloat16
+    seed: int | None  # initialisation of weights: none
+    init: str | None = None  # how weights: none are drawn (pipeline.backbones.random_init.SCHEME)
+    dtype: str = "float16"  # storage
+    compute: str = "float32"  # float32 | mixed_float16 | bfloat16
     resize: str = "bilinear (tf.image.resize)"
     decoder: str = "PIL via pipeline.images.decode_image"
-    augment: Optional[dict] = None  # views stores only: the ops and seed of the views
+    augment: dict | None = None  # views stores only: the ops and seed of the views
     # keras_hub presets only (None otherwise, and then left out of the stored mapping):
-    preset: Optional[str] = None        # the preset as given: a directory or a name (not part of the identity)
-    architecture: Optional[str] = None  # the backbone class and the sha256 of its config.json
-    blocks: Optional[int] = None        # blocks up to the cut whose token summaries are concatenated
-    tokens: Optional[str] = None        # what a token cut stores (class token, mean of patches), if it is one
+    preset: str | None = None  # the preset as given: a directory or a name (not part of the identity)
+    architecture: str | None = None  # the backbone class and the sha256 of its config.json
+    blocks: int | None = None  # blocks up to the cut whose token summaries are concatenated
+    tokens: str | None = None  # what a token cut stores (class token, mean of patches), if it is one
 
     def to_json(self) -> dict:
         """The flat mapping stored in a store's attributes (``augment`` only when set)."""
@@ -92,7 +94,7 @@ class Provenance:
         return out
 
     @classmethod
-    def from_json(cls, mapping: Mapping[str, Any]) -> "Provenance":
+    def from_json(cls, mapping: Mapping[str, Any]) -> Provenance:
         """Read a stored mapping; keys this version does not know are refused, naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - known)
@@ -105,8 +107,21 @@ PRESET_FIELDS = ("preset", "architecture", "blocks", "tokens")
 # The same truncated network: backbone, weights (and their hash), cut and input size (a preset's architecture).
 NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size", "architecture", "blocks")
 # What determines the features of an image (besides its bytes); plus the compute precision for float32 storage.
-IDENTITY = ("backbone", "weights", "weights_sha256", "cut", "input_size", "alpha", "preprocessing", "seed", "init",
-            "resize", "decoder", "dtype", "augment")
+IDENTITY = (
+    "backbone",
+    "weights",
+    "weights_sha256",
+    "cut",
+    "input_size",
+    "alpha",
+    "preprocessing",
+    "seed",
+    "init",
+    "resize",
+    "decoder",
+    "dtype",
+    "augment",
+)
 # Part of the identity only when set (presets), so that every store made before them keeps its identity.
 OPTIONAL_IDENTITY = ("architecture", "blocks")
 
@@ -128,8 +143,14 @@ def features_identity(identity: Mapping[str, Any]) -> dict:
     return {k: v for k, v in identity.items() if k != "augment"}
 
 
-def require_same(recorded: Mapping[str, Any], current: Mapping[str, Any], fields: Sequence[str], *,
-                 what: str, fix: str = "run `dvc repro` first") -> None:
+def require_same(
+    recorded: Mapping[str, Any],
+    current: Mapping[str, Any],
+    fields: Sequence[str],
+    *,
+    what: str,
+    fix: str = "run `dvc repro` first",
+) -> None:
     """Raise ``ValueError`` naming every field of ``fields`` in which ``current`` differs from ``recorded``.
 
     Parameters
@@ -141,7 +162,10 @@ def require_same(recorded: Mapping[str, Any], current: Mapping[str, Any], fields
     what : str
         Says what ``recorded`` belongs to, e.g. ``"heads/lite0_top were trained on features"``.
     """
-    diffs = [f"{name}={recorded.get(name)!r}, now {current.get(name)!r}" for name in fields
-             if recorded.get(name) != current.get(name)]
+    diffs = [
+        f"{name}={recorded.get(name)!r}, now {current.get(name)!r}"
+        for name in fields
+        if recorded.get(name) != current.get(name)
+    ]
     if diffs:
         raise ValueError(f"{what} with " + "; ".join(diffs) + f"; {fix}")

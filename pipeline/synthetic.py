@@ -46,7 +46,14 @@ logger = logging.getLogger(__name__)
 # outline alone (a square and a triangle, or an arrow and a triangle, are
 # confused far more often once textured and cluttered).
 CLASS_NAMES: tuple[str, ...] = (
-    "ring", "triangle", "star", "cross", "crescent", "hexagon", "arrow", "square",
+    "ring",
+    "triangle",
+    "star",
+    "cross",
+    "crescent",
+    "hexagon",
+    "arrow",
+    "square",
 )
 
 # Shapes are drawn at this multiple of the output size and box-filtered down,
@@ -127,8 +134,12 @@ def _shape_parts(rng: np.random.Generator, label: int) -> Parts:
         phi, psi = np.arctan2(y, x), np.arctan2(y, x - d)
         outer = np.linspace(phi, 2 * np.pi - phi, 40)
         inner = np.linspace(2 * np.pi - psi, psi, 40)
-        pts = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], axis=1),
-                              np.stack([d + rc * np.cos(inner), rc * np.sin(inner)], axis=1)])
+        pts = np.concatenate(
+            [
+                np.stack([np.cos(outer), np.sin(outer)], axis=1),
+                np.stack([d + rc * np.cos(inner), rc * np.sin(inner)], axis=1),
+            ]
+        )
         return [(pts, 255)]
     if name == "arrow":
         s, h, hw = rng.uniform(0.16, 0.26), rng.uniform(-0.1, 0.2), rng.uniform(0.55, 0.75)
@@ -183,9 +194,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3).astype(np.float32)
 
 
-def _texture(
-    rng: np.random.Generator, shape: tuple[int, int], base: np.ndarray, width: int
-) -> np.ndarray:
+def _texture(rng: np.random.Generator, shape: tuple[int, int], base: np.ndarray, width: int) -> np.ndarray:
     """A random texture of shape (*shape, 3), float32 in [0, 255].
 
     Its colours are drawn around ``base`` (shape (3,)); stripes and checks are
@@ -282,9 +291,7 @@ def render_image(rng: np.random.Generator, label: int, *, image_size: int) -> np
     """
     is_int = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
     if not is_int or not 0 <= label < len(CLASS_NAMES):
-        raise ValueError(
-            f"label must be an integer in [0, {len(CLASS_NAMES) - 1}]. Received: label={label!r}"
-        )
+        raise ValueError(f"label must be an integer in [0, {len(CLASS_NAMES) - 1}]. Received: label={label!r}")
     _require_int("image_size", image_size, 16)
     width = image_size * _SUPERSAMPLE
     canvas = _background(rng, width)
@@ -349,8 +356,9 @@ def remove_dataset(root: Path) -> None:
     _clear_previous(root)
     root.mkdir(parents=True, exist_ok=True)
     # Not left empty: DVC warns that an empty output folder is empty on every run.
-    (root / UNUSED_NOTE).write_text("No synthetic images: params.yaml's data.source points at another dataset.\n",
-                                    encoding="utf-8")
+    (root / UNUSED_NOTE).write_text(
+        "No synthetic images: params.yaml's data.source points at another dataset.\n", encoding="utf-8"
+    )
 
 
 def _clear_previous(root: Path) -> None:
@@ -364,10 +372,7 @@ def _clear_previous(root: Path) -> None:
     if not root.exists():
         return
     if root.is_symlink() or not root.is_dir():
-        raise ValueError(
-            "root must be a folder that is not a link, or not exist yet. "
-            f"Received: root={str(root)!r}"
-        )
+        raise ValueError(f"root must be a folder that is not a link, or not exist yet. Received: root={str(root)!r}")
     ours, foreign = [], []
     for entry in sorted(root.iterdir()):
         if entry.name == UNUSED_NOTE and entry.is_file() and not entry.is_symlink():
@@ -444,8 +449,7 @@ def generate_dataset(
     _require_int("classes", classes, 2)
     if classes > len(CLASS_NAMES):
         raise ValueError(
-            f"classes must be at most {len(CLASS_NAMES)}, the number of CLASS_NAMES. "
-            f"Received: classes={classes!r}"
+            f"classes must be at most {len(CLASS_NAMES)}, the number of CLASS_NAMES. Received: classes={classes!r}"
         )
     _require_int("per_class", per_class, 1)
     _require_int("image_size", image_size, 16)
@@ -469,6 +473,12 @@ def generate_dataset(
                 bar.update()
     logger.info(
         "wrote %d images (%d classes x %d, %dx%dx3 uint8, seed %d) to %s",
-        len(paths), classes, per_class, image_size, image_size, seed, root,
+        len(paths),
+        classes,
+        per_class,
+        image_size,
+        image_size,
+        seed,
+        root,
     )
     return sorted(paths)

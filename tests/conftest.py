@@ -22,8 +22,9 @@ SIGNS = SHARED / "datasets" / "signs"
 MOBILENET_025 = SHARED / "keras-models" / "mobilenet_2_5_224_tf_no_top.h5"
 
 
-def write_image_folder(root: Path, *, classes: int = 3, per_class: int = 10, size=(40, 48), seed: int = 0,
-                       fmt: str = "png") -> list[Path]:
+def write_image_folder(
+    root: Path, *, classes: int = 3, per_class: int = 10, size=(40, 48), seed: int = 0, fmt: str = "png"
+) -> list[Path]:
     """Write ``root/<class>/<i>.<fmt>``: noisy images whose mean brightness depends on the class."""
     rng = np.random.default_rng(seed)
     paths = []
@@ -49,8 +50,12 @@ def write_bomb_png(path: Path, width: int, height: int) -> Path:
     row = b"\x00" * (width + 1)  # filter byte, then the row's pixels
     body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -68,13 +73,21 @@ def tiny_params(source: str, **overrides) -> dict:
         "extract": {"batch_size": 4, "dtype": "float16", "chunk_mb": 0.004, "seed": 0},
         # The val split and the listed C only: tests of other stages stay fast and their rows fixed
         # (tests/test_selection.py runs the default selection: cv auto and the C search).
-        "heads": {"kinds": ["logreg", "svm_linear", "dense"], "pooling": ["avg"], "n_jobs": 1, "cv": 0, "combine": [],
-                  "logreg": {"C": [0.1, 1.0], "refine": 0}, "svm_linear": {"C": [0.1], "refine": 0},
-                  "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3], "patience": 2}},
+        "heads": {
+            "kinds": ["logreg", "svm_linear", "dense"],
+            "pooling": ["avg"],
+            "n_jobs": 1,
+            "cv": 0,
+            "combine": [],
+            "logreg": {"C": [0.1, 1.0], "refine": 0},
+            "svm_linear": {"C": [0.1], "refine": 0},
+            "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3], "patience": 2},
+        },
         "evaluate": {"bootstrap": 50},
     }
-    params["features"] = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add",
-                                  "size": 32, "alpha": 0.35}}
+    params["features"] = {
+        "mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_2_add", "size": 32, "alpha": 0.35}
+    }
     for layer in (small, overrides):
         for section, values in layer.items():
             if section == "features" or not isinstance(values, dict):
@@ -87,8 +100,9 @@ def tiny_params(source: str, **overrides) -> dict:
 def _merge(base: dict, extra: dict) -> dict:
     merged = dict(base)
     for key, value in extra.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -129,8 +143,11 @@ def recomputed_best_test_accuracy(root: Path) -> float:
     scores = json.loads((root / "heads" / best["feature_set"] / "scores.json").read_text())
     row = next(r for r in scores["variants"] if r["variant"] == best["variant"])
     head = joblib.load(root / "heads" / best["feature_set"] / f"{best['variant']}.joblib")
-    test = open_feature_set(root / scores["store"] if not Path(scores["store"]).is_absolute() else scores["store"],
-                            "test", pooling=row["pooling"])
+    test = open_feature_set(
+        root / scores["store"] if not Path(scores["store"]).is_absolute() else scores["store"],
+        "test",
+        pooling=row["pooling"],
+    )
     return float((predict_views(head, test.X) == test.y).mean())
 
 
@@ -139,10 +156,33 @@ def run_to_evaluate(root: Path) -> Path:
     from pipeline.stages import evaluate, extract, prepare
     from pipeline.stages import heads as heads_stage
 
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    prepare.main(
+        [
+            "--manifest",
+            "data/manifest.csv",
+            "--report",
+            "reports/prepare.json",
+            "--summary",
+            "reports/prepare.md",
+            "--metrics",
+            "reports/data_metrics.json",
+            "--no-progress",
+        ]
+    )
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+        ]
+    )
     return root

@@ -19,9 +19,16 @@ def specs():
     from pipeline.backbones import FAMILIES
     from pipeline.config import FeatureSetParams
 
-    out = {name: FeatureSetParams(backbone=name, weights="none", size=FAMILIES[name].min_size,
-                                  alpha={"mobilenet": 0.25, "mobilenet_v2": 0.35}.get(name))
-           for name in FAMILIES if not FAMILIES[name].from_preset}  # presets: tests/test_hub.py
+    out = {
+        name: FeatureSetParams(
+            backbone=name,
+            weights="none",
+            size=FAMILIES[name].min_size,
+            alpha={"mobilenet": 0.25, "mobilenet_v2": 0.35}.get(name),
+        )
+        for name in FAMILIES
+        if not FAMILIES[name].from_preset
+    }  # presets: tests/test_hub.py
     out[REAL] = FeatureSetParams(backbone="efficientnet_lite0", weights="imagenet")
     return out
 
@@ -37,7 +44,7 @@ def features(runtime_name: str, only=None) -> dict:
     import keras
 
     from pipeline.backbones import build_cut_model
-    from pipeline.extraction.runtime import Runtime
+    from pipeline.extraction.runtime_choice import Runtime
     from pipeline.extraction.runtimes import compile_step
 
     runtime = Runtime(name=runtime_name, device="CPU", precision="float32", batch_size=BATCH, jit_compile=False)

@@ -5,24 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-
 from conftest import recomputed_best_test_accuracy, tiny_params, write_image_folder, write_params
-from pipeline.stages import augment, extract, prepare
+
 from pipeline.config import load_params
 from pipeline.manifest import read_manifest
+from pipeline.stages import augment, extract, prepare
 from pipeline.store.layout import StoreError
-from pipeline.store.reader import open_feature_set
-from pipeline.store.reader import open_views
+from pipeline.store.reader import open_feature_set, open_views
 
-AUG = {"views": 2, "seed": 7, "ops": {"flip": "horizontal", "rotation": 0.1, "zoom": 0.2, "translation": 0.1,
-                                     "contrast": 0.3}}
+AUG = {
+    "views": 2,
+    "seed": 7,
+    "ops": {"flip": "horizontal", "rotation": 0.1, "zoom": 0.2, "translation": 0.1, "contrast": 0.3},
+}
 
 
 @pytest.fixture
 def prepared(in_tmp):
     write_image_folder(in_tmp / "images", classes=2, per_class=8)
-    write_params(in_tmp / "params.yaml", tiny_params("images", extract={"batch_size": 4, "chunk_mb": 0.004,
-                                                                       "augment": AUG}))
+    write_params(
+        in_tmp / "params.yaml", tiny_params("images", extract={"batch_size": 4, "chunk_mb": 0.004, "augment": AUG})
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     return in_tmp
 
@@ -40,8 +43,9 @@ def _run(out: str, **augment_overrides) -> int:
         settings = replace(settings, augment=replace(settings.augment, **augment_overrides))
     records = read_manifest("data/manifest.csv")
     wanted = view_images(records, tta=settings.augment.tta)
-    return augment_feature_set(params.features["mv2"], settings, wanted, paths_of(records, wanted, where="test"),
-                               out=out, progress=False).computed
+    return augment_feature_set(
+        params.features["mv2"], settings, wanted, paths_of(records, wanted, where="test"), out=out, progress=False
+    ).computed
 
 
 def _X(path) -> np.ndarray:
@@ -123,9 +127,11 @@ def test_augment_stage_with_no_views_builds_no_backbone(prepared):
     import sys
 
     write_params(prepared / "params.yaml", tiny_params("images", extract={"augment": {"views": 0}}))
-    code = ("import sys; from pipeline.stages import augment; "
-            "augment.main(['--feature-set', 'mv2', '--out', 'features/views/mv2.zarr', '--no-progress']); "
-            "print('tensorflow' in sys.modules)")
+    code = (
+        "import sys; from pipeline.stages import augment; "
+        "augment.main(['--feature-set', 'mv2', '--out', 'features/views/mv2.zarr', '--no-progress']); "
+        "print('tensorflow' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr
     group = zarr.open_group("features/views/mv2.zarr", mode="r")
@@ -139,21 +145,37 @@ def test_heads_train_on_views_and_score_with_tta(prepared):
 
     import joblib
 
-    from pipeline.stages import evaluate, heads as heads_stage
     from pipeline.heads.variants import predict_views
+    from pipeline.stages import evaluate
+    from pipeline.stages import heads as heads_stage
 
-    write_params(prepared / "params.yaml", tiny_params(
-        "images", extract={"batch_size": 4, "chunk_mb": 0.004, "augment": {**AUG, "tta": True}},
-        heads={"kinds": ["logreg", "dense"], "n_jobs": 1, "logreg": {"C": [1.0]},
-               "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [4]},
-               "augment": ["none", "stack", "draw"], "tta": [False, True]}))
+    write_params(
+        prepared / "params.yaml",
+        tiny_params(
+            "images",
+            extract={"batch_size": 4, "chunk_mb": 0.004, "augment": {**AUG, "tta": True}},
+            heads={
+                "kinds": ["logreg", "dense"],
+                "n_jobs": 1,
+                "logreg": {"C": [1.0]},
+                "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [4]},
+                "augment": ["none", "stack", "draw"],
+                "tta": [False, True],
+            },
+        ),
+    )
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     augment.main(["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
     scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
     ids = {row["variant"]: row for row in scores["variants"]}
-    assert {"avg-logreg-C1", "avg-logreg-C1-aug", "avg-logreg-C1-tta", "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw",
-            "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw-tta"} <= set(ids)
+    assert {
+        "avg-logreg-C1",
+        "avg-logreg-C1-aug",
+        "avg-logreg-C1-tta",
+        "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw",
+        "avg-dense-h8-d0-wd0-lr0.001-e4-augdraw-tta",
+    } <= set(ids)
     assert not any(i.startswith("avg-logreg") and "augdraw" in i for i in ids)  # draw is for dense heads
     # Without TTA, validation is scored on the clean features only.
     val = open_feature_set("features/mv2.zarr", "val", pooling="avg")
@@ -166,7 +188,18 @@ def test_heads_train_on_views_and_score_with_tta(prepared):
     # The stacked variant was fitted on every training image once clean and once per view.
     n_train = len(open_feature_set("features/mv2.zarr", "train", pooling="avg").y)
     assert head[0].n_samples_seen_ == n_train * (1 + AUG["views"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    assert json.loads((prepared / "metrics.json").read_text())["test_acc"] == \
-        recomputed_best_test_accuracy(prepared)
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+        ]
+    )
+    assert json.loads((prepared / "metrics.json").read_text())["test_acc"] == recomputed_best_test_accuracy(prepared)

@@ -8,8 +8,6 @@ import pytest
 from pipeline.backbones import build_cut_model, family, layer_names
 from pipeline.config import FeatureSetParams
 
-
-
 # Every family builds and runs at its minimum size: tests/test_runtimes.py (which runs them on every runtime).
 
 
@@ -53,8 +51,9 @@ def test_weights_from_a_file_are_hashed(tmp_path):
     model = build_cut_model(spec, seed=0).model
     path = tmp_path / "mine.weights.h5"
     model.save_weights(path)
-    from_file = build_cut_model(FeatureSetParams(backbone="mobilenet_v2", weights=str(path), size=32,
-                                                 alpha=0.35), seed=99)
+    from_file = build_cut_model(
+        FeatureSetParams(backbone="mobilenet_v2", weights=str(path), size=32, alpha=0.35), seed=99
+    )
     assert len(from_file.provenance["weights_sha256"]) == 64
     np.testing.assert_array_equal(from_file.model.get_weights()[0], model.get_weights()[0])
 
@@ -65,7 +64,7 @@ def test_layer_names_lists_cut_points():
 
 
 def test_shoulders_layers_prints_each_layers_output_shape_and_depth(capsys):
-    from pipeline.cli import main
+    from pipeline.cli.shoulders import main
 
     main(["layers", "vgg16", "--size", "32"])
     lines = capsys.readouterr().out.splitlines()
@@ -90,6 +89,7 @@ def test_random_weights_do_not_depend_on_other_threads_using_random():
     quiet = [w.copy() for w in build_cut_model(spec, seed=5).model.get_weights()]
     keras.backend.clear_session()
     stop = threading.Event()
+
     def draw():
         while not stop.is_set():
             random.random()

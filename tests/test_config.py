@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO, tiny_params, write_params
+
 from pipeline.config import FeatureSetParams, ParamsError, load_params, parse_params
 
 
@@ -26,21 +26,24 @@ def test_params_are_frozen():
         params.data.seed = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("raw, culprit", [
-    ({"dat": {}}, "'dat'"),                                         # misspelled section
-    ({"heads": {"dense": {"dropuot": [0.5]}}}, "heads.dense.dropuot"),  # misspelled key
-    ({"extract": {"batch_size": "32"}}, "extract.batch_size"),      # wrong type
-    ({"extract": {"batch_size": True}}, "extract.batch_size"),      # a bool is not an int
-    ({"extract": {"dtype": "float8"}}, "float8"),                    # not a choice
-    ({"heads": {"pooling": ["median"]}}, "median"),
-    ({"heads": {"kinds": ["svm"]}}, "'svm'"),
-    ({"data": {"split": {"train": 0.8, "val": 0.2, "test": 0.2}}}, "sum"),
-    ({"data": {"bad_images": "ignore"}}, "data.bad_images"),
-    ({"heads": {"dense": {"dropout": [1.5]}}}, "heads.dense.dropout"),
-    ({"heads": {"svm_rbf": {"gamma": ["wide"]}}}, "wide"),
-    ({"features": {"x": {"weights": "imagenet"}}}, "features.x.backbone"),  # required key
-    ({"features": {"bad key!": {"backbone": "vgg16"}}}, "bad key!"),
-])
+@pytest.mark.parametrize(
+    "raw, culprit",
+    [
+        ({"dat": {}}, "'dat'"),  # misspelled section
+        ({"heads": {"dense": {"dropuot": [0.5]}}}, "heads.dense.dropuot"),  # misspelled key
+        ({"extract": {"batch_size": "32"}}, "extract.batch_size"),  # wrong type
+        ({"extract": {"batch_size": True}}, "extract.batch_size"),  # a bool is not an int
+        ({"extract": {"dtype": "float8"}}, "float8"),  # not a choice
+        ({"heads": {"pooling": ["median"]}}, "median"),
+        ({"heads": {"kinds": ["svm"]}}, "'svm'"),
+        ({"data": {"split": {"train": 0.8, "val": 0.2, "test": 0.2}}}, "sum"),
+        ({"data": {"bad_images": "ignore"}}, "data.bad_images"),
+        ({"heads": {"dense": {"dropout": [1.5]}}}, "heads.dense.dropout"),
+        ({"heads": {"svm_rbf": {"gamma": ["wide"]}}}, "wide"),
+        ({"features": {"x": {"weights": "imagenet"}}}, "features.x.backbone"),  # required key
+        ({"features": {"bad key!": {"backbone": "vgg16"}}}, "bad key!"),
+    ],
+)
 def test_bad_params_name_the_culprit(raw, culprit):
     with pytest.raises(ParamsError, match=None) as error:
         parse_params(raw)
@@ -61,20 +64,22 @@ def test_scalar_is_accepted_where_a_list_is_swept():
 
 
 def test_unknown_backbone_is_caught_when_loading(tmp_path):
-    path = write_params(tmp_path / "params.yaml",
-                        tiny_params("src", features={"a": {"backbone": "resnet5O"}}))
+    path = write_params(tmp_path / "params.yaml", tiny_params("src", features={"a": {"backbone": "resnet5O"}}))
     with pytest.raises(ParamsError) as error:
         load_params(path)
     assert "resnet5O" in str(error.value) and "resnet50" in str(error.value)
     assert str(error.value).index("resnet50") < str(error.value).index("vgg16")  # nearest first
 
 
-@pytest.mark.parametrize("spec, culprit", [
-    ({"backbone": "inception_v3", "size": 64}, "size=64"),
-    ({"backbone": "vgg16", "alpha": 0.5}, "alpha=0.5"),
-    ({"backbone": "mobilenet", "alpha": 0.3}, "alpha=0.3"),
-    ({"backbone": "vgg16", "weights": "missing/file.h5"}, "missing/file.h5"),
-])
+@pytest.mark.parametrize(
+    "spec, culprit",
+    [
+        ({"backbone": "inception_v3", "size": 64}, "size=64"),
+        ({"backbone": "vgg16", "alpha": 0.5}, "alpha=0.5"),
+        ({"backbone": "mobilenet", "alpha": 0.3}, "alpha=0.3"),
+        ({"backbone": "vgg16", "weights": "missing/file.h5"}, "missing/file.h5"),
+    ],
+)
 def test_bad_feature_sets_are_caught_when_loading(tmp_path, spec, culprit):
     path = write_params(tmp_path / "params.yaml", tiny_params("src", features={"a": spec}))
     with pytest.raises((ParamsError, FileNotFoundError)) as error:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, tiny_params, write_image_folder, write_params
 from PIL import Image
 
-from conftest import REPO, tiny_params, write_image_folder, write_params
 from pipeline.config import DataParams
 from pipeline.dataset.curation import build_manifest
 from pipeline.dataset.label_table import scan_table
@@ -56,8 +56,16 @@ def _scan_error(table: Path) -> str:
 # --------------------------------------------------------------------------- one file, one row
 
 
-@pytest.mark.parametrize("alias", ["class_0//img_001.png", "./class_0/img_001.png", "class_0/./img_001.png",
-                                   "class_1/../class_0/img_001.png", "class_0/img_001.png"])
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "class_0//img_001.png",
+        "./class_0/img_001.png",
+        "class_0/./img_001.png",
+        "class_1/../class_0/img_001.png",
+        "class_0/img_001.png",
+    ],
+)
 def test_a_file_listed_twice_with_two_labels_is_an_error_naming_both_lines(tmp_path, alias):
     rows = _dataset(tmp_path)
     table = _table(tmp_path, rows + [(alias, "class_1")])
@@ -74,8 +82,9 @@ def test_a_path_spelled_twice_with_one_label_is_refused_as_the_same_path_twice_i
     assert "another label" not in message
 
 
-@pytest.mark.parametrize("link", [os.link, lambda target, name: os.symlink(Path(target).name, name)],
-                         ids=["hard link", "symbolic link"])
+@pytest.mark.parametrize(
+    "link", [os.link, lambda target, name: os.symlink(Path(target).name, name)], ids=["hard link", "symbolic link"]
+)
 def test_two_names_of_one_file_are_one_file(tmp_path, link):
     # What a file system that folds case does to Class_0/IMG_001.png: another name, the same file.
     rows = _dataset(tmp_path)
@@ -93,9 +102,17 @@ def test_paths_are_normalised_into_the_manifest_ids(tmp_path):
     assert all(r.path == f"{tmp_path}/{r.id}" for r in records)
 
 
-@pytest.mark.parametrize("label, why", [("a/b", "path separator"), ("a\\b", "path separator"),
-                                        ("..", "starts with '.'"), ("../../evil", "starts with '.'"),
-                                        (".hidden", "starts with '.'"), ("tab\there", "control character")])
+@pytest.mark.parametrize(
+    "label, why",
+    [
+        ("a/b", "path separator"),
+        ("a\\b", "path separator"),
+        ("..", "starts with '.'"),
+        ("../../evil", "starts with '.'"),
+        (".hidden", "starts with '.'"),
+        ("tab\there", "control character"),
+    ],
+)
 def test_labels_are_plain_class_names(tmp_path, label, why):
     rows = _dataset(tmp_path)
     rows[3] = (rows[3][0], label)
@@ -109,8 +126,17 @@ def test_labels_are_plain_class_names(tmp_path, label, why):
 def _prepare(root: Path, source: str, **data) -> None:
     """Run the prepare stage in ``root`` on ``source``."""
     write_params(root / "params.yaml", tiny_params(source, data=data))
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--no-progress",
-                  "--params", str(root / "params.yaml")])
+    prepare.main(
+        [
+            "--manifest",
+            "data/manifest.csv",
+            "--report",
+            "reports/prepare.json",
+            "--no-progress",
+            "--params",
+            str(root / "params.yaml"),
+        ]
+    )
 
 
 def _read_counts(caplog) -> tuple[int, int]:
@@ -124,7 +150,7 @@ def _overwrite_keeping_stat(path: Path, seed: int) -> None:
     """Other pixels, the same size in bytes and the same mtime: what ``cp -p`` of a same-size file does."""
     before = path.stat()
     pixels = np.random.default_rng(seed).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, compress_level=0)   # raw: every 16×16 RGB PNG has one size
+    Image.fromarray(pixels).save(path, compress_level=0)  # raw: every 16×16 RGB PNG has one size
     assert path.stat().st_size == before.st_size
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
@@ -145,7 +171,7 @@ def csv_project(tmp_path, monkeypatch, caplog):
             Image.fromarray(pixels).save(path, compress_level=0)
             rows.append((f"class_{c}/img_{i}.png", f"class_{c}"))
     _table(folder, rows)
-    time.sleep(RACY_NS / 1e9 + 0.1)   # the files' last change must be RACY_NS older than their read
+    time.sleep(RACY_NS / 1e9 + 0.1)  # the files' last change must be RACY_NS older than their read
     return tmp_path
 
 
@@ -153,16 +179,17 @@ def test_an_image_changed_in_place_is_read_again_and_only_it(csv_project, caplog
     _prepare(csv_project, "images/list.csv")
     assert _read_counts(caplog) == (0, 8)
     _prepare(csv_project, "images/list.csv")
-    assert _read_counts(caplog) == (8, 0)                  # nothing re-read
+    assert _read_counts(caplog) == (8, 0)  # nothing re-read
     changed = csv_project / "images/class_1/img_2.png"
     before = {r.id: r.sha256 for r in read_manifest("data/manifest.csv")}
     _overwrite_keeping_stat(changed, seed=99)
     _prepare(csv_project, "images/list.csv")
-    assert _read_counts(caplog) == (7, 1)                  # its ctime moved: the one file is read again
+    assert _read_counts(caplog) == (7, 1)  # its ctime moved: the one file is read again
     after = {r.id: r.sha256 for r in read_manifest("data/manifest.csv")}
     assert after["class_1/img_2.png"] == hashlib.sha256(changed.read_bytes()).hexdigest() != before["class_1/img_2.png"]
-    assert {k: v for k, v in after.items() if k != "class_1/img_2.png"} == \
-        {k: v for k, v in before.items() if k != "class_1/img_2.png"}
+    assert {k: v for k, v in after.items() if k != "class_1/img_2.png"} == {
+        k: v for k, v in before.items() if k != "class_1/img_2.png"
+    }
     # A touched file (same bytes) is hashed again, and what was found in those bytes is kept.
     os.utime(changed)
     _prepare(csv_project, "images/list.csv")
@@ -180,15 +207,17 @@ def test_a_damaged_record_costs_a_full_read_never_a_wrong_hash(csv_project, capl
     header, _, body = raw.partition(b"\n")
     entries = json.loads(body)["entries"]
     entry = entries[os.path.abspath("images/class_0/img_1.png")]
-    entry[:4] = [changed.stat().st_size, changed.stat().st_mtime_ns, changed.stat().st_ctime_ns,
-                 changed.stat().st_ino]
+    entry[:4] = [changed.stat().st_size, changed.stat().st_mtime_ns, changed.stat().st_ctime_ns, changed.stat().st_ino]
     entry[4] = time.time_ns() + 10 * RACY_NS
     body = json.dumps({**json.loads(body), "entries": entries}).encode()
-    damaged = {"flip a byte": header + b"\n" + body,             # the digest no longer matches the body
-               "truncate": (header + b"\n" + body)[: len(raw) // 2],
-               "garbage": b"\x00\xff" * 50,
-               "another format": (b"shoulders-prepare-stat-cache 0 " + hashlib.sha256(body).hexdigest().encode()
-                                  + b"\n" + body)}[damage]
+    damaged = {
+        "flip a byte": header + b"\n" + body,  # the digest no longer matches the body
+        "truncate": (header + b"\n" + body)[: len(raw) // 2],
+        "garbage": b"\x00\xff" * 50,
+        "another format": (
+            b"shoulders-prepare-stat-cache 0 " + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        ),
+    }[damage]
     record.write_bytes(damaged)
     _prepare(csv_project, "images/list.csv")
     assert _read_counts(caplog) == (0, 8)
@@ -243,9 +272,16 @@ def test_dvc_repro_re_extracts_an_image_of_a_csv_source_overwritten_in_place(tmp
     rows = _dataset(root / "images", per_class=5)
     _table(root / "images", rows)
     write_params(root / "params.yaml", tiny_params("images/list.csv", heads={"kinds": ["logreg"]}))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "SHOULDERS_CACHE_DIR": str(tmp_path / "cache"),
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "SHOULDERS_CACHE_DIR": str(tmp_path / "cache"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         _run(cmd, root, env)
     report = root / "reports/extract/mv2.json"
@@ -254,9 +290,15 @@ def test_dvc_repro_re_extracts_an_image_of_a_csv_source_overwritten_in_place(tmp
     assert json.loads(report.read_text())["computed"] == 10
     # Nothing changed: prepare looks (always), finds the same dataset, and nothing after it runs.
     assert _ran(_run(["dvc", "repro", "extract@mv2"], root, env)) == {"prepare"}
-    status = subprocess.run(["dvc", "status", "--json", "--with-deps", "extract@mv2"], cwd=root, env=env,
-                            capture_output=True, text=True, check=True)
-    assert json.loads(status.stdout) == {"prepare": ["always changed"]}   # what `dvc status` says of it
+    status = subprocess.run(
+        ["dvc", "status", "--json", "--with-deps", "extract@mv2"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(status.stdout) == {"prepare": ["always changed"]}  # what `dvc status` says of it
 
     changed = root / "images/class_1/img_003.png"
     pixels = np.random.default_rng(5).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
@@ -264,6 +306,6 @@ def test_dvc_repro_re_extracts_an_image_of_a_csv_source_overwritten_in_place(tmp
     out = _run(["dvc", "repro", "extract@mv2"], root, env)
     assert {"prepare", "catalog", "extract@mv2"} <= _ran(out), out
     extracted = json.loads(report.read_text())
-    assert (extracted["computed"], extracted["reused"]) == (1, 9)   # its new bytes, and only them
+    assert (extracted["computed"], extracted["reused"]) == (1, 9)  # its new bytes, and only them
     manifest = {r.id: r.sha256 for r in read_manifest(root / "data/manifest.csv")}
     assert manifest["class_1/img_003.png"] == hashlib.sha256(changed.read_bytes()).hexdigest()

@@ -7,17 +7,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import write_image_folder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import write_image_folder
 from pipeline.config import DataParams, SplitRatios
 from pipeline.dataset.curation import build_manifest
+from pipeline.dataset.duplicates import cross_split_pairs, hamming, perceptual_hash, remove_duplicates
 from pipeline.dataset.sources import Candidate, scan_source
 from pipeline.dataset.splits import stratified_split
 from pipeline.images import BadImageError
 from pipeline.manifest import read_manifest, write_manifest
-from pipeline.dataset.duplicates import cross_split_pairs, hamming, perceptual_hash, remove_duplicates
 
 
 def test_class_folder_layout_is_split_by_ratio(image_folder):
@@ -69,7 +69,10 @@ def test_train_and_val_without_test_gets_test_drawn_from_train_seeded(tmp_path, 
     assert "test drawn from train: 17.6%" in report.split_policy and "seed 0" in report.split_policy
     again, _ = build_manifest(DataParams(source=str(root)), progress=False)
     other, _ = build_manifest(DataParams(source=str(root), seed=1), progress=False)
-    drawn = lambda rs: sorted(r.id for r in rs if r.split == "test")
+
+    def drawn(rs):
+        return sorted(r.id for r in rs if r.split == "test")
+
     assert drawn(again) == drawn(records) != drawn(other)
 
 
@@ -82,16 +85,25 @@ def test_train_and_test_without_val_gets_val_drawn_unless_its_ratio_is_zero(tmp_
     assert report.per_split == {"train": 20, "val": 0, "test": 6}
 
 
-@pytest.mark.parametrize("folders, why, fix", [
-    (["train"], "a train/ folder and no val/ or test/", "move the class folders up"),
-    (["val", "test"], "no train/", "name the folder of the training images train/"),
-    (["train", "val", "validation"], "2 folders are the val split: ['val', 'validation']", "merge them"),
-    (["train", "test", "extra"], "mixes split folders ['test', 'train'] with other folders ['extra']", "move"),
-    (["cats/train", "cats/test", "dogs/train", "dogs/test"], "class folders hold split folders (cats/test/",
-     "<root>/<split>/<class>/"),
-    (["dataset/train", "dataset/test"], "one folder, dataset/, which holds the folders ['test', 'train']",
-     "point data.source at"),
-])
+@pytest.mark.parametrize(
+    "folders, why, fix",
+    [
+        (["train"], "a train/ folder and no val/ or test/", "move the class folders up"),
+        (["val", "test"], "no train/", "name the folder of the training images train/"),
+        (["train", "val", "validation"], "2 folders are the val split: ['val', 'validation']", "merge them"),
+        (["train", "test", "extra"], "mixes split folders ['test', 'train'] with other folders ['extra']", "move"),
+        (
+            ["cats/train", "cats/test", "dogs/train", "dogs/test"],
+            "class folders hold split folders (cats/test/",
+            "<root>/<split>/<class>/",
+        ),
+        (
+            ["dataset/train", "dataset/test"],
+            "one folder, dataset/, which holds the folders ['test', 'train']",
+            "point data.source at",
+        ),
+    ],
+)
 def test_ambiguous_layouts_are_refused_naming_the_folders_the_layouts_and_the_fix(tmp_path, folders, why, fix):
     for i, folder in enumerate(folders):
         write_image_folder(tmp_path / "ds" / folder, classes=2, per_class=2, seed=i)
@@ -105,7 +117,7 @@ def test_ambiguous_layouts_are_refused_naming_the_folders_the_layouts_and_the_fi
 def test_a_split_folder_of_loose_images_is_refused(tmp_path):
     write_image_folder(tmp_path / "ds" / "test", classes=2, per_class=2)
     write_image_folder(tmp_path / "flat", classes=1, per_class=3)
-    shutil.move(tmp_path / "flat" / "class_0", tmp_path / "ds" / "train")   # train/img_000.png, ...
+    shutil.move(tmp_path / "flat" / "class_0", tmp_path / "ds" / "train")  # train/img_000.png, ...
     with pytest.raises(ValueError, match=r"train/ holds images but no class folders.*train/<class>/<images>"):
         scan_source(tmp_path / "ds")
 
@@ -117,8 +129,10 @@ def _write_table(root, rows, header="path,label,split"):
 
 def test_a_csv_source_keeps_its_split_and_draws_the_missing_one(tmp_path):
     paths = write_image_folder(tmp_path / "ds" / "pics", classes=2, per_class=8)
-    rows = [(p.relative_to(tmp_path / "ds").as_posix(), f"kind{p.parent.name[-1]}",
-             "VALID" if i % 8 >= 6 else "train") for i, p in enumerate(paths)]
+    rows = [
+        (p.relative_to(tmp_path / "ds").as_posix(), f"kind{p.parent.name[-1]}", "VALID" if i % 8 >= 6 else "train")
+        for i, p in enumerate(paths)
+    ]
     table = _write_table(tmp_path / "ds", rows)
     records, report = build_manifest(DataParams(source=str(table)), progress=False)
     assert report.layout == "table" and report.classes == ["kind0", "kind1"]
@@ -135,16 +149,30 @@ def test_a_csv_source_names_every_bad_row(tmp_path):
     (tmp_path / "ds" / "notes.txt").write_text("x")
     (tmp_path / "outside.png").write_bytes(paths[0].read_bytes())
     rel = [p.relative_to(tmp_path / "ds").as_posix() for p in paths]
-    table = _write_table(tmp_path / "ds", [(rel[0], "a", "train"), (rel[1], "", "train"), (rel[2], "b", "tst"),
-                                          (rel[0], "a", "test"), ("missing.png", "a", "test"),
-                                          ("notes.txt", "a", "test"), ("../outside.png", "b", "test")])
+    table = _write_table(
+        tmp_path / "ds",
+        [
+            (rel[0], "a", "train"),
+            (rel[1], "", "train"),
+            (rel[2], "b", "tst"),
+            (rel[0], "a", "test"),
+            ("missing.png", "a", "test"),
+            ("notes.txt", "a", "test"),
+            ("../outside.png", "b", "test"),
+        ],
+    )
     with pytest.raises(ValueError) as error:
         build_manifest(DataParams(source=str(table)), progress=False)
     message = str(error.value)
     assert message.startswith(f"6 row(s) of {table} cannot be used")
-    for expected in ("line 3 (class_0/img_001.png): empty label", "split 'tst' is not one of",
-                     "line 5 (class_0/img_000.png): the same path as line 2", "line 6 (missing.png): no such file",
-                     "line 7 (notes.txt): not an image file", "../outside.png: leads out of the dataset folder"):
+    for expected in (
+        "line 3 (class_0/img_001.png): empty label",
+        "split 'tst' is not one of",
+        "line 5 (class_0/img_000.png): the same path as line 2",
+        "line 6 (missing.png): no such file",
+        "line 7 (notes.txt): not an image file",
+        "../outside.png: leads out of the dataset folder",
+    ):
         assert expected in message
     _write_table(tmp_path / "ds", [(rel[0], "a")], header="file,label")
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['path'\]"):
@@ -223,9 +251,11 @@ def test_class_too_small_to_split_is_named(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(counts=st.lists(st.integers(min_value=3, max_value=60), min_size=2, max_size=6),
-       ratios=st.sampled_from([(0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.6, 0.0, 0.4)]),
-       seed=st.integers(0, 2**16))
+@given(
+    counts=st.lists(st.integers(min_value=3, max_value=60), min_size=2, max_size=6),
+    ratios=st.sampled_from([(0.7, 0.15, 0.15), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.6, 0.0, 0.4)]),
+    seed=st.integers(0, 2**16),
+)
 def test_split_properties(counts, ratios, seed):
     labels = np.repeat(np.arange(len(counts)), counts)
     split_ratios = SplitRatios(*ratios)
@@ -328,8 +358,10 @@ def test_perceptual_hash_survives_reencoding_and_resizing_but_separates_images(t
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["train", "val", "test"]), st.integers(0, 2**64 - 1)), max_size=40),
-       st.integers(0, 3) | st.integers(0, 64))  # small thresholds often, so that the boundary is hit
+@given(
+    st.lists(st.tuples(st.sampled_from(["train", "val", "test"]), st.integers(0, 2**64 - 1)), max_size=40),
+    st.integers(0, 3) | st.integers(0, 64),
+)  # small thresholds often, so that the boundary is hit
 def test_cross_split_pairs_match_brute_force(items, max_distance):
     ids = [f"img_{i}" for i in range(len(items))]
     splits = [s for s, _ in items]
@@ -347,15 +379,22 @@ def test_cross_split_pairs_match_brute_force(items, max_distance):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["train", "val", "test", None]), st.integers(0, 6),
-                          st.sampled_from(["a", "b"])), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["train", "val", "test", None]), st.integers(0, 6), st.sampled_from(["a", "b"])),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_remove_duplicates_properties(rows):
     class Info:
         def __init__(self, sha256):
             self.sha256 = sha256
 
-    items = [(Candidate(id=f"{i:03d}", path="", class_name=cls, split=split), Info(str(content)))
-             for i, (split, content, cls) in enumerate(rows)]
+    items = [
+        (Candidate(id=f"{i:03d}", path="", class_name=cls, split=split), Info(str(content)))
+        for i, (split, content, cls) in enumerate(rows)
+    ]
     kept, counts, groups = remove_duplicates(items)
     assert len({info.sha256 for _, info in kept}) == len(kept) == len({info.sha256 for _, info in items})
     assert counts["removed_within_split"] + counts["removed_cross_split"] == len(items) - len(kept)

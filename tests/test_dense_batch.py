@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
+
 from pipeline.config import parse_params
 from pipeline.heads.dense import DenseHead
 from pipeline.heads.dense_batch import fit_dense_heads
@@ -33,11 +33,13 @@ def _blobs(n_per_class: int, n_features: int, spread: float, seed: int = 0):
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_batched_heads_predict_what_each_predicts_trained_alone(dropout):
     X, y = _blobs(60, 20, 1.0)
-    X2 = np.concatenate([X, np.abs(X)], axis=1)          # a second input (another pooling, say), same rows
-    settings = [dict(hidden_units=16, dropout=dropout, epochs=30, patience=3),
-                dict(hidden_units=0, dropout=0.0, epochs=12, patience=0),      # no held-out rows: its own group
-                dict(hidden_units=16, dropout=dropout, epochs=30, patience=5),
-                dict(hidden_units=8, dropout=dropout, epochs=20, patience=2, learning_rate=0.01)]  # its own Adam
+    X2 = np.concatenate([X, np.abs(X)], axis=1)  # a second input (another pooling, say), same rows
+    settings = [
+        dict(hidden_units=16, dropout=dropout, epochs=30, patience=3),
+        dict(hidden_units=0, dropout=0.0, epochs=12, patience=0),  # no held-out rows: its own group
+        dict(hidden_units=16, dropout=dropout, epochs=30, patience=5),
+        dict(hidden_units=8, dropout=dropout, epochs=20, patience=2, learning_rate=0.01),
+    ]  # its own Adam
     inputs = [X, X, X2, X2]
 
     def make(options):
@@ -59,11 +61,18 @@ def test_weight_decay_shrinks_the_kernels_and_batched_members_keep_their_own():
     decays = [0.0, 1e-3, 3e-2]
 
     def make(decay, hidden_units=16):
-        return DenseHead(hidden_units=hidden_units, dropout=0.3, weight_decay=decay, epochs=15, patience=3,
-                         batch_size=32, random_state=0)
+        return DenseHead(
+            hidden_units=hidden_units,
+            dropout=0.3,
+            weight_decay=decay,
+            epochs=15,
+            patience=3,
+            batch_size=32,
+            random_state=0,
+        )
 
     lone = [make(decay).fit(X, y) for decay in decays]
-    norms = [sum(float(np.sum(k ** 2)) for k in head.coefs_) for head in lone]
+    norms = [sum(float(np.sum(k**2)) for k in head.coefs_) for head in lone]
     assert norms[0] > norms[1] > norms[2], norms
     # One stack of three members, each with its own penalty, and a softmax regression with one: as alone.
     batched = fit_dense_heads([make(decay) for decay in decays] + [make(1e-2, hidden_units=0)], [X] * 4, y)
@@ -78,13 +87,16 @@ def test_weight_decay_shrinks_the_kernels_and_batched_members_keep_their_own():
 
 
 def test_each_branch_stops_on_its_own_patience_and_keeps_its_best_weights():
-    X, y = _blobs(30, 30, 0.6)       # barely separable: a high learning rate overfits within epochs
+    X, y = _blobs(30, 30, 0.6)  # barely separable: a high learning rate overfits within epochs
 
     def make(**options):
         return DenseHead(batch_size=16, learning_rate=0.03, random_state=0, **{"epochs": 40, **options})
 
-    settings = [dict(hidden_units=64, dropout=0.0, patience=1), dict(hidden_units=64, dropout=0.3, patience=4),
-                dict(hidden_units=0, dropout=0.0, patience=40)]
+    settings = [
+        dict(hidden_units=64, dropout=0.0, patience=1),
+        dict(hidden_units=64, dropout=0.3, patience=4),
+        dict(hidden_units=0, dropout=0.0, patience=40),
+    ]
     batched = fit_dense_heads([make(**options) for options in settings], [X, X, X], y)
     epochs = [head.n_epochs_ for head in batched]
     assert len(set(epochs)) == 3 and epochs[0] < epochs[1] < epochs[2] == 40, epochs
@@ -110,47 +122,73 @@ def test_fit_dense_heads_refuses_what_it_cannot_batch():
 
 
 def _grid(batched: bool):
-    return parse_params({"heads": {
-        "kinds": ["logreg", "dense"], "pooling": ["avg", "max"], "n_jobs": 1, "cv": 0,
-        "logreg": {"C": [1.0], "refine": 0},
-        "dense": {"hidden_units": [8, 0], "dropout": [0.0, 0.3], "weight_decay": [0.0], "epochs": [15], "patience": 3, "batched": batched},
-    }}).heads
+    return parse_params(
+        {
+            "heads": {
+                "kinds": ["logreg", "dense"],
+                "pooling": ["avg", "max"],
+                "n_jobs": 1,
+                "cv": 0,
+                "logreg": {"C": [1.0], "refine": 0},
+                "dense": {
+                    "hidden_units": [8, 0],
+                    "dropout": [0.0, 0.3],
+                    "weight_decay": [0.0],
+                    "epochs": [15],
+                    "patience": 3,
+                    "batched": batched,
+                },
+            }
+        }
+    ).heads
 
 
 def test_the_sweep_fits_the_dense_variants_of_a_feature_set_as_one_job():
     X, y = _blobs(40, 12, 1.5)
-    X_max = np.abs(X) + 0.5 * X          # another pooling of the same images: same rows, same labels
+    X_max = np.abs(X) + 0.5 * X  # another pooling of the same images: same rows, same labels
     data = {"avg": Splits(X[:90], y[:90], X[90:], y[90:]), "max": Splits(X_max[:90], y[:90], X_max[90:], y[90:])}
     heads = _grid(batched=True)
     jobs = plan_jobs(expand_grid(heads), heads)
     [dense] = [job for job in jobs if job.kind == "dense"]
     assert dense.together and len(dense.variants) == 8 and len(dense.features_keys) == 2
-    assert len(jobs) == 3                                 # the two logreg inputs, one dense batch
+    assert len(jobs) == 3  # the two logreg inputs, one dense batch
     assert not any(job.together for job in plan_jobs(expand_grid(_grid(batched=False)), _grid(batched=False)))
     together = {v.id: (estimator, row) for v, estimator, row in run_sweep(expand_grid(heads), heads, data)}
-    alone = {v.id: (estimator, row) for v, estimator, row in
-             run_sweep(expand_grid(_grid(False)), _grid(False), data)}
+    alone = {v.id: (estimator, row) for v, estimator, row in run_sweep(expand_grid(_grid(False)), _grid(False), data)}
     assert sorted(together) == sorted(alone) and len(together) == 10
     for variant_id, (estimator, row) in together.items():
         estimator_alone, row_alone = alone[variant_id]
-        assert list(row) == list(row_alone)               # the same row, key for key
+        assert list(row) == list(row_alone)  # the same row, key for key
         assert row["n_epochs"] == row_alone["n_epochs"] and row["val_correct"] == row_alone["val_correct"]
         assert row["val_accuracy"] == row_alone["val_accuracy"] and row["fit_seconds"] > 0
         if row["val_proba"] is not None:
             np.testing.assert_allclose(row["val_proba"], row_alone["val_proba"], atol=TOLERANCE)
         pooled = data[variant_id.split("-")[0]].X_val
-        np.testing.assert_allclose(estimator.predict_proba(pooled), estimator_alone.predict_proba(pooled),
-                                   atol=TOLERANCE)
+        np.testing.assert_allclose(
+            estimator.predict_proba(pooled), estimator_alone.predict_proba(pooled), atol=TOLERANCE
+        )
 
 
 def test_a_batched_heads_stage_refits_only_the_dense_variant_that_changed(in_tmp):
-    from pipeline.stages import extract, heads as heads_stage, prepare
+    from pipeline.stages import extract, prepare
+    from pipeline.stages import heads as heads_stage
 
     write_image_folder(in_tmp / "images", classes=3, per_class=10)
     dense = {"hidden_units": [8], "dropout": [0.0, 0.5], "weight_decay": [0.0], "epochs": [3], "patience": 2}
     write_params(in_tmp / "params.yaml", tiny_params("images", heads={"dense": dense}))
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    prepare.main(
+        [
+            "--manifest",
+            "data/manifest.csv",
+            "--report",
+            "reports/prepare.json",
+            "--summary",
+            "reports/prepare.md",
+            "--metrics",
+            "reports/data_metrics.json",
+            "--no-progress",
+        ]
+    )
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     args = ["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"]
     heads_stage.main(args)
@@ -175,8 +213,13 @@ def test_batched_is_a_checked_setting_and_needs_a_field_to_exist():
         width: tuple[int, ...] = (1,)
 
     with pytest.raises(ValueError, match="fit_together needs a `batched` field in NoSwitch"):
-        HeadKind("toy", NoSwitch, swept=("width",), estimator=lambda p, g, s: None,
-                 fit_together=lambda heads, inputs, y: heads)
+        HeadKind(
+            "toy",
+            NoSwitch,
+            swept=("width",),
+            estimator=lambda p, g, s: None,
+            fit_together=lambda heads, inputs, y: heads,
+        )
 
 
 def test_held_out_loss_is_keras_sparse_crossentropy_on_probabilities():
@@ -187,10 +230,11 @@ def test_held_out_loss_is_keras_sparse_crossentropy_on_probabilities():
     rng = np.random.default_rng(0)
     logits = rng.normal(scale=4.0, size=(50, 6)).astype(np.float32)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    probabilities[0] = [1.0, 0, 0, 0, 0, 0]          # clipped, as Keras clips: a zero would give an infinite loss
+    probabilities[0] = [1.0, 0, 0, 0, 0, 0]  # clipped, as Keras clips: a zero would give an infinite loss
     labels = rng.integers(0, 6, size=50)
     labels[0] = 3
-    expected = float(keras.ops.convert_to_numpy(keras.ops.mean(
-        keras.losses.sparse_categorical_crossentropy(labels, probabilities))))
+    expected = float(
+        keras.ops.convert_to_numpy(keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
+    )
     assert np.isfinite(held_out_loss(probabilities, labels))
     assert held_out_loss(probabilities, labels) == pytest.approx(expected, rel=1e-6)

@@ -9,18 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MOBILENET_025, SIGNS, run_to_evaluate, tiny_params, write_image_folder, write_params
 from PIL import Image
 
-from conftest import MOBILENET_025, SIGNS, run_to_evaluate, tiny_params, write_image_folder, write_params
 from pipeline.diagnosis.learning_curve import curve_sizes, extrapolation, learning_curve
 from pipeline.heads.saved import load_head
 from pipeline.manifest import read_manifest
 from pipeline.stages import diagnose
 from pipeline.store.reader import open_feature_set
 
-DIAGNOSE_ARGS = ["--evaluation", "reports/evaluation.json", "--heads", "heads", "--out", "reports/diagnose",
-                 "--errors", "reports/errors.md", "--label-issues", "reports/label_issues.md",
-                 "--learning-curve", "reports/learning_curve.md"]
+DIAGNOSE_ARGS = [
+    "--evaluation",
+    "reports/evaluation.json",
+    "--heads",
+    "heads",
+    "--out",
+    "reports/diagnose",
+    "--errors",
+    "reports/errors.md",
+    "--label-issues",
+    "reports/label_issues.md",
+    "--learning-curve",
+    "reports/learning_curve.md",
+]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -32,9 +43,14 @@ def _rows(path: Path) -> list[dict]:
 def evaluated(in_tmp):
     """A tiny project run up to evaluate: 3 classes × 12 images, one random-weights backbone, linear heads."""
     write_image_folder(in_tmp / "images", classes=3, per_class=12)
-    write_params(in_tmp / "params.yaml", tiny_params(
-        "images", heads={"kinds": ["logreg", "svm_linear"]},
-        diagnose={"curve_per_class": [1, 2, 5], "curve_draws": 2, "label_folds": 3, "thumb_px": 40}))
+    write_params(
+        in_tmp / "params.yaml",
+        tiny_params(
+            "images",
+            heads={"kinds": ["logreg", "svm_linear"]},
+            diagnose={"curve_per_class": [1, 2, 5], "curve_draws": 2, "label_folds": 3, "thumb_px": 40},
+        ),
+    )
     return run_to_evaluate(in_tmp)
 
 
@@ -56,7 +72,7 @@ def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evalu
         expected = dict(zip(fs.ids, (classes[i] for i in head.predict(np.asarray(fs.X)))))
         mine = [p for p in predictions if p["split"] == split]
         assert {p["id"]: p["predicted"] for p in mine} == expected
-        assert all(p["out_of_fold"] == "False" for p in mine)     # selected on the val split: fitted on train
+        assert all(p["out_of_fold"] == "False" for p in mine)  # selected on the val split: fitted on train
         for p in mine:
             probabilities = [float(p[f"p_{c}"]) for c in classes]
             assert sum(probabilities) == pytest.approx(1, abs=2e-4)
@@ -107,8 +123,10 @@ def test_diagnose_writes_predictions_pictures_label_issues_curves_and_maps(evalu
     assert "| per class | accuracy | low | high | fits |" in page and "`diagnose.curve_draws` random draws" in page
     # The leaderboard (written by evaluate, before diagnose runs) says the same sentence, computed the same way.
     leaderboard = (evaluated / "reports/leaderboard.md").read_text()
-    assert f"**Would more labelled images help?** For mv2 / {row['variant']}, " \
-           f"{summary['learning_curve']['mv2']['sentence']} (scored on the validation split;" in leaderboard
+    assert (
+        f"**Would more labelled images help?** For mv2 / {row['variant']}, "
+        f"{summary['learning_curve']['mv2']['sentence']} (scored on the validation split;" in leaderboard
+    )
 
     # The map: every image of the manifest once per feature set, the errors marked.
     points = _rows(out / "map.csv")
@@ -131,8 +149,9 @@ def test_curve_sizes_end_with_every_image_and_extrapolation_reads_the_slope():
     flat = [{"per_class": n, "accuracy": a} for n, a in ((5, 0.9), (10, 0.902), (20, 0.903))]
     assert not extrapolation(flat)["rising"] and "flattened" in extrapolation(flat)["sentence"]
     # The gain is capped by what is left to 100%.
-    assert extrapolation([{"per_class": 1, "accuracy": 0.5}, {"per_class": 2, "accuracy": 0.98}])["expected_gain"] \
-        == pytest.approx(2.0)
+    assert extrapolation([{"per_class": 1, "accuracy": 0.5}, {"per_class": 2, "accuracy": 0.98}])[
+        "expected_gain"
+    ] == pytest.approx(2.0)
 
 
 def test_the_last_point_of_a_cross_validated_curve_is_one_folds_training_images_per_class():
@@ -165,8 +184,9 @@ def _signs_features(per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     from pipeline.config import FeatureSetParams
     from pipeline.images import decode_image
 
-    cut = build_cut_model(FeatureSetParams(backbone="mobilenet", weights=str(MOBILENET_025), alpha=0.25, size=size),
-                          seed=0)
+    cut = build_cut_model(
+        FeatureSetParams(backbone="mobilenet", weights=str(MOBILENET_025), alpha=0.25, size=size), seed=0
+    )
     paths = [p for c in range(6) for p in sorted((SIGNS / "train" / str(c)).glob("*.jpg"))[:per_class]]
     labels = np.array([int(p.parent.name) for p in paths])
     pixels = tf.image.resize(np.stack([decode_image(p) for p in paths]).astype("float32"), (size, size))
@@ -191,9 +211,9 @@ def test_flipped_labels_rank_near_the_top():
     given[flipped] = (given[flipped] + rng.integers(1, 6, size=len(flipped))) % 6
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     quality, flagged = rank_label_issues(given, cross_val_proba(head, X, given, 6, folds=5, seed=0))
-    top = np.argsort(quality, kind="stable")[:len(truth) // 10]
+    top = np.argsort(quality, kind="stable")[: len(truth) // 10]
     assert np.isin(flipped, top).mean() >= 0.8
-    assert flagged[flipped].mean() >= 0.5      # and cleanlab flags most of them itself
+    assert flagged[flipped].mean() >= 0.5  # and cleanlab flags most of them itself
 
 
 def test_label_issues_never_fork_a_process_where_jax_runs(monkeypatch):
@@ -204,7 +224,7 @@ def test_label_issues_never_fork_a_process_where_jax_runs(monkeypatch):
 
     from pipeline.diagnosis.label_issues import rank_label_issues
 
-    jnp.zeros(1).block_until_ready()          # JAX's threads are running, as in the diagnose stage
+    jnp.zeros(1).block_until_ready()  # JAX's threads are running, as in the diagnose stage
     forks = []
     monkeypatch.setattr(os, "fork", lambda: forks.append(1) or pytest.fail("os.fork() was called"))
     rng = np.random.default_rng(0)
@@ -218,7 +238,7 @@ def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
     from pipeline.diagnosis.diagnose import _folds
 
     y = np.repeat([0, 1, 2], 10)
-    (train, held), = _folds(21, y, 0, seed=0)[0]
+    ((train, held),) = _folds(21, y, 0, seed=0)[0]
     assert train.tolist() == list(range(21)) and held.tolist() == list(range(21, 30))
     folds, how = _folds(21, y, 3, seed=0)
     assert how == "3-fold cross-validation on train+val"
@@ -228,12 +248,15 @@ def test_learning_curve_folds_are_the_val_split_or_cv_over_train_and_val():
         _folds(30, y, 0, seed=0)
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("curve_draws", 0, "diagnose.curve_draws must be an integer >= 1"),
-    ("curve_per_class", [0, 5], "diagnose.curve_per_class must be a list of integers >= 1"),
-    ("map_max_iter", 100, "diagnose.map_max_iter must be an integer >= 250"),
-    ("label_folds", 1, "diagnose.label_folds must be an integer >= 2"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("curve_draws", 0, "diagnose.curve_draws must be an integer >= 1"),
+        ("curve_per_class", [0, 5], "diagnose.curve_per_class must be a list of integers >= 1"),
+        ("map_max_iter", 100, "diagnose.map_max_iter must be an integer >= 250"),
+        ("label_folds", 1, "diagnose.label_folds must be an integer >= 2"),
+    ],
+)
 def test_bad_diagnose_params_are_named(key, value, expected):
     from pipeline.config import ParamsError, parse_params
 
@@ -250,13 +273,19 @@ def test_an_ensemble_or_combination_winner_is_pictured_through_the_best_single_f
 
     (tmp_path / "a+b").mkdir()
     (tmp_path / "a+b" / "scores.json").write_text(json_.dumps({"combines": ["a", "b"], "variants": []}))
-    evaluation = {"best": {"feature_set": "ensemble", "variant": "softvote-2"},
-                  "feature_sets": {"ensemble": {"variant": "softvote-2", "val_accuracy": 0.99},
-                                   "a+b": {"variant": "x", "val_accuracy": 0.98},
-                                   "a": {"variant": "y", "val_accuracy": 0.90},
-                                   "b": {"variant": "z", "val_accuracy": 0.95}}}
-    evaluation_only_combined = {**evaluation, "feature_sets": {k: evaluation["feature_sets"][k]
-                                                               for k in ("ensemble", "a+b")}}
+    evaluation = {
+        "best": {"feature_set": "ensemble", "variant": "softvote-2"},
+        "feature_sets": {
+            "ensemble": {"variant": "softvote-2", "val_accuracy": 0.99},
+            "a+b": {"variant": "x", "val_accuracy": 0.98},
+            "a": {"variant": "y", "val_accuracy": 0.90},
+            "b": {"variant": "z", "val_accuracy": 0.95},
+        },
+    }
+    evaluation_only_combined = {
+        **evaluation,
+        "feature_sets": {k: evaluation["feature_sets"][k] for k in ("ensemble", "a+b")},
+    }
     assert load_chosen(tmp_path, evaluation_only_combined) == {}
     assert best_feature_set(evaluation, {"a": None, "b": None}) == "b"
     assert best_feature_set({**evaluation, "best": {"feature_set": "a"}}, {"a": None, "b": None}) == "a"
@@ -273,8 +302,9 @@ def test_small_images_fill_their_tile_and_long_class_names_are_not_cut(tmp_path)
 
     path = tmp_path / "tile.png"
     PILImage.new("RGB", (24, 16), (200, 30, 30)).save(path)
-    record = Record("tile", str(path), 0, "HerbaceousVegetation", "val", hashlib.sha256(path.read_bytes()).hexdigest(),
-                    24, 16)
+    record = Record(
+        "tile", str(path), 0, "HerbaceousVegetation", "val", hashlib.sha256(path.read_bytes()).hexdigest(), 24, 16
+    )
     thumb = write_thumbnail(record, tmp_path / "thumbs", 96)
     assert PILImage.open(thumb).size == (96, 64)
     caption = ["true HerbaceousVegetation", "pred PermanentCrop", "0.91 · val"]
@@ -282,4 +312,4 @@ def test_small_images_fill_their_tile_and_long_class_names_are_not_cut(tmp_path)
     from PIL import ImageDraw, ImageFont
 
     needed = ImageDraw.Draw(PILImage.new("RGB", (1, 1))).textlength(caption[0], font=ImageFont.load_default(size=11))
-    assert PILImage.open(sheet).width >= 3 * needed          # three tiles, each as wide as its longest line
+    assert PILImage.open(sheet).width >= 3 * needed  # three tiles, each as wide as its longest line

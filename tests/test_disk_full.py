@@ -4,7 +4,7 @@ The abort came after the one-line error: the failed extraction's batch stream,
 still holding inferences in flight on OpenVINO's threads, was closed only by
 the interpreter's last garbage collection, and an inference finishing then ran
 its callback into a finalising interpreter ("FATAL: exception not rethrown",
-exit status 134). :func:`pipeline.stage.run_stage` now collects it first.
+exit status 134). :func:`pipeline.cli.stage_runner.run_stage` now collects it first.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO, tiny_params, write_image_folder, write_params
+
 from pipeline.config import SPLITS
 from pipeline.stages import prepare
-from pipeline.store.reader import read_pooled
 from pipeline.store.contents import stored_rows
+from pipeline.store.reader import read_pooled
 
 pytest.importorskip("openvino")
 
@@ -35,7 +35,7 @@ ABANDONED_STREAM = textwrap.dedent("""
     import openvino as ov
     import openvino.opset13 as ops
     from pipeline.extraction.runtimes.openvino_runtime import NetworkStep
-    from pipeline.stage import run_stage
+    from pipeline.cli.stage_runner import run_stage
 
     def slow_network():
         x = ops.parameter([4, 32, 96, 96], np.float32)
@@ -70,8 +70,9 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_a_stage_failing_with_inferences_in_flight_exits_1_after_its_one_line():
-    done = subprocess.run([sys.executable, "-c", ABANDONED_STREAM], capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env=_environment())
+    done = subprocess.run(
+        [sys.executable, "-c", ABANDONED_STREAM], capture_output=True, text=True, timeout=TIMEOUT_S, env=_environment()
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     assert "No space left on device while writing features/x.zarr/X/c/0/0/0/0" in _one_error_line(done.stderr)
 
@@ -82,14 +83,19 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     try:
-        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True,
-                              text=True, timeout=30)
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True, text=True, timeout=30
+        )
     except FileNotFoundError:
-        pytest.skip("no mount command here: test_a_stage_failing_with_inferences_in_flight_exits_1_after_its_one_line "
-                    "covers the mechanism")
+        pytest.skip(
+            "no mount command here: test_a_stage_failing_with_inferences_in_flight_exits_1_after_its_one_line "
+            "covers the mechanism"
+        )
     if made.returncode:
-        pytest.skip(f"cannot mount a small file system here ({made.stderr.strip()}): "
-                    "test_a_stage_failing_with_inferences_in_flight_exits_1_after_its_one_line covers the mechanism")
+        pytest.skip(
+            f"cannot mount a small file system here ({made.stderr.strip()}): "
+            "test_a_stage_failing_with_inferences_in_flight_exits_1_after_its_one_line covers the mechanism"
+        )
     yield mount
     subprocess.run(["umount", str(mount)], check=True, timeout=30)
 
@@ -98,18 +104,40 @@ def small_disk(tmp_path):
 def test_a_full_disk_while_creating_a_store_ends_in_one_line_and_exit_1_and_the_rerun_resumes(in_tmp, small_disk):
     write_image_folder(in_tmp / "images", classes=3, per_class=70, size=(64, 64))
     params = tiny_params("images", extract={"runtime": "openvino", "chunk_mb": 1.0, "batch_size": 16})
-    params["features"] = {"lite0": {"backbone": "efficientnet_lite0", "weights": "none", "cut": "top_activation",
-                                    "size": 224}}
+    params["features"] = {
+        "lite0": {"backbone": "efficientnet_lite0", "weights": "none", "cut": "top_activation", "size": 224}
+    }
     write_params(in_tmp / "params.yaml", params)
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    prepare.main(
+        [
+            "--manifest",
+            "data/manifest.csv",
+            "--report",
+            "reports/prepare.json",
+            "--summary",
+            "reports/prepare.md",
+            "--metrics",
+            "reports/data_metrics.json",
+            "--no-progress",
+        ]
+    )
     (in_tmp / "features").symlink_to(small_disk)
-    command = [sys.executable, "-m", "pipeline.stages.extract", "--feature-set", "lite0", "--out",
-               "features/lite0.zarr", "--hashes", "data/content_hashes.txt", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.extract",
+        "--feature-set",
+        "lite0",
+        "--out",
+        "features/lite0.zarr",
+        "--hashes",
+        "data/content_hashes.txt",
+        "--no-progress",
+    ]
     env = _environment(SHOULDERS_CACHE_DIR=str(in_tmp / "cache"))
 
     full = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert full.returncode == 1, full.stderr[-2000:]   # was -6: SIGABRT after the line (134 in a shell)
+    assert full.returncode == 1, full.stderr[-2000:]  # was -6: SIGABRT after the line (134 in a shell)
     assert _one_error_line(full.stderr).startswith("ERROR pipeline: No space left on device while writing")
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True, timeout=30)

@@ -17,8 +17,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+)
 # Material prints a banner about MkDocs 2.0 on every build; it says nothing about this site.
 QUIET = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 
@@ -26,8 +27,15 @@ QUIET = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
     """``mkdocs build --strict`` of ``config`` into ``site``, run from the config's folder (snippets are read
     relative to it)."""
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          cwd=config.parent, env=QUIET, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=config.parent,
+        env=QUIET,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,28 +70,35 @@ def test_every_page_of_the_navigation_is_built(site):
 
 def test_the_api_page_documents_the_feature_store_functions(site):
     api = (site / "reference/api/index.html").read_text(encoding="utf-8")
-    for name in ("pipeline.store.reader.open_feature_set", "pipeline.store.reader.list_feature_sets",
-                 "pipeline.store.reader.FeatureSet", "pipeline.export.predict.load_model"):
+    for name in (
+        "pipeline.store.reader.open_feature_set",
+        "pipeline.store.reader.list_feature_sets",
+        "pipeline.store.reader.FeatureSet",
+        "pipeline.export.predict_command.load_model",
+    ):
         assert f'id="{name}"' in api, f"no API entry for {name}"
     # The docstrings themselves, not only the headings: a parameter of open_feature_set and its meaning.
     assert "as_dask" in api and "joined from the manifest by content hash" in api
 
 
 def test_the_cli_page_is_the_commands_own_help(site):
-    from pipeline.cli import build_parser
+    from pipeline.cli.shoulders import build_parser
 
     cli = html.unescape((site / "reference/cli/index.html").read_text(encoding="utf-8"))
     subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
     for name in subcommands:
         assert f"shoulders {name}" in cli
-    assert "--top-k" in cli and "exit status: 0 every image classified" in cli   # predict's own parser
+    assert "--top-k" in cli and "exit status: 0 every image classified" in cli  # predict's own parser
 
 
 def test_the_readme_is_a_short_front_door_into_the_manual():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 150, "README.md is the front door: 150 lines at most; the rest is in docs/"
-    links = [target.split("#")[0] for target in re.findall(r"\]\(([^)\s]+)\)", readme)
-             if "://" not in target and not target.startswith("#")]
+    links = [
+        target.split("#")[0]
+        for target in re.findall(r"\]\(([^)\s]+)\)", readme)
+        if "://" not in target and not target.startswith("#")
+    ]
     broken = [link for link in links if not (REPO / link).exists()]
     assert not broken, f"README.md links to files that do not exist: {broken}"
     nav = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
@@ -138,7 +153,7 @@ def test_the_configuration_reference_lists_every_key_with_type_default_and_range
             rows[cells[0].removeprefix("<code>").removesuffix("</code>")] = cells
     expected = set(_schema_keys(schema.Params, ""))
     in_params_file = set(_params_file_keys(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))))
-    assert in_params_file <= expected, in_params_file - expected   # the walk sees every key the project sets
+    assert in_params_file <= expected, in_params_file - expected  # the walk sees every key the project sets
     assert not expected - set(rows), f"keys missing from the reference: {sorted(expected - set(rows))}"
     for key in expected:
         _, type_cell, default_cell, _, what_cell = rows[key]
@@ -147,14 +162,15 @@ def test_the_configuration_reference_lists_every_key_with_type_default_and_range
     assert "an integer from 0 to 4294967295" in rows["data.seed"][3]
     assert "numbers in [0, 1)" in rows["heads.dense.dropout"][3]
     assert "<code>auto</code> or <code>openvino</code>" in rows["extract.runtime"][1].replace(
-        "<code>tensorflow</code> or ", "")
+        "<code>tensorflow</code> or ", ""
+    )
     assert "<code>efficientnet_lite0</code>" in rows["features.<key>.backbone"][3]
 
 
 def _load_hook_module(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "docs/hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module   # dataclasses look their module up while the class is made
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     sys.path.insert(0, str(REPO / "docs/hooks"))
     try:
         spec.loader.exec_module(module)
@@ -184,18 +200,34 @@ def test_the_projects_strict_settings_fail_a_broken_link_and_a_broken_anchor(tmp
     for broken in ("[gone](missing.md)", "[gone](other.md#no-such-section)"):
         (tmp_path / "docs/index.md").write_text(f"# Home\n\n{broken}\n", encoding="utf-8")
         result = mkdocs_build(tmp_path / "mkdocs.yml", tmp_path / "site")
-        assert result.returncode != 0 and broken.split("(")[1].rstrip(")").split("#")[-1] in result.stderr, \
+        assert result.returncode != 0 and broken.split("(")[1].rstrip(")").split("#")[-1] in result.stderr, (
             result.stderr
+        )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)")
 def test_the_getting_started_page_renders_in_a_browser(site, tmp_path):
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-         (site / "getting-started/index.html").as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            (site / "getting-started/index.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     dom = result.stdout
     assert "<title>Getting started - shoulders</title>" in dom, dom[:2000]
     body = dom.split("<body", 1)[1]

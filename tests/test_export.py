@@ -12,19 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_params, write_image_folder, write_params
 from PIL import Image
 
-from conftest import tiny_params, write_image_folder, write_params
-from pipeline import cli
+from pipeline.cli import shoulders as cli
+from pipeline.export.predict_command import folder_accuracy, image_files, load_model, predict_files, write_predictions
 from pipeline.manifest import read_manifest
-from pipeline.stages import evaluate, export, extract, prepare, heads as heads_stage
-from pipeline.export.predict import folder_accuracy, image_files, load_model, predict_files, write_predictions
+from pipeline.stages import evaluate, export, extract, prepare
+from pipeline.stages import heads as heads_stage
 
 pytestmark = pytest.mark.slow
 # One variant of every head kind.
-HEADS = {"kinds": ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"], "n_jobs": 1, "logreg": {"C": [1.0]},
-         "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]}, "svm_poly": {"C": [1.0], "degree": [2]},
-         "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]}}
+HEADS = {
+    "kinds": ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"],
+    "n_jobs": 1,
+    "logreg": {"C": [1.0]},
+    "svm_linear": {"C": [0.1]},
+    "svm_rbf": {"C": [1.0]},
+    "svm_poly": {"C": [1.0], "degree": [2]},
+    "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +45,20 @@ def pipeline_run(tmp_path_factory):
         prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--no-progress"])
         extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
         heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
-        evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                       "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+        evaluate.main(
+            [
+                "--heads",
+                "heads",
+                "--metrics",
+                "metrics.json",
+                "--report",
+                "reports/evaluation.json",
+                "--leaderboard",
+                "reports/leaderboard.csv",
+                "--plots",
+                "plots",
+            ]
+        )
         yield root
     finally:
         os.chdir(cwd)
@@ -50,12 +69,38 @@ def _export(root, variant):
     write_params(root / "params.yaml", params)
     out = root / "models" / variant
     target = root / "reports" / f"target-{variant}.json"
-    evaluate.main(["--heads", str(root / "heads"), "--metrics", str(root / "metrics.json"), "--report",
-                   str(root / "reports/evaluation.json"), "--leaderboard", str(root / "reports/leaderboard.csv"),
-                   "--plots", str(root / "plots"), "--export-target", str(target), "--params",
-                   str(root / "params.yaml")])
-    export.main(["--target", str(target), "--manifest", str(root / "data/manifest.csv"), "--prepare-report",
-                 str(root / "reports/prepare.json"), "--out", str(out), "--params", str(root / "params.yaml")])
+    evaluate.main(
+        [
+            "--heads",
+            str(root / "heads"),
+            "--metrics",
+            str(root / "metrics.json"),
+            "--report",
+            str(root / "reports/evaluation.json"),
+            "--leaderboard",
+            str(root / "reports/leaderboard.csv"),
+            "--plots",
+            str(root / "plots"),
+            "--export-target",
+            str(target),
+            "--params",
+            str(root / "params.yaml"),
+        ]
+    )
+    export.main(
+        [
+            "--target",
+            str(target),
+            "--manifest",
+            str(root / "data/manifest.csv"),
+            "--prepare-report",
+            str(root / "reports/prepare.json"),
+            "--out",
+            str(out),
+            "--params",
+            str(root / "params.yaml"),
+        ]
+    )
     return out
 
 
@@ -87,8 +132,10 @@ def test_each_head_kind_exports_as_one_keras_file_that_predict_loads(pipeline_ru
     scores = json.loads((pipeline_run / "heads/mv2/scores.json").read_text())
     row = next(r for r in scores["variants"] if r["variant"] == variant)
     manifest = pipeline_run / "data/manifest.csv"
-    val, test = (open_feature_set(pipeline_run / "features/mv2.zarr", split, manifest=manifest, pooling="avg")
-                 for split in ("val", "test"))
+    val, test = (
+        open_feature_set(pipeline_run / "features/mv2.zarr", split, manifest=manifest, pooling="avg")
+        for split in ("val", "test")
+    )
     head, _ = with_probabilities(load_head(pipeline_run / "heads/mv2", row), val.X, val.y)
     expected = {i: test.classes[c] for i, c in zip(test.ids, head.predict_proba(test.X).argmax(axis=1))}
     test_dir = pipeline_run / "test-images"
@@ -114,11 +161,18 @@ def test_each_head_kind_exports_as_one_keras_file_that_predict_loads(pipeline_ru
 def test_exported_model_loads_in_a_fresh_process(pipeline_run):
     out = _export(pipeline_run, _variant(pipeline_run, "logreg"))
     image = next((pipeline_run / "images/class_1").iterdir())
-    code = ("import sys; from pipeline.export.predict import load_model; from pipeline.images import decode_image; "
-            f"m = load_model({str(out)!r}); p = m.predict_proba([decode_image({str(image)!r})]); "
-            "print(m.classes[p.argmax()], round(float(p.sum()), 4))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, cwd="/")
+    code = (
+        "import sys; from pipeline.export.predict_command import load_model; from pipeline.images import decode_image; "
+        f"m = load_model({str(out)!r}); p = m.predict_proba([decode_image({str(image)!r})]); "
+        "print(m.classes[p.argmax()], round(float(p.sum()), 4))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd="/",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     name, total = result.stdout.split()
     assert name.startswith("class_") and float(total) == pytest.approx(1.0, abs=1e-4)
@@ -136,10 +190,26 @@ def test_predict_on_each_runtime_gives_tensorflows_probabilities(pipeline_run, r
     tables = {}
     for name in ("tensorflow", runtime):
         csv_path = tmp_path / f"{name}.csv"
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(out),
-                                 str(pipeline_run / "images/class_1"), "--top-k", "3", "--runtime", name,
-                                 "--no-progress", "--out", str(csv_path)],
-                                capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli.shoulders",
+                "predict",
+                str(out),
+                str(pipeline_run / "images/class_1"),
+                "--top-k",
+                "3",
+                "--runtime",
+                name,
+                "--no-progress",
+                "--out",
+                str(csv_path),
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"runtime: {name}" in result.stderr
         tables[name] = list(csv.DictReader(csv_path.open()))
@@ -179,8 +249,11 @@ def test_predict_scores_files_in_class_folders(pipeline_run):
     accuracy, n = folder_accuracy(results, predictor.classes)
     predicted = [predictor.classes[p.argmax()] for _, p in results]
     assert n == len(files) and accuracy == np.mean([q == f.parent.name for q, f in zip(predicted, files)])
-    wrong = [(path.parent.parent / "class_0" / path.name, proba) for path, proba in results if
-             predictor.classes[proba.argmax()] != "class_0"]
+    wrong = [
+        (path.parent.parent / "class_0" / path.name, proba)
+        for path, proba in results
+        if predictor.classes[proba.argmax()] != "class_0"
+    ]
     assert wrong and folder_accuracy(wrong, predictor.classes) == (0.0, len(wrong))
 
 
@@ -198,12 +271,19 @@ def test_predict_flags_images_unlike_the_training_images_and_scores_class_folder
     foreign.mkdir(parents=True)
     for i in range(4):
         pixels = np.zeros((40, 48, 3), np.uint8)
-        pixels[:, ::2 + i] = 255 if i % 2 else (40 * i, 200, 90)
+        pixels[:, :: 2 + i] = 255 if i % 2 else (40 * i, 200, 90)
         Image.fromarray(pixels).save(foreign / f"pattern_{i}.png")
     assert shoulders_predict(str(out), str(incoming), str(foreign), "--no-progress") == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert list(rows[0]) == ["file", "true_class", "correct", "predicted", "probability", "ood_distance",
-                             "out_of_domain"]
+    assert list(rows[0]) == [
+        "file",
+        "true_class",
+        "correct",
+        "predicted",
+        "probability",
+        "ood_distance",
+        "out_of_domain",
+    ]
     assert all(r["correct"] == str(r["true_class"] == r["predicted"]).lower() for r in rows)
     flagged = {Path(r["file"]).parent.parent.name: [] for r in rows}
     for r in rows:
@@ -231,9 +311,22 @@ def test_unknown_variant_is_named(pipeline_run):
 def test_default_target_is_the_best_on_validation(pipeline_run):
     write_params(pipeline_run / "params.yaml", tiny_params("images", heads=HEADS))
     target_file = pipeline_run / "reports/target-default.json"
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--export-target",
-                   str(target_file)])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--export-target",
+            str(target_file),
+        ]
+    )
     target = json.loads(target_file.read_text())
     report = json.loads((pipeline_run / "reports/evaluation.json").read_text())
     assert (target["feature_set"], target["variant"]) == (report["best"]["feature_set"], report["best"]["variant"])
@@ -244,14 +337,25 @@ def test_default_target_is_the_best_on_validation(pipeline_run):
 def test_a_replaced_heads_file_is_refused_before_it_runs_and_refitted_by_the_heads_stage(pipeline_run, tmp_path):
     import pickle
 
+    from test_untrusted import Payload
+
     from pipeline.finetuning.warm_start import best_dense_head
     from pipeline.heads.saved import load_head
-    from test_untrusted import Payload
 
     marker = tmp_path / "payload-ran"
     write_params(pipeline_run / "params.yaml", tiny_params("images", heads=HEADS))
-    evaluate_args = ["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                     "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"]
+    evaluate_args = [
+        "--heads",
+        "heads",
+        "--metrics",
+        "metrics.json",
+        "--report",
+        "reports/evaluation.json",
+        "--leaderboard",
+        "reports/leaderboard.csv",
+        "--plots",
+        "plots",
+    ]
     best = json.loads((pipeline_run / "reports/evaluation.json").read_text())["best"]["variant"]
     dense = _variant(pipeline_run, "dense")
     files = {v: pipeline_run / "heads/mv2" / f"{v}.joblib" for v in (best, dense)}

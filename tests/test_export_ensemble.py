@@ -17,23 +17,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline import cli
+
+from pipeline.cli import shoulders as cli
 from pipeline.manifest import read_manifest
-from pipeline.stages import evaluate, export, extract, prepare, heads as heads_stage
+from pipeline.stages import evaluate, export, extract, prepare
+from pipeline.stages import heads as heads_stage
 
 pytestmark = pytest.mark.slow
-HEADS = {"kinds": ["logreg", "svm_linear"], "n_jobs": 1, "logreg": {"C": [1.0]}, "svm_linear": {"C": [0.1]},
-         "combine": [["mv2", "mv2b"]], "ensemble": 3}
+HEADS = {
+    "kinds": ["logreg", "svm_linear"],
+    "n_jobs": 1,
+    "logreg": {"C": [1.0]},
+    "svm_linear": {"C": [0.1]},
+    "combine": [["mv2", "mv2b"]],
+    "ensemble": 3,
+}
 MEMBERS = ("mv2", "mv2b", "mv2c")
 
 
 def _params() -> dict:
     params = tiny_params("images", heads=HEADS)
     base = params["features"]["mv2"]
-    params["features"]["mv2b"] = {**base, "cut": "block_5_add"}     # deeper on the same backbone
-    params["features"]["mv2c"] = {**base, "size": 48}               # another input size: its own backbone
+    params["features"]["mv2b"] = {**base, "cut": "block_5_add"}  # deeper on the same backbone
+    params["features"]["mv2c"] = {**base, "size": 48}  # another input size: its own backbone
     return params
 
 
@@ -61,16 +68,32 @@ def _target(root: Path, name: str, variant: str | None = None) -> Path:
     a combination or the ensemble is named to :func:`export_target` itself, on the stage's own report.
     """
     from pipeline.config import load_params
-    from pipeline.selection.leaderboard import evaluate as evaluate_heads, export_target
+    from pipeline.selection.leaderboard import evaluate as evaluate_heads
+    from pipeline.selection.leaderboard import export_target
 
     write_params(root / "params.yaml", _params())
     target = root / "reports" / f"target-{name}.json"
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--export-target", str(target)])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--export-target",
+            str(target),
+        ]
+    )
     if variant is not None:
         params = load_params(root / "params.yaml")
-        report, leaderboard, _ = evaluate_heads(root / "heads", params.evaluate, read_manifest(root / "data/manifest.csv"),
-                                                ensemble=params.heads.ensemble)
+        report, leaderboard, _ = evaluate_heads(
+            root / "heads", params.evaluate, read_manifest(root / "data/manifest.csv"), ensemble=params.heads.ensemble
+        )
         target.write_text(json.dumps(export_target(report, leaderboard, root / "heads", variant)), encoding="utf-8")
     return target
 
@@ -89,8 +112,10 @@ def _expected_classes(root: Path, heads, average: bool) -> dict[str, str]:
 
     probabilities, test = [], None
     for keys, estimator in heads:
-        parts = [open_feature_set(root / f"features/{k}.zarr", "test", manifest=root / "data/manifest.csv",
-                                  pooling="avg") for k in keys]
+        parts = [
+            open_feature_set(root / f"features/{k}.zarr", "test", manifest=root / "data/manifest.csv", pooling="avg")
+            for k in keys
+        ]
         test = parts[0]
         probabilities.append(estimator.predict_proba(np.concatenate([p.X for p in parts], axis=1)))
     mean = np.mean(probabilities, axis=0) if average else probabilities[0]
@@ -109,12 +134,12 @@ def _predicted_classes(root: Path, out: Path, capsys) -> dict[str, str]:
     except SystemExit as exit_:
         assert exit_.code == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert {"ood_distance", "out_of_domain"} <= set(rows[0])     # the out-of-domain flag still works
+    assert {"ood_distance", "out_of_domain"} <= set(rows[0])  # the out-of-domain flag still works
     return {str(Path(r["file"]).relative_to(test_dir)): r["predicted"] for r in rows}
 
 
 def _nested_models(out: Path) -> list:
-    from pipeline.export.predict import load_keras_model
+    from pipeline.export.predict_command import load_keras_model
 
     return [layer for layer in load_keras_model(out / "model.keras").layers if hasattr(layer, "layers")]
 
@@ -160,7 +185,7 @@ def test_the_ensemble_exports_as_one_graph_that_predicts_the_pipelines_classes(p
 
 
 def load_model_layers(out: Path) -> list:
-    from pipeline.export.predict import load_keras_model
+    from pipeline.export.predict_command import load_keras_model
 
     return load_keras_model(out / "model.keras").layers
 
@@ -171,7 +196,7 @@ def test_a_combination_exports_as_one_graph_on_one_shared_backbone(pipeline_run,
     from pipeline.heads.saved import load_head
 
     scores = json.loads((pipeline_run / "heads/mv2+mv2b/scores.json").read_text())
-    row = next(r for r in scores["variants"] if r["kind"] == "svm_linear")   # calibrated on val as exported
+    row = next(r for r in scores["variants"] if r["kind"] == "svm_linear")  # calibrated on val as exported
     out = _export(pipeline_run, f"mv2+mv2b/{row['variant']}")
     stores = [pipeline_run / f"features/{k}.zarr" for k in ("mv2", "mv2b")]
     val = open_combination(stores, ["mv2", "mv2b"], "val", manifest=pipeline_run / "data/manifest.csv", pooling="avg")
@@ -203,17 +228,30 @@ def test_a_model_that_cannot_be_one_graph_is_refused_naming_why(pipeline_run, tm
     target = json.loads(_target(pipeline_run, "ensemble", "ensemble/softvote-3").read_text())
     member = target["members"][1]
     member["row"] = {**member["row"], "out_of_core": True}
-    assert unexportable(target) == (f"the ensemble's member {member['feature_set']}/{member['variant']} is a logreg "
-                                    "head trained out of core, which has no exact Keras form (an exported model "
-                                    "holds no pickle)")
+    assert unexportable(target) == (
+        f"the ensemble's member {member['feature_set']}/{member['variant']} is a logreg "
+        "head trained out of core, which has no exact Keras form (an exported model "
+        "holds no pickle)"
+    )
     # A member whose backbone params.yaml no longer describes cannot be rebuilt.
     params = _params()
     del params["features"]["mv2c"]
     write_params(tmp_path / "params.yaml", params)
-    with pytest.raises(ValueError, match=r"ensemble / softvote-3 cannot be exported: it reads feature sets "
-                                         r"\['mv2c'\], which params.yaml `features` no longer has"):
-        export.main(["--target", str(pipeline_run / "reports/target-ensemble.json"), "--out",
-                     str(tmp_path / "models"), "--params", str(tmp_path / "params.yaml")])
+    with pytest.raises(
+        ValueError,
+        match=r"ensemble / softvote-3 cannot be exported: it reads feature sets "
+        r"\['mv2c'\], which params.yaml `features` no longer has",
+    ):
+        export.main(
+            [
+                "--target",
+                str(pipeline_run / "reports/target-ensemble.json"),
+                "--out",
+                str(tmp_path / "models"),
+                "--params",
+                str(tmp_path / "params.yaml"),
+            ]
+        )
     with pytest.raises(ValueError, match="no variant 'softvote-9' of the ensemble. Known: softvote-3"):
         _target(pipeline_run, "bad", "ensemble/softvote-9")
 
@@ -223,9 +261,20 @@ def test_one_cut_at_two_input_sizes_is_two_backbones_in_one_graph(pipeline_run, 
     target = json.loads(_target(pipeline_run, "pair", "ensemble/softvote-3").read_text())
     target["members"] = [m for m in target["members"] if m["feature_set"] != "mv2b"]
     (tmp_path / "target.json").write_text(json.dumps(target))
-    export.main(["--target", str(tmp_path / "target.json"), "--manifest", str(pipeline_run / "data/manifest.csv"),
-                 "--prepare-report", str(pipeline_run / "reports/prepare.json"), "--out", str(tmp_path / "models"),
-                 "--params", str(pipeline_run / "params.yaml")])
+    export.main(
+        [
+            "--target",
+            str(tmp_path / "target.json"),
+            "--manifest",
+            str(pipeline_run / "data/manifest.csv"),
+            "--prepare-report",
+            str(pipeline_run / "reports/prepare.json"),
+            "--out",
+            str(tmp_path / "models"),
+            "--params",
+            str(pipeline_run / "params.yaml"),
+        ]
+    )
     card = json.loads((tmp_path / "models/card.json").read_text())
     assert [s["feature_sets"] for s in card["shared_backbones"]] == [["mv2"], ["mv2c"]]
     assert card["check_against_pipeline"]["same_class"] == card["check_against_pipeline"]["images"] > 0
@@ -243,10 +292,26 @@ def test_predict_runs_the_ensemble_on_each_runtime(pipeline_run, runtime, tmp_pa
     tables = {}
     for name in ("tensorflow", runtime):
         csv_path = tmp_path / f"{name}.csv"
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(out),
-                                 str(pipeline_run / "images/class_1"), "--top-k", "3", "--runtime", name,
-                                 "--no-progress", "--out", str(csv_path)],
-                                capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli.shoulders",
+                "predict",
+                str(out),
+                str(pipeline_run / "images/class_1"),
+                "--top-k",
+                "3",
+                "--runtime",
+                name,
+                "--no-progress",
+                "--out",
+                str(csv_path),
+            ],
+            capture_output=True,
+            text=True,
+            env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         tables[name] = list(csv.DictReader(csv_path.open()))
     reference, other = tables["tensorflow"], tables[runtime]

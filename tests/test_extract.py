@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline.stages import extract, prepare
+
 from pipeline.config import parse_params
 from pipeline.extraction.runner import regroup
-from pipeline.extraction.runtime import resolve_runtime
+from pipeline.extraction.runtime_choice import resolve_runtime
+from pipeline.stages import extract, prepare
 from pipeline.store.reader import open_feature_set, open_store
 from pipeline.store.writer import ChunkWrite
 
 
 def test_auto_runtime_follows_the_device():
-    from pipeline.extraction.runtime import BATCH_GPU, jax_gpu
+    from pipeline.extraction.runtime_choice import BATCH_GPU, jax_gpu
 
     gpu = jax_gpu()
     runtime = resolve_runtime(parse_params({}).extract)
     assert (runtime.name, runtime.device) == (("jax", "GPU") if gpu else ("openvino", "CPU"))
     assert (runtime.precision, runtime.batch_size, runtime.jit_compile) == (
-        ("float16", BATCH_GPU, True) if gpu else ("float32", None, False))  # None: measured when the model is built
-    forced = resolve_runtime(parse_params({"extract": {"runtime": "tensorflow", "batch_size": 7, "jit_compile": True,
-                                                       "precision": "bfloat16"}}).extract)
+        ("float16", BATCH_GPU, True) if gpu else ("float32", None, False)
+    )  # None: measured when the model is built
+    forced = resolve_runtime(
+        parse_params(
+            {"extract": {"runtime": "tensorflow", "batch_size": 7, "jit_compile": True, "precision": "bfloat16"}}
+        ).extract
+    )
     assert (forced.name, forced.batch_size, forced.jit_compile, forced.compute) == ("tensorflow", 7, True, "bfloat16")
 
 
@@ -116,8 +120,15 @@ def test_the_compiled_step_is_traced_once_for_every_shard(in_tmp):
     paths = {h: r.path for h, r in images.items()}
     blocks = []
     for rows in (range(0, 7), range(7, len(hashes))):  # two shards, as a Dask worker runs them one after the other
-        run_jobs(backbone, [ChunkWrite(0, rows)], hashes, paths, lambda job, block: blocks.append(block),
-                 name="shard", progress=False)
+        run_jobs(
+            backbone,
+            [ChunkWrite(0, rows)],
+            hashes,
+            paths,
+            lambda job, block: blocks.append(block),
+            name="shard",
+            progress=False,
+        )
     assert [len(b) for b in blocks] == [7, len(hashes) - 7]
     assert backbone.step() is backbone.step()
     assert backbone.step().traced.experimental_get_tracing_count() == 1
@@ -129,12 +140,12 @@ def test_the_precision_guard_counts_losses_and_overflow_as_the_elementwise_rule_
     rng = np.random.default_rng(0)
     features = rng.normal(size=(8, 4, 4, 16)).astype(np.float32)
     features[0, 0, 0, :5] = 0.0
-    features[1, 0, 0, :3] = 1e-9                               # non-zero, round to 0 in float16
+    features[1, 0, 0, :3] = 1e-9  # non-zero, round to 0 in float16
     guard = PrecisionGuard("fs", "float16")
     stored = guard.store(features)
     assert stored.dtype == np.float16 and guard.lost == 3 and guard.nonzero == features.size - 5
     assert guard.lost == np.count_nonzero((features != 0) & (stored == 0))
-    features[2, 1, 1, 1] = np.nan                              # refused when finalising, not an overflow here
+    features[2, 1, 1, 1] = np.nan  # refused when finalising, not an overflow here
     PrecisionGuard("fs", "float16").store(features)
     features[3, 0, 0, 0] = 1e6
     with pytest.raises(ValueError, match=r"overflow float16 \(1 values beyond its range; largest \|value\| 1e\+06\)"):
@@ -144,21 +155,22 @@ def test_the_precision_guard_counts_losses_and_overflow_as_the_elementwise_rule_
         PrecisionGuard("fs", "float16").store(tiny)
     assert PrecisionGuard("fs", "float32").store(tiny) is tiny
     edge = np.ones((1, 205), np.float32)
-    edge[0, :5] = [65504.0, 65519.0, -0.0, 6e-8, -1e-8]   # float16's max, rounds down to it, -0, subnormal, underflow
+    edge[0, :5] = [65504.0, 65519.0, -0.0, 6e-8, -1e-8]  # float16's max, rounds down to it, -0, subnormal, underflow
     guard = PrecisionGuard("fs", "float16")
     guard.store(edge)
     assert (guard.lost, guard.nonzero) == (1, 204)
     with pytest.raises(ValueError, match=r"overflow float16 \(1 values"):
-        PrecisionGuard("fs", "float16").store(np.array([[1.0, -65520.0]], np.float32))   # rounds to -inf
+        PrecisionGuard("fs", "float16").store(np.array([[1.0, -65520.0]], np.float32))  # rounds to -inf
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32"])
 def test_nonzero_values_are_counted_on_their_bits_as_numpy_counts_them(dtype):
     from pipeline.extraction.precision import _count_nonzero
 
-    values = np.array([0.0, -0.0, 1.0, -2.5, 1e-30, np.inf, -np.inf, np.nan] if dtype != "int32" else [0, 1, -1, 0, 7],
-                      dtype)
+    values = np.array(
+        [0.0, -0.0, 1.0, -2.5, 1e-30, np.inf, -np.inf, np.nan] if dtype != "int32" else [0, 1, -1, 0, 7], dtype
+    )
     if dtype.startswith("float"):
-        values = np.concatenate([values, np.nextafter(np.zeros(3, dtype), 1)])   # the smallest subnormal
+        values = np.concatenate([values, np.nextafter(np.zeros(3, dtype), 1)])  # the smallest subnormal
     assert _count_nonzero(values) == np.count_nonzero(values)
-    assert _count_nonzero(values[::2]) == np.count_nonzero(values[::2])   # strided: counted on a copy
+    assert _count_nonzero(values[::2]) == np.count_nonzero(values[::2])  # strided: counted on a copy

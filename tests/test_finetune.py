@@ -5,18 +5,31 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
-from pipeline.stages import extract, finetune, prepare, heads as heads_stage
+
 from pipeline.config import ParamsError, parse_params
+from pipeline.stages import extract, finetune, prepare
+from pipeline.stages import heads as heads_stage
 
 
 def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     write_image_folder(in_tmp / "images", classes=2, per_class=12)
-    params = tiny_params("images", heads={"kinds": ["dense"], "n_jobs": 1,
-                                          "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]}},
-                         finetune={"feature_set": "mv2", "unfreeze": 6, "epochs": 2, "patience": 1,
-                                   "batch_size": 4, "learning_rate": 1e-4})
+    params = tiny_params(
+        "images",
+        heads={
+            "kinds": ["dense"],
+            "n_jobs": 1,
+            "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [5]},
+        },
+        finetune={
+            "feature_set": "mv2",
+            "unfreeze": 6,
+            "epochs": 2,
+            "patience": 1,
+            "batch_size": 4,
+            "learning_rate": 1e-4,
+        },
+    )
     write_params(in_tmp / "params.yaml", params)
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
@@ -29,8 +42,9 @@ def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     assert abs(result["val_accuracy_before"] - result["val_accuracy_cached_head"]) <= 0.2
     assert 1 <= result["unfrozen_layers"] <= 6 and 1 <= result["epochs_run"] <= 2
     # Fine-tuning is kept only when it improved validation accuracy; otherwise the warm start is.
-    assert result["kept"] == ("fine-tuned" if result["val_accuracy_after"] > result["val_accuracy_before"]
-                              else "warm start")
+    assert result["kept"] == (
+        "fine-tuned" if result["val_accuracy_after"] > result["val_accuracy_before"] else "warm start"
+    )
     assert result["val_accuracy"] == max(result["val_accuracy_before"], result["val_accuracy_after"])
     low, high = result["test_accuracy_ci95"]
     assert low <= result["test_accuracy"] <= high
@@ -38,9 +52,24 @@ def test_finetune_runs_end_to_end_from_the_cached_head(in_tmp):
     # Its result joins the leaderboard and the overall choice, made on validation.
     from pipeline.stages import evaluate
 
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots", "--finetune",
-                   "finetune/result.json", "--best", "reports/best"])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--finetune",
+            "finetune/result.json",
+            "--best",
+            "reports/best",
+        ]
+    )
     report = json.loads((in_tmp / "reports/evaluation.json").read_text())
     assert report["finetune"]["test_accuracy"] == result["test_accuracy"]
     board = (in_tmp / "reports/leaderboard.csv").read_text()
@@ -62,8 +91,9 @@ def test_batch_norm_stays_frozen_and_only_the_top_trains():
     from pipeline.finetuning.warm_start import build_finetune_model
     from pipeline.heads.dense import DenseHead
 
-    cut = build_cut_model(FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35,
-                                           cut="block_2_add"), seed=0)
+    cut = build_cut_model(
+        FeatureSetParams(backbone="mobilenet_v2", weights="none", size=32, alpha=0.35, cut="block_2_add"), seed=0
+    )
     X = np.random.default_rng(0).normal(size=(20, 8)).astype("float32")
     head = Pipeline([("s", StandardScaler()), ("head", DenseHead(hidden_units=4, epochs=1))]).fit(X, [0, 1] * 10)
     build_finetune_model(cut, head, "avg", unfreeze=10)

@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
-
 from conftest import REPO, tiny_params, write_params
+
 from pipeline.manifest import Record, write_manifest
 from pipeline.store.gc import collect_garbage
 from pipeline.store.layout import StoreError
@@ -29,8 +29,8 @@ from pipeline.store.writer import StoreWriter
 
 FEATURE_SHAPE = (2, 2, 3)
 CHUNK_ROWS = 4
-IMAGES = 48            # 12 chunks
-WAIT_S = 60            # a bound on every wait, so that a broken test fails instead of hanging
+IMAGES = 48  # 12 chunks
+WAIT_S = 60  # a bound on every wait, so that a broken test fails instead of hanging
 
 
 def _sha(image: int) -> str:
@@ -38,21 +38,42 @@ def _sha(image: int) -> str:
 
 
 def _record(image: int, split: str = "train") -> Record:
-    return Record(id=f"c{image % 2}/{image:03d}.png", path=f"images/c{image % 2}/{image:03d}.png", label=image % 2,
-                  class_name=f"c{image % 2}", split=split, sha256=_sha(image), width=8, height=8)
+    return Record(
+        id=f"c{image % 2}/{image:03d}.png",
+        path=f"images/c{image % 2}/{image:03d}.png",
+        label=image % 2,
+        class_name=f"c{image % 2}",
+        split=split,
+        sha256=_sha(image),
+        width=8,
+        height=8,
+    )
 
 
 def _make_store(path: Path, images: int = IMAGES) -> None:
     """A real store of ``images`` rows (rows in content-hash order, as extraction appends them), each row's map
     holding its image number, so that any row read from the wrong place shows."""
     number = {_sha(i): i for i in range(images)}
-    with StoreWriter(path, {"backbone": "test"}, {"backbone": "test"}, feature_shape=FEATURE_SHAPE,
-                     dtype="float16", chunk_rows=CHUNK_ROWS) as writer:
+    with StoreWriter(
+        path,
+        {"backbone": "test"},
+        {"backbone": "test"},
+        feature_shape=FEATURE_SHAPE,
+        dtype="float16",
+        chunk_rows=CHUNK_ROWS,
+    ) as writer:
         writes, _ = writer.plan(list(number))
         hashes = writer.row_hashes()
         for write in writes:
-            writer.write(write, np.stack([number[hashes[r]] + np.arange(12, dtype=np.float16).reshape(FEATURE_SHAPE)
-                                          / 16 for r in write.rows]))
+            writer.write(
+                write,
+                np.stack(
+                    [
+                        number[hashes[r]] + np.arange(12, dtype=np.float16).reshape(FEATURE_SHAPE) / 16
+                        for r in write.rows
+                    ]
+                ),
+            )
         writer.finalize()
 
 
@@ -151,11 +172,13 @@ def test_a_dask_array_of_a_store_gc_rewrote_says_so(tmp_path):
     wanted = [_record(i) for i in range(0, IMAGES, 2)]
     lazy = open_feature_set(store, "train", manifest=wanted, as_dask=True)
     collect_garbage(store, {r.sha256 for r in wanted})
-    with pytest.raises(StoreError, match="was rewritten .* after this dask array was made from it; call "
-                                         "open_feature_set again"):
+    with pytest.raises(
+        StoreError, match="was rewritten .* after this dask array was made from it; call open_feature_set again"
+    ):
         lazy.X.compute()
-    np.testing.assert_array_equal(open_feature_set(store, "train", manifest=wanted, as_dask=True).X.compute(),
-                                  _expected(store, wanted))
+    np.testing.assert_array_equal(
+        open_feature_set(store, "train", manifest=wanted, as_dask=True).X.compute(), _expected(store, wanted)
+    )
 
 
 # --------------------------------------------------------------------------- the command
@@ -174,8 +197,13 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 def _gc_command(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "gc", *args], capture_output=True, text=True,
-                          timeout=WAIT_S, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.shoulders", "gc", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_shoulders_gc_in_another_process_beside_a_reader(project, caplog):
@@ -183,8 +211,9 @@ def test_shoulders_gc_in_another_process_beside_a_reader(project, caplog):
     expected = _expected(Path("features/s.zarr"), records)
     ran: list[subprocess.CompletedProcess] = []
     with caplog.at_level(logging.INFO, logger="pipeline.store.reader"):
-        got = open_feature_set("features/s.zarr", "train", manifest=PausingManifest(records, lambda: ran.append(
-            _gc_command())))
+        got = open_feature_set(
+            "features/s.zarr", "train", manifest=PausingManifest(records, lambda: ran.append(_gc_command()))
+        )
     (done,) = ran
     assert done.returncode == 0, done.stderr
     assert "features/s.zarr: 48 rows, 24 of images no longer in data/manifest.csv removed:" in done.stdout

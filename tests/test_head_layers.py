@@ -11,8 +11,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from pipeline.heads.conversion import NotConvertibleError
-from pipeline.heads.keras_form import to_keras_layers
 from pipeline.heads.dense import DenseHead
+from pipeline.heads.keras_form import to_keras_layers
 
 
 def _data(classes, seed=0):
@@ -44,16 +44,22 @@ def test_logistic_regression_pipelines_convert_exactly(classes, pca):
 
 def test_dense_head_converts_exactly():
     X, y = _data(3)
-    estimator = Pipeline([("standardize", StandardScaler()),
-                          ("head", DenseHead(hidden_units=8, dropout=0.3, epochs=5, random_state=0))]).fit(X, y)
+    estimator = Pipeline(
+        [("standardize", StandardScaler()), ("head", DenseHead(hidden_units=8, dropout=0.3, epochs=5, random_state=0))]
+    ).fit(X, y)
     np.testing.assert_allclose(_keras_proba(estimator, X, "dense"), estimator.predict_proba(X), atol=2e-5)
 
 
 @pytest.mark.parametrize("classes", [2, 3, 5])
-@pytest.mark.parametrize("kind, svc", [("svm_rbf", SVC(kernel="rbf", C=1.0, gamma="scale")),
-                                       ("svm_rbf", SVC(kernel="rbf", C=10.0, gamma=0.05)),
-                                       ("svm_poly", SVC(kernel="poly", C=1.0, gamma="scale", degree=3)),
-                                       ("svm_poly", SVC(kernel="poly", C=0.5, gamma="auto", degree=2, coef0=1.0))])
+@pytest.mark.parametrize(
+    "kind, svc",
+    [
+        ("svm_rbf", SVC(kernel="rbf", C=1.0, gamma="scale")),
+        ("svm_rbf", SVC(kernel="rbf", C=10.0, gamma=0.05)),
+        ("svm_poly", SVC(kernel="poly", C=1.0, gamma="scale", degree=3)),
+        ("svm_poly", SVC(kernel="poly", C=0.5, gamma="auto", degree=2, coef0=1.0)),
+    ],
+)
 def test_calibrated_kernel_svms_convert_exactly(classes, kind, svc):
     """The kernel against the support vectors, the one-vs-one vote and temperature scaling, as scikit-learn."""
     from sklearn.base import clone
@@ -71,7 +77,6 @@ def test_calibrated_kernel_svms_convert_exactly(classes, kind, svc):
 
 def test_kernel_svm_layers_save_and_load_in_safe_mode(tmp_path):
     import keras
-
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.frozen import FrozenEstimator
 

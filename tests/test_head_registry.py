@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
+
 from pipeline.config import ParamsError, parse_params
 from pipeline.heads.registry import HEAD_KINDS, HeadKind, head_kind, register, unregister
 from pipeline.heads.variants import expand_grid, make_head
@@ -58,20 +58,44 @@ def test_an_unregistered_kind_is_refused_with_the_valid_ones():
 
 
 def test_a_registered_kind_is_fitted_scored_and_ranked(in_tmp, centroid_kind):
-    from pipeline.stages import evaluate, extract, heads as heads_stage, prepare
+    from pipeline.stages import evaluate, extract, prepare
+    from pipeline.stages import heads as heads_stage
 
     write_image_folder(in_tmp / "images", classes=3, per_class=10)
-    write_params(in_tmp / "params.yaml", tiny_params("images", heads={
-        "kinds": ["logreg", "centroid"], "logreg": {"C": [1.0]}, "centroid": {"metric": ["euclidean", "manhattan"]}}))
+    write_params(
+        in_tmp / "params.yaml",
+        tiny_params(
+            "images",
+            heads={
+                "kinds": ["logreg", "centroid"],
+                "logreg": {"C": [1.0]},
+                "centroid": {"metric": ["euclidean", "manhattan"]},
+            },
+        ),
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+        ]
+    )
     scores = json.loads((in_tmp / "heads/mv2/scores.json").read_text())
     assert {r["variant"]: r["kind"] for r in scores["variants"]} == {
-        "avg-logreg-C1": "logreg", "avg-centroid-metriceuclidean": "centroid",
-        "avg-centroid-metricmanhattan": "centroid"}
+        "avg-logreg-C1": "logreg",
+        "avg-centroid-metriceuclidean": "centroid",
+        "avg-centroid-metricmanhattan": "centroid",
+    }
     with open(in_tmp / "reports/leaderboard.csv", newline="") as handle:
         board = {row["variant"]: row for row in csv.DictReader(handle)}
     assert {"avg-centroid-metriceuclidean", "avg-centroid-metricmanhattan"} <= set(board)

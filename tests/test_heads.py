@@ -69,8 +69,9 @@ def test_dense_head_works_in_a_grid_search():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, size=(400, 2)).astype(np.float32)
     y = (X[:, 0] * X[:, 1] > 0).astype(int)
-    search = GridSearchCV(DenseHead(epochs=40, learning_rate=0.03, batch_size=32, patience=0),
-                          {"hidden_units": [0, 16]}, cv=2)
+    search = GridSearchCV(
+        DenseHead(epochs=40, learning_rate=0.03, batch_size=32, patience=0), {"hidden_units": [0, 16]}, cv=2
+    )
     search.fit(X, y)
     linear, hidden = search.cv_results_["mean_test_score"]
     assert search.best_params_["hidden_units"] == 16 and search.best_estimator_.hidden_units == 16
@@ -99,10 +100,23 @@ def test_dense_head_without_patience_trains_every_epoch(blobs):
 
 
 def test_grid_ids_are_stable_and_readable():
-    heads = parse_params({"heads": {"kinds": ["logreg", "svm_rbf", "dense"], "pooling": ["avg", "max"],
-                                    "logreg": {"C": [0.1, 1.0]}, "svm_rbf": {"C": [1.0], "gamma": ["scale", 0.01]},
-                                    "dense": {"hidden_units": [256], "dropout": [0.0, 0.5], "weight_decay": [0.0, 1e-3],
-                                              "learning_rate": [0.001], "epochs": [60]}}}).heads
+    heads = parse_params(
+        {
+            "heads": {
+                "kinds": ["logreg", "svm_rbf", "dense"],
+                "pooling": ["avg", "max"],
+                "logreg": {"C": [0.1, 1.0]},
+                "svm_rbf": {"C": [1.0], "gamma": ["scale", 0.01]},
+                "dense": {
+                    "hidden_units": [256],
+                    "dropout": [0.0, 0.5],
+                    "weight_decay": [0.0, 1e-3],
+                    "learning_rate": [0.001],
+                    "epochs": [60],
+                },
+            }
+        }
+    ).heads
     ids = [v.id for v in expand_grid(heads)]
     assert len(ids) == 2 * (2 + 2 + 4) and len(set(ids)) == len(ids)
     assert "avg-logreg-C0.1" in ids
@@ -111,13 +125,22 @@ def test_grid_ids_are_stable_and_readable():
 
 
 def test_grid_sweeps_pooling_standardisation_and_pca():
-    heads = parse_params({"heads": {"kinds": ["logreg", "svm_poly"], "pooling": ["avg", "avgmax"],
-                                    "standardize": [True, False], "pca": [None, 8, 0.9],
-                                    "logreg": {"C": [1.0]}, "svm_poly": {"degree": [2, 3]}}}).heads
+    heads = parse_params(
+        {
+            "heads": {
+                "kinds": ["logreg", "svm_poly"],
+                "pooling": ["avg", "avgmax"],
+                "standardize": [True, False],
+                "pca": [None, 8, 0.9],
+                "logreg": {"C": [1.0]},
+                "svm_poly": {"degree": [2, 3]},
+            }
+        }
+    ).heads
     variants = expand_grid(heads)
     ids = [v.id for v in variants]
     assert len(ids) == 2 * 2 * 3 * (1 + 2) == len(set(ids))
-    assert ids[0] == "avg-logreg-C1"   # default preprocessing adds nothing to the id
+    assert ids[0] == "avg-logreg-C1"  # default preprocessing adds nothing to the id
     assert {"avgmax-nostd-pca8-logreg-C1", "avg-pca0.9-svm_poly-C1-gscale-deg3", "avg-nostd-logreg-C1"} <= set(ids)
     by_id = dict(zip(ids, variants))
     steps = [name for name, _ in make_estimator(by_id["avgmax-nostd-pca8-logreg-C1"], heads).steps]
@@ -135,7 +158,14 @@ def test_grid_refuses_a_value_listed_twice():
 @pytest.mark.parametrize("kind", ["logreg", "svm_linear", "svm_rbf", "svm_poly", "dense"])
 def test_every_kind_learns_separable_data(blobs, kind):
     X, y = blobs
-    heads = parse_params({"heads": {"kinds": [kind], "dense": {"epochs": [40], "hidden_units": [16], "weight_decay": [0.0], "learning_rate": [0.01]}}}).heads
+    heads = parse_params(
+        {
+            "heads": {
+                "kinds": [kind],
+                "dense": {"epochs": [40], "hidden_units": [16], "weight_decay": [0.0], "learning_rate": [0.01]},
+            }
+        }
+    ).heads
     # C = 1 where the kind has a C (the default grids start at 1e-6, the coarse pass of the C search).
     variant = next(v for v in expand_grid(heads) if dict(v.params).get("C", 1.0) == 1.0)
     estimator = make_estimator(variant, heads).fit(X[:90], y[:90])
@@ -154,11 +184,13 @@ def test_dense_head_draws_one_view_per_image_per_epoch(blobs):
     assert a.n_features_in_ == X.shape[1] and (a.predict(X) == y).mean() > 0.9
 
 
-@parametrize_with_checks([
-    # Settings small enough to be quick, large enough to pass the checks' training-accuracy bar (0.83).
-    DenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32, patience=0),
-    StreamingLinearHead(epochs=20),
-    StreamingDenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32),
-])
+@parametrize_with_checks(
+    [
+        # Settings small enough to be quick, large enough to pass the checks' training-accuracy bar (0.83).
+        DenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32, patience=0),
+        StreamingLinearHead(epochs=20),
+        StreamingDenseHead(hidden_units=8, epochs=10, learning_rate=0.02, batch_size=32),
+    ]
+)
 def test_every_head_estimator_follows_the_scikit_learn_api(estimator, check):
     check(estimator)

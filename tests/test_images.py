@@ -76,10 +76,13 @@ def test_animated_gif_gives_the_first_frame(tmp_path):
     assert pixels[..., 0].mean() > 200 and pixels[..., 2].mean() < 50
 
 
-@pytest.mark.parametrize("name, content", [
-    ("text.jpg", b"this is not an image"),
-    ("empty.png", b""),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("text.jpg", b"this is not an image"),
+        ("empty.png", b""),
+    ],
+)
 def test_non_images_are_refused_by_name(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -136,8 +139,10 @@ def test_palette_with_transparency_and_grey_alpha_keep_their_colours(tmp_path):
     assert decode_image(_save(tmp_path / "la.png", grey_alpha))[0, 0].tolist() == [90, 90, 90]
 
 
-@pytest.mark.parametrize("name, fmt", [("A.JPG", "JPEG"), ("b.Png", "PNG"), ("c.JPEG", "JPEG"), ("d.GIF", "GIF"),
-                                       ("e.WEBP", "WEBP"), ("f.BMP", "BMP")])
+@pytest.mark.parametrize(
+    "name, fmt",
+    [("A.JPG", "JPEG"), ("b.Png", "PNG"), ("c.JPEG", "JPEG"), ("d.GIF", "GIF"), ("e.WEBP", "WEBP"), ("f.BMP", "BMP")],
+)
 def test_upper_case_extensions_are_images(tmp_path, rgb, name, fmt):
     path = _save(tmp_path / name, Image.fromarray(rgb), format=fmt)
     assert is_image_name(path)
@@ -170,7 +175,7 @@ def _pil_pixels(path):
 def photo():
     from skimage import data
 
-    return np.asarray(data.astronaut())[::3, ::2]   # 171×256, a real photograph's textures
+    return np.asarray(data.astronaut())[::3, ::2]  # 171×256, a real photograph's textures
 
 
 @pytest.fixture
@@ -186,11 +191,12 @@ def jpeg_calls(monkeypatch):
         pixels = original(data)
         calls.append(pixels is not None)
         return pixels
+
     monkeypatch.setattr(images, "_libjpeg_turbo", counted)
     return calls
 
 
-@pytest.mark.parametrize("subsampling", [0, 1, 2])   # 4:4:4, 4:2:2, 4:2:0
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
 @pytest.mark.parametrize("progressive", [False, True])
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_libjpeg_turbo_gives_pils_pixels_to_the_bit(tmp_path, photo, jpeg_calls, subsampling, progressive, mode):
@@ -202,7 +208,7 @@ def test_libjpeg_turbo_gives_pils_pixels_to_the_bit(tmp_path, photo, jpeg_calls,
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_turns_as_pil_turns_it(tmp_path, photo, jpeg_calls, orientation):
-    image = Image.fromarray(photo[:, :200])   # not square: a wrong turn changes the shape
+    image = Image.fromarray(photo[:, :200])  # not square: a wrong turn changes the shape
     exif = image.getexif()
     exif[0x0112] = orientation
     path = _save(tmp_path / "o.jpg", image, exif=exif, quality=90)
@@ -214,17 +220,17 @@ def test_every_exif_orientation_turns_as_pil_turns_it(tmp_path, photo, jpeg_call
 def test_cmyk_draft_and_corrupt_jpegs_go_through_pil(tmp_path, photo, jpeg_calls):
     cmyk = _save(tmp_path / "c.jpg", Image.fromarray(photo).convert("CMYK"), quality=90)
     np.testing.assert_array_equal(decode_image(cmyk), _pil_pixels(cmyk))
-    big = _save(tmp_path / "big.jpg", Image.fromarray(np.tile(photo, (2, 2, 1))), quality=90)   # 342×512
+    big = _save(tmp_path / "big.jpg", Image.fromarray(np.tile(photo, (2, 2, 1))), quality=90)  # 342×512
     with Image.open(big) as image:
         image.draft("RGB", (160, 160))
         drafted = np.asarray(image.convert("RGB"))
-    np.testing.assert_array_equal(decode_image(big, target=160), drafted)   # DCT-domain 1/2: PIL's draft
+    np.testing.assert_array_equal(decode_image(big, target=160), drafted)  # DCT-domain 1/2: PIL's draft
     data = bytearray(big.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)   # corrupt entropy-coded data: libjpeg-turbo warns
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # corrupt entropy-coded data: libjpeg-turbo warns
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(bytes(data))
     np.testing.assert_array_equal(decode_image(corrupt), _pil_pixels(corrupt))
-    assert jpeg_calls == [False]   # only the corrupt file reached libjpeg-turbo, which handed it to PIL
+    assert jpeg_calls == [False]  # only the corrupt file reached libjpeg-turbo, which handed it to PIL
 
 
 def test_real_photos_decode_as_pil_decodes_them(jpeg_calls):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import REPO, tiny_params, write_image_folder, write_params
 from test_resume import FEATURES, chunk_files, kill_after
 
@@ -46,11 +45,18 @@ def _repo(tmp_path: Path, **params) -> tuple[Path, dict]:
         shutil.copy(REPO / name, root / name)
     write_image_folder(root / "images", classes=3, per_class=10, size=(36, 36))
     # A one-head grid: these tests are about what reruns, not about heads.
-    write_params(root / "params.yaml", tiny_params("images", heads={"kinds": ["logreg"], "logreg": {"C": [1.0]}},
-                                                   **params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    write_params(
+        root / "params.yaml", tiny_params("images", heads={"kinds": ["logreg"], "logreg": {"C": [1.0]}}, **params)
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         _run(cmd, root, env)
     return root, env
@@ -65,13 +71,27 @@ def _set(root: Path, section: str, key: str, value) -> None:
 def test_repro_then_curating_the_dataset_runs_the_backbone_on_new_images_only(tmp_path):
     root, env = _repo(tmp_path)
     cold = _run(["dvc", "repro"], root, env)
-    assert _ran(cold) == {"params_check", "synthesize", "prepare", "catalog", "check", "extract@mv2", "augment@mv2",
-                          "heads", "backbone_cost", "plots_page", "finetune", "evaluate", "export", "diagnose"}
+    assert _ran(cold) == {
+        "params_check",
+        "synthesize",
+        "prepare",
+        "catalog",
+        "check",
+        "extract@mv2",
+        "augment@mv2",
+        "heads",
+        "backbone_cost",
+        "plots_page",
+        "finetune",
+        "evaluate",
+        "export",
+        "diagnose",
+    }
     report = _report(root)
     assert (report["images"], report["reused"], report["computed"], report["rows"]) == (30, 0, 30, 30)
     assert json.loads((root / "metrics.json").read_text())["head"].startswith("mv2/")
     assert json.loads((root / "models/card.json").read_text())["check_against_pipeline"]["same_class"] > 0
-    assert _ran(_run(["dvc", "repro"], root, env)) == {"prepare"}    # prepare looks at the images every time
+    assert _ran(_run(["dvc", "repro"], root, env)) == {"prepare"}  # prepare looks at the images every time
 
     # A head parameter: heads and what follows rerun; no extraction, preparation or check.
     _set(root, "heads", "logreg", {"C": [0.5], "max_iter": 2000})
@@ -150,8 +170,7 @@ def test_an_image_row_does_not_depend_on_the_run_or_its_batch_neighbours(in_tmp)
     # An incremental history: 5 images first, then 9 more, then the rest (other batches, other neighbours).
     for count in (5, 14, len(hashes)):
         (in_tmp / "part.txt").write_text("".join(f"{h}\n" for h in hashes[::-1][:count]))
-        extract.main(["--feature-set", "mv2", "--hashes", "part.txt", "--out", "incremental/mv2.zarr",
-                      "--no-progress"])
+        extract.main(["--feature-set", "mv2", "--hashes", "part.txt", "--out", "incremental/mv2.zarr", "--no-progress"])
     cold, incremental = (zarr.open_group(f"{name}/mv2.zarr", mode="r") for name in ("cold", "incremental"))
     rows = {h: i for i, h in enumerate(incremental["sha256"][...].tolist())}
     assert len(incremental.attrs["runs"]) == 3 and len(rows) == len(hashes)
@@ -163,8 +182,9 @@ def test_sigkill_in_the_middle_of_an_incremental_run_resumes_and_keeps_old_rows(
     from pipeline.stages import extract, prepare
 
     write_image_folder(in_tmp / "images", classes=3, per_class=60, size=(64, 64))
-    write_params(in_tmp / "params.yaml", tiny_params("images", features=FEATURES,
-                                                     extract={"batch_size": 4, "chunk_mb": 0.02}))
+    write_params(
+        in_tmp / "params.yaml", tiny_params("images", features=FEATURES, extract={"batch_size": 4, "chunk_mb": 0.02})
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     hashes = (in_tmp / "data/content_hashes.txt").read_text().split()
     first = "".join(f"{h}\n" for h in hashes[:50])
@@ -174,8 +194,16 @@ def test_sigkill_in_the_middle_of_an_incremental_run_resumes_and_keeps_old_rows(
     extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
     store = in_tmp / "features/mv2.zarr"
     old = chunk_files(store)
-    command = [sys.executable, "-m", "pipeline.stages.extract", "--feature-set", "mv2", "--out", "features/mv2.zarr",
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.extract",
+        "--feature-set",
+        "mv2",
+        "--out",
+        "features/mv2.zarr",
+        "--no-progress",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     before = int(zarr.open_group(store, mode="r")["done"][...].sum())
     kill_after(command, env, in_tmp / "features", "mv2.zarr", before + 2)
@@ -201,13 +229,25 @@ def test_an_extraction_with_nothing_to_do_imports_no_framework(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params("images"))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     (in_tmp / "reports/checks").mkdir(parents=True)
-    (in_tmp / "reports/checks/mv2.json").write_text(json.dumps(
-        {"backbone": "mobilenet_v2", "weights": "none", "alpha": 0.35, "cut": "block_2_add"}))
-    args = ["--feature-set", "mv2", "--check", "reports/checks/mv2.json", "--out", "features/mv2.zarr",
-            "--report", "reports/extract/mv2.json", "--no-progress"]
+    (in_tmp / "reports/checks/mv2.json").write_text(
+        json.dumps({"backbone": "mobilenet_v2", "weights": "none", "alpha": 0.35, "cut": "block_2_add"})
+    )
+    args = [
+        "--feature-set",
+        "mv2",
+        "--check",
+        "reports/checks/mv2.json",
+        "--out",
+        "features/mv2.zarr",
+        "--report",
+        "reports/extract/mv2.json",
+        "--no-progress",
+    ]
     extract.main(args)
-    code = ("import logging, sys; logging.basicConfig(level=logging.INFO); from pipeline.stages import extract; "
-            f"extract.main({args!r}); print('tensorflow' in sys.modules)")
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO); from pipeline.stages import extract; "
+        f"extract.main({args!r}); print('tensorflow' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=in_tmp)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -7,16 +7,18 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import write_image_folder
 from PIL import Image
 
-from conftest import write_image_folder
 from pipeline.extraction.augmentation import augment_image, view_seed
 from pipeline.extraction.inputs import image_batches, labelled_batches, load_and_resize, resize_bilinear
 from pipeline.images import BadImageError, decode_image
 
 
-@pytest.mark.parametrize("shape, size", [((64, 64), 224), ((375, 500), 224), ((300, 200), 96), ((31, 47), 32),
-                                         ((224, 224), 224), ((1000, 750), 240)])
+@pytest.mark.parametrize(
+    "shape, size",
+    [((64, 64), 224), ((375, 500), 224), ((300, 200), 96), ((31, 47), 32), ((224, 224), 224), ((1000, 750), 240)],
+)
 def test_resize_is_tensorflows_bilinear_to_the_bit(shape, size):
     import tensorflow as tf
 
@@ -28,7 +30,7 @@ def test_resize_is_tensorflows_bilinear_to_the_bit(shape, size):
 def _jpeg(path, size, seed=0):
     rng = np.random.default_rng(seed)
     smooth = np.kron(rng.integers(0, 256, (size[1] // 16 + 1, size[0] // 16 + 1, 3)), np.ones((16, 16, 1)))
-    Image.fromarray(smooth[:size[1], :size[0]].astype(np.uint8)).save(path, quality=92)
+    Image.fromarray(smooth[: size[1], : size[0]].astype(np.uint8)).save(path, quality=92)
     return path
 
 
@@ -122,8 +124,9 @@ def test_a_preset_resize_matches_keras_and_leaves_the_active_backend_intact():
     pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3)).astype(np.uint8)
     how = Resize(interpolation="bicubic", antialias=True)
     got = resize_image(pixels, 16, how)
-    expected = keras.ops.convert_to_numpy(keras.layers.Resizing(16, 16, interpolation="bicubic", antialias=True)(
-        pixels[None].astype(np.float32)))[0]
+    expected = keras.ops.convert_to_numpy(
+        keras.layers.Resizing(16, 16, interpolation="bicubic", antialias=True)(pixels[None].astype(np.float32))
+    )[0]
     np.testing.assert_allclose(got, expected, atol=1e-3)
     assert backends.numpy.__name__ == f"keras.src.backend.{keras.backend.backend()}.numpy"
     assert keras.ops.zeros((2,)).shape == (2,)

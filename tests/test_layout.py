@@ -7,7 +7,7 @@ must be covered by the stage's ``deps`` (the file itself or a folder above it),
 except the shared plumbing named in ``dvc.yaml``'s header comment: the params
 parser ``pipeline/config/`` (DVC tracks each stage's params keys itself; a dep
 on the parser would rerun every extraction when a key is added) and the stage
-runner ``pipeline/stage.py``, whose own imports are not followed, and the
+runner ``pipeline/cli/stage_runner.py``, whose own imports are not followed, and the
 package markers ``pipeline/__init__.py`` and ``pipeline/stages/__init__.py``.
 One stage lists the parser all the same: ``params_check``, whose job is to run
 it before any other stage (its output never changes, so that costs nothing).
@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PLUMBING = ("config/", "stage.py")           # relative to the package folder; not followed, need no dep
+PLUMBING = ("config/", "cli/")  # relative to the package folder; not followed, need no dep
 MARKERS = ("__init__.py", "stages/__init__.py")
-GATE, PARSER = "params_check", "pipeline/config"   # the stage that checks params first, and the parser it runs
+GATE, PARSER = "params_check", "pipeline/config"  # the stage that checks params first, and the parser it runs
 STAGE_MODULE = re.compile(r"python3? -m ([\w.]+)")
 
 
@@ -179,8 +179,9 @@ def layout_problems(root: Path, graph: dict[Path, set[Path]] | None = None) -> l
     for start, name in stage_files.items():
         for imported in graph[start]:
             if imported in stage_files:
-                problems.append(f"stage {name} imports stage {stage_files[imported]} "
-                                f"({imported.relative_to(root).as_posix()})")
+                problems.append(
+                    f"stage {name} imports stage {stage_files[imported]} ({imported.relative_to(root).as_posix()})"
+                )
     for component in cycles(graph):
         problems.append("import cycle: " + " <-> ".join(p.relative_to(root).as_posix() for p in component))
     return problems
@@ -215,8 +216,11 @@ def test_removing_any_code_dep_is_caught(tmp_path):
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage)
         # The gate's dep on the parser is plumbing, listed on purpose: dropping it is not a layout problem.
-        for dep in [d for d in body["deps"] if str(d).startswith("pipeline/")
-                    and not (name == GATE and str(d).rstrip("/") == PARSER)]:
+        for dep in [
+            d
+            for d in body["deps"]
+            if str(d).startswith("pipeline/") and not (name == GATE and str(d).rstrip("/") == PARSER)
+        ]:
             trimmed = yaml.safe_load(original)
             trimmed_body = trimmed["stages"][name].get("do", trimmed["stages"][name])
             trimmed_body["deps"].remove(dep)
@@ -234,24 +238,39 @@ def _mini(tmp_path: Path, files: dict[str, str], deps: dict[str, list[str]]) -> 
     for rel, text in {"pkg/__init__.py": "", "pkg/stages/__init__.py": "", **files}.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text, encoding="utf-8")
-    stages = {name: {"cmd": f"python -m pkg.stages.{name}", "deps": d, "outs": [f"{name}.out"]}
-              for name, d in deps.items()}
+    stages = {
+        name: {"cmd": f"python -m pkg.stages.{name}", "deps": d, "outs": [f"{name}.out"]} for name, d in deps.items()
+    }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}), encoding="utf-8")
     return tmp_path
 
 
 def test_checker_follows_imports_inside_functions_and_from_imports(tmp_path):
-    root = _mini(tmp_path, {"pkg/stages/a.py": "def main():\n    from pkg.engine import work\n",
-                            "pkg/engine/__init__.py": "", "pkg/engine/work.py": "from . import helper\n",
-                            "pkg/engine/helper.py": "import pkg.leaf\n", "pkg/leaf.py": ""},
-                 {"a": ["pkg/stages/a.py", "pkg/engine"]})
+    root = _mini(
+        tmp_path,
+        {
+            "pkg/stages/a.py": "def main():\n    from pkg.engine import work\n",
+            "pkg/engine/__init__.py": "",
+            "pkg/engine/work.py": "from . import helper\n",
+            "pkg/engine/helper.py": "import pkg.leaf\n",
+            "pkg/leaf.py": "",
+        },
+        {"a": ["pkg/stages/a.py", "pkg/engine"]},
+    )
     assert layout_problems(root) == ["stage a: runs pkg/leaf.py but does not depend on it"]
 
 
 def test_checker_finds_a_stage_importing_a_stage_and_a_cycle(tmp_path):
-    root = _mini(tmp_path, {"pkg/stages/a.py": "from pkg.stages import b\n", "pkg/stages/b.py": "import pkg.x\n",
-                            "pkg/x.py": "import pkg.y\n", "pkg/y.py": "def f():\n    import pkg.x\n"},
-                 {"a": ["pkg/stages", "pkg/x.py", "pkg/y.py"], "b": ["pkg/stages/b.py", "pkg/x.py", "pkg/y.py"]})
+    root = _mini(
+        tmp_path,
+        {
+            "pkg/stages/a.py": "from pkg.stages import b\n",
+            "pkg/stages/b.py": "import pkg.x\n",
+            "pkg/x.py": "import pkg.y\n",
+            "pkg/y.py": "def f():\n    import pkg.x\n",
+        },
+        {"a": ["pkg/stages", "pkg/x.py", "pkg/y.py"], "b": ["pkg/stages/b.py", "pkg/x.py", "pkg/y.py"]},
+    )
     problems = layout_problems(root)
     assert "stage a imports stage b (pkg/stages/b.py)" in problems
     assert "import cycle: pkg/x.py <-> pkg/y.py" in problems

@@ -24,14 +24,14 @@ def test_wide_matrix_gives_linear_svc_solution(n_classes, C):
     reduced = RowSpaceLinearSVC(C=C, random_state=3).fit(X, y)
     assert reduced.coef_.shape == plain.coef_.shape == ((1 if n_classes == 2 else n_classes), 400)
     assert reduced.n_features_in_ == 400
-    np.testing.assert_array_equal(reduced.n_iter_, plain.n_iter_)     # the same coordinate descent
+    np.testing.assert_array_equal(reduced.n_iter_, plain.n_iter_)  # the same coordinate descent
     scale = np.abs(plain.coef_).max()
     np.testing.assert_allclose(reduced.coef_, plain.coef_, atol=1e-6 * scale)
     np.testing.assert_allclose(reduced.intercept_, plain.intercept_, atol=1e-6 * max(1.0, scale))
     X_new, _ = wide(40, 400, n_classes, seed=1)
     np.testing.assert_allclose(reduced.decision_function(X_new), plain.decision_function(X_new), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(reduced.predict(X_new), plain.predict(X_new))
-    assert reduced.dual == "auto"         # the parameter it was given, after fitting on the square reduction
+    assert reduced.dual == "auto"  # the parameter it was given, after fitting on the square reduction
 
 
 def test_the_reduction_is_not_a_no_op():

@@ -14,14 +14,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import SIGNS, tiny_params, write_params
 from PIL import Image
 
-from conftest import SIGNS, tiny_params, write_params
-from pipeline.stages import prepare
 from pipeline.config import DataParams, NearDuplicateParams
 from pipeline.dataset.curation import build_manifest
-from pipeline.manifest import read_manifest
 from pipeline.images import BadImageError
+from pipeline.manifest import read_manifest
+from pipeline.stages import prepare
 
 BAD_FILES = ("train/bird/notes.jpg", "train/dog/empty.png", "val/dog/truncated.jpg", "test/cat/truncated.png")
 
@@ -93,11 +93,13 @@ def messy(tmp_path_factory):
     brighter = np.clip(np.asarray(Image.open(root / "train/cat/img_3.png"), np.int16) + 3, 0, 255)
     _save(root, "test/cat/near.png", Image.fromarray(brighter.astype(np.uint8)))
     # Exact duplicates, within and across splits.
-    copies = {"train/cat/img_0.png": ["train/cat/img_0_copy.png"],
-              "test/dog/img_0.png": ["train/dog/leak.png"],
-              "test/cat/img_1.png": ["train/cat/t1.png", "val/cat/t1.png"],
-              "test/dog/img_1.png": ["val/dog/v.png"],
-              "train/cat/img_2.png": ["train/dog/wrong_label.png"]}
+    copies = {
+        "train/cat/img_0.png": ["train/cat/img_0_copy.png"],
+        "test/dog/img_0.png": ["train/dog/leak.png"],
+        "test/cat/img_1.png": ["train/cat/t1.png", "val/cat/t1.png"],
+        "test/dog/img_1.png": ["val/dog/v.png"],
+        "train/cat/img_2.png": ["train/dog/wrong_label.png"],
+    }
     for source, targets in copies.items():
         for target in targets:
             shutil.copy(root / source, root / target)
@@ -149,8 +151,10 @@ def test_an_empty_or_unrecognised_file_is_named_and_said_what_it_is(messy):
 def test_counts_after_skip_and_deduplication(skipped):
     records, report = skipped
     assert report.per_split == {"train": 24, "val": 7, "test": 8} and report.images == len(records) == 39
-    assert report.per_class_split == {"cat": {"train": 12, "val": 4, "test": 4},
-                                      "dog": {"train": 12, "val": 3, "test": 4}}
+    assert report.per_class_split == {
+        "cat": {"train": 12, "val": 4, "test": 4},
+        "dog": {"train": 12, "val": 3, "test": 4},
+    }
     assert report.classes == ["cat", "dog"] and report.class_imbalance == 1.0
     assert sorted(m.split(": ")[0].split("/ds/")[1] for m in report.bad_images_skipped) == sorted(BAD_FILES)
     assert report.other_files_ignored == ["README.md", "train/cat/labels.txt"]
@@ -159,12 +163,28 @@ def test_counts_after_skip_and_deduplication(skipped):
 
 def test_duplicates_removed_and_counted(skipped):
     records, report = skipped
-    assert report.duplicates == {"groups": 5, "removed_within_split": 2, "removed_cross_split": 4,
-                                 "label_conflicts": 1, "train_test": 2, "train_val": 1, "val_test": 2}
+    assert report.duplicates == {
+        "groups": 5,
+        "removed_within_split": 2,
+        "removed_cross_split": 4,
+        "label_conflicts": 1,
+        "train_test": 2,
+        "train_val": 1,
+        "val_test": 2,
+    }
     ids = {r.id for r in records}
-    assert {"test/dog/img_0.png", "test/cat/img_1.png", "test/dog/img_1.png"} <= ids   # the held-out copy stays
-    assert not {"train/dog/leak.png", "train/cat/t1.png", "val/cat/t1.png", "val/dog/v.png",
-                "train/cat/img_0_copy.png", "train/dog/wrong_label.png"} & ids
+    assert {"test/dog/img_0.png", "test/cat/img_1.png", "test/dog/img_1.png"} <= ids  # the held-out copy stays
+    assert (
+        not {
+            "train/dog/leak.png",
+            "train/cat/t1.png",
+            "val/cat/t1.png",
+            "val/dog/v.png",
+            "train/cat/img_0_copy.png",
+            "train/dog/wrong_label.png",
+        }
+        & ids
+    )
     by_hash = Counter(r.sha256 for r in records)
     assert max(by_hash.values()) == 1  # no image twice, so none in two splits
     assert any("more than one class" in w for w in report.warnings)
@@ -173,12 +193,21 @@ def test_duplicates_removed_and_counted(skipped):
 def test_every_image_kind_is_read_upright_and_whole(skipped):
     records, report = skipped
     size = {r.id: (r.width, r.height) for r in records}
-    assert size["train/dog/rotated.JPG"] == (40, 64)       # EXIF orientation applied
+    assert size["train/dog/rotated.JPG"] == (40, 64)  # EXIF orientation applied
     assert size["train/dog/large.jpeg"] == (6000, 4000)
     assert size["train/dog/tiny.png"] == (1, 1) and size["train/cat/anim.gif"] == (32, 32)
-    for rel in ("train/cat/grey.png", "train/cat/palette.png", "train/cat/rgba.png", "train/cat/pic.webp",
-                "train/dog/cmyk.jpg", "train/dog/deep.png", "train/dog/pic.bmp", "val/cat/UPPER.JPEG",
-                "test/dog/photo.Jpg", "train/cat/small.PNG"):
+    for rel in (
+        "train/cat/grey.png",
+        "train/cat/palette.png",
+        "train/cat/rgba.png",
+        "train/cat/pic.webp",
+        "train/dog/cmyk.jpg",
+        "train/dog/deep.png",
+        "train/dog/pic.bmp",
+        "val/cat/UPPER.JPEG",
+        "test/dog/photo.Jpg",
+        "train/cat/small.PNG",
+    ):
         assert rel in size
     # Junk, hidden files and resource forks never become images.
     assert not [i for i in size if "/." in i or "__MACOSX" in i or "ghost" in i]
@@ -212,21 +241,42 @@ def test_near_duplicates_are_reported_not_removed(messy):
 
 
 def test_prepare_stage_writes_matching_reports(messy, in_tmp, monkeypatch):
-    monkeypatch.setenv("SHOULDERS_CACHE_DIR", str(in_tmp / "cache"))   # prepare's record of file stats
+    monkeypatch.setenv("SHOULDERS_CACHE_DIR", str(in_tmp / "cache"))  # prepare's record of file stats
     source = str(messy)
     raw = tiny_params(source)
     raw["data"].update(bad_images="skip", near_duplicates={"method": "phash", "max_distance": 6})
     write_params(in_tmp / "params.yaml", raw)
-    prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--summary",
-                  "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"])
+    prepare.main(
+        [
+            "--manifest",
+            "data/manifest.csv",
+            "--report",
+            "reports/prepare.json",
+            "--summary",
+            "reports/prepare.md",
+            "--metrics",
+            "reports/data_metrics.json",
+            "--no-progress",
+        ]
+    )
     report = json.loads((in_tmp / "reports/prepare.json").read_text())
     metrics = json.loads((in_tmp / "reports/data_metrics.json").read_text())["data"]
     summary = (in_tmp / "reports/prepare.md").read_text()
     assert len(read_manifest(in_tmp / "data/manifest.csv")) == report["images"] == metrics["images"] == 39
-    assert metrics == {"images": 39, "train": 24, "val": 7, "test": 8, "classes": 2, "class_imbalance": 1.0,
-                       "duplicates_removed_cross_split": 4, "duplicates_removed_within_split": 2,
-                       "bad_images_skipped": 4, "empty_classes": 2, "small_images": 2,
-                       "near_duplicate_pairs_cross_split": 1}
+    assert metrics == {
+        "images": 39,
+        "train": 24,
+        "val": 7,
+        "test": 8,
+        "classes": 2,
+        "class_imbalance": 1.0,
+        "duplicates_removed_cross_split": 4,
+        "duplicates_removed_within_split": 2,
+        "bad_images_skipped": 4,
+        "empty_classes": 2,
+        "small_images": 2,
+        "near_duplicate_pairs_cross_split": 1,
+    }
     assert "removed 4 that leaked across splits and 2 repeats within a split" in summary
     assert "1 suspected pair(s) within 6 bits" in summary and "test/cat/near.png" in summary
     assert "`ghost`: no image files" in summary and "## Warnings" in summary
@@ -264,19 +314,20 @@ def test_names_and_links_that_cannot_be_used_stop_prepare_with_each_path_named(t
     outside = tmp_path / "elsewhere"
     _save(outside, "x.png", Image.fromarray(_noise(7)))
     _save(outside, "birds/b.png", Image.fromarray(_noise(8)))
-    (root / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")            # dangling
-    (root / "cat" / ".cache-link").symlink_to(tmp_path / "nowhere")              # hidden, dangling: DVC hashes it
-    (root / "dog" / "outside.png").symlink_to(outside / "x.png")                 # out of the dataset
-    (root / "bird").symlink_to(outside / "birds", target_is_directory=True)      # a class folder out of it
-    (root / "dog" / "loop.png").symlink_to(root / "dog" / "loop.png")            # a loop
+    (root / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # dangling
+    (root / "cat" / ".cache-link").symlink_to(tmp_path / "nowhere")  # hidden, dangling: DVC hashes it
+    (root / "dog" / "outside.png").symlink_to(outside / "x.png")  # out of the dataset
+    (root / "bird").symlink_to(outside / "birds", target_is_directory=True)  # a class folder out of it
+    (root / "dog" / "loop.png").symlink_to(root / "dog" / "loop.png")  # a loop
     with open(os.path.join(os.fsencode(root / "cat"), b"caf\xe9.png"), "wb") as handle:  # Latin-1, not UTF-8
         handle.write(_encoded(Image.fromarray(_noise(9)), "PNG"))
     with pytest.raises(ValueError) as error:
         build_manifest(DataParams(source=str(root), bad_images="skip"), progress=False)
     lines = str(error.value).splitlines()
     assert lines[0].startswith("6 path(s) under ") and "cannot be used as they are" in lines[0]
-    assert sorted(line.strip().split(": ", 1)[0] for line in lines[1:]) == sorted([
-        "bird", "b'cat/caf\\xe9.png'", "cat/.cache-link", "cat/gone.png", "dog/loop.png", "dog/outside.png"])
+    assert sorted(line.strip().split(": ", 1)[0] for line in lines[1:]) == sorted(
+        ["bird", "b'cat/caf\\xe9.png'", "cat/.cache-link", "cat/gone.png", "dog/loop.png", "dog/outside.png"]
+    )
     assert f"dog/outside.png: leads out of the dataset folder (to {outside / 'x.png'})" in str(error.value)
     assert "cat/gone.png: a dangling symbolic link" in str(error.value)
 
@@ -284,10 +335,11 @@ def test_names_and_links_that_cannot_be_used_stop_prepare_with_each_path_named(t
 def test_a_link_to_a_file_inside_the_dataset_is_followed(tmp_path):
     root = _small_tree(tmp_path / "data")
     (root / "dog" / "alias.png").symlink_to(root / "dog" / "img_0.png")
-    (root / "dog" / "more").symlink_to(root / "cat", target_is_directory=True)   # a folder link: not descended
+    (root / "dog" / "more").symlink_to(root / "cat", target_is_directory=True)  # a folder link: not descended
     records, report = build_manifest(DataParams(source=str(root)), progress=False)
-    assert len(records) == 12 and report.duplicates["removed_within_split"] + \
-        report.duplicates["removed_cross_split"] == 1
+    assert (
+        len(records) == 12 and report.duplicates["removed_within_split"] + report.duplicates["removed_cross_split"] == 1
+    )
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
@@ -295,11 +347,14 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_it_is_decoded(tmp_
     from conftest import write_bomb_png
 
     root = _small_tree(tmp_path / "data")
-    write_bomb_png(root / "cat" / "bomb.png", 8000, 8000)   # 64 MP: 192 MB as RGB, ~70 KB on disk
+    write_bomb_png(root / "cat" / "bomb.png", 8000, 8000)  # 64 MP: 192 MB as RGB, ~70 KB on disk
     params = DataParams(source=str(root), bad_images=policy)
     if policy == "error":
-        with pytest.raises(BadImageError, match=r"bomb.png: declares 8000×8000 = 64.0 megapixels, more than the "
-                                                r"limit of 50 \(data.max_image_pixels"):
+        with pytest.raises(
+            BadImageError,
+            match=r"bomb.png: declares 8000×8000 = 64.0 megapixels, more than the "
+            r"limit of 50 \(data.max_image_pixels",
+        ):
             build_manifest(params, progress=False)
         return
     records, report = build_manifest(params, progress=False)

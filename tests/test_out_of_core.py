@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.heads.streaming import blocks_rows, StreamingDenseHead, StreamingLinearHead
+from pipeline.heads.streaming import StreamingDenseHead, StreamingLinearHead, blocks_rows
 from pipeline.store.reader import open_feature_set
 
 
@@ -33,8 +33,10 @@ def test_streaming_linear_heads_match_the_in_memory_result(problem, loss):
     assert len(blocks_rows(lazy)) == 8
     head = StreamingLinearHead(loss=loss, alpha=1e-3, epochs=8).fit(lazy, y_train)
     streamed = (head.predict(da.from_array(X_test, chunks=(100, 20))) == y_test).mean()
-    memory = (make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X_train, y_train)
-              .predict(X_test) == y_test).mean()
+    memory = (
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(X_train, y_train).predict(X_test)
+        == y_test
+    ).mean()
     assert streamed >= memory - 0.03, (streamed, memory)
 
 
@@ -71,15 +73,26 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
     import json
 
     import joblib
-
     from conftest import recomputed_best_test_accuracy, tiny_params, write_image_folder, write_params
-    from pipeline.stages import evaluate, extract, prepare, heads as heads_stage
+
+    from pipeline.stages import evaluate, extract, prepare
+    from pipeline.stages import heads as heads_stage
 
     write_image_folder(in_tmp / "images", classes=3, per_class=12)
-    write_params(in_tmp / "params.yaml", tiny_params(
-        "images", heads={"kinds": ["logreg", "svm_linear", "svm_rbf", "dense"], "out_of_core": True,
-                         "logreg": {"C": [1.0]}, "svm_linear": {"C": [0.1]}, "svm_rbf": {"C": [1.0]},
-                         "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3]}}))
+    write_params(
+        in_tmp / "params.yaml",
+        tiny_params(
+            "images",
+            heads={
+                "kinds": ["logreg", "svm_linear", "svm_rbf", "dense"],
+                "out_of_core": True,
+                "logreg": {"C": [1.0]},
+                "svm_linear": {"C": [0.1]},
+                "svm_rbf": {"C": [1.0]},
+                "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3]},
+            },
+        ),
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
@@ -93,16 +106,28 @@ def test_heads_stage_trains_out_of_core_when_forced(in_tmp):
     for row in scores["variants"]:
         head = joblib.load(in_tmp / "heads/mv2" / f"{row['variant']}.joblib")
         assert row["val_accuracy"] == float((head.predict(val.X) == val.y).mean()), row["variant"]
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots"])
-    assert json.loads((in_tmp / "metrics.json").read_text())["test_acc"] == \
-        recomputed_best_test_accuracy(in_tmp)
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+        ]
+    )
+    assert json.loads((in_tmp / "metrics.json").read_text())["test_acc"] == recomputed_best_test_accuracy(in_tmp)
 
 
 def test_auto_switches_on_the_memory_limit(in_tmp):
     from pathlib import Path
 
     from conftest import tiny_params, write_image_folder, write_params
+
     from pipeline.config import parse_params
     from pipeline.heads.training import out_of_core, pooled_bytes
     from pipeline.heads.variants import expand_grid

@@ -17,14 +17,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, tiny_params, write_image_folder, write_params
 from test_incremental import _ran, _repo, _run, _set
 
 GATE_FILE = "reports/params_check.json"
 # What `dvc repro prepare` leaves: each must come through a refused run byte for byte.
-PREPARED = ("data/manifest.csv", "data/content_hashes.txt", "reports/prepare.json", "reports/prepare.md",
-            "reports/data_metrics.json")
+PREPARED = (
+    "data/manifest.csv",
+    "data/content_hashes.txt",
+    "reports/prepare.json",
+    "reports/prepare.md",
+    "reports/data_metrics.json",
+)
 
 
 def _failing(cmd, cwd, env) -> str:
@@ -51,19 +55,25 @@ def _one_line_naming(output: str, *parts: str) -> str:
 
 def _first_stages(spec: dict) -> set[str]:
     """Stages of dvc.yaml that depend on no output of a stage other than the gate (paths cut at their first ``${``)."""
+
     def cut(path) -> str:
         return str(path).split("${")[0].rstrip("/")
 
     outs = {}
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage)
-        outs[name] = [cut(next(iter(o)) if isinstance(o, dict) else o) for o in body.get("outs", []) + body.get(
-            "metrics", [])]
+        outs[name] = [
+            cut(next(iter(o)) if isinstance(o, dict) else o) for o in body.get("outs", []) + body.get("metrics", [])
+        ]
     first = set()
     for name, stage in spec["stages"].items():
         deps = [cut(d) for d in stage.get("do", stage).get("deps", []) if cut(d)]
-        upstream = [other for other, paths in outs.items() if other not in (name, "params_check") and any(
-            d == o or d.startswith(o + "/") or o.startswith(d + "/") for d in deps for o in paths if o)]
+        upstream = [
+            other
+            for other, paths in outs.items()
+            if other not in (name, "params_check")
+            and any(d == o or d.startswith(o + "/") or o.startswith(d + "/") for d in deps for o in paths if o)
+        ]
         if not upstream:
             first.add(name)
     return first
@@ -76,8 +86,8 @@ def test_every_first_stage_waits_for_the_params_gate():
     for name in first - {"params_check"}:
         assert GATE_FILE in spec["stages"][name].get("deps", []), f"stage {name} does not wait for the params gate"
     gate = spec["stages"]["params_check"]
-    assert gate["params"] == [{"params.yaml": None}]          # every key, those added later too
-    assert gate["outs"] == [{GATE_FILE: {"cache": False}}]    # no run cache: the names check runs whenever it runs
+    assert gate["params"] == [{"params.yaml": None}]  # every key, those added later too
+    assert gate["outs"] == [{GATE_FILE: {"cache": False}}]  # no run cache: the names check runs whenever it runs
 
 
 @pytest.mark.slow
@@ -149,11 +159,12 @@ def test_a_valid_change_of_a_head_param_reruns_the_gate_and_no_extraction(tmp_pa
     out = _run(["dvc", "repro", "extract@mv2"], root, env)
     assert "params_check" in _ran(out) and not _ran(out) & {"catalog", "check", "extract@mv2"}, out
     prepare = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["prepare"]
-    if not prepare.get("always_changed"):   # a prepare that runs on every repro reruns for its own reason
+    if not prepare.get("always_changed"):  # a prepare that runs on every repro reruns for its own reason
         assert "prepare" not in _ran(out), out
     assert (root / GATE_FILE).read_bytes() == gate
     assert {name: (root / name).read_bytes() for name in ("data/manifest.csv", "data/content_hashes.txt")} == {
-        name: before[name] for name in ("data/manifest.csv", "data/content_hashes.txt")}
+        name: before[name] for name in ("data/manifest.csv", "data/content_hashes.txt")
+    }
 
 
 def test_shoulders_check_params_names_a_path_dvc_cannot_hash_at_any_time(tmp_path):
@@ -163,12 +174,17 @@ def test_shoulders_check_params_names_a_path_dvc_cannot_hash_at_any_time(tmp_pat
     (tmp_path / "images" / "class_1" / os.fsdecode(b"\xff\xfe.jpg")).write_bytes(b"x")
     write_params(tmp_path / "params.yaml", tiny_params("images"))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "pipeline", "check-params"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "check-params"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 1
-    _one_line_naming(result.stderr, r"data.source images: 1 path(s) DVC cannot hash: b'class_1/\xff\xfe.jpg': "
-                                    "the name is not valid UTF-8; rename it")
+    _one_line_naming(
+        result.stderr,
+        r"data.source images: 1 path(s) DVC cannot hash: b'class_1/\xff\xfe.jpg': "
+        "the name is not valid UTF-8; rename it",
+    )
     (tmp_path / "images" / "class_1" / os.fsdecode(b"\xff\xfe.jpg")).rename(tmp_path / "images/class_1/ok.jpg")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "check-params"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "check-params"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "params.yaml: every value valid" in result.stdout, result.stderr

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import write_bomb_png
-from pipeline import cli
+from PIL import Image
 from test_untrusted import _tiny_model
+
+from pipeline.cli import shoulders as cli
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_exit_status_says_whether_everything_something_or_nothing_was_classified
 
 def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(model, tmp_path, capsys, caplog):
     folder = _images(tmp_path / "in", [(8, 8)])
-    write_bomb_png(folder / "bomb.png", 8000, 8000)   # 64 MP: 192 MB decoded, ~70 KB on disk
+    write_bomb_png(folder / "bomb.png", 8000, 8000)  # 64 MP: 192 MB decoded, ~70 KB on disk
     assert (folder / "bomb.png").stat().st_size < 200_000
     status, rows = _predict(model, folder, capsys=capsys)
     assert status == 3 and [r["file"].rsplit("/", 1)[-1] for r in rows] == ["img_0.png"]
@@ -76,7 +76,7 @@ def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(model, tm
 
 
 def test_batches_are_bounded_by_pixels_and_give_the_same_probabilities(model, tmp_path):
-    from pipeline.export.predict import _decoded_batches, image_files, load_model, predict_files
+    from pipeline.export.predict_command import _decoded_batches, image_files, load_model, predict_files
 
     sizes = [(40, 30)] * 5 + [(100, 80)] * 3 + [(40, 30)] * 2
     files = image_files([_images(tmp_path / "in", sizes)])

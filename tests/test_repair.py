@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import tiny_params, write_image_folder, write_params
+from test_store import CHUNK, IDENTITY, NAMES, extract, records, sha
+
 from pipeline.store.layout import StoreError, chunk_file, store_path
 from pipeline.store.verify import verify_store
-from test_store import CHUNK, IDENTITY, NAMES, extract, records, sha
 
 # 17 rows in chunks of 4: chunks 0-3 are whole, chunk 4 holds one row (the partial last chunk).
 ROWS = 17
@@ -59,8 +59,9 @@ def _state(path) -> str:
 
 def _stamps(path) -> dict[str, tuple[int, int]]:
     root = path / "X" / "c"
-    return {f.relative_to(root).as_posix(): (f.stat().st_ino, f.stat().st_mtime_ns) for f in root.rglob("*")
-            if f.is_file()}
+    return {
+        f.relative_to(root).as_posix(): (f.stat().st_ino, f.stat().st_mtime_ns) for f in root.rglob("*") if f.is_file()
+    }
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_a_killed_repair_resumes_and_ends_as_a_sound_store(stores):
     path, cold, wanted = stores
     _file(path, 0).unlink()
     _flip(path, 3)
-    extract(path, wanted, stop_after=1)      # chunk 0 written again, then killed
+    extract(path, wanted, stop_after=1)  # chunk 0 written again, then killed
     assert zarr.open_group(str(path), mode="r").attrs["pending"]["repair"] == [[0, None], [3, None]]
     _, writes, counts = extract(path, wanted)
     assert [w.chunk for w in writes] == [3] and counts["computed"] == counts["repaired"] == CHUNK
@@ -145,9 +146,11 @@ def test_damaged_views_are_recomputed_view_by_view(tmp_path, how, caplog):
         _flip(path, 2, 0)
     caplog.set_level(logging.INFO, logger="pipeline.store.writer")
     _, writes, counts = extract(path, train, identity=identity, views=2, view_offset=10.0)
-    expected, named, passes = {"missing": ([(1, 1)], "chunk 1 (view 1) fails its digest", 4),
-                               "swapped views": ([(1, 0), (1, 1)], "chunk 1 (views 0, 1) fail their digests", 8),
-                               "flipped byte": ([(2, 0)], "chunk 2 (view 0) fails its digest", 2)}[how]
+    expected, named, passes = {
+        "missing": ([(1, 1)], "chunk 1 (view 1) fails its digest", 4),
+        "swapped views": ([(1, 0), (1, 1)], "chunk 1 (views 0, 1) fail their digests", 8),
+        "flipped byte": ([(2, 0)], "chunk 2 (view 0) fails its digest", 2),
+    }[how]
     assert [(w.chunk, w.view) for w in writes] == expected
     assert counts["computed"] == counts["repaired"] == passes
     [line] = [r.getMessage() for r in caplog.records if "digest" in r.getMessage()]
@@ -158,10 +161,12 @@ def test_damaged_views_are_recomputed_view_by_view(tmp_path, how, caplog):
 
 def test_a_damaged_row_index_cannot_be_repaired_row_by_row_and_says_what_to_do(stores):
     path, _, wanted = stores
-    (path / "sha256" / "c" / "0").unlink()   # every row would read as '' : no row names its image any more
+    (path / "sha256" / "c" / "0").unlink()  # every row would read as '' : no row names its image any more
     report = verify_store(path)
-    assert report.state == "corrupt" and "sha256: 17 row(s) hold no content hash (the row index is damaged)" \
-        in report.problems
+    assert (
+        report.state == "corrupt"
+        and "sha256: 17 row(s) hold no content hash (the row index is damaged)" in report.problems
+    )
     with pytest.raises(StoreError) as error:
         extract(path, wanted)
     message = str(error.value)
@@ -194,13 +199,21 @@ def test_a_store_whose_own_attributes_are_unreadable_is_rebuilt_beside_it_and_sa
 
 @pytest.fixture
 def extracted(in_tmp):
-    from pipeline.stages import extract as stage, prepare
+    from pipeline.stages import extract as stage
+    from pipeline.stages import prepare
 
     write_image_folder(in_tmp / "images", classes=3, per_class=6)
     write_params(in_tmp / "params.yaml", tiny_params("images", extract={"batch_size": 4, "chunk_mb": 0.004}))
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
-    args = ["--feature-set", "mv2", "--out", "features/mv2.zarr", "--report", "reports/extract/mv2.json",
-            "--no-progress"]
+    args = [
+        "--feature-set",
+        "mv2",
+        "--out",
+        "features/mv2.zarr",
+        "--report",
+        "reports/extract/mv2.json",
+        "--no-progress",
+    ]
     stage.main(args)
     shutil.copytree(in_tmp / "features" / "mv2.zarr", in_tmp / "fresh.zarr")
     return in_tmp, args
@@ -218,12 +231,14 @@ def test_the_extract_stage_repairs_a_damaged_store_to_what_a_fresh_extraction_gi
     caplog.set_level(logging.INFO)
     stage.main(args)
     [line] = [r.getMessage() for r in caplog.records if "fail their digests" in r.getMessage()]
-    assert line == ("features/mv2.zarr: chunks 0, 1, 3 fail their digests (missing, corrupt, changed or swapped): "
-                    "recomputing 12 row(s)")
+    assert line == (
+        "features/mv2.zarr: chunks 0, 1, 3 fail their digests (missing, corrupt, changed or swapped): "
+        "recomputing 12 row(s)"
+    )
     report = json.loads((root / "reports/extract/mv2.json").read_text())
     assert (report["images"], report["reused"], report["computed"], report["repaired"]) == (18, 6, 12, 12)
     assert _state(path) == "ok"
-    _same(path, root / "fresh.zarr")     # bit for bit what the backbone gave the first time
+    _same(path, root / "fresh.zarr")  # bit for bit what the backbone gave the first time
     after = _stamps(path)
     assert after["2/0/0/0"] == before["2/0/0/0"] and after["4/0/0/0"] == before["4/0/0/0"]
     # Sound now: the next run finds nothing to do.
@@ -234,7 +249,8 @@ def test_the_extract_stage_repairs_a_damaged_store_to_what_a_fresh_extraction_gi
 
 def test_a_damaged_chunk_holding_rows_of_images_gone_from_the_dataset_is_refused_before_any_backbone(extracted):
     from pipeline.manifest import read_manifest
-    from pipeline.stages import extract as stage, prepare
+    from pipeline.stages import extract as stage
+    from pipeline.stages import prepare
 
     root, args = extracted
     path = root / "features" / "mv2.zarr"
@@ -248,12 +264,14 @@ def test_a_damaged_chunk_holding_rows_of_images_gone_from_the_dataset_is_refused
     assert str(error.value) == (
         f"features/mv2.zarr: chunk {row // 4} fails its digest, and 1 row(s) in it are of images no longer in the "
         "dataset, whose features cannot be recomputed without their files: put those images back, restore the store "
-        "(`dvc checkout features/mv2.zarr`), or delete it (`dvc repro` then extracts every image again)")
+        "(`dvc checkout features/mv2.zarr`), or delete it (`dvc repro` then extracts every image again)"
+    )
     assert zarr.open_group(str(path), mode="r").attrs["pending"] is None
 
 
 def test_the_stage_never_ends_successfully_on_a_store_that_does_not_verify(in_tmp, monkeypatch):
-    from pipeline.stages import extract as stage, prepare
+    from pipeline.stages import extract as stage
+    from pipeline.stages import prepare
     from pipeline.store.writer import StoreWriter
 
     write_image_folder(in_tmp / "images", classes=2, per_class=6)
@@ -261,14 +279,17 @@ def test_the_stage_never_ends_successfully_on_a_store_that_does_not_verify(in_tm
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     finalize = StoreWriter.finalize
 
-    def finalize_then_lose_a_chunk(self, run=None):   # a disk or another tool damages the store meanwhile
+    def finalize_then_lose_a_chunk(self, run=None):  # a disk or another tool damages the store meanwhile
         out = finalize(self, run)
         _flip(out, 1)
         return out
 
     monkeypatch.setattr(StoreWriter, "finalize", finalize_then_lose_a_chunk)
-    with pytest.raises(StoreError, match=r"features/mv2.zarr does not verify after this extraction \(chunk 1 is "
-                                         r"corrupt .*DVC records nothing of a failed stage"):
+    with pytest.raises(
+        StoreError,
+        match=r"features/mv2.zarr does not verify after this extraction \(chunk 1 is "
+        r"corrupt .*DVC records nothing of a failed stage",
+    ):
         stage.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
 
 
@@ -276,8 +297,17 @@ def test_the_augment_stage_repairs_damaged_views(in_tmp, caplog):
     from pipeline.stages import augment, prepare
 
     write_image_folder(in_tmp / "images", classes=2, per_class=8)
-    write_params(in_tmp / "params.yaml", tiny_params("images", extract={
-        "batch_size": 4, "chunk_mb": 0.004, "augment": {"views": 2, "seed": 7, "ops": {"flip": "horizontal"}}}))
+    write_params(
+        in_tmp / "params.yaml",
+        tiny_params(
+            "images",
+            extract={
+                "batch_size": 4,
+                "chunk_mb": 0.004,
+                "augment": {"views": 2, "seed": 7, "ops": {"flip": "horizontal"}},
+            },
+        ),
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "r.json", "--no-progress"])
     args = ["--feature-set", "mv2", "--out", "features/views/mv2.zarr", "--report", "views.json", "--no-progress"]
     augment.main(args)
@@ -286,8 +316,10 @@ def test_the_augment_stage_repairs_damaged_views(in_tmp, caplog):
     _swap(path, 0, 0, 0, 1)
     caplog.set_level(logging.INFO)
     augment.main(args)
-    assert "features/views/mv2.zarr: chunk 0 (views 0, 1) fail their digests (missing, corrupt, changed or swapped): " \
-           "recomputing 8 image view(s)" in [r.getMessage() for r in caplog.records]
+    assert (
+        "features/views/mv2.zarr: chunk 0 (views 0, 1) fail their digests (missing, corrupt, changed or swapped): "
+        "recomputing 8 image view(s)" in [r.getMessage() for r in caplog.records]
+    )
     assert json.loads((in_tmp / "views.json").read_text())["repaired"] == 8
     assert _state(path) == "ok"
     _same(path, in_tmp / "fresh.zarr")
@@ -320,4 +352,4 @@ def test_dvc_repro_repairs_a_damaged_store_and_a_forced_run_records_only_a_sound
     assert _state(path) == "ok"
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     assert any(o["path"] == "features/mv2.zarr" for o in lock["stages"]["extract@mv2"]["outs"])
-    assert "up to date" in _run(["dvc", "status", "extract@mv2"], root, env)   # dvc.lock holds what is on disk
+    assert "up to date" in _run(["dvc", "status", "extract@mv2"], root, env)  # dvc.lock holds what is on disk

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import tiny_params, write_image_folder, write_params
+
 from pipeline.stages import extract, prepare
 
 pytestmark = pytest.mark.slow
 
-FEATURES = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_5_add", "size": 64,
-                    "alpha": 0.5}}
+FEATURES = {"mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": "block_5_add", "size": 64, "alpha": 0.5}}
 
 
 def done_chunks(store_root: Path, pattern: str = "*.zarr") -> tuple[int, int]:
@@ -36,8 +35,11 @@ def done_chunks(store_root: Path, pattern: str = "*.zarr") -> tuple[int, int]:
 
 def chunk_files(store: Path) -> dict[str, tuple[int, int]]:
     chunks = store / "X" / "c"
-    return {p.relative_to(chunks).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in chunks.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(chunks).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in chunks.rglob("*")
+        if p.is_file()
+    }
 
 
 def kill_after(command: list[str], env: dict, store_root: Path, pattern: str, chunks: int) -> None:
@@ -58,14 +60,23 @@ def kill_after(command: list[str], env: dict, store_root: Path, pattern: str, ch
 
 def test_sigkill_then_resume_is_bit_identical(in_tmp):
     write_image_folder(in_tmp / "images", classes=3, per_class=80, size=(64, 64))
-    write_params(in_tmp / "params.yaml", tiny_params("images", features=FEATURES,
-                                                     extract={"batch_size": 4, "chunk_mb": 0.02}))
+    write_params(
+        in_tmp / "params.yaml", tiny_params("images", features=FEATURES, extract={"batch_size": 4, "chunk_mb": 0.02})
+    )
     prepare.main(["--manifest", "data/manifest.csv", "--report", "reports/prepare.json", "--no-progress"])
     # The reference: an uninterrupted run.
     extract.main(["--feature-set", "mv2", "--out", "reference/mv2.zarr", "--no-progress"])
 
-    command = [sys.executable, "-m", "pipeline.stages.extract", "--feature-set", "mv2", "--out", "features/mv2.zarr",
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.extract",
+        "--feature-set",
+        "mv2",
+        "--out",
+        "features/mv2.zarr",
+        "--no-progress",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     partial = in_tmp / "features" / ".incomplete"
     kill_after(command, env, partial, "*.zarr", 2)
@@ -80,8 +91,10 @@ def test_sigkill_then_resume_is_bit_identical(in_tmp):
     # The rows written before the kill are reused, not counted as computed again.
     chunk_rows = zarr.open_group(in_tmp / "features" / "mv2.zarr", mode="r").attrs["chunk_rows"]
     before_kill = sum(min(240, (c + 1) * chunk_rows) - c * chunk_rows for c in done_at_kill)
-    assert f"resuming an interrupted extraction: {before_kill} of its 240 rows were written before, " \
-           f"{240 - before_kill} to compute" in result.stderr
+    assert (
+        f"resuming an interrupted extraction: {before_kill} of its 240 rows were written before, "
+        f"{240 - before_kill} to compute" in result.stderr
+    )
     assert f"extract mv2: 240 images, {before_kill} reused, {240 - before_kill} computed in" in result.stderr
     final = in_tmp / "features" / "mv2.zarr"
     after = chunk_files(final)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import REPO, tiny_params, write_image_folder, write_params
-from pipeline.extraction.runtime import installed
 from runtime_features import features
+
+from pipeline.extraction.runtime_choice import installed
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
@@ -75,7 +75,11 @@ def runtime_outputs(tmp_path_factory):
         if installed(runtime):
             workers[runtime] = subprocess.Popen(
                 [sys.executable, str(TESTS / "runtime_features.py"), runtime, str(folder / f"{runtime}.npz"), *extra],
-                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                env=_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
     outputs = {"tensorflow": features("tensorflow")}
     for runtime, worker in workers.items():
         _, errors = worker.communicate(timeout=900)
@@ -101,49 +105,54 @@ def test_every_family_agrees_with_tensorflow(runtime, runtime_outputs):
 
 
 def test_openvino_converted_through_tensorflow_in_a_tensorflow_process_agrees_too(runtime_outputs):
-    from pipeline.backbones import build_cut_model
-    from pipeline.extraction.runtime import Runtime
-    from pipeline.extraction.runtimes import compile_step
     from runtime_features import BATCH, images, specs
+
+    from pipeline.backbones import build_cut_model
+    from pipeline.extraction.runtime_choice import Runtime
+    from pipeline.extraction.runtimes import compile_step
 
     spec = specs()["mobilenet_v2"]
     cut = build_cut_model(spec, seed=0)
-    step = compile_step(Runtime("openvino", "CPU", "float32", BATCH, False), cut.model, cut.preprocess,
-                        batch_size=BATCH)
-    _assert_agree({"mobilenet_v2": step(images(spec.size))},
-                  {"mobilenet_v2": runtime_outputs["tensorflow"]["mobilenet_v2"]})
+    step = compile_step(
+        Runtime("openvino", "CPU", "float32", BATCH, False), cut.model, cut.preprocess, batch_size=BATCH
+    )
+    _assert_agree(
+        {"mobilenet_v2": step(images(spec.size))}, {"mobilenet_v2": runtime_outputs["tensorflow"]["mobilenet_v2"]}
+    )
 
 
 def test_openvino_streams_batches_in_order_each_as_a_lone_call_gives_it():
-    from pipeline.backbones import build_cut_model
-    from pipeline.extraction.runtime import Runtime
-    from pipeline.extraction.runtimes import compile_step, stream
     from runtime_features import BATCH, specs
+
+    from pipeline.backbones import build_cut_model
+    from pipeline.extraction.runtime_choice import Runtime
+    from pipeline.extraction.runtimes import compile_step, stream
 
     spec = specs()["mobilenet_v2"]
     cut = build_cut_model(spec, seed=0)
-    step = compile_step(Runtime("openvino", "CPU", "float32", BATCH, False), cut.model, cut.preprocess,
-                        batch_size=BATCH)
+    step = compile_step(
+        Runtime("openvino", "CPU", "float32", BATCH, False), cut.model, cut.preprocess, batch_size=BATCH
+    )
     assert step.streams >= 1 and step.requests >= 1
     rng = np.random.default_rng(1)
     batches = [rng.uniform(0, 255, (BATCH, spec.size, spec.size, 3)).astype(np.float32) for _ in range(7)]
     alone = [step(b) for b in batches]
     reused = np.empty_like(batches[0])
 
-    def recycled():   # one array refilled for every batch, as the input pipeline's ring does
+    def recycled():  # one array refilled for every batch, as the input pipeline's ring does
         for b in batches:
             reused[...] = b
             yield reused
 
     streamed = list(stream(step, recycled()))
-    scale = max(float(np.abs(a).max()) for a in alone)       # random weights: tiny activations
+    scale = max(float(np.abs(a).max()) for a in alone)  # random weights: tiny activations
     assert len(streamed) == 7 and scale > 0
     for got, want in zip(streamed, alone):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
-    assert np.abs(streamed[0] - streamed[1]).max() > 1e-2 * scale   # distinct batches, not one repeated
-    first = next(iter(stream(step, iter(batches))))          # a consumer that stops early leaves nothing running
+    assert np.abs(streamed[0] - streamed[1]).max() > 1e-2 * scale  # distinct batches, not one repeated
+    first = next(iter(stream(step, iter(batches))))  # a consumer that stops early leaves nothing running
     np.testing.assert_allclose(first, alone[0], rtol=0, atol=1e-5 * scale)
-    plain = [np.asarray(x) for x in stream(lambda b: b[:, :1, 0, 0], batches[:2])]   # a step without stream
+    plain = [np.asarray(x) for x in stream(lambda b: b[:, :1, 0, 0], batches[:2])]  # a step without stream
     assert [p.shape for p in plain] == [(BATCH, 1)] * 2
 
 
@@ -166,9 +175,11 @@ def test_the_extract_stage_runs_without_tensorflow_and_gives_its_features(prepar
 
     extract.main(["--feature-set", "mv2", "--out", "tf/mv2.zarr", "--no-progress"])
     _runtime(prepared, runtime="openvino")
-    code = ("import sys, no_tensorflow; from pipeline.stages import extract; "
-            "extract.main(['--feature-set', 'mv2', '--out', 'ov/mv2.zarr', '--report', 'ov.json', '--no-progress']); "
-            "print('tensorflow' in sys.modules)")
+    code = (
+        "import sys, no_tensorflow; from pipeline.stages import extract; "
+        "extract.main(['--feature-set', 'mv2', '--out', 'ov/mv2.zarr', '--report', 'ov.json', '--no-progress']); "
+        "print('tensorflow' in sys.modules)"
+    )
     done = _run(["-c", code], cwd=prepared)
     assert done.stdout.strip().splitlines()[-1] == "False"
     tf_store, ov_store = (zarr.open_group(f"{name}/mv2.zarr", mode="r") for name in ("tf", "ov"))

@@ -8,8 +8,8 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params, write_image_folder, write_params
+
 from pipeline.config import ParamsError, parse_params
 from pipeline.heads.search import best_value, coarse_to_fine
 from pipeline.heads.sweep import Splits, resolve_cv, run_sweep
@@ -50,7 +50,7 @@ def test_cv_auto_switches_to_cross_validation_below_the_threshold(val_per_class,
 
 def test_cv_auto_caps_the_folds_at_the_smallest_class_and_keeps_the_val_split_for_views():
     heads = _heads(cv_below=30, cv_folds=5)
-    small = _splits(2, train_per_class=1)          # 3 images of each class in train+val
+    small = _splits(2, train_per_class=1)  # 3 images of each class in train+val
     assert resolve_cv(heads, small)[0] == 3
     assert resolve_cv(heads, _splits(2))[0] == 5
     assert resolve_cv(heads, _splits(2), uses_views=True)[0] == 0
@@ -65,35 +65,50 @@ def test_cv_and_its_threshold_are_checked_at_load():
 
 
 def _row(variant, kind, params, accuracy, seconds, **extra):
-    return {"variant": variant, "kind": kind, "params": params, "val_accuracy": accuracy, "val_macro_f1": accuracy,
-            "fit_seconds": seconds, "pca": None, "standardize": True, **extra}
+    return {
+        "variant": variant,
+        "kind": kind,
+        "params": params,
+        "val_accuracy": accuracy,
+        "val_macro_f1": accuracy,
+        "fit_seconds": seconds,
+        "pca": None,
+        "standardize": True,
+        **extra,
+    }
 
 
 def test_ties_go_to_the_simpler_more_regularised_variant_whatever_the_fit_time_or_order():
-    rows = [_row("avg-svm_rbf-C1-gscale", "svm_rbf", {"C": 1.0, "gamma": "scale"}, 0.9, 0.001),
-            _row("avg-dense-h256-d0", "dense", {"hidden_units": 256, "dropout": 0.0}, 0.9, 0.002),
-            _row("avg-logreg-C10", "logreg", {"C": 10.0}, 0.9, 0.003),
-            _row("avg-logreg-C0.1", "logreg", {"C": 0.1}, 0.9, 5.0),
-            _row("avg-logreg-C0.001", "logreg", {"C": 0.001}, 0.8, 0.0001)]
+    rows = [
+        _row("avg-svm_rbf-C1-gscale", "svm_rbf", {"C": 1.0, "gamma": "scale"}, 0.9, 0.001),
+        _row("avg-dense-h256-d0", "dense", {"hidden_units": 256, "dropout": 0.0}, 0.9, 0.002),
+        _row("avg-logreg-C10", "logreg", {"C": 10.0}, 0.9, 0.003),
+        _row("avg-logreg-C0.1", "logreg", {"C": 0.1}, 0.9, 5.0),
+        _row("avg-logreg-C0.001", "logreg", {"C": 0.001}, 0.8, 0.0001),
+    ]
     picks = set()
     for seed in range(6):
         shuffled = random.Random(seed).sample(rows, len(rows))
         picks.add(select_best(shuffled, "accuracy")["variant"])
     assert picks == {"avg-logreg-C0.1"}
-    dense = [_row("avg-dense-h256-d0", "dense", {"hidden_units": 256, "dropout": 0.0}, 0.9, 0.1),
-             _row("avg-dense-h256-d0.5", "dense", {"hidden_units": 256, "dropout": 0.5}, 0.9, 9.0),
-             _row("avg-dense-h512-d0.5", "dense", {"hidden_units": 512, "dropout": 0.5}, 0.9, 0.1)]
+    dense = [
+        _row("avg-dense-h256-d0", "dense", {"hidden_units": 256, "dropout": 0.0}, 0.9, 0.1),
+        _row("avg-dense-h256-d0.5", "dense", {"hidden_units": 256, "dropout": 0.5}, 0.9, 9.0),
+        _row("avg-dense-h512-d0.5", "dense", {"hidden_units": 512, "dropout": 0.5}, 0.9, 0.1),
+    ]
     assert select_best(dense, "accuracy")["variant"] == "avg-dense-h256-d0.5"
 
 
 def test_mcnemar_counts_the_variants_indistinguishable_from_the_winner():
     best = "1" * 40 + "0" * 10
-    close = "1" * 39 + "0" * 11                 # one image fewer: no evidence of a difference
-    far = "1" * 20 + "0" * 30                   # 20 images fewer, none more: p < 1e-5
+    close = "1" * 39 + "0" * 11  # one image fewer: no evidence of a difference
+    far = "1" * 20 + "0" * 30  # 20 images fewer, none more: p < 1e-5
     assert mcnemar_p(best, best) == 1.0
     assert mcnemar_p(best, close) == 1.0 and mcnemar_p(best, far) < 1e-5
-    rows = [dict(variant=v, val_correct=c, selection="val split") for v, c in
-            (("best", best), ("close", close), ("far", far))]
+    rows = [
+        dict(variant=v, val_correct=c, selection="val split")
+        for v, c in (("best", best), ("close", close), ("far", far))
+    ]
     rows.append(dict(variant="cv", val_correct=close, selection="5-fold CV on train+val"))
     assert indistinguishable(rows[0], rows) == 1
     with pytest.raises(ValueError, match="different images"):
@@ -107,7 +122,7 @@ def test_the_search_finds_an_optimum_between_and_outside_the_old_grid():
     def score_of(values):
         return {c: (-abs(math.log10(c) - peak),) for c in values}
 
-    tried = coarse_to_fine([10.0 ** e for e in range(-6, 5)], 3, score_of)
+    tried = coarse_to_fine([10.0**e for e in range(-6, 5)], 3, score_of)
     assert abs(math.log10(best_value(tried)) - peak) <= 0.125 / 2 + 1e-9
     assert len(tried) == 11 + 6
     assert coarse_to_fine([1.0, 10.0], 0, score_of).keys() == {1.0, 10.0}
@@ -122,10 +137,12 @@ def test_the_sweep_searches_logistic_regression_c_to_an_optimum_below_the_old_gr
     y, y_val = np.repeat([0, 1], 20), np.repeat([0, 1], 200)
     X = rng.normal(size=(40, 400)).astype(np.float32) + 0.1 * (2 * y[:, None] - 1)
     X_val = rng.normal(size=(400, 400)).astype(np.float32) + 0.1 * (2 * y_val[:, None] - 1)
-    decades = [10.0 ** e for e in range(-6, 5)]
+    decades = [10.0**e for e in range(-6, 5)]
     heads = _heads(cv=0, standardize=[False], logreg={"C": decades, "refine": 3})
-    rows = {dict(v.params)["C"]: row for v, _, row in run_sweep(expand_grid(heads), heads,
-                                                                 {"avg": Splits(X, y, X_val, y_val)})}
+    rows = {
+        dict(v.params)["C"]: row
+        for v, _, row in run_sweep(expand_grid(heads), heads, {"avg": Splits(X, y, X_val, y_val)})
+    }
     assert all(r["searched"] == "C" for r in rows.values())
     best = min(rows, key=lambda c: (-rows[c]["val_accuracy"], c))
     old_grid = max(rows[c]["val_accuracy"] for c in (0.01, 0.1, 1.0, 10.0))
@@ -136,7 +153,8 @@ def test_the_sweep_searches_logistic_regression_c_to_an_optimum_below_the_old_gr
 
 
 def _run_stages(root, heads):
-    from pipeline.stages import evaluate, extract, heads as heads_stage, prepare
+    from pipeline.stages import evaluate, extract, prepare
+    from pipeline.stages import heads as heads_stage
 
     params = tiny_params("images", heads=heads)
     params["features"]["mv2b"] = {**params["features"]["mv2"], "cut": "block_1_project_BN"}
@@ -145,16 +163,41 @@ def _run_stages(root, heads):
     for key in ("mv2", "mv2b"):
         extract.main(["--feature-set", key, "--out", f"features/{key}.zarr", "--no-progress"])
     heads_stage.main(["--features", "features", "--out", "heads", "--no-progress"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--best", "reports/best",
-                   "--report", "reports/evaluation.json", "--leaderboard", "reports/leaderboard.csv",
-                   "--plots", "plots", "--export-target", "reports/export_target.json"])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--best",
+            "reports/best",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--export-target",
+            "reports/export_target.json",
+        ]
+    )
 
 
 def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an_ensemble(in_tmp):
     write_image_folder(in_tmp / "images", classes=2, per_class=12)
-    _run_stages(in_tmp, {"kinds": ["logreg", "svm_linear"], "cv": "auto", "cv_below": 30, "cv_folds": 3,
-                         "logreg": {"C": [1.0e-4, 1.0e-2, 1.0, 100.0], "refine": 1}, "svm_linear": {"C": [0.1]},
-                         "combine": [["mv2", "mv2b"]], "ensemble": 2})
+    _run_stages(
+        in_tmp,
+        {
+            "kinds": ["logreg", "svm_linear"],
+            "cv": "auto",
+            "cv_below": 30,
+            "cv_folds": 3,
+            "logreg": {"C": [1.0e-4, 1.0e-2, 1.0, 100.0], "refine": 1},
+            "svm_linear": {"C": [0.1]},
+            "combine": [["mv2", "mv2b"]],
+            "ensemble": 2,
+        },
+    )
     scores = json.loads((in_tmp / "heads/mv2/scores.json").read_text())
     assert scores["sweep"]["cv"] == 3 and scores["sweep"]["selection"].startswith("3-fold CV on train+val (auto")
     assert len([r for r in scores["variants"] if r["kind"] == "logreg"]) == 4 + 2
@@ -168,7 +211,7 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     assert {"mv2", "mv2b", "mv2+mv2b", "ensemble"} <= set(report["feature_sets"])
     assert report["feature_sets"]["ensemble"]["variant"] == "softvote-2"
     rows = {path.stem: json.loads(path.read_text()) for path in (in_tmp / "reports/best").glob("*.json")}
-    assert {"mv2", "mv2b", "mv2+mv2b", "ensemble"} <= set(rows)   # rows of `dvc metrics show`
+    assert {"mv2", "mv2b", "mv2+mv2b", "ensemble"} <= set(rows)  # rows of `dvc metrics show`
     assert rows["ensemble"]["head"] == "softvote-2" and 0 <= rows["mv2+mv2b"]["test_acc"] <= 1
     board = (in_tmp / "reports/leaderboard.md").read_text()
     assert "indistinguishable" in board and "3-fold CV on train+val" in board and "| ensemble |" in board
@@ -182,9 +225,22 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
     ensemble = report["feature_sets"]["ensemble"]
     assert len(ensemble["members"]) == 2 and {m.split("/")[0] for m in ensemble["members"]} <= {"mv2", "mv2b"}
     (in_tmp / "reports/evaluation.json").write_text(json.dumps({**report, "best": ensemble}))
-    diagnose.main(["--evaluation", "reports/evaluation.json", "--heads", "heads", "--out", "reports/diagnose",
-                   "--errors", "reports/errors.md", "--label-issues", "reports/label_issues.md",
-                   "--learning-curve", "reports/learning_curve.md"])
+    diagnose.main(
+        [
+            "--evaluation",
+            "reports/evaluation.json",
+            "--heads",
+            "heads",
+            "--out",
+            "reports/diagnose",
+            "--errors",
+            "reports/errors.md",
+            "--label-issues",
+            "reports/label_issues.md",
+            "--learning-curve",
+            "reports/learning_curve.md",
+        ]
+    )
     import csv
 
     with open(in_tmp / "reports/diagnose/predictions.csv", newline="", encoding="utf-8") as handle:
@@ -212,8 +268,11 @@ def test_a_combination_refuses_feature_sets_of_other_images(in_tmp):
         return FeatureSet(np.zeros((len(ids), 2)), np.zeros(len(ids), int), np.array(ids), np.array(ids), ("a",), {})
 
     assert concatenate([part(["x", "y"]), part(["x", "y"])], ["p", "q"]).X.shape == (2, 4)
-    with pytest.raises(ValueError, match=r"heads.combine \[p, q\]: the rows of q \(2 images\) do not align with "
-                                         r"those of p \(2 images\); images in one but not the other: \['y', 'z'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"heads.combine \[p, q\]: the rows of q \(2 images\) do not align with "
+        r"those of p \(2 images\); images in one but not the other: \['y', 'z'\]",
+    ):
         concatenate([part(["x", "y"]), part(["x", "z"])], ["p", "q"])
     with pytest.raises(ValueError, match="same images in another order"):
         concatenate([part(["x", "y"]), part(["y", "x"])], ["p", "q"])

@@ -11,15 +11,25 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import recomputed_best_test_accuracy, tiny_params, write_image_folder, write_params
-from pipeline.stages import backbone_cost, evaluate, extract, prepare, heads as heads_stage
+
 from pipeline.manifest import read_manifest
+from pipeline.stages import backbone_cost, evaluate, extract, prepare
+from pipeline.stages import heads as heads_stage
 from pipeline.store.layout import StoreError
 from pipeline.store.reader import open_feature_set
 
-PREPARE_ARGS = ["--manifest", "data/manifest.csv", "--report", "reports/prepare.json",
-                "--summary", "reports/prepare.md", "--metrics", "reports/data_metrics.json", "--no-progress"]
+PREPARE_ARGS = [
+    "--manifest",
+    "data/manifest.csv",
+    "--report",
+    "reports/prepare.json",
+    "--summary",
+    "reports/prepare.md",
+    "--metrics",
+    "reports/data_metrics.json",
+    "--no-progress",
+]
 EXTRACT_ARGS = ["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"]
 
 
@@ -69,17 +79,38 @@ def test_heads_and_evaluate_end_to_end(prepared, capsys):
     heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
     scores = json.loads((prepared / "heads/mv2/scores.json").read_text())
     assert [v["variant"] for v in scores["variants"]] == [
-        "avg-logreg-C0.1", "avg-logreg-C1", "avg-svm_linear-C0.1", "avg-dense-h8-d0-wd0-lr0.001-e3"]
+        "avg-logreg-C0.1",
+        "avg-logreg-C1",
+        "avg-svm_linear-C0.1",
+        "avg-dense-h8-d0-wd0-lr0.001-e3",
+    ]
     assert all((prepared / "heads/mv2" / f"{v['variant']}.joblib").is_file() for v in scores["variants"])
     assert scores["sweep"]["fitted"] == 4 and scores["rows"] == {"train": 18, "val": 6}
     assert all(v["fit_seconds"] > 0 and v["peak_rss_mib"] is not None for v in scores["variants"])
     assert scores["variants"][-1]["n_epochs"] == 3
     backbone_cost.main(["--out", "reports/backbone_cost.json"])
     (prepared / "reports/best").mkdir(parents=True)
-    (prepared / "reports/best/gone.json").write_text("{}")   # a feature set no longer in params.yaml
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--best", "reports/best",
-                   "--report", "reports/evaluation.json", "--leaderboard", "reports/leaderboard.csv", "--plots",
-                   "plots", "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    (prepared / "reports/best/gone.json").write_text("{}")  # a feature set no longer in params.yaml
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--best",
+            "reports/best",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--costs",
+            "reports/backbone_cost.json",
+            "--cost",
+            "reports/cost.json",
+        ]
+    )
     # One short row per model, the same keys in each file: `dvc metrics show` prints one column per key.
     metrics = json.loads((prepared / "metrics.json").read_text())
     assert list(metrics) == ["head", "test_acc", "test_ci_lo", "test_ci_up", "val_acc"]
@@ -87,8 +118,10 @@ def test_heads_and_evaluate_end_to_end(prepared, capsys):
     of_mv2 = json.loads((prepared / "reports/best/mv2.json").read_text())
     assert metrics == {**of_mv2, "head": "mv2/" + of_mv2["head"]}
     best = json.loads((prepared / "reports/evaluation.json").read_text())["best"]
-    assert (metrics["test_acc"], [metrics["test_ci_lo"], metrics["test_ci_up"]]) == \
-        (best["test_accuracy"], best["test_accuracy_ci95"])
+    assert (metrics["test_acc"], [metrics["test_ci_lo"], metrics["test_ci_up"]]) == (
+        best["test_accuracy"],
+        best["test_accuracy_ci95"],
+    )
     assert best["feature_set"] == "mv2"
     assert best["test_accuracy"] == recomputed_best_test_accuracy(prepared)
     assert set(best["test_recall"]) == {"class_0", "class_1", "class_2"}
@@ -104,20 +137,22 @@ def test_heads_and_evaluate_end_to_end(prepared, capsys):
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 6
     with open(prepared / "plots/accuracy_by_cut.csv", newline="") as handle:
         (cut,) = csv.DictReader(handle)
-    assert float(cut["val_accuracy"]) == pytest.approx(best["val_accuracy"])       # the chart plots the selection score
+    assert float(cut["val_accuracy"]) == pytest.approx(best["val_accuracy"])  # the chart plots the selection score
     assert float(cut["test_ci95_low"]) <= float(cut["chosen_test_accuracy"]) <= float(cut["test_ci95_high"])
-    from pipeline.cli import main as shoulders
+    from pipeline.cli.shoulders import main as shoulders
 
     shoulders(["summary", "--top", "3"])
     summary = capsys.readouterr().out.splitlines()
-    assert summary[0] == (f"Chosen: mv2 / {best['variant']}  val {best['val_accuracy']:.3f}, "
-                          f"test {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f})")
+    assert summary[0] == (
+        f"Chosen: mv2 / {best['variant']}  val {best['val_accuracy']:.3f}, "
+        f"test {best['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f})"
+    )
     assert summary[1].startswith("  on validation (val split) accuracy") and "6 images" in summary[1]
     assert "Top 3 of 4 variants" in summary[3] and summary[5].split()[:3] == ["1", "mv2", board[0]["variant"]]
     assert max(map(len, summary)) <= 100
     swept = (prepared / "plots/hyperparameters.csv").read_text().splitlines()
     assert swept[0] == "hyperparameter,value,order,feature_set,val_accuracy"
-    assert {line.split(",")[0] for line in swept[1:]} == {"kind", "logreg.C"}   # the only lists of 2+
+    assert {line.split(",")[0] for line in swept[1:]} == {"kind", "logreg.C"}  # the only lists of 2+
     report = json.loads((prepared / "reports/cost.json").read_text())
     # 3 closed-form heads read 18 train + 6 val images once; the dense head 3 epochs of 18 + 6.
     per_image = json.loads((prepared / "reports/backbone_cost.json").read_text())["mv2"]["seconds_per_image"]
@@ -138,15 +173,17 @@ def test_heads_refit_only_what_changed(prepared):
     heads_stage.main(args)
     changed = json.loads((prepared / "heads/mv2/scores.json").read_text())
     fitted = {v["variant"] for v in changed["variants"] if not v["reused"]}
-    assert fitted == {"avg-logreg-C1", "avg-logreg-C3"}   # the C path is refitted whole
+    assert fitted == {"avg-logreg-C1", "avg-logreg-C3"}  # the C path is refitted whole
     assert not (prepared / "heads/mv2/avg-logreg-C0.1.joblib").exists()
     assert sorted(p.name for p in (prepared / "heads/mv2").glob("*.joblib")) == sorted(
-        f"{v['variant']}.joblib" for v in changed["variants"])
+        f"{v['variant']}.joblib" for v in changed["variants"]
+    )
     # Another cv_below that keeps cross-validation: nothing is refitted, and every row says why with the
     # threshold now set (a reused row must not keep the old one's words).
     for below in (50, 60):
-        write_params(prepared / "params.yaml", tiny_params("images", heads={"cv": "auto", "cv_below": below,
-                                                                            "cv_folds": 2}))
+        write_params(
+            prepared / "params.yaml", tiny_params("images", heads={"cv": "auto", "cv_below": below, "cv_folds": 2})
+        )
         heads_stage.main(args)
     last = json.loads((prepared / "heads/mv2/scores.json").read_text())
     assert last["sweep"]["fitted"] == 0 and last["variants"]
@@ -202,7 +239,7 @@ def _error_lines(caplog) -> list[str]:
 def test_a_full_disk_during_extraction_ends_in_one_line_and_debug_shows_the_traceback(prepared, monkeypatch, caplog):
     from zarr.storage import LocalStore
 
-    from pipeline.stage import run_stage
+    from pipeline.cli.stage_runner import run_stage
 
     original = LocalStore.set
 
@@ -224,19 +261,33 @@ def test_a_full_disk_during_extraction_ends_in_one_line_and_debug_shows_the_trac
         run_stage(lambda: extract.main(EXTRACT_ARGS))
 
 
-@pytest.mark.parametrize("error, expected", [
-    (PermissionError(errno.EACCES, "Permission denied", "features/a.zarr"),
-     "Permission denied: features/a.zarr: this user ("),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory", "data/manifest.csv"),
-     "No such file or directory: data/manifest.csv: a missing input; `dvc repro` makes"),
-    (OSError(errno.EROFS, "Read-only file system", "heads/a"), "Read-only file system: heads/a: write the outputs on"),
-    (OSError(errno.EDQUOT, "Disk quota exceeded", "models/model.keras"),
-     "Disk quota exceeded while writing models/model.keras: free space on that disk (or raise the quota)"),
-    (StoreError("features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)"),
-     "features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)"),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (
+            PermissionError(errno.EACCES, "Permission denied", "features/a.zarr"),
+            "Permission denied: features/a.zarr: this user (",
+        ),
+        (
+            FileNotFoundError(errno.ENOENT, "No such file or directory", "data/manifest.csv"),
+            "No such file or directory: data/manifest.csv: a missing input; `dvc repro` makes",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "heads/a"),
+            "Read-only file system: heads/a: write the outputs on",
+        ),
+        (
+            OSError(errno.EDQUOT, "Disk quota exceeded", "models/model.keras"),
+            "Disk quota exceeded while writing models/model.keras: free space on that disk (or raise the quota)",
+        ),
+        (
+            StoreError("features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)"),
+            "features/a.zarr: chunk 3 is corrupt (RuntimeError: Zstd decompression error)",
+        ),
+    ],
+)
 def test_expected_failures_end_in_one_line_naming_what_where_and_what_to_do(error, expected, caplog, monkeypatch):
-    from pipeline.stage import run_stage
+    from pipeline.cli.stage_runner import run_stage
 
     def fail():
         raise error
@@ -253,7 +304,7 @@ def test_expected_failures_end_in_one_line_naming_what_where_and_what_to_do(erro
 
 
 def test_a_bug_keeps_its_traceback():
-    from pipeline.stage import run_stage
+    from pipeline.cli.stage_runner import run_stage
 
     def bug():
         raise KeyError("test")
@@ -265,7 +316,7 @@ def test_a_bug_keeps_its_traceback():
 def test_a_second_extraction_of_a_store_stops_in_one_line_naming_the_first(prepared, caplog):
     from pathlib import Path
 
-    from pipeline.stage import run_stage
+    from pipeline.cli.stage_runner import run_stage
     from pipeline.store.lock import store_lock
 
     with store_lock(Path("features/mv2.zarr")), caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
@@ -287,18 +338,25 @@ def test_backbone_timings_are_measured_once_per_machine_and_dated(prepared, monk
     first, second = (json.loads((prepared / name).read_text())["mv2"] for name in ("first.json", "second.json"))
     assert first["cached"] is False and second["cached"] is True
     assert second["seconds_per_image"] == first["seconds_per_image"] and second["measured_at"] == first["measured_at"]
-    scores = {"feature_set": "mv2", "variants": [{"kind": "logreg", "fit_seconds": 1.0, "params": {}}],
-              "rows": {"train": 18, "val": 6}, "sweep": {"fitted": 1, "stage_seconds": 2.0}}
+    scores = {
+        "feature_set": "mv2",
+        "variants": [{"kind": "logreg", "fit_seconds": 1.0, "params": {}}],
+        "rows": {"train": 18, "val": 6},
+        "sweep": {"fitted": 1, "stage_seconds": 2.0},
+    }
     text = cost_markdown(sweep_cost([scores], {"mv2": second}, {"mv2": 6}))
     assert f"(measured on this machine on {first['measured_at'][:10]})" in text
 
 
-@pytest.mark.parametrize("layout, data, heads", [
-    # The most common published layout: train/ and val/, no test/ (test is drawn from train/).
-    ({"train": 8, "val": 3}, {}, {}),
-    # No validation split at all, compared by cross-validation instead (crashed on the empty val split).
-    ({"train": 8, "test": 3}, {"split": {"train": 0.8, "val": 0.0, "test": 0.2}}, {"cv": 2}),
-])
+@pytest.mark.parametrize(
+    "layout, data, heads",
+    [
+        # The most common published layout: train/ and val/, no test/ (test is drawn from train/).
+        ({"train": 8, "val": 3}, {}, {}),
+        # No validation split at all, compared by cross-validation instead (crashed on the empty val split).
+        ({"train": 8, "test": 3}, {"split": {"train": 0.8, "val": 0.0, "test": 0.2}}, {"cv": 2}),
+    ],
+)
 def test_a_pre_split_source_missing_a_split_runs_to_evaluate(in_tmp, layout, data, heads):
     for seed, (split, n) in enumerate(layout.items()):
         write_image_folder(in_tmp / "images" / split, classes=3, per_class=n, seed=seed)
@@ -309,14 +367,29 @@ def test_a_pre_split_source_missing_a_split_runs_to_evaluate(in_tmp, layout, dat
     extract.main(EXTRACT_ARGS)
     heads_stage.main(["--features", "features/mv2.zarr", "--out", "heads/mv2", "--no-progress"])
     backbone_cost.main(["--out", "reports/backbone_cost.json"])
-    evaluate.main(["--heads", "heads", "--metrics", "metrics.json", "--report", "reports/evaluation.json",
-                   "--leaderboard", "reports/leaderboard.csv", "--plots", "plots",
-                   "--costs", "reports/backbone_cost.json", "--cost", "reports/cost.json"])
+    evaluate.main(
+        [
+            "--heads",
+            "heads",
+            "--metrics",
+            "metrics.json",
+            "--report",
+            "reports/evaluation.json",
+            "--leaderboard",
+            "reports/leaderboard.csv",
+            "--plots",
+            "plots",
+            "--costs",
+            "reports/backbone_cost.json",
+            "--cost",
+            "reports/cost.json",
+        ]
+    )
     per_split = json.loads((in_tmp / "reports/prepare.json").read_text())["per_split"]
     best = json.loads((in_tmp / "reports/evaluation.json").read_text())["best"]
     assert best["test_accuracy"] == recomputed_best_test_accuracy(in_tmp)
     if "val" in layout:
-        assert per_split == {"train": 21, "val": 9, "test": 3}   # 1 of each class's 8 drawn into test
+        assert per_split == {"train": 21, "val": 9, "test": 3}  # 1 of each class's 8 drawn into test
     else:
         assert per_split == {"train": 24, "val": 0, "test": 9}
-        assert 0 <= best["val_accuracy"] <= 1   # the mean over the folds
+        assert 0 <= best["val_accuracy"] <= 1  # the mean over the folds

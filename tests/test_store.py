@@ -12,10 +12,10 @@ import zarr
 from pipeline.config import POOLINGS
 from pipeline.manifest import Record
 from pipeline.store import pooling
+from pipeline.store.contents import rows_missing
 from pipeline.store.gc import collect_garbage
 from pipeline.store.layout import INCOMPLETE_DIR, StoreError, rows_per_chunk, store_path
 from pipeline.store.reader import list_feature_sets, open_feature_set, open_store, open_views, read_pooled
-from pipeline.store.contents import rows_missing
 from pipeline.store.writer import StoreWriter
 
 SHAPE = (3, 3, 4)
@@ -38,15 +38,26 @@ def records(names_by_split: dict[str, list[str]], *, labels=None) -> list[Record
     for split, names in names_by_split.items():
         for name in names:
             label = (labels or {}).get(name, int(name[-1]) % 2)
-            out.append(Record(id=f"{split}/{name}.png", path=f"img/{name}.png", label=label, class_name="ab"[label],
-                              split=split, sha256=sha(name), width=8, height=8))
+            out.append(
+                Record(
+                    id=f"{split}/{name}.png",
+                    path=f"img/{name}.png",
+                    label=label,
+                    class_name="ab"[label],
+                    split=split,
+                    sha256=sha(name),
+                    width=8,
+                    height=8,
+                )
+            )
     return out
 
 
 def extract(path, wanted, *, identity=IDENTITY, stop_after=None, views=None, view_offset=0.0):
     """Plan and write rows as an extraction does; ``stop_after`` chunks simulates a kill."""
-    writer = StoreWriter(path, identity, {"note": "test"}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK,
-                         views=views)
+    writer = StoreWriter(
+        path, identity, {"note": "test"}, feature_shape=SHAPE, dtype="float16", chunk_rows=CHUNK, views=views
+    )
     with writer:  # leaving it (a kill, an error) releases the lock, as a dead process's is released
         writes, counts = writer.plan(wanted)
         hashes = writer.row_hashes()
@@ -82,8 +93,9 @@ def test_rows_are_joined_from_the_manifest_in_its_order(store):
 
 def test_relabelling_and_resplitting_read_the_same_rows_differently(store):
     path, manifest = store
-    moved = records({"train": NAMES["train"][2:], "val": NAMES["val"] + NAMES["train"][:2], "test": NAMES["test"]},
-                    labels={"t3": 0})
+    moved = records(
+        {"train": NAMES["train"][2:], "val": NAMES["val"] + NAMES["train"][:2], "test": NAMES["test"]}, labels={"t3": 0}
+    )
     val = open_feature_set(path, "val", manifest=moved, pooling="avg")
     assert val.ids.tolist()[-2:] == ["val/t0.png", "val/t1.png"]
     np.testing.assert_allclose(val.X[-1], features_of(sha("t1")).astype(np.float16).astype(np.float32).mean((0, 1)))
@@ -110,7 +122,7 @@ def test_several_splits_and_poolings_read_each_chunk_once_and_equal_one_read_eac
     both = read_pooled(path, ("train", "val"), poolings=("avg", "avgmax", "none"), manifest=manifest)
     index = reader.row_index(open_store(path))
     holding = {index[r.sha256] // CHUNK for r in manifest if r.split in ("train", "val")}
-    assert sorted(calls) == sorted(holding) and len(holding) > 1   # each once, though train and val share one
+    assert sorted(calls) == sorted(holding) and len(holding) > 1  # each once, though train and val share one
     for split in ("train", "val"):
         for name in ("avg", "avgmax", "none"):
             alone = open_feature_set(path, split, manifest=manifest, pooling=name)
@@ -131,8 +143,9 @@ def test_token_poolings_read_summaries_and_maps_refuse_them():
     summary = np.random.default_rng(0).normal(size=(5, 2, 6)).astype(np.float16)
     np.testing.assert_array_equal(pooling.pool(summary, "cls"), summary[:, 0].astype(np.float32))
     np.testing.assert_array_equal(pooling.pool(summary, "mean"), summary[:, 1].astype(np.float32))
-    np.testing.assert_array_equal(pooling.pool(summary, "cls+mean"),
-                                  np.concatenate([summary[:, 0], summary[:, 1]], axis=1).astype(np.float32))
+    np.testing.assert_array_equal(
+        pooling.pool(summary, "cls+mean"), np.concatenate([summary[:, 0], summary[:, 1]], axis=1).astype(np.float32)
+    )
     assert [pooling.pooled_width((2, 6), p) for p in ("cls", "mean", "cls+mean")] == [6, 6, 12]
     with pytest.raises(ValueError, match=r"'avg' does not apply to rows of shape \(2, 6\) \(a token summary\)"):
         pooling.pool(summary, "avg")
@@ -147,8 +160,9 @@ def test_token_poolings_read_summaries_and_maps_refuse_them():
 
 @pytest.mark.parametrize("name", POOLINGS)
 def test_the_exported_models_pooling_layers_pool_as_the_store_does(name):
-    from pipeline.export.layers import _POOLING_LAYERS, apply_pooling
     import keras
+
+    from pipeline.export.layers import _POOLING_LAYERS, apply_pooling
 
     assert set(_POOLING_LAYERS) == set(POOLINGS)
     shape = (2, 6) if name in ("cls", "mean", "cls+mean") else (3, 4, 6)
@@ -160,8 +174,16 @@ def test_the_exported_models_pooling_layers_pool_as_the_store_does(name):
 
 def test_two_files_with_the_same_bytes_are_one_row(tmp_path):
     manifest = records({"train": ["t0", "t1"], "val": ["v0"], "test": ["s0"]})
-    twin = Record(id="train/copy.png", path="img/copy.png", label=1, class_name="b", split="train",
-                  sha256=sha("t0"), width=8, height=8)
+    twin = Record(
+        id="train/copy.png",
+        path="img/copy.png",
+        label=1,
+        class_name="b",
+        split="train",
+        sha256=sha("t0"),
+        width=8,
+        height=8,
+    )
     path = store_path(tmp_path, "x")
     _, _, counts = extract(path, [r.sha256 for r in manifest + [twin]])
     assert counts == {"images": 4, "reused": 0, "computed": 4, "repaired": 0} and open_store(path).attrs["rows"] == 4
@@ -258,14 +280,14 @@ def test_every_non_finite_value_is_found_in_either_storage_dtype(dtype, bad):
     from pipeline.store.integrity import check_finite
 
     block = np.zeros((4, 3, 5), dtype)
-    block[0] = 65504.0                       # float16's largest finite value, all ones but one exponent bit
-    block[1] = -np.finfo(dtype).tiny / 2     # subnormal
+    block[0] = 65504.0  # float16's largest finite value, all ones but one exponent bit
+    block[1] = -np.finfo(dtype).tiny / 2  # subnormal
     check_finite(block, "ok")
     block[2, 1, 4] = block[3, 0, 1] = bad
     with pytest.raises(StoreError, match=r"bad: 2 row\(s\) contain NaN or Inf"):
         check_finite(block, "bad")
     with pytest.raises(StoreError, match=r"strided: 1 row\(s\)"):
-        check_finite(block[::2, :, ::2], "strided")   # rows 0 and 2: row 2 has its bad value, row 3 is skipped
+        check_finite(block[::2, :, ::2], "strided")  # rows 0 and 2: row 2 has its bad value, row 3 is skipped
 
 
 def _chunk_file(path, chunk):
@@ -305,8 +327,9 @@ def test_dask_reads_are_lazy_and_equal_the_eager_ones(store):
     path, manifest = store
     lazy = open_feature_set(path, "val", manifest=manifest, pooling="avgmax", as_dask=True)
     assert hasattr(lazy.X, "compute")
-    np.testing.assert_array_equal(lazy.X.compute(), open_feature_set(path, "val", manifest=manifest,
-                                                                     pooling="avgmax").X)
+    np.testing.assert_array_equal(
+        lazy.X.compute(), open_feature_set(path, "val", manifest=manifest, pooling="avgmax").X
+    )
 
 
 def test_views_grow_in_views_and_in_images(tmp_path):
@@ -321,8 +344,12 @@ def test_views_grow_in_views_and_in_images(tmp_path):
     assert sum(len(w.rows) for w in writes) == 2 * 3 + 3 * 1 == counts["computed"] and counts["reused"] == 0
     views = open_views(path, "train", manifest=manifest, pooling="avg")
     assert views.X.shape == (5, 3, 4)
-    expected = np.stack([[(features_of(h) + v * 10.0).astype(np.float16).astype(np.float32).mean((0, 1))
-                          for v in range(3)] for h in train])
+    expected = np.stack(
+        [
+            [(features_of(h) + v * 10.0).astype(np.float16).astype(np.float32).mean((0, 1)) for v in range(3)]
+            for h in train
+        ]
+    )
     np.testing.assert_allclose(views.X, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="no views of every val image"):
         open_views(path, "val", manifest=manifest)
@@ -365,8 +392,9 @@ def test_a_copied_store_is_a_store(store, tmp_path):
     path, manifest = store
     copy = tmp_path / "elsewhere" / "mv2.zarr"
     shutil.copytree(path, copy)
-    np.testing.assert_array_equal(open_feature_set(copy, "val", manifest=manifest).X,
-                                  open_feature_set(path, "val", manifest=manifest).X)
+    np.testing.assert_array_equal(
+        open_feature_set(copy, "val", manifest=manifest).X, open_feature_set(path, "val", manifest=manifest).X
+    )
 
 
 def test_a_second_writer_stops_at_once_naming_the_first_and_a_killed_writer_leaves_no_lock(tmp_path):
@@ -383,11 +411,16 @@ def test_a_second_writer_stops_at_once_naming_the_first_and_a_killed_writer_leav
     path = store_path(tmp_path / "features", "mv2")
     extract(path, wanted[:10])
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from test_store import *; "
-         f"w = StoreWriter({str(path)!r}, IDENTITY, {{}}, feature_shape=SHAPE, dtype='float16', chunk_rows=CHUNK); "
-         f"w.plan({wanted!r}); print('holding', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                                                    *sys.path])})
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from test_store import *; "
+            f"w = StoreWriter({str(path)!r}, IDENTITY, {{}}, feature_shape=SHAPE, dtype='float16', chunk_rows=CHUNK); "
+            f"w.plan({wanted!r}); print('holding', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
     try:
         assert holder.stdout.readline().strip() == b"holding"
         with pytest.raises(StoreBusyError, match=rf"another extraction of mv2 is running \(pid {holder.pid}\)"):

@@ -8,9 +8,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.config import parse_params
-from pipeline.selection.cost import end_to_end_seconds
+from pipeline.heads.sweep import PeakRSS, Splits, plan_jobs, run_sweep
 from pipeline.heads.variants import expand_grid
-from pipeline.heads.sweep import PeakRSS, plan_jobs, run_sweep, Splits
+from pipeline.selection.cost import end_to_end_seconds
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,10 @@ def test_logistic_regression_walks_its_c_path_with_warm_starts(splits):
         cold = LogisticRegression(C=c, max_iter=2000).fit(X, splits.y_train)
         warm = results[f"avg-logreg-C{c:g}"][0].named_steps["head"]
         np.testing.assert_allclose(warm.predict_proba(X_val), cold.predict_proba(X_val), atol=0.03)
-    assert results["avg-logreg-C0.01"][0].named_steps["head"].coef_.std() < \
-        results["avg-logreg-C10"][0].named_steps["head"].coef_.std()
+    assert (
+        results["avg-logreg-C0.01"][0].named_steps["head"].coef_.std()
+        < results["avg-logreg-C10"][0].named_steps["head"].coef_.std()
+    )
 
 
 def test_workers_get_memory_maps_not_copies(splits):
@@ -82,8 +84,8 @@ def test_peak_rss_sees_a_large_allocation():
     import time
 
     with PeakRSS() as memory:
-        block = np.ones(80 * 2**20 // 8)   # 80 MiB, touched
-        time.sleep(0.05)                   # freed within the block: the sampling thread, not the exit, must see it
+        block = np.ones(80 * 2**20 // 8)  # 80 MiB, touched
+        time.sleep(0.05)  # freed within the block: the sampling thread, not the exit, must see it
         del block
     assert 60 < memory.peak_mib < 200
     with PeakRSS() as idle:
@@ -96,8 +98,9 @@ def test_end_to_end_cost_counts_every_epoch_of_every_variant():
     # logreg: 100 train + 20 val images once; dense: 10 epochs of 100 train + 20 val.
     assert end_to_end_seconds(rows, seconds_per_image=0.5, n_train=100, n_val=20) == 0.5 * (120 + 1020)
     # 3-fold CV: epochs × k × (train+val) + train+val per variant.
-    assert end_to_end_seconds(rows, seconds_per_image=1.0, n_train=100, n_val=20, cv=3) == \
-        (1 * 3 * 120 + 120) + (10 * 3 * 120 + 120)
+    assert end_to_end_seconds(rows, seconds_per_image=1.0, n_train=100, n_val=20, cv=3) == (1 * 3 * 120 + 120) + (
+        10 * 3 * 120 + 120
+    )
 
 
 def test_a_fit_that_stops_at_its_iteration_limit_is_counted_on_its_row_not_warned_anonymously(splits):
@@ -110,7 +113,7 @@ def test_a_fit_that_stops_at_its_iteration_limit_is_counted_on_its_row_not_warne
         warnings.simplefilter("always")
         rows = {v.id: row for v, _, row in run_sweep(expand_grid(heads), heads, {"avg": splits})}
     assert not [w for w in escaped if issubclass(w.category, ConvergenceWarning)]
-    assert rows["avg-logreg-C10000"]["not_converged"] == 4           # 3 folds and the refit on train+val
+    assert rows["avg-logreg-C10000"]["not_converged"] == 4  # 3 folds and the refit on train+val
     heads = _heads(cv=3, logreg={"C": [1e-3]})
     [(_, _, row)] = list(run_sweep(expand_grid(heads), heads, {"avg": splits}))
     assert row["not_converged"] == 0
@@ -123,5 +126,5 @@ def test_a_watched_fit_passes_other_warnings_on():
 
     with pytest.warns(UserWarning, match="keep me"):
         with Watched() as fit:
-            warnings.warn("keep me", UserWarning)
+            warnings.warn("keep me", UserWarning, stacklevel=2)
     assert fit.converged and fit.seconds >= 0

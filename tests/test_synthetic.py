@@ -18,9 +18,7 @@ from pipeline import synthetic
 from pipeline.synthetic import CLASS_NAMES, generate_dataset, render_image
 
 # ../shared beside the repository root; the test that needs it is skipped without it.
-MOBILENET_WEIGHTS = (
-    Path(__file__).resolve().parents[2] / "shared/keras-models/mobilenet_2_5_224_tf_no_top.h5"
-)
+MOBILENET_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/keras-models/mobilenet_2_5_224_tf_no_top.h5"
 
 
 def _generate(root: Path, **overrides) -> list[Path]:
@@ -225,9 +223,7 @@ def _edge_statistics(images: np.ndarray) -> np.ndarray:
     gy, gx = np.gradient(grey, axis=(1, 2))
     magnitude = np.hypot(gx, gy)
     bins = (np.mod(np.arctan2(gy, gx), np.pi) / np.pi * 36).astype(int) % 36
-    hist = np.stack(
-        [np.bincount(b.ravel(), weights=m.ravel(), minlength=36) for b, m in zip(bins, magnitude)]
-    )
+    hist = np.stack([np.bincount(b.ravel(), weights=m.ravel(), minlength=36) for b, m in zip(bins, magnitude)])
     hist /= hist.sum(axis=1, keepdims=True)
     harmonics = np.abs(np.fft.rfft(hist, axis=1))[:, 1:10]
     density = np.stack([(magnitude > t).mean(axis=(1, 2)) for t in (5, 10, 20, 40, 80)], axis=1)

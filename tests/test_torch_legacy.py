@@ -22,8 +22,11 @@ from pipeline.backbones.torch_legacy import (
     read_legacy_state_dict,
 )
 
-SYS_INFO = {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 4}}
+SYS_INFO = {
+    "protocol_version": PROTOCOL_VERSION,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,18 +78,17 @@ class LegacyPickler(pickle._Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, FakeStorage):
-            return ("storage", FakeGlobal("torch", obj.type_name), obj.key, "cpu",
-                    obj.data.size, obj.view)
+            return ("storage", FakeGlobal("torch", obj.type_name), obj.key, "cpu", obj.data.size, obj.view)
         return None
 
     def reducer_override(self, obj):
         if isinstance(obj, FakeTensor):
-            tensor = Reduced(FakeGlobal("torch._utils", "_rebuild_tensor_v2"),
-                             (obj.storage, obj.offset, obj.size, obj.stride, False,
-                              collections.OrderedDict()))
+            tensor = Reduced(
+                FakeGlobal("torch._utils", "_rebuild_tensor_v2"),
+                (obj.storage, obj.offset, obj.size, obj.stride, False, collections.OrderedDict()),
+            )
             if obj.as_parameter:
-                return (FakeGlobal("torch._utils", "_rebuild_parameter"),
-                        (tensor, False, collections.OrderedDict()))
+                return (FakeGlobal("torch._utils", "_rebuild_parameter"), (tensor, False, collections.OrderedDict()))
             return tensor.func, tensor.args
         if isinstance(obj, Reduced):
             return obj.func, obj.args
@@ -101,10 +103,13 @@ def pickled(obj, protocol=2) -> bytes:
 
 def legacy_bytes(state, storages, *, magic=MAGIC_NUMBER, state_pickle=None) -> bytes:
     """The byte stream torch's legacy save writes for ``state``."""
-    parts = [pickle.dumps(magic, protocol=2), pickle.dumps(PROTOCOL_VERSION, protocol=2),
-             pickle.dumps(SYS_INFO, protocol=2),
-             state_pickle if state_pickle is not None else pickled(state),
-             pickle.dumps([s.key for s in storages], protocol=2)]
+    parts = [
+        pickle.dumps(magic, protocol=2),
+        pickle.dumps(PROTOCOL_VERSION, protocol=2),
+        pickle.dumps(SYS_INFO, protocol=2),
+        state_pickle if state_pickle is not None else pickled(state),
+        pickle.dumps([s.key for s in storages], protocol=2),
+    ]
     for storage in storages:
         parts.append(storage.data.size.to_bytes(8, "little"))
         parts.append(storage.data.tobytes())
@@ -116,18 +121,21 @@ def sample(tmp_path):
     """A small state dict with shared storage, an offset, a strided view and an int64 buffer."""
     floats = FakeStorage("140001", "FloatStorage", np.arange(10, dtype="<f4"))
     longs = FakeStorage("140002", "LongStorage", np.array([7, -3], dtype="<i8"))
-    doubles = FakeStorage("140003", "DoubleStorage", np.array([0.5, 1.5, 2.5, 3.5], dtype="<f8"),
-                          view=("140003v", 1, 2))
-    state = collections.OrderedDict([
-        ("conv.weight", FakeTensor(floats, 0, (2, 3), (3, 1))),
-        ("conv.bias", FakeTensor(floats, 6, (2,), (1,))),
-        ("every_other", FakeTensor(floats, 1, (3,), (3,))),
-        ("transposed", FakeTensor(floats, 0, (3, 2), (1, 3))),
-        ("bn.num_batches_tracked", FakeTensor(longs, 1, (), ())),
-        ("counts", FakeTensor(longs, 0, (2,), (1,))),
-        ("view_of_storage", FakeTensor(doubles, 1, (1,), (1,))),
-        ("param", FakeTensor(floats, 8, (2,), (1,), as_parameter=True)),
-    ])
+    doubles = FakeStorage(
+        "140003", "DoubleStorage", np.array([0.5, 1.5, 2.5, 3.5], dtype="<f8"), view=("140003v", 1, 2)
+    )
+    state = collections.OrderedDict(
+        [
+            ("conv.weight", FakeTensor(floats, 0, (2, 3), (3, 1))),
+            ("conv.bias", FakeTensor(floats, 6, (2,), (1,))),
+            ("every_other", FakeTensor(floats, 1, (3,), (3,))),
+            ("transposed", FakeTensor(floats, 0, (3, 2), (1, 3))),
+            ("bn.num_batches_tracked", FakeTensor(longs, 1, (), ())),
+            ("counts", FakeTensor(longs, 0, (2,), (1,))),
+            ("view_of_storage", FakeTensor(doubles, 1, (1,), (1,))),
+            ("param", FakeTensor(floats, 8, (2,), (1,), as_parameter=True)),
+        ]
+    )
     path = tmp_path / "sample.pth"
     path.write_bytes(legacy_bytes(state, [floats, longs, doubles]))
     return path
@@ -136,8 +144,16 @@ def sample(tmp_path):
 def test_round_trip_values_shapes_and_dtypes(sample):
     arrays = read_legacy_state_dict(sample)
 
-    assert list(arrays) == ["conv.weight", "conv.bias", "every_other", "transposed",
-                            "bn.num_batches_tracked", "counts", "view_of_storage", "param"]
+    assert list(arrays) == [
+        "conv.weight",
+        "conv.bias",
+        "every_other",
+        "transposed",
+        "bn.num_batches_tracked",
+        "counts",
+        "view_of_storage",
+        "param",
+    ]
     np.testing.assert_array_equal(arrays["conv.weight"], [[0, 1, 2], [3, 4, 5]])
     np.testing.assert_array_equal(arrays["conv.bias"], [6, 7])
     np.testing.assert_array_equal(arrays["every_other"], [1, 4, 7])
@@ -220,11 +236,14 @@ def test_unknown_storage_type_is_refused(tmp_path):
         read_legacy_state_dict(path)
 
 
-@pytest.mark.parametrize("cut_from_end, fragment", [
-    (4, r"ends after 28 of 32 bytes of storage '140003'"),
-    (32, r"ends after 0 of 32 bytes of storage '140003'"),
-    (32 + 4, r"ends after 4 of 8 bytes of the element count of storage '140003'"),
-])
+@pytest.mark.parametrize(
+    "cut_from_end, fragment",
+    [
+        (4, r"ends after 28 of 32 bytes of storage '140003'"),
+        (32, r"ends after 0 of 32 bytes of storage '140003'"),
+        (32 + 4, r"ends after 4 of 8 bytes of the element count of storage '140003'"),
+    ],
+)
 def test_truncated_storage_data(sample, cut_from_end, fragment):
     data = sample.read_bytes()
     sample.write_bytes(data[:-cut_from_end])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cli
-from pipeline.export.predict import load_model
+from pipeline.cli import shoulders as cli
+from pipeline.export.predict_command import load_model
 
 
 class Payload:
@@ -72,7 +72,7 @@ def test_a_crafted_pickle_in_a_model_folder_is_refused_and_never_runs(model_fold
 
 
 def test_pickles_are_found_by_name_or_by_parsing_and_a_clean_folder_loads(model_folder):
-    from pipeline.export.predict import pickles_in
+    from pipeline.export.predict_command import pickles_in
 
     folder, image, marker = model_folder
     _tiny_model(folder / "model.keras")
@@ -105,7 +105,7 @@ def test_a_heads_file_is_loaded_only_with_the_digest_scores_json_records(tmp_pat
 def test_a_model_keras_that_is_not_a_keras_archive_is_not_loaded(model_folder):
     import keras
 
-    from pipeline.export.predict import UnsafeModelError
+    from pipeline.export.predict_command import UnsafeModelError
 
     folder, _, _ = model_folder
     inputs = keras.Input((2,))

@@ -9,17 +9,17 @@ import os
 import numpy as np
 import pytest
 import zarr
+from conftest import tiny_params
+from test_store import CHUNK, NAMES, SHAPE, extract, features_of, records, sha
 from zarr.storage import LocalStore
 
-from conftest import tiny_params
-from pipeline import cli
+from pipeline.cli import shoulders as cli
 from pipeline.config import parse_params
 from pipeline.extraction.plan import planned_identity
 from pipeline.manifest import write_manifest
 from pipeline.store.layout import store_path
 from pipeline.store.reader import open_feature_set
 from pipeline.store.verify import verify_features, verify_store
-from test_store import CHUNK, NAMES, SHAPE, extract, features_of, records, sha
 
 CUT = "block_2_add"
 
@@ -44,8 +44,9 @@ def setup(tmp_path):
 
 def _verify(setup, **options):
     root, params, _, _ = setup
-    return verify_features(root / "features", params, root / "data" / "manifest.csv", checks=root / "reports/checks",
-                           **options)
+    return verify_features(
+        root / "features", params, root / "data" / "manifest.csv", checks=root / "reports/checks", **options
+    )
 
 
 def _one(setup):
@@ -95,7 +96,8 @@ def test_data_changed_after_completion_is_detected(setup):
     X[5] = np.asarray(X[5]) + 1  # re-encoded validly: only the digest tells
     report = _one(setup)
     assert report.state == "corrupt" and report.problems == (
-        "chunk 1 (rows 4-7) does not match its recorded digest: changed, swapped or truncated since written",)
+        "chunk 1 (rows 4-7) does not match its recorded digest: changed, swapped or truncated since written",
+    )
 
 
 def test_damaged_array_metadata_is_a_verdict_not_a_crash(setup):
@@ -105,18 +107,22 @@ def test_damaged_array_metadata_is_a_verdict_not_a_crash(setup):
 
 def test_an_interrupted_extraction_is_reported(setup):
     root, params, manifest, path = setup
-    extract(path, [r.sha256 for r in manifest] + [sha(f"n{i}") for i in range(6)], identity=_identity(params),
-            stop_after=1)
+    extract(
+        path, [r.sha256 for r in manifest] + [sha(f"n{i}") for i in range(6)], identity=_identity(params), stop_after=1
+    )
     report = _one(setup)
     assert report.state == "incomplete" and "interrupted" in report.problems[0]
 
 
-@pytest.mark.parametrize("change, culprit", [
-    ({"cut": "block_3_add"}, "cut: store has 'block_3_add', params say 'block_2_add'"),
-    ({"input_size": 48}, "input_size: store has 48, params say 32"),
-    ({"dtype": "float32"}, "dtype: store has 'float32', params say 'float16'"),
-    ({"weights": "imagenet"}, "weights: store has 'imagenet', params say 'none'"),
-])
+@pytest.mark.parametrize(
+    "change, culprit",
+    [
+        ({"cut": "block_3_add"}, "cut: store has 'block_3_add', params say 'block_2_add'"),
+        ({"input_size": 48}, "input_size: store has 48, params say 32"),
+        ({"dtype": "float32"}, "dtype: store has 'float32', params say 'float16'"),
+        ({"weights": "imagenet"}, "weights: store has 'imagenet', params say 'none'"),
+    ],
+)
 def test_an_identity_that_differs_from_params_is_stale(setup, change, culprit):
     root, params, manifest, path = setup
     extract(path, [r.sha256 for r in manifest], identity=_identity(params, **change))
@@ -145,11 +151,18 @@ def test_folder_report_lists_partials_leftovers_and_missing(setup):
     root, params, manifest, path = setup
     extract(path, [r.sha256 for r in manifest], identity=_identity(params, cut="block_3_add"), stop_after=1)
     (root / "features" / "mv2.zarr.0123abcd.old").mkdir()
-    params2 = parse_params(tiny_params("images", features={
-        "mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35},
-        "later": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35}}))
-    reports = verify_features(root / "features", params2, root / "data" / "manifest.csv",
-                              checks=root / "reports/checks")
+    params2 = parse_params(
+        tiny_params(
+            "images",
+            features={
+                "mv2": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35},
+                "later": {"backbone": "mobilenet_v2", "weights": "none", "cut": CUT, "size": 32, "alpha": 0.35},
+            },
+        )
+    )
+    reports = verify_features(
+        root / "features", params2, root / "data" / "manifest.csv", checks=root / "reports/checks"
+    )
     states = {(r.key, r.state) for r in reports}
     assert ("mv2", "ok") in states and ("mv2", "partial") in states and ("mv2", "leftover") in states
     assert ("later", "missing") in states
@@ -269,14 +282,21 @@ def _damage(path, how):
         b.write_bytes(data_a)
 
 
-@pytest.mark.parametrize("how, problem, refused", [
-    ("missing", "chunk 1 of view 1 is missing on disk", r"views/mv2.zarr: chunk 1 of view 1 is missing on disk"),
-    ("corrupt", "chunk 1 of view 1 is corrupt", r"views/mv2.zarr: chunk 1 of view 1 is corrupt"),
-    ("swapped", "chunk 1 of view 0 (rows 4-7) does not match its recorded digest",
-     r"views/mv2.zarr: chunk 1 of view 0 does not match its recorded digest"),
-])
-def test_a_damaged_views_store_is_refused_by_verify_and_by_open_views_naming_store_and_chunk(views_store, how,
-                                                                                             problem, refused):
+@pytest.mark.parametrize(
+    "how, problem, refused",
+    [
+        ("missing", "chunk 1 of view 1 is missing on disk", r"views/mv2.zarr: chunk 1 of view 1 is missing on disk"),
+        ("corrupt", "chunk 1 of view 1 is corrupt", r"views/mv2.zarr: chunk 1 of view 1 is corrupt"),
+        (
+            "swapped",
+            "chunk 1 of view 0 (rows 4-7) does not match its recorded digest",
+            r"views/mv2.zarr: chunk 1 of view 0 does not match its recorded digest",
+        ),
+    ],
+)
+def test_a_damaged_views_store_is_refused_by_verify_and_by_open_views_naming_store_and_chunk(
+    views_store, how, problem, refused
+):
     from pipeline.store.layout import StoreError
     from pipeline.store.reader import open_views
 

@@ -1,8 +1,8 @@
 """The command-line reference: the ``shoulders`` command's own ``--help`` text, for it and each subcommand.
 
-Rendered from :func:`pipeline.cli.build_parser` when the site is built (and,
+Rendered from :func:`pipeline.cli.shoulders.build_parser` when the site is built (and,
 for ``shoulders predict``, which parses its own options, from
-:func:`pipeline.export.predict.main` asked for ``--help``), so the page shows
+:func:`pipeline.export.predict_command.main` asked for ``--help``), so the page shows
 exactly what the installed command prints.
 """
 
@@ -13,21 +13,30 @@ import contextlib
 import io
 import os
 
-from pipeline.cli import build_parser
-from pipeline.export.predict import main as predict_main
+from pipeline.cli.shoulders import build_parser
+from pipeline.export.predict_command import main as predict_main
 
-WIDTH = "100"   # argparse wraps help text to $COLUMNS: a fixed width keeps the page the same on every machine
+WIDTH = "100"  # argparse wraps help text to $COLUMNS: a fixed width keeps the page the same on every machine
 
 
 def page() -> str:
     """The Markdown of ``reference/cli.md``."""
     with _columns(WIDTH):
         parser = build_parser()
-        lines = ["# Command line", "",
-                 ("`shoulders` (also `python -m pipeline`) looks into feature stores and backbones, checks them, "
-                  "and classifies images with an exported model. The text below is each command's `--help`, "
-                  "generated from the code when this site is built."), "",
-                 "```text", parser.format_help().rstrip(), "```", ""]
+        lines = [
+            "# Command line",
+            "",
+            (
+                "`shoulders` (also `python -m pipeline`) looks into feature stores and backbones, checks them, "
+                "and classifies images with an exported model. The text below is each command's `--help`, "
+                "generated from the code when this site is built."
+            ),
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+            "",
+        ]
         for name, sub in _subcommands(parser).items():
             text = _predict_help() if name == "predict" else sub.format_help()
             lines += [f"## `shoulders {name}`", "", "```text", text.rstrip(), "```", ""]

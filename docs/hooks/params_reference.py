@@ -58,10 +58,12 @@ PARAMS_FILE = ROOT / "params.yaml"
 DESCRIPTIONS_FILE = Path(__file__).with_name("params_descriptions.yaml")
 REGISTRY_CHOICES = {
     f"{FEATURE_SET}.backbone": "a family of the backbone registry (pipeline/backbones/registry.py): "
-                               + ", ".join(f"`{name}`" for name in FAMILIES),
-    "extract.augment.ops": "op names " + ", ".join(f"`{name}`" for name in OPS) + "; `flip` is one of "
-                           + ", ".join(f"`{mode}`" for mode in FLIP_MODES)
-                           + ", every other op a factor in (0, 1) (pipeline/extraction/augmentation.py)",
+    + ", ".join(f"`{name}`" for name in FAMILIES),
+    "extract.augment.ops": "op names "
+    + ", ".join(f"`{name}`" for name in OPS)
+    + "; `flip` is one of "
+    + ", ".join(f"`{mode}`" for mode in FLIP_MODES)
+    + ", every other op a factor in (0, 1) (pipeline/extraction/augmentation.py)",
 }
 
 
@@ -72,7 +74,7 @@ class Row:
     default: str
     allowed: list[str] = field(default_factory=list)
     what: str = ""
-    nested: bool = False    # a mapping whose keys have a section of their own
+    nested: bool = False  # a mapping whose keys have a section of their own
 
 
 @dataclass
@@ -89,13 +91,15 @@ def page() -> str:
     lines = [
         "# Configuration reference",
         "",
-        ("Every key of `params.yaml`, generated from the code when this site is built "
-         "(`pipeline/config/schema.py` and the head kinds of `pipeline/heads/registry.py`), "
-         "so it always matches what the pipeline accepts. A key left out takes its default "
-         "(the project's `params.yaml` sets many of them explicitly). Lists marked *swept* "
-         "are grids: every value is tried. An unknown or misspelled key, a wrong type or a "
-         "value out of range stops the pipeline before any image is read, with a message "
-         "naming the key, the value and the allowed choices."),
+        (
+            "Every key of `params.yaml`, generated from the code when this site is built "
+            "(`pipeline/config/schema.py` and the head kinds of `pipeline/heads/registry.py`), "
+            "so it always matches what the pipeline accepts. A key left out takes its default "
+            "(the project's `params.yaml` sets many of them explicitly). Lists marked *swept* "
+            "are grids: every value is tried. An unknown or misspelled key, a wrong type or a "
+            "value out of range stops the pipeline before any image is read, with a message "
+            "naming the key, the value and the allowed choices."
+        ),
         "",
     ]
     for section in sections():
@@ -104,8 +108,11 @@ def page() -> str:
             lines += [section.text, ""]
         if section.rows:
             lines += ["| key | type | default | allowed | what it does |", "|---|---|---|---|---|"]
-            lines += [f"| `{row.key}` | {_cell(row.type)} | {_code(row.default)} | {_cell('; '.join(row.allowed))} "
-                      f"| {_cell(row.what)} |" for row in section.rows]
+            lines += [
+                f"| `{row.key}` | {_cell(row.type)} | {_code(row.default)} | {_cell('; '.join(row.allowed))} "
+                f"| {_cell(row.what)} |"
+                for row in section.rows
+            ]
             lines.append("")
         if section.notes:
             lines += ["Also checked:", ""] + [f"- {_cell(note)}" for note in section.notes] + [""]
@@ -123,7 +130,7 @@ def sections() -> list[Section]:
     top = Section("params.yaml", "Checks that join several sections.", level=2)
     for f in dataclasses.fields(schema.Params):
         hint = typing.get_type_hints(schema.Params)[f.name]
-        if typing.get_origin(hint) is dict:   # features: one entry per feature set
+        if typing.get_origin(hint) is dict:  # features: one entry per feature set
             value_type = typing.get_args(hint)[1]
             out += list(_walk(value_type, FEATURE_SET, _doc(value_type) + " " + _metadata_note(f), level=2))
         else:
@@ -141,13 +148,17 @@ def _describe(out: list[Section]) -> None:
     rows = {row.key: row for section in out for row in section.rows}
     unknown = sorted(set(extra) - set(rows))
     if unknown:
-        raise ValueError(f"{DESCRIPTIONS_FILE}: no such params key {unknown[0]!r}; remove its entry "
-                         f"(keys: {', '.join(sorted(rows))})")
+        raise ValueError(
+            f"{DESCRIPTIONS_FILE}: no such params key {unknown[0]!r}; remove its entry "
+            f"(keys: {', '.join(sorted(rows))})"
+        )
     for key, row in rows.items():
         said = from_params.get(key) or row.what
         if key in extra and said:
-            raise ValueError(f"{DESCRIPTIONS_FILE}: {key!r} is described by a comment in params.yaml or the "
-                             f"code now ({said!r}); remove its entry")
+            raise ValueError(
+                f"{DESCRIPTIONS_FILE}: {key!r} is described by a comment in params.yaml or the "
+                f"code now ({said!r}); remove its entry"
+            )
         row.what = said or extra.get(key, "")
         if row.nested:
             said = row.what.rstrip(".")
@@ -164,13 +175,13 @@ def params_file_comments(path: Path) -> dict[str, str]:
     key_line = re.compile(r"^(\s*)([A-Za-z_][\w.+-]*):")
     comments: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
-    last: tuple[str, int] | None = None   # (key, column of its comment)
+    last: tuple[str, int] | None = None  # (key, column of its comment)
     for line in path.read_text(encoding="utf-8").splitlines():
         match = key_line.match(line)
         column = line.find("#")
         if match is None:
             if last and line.strip().startswith("#") and column == last[1]:
-                comments[last[0]] += " " + line[column + 1:].strip()
+                comments[last[0]] += " " + line[column + 1 :].strip()
             else:
                 last = None
             continue
@@ -184,7 +195,7 @@ def params_file_comments(path: Path) -> dict[str, str]:
         key = ".".join(parts)
         last = None
         if column > 0 and key not in comments:
-            comments[key] = line[column + 1:].strip()
+            comments[key] = line[column + 1 :].strip()
             last = (key, column)
     return comments
 
@@ -204,11 +215,15 @@ def _walk(cls: type, prefix: str, text: str, *, level: int) -> Iterator[Section]
     nested: list[tuple[str, type, str]] = []
     for f in dataclasses.fields(cls):
         registry = f.metadata.get("sections")
-        if registry is not None:   # heads.<kind>: each registered kind's settings
+        if registry is not None:  # heads.<kind>: each registered kind's settings
             for name, kind in registry.items():
-                nested.append((f"{prefix}.{name}", kind.grid,
-                               f"The settings of head kind `{name}` (swept: "
-                               + ", ".join(f"`{s}`" for s in kind.swept) + ")."))
+                nested.append(
+                    (
+                        f"{prefix}.{name}",
+                        kind.grid,
+                        f"The settings of head kind `{name}` (swept: " + ", ".join(f"`{s}`" for s in kind.swept) + ").",
+                    )
+                )
             continue
         key = f"{prefix}.{f.name}"
         hint = hints[f.name]
@@ -247,6 +262,7 @@ def _doc(cls: type) -> str:
 
 # --------------------------------------------------------------------------- types and defaults
 
+
 def _type_text(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is type(None):
@@ -257,14 +273,18 @@ def _type_text(hint: Any) -> str:
         parts = [_type_text(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" or null" if type(None) in args else "")
     if origin is tuple:
-        return f"list of ({_type_text(args[0])})" if typing.get_origin(args[0]) in (Literal, Union, tuple) \
+        return (
+            f"list of ({_type_text(args[0])})"
+            if typing.get_origin(args[0]) in (Literal, Union, tuple)
             else f"list of {_type_text(args[0])}"
+        )
     if origin is dict:
         return f"mapping of {_type_text(args[0])} to {_type_text(args[1])}"
     if dataclasses.is_dataclass(hint):
         return "mapping"
     return {str: "string", int: "integer", float: "number", bool: "true or false", Any: "any"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _default_text(f: dataclasses.Field) -> str:
@@ -294,6 +314,7 @@ def _value_text(value: Any) -> str:
 
 # --------------------------------------------------------------------------- comments
 
+
 def _field_comments(cls: type) -> dict[str, str]:
     """The comment on a field's line(s), after any comment lines right above it, by field name."""
     source = textwrap.dedent(inspect.getsource(cls))
@@ -319,6 +340,7 @@ def _field_comments(cls: type) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- checks
 
+
 def _checks(cls: type, prefix: str) -> tuple[dict[str, list[str]], list[str]]:
     """What each key of ``cls`` must be, by full key; and the checks that name no single key."""
     module = sys.modules[cls.__module__]
@@ -341,15 +363,15 @@ def _checks(cls: type, prefix: str) -> tuple[dict[str, list[str]], list[str]]:
                 key, must, expected = message.partition(" must be ")
                 if must and " " not in key.strip():
                     by_key.setdefault(_full_key(key, prefix), []).append(expected)
-                elif message.strip("… "):   # a re-raised message known only at run time says nothing here
+                elif message.strip("… "):  # a re-raised message known only at run time says nothing here
                     notes.append(message)
     return {key: list(dict.fromkeys(texts)) for key, texts in by_key.items()}, notes
 
 
 def _full_key(key: str, prefix: str) -> str:
-    key = key.split("[", 1)[0].strip()      # heads.kinds[…] -> heads.kinds
+    key = key.split("[", 1)[0].strip()  # heads.kinds[…] -> heads.kinds
     if prefix and not key.startswith(prefix.split(".", 1)[0] + "."):
-        return f"{prefix}.{key}"            # a feature set's checks name the key without features.<key>
+        return f"{prefix}.{key}"  # a feature set's checks name the key without features.<key>
     return key
 
 
@@ -358,7 +380,8 @@ def _namespace(function: ast.FunctionDef, module_globals: dict) -> dict:
     namespace = dict(module_globals)
     for statement in function.body:
         if isinstance(statement, (ast.Import, ast.ImportFrom)) or (
-                isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets)):
+            isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets)
+        ):
             # A value known only at run time (from self) stays unknown: its messages show it as …
             with contextlib.suppress(*UNKNOWN_AT_BUILD):
                 exec(compile(ast.Module([statement], []), "<check>", "exec"), namespace)  # noqa: S102 (our own code)
@@ -390,6 +413,6 @@ def _code(text: str) -> str:
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell: one line, pipes escaped, ``<``/``>`` escaped outside code spans."""
     parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
-    for i in range(0, len(parts), 2):   # the even parts lie outside `code`
+    for i in range(0, len(parts), 2):  # the even parts lie outside `code`
         parts[i] = parts[i].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return "`".join(parts)

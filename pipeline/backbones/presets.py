@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from pipeline.backbones.registry import Resize
 from pipeline.provenance import file_sha256
@@ -36,8 +37,9 @@ COPY_FOR_OFFLINE = (
     "To use a preset offline, save it to a directory on a machine with a network and copy that over: "
     "python -c \"import keras_hub; p = 'dinov2_base'; d = 'dinov2_base'; "
     "keras_hub.models.Backbone.from_preset(p).save_to_preset(d); "
-    "keras_hub.layers.ImageConverter.from_preset(p).save_to_preset(d)\"; "
-    "then set preset: /path/to/dinov2_base")
+    'keras_hub.layers.ImageConverter.from_preset(p).save_to_preset(d)"; '
+    "then set preset: /path/to/dinov2_base"
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ class Converter:
 
     def describe(self) -> str:
         """What the preprocessing is, for provenance and the model card."""
-        return (f"the preset's image converter ({self.class_name}): x * {_fmt(self.scale)} + {_fmt(self.offset)} "
-                "per RGB channel, on 0–255 RGB")
+        return (
+            f"the preset's image converter ({self.class_name}): x * {_fmt(self.scale)} + {_fmt(self.offset)} "
+            "per RGB channel, on 0–255 RGB"
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def require_keras_hub() -> None:
         raise ImportError(f"backbone 'hub' needs keras_hub, which is not installed: {HUB_EXTRA}")
 
 
-def local_preset(preset: str) -> Optional[Path]:
+def local_preset(preset: str) -> Path | None:
     """The directory ``preset`` names, or ``None`` for a preset name or handle (which keras_hub downloads).
 
     Raises
@@ -103,8 +107,9 @@ def local_preset(preset: str) -> Optional[Path]:
     if path.is_dir():
         return path
     if "://" not in preset and ("/" in preset or preset.startswith((".", "~"))):
-        raise FileNotFoundError(f"preset {preset!r} is not a directory (relative paths are from the project "
-                                f"root). {COPY_FOR_OFFLINE}")
+        raise FileNotFoundError(
+            f"preset {preset!r} is not a directory (relative paths are from the project root). {COPY_FOR_OFFLINE}"
+        )
     return None
 
 
@@ -118,21 +123,31 @@ def read_preset(directory: Path) -> PresetInfo:
     """
     config = _json(directory / CONFIG_FILE, what="the backbone's config")
     if "registered_name" not in config or "class_name" not in config:
-        raise ValueError(f"{directory / CONFIG_FILE} is not in Keras' preset format (no 'registered_name'; "
-                         "Transformers and timm checkpoints are not read directly). Convert it once with keras_hub: "
-                         "keras_hub.models.Backbone.from_preset(<it>).save_to_preset(<directory>)")
+        raise ValueError(
+            f"{directory / CONFIG_FILE} is not in Keras' preset format (no 'registered_name'; "
+            "Transformers and timm checkpoints are not read directly). Convert it once with keras_hub: "
+            "keras_hub.models.Backbone.from_preset(<it>).save_to_preset(<directory>)"
+        )
     weights = sorted(directory.glob(SHARDED_WEIGHTS)) or sorted(directory.glob(WEIGHTS_FILE))
     if not weights:
-        raise ValueError(f"preset {directory} has no weights ({WEIGHTS_FILE} or {SHARDED_WEIGHTS}); "
-                         "save the backbone with backbone.save_to_preset(directory)")
+        raise ValueError(
+            f"preset {directory} has no weights ({WEIGHTS_FILE} or {SHARDED_WEIGHTS}); "
+            "save the backbone with backbone.save_to_preset(directory)"
+        )
     converter_file = directory / CONVERTER_FILE
     if not converter_file.is_file():
-        raise ValueError(f"preset {directory} has no {CONVERTER_FILE}, so it does not say how its images are "
-                         "preprocessed (and shoulders will not guess): save the preset's converter into it with "
-                         "keras_hub.layers.ImageConverter.from_preset(<preset>).save_to_preset(directory)")
-    return PresetInfo(directory=directory, class_name=str(config["class_name"]),
-                      config_sha256=file_sha256(directory / CONFIG_FILE), weights_files=tuple(weights),
-                      converter=converter_of(_json(converter_file, what="the image converter"), converter_file))
+        raise ValueError(
+            f"preset {directory} has no {CONVERTER_FILE}, so it does not say how its images are "
+            "preprocessed (and shoulders will not guess): save the preset's converter into it with "
+            "keras_hub.layers.ImageConverter.from_preset(<preset>).save_to_preset(directory)"
+        )
+    return PresetInfo(
+        directory=directory,
+        class_name=str(config["class_name"]),
+        config_sha256=file_sha256(directory / CONFIG_FILE),
+        weights_files=tuple(weights),
+        converter=converter_of(_json(converter_file, what="the image converter"), converter_file),
+    )
 
 
 def converter_of(serialized: dict, where: Any) -> Converter:
@@ -146,25 +161,35 @@ def converter_of(serialized: dict, where: Any) -> Converter:
     config = serialized.get("config", serialized)
     size = config.get("image_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1] and isinstance(size[0], int)):
-        raise ValueError(f"{where}: the image converter must resize to a square (image_size [n, n]); "
-                         f"shoulders feeds square images. Received: image_size={size!r}")
+        raise ValueError(
+            f"{where}: the image converter must resize to a square (image_size [n, n]); "
+            f"shoulders feeds square images. Received: image_size={size!r}"
+        )
     if config.get("data_format", "channels_last") not in (None, "channels_last"):
         raise ValueError(f"{where}: data_format {config['data_format']!r}; shoulders feeds channels_last images")
-    resize = Resize(interpolation=config.get("interpolation", "bilinear"),
-                    crop_to_aspect_ratio=bool(config.get("crop_to_aspect_ratio", True)),
-                    pad_to_aspect_ratio=bool(config.get("pad_to_aspect_ratio", False)),
-                    antialias=bool(config.get("antialias", False)))
-    return Converter(class_name=str(serialized.get("class_name", "ImageConverter")), size=int(size[0]),
-                     resize=resize, scale=_per_channel(config.get("scale"), 1.0, "scale", where),
-                     offset=_per_channel(config.get("offset"), 0.0, "offset", where))
+    resize = Resize(
+        interpolation=config.get("interpolation", "bilinear"),
+        crop_to_aspect_ratio=bool(config.get("crop_to_aspect_ratio", True)),
+        pad_to_aspect_ratio=bool(config.get("pad_to_aspect_ratio", False)),
+        antialias=bool(config.get("antialias", False)),
+    )
+    return Converter(
+        class_name=str(serialized.get("class_name", "ImageConverter")),
+        size=int(size[0]),
+        resize=resize,
+        scale=_per_channel(config.get("scale"), 1.0, "scale", where),
+        offset=_per_channel(config.get("offset"), 0.0, "offset", where),
+    )
 
 
-def check_size(size: Optional[int], converter: Converter, preset: str) -> None:
+def check_size(size: int | None, converter: Converter, preset: str) -> None:
     """A hub feature set runs at its preset's size: ``size`` must be absent or the converter's."""
     if size is not None and size != converter.size:
-        raise ValueError(f"preset {preset!r} resizes to {converter.size} px (its image converter); a hub backbone "
-                         f"runs at its preset's size and preprocessing, nothing else. Received: size={size} "
-                         "(remove it)")
+        raise ValueError(
+            f"preset {preset!r} resizes to {converter.size} px (its image converter); a hub backbone "
+            f"runs at its preset's size and preprocessing, nothing else. Received: size={size} "
+            "(remove it)"
+        )
 
 
 def _per_channel(value: Any, neutral: float, name: str, where: Any) -> tuple[float, float, float]:
@@ -179,8 +204,10 @@ def _per_channel(value: Any, neutral: float, name: str, where: Any) -> tuple[flo
 
 def _json(path: Path, *, what: str) -> dict:
     if not path.is_file():
-        raise ValueError(f"{path} is missing ({what}); a Keras preset directory has {CONFIG_FILE}, "
-                         f"{WEIGHTS_FILE} and {CONVERTER_FILE}")
+        raise ValueError(
+            f"{path} is missing ({what}); a Keras preset directory has {CONFIG_FILE}, "
+            f"{WEIGHTS_FILE} and {CONVERTER_FILE}"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -211,8 +238,10 @@ def resolve_preset(preset: str) -> PresetInfo:
             for name in (CONVERTER_FILE, WEIGHTS_FILE):
                 get_file(preset, name)
         except Exception as error:  # the downloaders raise many kinds; all mean the preset is not to be had
-            raise RuntimeError(f"preset {preset!r} is not a directory, and keras_hub could not fetch it "
-                               f"({type(error).__name__}: {error}). {COPY_FOR_OFFLINE}") from error
+            raise RuntimeError(
+                f"preset {preset!r} is not a directory, and keras_hub could not fetch it "
+                f"({type(error).__name__}: {error}). {COPY_FOR_OFFLINE}"
+            ) from error
     return read_preset(directory)
 
 
@@ -227,16 +256,22 @@ def validate_spec(spec: Any) -> None:
         If ``preset`` looks like a path but is no directory.
     """
     if not spec.preset:
-        raise ValueError("backbone 'hub' needs preset: a keras_hub preset directory (or a preset name or "
-                         "kaggle:// / hf:// handle, which keras_hub downloads)")
+        raise ValueError(
+            "backbone 'hub' needs preset: a keras_hub preset directory (or a preset name or "
+            "kaggle:// / hf:// handle, which keras_hub downloads)"
+        )
     if spec.weights not in HUB_WEIGHTS:
-        raise ValueError(f"a hub backbone's weights are its preset's: weights must be one of {list(HUB_WEIGHTS)} "
-                         f"(random, seeded). Received: weights={spec.weights!r}")
+        raise ValueError(
+            f"a hub backbone's weights are its preset's: weights must be one of {list(HUB_WEIGHTS)} "
+            f"(random, seeded). Received: weights={spec.weights!r}"
+        )
     if spec.alpha is not None:
         raise ValueError(f"alpha applies to the MobileNet families only, not hub. Received: alpha={spec.alpha}")
     if spec.blocks < 1:
-        raise ValueError(f"blocks must be an integer >= 1 (the last blocks whose tokens are concatenated). "
-                         f"Received: blocks={spec.blocks}")
+        raise ValueError(
+            f"blocks must be an integer >= 1 (the last blocks whose tokens are concatenated). "
+            f"Received: blocks={spec.blocks}"
+        )
     try:
         require_keras_hub()
     except ImportError as error:
@@ -251,12 +286,17 @@ def spec_input_size(spec: Any) -> int:
     return resolve_preset(spec.preset).converter.size
 
 
-def network_identity(spec: Any) -> Optional[dict]:
+def network_identity(spec: Any) -> dict | None:
     """What a ``hub`` backbone contributes to a store's identity (``None`` for a preset name: not fetched here)."""
     directory = local_preset(spec.preset)
     if directory is None:
         return None
     info = read_preset(directory)
-    return {"weights_sha256": info.weights_sha256() if spec.weights == "preset" else None,
-            "input_size": info.converter.size, "preprocessing": info.converter.describe(),
-            "resize": info.converter.resize.describe(), "architecture": info.architecture, "blocks": spec.blocks}
+    return {
+        "weights_sha256": info.weights_sha256() if spec.weights == "preset" else None,
+        "input_size": info.converter.size,
+        "preprocessing": info.converter.describe(),
+        "resize": info.converter.resize.describe(),
+        "architecture": info.architecture,
+        "blocks": spec.blocks,
+    }

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +62,9 @@ def initial_value(initializer: Any, shape: Sequence[int], rng: np.random.Generat
     init = keras.initializers
     shape = tuple(int(d) for d in shape)
     if isinstance(initializer, init.VarianceScaling):
-        fan_in, fan_out = fans(shape, getattr(initializer, "input_axes", None),
-                               getattr(initializer, "output_axes", None))
+        fan_in, fan_out = fans(
+            shape, getattr(initializer, "input_axes", None), getattr(initializer, "output_axes", None)
+        )
         n = {"fan_in": fan_in, "fan_out": fan_out}.get(initializer.mode, (fan_in + fan_out) / 2.0)
         scale = initializer.scale / max(1.0, n)
         if initializer.distribution == "truncated_normal":
@@ -84,9 +86,11 @@ def initial_value(initializer: Any, shape: Sequence[int], rng: np.random.Generat
         q *= np.sign(np.diag(r))
         q = q if rows >= cols else q.T
         return initializer.gain * q.reshape(shape)
-    raise ValueError(f"weights: none cannot re-draw {type(initializer).__name__} the same on every backend "
-                     "(known: VarianceScaling and its Glorot/He/Lecun forms, RandomNormal, TruncatedNormal, "
-                     "RandomUniform, Orthogonal)")
+    raise ValueError(
+        f"weights: none cannot re-draw {type(initializer).__name__} the same on every backend "
+        "(known: VarianceScaling and its Glorot/He/Lecun forms, RandomNormal, TruncatedNormal, "
+        "RandomUniform, Orthogonal)"
+    )
 
 
 def reinitialize(model: Any, seed: int) -> str:
@@ -105,12 +109,21 @@ def reinitialize(model: Any, seed: int) -> str:
     order = {id(variable): index for index, variable in enumerate(model.weights)}
     for layer in model._flatten_layers(include_self=False, recursive=True):
         for attribute, initializer in list(vars(layer).items()):
-            if not (attribute.endswith("_initializer") and isinstance(initializer, keras.initializers.Initializer)
-                    and "seed" in initializer.get_config()):
+            if not (
+                attribute.endswith("_initializer")
+                and isinstance(initializer, keras.initializers.Initializer)
+                and "seed" in initializer.get_config()
+            ):
                 continue
             base = attribute[: -len("_initializer")]
-            variable = next((getattr(layer, name) for name in (base, f"{base}_kernel", "kernel")
-                             if isinstance(getattr(layer, name, None), keras.Variable)), None)
+            variable = next(
+                (
+                    getattr(layer, name)
+                    for name in (base, f"{base}_kernel", "kernel")
+                    if isinstance(getattr(layer, name, None), keras.Variable)
+                ),
+                None,
+            )
             if variable is None or id(variable) not in order:
                 continue
             digest = hashlib.sha256(f"{seed}/{order[id(variable)]}".encode()).digest()

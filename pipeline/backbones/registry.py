@@ -19,9 +19,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from pipeline.provenance import file_sha256
 
@@ -33,18 +34,18 @@ class Family:
     """One backbone family of the registry."""
 
     name: str
-    factory: str                 # dotted path of the keras.applications constructor
-    preprocess: str              # dotted path of its preprocess_input
-    preprocessing: str           # what preprocess does, for provenance
+    factory: str  # dotted path of the keras.applications constructor
+    preprocess: str  # dotted path of its preprocess_input
+    preprocessing: str  # what preprocess does, for provenance
     default_size: int
     min_size: int = 32
-    alphas: Optional[tuple[float, ...]] = None   # alphas with ImageNet weights; None: no alpha
-    imagenet_file: Optional[str] = None          # dotted path of a function locating the weights file
-    from_preset: bool = False                    # built from a keras_hub preset: factory builds the CutModel
-    default_weights: str = "imagenet"            # what an entry without `weights` gets
+    alphas: tuple[float, ...] | None = None  # alphas with ImageNet weights; None: no alpha
+    imagenet_file: str | None = None  # dotted path of a function locating the weights file
+    from_preset: bool = False  # built from a keras_hub preset: factory builds the CutModel
+    default_weights: str = "imagenet"  # what an entry without `weights` gets
     # A family not built the keras.applications way names its own functions of a spec, by dotted path:
     # validate, input_size, network_identity (all without TensorFlow) and cut_points.
-    hooks: Optional[dict] = None
+    hooks: dict | None = None
 
 
 _CAFFE = "caffe: RGB→BGR, ImageNet mean subtracted, no scaling"
@@ -54,41 +55,84 @@ _INSIDE = "none outside the model: the model rescales raw 0–255 RGB itself"
 _APPS = "keras.applications"
 _LITE = "(x - 127) / 128 on 0–255 RGB, as the Lite checkpoints were trained"
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("vgg16", f"{_APPS}.VGG16", f"{_APPS}.vgg16.preprocess_input", _CAFFE, 224),
-    Family("vgg19", f"{_APPS}.VGG19", f"{_APPS}.vgg19.preprocess_input", _CAFFE, 224),
-    Family("resnet50", f"{_APPS}.ResNet50", f"{_APPS}.resnet.preprocess_input", _CAFFE, 224),
-    Family("resnet50_v2", f"{_APPS}.ResNet50V2", f"{_APPS}.resnet_v2.preprocess_input", _TF, 224),
-    Family("inception_v3", f"{_APPS}.InceptionV3", f"{_APPS}.inception_v3.preprocess_input", _TF, 299,
-           min_size=75),
-    Family("xception", f"{_APPS}.Xception", f"{_APPS}.xception.preprocess_input", _TF, 299, min_size=71),
-    Family("mobilenet", f"{_APPS}.MobileNet", f"{_APPS}.mobilenet.preprocess_input", _TF, 224,
-           alphas=(0.25, 0.5, 0.75, 1.0)),
-    Family("mobilenet_v2", f"{_APPS}.MobileNetV2", f"{_APPS}.mobilenet_v2.preprocess_input", _TF, 224,
-           alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
-    Family("mobilenet_v3_small", f"{_APPS}.MobileNetV3Small", f"{_APPS}.mobilenet_v3.preprocess_input",
-           _INSIDE, 224, alphas=(0.75, 1.0)),
-    Family("mobilenet_v3_large", f"{_APPS}.MobileNetV3Large", f"{_APPS}.mobilenet_v3.preprocess_input",
-           _INSIDE, 224, alphas=(0.75, 1.0)),
-    Family("efficientnet_b0", f"{_APPS}.EfficientNetB0", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 224),
-    Family("efficientnet_b1", f"{_APPS}.EfficientNetB1", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 240),
-    Family("efficientnet_b2", f"{_APPS}.EfficientNetB2", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 260),
-    Family("efficientnet_b3", f"{_APPS}.EfficientNetB3", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 300),
-    Family("efficientnet_v2_b0", f"{_APPS}.EfficientNetV2B0", f"{_APPS}.efficientnet_v2.preprocess_input",
-           _INSIDE, 224),
-    Family("densenet121", f"{_APPS}.DenseNet121", f"{_APPS}.densenet.preprocess_input", _TORCH, 224),
-    Family("convnext_tiny", f"{_APPS}.ConvNeXtTiny", f"{_APPS}.convnext.preprocess_input", _INSIDE, 224),
-    *(Family(f"efficientnet_lite{n}", f"pipeline.backbones.efficientnet_lite.EfficientNetLite{n}",
-             "pipeline.backbones.efficientnet_lite.preprocess_input", _LITE, size,
-             imagenet_file=f"pipeline.backbones.lite_weights.lite{n}_weights_file")
-      for n, size in ((0, 224), (1, 240), (2, 260))),
-    Family("hub", "pipeline.backbones.hub.build_cut_model", "pipeline.backbones.hub.preprocess_input",
-           "the preset's image converter", 0, from_preset=True, default_weights="preset",
-           hooks={"validate": "pipeline.backbones.presets.validate_spec",
-                  "input_size": "pipeline.backbones.presets.spec_input_size",
-                  "network_identity": "pipeline.backbones.presets.network_identity",
-                  "cut_points": "pipeline.backbones.hub.spec_cut_points"}),
-)}
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("vgg16", f"{_APPS}.VGG16", f"{_APPS}.vgg16.preprocess_input", _CAFFE, 224),
+        Family("vgg19", f"{_APPS}.VGG19", f"{_APPS}.vgg19.preprocess_input", _CAFFE, 224),
+        Family("resnet50", f"{_APPS}.ResNet50", f"{_APPS}.resnet.preprocess_input", _CAFFE, 224),
+        Family("resnet50_v2", f"{_APPS}.ResNet50V2", f"{_APPS}.resnet_v2.preprocess_input", _TF, 224),
+        Family("inception_v3", f"{_APPS}.InceptionV3", f"{_APPS}.inception_v3.preprocess_input", _TF, 299, min_size=75),
+        Family("xception", f"{_APPS}.Xception", f"{_APPS}.xception.preprocess_input", _TF, 299, min_size=71),
+        Family(
+            "mobilenet",
+            f"{_APPS}.MobileNet",
+            f"{_APPS}.mobilenet.preprocess_input",
+            _TF,
+            224,
+            alphas=(0.25, 0.5, 0.75, 1.0),
+        ),
+        Family(
+            "mobilenet_v2",
+            f"{_APPS}.MobileNetV2",
+            f"{_APPS}.mobilenet_v2.preprocess_input",
+            _TF,
+            224,
+            alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+        ),
+        Family(
+            "mobilenet_v3_small",
+            f"{_APPS}.MobileNetV3Small",
+            f"{_APPS}.mobilenet_v3.preprocess_input",
+            _INSIDE,
+            224,
+            alphas=(0.75, 1.0),
+        ),
+        Family(
+            "mobilenet_v3_large",
+            f"{_APPS}.MobileNetV3Large",
+            f"{_APPS}.mobilenet_v3.preprocess_input",
+            _INSIDE,
+            224,
+            alphas=(0.75, 1.0),
+        ),
+        Family("efficientnet_b0", f"{_APPS}.EfficientNetB0", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 224),
+        Family("efficientnet_b1", f"{_APPS}.EfficientNetB1", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 240),
+        Family("efficientnet_b2", f"{_APPS}.EfficientNetB2", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 260),
+        Family("efficientnet_b3", f"{_APPS}.EfficientNetB3", f"{_APPS}.efficientnet.preprocess_input", _INSIDE, 300),
+        Family(
+            "efficientnet_v2_b0", f"{_APPS}.EfficientNetV2B0", f"{_APPS}.efficientnet_v2.preprocess_input", _INSIDE, 224
+        ),
+        Family("densenet121", f"{_APPS}.DenseNet121", f"{_APPS}.densenet.preprocess_input", _TORCH, 224),
+        Family("convnext_tiny", f"{_APPS}.ConvNeXtTiny", f"{_APPS}.convnext.preprocess_input", _INSIDE, 224),
+        *(
+            Family(
+                f"efficientnet_lite{n}",
+                f"pipeline.backbones.efficientnet_lite.EfficientNetLite{n}",
+                "pipeline.backbones.efficientnet_lite.preprocess_input",
+                _LITE,
+                size,
+                imagenet_file=f"pipeline.backbones.lite_weights.lite{n}_weights_file",
+            )
+            for n, size in ((0, 224), (1, 240), (2, 260))
+        ),
+        Family(
+            "hub",
+            "pipeline.backbones.hub.build_cut_model",
+            "pipeline.backbones.hub.preprocess_input",
+            "the preset's image converter",
+            0,
+            from_preset=True,
+            default_weights="preset",
+            hooks={
+                "validate": "pipeline.backbones.presets.validate_spec",
+                "input_size": "pipeline.backbones.presets.spec_input_size",
+                "network_identity": "pipeline.backbones.presets.network_identity",
+                "cut_points": "pipeline.backbones.hub.spec_cut_points",
+            },
+        ),
+    )
+}
 
 
 # --------------------------------------------------------------------------- resizing
@@ -114,8 +158,9 @@ class Resize:
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"resize interpolation must be one of {list(INTERPOLATIONS)}. "
-                             f"Received: {self.interpolation!r}")
+            raise ValueError(
+                f"resize interpolation must be one of {list(INTERPOLATIONS)}. Received: {self.interpolation!r}"
+            )
         if self.crop_to_aspect_ratio and self.pad_to_aspect_ratio:
             raise ValueError("a resize crops or pads to the aspect ratio, not both")
 
@@ -175,27 +220,34 @@ def validate_feature_set(spec: Any) -> None:
     if spec.preset is not None:
         raise ValueError(f"preset applies to backbone 'hub' only, not {fam.name}. Received: preset={spec.preset!r}")
     if spec.blocks != 1:
-        raise ValueError(f"blocks (concatenating the last blocks' tokens) applies to backbone 'hub' only, not "
-                         f"{fam.name}. Received: blocks={spec.blocks}")
+        raise ValueError(
+            f"blocks (concatenating the last blocks' tokens) applies to backbone 'hub' only, not "
+            f"{fam.name}. Received: blocks={spec.blocks}"
+        )
     if isinstance(spec.cut, int):
-        raise ValueError(f"a cut index counts the blocks of a preset (backbone 'hub'); {fam.name} is cut at a layer "
-                         f"name (`shoulders layers {fam.name}` lists them). Received: cut={spec.cut}")
+        raise ValueError(
+            f"a cut index counts the blocks of a preset (backbone 'hub'); {fam.name} is cut at a layer "
+            f"name (`shoulders layers {fam.name}` lists them). Received: cut={spec.cut}"
+        )
     weights = spec.weights
     if weights not in ("imagenet", "none"):
         if not Path(weights).is_file():
             raise FileNotFoundError(
                 f"weights must be 'imagenet', 'none' or a path to a weights file. Received: "
-                f"weights={weights!r}, which is not a file (relative paths are from the project root)")
+                f"weights={weights!r}, which is not a file (relative paths are from the project root)"
+            )
     size = input_size(spec)
     if size < fam.min_size:
         raise ValueError(f"{fam.name} needs an input size of at least {fam.min_size}. Received: size={size}")
     if spec.alpha is not None:
         if fam.alphas is None:
-            raise ValueError(f"alpha applies to the MobileNet families only, not {fam.name}. "
-                             f"Received: alpha={spec.alpha}")
+            raise ValueError(
+                f"alpha applies to the MobileNet families only, not {fam.name}. Received: alpha={spec.alpha}"
+            )
         if weights == "imagenet" and spec.alpha not in fam.alphas:
-            raise ValueError(f"{fam.name} has ImageNet weights for alpha in {list(fam.alphas)}. "
-                             f"Received: alpha={spec.alpha}")
+            raise ValueError(
+                f"{fam.name} has ImageNet weights for alpha in {list(fam.alphas)}. Received: alpha={spec.alpha}"
+            )
 
 
 def preprocess_function(name: str) -> Callable:
@@ -211,7 +263,7 @@ def input_size(spec: Any) -> int:
     return spec.size if spec.size is not None else family(spec.backbone).default_size
 
 
-def network_identity(spec: Any) -> Optional[dict]:
+def network_identity(spec: Any) -> dict | None:
     """What the backbone contributes to a store's identity, known without TensorFlow.
 
     Returns
@@ -224,21 +276,25 @@ def network_identity(spec: Any) -> Optional[dict]:
     fam = family(spec.backbone)
     if fam.hooks:
         return import_dotted(fam.hooks["network_identity"])(spec)
-    return {"weights_sha256": weights_digest(spec), "input_size": input_size(spec),
-            "preprocessing": fam.preprocessing, "resize": Resize().describe()}
+    return {
+        "weights_sha256": weights_digest(spec),
+        "input_size": input_size(spec),
+        "preprocessing": fam.preprocessing,
+        "resize": Resize().describe(),
+    }
 
 
 @dataclass(frozen=True)
 class CutModel:
     """A truncated backbone ready for inference, and what describes it."""
 
-    model: Any                   # keras.Model from (size, size, 3) to the cut layer's output
-    preprocess: Callable         # float RGB 0–255 → model input
-    cut: str                     # the layer's name
-    cut_index: int               # its position in the base model (0 = input)
-    n_layers: int                # layers in the base model
+    model: Any  # keras.Model from (size, size, 3) to the cut layer's output
+    preprocess: Callable  # float RGB 0–255 → model input
+    cut: str  # the layer's name
+    cut_index: int  # its position in the base model (0 = input)
+    n_layers: int  # layers in the base model
     provenance: dict
-    resize: Resize = Resize()    # how images are resized to its input (a preset's: its converter's)
+    resize: Resize = Resize()  # how images are resized to its input (a preset's: its converter's)
 
 
 @dataclass(frozen=True)
@@ -247,7 +303,7 @@ class CutPoints:
 
     names: tuple[str, ...]
     blocks: tuple[str, ...] = ()
-    last: Optional[str] = None   # what cut: null means; None: the backbone has no single output
+    last: str | None = None  # what cut: null means; None: the backbone has no single output
 
 
 def resolve_cut(cut: Any, points: CutPoints, *, backbone: str, blocks: int = 1, listing: str = "") -> str:
@@ -267,27 +323,29 @@ def resolve_cut(cut: Any, points: CutPoints, *, backbone: str, blocks: int = 1, 
             raise ValueError(f"{backbone} has no blocks to count; name a layer. " + _valid(None, points, listing))
         n = len(points.blocks)
         if not -n <= cut < n:
-            raise ValueError(f"{backbone} has {n} blocks (cut {-n} to {n - 1}): {', '.join(points.blocks)}. "
-                             f"Received: cut={cut}")
+            raise ValueError(
+                f"{backbone} has {n} blocks (cut {-n} to {n - 1}): {', '.join(points.blocks)}. Received: cut={cut}"
+            )
         name = points.blocks[cut]
     elif cut in points.names:
         name = cut
     else:
         raise ValueError(f"{backbone} has no layer {cut!r}. " + _valid(cut, points, listing))
     if blocks > 1 and (name not in points.blocks or points.blocks.index(name) < blocks - 1):
-        raise ValueError(f"blocks: {blocks} concatenates the last {blocks} blocks up to the cut, so the cut must be "
-                         f"block {blocks - 1} or later of {', '.join(points.blocks) or '(none)'}. Received: cut={cut!r}")
+        raise ValueError(
+            f"blocks: {blocks} concatenates the last {blocks} blocks up to the cut, so the cut must be "
+            f"block {blocks - 1} or later of {', '.join(points.blocks) or '(none)'}. Received: cut={cut!r}"
+        )
     return name
 
 
-def _valid(cut: Optional[str], points: CutPoints, listing: str) -> str:
+def _valid(cut: str | None, points: CutPoints, listing: str) -> str:
     names = _nearest(cut, list(points.names)) if cut is not None else list(points.names)
     blocks = f"Blocks (cut by index, -1 the last): {', '.join(points.blocks)}. " if points.blocks else ""
-    return (blocks + "Valid cuts, nearest first: " + ", ".join(names)
-            + (f" ({listing} lists them)" if listing else ""))
+    return blocks + "Valid cuts, nearest first: " + ", ".join(names) + (f" ({listing} lists them)" if listing else "")
 
 
-def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> CutModel:
+def build_cut_model(spec: Any, *, seed: int, policy: str | None = None) -> CutModel:
     """Build the backbone of a feature set and truncate it at its cut, once.
 
     Parameters
@@ -344,8 +402,14 @@ def build_cut_model(spec: Any, *, seed: int, policy: Optional[str] = None) -> Cu
         "init": init,
         "resize": Resize().describe(),
     }
-    return CutModel(model=model, preprocess=preprocess_function(fam.name), cut=cut,
-                    cut_index=provenance["cut_index"], n_layers=len(layer_names), provenance=provenance)
+    return CutModel(
+        model=model,
+        preprocess=preprocess_function(fam.name),
+        cut=cut,
+        cut_index=provenance["cut_index"],
+        n_layers=len(layer_names),
+        provenance=provenance,
+    )
 
 
 def layer_names(spec: Any) -> list[str]:
@@ -373,8 +437,7 @@ def layer_shapes(spec: Any) -> list[tuple[str, tuple]]:
     import keras
 
     fam = family(spec.backbone)
-    kwargs: dict[str, Any] = {"include_top": False, "weights": None,
-                              "input_shape": (input_size(spec),) * 2 + (3,)}
+    kwargs: dict[str, Any] = {"include_top": False, "weights": None, "input_shape": (input_size(spec),) * 2 + (3,)}
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     base = import_dotted(fam.factory)(**kwargs)
@@ -387,7 +450,7 @@ def layer_shapes(spec: Any) -> list[tuple[str, tuple]]:
     return shapes
 
 
-def weights_digest(spec: Any) -> Optional[str]:
+def weights_digest(spec: Any) -> str | None:
     """sha256 of the weights file a feature set reads (None: random weights, or Keras' own ImageNet file).
 
     Needs no TensorFlow, so the identity of a feature set is known before any backbone is built.
@@ -400,7 +463,7 @@ def weights_digest(spec: Any) -> Optional[str]:
     return file_sha256(Path(spec.weights))
 
 
-def _resolve_weights(fam: Family, spec: Any) -> tuple[Optional[str], Optional[str]]:
+def _resolve_weights(fam: Family, spec: Any) -> tuple[str | None, str | None]:
     weights = {"none": None, "imagenet": "imagenet"}.get(spec.weights, spec.weights)
     # Keras resolves (and, with a network, downloads) ImageNet weights it has no file of ours for.
     return weights, weights_digest(spec)

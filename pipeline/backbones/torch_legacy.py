@@ -108,16 +108,12 @@ def _is_int_tuple(value) -> bool:
     return isinstance(value, tuple) and all(_is_int(v) for v in value)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """Safe replacement for ``torch._utils._rebuild_tensor_v2``."""
     if not isinstance(storage, _StorageRef):
         raise ValueError(f"a tensor refers to {type(storage).__name__!r}, not a storage")
     if not (_is_int(storage_offset) and _is_int_tuple(size) and _is_int_tuple(stride)):
-        raise ValueError(
-            "a tensor has a malformed offset/size/stride: "
-            f"{storage_offset!r}, {size!r}, {stride!r}"
-        )
+        raise ValueError(f"a tensor has a malformed offset/size/stride: {storage_offset!r}, {size!r}, {stride!r}")
     if len(size) != len(stride):
         raise ValueError(f"a tensor has size {size} but stride {stride}")
     return _TensorRef(storage, storage_offset, size, stride)
@@ -134,10 +130,7 @@ _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{
-        ("torch", name): _StorageType(name, np.dtype(code))
-        for name, code in _STORAGE_DTYPES.items()
-    },
+    **{("torch", name): _StorageType(name, np.dtype(code)) for name, code in _STORAGE_DTYPES.items()},
 }
 
 
@@ -173,14 +166,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
             raise ValueError(f"unsupported persistent id {pid!r}")
         _, storage_type, key, location, numel, view = pid
-        if not (isinstance(storage_type, _StorageType) and isinstance(key, str)
-                and isinstance(location, str) and _is_int(numel) and numel >= 0):
+        if not (
+            isinstance(storage_type, _StorageType)
+            and isinstance(key, str)
+            and isinstance(location, str)
+            and _is_int(numel)
+            and numel >= 0
+        ):
             raise ValueError(f"malformed storage id {pid!r}")
         if view is None:
             view_offset, view_numel = 0, numel
-        elif (isinstance(view, tuple) and len(view) == 3
-              and _is_int(view[1]) and _is_int(view[2])
-              and 0 <= view[1] and view[1] + view[2] <= numel):
+        elif (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and _is_int(view[1])
+            and _is_int(view[2])
+            and 0 <= view[1]
+            and view[1] + view[2] <= numel
+        ):
             view_offset, view_numel = view[1], view[2]
         else:
             raise ValueError(f"malformed or out-of-range storage view {view!r} in {pid!r}")
@@ -197,8 +200,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
 # What malformed pickle bytes can raise besides UnpicklingError: a REDUCE or
 # BUILD applied to the wrong arguments, a bad memo index, a short read.
 _MALFORMED_PICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-    IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    MemoryError,
+    UnicodeDecodeError,
 )
 
 
@@ -216,8 +227,9 @@ def _load_pickle(file: BinaryIO, path: os.PathLike, what: str, *, allow_globals:
         ) from error
 
 
-def _read_storages(file: BinaryIO, path: os.PathLike, keys: list[str],
-                   storages: dict[str, _StorageRef], byteorder: str) -> dict[str, np.ndarray]:
+def _read_storages(
+    file: BinaryIO, path: os.PathLike, keys: list[str], storages: dict[str, _StorageRef], byteorder: str
+) -> dict[str, np.ndarray]:
     """Read the per-storage records that follow the pickles."""
     missing = sorted(set(storages) - set(keys))
     if missing:
@@ -235,25 +247,19 @@ def _read_storages(file: BinaryIO, path: os.PathLike, keys: list[str],
             )
         count = int.from_bytes(header, "little", signed=True)
         if count != ref.numel:
-            raise ValueError(
-                f"{path}: storage {key!r} holds {count} elements but the state dict "
-                f"declares {ref.numel}"
-            )
+            raise ValueError(f"{path}: storage {key!r} holds {count} elements but the state dict declares {ref.numel}")
         dtype = ref.storage_type.dtype.newbyteorder(byteorder)
         nbytes = count * dtype.itemsize
         raw = file.read(nbytes)
         if len(raw) != nbytes:
-            raise ValueError(
-                f"{path} is truncated: it ends after {len(raw)} of {nbytes} bytes "
-                f"of storage {key!r}"
-            )
+            raise ValueError(f"{path} is truncated: it ends after {len(raw)} of {nbytes} bytes of storage {key!r}")
         data[key] = np.frombuffer(raw, dtype=dtype)
     return data
 
 
 def _materialise(name: str, ref: _TensorRef, data: dict[str, np.ndarray]) -> np.ndarray:
     """Copy one tensor's strided window out of its storage."""
-    flat = data[ref.storage.key][ref.storage.view_offset:][:ref.storage.view_numel]
+    flat = data[ref.storage.key][ref.storage.view_offset :][: ref.storage.view_numel]
     if ref.offset < 0 or any(s < 0 for s in ref.stride) or any(n < 0 for n in ref.size):
         raise ValueError(
             f"tensor {name!r} has a negative offset, size or stride: "
@@ -268,7 +274,7 @@ def _materialise(name: str, ref: _TensorRef, data: dict[str, np.ndarray]) -> np.
             f"reaches element {last} of a storage of {flat.size}"
         )
     window = np.lib.stride_tricks.as_strided(
-        flat[ref.offset:],
+        flat[ref.offset :],
         shape=ref.size,
         strides=tuple(s * flat.itemsize for s in ref.stride),
         writeable=False,
@@ -318,23 +324,18 @@ def read_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         magic, _ = _load_pickle(file, path, "magic number", allow_globals=False)
         if magic != MAGIC_NUMBER:
             raise ValueError(
-                f"{path} is not a legacy PyTorch file: wrong magic number {magic!r}, "
-                f"expected {MAGIC_NUMBER:#x}"
+                f"{path} is not a legacy PyTorch file: wrong magic number {magic!r}, expected {MAGIC_NUMBER:#x}"
             )
         version, _ = _load_pickle(file, path, "protocol version", allow_globals=False)
         if version != PROTOCOL_VERSION:
-            raise ValueError(
-                f"{path}: unsupported legacy protocol version {version!r}, "
-                f"expected {PROTOCOL_VERSION}"
-            )
+            raise ValueError(f"{path}: unsupported legacy protocol version {version!r}, expected {PROTOCOL_VERSION}")
         sys_info, _ = _load_pickle(file, path, "sys info", allow_globals=False)
         if not (isinstance(sys_info, dict) and isinstance(sys_info.get("little_endian"), bool)):
             raise ValueError(f"{path}: malformed sys info {sys_info!r}")
         byteorder = "<" if sys_info["little_endian"] else ">"
         state, unpickler = _load_pickle(file, path, "state dict", allow_globals=True)
         keys, _ = _load_pickle(file, path, "storage key list", allow_globals=False)
-        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)
-                and len(set(keys)) == len(keys)):
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys) and len(set(keys)) == len(keys)):
             raise ValueError(f"{path}: the storage key list is malformed: {keys!r:.200}")
         data = _read_storages(file, path, keys, unpickler.storages, byteorder)
         trailing = len(file.read())
@@ -347,10 +348,8 @@ def read_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, ref in state.items():
         if not (isinstance(name, str) and isinstance(ref, _TensorRef)):
             raise ValueError(
-                f"{path}: expected a flat mapping of names to tensors, found "
-                f"{name!r} -> {type(ref).__name__}"
+                f"{path}: expected a flat mapping of names to tensors, found {name!r} -> {type(ref).__name__}"
             )
         arrays[name] = _materialise(name, ref, data)
-    logger.debug("Read %d tensors (%d values) from %s", len(arrays),
-                 sum(a.size for a in arrays.values()), path)
+    logger.debug("Read %d tensors (%d values) from %s", len(arrays), sum(a.size for a in arrays.values()), path)
     return arrays

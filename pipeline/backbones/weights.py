@@ -27,9 +27,10 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any
 
 from pipeline.backbones.registry import family, import_dotted, input_size
 
@@ -41,8 +42,8 @@ REACH_TIMEOUT = 10
 class WeightsSource:
     """Where one feature set's weights come from."""
 
-    kind: str            # 'random' | 'file' | 'package' | 'keras cache' | 'download'
-    where: Optional[str]  # the file or URL (None for random weights)
+    kind: str  # 'random' | 'file' | 'package' | 'keras cache' | 'download'
+    where: str | None  # the file or URL (None for random weights)
 
     def describe(self) -> str:
         return self.kind if self.where is None else f"{self.kind}: {self.where}"
@@ -59,7 +60,7 @@ class _Request:
     fname: str
     origin: str
     path: Path
-    file_hash: Optional[str]
+    file_hash: str | None
 
 
 class _Asked(Exception):
@@ -99,7 +100,8 @@ def weights_source(spec: Any) -> WeightsSource:
         f"{spec.backbone}'s ImageNet weights are not on this machine and cannot be downloaded ({problem}: "
         f"{request.origin}). Offline: copy {request.fname} into {request.path.parent} "
         f"($KERAS_HOME/models/, ~/.keras/models/ by default, under that name), or set weights: "
-        f"/path/to/{request.fname} (a copy of it anywhere)")
+        f"/path/to/{request.fname} (a copy of it anywhere)"
+    )
 
 
 def keras_request(spec: Any) -> _Request:
@@ -107,8 +109,11 @@ def keras_request(spec: Any) -> _Request:
     import keras
 
     fam = family(spec.backbone)
-    kwargs: dict[str, Any] = {"include_top": False, "weights": "imagenet",
-                              "input_shape": (input_size(spec),) * 2 + (3,)}
+    kwargs: dict[str, Any] = {
+        "include_top": False,
+        "weights": "imagenet",
+        "input_shape": (input_size(spec),) * 2 + (3,),
+    }
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
     try:
@@ -126,15 +131,29 @@ def _asking_get_file() -> Iterator[None]:
     from keras.src.backend import config
     from keras.src.utils import file_utils
 
-    def get_file(fname=None, origin=None, untar=False, md5_hash=None, file_hash=None, cache_subdir="datasets",
-                 hash_algorithm="auto", extract=False, archive_format="auto", cache_dir=None, force_download=False):
+    def get_file(
+        fname=None,
+        origin=None,
+        untar=False,
+        md5_hash=None,
+        file_hash=None,
+        cache_subdir="datasets",
+        hash_algorithm="auto",
+        extract=False,
+        archive_format="auto",
+        cache_dir=None,
+        force_download=False,
+    ):
         # Where keras.src.utils.file_utils.get_file would look (Keras 3): cache_dir or $KERAS_HOME, falling back
         # to /tmp/.keras when that is not writable, then cache_subdir.
         base = os.path.expanduser(cache_dir or config.keras_home())
         if not os.access(base, os.W_OK):
             base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
-        raise _Asked(_Request(fname=fname, origin=origin, path=Path(base) / cache_subdir / fname,
-                              file_hash=file_hash or md5_hash))
+        raise _Asked(
+            _Request(
+                fname=fname, origin=origin, path=Path(base) / cache_subdir / fname, file_hash=file_hash or md5_hash
+            )
+        )
 
     original = file_utils.get_file
     file_utils.get_file = get_file
@@ -148,12 +167,14 @@ def _check_hash(request: _Request) -> None:
     from keras.src.utils import file_utils
 
     if request.file_hash and not file_utils.validate_file(str(request.path), request.file_hash):
-        raise FileNotFoundError(f"{request.path} is not the file Keras expects (its hash differs from "
-                                f"{request.file_hash[:12]}…: truncated, or another file under that name); replace "
-                                f"it with a whole copy of {request.origin}")
+        raise FileNotFoundError(
+            f"{request.path} is not the file Keras expects (its hash differs from "
+            f"{request.file_hash[:12]}…: truncated, or another file under that name); replace "
+            f"it with a whole copy of {request.origin}"
+        )
 
 
-def unreachable(url: str) -> Optional[str]:
+def unreachable(url: str) -> str | None:
     """Why ``url`` cannot be fetched now (no network, refused, an HTTP error), or ``None`` when it answers."""
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=REACH_TIMEOUT):

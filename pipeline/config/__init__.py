@@ -18,20 +18,59 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
-from pipeline.config.schema import (MAP_POOLINGS, POOLINGS, SPLITS, TOKEN_POOLINGS, AugmentParams, DataParams,
-                                    DiagnoseParams,
-                                    EvaluateParams, ExportParams, ExtractParams, FeatureSetParams, FinetuneParams,
-                                    HeadsParams, NearDuplicateParams, Params, ParamsError, SplitRatios,
-                                    SyntheticParams, did_you_mean, join_key, suggest)
+from pipeline.config.schema import (
+    MAP_POOLINGS,
+    POOLINGS,
+    SPLITS,
+    TOKEN_POOLINGS,
+    AugmentParams,
+    DataParams,
+    DiagnoseParams,
+    EvaluateParams,
+    ExportParams,
+    ExtractParams,
+    FeatureSetParams,
+    FinetuneParams,
+    HeadsParams,
+    NearDuplicateParams,
+    Params,
+    ParamsError,
+    SplitRatios,
+    SyntheticParams,
+    did_you_mean,
+    join_key,
+    suggest,
+)
 
-__all__ = ["DEFAULT_PARAMS", "MAP_POOLINGS", "POOLINGS", "SPLITS", "TOKEN_POOLINGS", "AugmentParams", "DataParams", "DiagnoseParams",
-           "EvaluateParams", "ExportParams", "ExtractParams", "FeatureSetParams", "FinetuneParams", "HeadsParams",
-           "NearDuplicateParams", "Params", "ParamsError", "SplitRatios", "SyntheticParams", "dask_address",
-           "feature_set", "load_params", "parse_params"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "MAP_POOLINGS",
+    "POOLINGS",
+    "SPLITS",
+    "TOKEN_POOLINGS",
+    "AugmentParams",
+    "DataParams",
+    "DiagnoseParams",
+    "EvaluateParams",
+    "ExportParams",
+    "ExtractParams",
+    "FeatureSetParams",
+    "FinetuneParams",
+    "HeadsParams",
+    "NearDuplicateParams",
+    "Params",
+    "ParamsError",
+    "SplitRatios",
+    "SyntheticParams",
+    "dask_address",
+    "feature_set",
+    "load_params",
+    "parse_params",
+]
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -83,9 +122,7 @@ def parse_params(raw: Any, *, source: str = "params") -> Params:
 def feature_set(params: Params, key: str) -> FeatureSetParams:
     """Look up one feature set by its key in ``features``, with suggestions if unknown."""
     if key not in params.features:
-        raise ParamsError(
-            f"unknown feature set {key!r}. {suggest(key, params.features)}"
-        )
+        raise ParamsError(f"unknown feature set {key!r}. {suggest(key, params.features)}")
     return params.features[key]
 
 
@@ -115,23 +152,24 @@ def _build(cls: type, raw: Any, keypath: str) -> Any:
     unknown = [k for k in raw if k not in fields and k not in section_of]
     if unknown:
         key = unknown[0]
-        raise ParamsError(
-            f"unknown key {join_key(keypath, str(key))!r}. {suggest(str(key), [*fields, *section_of])}"
-        )
+        raise ParamsError(f"unknown key {join_key(keypath, str(key))!r}. {suggest(str(key), [*fields, *section_of])}")
     missing = [
-        name for name, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        and name not in raw
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in raw
     ]
     if missing:
         raise ParamsError(f"missing key {join_key(keypath, missing[0])!r} (required)")
     values = {k: _coerce(v, hints[k], join_key(keypath, k)) for k, v in raw.items() if k in fields}
     for name, f in fields.items():
         if "non_empty" in f.metadata and name in values and not values[name]:
-            raise ParamsError(f"{join_key(keypath, name)} must define {f.metadata['non_empty']}. "
-                              f"Received: {raw[name]!r}")
+            raise ParamsError(
+                f"{join_key(keypath, name)} must define {f.metadata['non_empty']}. Received: {raw[name]!r}"
+            )
     for name, registry in sectioned.items():
-        values[name] = {key: _build(entry.grid, raw.get(key), join_key(keypath, key)) for key, entry in registry.items()}
+        values[name] = {
+            key: _build(entry.grid, raw.get(key), join_key(keypath, key)) for key, entry in registry.items()
+        }
     try:
         return cls(**values)
     except ValueError as error:  # a section's own checks (e.g. a head kind's settings)
@@ -157,16 +195,16 @@ def _coerce(value: Any, annotation: Any, keypath: str) -> Any:
                 return _coerce(value, option, keypath)
             except ParamsError as error:
                 errors.append(str(error))
-        raise ParamsError(errors[0] if len(errors) == 1 else
-                          f"{keypath} has the wrong type. Received: {value!r}; expected one of "
-                          + ", ".join(_describe(o) for o in options)
-                          + (" or null" if type(None) in args else ""))
+        raise ParamsError(
+            errors[0]
+            if len(errors) == 1
+            else f"{keypath} has the wrong type. Received: {value!r}; expected one of "
+            + ", ".join(_describe(o) for o in options)
+            + (" or null" if type(None) in args else "")
+        )
     if origin is Literal:
         if value not in args:
-            raise ParamsError(
-                f"{keypath} must be one of {list(args)}. Received: {value!r}"
-                + did_you_mean(value, args)
-            )
+            raise ParamsError(f"{keypath} must be one of {list(args)}. Received: {value!r}" + did_you_mean(value, args))
         return value
     if origin is tuple:
         item_type = args[0]
@@ -203,9 +241,7 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-
-
-def dask_address(configured: Optional[str]) -> Optional[str]:
+def dask_address(configured: str | None) -> str | None:
     """A Dask scheduler address: the one in params (``extract.scheduler``, ``heads.scheduler``), else
     ``$DASK_SCHEDULER_ADDRESS``, else none (work in this process)."""
     return configured or os.environ.get("DASK_SCHEDULER_ADDRESS") or None

@@ -14,13 +14,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal
 
 from pipeline.heads.registry import HEAD_KINDS
 
-MAP_POOLINGS = ("avg", "max", "flatten", "avgmax")      # of a map (h, w, c)
-TOKEN_POOLINGS = ("cls", "mean", "cls+mean")              # of a token summary (a preset's ViT-like cut)
+MAP_POOLINGS = ("avg", "max", "flatten", "avgmax")  # of a map (h, w, c)
+TOKEN_POOLINGS = ("cls", "mean", "cls+mean")  # of a token summary (a preset's ViT-like cut)
 POOLINGS = (*MAP_POOLINGS, *TOKEN_POOLINGS)
 SPLITS = ("train", "val", "test")
 # Seeds go to numpy and scikit-learn, which take 0 to 2**32 - 1.
@@ -48,9 +49,7 @@ class SplitRatios:
         for name in SPLITS:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ParamsError(
-                    f"data.split.{name} must be between 0 and 1. Received: {name}={value!r}"
-                )
+                raise ParamsError(f"data.split.{name} must be between 0 and 1. Received: {name}={value!r}")
         total = self.train + self.val + self.test
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ParamsError(
@@ -59,8 +58,7 @@ class SplitRatios:
             )
         if self.train == 0 or self.test == 0:
             raise ParamsError(
-                "data.split needs a non-zero train and test ratio. Received: "
-                f"train={self.train}, test={self.test}"
+                f"data.split needs a non-zero train and test ratio. Received: train={self.train}, test={self.test}"
             )
 
 
@@ -69,11 +67,15 @@ class NearDuplicateParams:
     """Opt-in search for near-duplicate images across splits (reported, not removed)."""
 
     method: Literal["phash"] = "phash"
-    max_distance: int = 6   # bits in which two 64-bit perceptual hashes may differ
+    max_distance: int = 6  # bits in which two 64-bit perceptual hashes may differ
 
     def __post_init__(self):
-        _require(0 <= self.max_distance <= 32, "data.near_duplicates.max_distance", self.max_distance,
-                 "an integer from 0 to 32 (differing bits out of 64; past 32 any two images match)")
+        _require(
+            0 <= self.max_distance <= 32,
+            "data.near_duplicates.max_distance",
+            self.max_distance,
+            "an integer from 0 to 32 (differing bits out of 64; past 32 any two images match)",
+        )
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,9 @@ class DataParams:
     seed: int = 0
     bad_images: Literal["error", "skip"] = "error"
     duplicates: Literal["remove", "keep"] = "remove"
-    near_duplicates: Optional[NearDuplicateParams] = None
+    near_duplicates: NearDuplicateParams | None = None
     small_image_side: int = 32
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS   # larger images are refused before they are decoded
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # larger images are refused before they are decoded
 
     def __post_init__(self):
         if not self.source.strip():
@@ -98,8 +100,12 @@ class DataParams:
 
         # Past twice its MAX_IMAGE_PIXELS, PIL refuses an image itself (a decompression bomb), whatever this says.
         ceiling = 2 * Image.MAX_IMAGE_PIXELS
-        _require(1 <= self.max_image_pixels <= ceiling, "data.max_image_pixels", self.max_image_pixels,
-                 f"an integer from 1 to {ceiling} (width × height of the largest image to decode; PIL refuses more)")
+        _require(
+            1 <= self.max_image_pixels <= ceiling,
+            "data.max_image_pixels",
+            self.max_image_pixels,
+            f"an integer from 1 to {ceiling} (width × height of the largest image to decode; PIL refuses more)",
+        )
 
 
 @dataclass(frozen=True)
@@ -114,8 +120,12 @@ class SyntheticParams:
     def __post_init__(self):
         from pipeline.synthetic import CLASS_NAMES
 
-        _require(2 <= self.classes <= len(CLASS_NAMES), "synthetic.classes", self.classes,
-                 f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})")
+        _require(
+            2 <= self.classes <= len(CLASS_NAMES),
+            "synthetic.classes",
+            self.classes,
+            f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})",
+        )
         _seed("synthetic.seed", self.seed)
         _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
         _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
@@ -132,12 +142,12 @@ class FeatureSetParams:
     """
 
     backbone: str
-    weights: Optional[str] = None
-    cut: Optional[Union[int, str]] = None
-    size: Optional[int] = None
-    alpha: Optional[float] = None
-    dtype: Optional[Literal["float16", "float32"]] = None   # overrides extract.dtype
-    preset: Optional[str] = None
+    weights: str | None = None
+    cut: int | str | None = None
+    size: int | None = None
+    alpha: float | None = None
+    dtype: Literal["float16", "float32"] | None = None  # overrides extract.dtype
+    preset: str | None = None
     blocks: int = 1
 
     def __post_init__(self):
@@ -149,8 +159,10 @@ class FeatureSetParams:
         # The key (features.<name>) is put in front of these messages by the loader.
         named = {"imagenet", "none"}
         if self.weights not in named and self.weights.strip().lower() in named:
-            raise ParamsError(f"weights must be 'imagenet', 'none' or a path to a weights file. Received: "
-                              f"{self.weights!r} (did you mean {self.weights.strip().lower()!r}?)")
+            raise ParamsError(
+                f"weights must be 'imagenet', 'none' or a path to a weights file. Received: "
+                f"{self.weights!r} (did you mean {self.weights.strip().lower()!r}?)"
+            )
         if not self.weights.strip():
             raise ParamsError("weights must be 'imagenet', 'none' or a path to a weights file. Received: ''")
         if self.size is not None:
@@ -159,7 +171,7 @@ class FeatureSetParams:
             _require(self.alpha > 0, "alpha", self.alpha, "null or a number > 0")
 
 
-def _default_augment_ops() -> dict[str, Union[float, str]]:
+def _default_augment_ops() -> dict[str, float | str]:
     return {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1, "translation": 0.1, "contrast": 0.2}
 
 
@@ -167,10 +179,10 @@ def _default_augment_ops() -> dict[str, Union[float, str]]:
 class AugmentParams:
     """Augmented views of the training split, cached beside the clean features (stage: augment)."""
 
-    views: int = 0                 # K seeded augmented passes; 0: none
+    views: int = 0  # K seeded augmented passes; 0: none
     seed: int = 0
-    ops: dict[str, Union[float, str]] = field(default_factory=_default_augment_ops)
-    tta: bool = False              # also compute views of val and test, for test-time augmentation
+    ops: dict[str, float | str] = field(default_factory=_default_augment_ops)
+    tta: bool = False  # also compute views of val and test, for test-time augmentation
 
     def __post_init__(self):
         from pipeline.extraction.augmentation import validate_ops
@@ -188,16 +200,16 @@ class AugmentParams:
 class ExtractParams:
     """How features are computed and stored (stage: extract)."""
 
-    runtime: Literal["auto", "tensorflow", "openvino", "jax"] = "auto"   # auto: OpenVINO on a CPU, JAX on a GPU
+    runtime: Literal["auto", "tensorflow", "openvino", "jax"] = "auto"  # auto: OpenVINO on a CPU, JAX on a GPU
     precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on a CPU, float16 on a GPU
-    batch_size: Union[int, Literal["auto"]] = "auto"          # auto: measured on a CPU, 128 on a GPU
+    batch_size: int | Literal["auto"] = "auto"  # auto: measured on a CPU, 128 on a GPU
     dtype: Literal["float16", "float32"] = "float16"
-    chunk_mb: float = 8.0                                    # fewer, larger writes: BENCHMARKS.md
+    chunk_mb: float = 8.0  # fewer, larger writes: BENCHMARKS.md
     seed: int = 0
-    jit_compile: Union[bool, Literal["auto"]] = "auto"        # XLA for the tensorflow runtime; auto: on a GPU only
+    jit_compile: bool | Literal["auto"] = "auto"  # XLA for the tensorflow runtime; auto: on a GPU only
     augment: AugmentParams = field(default_factory=AugmentParams)
-    scheduler: Optional[str] = None     # a Dask scheduler address (else $DASK_SCHEDULER_ADDRESS); null: in-process
-    shard_chunks: int = 4               # chunks per task sent to a Dask worker
+    scheduler: str | None = None  # a Dask scheduler address (else $DASK_SCHEDULER_ADDRESS); null: in-process
+    shard_chunks: int = 4  # chunks per task sent to a Dask worker
 
     def __post_init__(self):
         _seed("extract.seed", self.seed)
@@ -221,17 +233,17 @@ class HeadsParams:
 
     kinds: tuple[str, ...] = ("logreg", "svm_linear", "svm_rbf", "dense")
     pooling: tuple[Literal[POOLINGS], ...] = ("avg",)
-    standardize: tuple[bool, ...] = (True,)             # swept: StandardScaler before the head or not
-    pca: tuple[Optional[Union[int, float]], ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
+    standardize: tuple[bool, ...] = (True,)  # swept: StandardScaler before the head or not
+    pca: tuple[int | float | None, ...] = (None,)  # swept: null, components (int) or variance kept (0-1)
     # selection: "auto" (k-fold CV on train+val when val has fewer than cv_below images of some class, else
     # the val split), 0 (always the val split) or k >= 2 (always k-fold CV on train+val)
-    cv: Union[int, Literal["auto"]] = "auto"
-    cv_folds: int = 5                                   # k of cv: auto's cross-validation
-    cv_below: int = 70                                  # cv: auto cross-validates below this many val images per class
+    cv: int | Literal["auto"] = "auto"
+    cv_folds: int = 5  # k of cv: auto's cross-validation
+    cv_below: int = 70  # cv: auto cross-validates below this many val images per class
     # swept: train on the clean features only ("none"), on clean + every cached augmented view as extra
     # rows ("stack"), or (dense heads) on one view per image drawn afresh each epoch ("draw")
     augment: tuple[Literal["none", "stack", "draw"], ...] = ("none",)
-    tta: tuple[bool, ...] = (False,)                    # swept: average predictions over the cached views
+    tta: tuple[bool, ...] = (False,)  # swept: average predictions over the cached views
     # feature sets combined from the cache: each entry lists two or more `features` keys whose rows are
     # concatenated (pipeline.heads.combination); trained and selected as one more feature set, "a+b"
     combine: tuple[tuple[str, ...], ...] = ()
@@ -247,11 +259,11 @@ class HeadsParams:
     control_kinds: tuple[str, ...] = ("logreg",)
     seed: int = 0
     n_jobs: int = 2
-    backend: Literal["loky", "dask"] = "loky"           # dask: fit the grid on the cluster of `scheduler`
-    scheduler: Optional[str] = None                     # Dask scheduler address (else $DASK_SCHEDULER_ADDRESS)
-    out_of_core: Union[bool, Literal["auto"]] = "auto"  # train from the store chunk by chunk (auto: when too big)
-    memory_limit_mb: float = 2048.0                     # auto: out of core past this many MB of pooled train features
-    out_of_core_epochs: int = 5                         # passes over the chunks of the SGD heads
+    backend: Literal["loky", "dask"] = "loky"  # dask: fit the grid on the cluster of `scheduler`
+    scheduler: str | None = None  # Dask scheduler address (else $DASK_SCHEDULER_ADDRESS)
+    out_of_core: bool | Literal["auto"] = "auto"  # train from the store chunk by chunk (auto: when too big)
+    memory_limit_mb: float = 2048.0  # auto: out of core past this many MB of pooled train features
+    out_of_core_epochs: int = 5  # passes over the chunks of the SGD heads
     # heads.<kind> for every registered kind (parsed from those keys, not from a "grids" key)
     grids: Mapping[str, Any] = field(default_factory=_default_grids, metadata={"sections": HEAD_KINDS})
 
@@ -259,19 +271,33 @@ class HeadsParams:
         _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {list(HEAD_KINDS)}")
         for index, kind in enumerate(self.kinds):
             if kind not in HEAD_KINDS:
-                raise ParamsError(f"heads.kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: {kind!r}"
-                                  + did_you_mean(kind, HEAD_KINDS))
+                raise ParamsError(
+                    f"heads.kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: {kind!r}"
+                    + did_you_mean(kind, HEAD_KINDS)
+                )
         _require(len(self.pooling) > 0, "heads.pooling", self.pooling, f"a non-empty list of {POOLINGS}")
         _require(len(self.standardize) > 0, "heads.standardize", self.standardize, "a non-empty list of true/false")
-        _require(len(self.pca) > 0, "heads.pca", self.pca, "a non-empty list of null, integers >= 1 or numbers in (0, 1)")
+        _require(
+            len(self.pca) > 0, "heads.pca", self.pca, "a non-empty list of null, integers >= 1 or numbers in (0, 1)"
+        )
         for n in self.pca:
             if isinstance(n, int):
-                _require(n >= 1, "heads.pca", n, "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
+                _require(
+                    n >= 1, "heads.pca", n, "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)"
+                )
             elif n is not None:
-                _require(0.0 < n < 1.0, "heads.pca", n,
-                         "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)")
-        _require(self.cv == "auto" or (isinstance(self.cv, int) and (self.cv == 0 or self.cv >= 2)), "heads.cv",
-                 self.cv, "'auto', 0 (select on the val split) or a fold count >= 2")
+                _require(
+                    0.0 < n < 1.0,
+                    "heads.pca",
+                    n,
+                    "null, an integer >= 1 (components) or a number in (0, 1) (variance kept)",
+                )
+        _require(
+            self.cv == "auto" or (isinstance(self.cv, int) and (self.cv == 0 or self.cv >= 2)),
+            "heads.cv",
+            self.cv,
+            "'auto', 0 (select on the val split) or a fold count >= 2",
+        )
         _require(self.cv_folds >= 2, "heads.cv_folds", self.cv_folds, "a fold count >= 2")
         _require(self.cv_below >= 1, "heads.cv_below", self.cv_below, "an integer >= 1 (val images per class)")
         _require(self.memory_limit_mb > 0, "heads.memory_limit_mb", self.memory_limit_mb, "a number > 0")
@@ -279,24 +305,39 @@ class HeadsParams:
         _require(len(self.augment) > 0, "heads.augment", self.augment, "a non-empty list of none, stack, draw")
         _require(len(self.tta) > 0, "heads.tta", self.tta, "a non-empty list of true/false")
         if self.cv not in (0, "auto") and (set(self.augment) != {"none"} or any(self.tta)):
-            raise ParamsError(f"heads.augment / heads.tta need heads.cv: 0 (augmented views exist for train, and "
-                              f"for val/test only with TTA, not for folds of train+val). Received: cv={self.cv}, "
-                              f"augment={list(self.augment)}, tta={list(self.tta)}")
+            raise ParamsError(
+                f"heads.augment / heads.tta need heads.cv: 0 (augmented views exist for train, and "
+                f"for val/test only with TTA, not for folds of train+val). Received: cv={self.cv}, "
+                f"augment={list(self.augment)}, tta={list(self.tta)}"
+            )
         if "draw" in self.augment and "dense" not in self.kinds:
-            raise ParamsError("heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
-                              f"heads.kinds has none. Received: kinds={list(self.kinds)}")
+            raise ParamsError(
+                "heads.augment 'draw' (one view per image per epoch) applies to dense heads only; "
+                f"heads.kinds has none. Received: kinds={list(self.kinds)}"
+            )
         for index, members in enumerate(self.combine):
-            _require(len(members) >= 2 and len(set(members)) == len(members), f"heads.combine[{index}]",
-                     list(members), "a list of two or more different feature sets")
+            _require(
+                len(members) >= 2 and len(set(members)) == len(members),
+                f"heads.combine[{index}]",
+                list(members),
+                "a list of two or more different feature sets",
+            )
         _require(self.ensemble >= 0, "heads.ensemble", self.ensemble, "an integer >= 0 (members; 0 or 1: none)")
-        _require(0.0 <= self.race < 1.0, "heads.race", self.race,
-                 "a significance level in [0, 1) (0: no racing; e.g. 0.05)")
-        _require(len(self.control_kinds) > 0, "heads.control_kinds", self.control_kinds,
-                 f"a non-empty list of {list(HEAD_KINDS)}")
+        _require(
+            0.0 <= self.race < 1.0, "heads.race", self.race, "a significance level in [0, 1) (0: no racing; e.g. 0.05)"
+        )
+        _require(
+            len(self.control_kinds) > 0,
+            "heads.control_kinds",
+            self.control_kinds,
+            f"a non-empty list of {list(HEAD_KINDS)}",
+        )
         for index, kind in enumerate(self.control_kinds):
             if kind not in HEAD_KINDS:
-                raise ParamsError(f"heads.control_kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: "
-                                  f"{kind!r}" + did_you_mean(kind, HEAD_KINDS))
+                raise ParamsError(
+                    f"heads.control_kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: "
+                    f"{kind!r}" + did_you_mean(kind, HEAD_KINDS)
+                )
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         _seed("heads.seed", self.seed)
 
@@ -323,8 +364,12 @@ class EvaluateParams:
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.bootstrap >= 1, "evaluate.bootstrap", self.bootstrap,
-                 "an integer >= 1 (resamples of the test split for the 95% interval; 1000 is usual)")
+        _require(
+            self.bootstrap >= 1,
+            "evaluate.bootstrap",
+            self.bootstrap,
+            "an integer >= 1 (resamples of the test split for the 95% interval; 1000 is usual)",
+        )
         _seed("evaluate.seed", self.seed)
 
 
@@ -332,13 +377,13 @@ class EvaluateParams:
 class FinetuneParams:
     """Warm-started fine-tuning of the best dense head with the top of its backbone (stage: finetune)."""
 
-    feature_set: Optional[str] = None   # null: the stage is off
-    unfreeze: int = 20                  # top layers of the truncated backbone trained (BatchNorm stays frozen)
+    feature_set: str | None = None  # null: the stage is off
+    unfreeze: int = 20  # top layers of the truncated backbone trained (BatchNorm stays frozen)
     learning_rate: float = 1e-5
     epochs: int = 10
     patience: int = 3
     batch_size: int = 32
-    augment: bool = True                # train on views made with extract.augment.ops
+    augment: bool = True  # train on views made with extract.augment.ops
     seed: int = 0
 
     def __post_init__(self):
@@ -354,19 +399,21 @@ class FinetuneParams:
 class ExportParams:
     """The deployable model (stage: export)."""
 
-    variant: Optional[str] = None   # null: the best on validation; else "<feature set>/<variant id>"
-    tolerance: float = 0.002        # largest probability difference allowed against the pipeline on test
-    ood_k: int = 5                  # out of domain: distance to the k-th nearest training image (pipeline.export.ood)
-    ood_percentile: float = 95.0    # ... beyond this percentile of the validation images' distances
+    variant: str | None = None  # null: the best on validation; else "<feature set>/<variant id>"
+    tolerance: float = 0.002  # largest probability difference allowed against the pipeline on test
+    ood_k: int = 5  # out of domain: distance to the k-th nearest training image (pipeline.export.ood)
+    ood_percentile: float = 95.0  # ... beyond this percentile of the validation images' distances
 
     def __post_init__(self):
         _require(0 < self.tolerance < 1, "export.tolerance", self.tolerance, "a number in (0, 1)")
         _require(isinstance(self.ood_k, int) and self.ood_k >= 1, "export.ood_k", self.ood_k, "an integer >= 1")
-        _require(50 <= self.ood_percentile <= 100, "export.ood_percentile", self.ood_percentile,
-                 "a number from 50 to 100")
+        _require(
+            50 <= self.ood_percentile <= 100, "export.ood_percentile", self.ood_percentile, "a number from 50 to 100"
+        )
         if self.variant is not None and "/" not in self.variant:
-            raise ParamsError(f"export.variant must be null or '<feature set>/<variant id>'. "
-                              f"Received: {self.variant!r}")
+            raise ParamsError(
+                f"export.variant must be null or '<feature set>/<variant id>'. Received: {self.variant!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -374,21 +421,29 @@ class DiagnoseParams:
     """The pictures: learning curves, error gallery, label issues, maps (stage: diagnose)."""
 
     curve_per_class: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # training images per class of each point (+ all)
-    curve_draws: int = 3                # random draws of the training images per point
-    label_folds: int = 5                # cross-validation folds on train+val for the label-issue ranking
-    gallery: int = 32                   # most thumbnails in each list (errors, least confident, label issues)
-    map_max_iter: int = 500             # t-SNE iterations of each feature set's map
-    thumb_px: int = 96                  # thumbnail side
+    curve_draws: int = 3  # random draws of the training images per point
+    label_folds: int = 5  # cross-validation folds on train+val for the label-issue ranking
+    gallery: int = 32  # most thumbnails in each list (errors, least confident, label issues)
+    map_max_iter: int = 500  # t-SNE iterations of each feature set's map
+    thumb_px: int = 96  # thumbnail side
     seed: int = 0
 
     def __post_init__(self):
-        _require(len(self.curve_per_class) > 0 and all(n >= 1 for n in self.curve_per_class),
-                 "diagnose.curve_per_class", list(self.curve_per_class), "a list of integers >= 1")
+        _require(
+            len(self.curve_per_class) > 0 and all(n >= 1 for n in self.curve_per_class),
+            "diagnose.curve_per_class",
+            list(self.curve_per_class),
+            "a list of integers >= 1",
+        )
         _require(self.curve_draws >= 1, "diagnose.curve_draws", self.curve_draws, "an integer >= 1")
         _require(self.label_folds >= 2, "diagnose.label_folds", self.label_folds, "an integer >= 2")
         _require(self.gallery >= 1, "diagnose.gallery", self.gallery, "an integer >= 1")
-        _require(self.map_max_iter >= 250, "diagnose.map_max_iter", self.map_max_iter,
-                 "an integer >= 250 (scikit-learn's TSNE minimum)")
+        _require(
+            self.map_max_iter >= 250,
+            "diagnose.map_max_iter",
+            self.map_max_iter,
+            "an integer >= 250 (scikit-learn's TSNE minimum)",
+        )
         _require(16 <= self.thumb_px <= 512, "diagnose.thumb_px", self.thumb_px, "an integer from 16 to 512")
         _seed("diagnose.seed", self.seed)
 
@@ -401,7 +456,8 @@ class Params:
     # A params file must define at least one: an empty section would leave every later stage nothing to do
     # and make the heads stage remove the heads of every feature set (the loader refuses it, see "non_empty").
     features: dict[str, FeatureSetParams] = field(
-        default_factory=dict, metadata={"non_empty": "at least one feature set (backbone, weights, cut)"})
+        default_factory=dict, metadata={"non_empty": "at least one feature set (backbone, weights, cut)"}
+    )
     heads: HeadsParams = field(default_factory=HeadsParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
@@ -410,17 +466,22 @@ class Params:
 
     def __post_init__(self):
         if self.export.variant is not None and self.export.variant.split("/")[0] not in self.features:
-            raise ParamsError(f"export.variant names no feature set. Received: {self.export.variant!r}. "
-                              + suggest(self.export.variant.split("/")[0], self.features))
+            raise ParamsError(
+                f"export.variant names no feature set. Received: {self.export.variant!r}. "
+                + suggest(self.export.variant.split("/")[0], self.features)
+            )
         chosen = self.finetune.feature_set
         if chosen is not None and chosen not in self.features:
-            raise ParamsError(f"finetune.feature_set names no feature set. Received: {chosen!r}. "
-                              + suggest(chosen, self.features))
+            raise ParamsError(
+                f"finetune.feature_set names no feature set. Received: {chosen!r}. " + suggest(chosen, self.features)
+            )
         for index, members in enumerate(self.heads.combine):
             for name in members:
                 if name not in self.features:
-                    raise ParamsError(f"heads.combine[{index}] names no feature set. Received: {name!r}. "
-                                      + suggest(name, self.features))
+                    raise ParamsError(
+                        f"heads.combine[{index}] names no feature set. Received: {name!r}. "
+                        + suggest(name, self.features)
+                    )
         for key in self.features:
             if not _FEATURE_SET_KEY.match(key):
                 raise ParamsError(

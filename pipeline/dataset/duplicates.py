@@ -20,9 +20,10 @@ The hash is the classic pHash: greyscale, resized to 32×32, 2-D DCT-II, the
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,8 +31,8 @@ from PIL import Image
 from pipeline.config import SPLITS
 
 HASH_BITS = 64
-_SIDE = 32      # pixels per side the image is reduced to before the DCT
-_LOW = 8        # the top-left _LOW × _LOW DCT coefficients make the hash
+_SIDE = 32  # pixels per side the image is reduced to before the DCT
+_LOW = 8  # the top-left _LOW × _LOW DCT coefficients make the hash
 # Rows of the first split compared with the second at once: bounds memory to
 # about _BLOCK × n × 4 bytes while keeping the search one matrix product per block.
 _BLOCK = 1024
@@ -40,8 +41,9 @@ _BLOCK = 1024
 # --------------------------------------------------------------------------- exact
 
 
-def remove_duplicates(items: Sequence[tuple[Any, Any]]
-                      ) -> tuple[list[tuple[Any, Any]], dict[str, int], list[list[str]]]:
+def remove_duplicates(
+    items: Sequence[tuple[Any, Any]],
+) -> tuple[list[tuple[Any, Any]], dict[str, int], list[list[str]]]:
     """Drop exact duplicates (same sha256): leakage across splits and repeats within one.
 
     A duplicate that spans splits is kept only in the most held-out split
@@ -84,7 +86,7 @@ def remove_duplicates(items: Sequence[tuple[Any, Any]]
             counts["label_conflicts"] += 1
         splits = sorted({m[0].split for m in members if m[0].split}, key=SPLITS.index)
         for a_index, a in enumerate(splits):
-            for b in splits[a_index + 1:]:
+            for b in splits[a_index + 1 :]:
                 counts[f"{a}_{b}"] += 1
         for dropped in members[1:]:
             same = dropped[0].split == keeper[0].split
@@ -105,7 +107,7 @@ class NearPair:
     split_a: str
     id_b: str
     split_b: str
-    distance: int   # Hamming distance of the hashes, 0..64
+    distance: int  # Hamming distance of the hashes, 0..64
 
 
 @lru_cache(maxsize=1)
@@ -152,8 +154,9 @@ def _bit_matrix(hashes: Sequence[int]) -> np.ndarray:
     return ((values[:, None] >> shifts) & np.uint64(1)).astype(np.float32)
 
 
-def cross_split_pairs(ids: Sequence[str], splits: Sequence[str], hashes: Sequence[int], *,
-                      max_distance: int) -> list[NearPair]:
+def cross_split_pairs(
+    ids: Sequence[str], splits: Sequence[str], hashes: Sequence[int], *, max_distance: int
+) -> list[NearPair]:
     """Every pair of images from different splits whose hashes differ in at most ``max_distance`` bits.
 
     Parameters
@@ -173,19 +176,20 @@ def cross_split_pairs(ids: Sequence[str], splits: Sequence[str], hashes: Sequenc
     if not 0 <= max_distance <= HASH_BITS:
         raise ValueError(f"max_distance must be in [0, {HASH_BITS}]. Received: {max_distance!r}")
     if not len(ids) == len(splits) == len(hashes):
-        raise ValueError(f"ids, splits and hashes must have the same length. Received: "
-                         f"{len(ids)}, {len(splits)}, {len(hashes)}")
+        raise ValueError(
+            f"ids, splits and hashes must have the same length. Received: {len(ids)}, {len(splits)}, {len(hashes)}"
+        )
     members = {s: np.flatnonzero(np.asarray(splits, dtype=object) == s) for s in SPLITS}
     bits = _bit_matrix(hashes) if len(hashes) else np.zeros((0, HASH_BITS), np.float32)
     ones = bits.sum(axis=1)
     pairs = []
     for i, first in enumerate(SPLITS):
-        for second in SPLITS[i + 1:]:
+        for second in SPLITS[i + 1 :]:
             a, b = members[first], members[second]
             if not len(a) or not len(b):
                 continue
             for start in range(0, len(a), _BLOCK):
-                rows = a[start:start + _BLOCK]
+                rows = a[start : start + _BLOCK]
                 # |x xor y| = |x| + |y| - 2 x·y for 0/1 vectors; exact in float32 up to 64.
                 distance = ones[rows, None] + ones[None, b] - 2 * (bits[rows] @ bits[b].T)
                 for r, c in zip(*np.nonzero(distance <= max_distance)):

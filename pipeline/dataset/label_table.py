@@ -26,7 +26,6 @@ import csv
 import os
 import posixpath
 from pathlib import Path, PurePosixPath
-from typing import Optional
 
 from pipeline.dataset.layouts import ACCEPTED, SPLIT_NAMES
 from pipeline.dataset.sources import Candidate, SourceScan, shown, unusable
@@ -37,7 +36,7 @@ REQUIRED = ("path", "label")
 _LISTED = 20
 
 
-def scan_table(table: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
+def scan_table(table: Path, *, path_prefix: str | None = None) -> SourceScan:
     """The images a CSV file lists, with their class and (when given) split.
 
     Parameters
@@ -73,23 +72,28 @@ def scan_table(table: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
         reader.fieldnames = header
         missing = [name for name in REQUIRED if name not in header]
         if missing:
-            raise ValueError(f"{table}: the header {header} lacks the column(s) {missing}; a CSV source needs "
-                             "a header row path,label[,split] (path relative to the CSV's folder)")
+            raise ValueError(
+                f"{table}: the header {header} lacks the column(s) {missing}; a CSV source needs "
+                "a header row path,label[,split] (path relative to the CSV's folder)"
+            )
         rows = list(reader)
     has_split = "split" in header
     problems: list[str] = []
     candidates: list[Candidate] = []
-    by_path: dict[str, tuple[int, str, str]] = {}            # normalised path → (line, path as written, label)
+    by_path: dict[str, tuple[int, str, str]] = {}  # normalised path → (line, path as written, label)
     by_file: dict[tuple[int, int], tuple[int, str, str]] = {}  # (device, inode) → the same
     inside = folder.resolve()
-    for line, row in enumerate(rows, start=2):   # line 1 is the header
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         written = (row.get("path") or "").strip()
         label = (row.get("label") or "").strip()
         split_cell = (row.get("split") or "").strip() if has_split else ""
         where = f"line {line} ({written or 'no path'})"
         if not written or not label or (has_split and not split_cell):
-            empty = [name for name, value in (("path", written), ("label", label), ("split", split_cell))
-                     if not value and (name != "split" or has_split)]
+            empty = [
+                name
+                for name, value in (("path", written), ("label", label), ("split", split_cell))
+                if not value and (name != "split" or has_split)
+            ]
             problems.append(f"{where}: empty {', '.join(empty)}")
             continue
         if has_split and split_cell.lower() not in SPLIT_NAMES:
@@ -99,16 +103,17 @@ def scan_table(table: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
         if why:
             problems.append(f"{where}: label {label!r} is not a plain class name ({why}); {PLAIN}")
             continue
-        rel = posixpath.normpath(written)   # './a', 'a//b', 'a/../a/b': one path, one spelling
+        rel = posixpath.normpath(written)  # './a', 'a//b', 'a/../a/b': one path, one spelling
         if rel in by_path:
             problems.append(f"{where}: {_listed_twice(by_path[rel], 'path', written, label)}")
             continue
         by_path[rel] = (line, written, label)
         path = folder / rel
         if PurePosixPath(rel).is_absolute() or not path.is_file() and not path.is_symlink():
-            problems.append(f"{where}: no such file under {folder}"
-                            + (" (paths are relative to the CSV's folder)" if PurePosixPath(rel).is_absolute()
-                               else ""))
+            problems.append(
+                f"{where}: no such file under {folder}"
+                + (" (paths are relative to the CSV's folder)" if PurePosixPath(rel).is_absolute() else "")
+            )
             continue
         if unusable(path, folder, inside, problems):
             continue
@@ -117,28 +122,46 @@ def scan_table(table: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
             continue
         stat = os.stat(path)
         if (stat.st_dev, stat.st_ino) in by_file:
-            problems.append(f"{where}: {_listed_twice(by_file[stat.st_dev, stat.st_ino], 'file', written, label)} "
-                            "(another name of it: a link, a hard link, or another case where the file system "
-                            "ignores case)")
+            problems.append(
+                f"{where}: {_listed_twice(by_file[stat.st_dev, stat.st_ino], 'file', written, label)} "
+                "(another name of it: a link, a hard link, or another case where the file system "
+                "ignores case)"
+            )
             continue
         by_file[stat.st_dev, stat.st_ino] = (line, written, label)
-        candidates.append(Candidate(id=rel, path=f"{prefix}/{rel}" if prefix not in ("", ".") else rel,
-                                    class_name=label, split=SPLIT_NAMES[split_cell.lower()] if has_split else None))
+        candidates.append(
+            Candidate(
+                id=rel,
+                path=f"{prefix}/{rel}" if prefix not in ("", ".") else rel,
+                class_name=label,
+                split=SPLIT_NAMES[split_cell.lower()] if has_split else None,
+            )
+        )
     if problems:
-        raise ValueError(f"{len(problems)} row(s) of {shown(table)} cannot be used:\n  "
-                         + "\n  ".join(problems[:_LISTED])
-                         + (f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""))
+        raise ValueError(
+            f"{len(problems)} row(s) of {shown(table)} cannot be used:\n  "
+            + "\n  ".join(problems[:_LISTED])
+            + (f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else "")
+        )
     if not candidates:
         raise ValueError(f"{table} lists no images ({ACCEPTED})")
     splits = {c.split for c in candidates}
     if has_split and "train" not in splits:
-        raise ValueError(f"{table}: the split column gives {sorted(splits)} but no train rows; mark the training "
-                         "images train, or drop the column to have the images split by data.split")
+        raise ValueError(
+            f"{table}: the split column gives {sorted(splits)} but no train rows; mark the training "
+            "images train, or drop the column to have the images split by data.split"
+        )
     if has_split and len(splits) == 1:
-        raise ValueError(f"{table}: every row is split train; mark held-out rows val or test, or drop the "
-                         "split column to have the images split by data.split")
-    return SourceScan(layout="table", candidates=sorted(candidates, key=lambda c: c.id), ignored=[],
-                      class_folders=sorted({c.class_name for c in candidates}))
+        raise ValueError(
+            f"{table}: every row is split train; mark held-out rows val or test, or drop the "
+            "split column to have the images split by data.split"
+        )
+    return SourceScan(
+        layout="table",
+        candidates=sorted(candidates, key=lambda c: c.id),
+        ignored=[],
+        class_folders=sorted({c.class_name for c in candidates}),
+    )
 
 
 PLAIN = "a label may not be '.' or '..', start with '.', or hold '/', '\\' or control characters"
@@ -166,6 +189,8 @@ def _listed_twice(first: tuple[int, str, str], what: str, written: str, label: s
     line, first_written, first_label = first
     as_written = "" if first_written == written else f" ({first_written})"
     if first_label != label:
-        return (f"the same {what} as line {line}{as_written}, with another label: {first_label!r} on line {line}, "
-                f"{label!r} here; keep the row with the right label")
+        return (
+            f"the same {what} as line {line}{as_written}, with another label: {first_label!r} on line {line}, "
+            f"{label!r} here; keep the row with the right label"
+        )
     return f"the same {what} as line {line}{as_written}"

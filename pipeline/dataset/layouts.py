@@ -24,8 +24,8 @@ folders without ``train/``, or ``train/`` alone; class folders that hold split f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline.config import SplitRatios
 from pipeline.images import is_image_name, is_junk_name
@@ -33,10 +33,12 @@ from pipeline.images import is_image_name, is_junk_name
 # Folder (or CSV split value) names of each split, compared in lower case.
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
-ACCEPTED = ("Layouts accepted: <root>/<class>/<images> (split by data.split); "
-            "<root>/train/<class>/ with test/<class>/ and/or val/<class>/ (or validation/), the given split kept "
-            "and a missing test or val drawn from train/ (seeded by data.seed); "
-            "or data.source: a CSV file with columns path,label[,split] (paths relative to its folder)")
+ACCEPTED = (
+    "Layouts accepted: <root>/<class>/<images> (split by data.split); "
+    "<root>/train/<class>/ with test/<class>/ and/or val/<class>/ (or validation/), the given split kept "
+    "and a missing test or val drawn from train/ (seeded by data.seed); "
+    "or data.source: a CSV file with columns path,label[,split] (paths relative to its folder)"
+)
 
 
 def split_folders(root: Path) -> list[tuple[str, Path]]:
@@ -69,22 +71,42 @@ def split_folders(root: Path) -> list[tuple[str, Path]]:
         return []
     stray = [n for n in names if n.lower() not in SPLIT_NAMES]
     if stray:
-        _refuse(root, names, f"it mixes split folders {_listed(by_split)} with other folders {stray}",
-                "move the other folders into the split folders (as <split>/<class>/) or out of the dataset folder")
+        _refuse(
+            root,
+            names,
+            f"it mixes split folders {_listed(by_split)} with other folders {stray}",
+            "move the other folders into the split folders (as <split>/<class>/) or out of the dataset folder",
+        )
     for split, paths in by_split.items():
         if len(paths) > 1:
-            _refuse(root, names, f"{len(paths)} folders are the {split} split: {[p.name for p in paths]}",
-                    "merge them into one, or move one out of the dataset folder")
+            _refuse(
+                root,
+                names,
+                f"{len(paths)} folders are the {split} split: {[p.name for p in paths]}",
+                "merge them into one, or move one out of the dataset folder",
+            )
     if "train" not in by_split:
-        _refuse(root, names, f"it has split folders {_listed(by_split)} but no train/",
-                "name the folder of the training images train/")
+        _refuse(
+            root,
+            names,
+            f"it has split folders {_listed(by_split)} but no train/",
+            "name the folder of the training images train/",
+        )
     if len(by_split) == 1:
-        _refuse(root, names, "it has a train/ folder and no val/ or test/",
-                "add test/ (or val/), or move the class folders up out of train/ to have them split by data.split")
-    for split, (path,) in by_split.items():
+        _refuse(
+            root,
+            names,
+            "it has a train/ folder and no val/ or test/",
+            "add test/ (or val/), or move the class folders up out of train/ to have them split by data.split",
+        )
+    for (path,) in by_split.values():
         if not _folders(path) and any(is_image_name(p) for p in path.iterdir() if p.is_file()):
-            _refuse(root, names, f"{path.name}/ holds images but no class folders",
-                    f"put its images in one folder per class: {path.name}/<class>/<images>")
+            _refuse(
+                root,
+                names,
+                f"{path.name}/ holds images but no class folders",
+                f"put its images in one folder per class: {path.name}/<class>/<images>",
+            )
     return [(split, by_split[split][0]) for split in ("train", "val", "test") if split in by_split]
 
 
@@ -103,8 +125,11 @@ def missing_splits(present: Sequence[str], ratios: SplitRatios) -> dict[str, flo
     dict of str to float
         Split name → share of each class's training images drawn into it.
     """
-    return {split: getattr(ratios, split) / (getattr(ratios, split) + ratios.train)
-            for split in ("val", "test") if split not in present and getattr(ratios, split) > 0}
+    return {
+        split: getattr(ratios, split) / (getattr(ratios, split) + ratios.train)
+        for split in ("val", "test")
+        if split not in present and getattr(ratios, split) > 0
+    }
 
 
 def _folders(path: Path) -> list[Path]:
@@ -115,13 +140,21 @@ def _refuse_hidden_splits(root: Path, subdirs: Sequence[Path]) -> None:
     names = [p.name for p in subdirs]
     if len(subdirs) == 1 and _folders(subdirs[0]):
         inner = [p.name for p in _folders(subdirs[0])]
-        _refuse(root, names, f"it holds one folder, {subdirs[0].name}/, which holds the folders {inner}",
-                f"point data.source at {root / subdirs[0].name}")
+        _refuse(
+            root,
+            names,
+            f"it holds one folder, {subdirs[0].name}/, which holds the folders {inner}",
+            f"point data.source at {root / subdirs[0].name}",
+        )
     inside_out = {p.name: [q.name for q in _folders(p) if q.name.lower() in SPLIT_NAMES] for p in subdirs}
     if subdirs and all(inside_out.values()):
         first = subdirs[0].name
-        _refuse(root, names, f"its class folders hold split folders ({first}/{inside_out[first][0]}/, ...): "
-                "the layout inside out", "rearrange it as <root>/<split>/<class>/<images>")
+        _refuse(
+            root,
+            names,
+            f"its class folders hold split folders ({first}/{inside_out[first][0]}/, ...): the layout inside out",
+            "rearrange it as <root>/<split>/<class>/<images>",
+        )
 
 
 def _listed(by_split: dict[str, list[Path]]) -> list[str]:
@@ -129,5 +162,7 @@ def _listed(by_split: dict[str, list[Path]]) -> list[str]:
 
 
 def _refuse(root: Path, found: Sequence[str], why: str, fix: str) -> None:
-    raise ValueError(f"data.source {str(root)!r} has an ambiguous layout: {why} (folders found: {list(found)}). "
-                     f"{ACCEPTED}. To use this one: {fix}")
+    raise ValueError(
+        f"data.source {str(root)!r} has an ambiguous layout: {why} (folders found: {list(found)}). "
+        f"{ACCEPTED}. To use this one: {fix}"
+    )

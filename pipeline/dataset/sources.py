@@ -31,10 +31,10 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -53,20 +53,20 @@ class Candidate:
     id: str
     path: str
     class_name: str
-    split: Optional[str]   # None until split, unless the source is pre-split
+    split: str | None  # None until split, unless the source is pre-split
 
 
 @dataclass(frozen=True)
 class SourceScan:
     """What :func:`scan_source` found under a dataset folder."""
 
-    layout: str                  # 'presplit', 'classes' or 'table' (a CSV; split given when candidates have one)
+    layout: str  # 'presplit', 'classes' or 'table' (a CSV; split given when candidates have one)
     candidates: list[Candidate]  # image files, sorted by id
-    ignored: list[str]           # other files (not images, not OS junk), relative to the root
-    class_folders: list[str]     # every class folder name, with or without images, sorted
+    ignored: list[str]  # other files (not images, not OS junk), relative to the root
+    class_folders: list[str]  # every class folder name, with or without images, sorted
 
 
-def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
+def scan_source(root: Path, *, path_prefix: str | None = None) -> SourceScan:
     """Find the images under a source folder.
 
     Hidden files and folders and OS clutter (:func:`pipeline.images.is_junk_name`)
@@ -118,22 +118,30 @@ def scan_source(root: Path, *, path_prefix: Optional[str] = None) -> SourceScan:
                 if not is_image_name(path):
                     ignored.append(rel)
                     continue
-                candidates.append(Candidate(id=rel, path=f"{prefix.rstrip('/')}/{rel}",
-                                            class_name=class_dir.name, split=split))
+                candidates.append(
+                    Candidate(id=rel, path=f"{prefix.rstrip('/')}/{rel}", class_name=class_dir.name, split=split)
+                )
     # Files lying beside the class folders (or beside the split folders) are not images of a class.
-    for top in ([root] if layout == "classes" else [root, *(t for _, t in tops)]):
+    for top in [root] if layout == "classes" else [root, *(t for _, t in tops)]:
         for path in sorted(p for p in top.iterdir() if not p.is_dir()):  # folders were looked at above
             junk = is_junk_name(path)
             if not unusable(path, root, inside, problems, junk=junk) and not junk and path.is_file():
                 ignored.append(path.relative_to(root).as_posix())
     if problems:
-        raise ValueError(f"{len(problems)} path(s) under {shown(root)} cannot be used as they are (names must be "
-                         "UTF-8; links must lead to a file inside the dataset folder):\n  " + "\n  ".join(problems))
+        raise ValueError(
+            f"{len(problems)} path(s) under {shown(root)} cannot be used as they are (names must be "
+            "UTF-8; links must lead to a file inside the dataset folder):\n  " + "\n  ".join(problems)
+        )
     if not candidates:
-        raise ValueError(f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case). "
-                         f"{ACCEPTED}")
-    return SourceScan(layout=layout, candidates=sorted(candidates, key=lambda c: c.id), ignored=sorted(ignored),
-                      class_folders=sorted(class_folders))
+        raise ValueError(
+            f"no images found under {root} (extensions: .jpg .jpeg .png .bmp .gif .webp, any case). {ACCEPTED}"
+        )
+    return SourceScan(
+        layout=layout,
+        candidates=sorted(candidates, key=lambda c: c.id),
+        ignored=sorted(ignored),
+        class_folders=sorted(class_folders),
+    )
 
 
 def shown(path: Path) -> str:
@@ -160,8 +168,10 @@ def unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk:
         try:
             resolved = path.resolve(strict=True)
         except FileNotFoundError:
-            problems.append(f"{shown(rel)}: a dangling symbolic link (to {target}, which does not exist); "
-                            "remove it or restore its target")
+            problems.append(
+                f"{shown(rel)}: a dangling symbolic link (to {target}, which does not exist); "
+                "remove it or restore its target"
+            )
             return True
         except (RuntimeError, OSError):  # a loop (RuntimeError before Python 3.13)
             problems.append(f"{shown(rel)}: a symbolic link loop (to {target}); remove it")
@@ -171,15 +181,23 @@ def unusable(path: Path, root: Path, inside: Path, problems: list[str], *, junk:
     else:
         resolved = path.resolve()
     if not junk and not resolved.is_relative_to(inside):
-        problems.append(f"{shown(rel)}: leads out of the dataset folder (to {shown(resolved)}); copy the file "
-                        "in, or point data.source at a folder that holds it")
+        problems.append(
+            f"{shown(rel)}: leads out of the dataset folder (to {shown(resolved)}); copy the file "
+            "in, or point data.source at a folder that holds it"
+        )
         return True
     return False
 
 
-def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, max_pixels: Optional[int] = None,
-                workers: int = 4, progress: bool = True, known: Optional[StatCache] = None
-                ) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
+def inspect_all(
+    candidates: Sequence[Candidate],
+    *,
+    with_phash: bool = False,
+    max_pixels: int | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    known: StatCache | None = None,
+) -> tuple[list[tuple[Candidate, ImageInfo]], list[str]]:
     """Decode and hash every candidate in threads (PIL releases the GIL while decoding).
 
     Parameters
@@ -203,6 +221,7 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, ma
     bad : list of str
         One message per file that could not be decoded, naming it.
     """
+
     def one(candidate: Candidate):
         try:
             if known is None:
@@ -214,8 +233,9 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, ma
     good, bad, unchanged = [], [], 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(one, candidates)
-        for candidate, info, seen in tqdm(results, total=len(candidates), desc="inspect images",
-                                          unit="img", disable=not progress):
+        for candidate, info, seen in tqdm(
+            results, total=len(candidates), desc="inspect images", unit="img", disable=not progress
+        ):
             if info is None:
                 bad.append(seen)
                 continue
@@ -226,21 +246,29 @@ def inspect_all(candidates: Sequence[Candidate], *, with_phash: bool = False, ma
                 known.keep(candidate.path)
                 unchanged += 1
     if known is not None:
-        log.info("inspected %d image(s): %d unchanged since prepare's last run (not read again), %d read",
-                 len(candidates), unchanged, len(candidates) - unchanged)
+        log.info(
+            "inspected %d image(s): %d unchanged since prepare's last run (not read again), %d read",
+            len(candidates),
+            unchanged,
+            len(candidates) - unchanged,
+        )
     return good, bad
 
 
-def _inspect_known(path: str, known: StatCache, *, with_phash: bool, max_pixels: Optional[int]):
+def _inspect_known(path: str, known: StatCache, *, with_phash: bool, max_pixels: int | None):
     """:func:`inspect_image` that skips what ``known`` says about an unchanged file.
 
     Returns the ImageInfo and, for a file that was read, what to note in ``known`` (None when it was not read).
     """
-    def enough(facts: Optional[Facts]) -> bool:
-        return facts is not None and (facts.phash is not None or not with_phash) and (
-            max_pixels is None or facts.width * facts.height <= max_pixels)   # else decode: it says why
 
-    read_at = time.time_ns()   # before the stat: a write after it has a later ctime
+    def enough(facts: Facts | None) -> bool:
+        return (
+            facts is not None
+            and (facts.phash is not None or not with_phash)
+            and (max_pixels is None or facts.width * facts.height <= max_pixels)
+        )  # else decode: it says why
+
+    read_at = time.time_ns()  # before the stat: a write after it has a later ctime
     stat = os.stat(path)
     facts = known.lookup(path, stat)
     seen = None
@@ -248,13 +276,18 @@ def _inspect_known(path: str, known: StatCache, *, with_phash: bool, max_pixels:
         with open(path, "rb") as handle:
             digest = hashlib.sha256(handle.read()).hexdigest()
         facts = known.by_content(digest)
-        if not enough(facts):   # bytes read before (a touch, a copy, a move) need no decoding
+        if not enough(facts):  # bytes read before (a touch, a copy, a move) need no decoding
             pixels = decode_image(path, sha256=digest, max_pixels=max_pixels)
-            facts = Facts(sha256=digest, width=int(pixels.shape[1]), height=int(pixels.shape[0]),
-                          phash=perceptual_hash(pixels) if with_phash else None)
+            facts = Facts(
+                sha256=digest,
+                width=int(pixels.shape[1]),
+                height=int(pixels.shape[0]),
+                phash=perceptual_hash(pixels) if with_phash else None,
+            )
         seen = (path, stat, read_at, facts)
-    info = ImageInfo(width=facts.width, height=facts.height, sha256=facts.sha256,
-                     phash=facts.phash if with_phash else None)
+    info = ImageInfo(
+        width=facts.width, height=facts.height, sha256=facts.sha256, phash=facts.phash if with_phash else None
+    )
     return info, seen
 
 
@@ -265,10 +298,10 @@ class ImageInfo:
     width: int
     height: int
     sha256: str
-    phash: Optional[int] = None   # 64-bit perceptual hash, when asked for
+    phash: int | None = None  # 64-bit perceptual hash, when asked for
 
 
-def inspect_image(path: Path | str, *, with_phash: bool = False, max_pixels: Optional[int] = None) -> ImageInfo:
+def inspect_image(path: Path | str, *, with_phash: bool = False, max_pixels: int | None = None) -> ImageInfo:
     """Hash a file's bytes and prove it decodes; width and height are as displayed (upright).
 
     Parameters
@@ -288,5 +321,9 @@ def inspect_image(path: Path | str, *, with_phash: bool = False, max_pixels: Opt
     with open(path, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
     pixels = decode_image(path, max_pixels=max_pixels)
-    return ImageInfo(width=int(pixels.shape[1]), height=int(pixels.shape[0]), sha256=digest,
-                     phash=perceptual_hash(pixels) if with_phash else None)
+    return ImageInfo(
+        width=int(pixels.shape[1]),
+        height=int(pixels.shape[0]),
+        sha256=digest,
+        phash=perceptual_hash(pixels) if with_phash else None,
+    )

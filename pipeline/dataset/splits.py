@@ -7,7 +7,7 @@ is in :mod:`pipeline.dataset.layouts`).
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -37,8 +37,13 @@ def stratified_split(labels: Sequence[Hashable], ratios: SplitRatios, seed: int)
         If a class has fewer items than splits with a non-zero ratio.
     """
     wanted = [(name, getattr(ratios, name)) for name in SPLITS if getattr(ratios, name) > 0]
-    return _stratified(labels, wanted, seed, why=f"the split ratios {dict(wanted)}",
-                       fix="add images to it, remove its folder, or set a ratio in data.split to 0")
+    return _stratified(
+        labels,
+        wanted,
+        seed,
+        why=f"the split ratios {dict(wanted)}",
+        fix="add images to it, remove its folder, or set a ratio in data.split to 0",
+    )
 
 
 def draw_from_train(labels: Sequence[Hashable], split: str, fraction: float, seed: int) -> np.ndarray:
@@ -64,13 +69,18 @@ def draw_from_train(labels: Sequence[Hashable], split: str, fraction: float, see
     ValueError
         If a class has fewer than 2 training images (one must stay for training).
     """
-    return _stratified(labels, [("train", 1.0 - fraction), (split, fraction)], seed,
-                       why=f"drawing {split} from train/ ({fraction:.1%} of each class)",
-                       fix=f"add training images to it, or give the source a {split}/ folder")
+    return _stratified(
+        labels,
+        [("train", 1.0 - fraction), (split, fraction)],
+        seed,
+        why=f"drawing {split} from train/ ({fraction:.1%} of each class)",
+        fix=f"add training images to it, or give the source a {split}/ folder",
+    )
 
 
-def _stratified(labels: Sequence[Hashable], wanted: Sequence[tuple[str, float]], seed: int, *,
-                why: str, fix: str) -> np.ndarray:
+def _stratified(
+    labels: Sequence[Hashable], wanted: Sequence[tuple[str, float]], seed: int, *, why: str, fix: str
+) -> np.ndarray:
     labels = np.asarray(labels)
     out = np.empty(len(labels), dtype=object)
     rng = np.random.default_rng(seed)
@@ -78,13 +88,14 @@ def _stratified(labels: Sequence[Hashable], wanted: Sequence[tuple[str, float]],
         members = np.flatnonzero(labels == label)
         n = len(members)
         if n < len(wanted):
-            raise ValueError(f"class {label.item()!r} has {n} image(s); {why} needs at least {len(wanted)} "
-                             f"per class ({fix})")
+            raise ValueError(
+                f"class {label.item()!r} has {n} image(s); {why} needs at least {len(wanted)} per class ({fix})"
+            )
         counts = _allocate(n, [r for _, r in wanted])
         order = members[rng.permutation(n)]
         start = 0
         for (name, _), count in zip(wanted, counts):
-            out[order[start:start + count]] = name
+            out[order[start : start + count]] = name
             start += count
     return out
 

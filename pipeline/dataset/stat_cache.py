@@ -51,7 +51,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from pipeline.cache_dir import cache_dir
 
@@ -72,7 +72,7 @@ class Facts(NamedTuple):
     sha256: str
     width: int
     height: int
-    phash: Optional[int]   # the 64-bit perceptual hash, when it was computed
+    phash: int | None  # the 64-bit perceptual hash, when it was computed
 
 
 def record_file(source: str | Path) -> Path:
@@ -81,7 +81,7 @@ def record_file(source: str | Path) -> Path:
     return cache_dir() / "prepare" / f"{key}.json"
 
 
-def _decoders() -> dict[str, Optional[str]]:
+def _decoders() -> dict[str, str | None]:
     import PIL
 
     try:
@@ -111,7 +111,7 @@ class StatCache:
         self._by_content: dict[str, Facts] = {}
 
     @classmethod
-    def load(cls, path: Path) -> "StatCache":
+    def load(cls, path: Path) -> StatCache:
         """Read the record at ``path``; a missing, damaged or foreign one gives an empty record (logged)."""
         cache = cls(path)
         try:
@@ -129,27 +129,34 @@ class StatCache:
         except (UnicodeDecodeError, ValueError):
             ok, content = False, None
         if not ok or not isinstance(content, dict) or not isinstance(content.get("entries"), dict):
-            log.warning("prepare's record of file stats %s is damaged or of another format; every image is read, "
-                        "and the record rewritten", path)
+            log.warning(
+                "prepare's record of file stats %s is damaged or of another format; every image is read, "
+                "and the record rewritten",
+                path,
+            )
             return cache
         if content.get("decoders") != _decoders():
-            log.info("the image decoders changed since %s was written (%s, now %s); every image is read",
-                     path, content.get("decoders"), _decoders())
+            log.info(
+                "the image decoders changed since %s was written (%s, now %s); every image is read",
+                path,
+                content.get("decoders"),
+                _decoders(),
+            )
             return cache
         cache._old = {name: tuple(entry) for name, entry in content["entries"].items() if _well_formed(entry)}
         cache._by_content = {entry[5]: Facts(*entry[5:]) for entry in cache._old.values()}
         return cache
 
-    def lookup(self, file: str, stat: os.stat_result) -> Optional[Facts]:
+    def lookup(self, file: str, stat: os.stat_result) -> Facts | None:
         """What was found in ``file`` when it was read, if its ``stat`` says it has not changed since."""
         entry = self._old.get(os.path.abspath(file))
         if entry is None or tuple(entry[:4]) != _stat_key(stat):
             return None
         if max(stat.st_mtime_ns, stat.st_ctime_ns) > entry[4] - RACY_NS:
-            return None   # changed within RACY_NS of its read: a later write in the same tick could hide
+            return None  # changed within RACY_NS of its read: a later write in the same tick could hide
         return Facts(*entry[5:])
 
-    def by_content(self, sha256: str) -> Optional[Facts]:
+    def by_content(self, sha256: str) -> Facts | None:
         """What was found in a file with these bytes (any path), if one was read: a file touched, copied or
         moved needs hashing, not decoding."""
         return self._by_content.get(sha256)
@@ -181,9 +188,12 @@ class StatCache:
             tmp.write_bytes(text)
             os.replace(tmp, self.path)
         except OSError as error:
-            log.warning("cannot write prepare's record of file stats %s (%s); the next run reads every image "
-                        "again", self.path, error)
-            with contextlib.suppress(OSError):   # a full disk may have left part of it
+            log.warning(
+                "cannot write prepare's record of file stats %s (%s); the next run reads every image again",
+                self.path,
+                error,
+            )
+            with contextlib.suppress(OSError):  # a full disk may have left part of it
                 tmp.unlink(missing_ok=True)
             return
         _prune(self.path.parent)
@@ -197,8 +207,11 @@ def _well_formed(entry) -> bool:
     if not all(type(v) is int and v >= 0 for v in ints) or entry[6] < 1 or entry[7] < 1:
         return False
     phash = entry[8]
-    return (isinstance(entry[5], str) and _SHA256.fullmatch(entry[5]) is not None
-            and (phash is None or (type(phash) is int and 0 <= phash < 2 ** 64)))
+    return (
+        isinstance(entry[5], str)
+        and _SHA256.fullmatch(entry[5]) is not None
+        and (phash is None or (type(phash) is int and 0 <= phash < 2**64))
+    )
 
 
 def _prune(folder: Path) -> None:
@@ -207,5 +220,5 @@ def _prune(folder: Path) -> None:
         records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
         for stale in records[MAX_SOURCES:]:
             stale.unlink(missing_ok=True)
-    except OSError as error:   # another prepare pruning at the same time; the next run prunes again
+    except OSError as error:  # another prepare pruning at the same time; the next run prunes again
         log.debug("pruning %s: %s", folder, error)

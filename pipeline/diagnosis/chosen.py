@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from pipeline.heads.saved import load_head
 from pipeline.heads.training import SCORES_FILE
@@ -50,12 +51,11 @@ class ChosenHead:
     estimator: Any
     store: str
     identity: dict
-    cv: Optional[int] = None
+    cv: int | None = None
 
     def features(self, split: str, records: Sequence[Record]) -> FeatureSet:
         """The split's pooled features as the head was trained on them (clean images, no views)."""
-        return open_feature_set(self.store, split, manifest=records, pooling=self.row["pooling"],
-                                expect=self.identity)
+        return open_feature_set(self.store, split, manifest=records, pooling=self.row["pooling"], expect=self.identity)
 
 
 def read_evaluation(path: Path) -> dict:
@@ -66,7 +66,7 @@ def read_evaluation(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def best_feature_set(evaluation: dict, chosen: Optional[dict] = None) -> str:
+def best_feature_set(evaluation: dict, chosen: dict | None = None) -> str:
     """The feature set of the overall choice among cached-feature heads.
 
     When that is an ensemble or a combination (several stores; not replayed
@@ -77,12 +77,16 @@ def best_feature_set(evaluation: dict, chosen: Optional[dict] = None) -> str:
     if chosen is None or key in chosen:
         return key
     single = max(chosen, key=lambda k: evaluation["feature_sets"][k]["val_accuracy"])
-    log.warning("the best on validation, %s, combines several feature sets; the pictures are of the best single "
-                "feature set, %s", key, single)
+    log.warning(
+        "the best on validation, %s, combines several feature sets; the pictures are of the best single "
+        "feature set, %s",
+        key,
+        single,
+    )
     return single
 
 
-def load_ensemble(heads_dir: Path, evaluation: dict) -> Optional[list[ChosenHead]]:
+def load_ensemble(heads_dir: Path, evaluation: dict) -> list[ChosenHead] | None:
     """The members of the soft-voting ensemble when it is the overall choice (else None), each its own head.
 
     ``evaluation.json`` names them ``<feature set>/<variant>`` (a member is
@@ -97,8 +101,10 @@ def load_ensemble(heads_dir: Path, evaluation: dict) -> Optional[list[ChosenHead
         key, variant = name.split("/", 1)
         scores_file = Path(heads_dir) / key / SCORES_FILE
         if not scores_file.is_file():
-            raise FileNotFoundError(f"no {scores_file}; the ensemble evaluation.json chose has {name} as a member: "
-                                    "run `dvc repro` so that heads and evaluate agree")
+            raise FileNotFoundError(
+                f"no {scores_file}; the ensemble evaluation.json chose has {name} as a member: "
+                "run `dvc repro` so that heads and evaluate agree"
+            )
         members.append(_head_of(key, json.loads(scores_file.read_text(encoding="utf-8")), scores_file, variant))
     return members
 
@@ -107,11 +113,19 @@ def _head_of(key: str, scores: dict, scores_file: Path, variant: str) -> ChosenH
     """The variant's head of a feature set's ``scores.json`` (its sha256 checked), with its store and identity."""
     rows = {row["variant"]: row for row in scores["variants"]}
     if variant not in rows:
-        raise ValueError(f"{scores_file} has no variant {variant!r}, which evaluation.json chose; "
-                         "run `dvc repro` so that heads and evaluate agree")
+        raise ValueError(
+            f"{scores_file} has no variant {variant!r}, which evaluation.json chose; "
+            "run `dvc repro` so that heads and evaluate agree"
+        )
     row = rows[variant]
-    return ChosenHead(key, row, load_head(scores_file.parent, row), scores["store"],
-                      features_identity(scores["identity"]), scores.get("sweep", {}).get("cv"))
+    return ChosenHead(
+        key,
+        row,
+        load_head(scores_file.parent, row),
+        scores["store"],
+        features_identity(scores["identity"]),
+        scores.get("sweep", {}).get("cv"),
+    )
 
 
 def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
@@ -126,16 +140,21 @@ def load_chosen(heads_dir: Path, evaluation: dict) -> dict[str, ChosenHead]:
     for key, summary in evaluation["feature_sets"].items():
         scores_file = Path(heads_dir) / key / SCORES_FILE
         if key == ENSEMBLE_KEY:
-            continue   # a vote of other feature sets' heads: no store of its own to read
+            continue  # a vote of other feature sets' heads: no store of its own to read
         if not scores_file.is_file():
-            raise FileNotFoundError(f"no {scores_file}; evaluation.json names feature set {key!r}: "
-                                    "run `dvc repro` so that heads and evaluate agree")
+            raise FileNotFoundError(
+                f"no {scores_file}; evaluation.json names feature set {key!r}: "
+                "run `dvc repro` so that heads and evaluate agree"
+            )
         scores = json.loads(scores_file.read_text(encoding="utf-8"))
         if scores.get("combines"):
-            continue   # heads on several stores side by side: not replayed on one store
+            continue  # heads on several stores side by side: not replayed on one store
         chosen[key] = head = _head_of(key, scores, scores_file, summary["variant"])
         if head.row.get("tta") or head.row.get("augment", "none") != "none":
-            log.warning("%s: %s was trained or scored with augmented views; the pictures use its predictions on "
-                        "the clean images", key, head.row["variant"])
+            log.warning(
+                "%s: %s was trained or scored with augmented views; the pictures use its predictions on "
+                "the clean images",
+                key,
+                head.row["variant"],
+            )
     return chosen
-

@@ -31,8 +31,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -44,8 +44,13 @@ from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
 from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
 from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
 from pipeline.diagnosis.markdown import errors_page, label_issues_page, learning_curve_page
-from pipeline.diagnosis.predictions import (Predictions, confused_pairs, predict_ensemble, predict_splits,
-                                            prediction_rows)
+from pipeline.diagnosis.predictions import (
+    Predictions,
+    confused_pairs,
+    predict_ensemble,
+    predict_splits,
+    prediction_rows,
+)
 from pipeline.diagnosis.projection import project
 from pipeline.manifest import Record, write_text_atomically
 from pipeline.reporting.tables import write_csv
@@ -62,14 +67,17 @@ def _folds(n_train: int, y: np.ndarray, cv: int, seed: int) -> tuple[list, str]:
     rows = np.arange(len(y))
     if cv == 0:
         if n_train == len(y):
-            raise ValueError("the learning curve is scored on validation, and the validation split is empty: "
-                             "set data.split.val above 0, or heads.cv >= 2 to score it on folds of train+val")
+            raise ValueError(
+                "the learning curve is scored on validation, and the validation split is empty: "
+                "set data.split.val above 0, or heads.cv >= 2 to score it on folds of train+val"
+            )
         return [(rows[:n_train], rows[n_train:])], "the validation split"
     k = min(cv, int(np.bincount(y)[np.unique(y)].min()))
     if k < 2:
         raise ValueError(f"heads.cv={cv}: some class has fewer than 2 train+val images, so no fold can hold it out")
-    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y)), \
-        f"{k}-fold cross-validation on train+val"
+    return list(
+        StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(rows, y)
+    ), f"{k}-fold cross-validation on train+val"
 
 
 def curve_of(head: ChosenHead, train: FeatureSet, val: FeatureSet, settings: DiagnoseParams, cv: int) -> dict:
@@ -81,14 +89,20 @@ def curve_of(head: ChosenHead, train: FeatureSet, val: FeatureSet, settings: Dia
     X_tv = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
     y_tv = np.concatenate([train.y, val.y])
     folds, evaluated_on = _folds(len(train.y), y_tv, head.cv if head.cv is not None else cv, settings.seed)
-    points = learning_curve(head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws,
-                            settings.seed)
-    return {"variant": head.row["variant"], "rows": points, "extrapolation": extrapolation(points),
-            "evaluated_on": evaluated_on}
+    points = learning_curve(
+        head.estimator, X_tv, y_tv, folds, settings.curve_per_class, settings.curve_draws, settings.seed
+    )
+    return {
+        "variant": head.row["variant"],
+        "rows": points,
+        "extrapolation": extrapolation(points),
+        "evaluated_on": evaluated_on,
+    }
 
 
-def headline_curve(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *,
-                   cv: int) -> dict:
+def headline_curve(
+    evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int
+) -> dict:
     """The learning curve's sentence for the overall choice (its best single feature set), for the leaderboard.
 
     The same computation as the diagnose stage's curve of that feature set, so
@@ -98,14 +112,19 @@ def headline_curve(evaluation: dict, heads_dir: Path, records: Sequence[Record],
     chosen = load_chosen(heads_dir, evaluation)
     key = best_feature_set(evaluation, chosen)
     head = chosen[key]
-    with threadpool_limits(limits=1):   # as diagnose() runs it
+    with threadpool_limits(limits=1):  # as diagnose() runs it
         curve = curve_of(head, head.features("train", records), head.features("val", records), settings, cv)
-    return {"feature_set": key, "variant": curve["variant"], "sentence": curve["extrapolation"]["sentence"],
-            "evaluated_on": curve["evaluated_on"]}
+    return {
+        "feature_set": key,
+        "variant": curve["variant"],
+        "sentence": curve["extrapolation"]["sentence"],
+        "evaluated_on": curve["evaluated_on"],
+    }
 
 
-def _out_of_fold_proba(heads: Sequence[ChosenHead], records: Sequence[Record], settings: DiagnoseParams
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
+def _out_of_fold_proba(
+    heads: Sequence[ChosenHead], records: Sequence[Record], settings: DiagnoseParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, list[str]]:
     """Train+val ids, labels and out-of-fold probabilities of one head or of an ensemble's mean, train rows first.
 
     Every head is refitted on the same stratified folds (they depend only on
@@ -117,9 +136,11 @@ def _out_of_fold_proba(heads: Sequence[ChosenHead], records: Sequence[Record], s
         ids = np.concatenate([train.ids, val.ids])
         y = np.concatenate([train.y, val.y])
         if reference is not None and not np.array_equal(ids, reference[0]):
-            raise ValueError(f"the ensemble's stores list train+val images in different orders "
-                             f"({head.feature_set} against {heads[0].feature_set}); run `dvc repro` so that every store "
-                             "covers the manifest")
+            raise ValueError(
+                f"the ensemble's stores list train+val images in different orders "
+                f"({head.feature_set} against {heads[0].feature_set}); run `dvc repro` so that every store "
+                "covers the manifest"
+            )
         X = np.concatenate([np.asarray(train.X), np.asarray(val.X)])
         probas.append(cross_val_proba(head.estimator, X, y, len(train.classes), settings.label_folds, settings.seed))
         reference = reference or (ids, y, len(train.y), list(train.classes))
@@ -137,8 +158,10 @@ def _with_out_of_fold(predictions: Predictions, ids: np.ndarray, proba: np.ndarr
     row_of = {image_id: i for i, image_id in enumerate(ids)}
     missing = [r.id for r in predictions.records if r.id not in row_of]
     if missing:
-        raise ValueError(f"{len(missing)} val image(s) have no out-of-fold prediction (e.g. {missing[0]}); "
-                         "rerun `dvc repro` so that every store covers the manifest")
+        raise ValueError(
+            f"{len(missing)} val image(s) have no out-of-fold prediction (e.g. {missing[0]}); "
+            "rerun `dvc repro` so that every store covers the manifest"
+        )
     rows = [row_of[r.id] for r in predictions.records]
     return dataclasses.replace(predictions, proba=proba[rows])
 
@@ -153,8 +176,17 @@ def _caption(row: dict) -> list[str]:
     return [f"true {row['true']}", f"pred {row['predicted']}", f"{row['confidence']:.2f} · {split}"]
 
 
-def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
-             max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
+def diagnose(
+    evaluation: dict,
+    heads_dir: Path,
+    records: Sequence[Record],
+    settings: DiagnoseParams,
+    *,
+    cv: int,
+    max_pixels: int,
+    out: Path,
+    pages: dict[str, Path],
+) -> dict:
     """Everything the diagnose stage writes (see the module docstring); returns ``summary.json``'s content.
 
     Its matrices are small (hundreds of rows) and its fits many, so BLAS and
@@ -180,12 +212,20 @@ def diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], setti
         Paths of the ``errors``, ``label_issues`` and ``learning_curve`` Markdown pages.
     """
     with threadpool_limits(limits=1):
-        return _diagnose(evaluation, heads_dir, records, settings, cv=cv, max_pixels=max_pixels, out=out,
-                         pages=pages)
+        return _diagnose(evaluation, heads_dir, records, settings, cv=cv, max_pixels=max_pixels, out=out, pages=pages)
 
 
-def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], settings: DiagnoseParams, *, cv: int,
-              max_pixels: int, out: Path, pages: dict[str, Path]) -> dict:
+def _diagnose(
+    evaluation: dict,
+    heads_dir: Path,
+    records: Sequence[Record],
+    settings: DiagnoseParams,
+    *,
+    cv: int,
+    max_pixels: int,
+    out: Path,
+    pages: dict[str, Path],
+) -> dict:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     chosen = load_chosen(heads_dir, evaluation)
@@ -197,13 +237,17 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     # replayed: the best single feature set's head stands in for it.
     single = f"{best_key} / {best.row['variant']}"
     if members is not None:
-        model = (f"{overall['feature_set']} / {overall['variant']} (the overall choice on validation: the mean "
-                 f"probabilities of {', '.join(overall['members'])})")
+        model = (
+            f"{overall['feature_set']} / {overall['variant']} (the overall choice on validation: the mean "
+            f"probabilities of {', '.join(overall['members'])})"
+        )
     elif best_key == overall["feature_set"]:
         model = f"{single} (the overall choice on validation)"
     else:
-        model = (f"{single} (the best single feature set; the overall choice, {overall['feature_set']} / "
-                 f"{overall['variant']}, reads several stores side by side and is not replayed here)")
+        model = (
+            f"{single} (the best single feature set; the overall choice, {overall['feature_set']} / "
+            f"{overall['variant']}, reads several stores side by side and is not replayed here)"
+        )
     thumbs = out / "thumbs"
     seconds["load"] = time.perf_counter() - start
 
@@ -233,48 +277,86 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
     write_csv(rows, out / "predictions.csv")
     by_id = {r.id: r for r in records}
     wrong = sorted((r for r in rows if not r["correct"]), key=lambda r: (-r["confidence"], r["id"]))
-    unsure = sorted((r for r in rows if r["correct"]), key=lambda r: (r["confidence"], r["id"]))[:settings.gallery]
-    shown = wrong[:settings.gallery]
+    unsure = sorted((r for r in rows if r["correct"]), key=lambda r: (r["confidence"], r["id"]))[: settings.gallery]
+    shown = wrong[: settings.gallery]
     for row in (*shown, *unsure):
         row["thumb"] = write_thumbnail(by_id[row["id"]], thumbs, settings.thumb_px, max_pixels)
     sheets = {
-        "errors": contact_sheet([(r["thumb"], _caption(r)) for r in shown], out / "errors.jpg",
-                                size=settings.thumb_px, empty="no val or test image is misclassified",
-                                title=f"Misclassified val/test images of {_short(model)} ({len(wrong)}), most confident first"),
-        "least_confident": contact_sheet([(r["thumb"], _caption(r)) for r in unsure], out / "least_confident.jpg",
-                                         size=settings.thumb_px, empty="no correct val or test image",
-                                         title=f"Least confident correct val/test images of {_short(model)}"),
+        "errors": contact_sheet(
+            [(r["thumb"], _caption(r)) for r in shown],
+            out / "errors.jpg",
+            size=settings.thumb_px,
+            empty="no val or test image is misclassified",
+            title=f"Misclassified val/test images of {_short(model)} ({len(wrong)}), most confident first",
+        ),
+        "least_confident": contact_sheet(
+            [(r["thumb"], _caption(r)) for r in unsure],
+            out / "least_confident.jpg",
+            size=settings.thumb_px,
+            empty="no correct val or test image",
+            title=f"Least confident correct val/test images of {_short(model)}",
+        ),
     }
     pairs = confused_pairs(predictions, TOP_PAIRS)
-    val_note = (f"Val images: out-of-fold predictions ({_label_folds(y, settings)}-fold, `diagnose.label_folds`), "
-                f"since the final head was refitted on train+val after its {heads[0].cv}-fold CV selection; "
-                "test: the final head's." if out_of_fold
-                else "Val and test: the final head's predictions (it was fitted on train).")
-    write_text_atomically(pages["errors"], errors_page(pages["errors"], model, shown, len(wrong), pairs, unsure,
-                                                       out / "predictions.csv", sheets, val_note))
+    val_note = (
+        f"Val images: out-of-fold predictions ({_label_folds(y, settings)}-fold, `diagnose.label_folds`), "
+        f"since the final head was refitted on train+val after its {heads[0].cv}-fold CV selection; "
+        "test: the final head's."
+        if out_of_fold
+        else "Val and test: the final head's predictions (it was fitted on train)."
+    )
+    write_text_atomically(
+        pages["errors"],
+        errors_page(
+            pages["errors"], model, shown, len(wrong), pairs, unsure, out / "predictions.csv", sheets, val_note
+        ),
+    )
     seconds["errors"] = time.perf_counter() - start
 
     # -- likely label mistakes: from the out-of-fold probabilities above
     start = time.perf_counter()
     quality, flagged = rank_label_issues(y, proba)
     order = np.argsort(quality, kind="stable")
-    ranked = [{"rank": rank + 1, "id": ids[i], "path": by_id[ids[i]].path,
-               "split": "train" if i < n_train else "val", "given": classes[y[i]],
-               "suggested": classes[int(proba[i].argmax())], "quality": round(float(quality[i]), 4),
-               "flagged": bool(flagged[i])} for rank, i in enumerate(order)]
+    ranked = [
+        {
+            "rank": rank + 1,
+            "id": ids[i],
+            "path": by_id[ids[i]].path,
+            "split": "train" if i < n_train else "val",
+            "given": classes[y[i]],
+            "suggested": classes[int(proba[i].argmax())],
+            "quality": round(float(quality[i]), 4),
+            "flagged": bool(flagged[i]),
+        }
+        for rank, i in enumerate(order)
+    ]
     write_csv(ranked, out / "label_issues.csv")
-    listed = [r for r in ranked if r["flagged"]][:settings.gallery]
+    listed = [r for r in ranked if r["flagged"]][: settings.gallery]
     for row in listed:
         row["thumb"] = write_thumbnail(by_id[row["id"]], thumbs, settings.thumb_px, max_pixels)
     sheets["label_issues"] = contact_sheet(
-        [(r["thumb"], [f"given {r['given']}", f"looks {r['suggested']}", f"quality {r['quality']:.2f}"])
-         for r in listed], out / "label_issues.jpg", size=settings.thumb_px,
-        title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first", empty="no image is flagged")
-    write_text_atomically(pages["label_issues"], label_issues_page(
-        pages["label_issues"], single if members is None else _short(model), listed, int(flagged.sum()), len(y),
-        _label_folds(y, settings),
-        out / "label_issues.csv",
-        sheets["label_issues"]))
+        [
+            (r["thumb"], [f"given {r['given']}", f"looks {r['suggested']}", f"quality {r['quality']:.2f}"])
+            for r in listed
+        ],
+        out / "label_issues.jpg",
+        size=settings.thumb_px,
+        title=f"Likely label mistakes ({int(flagged.sum())} flagged), worst first",
+        empty="no image is flagged",
+    )
+    write_text_atomically(
+        pages["label_issues"],
+        label_issues_page(
+            pages["label_issues"],
+            single if members is None else _short(model),
+            listed,
+            int(flagged.sum()),
+            len(y),
+            _label_folds(y, settings),
+            out / "label_issues.csv",
+            sheets["label_issues"],
+        ),
+    )
     suspects = {r["id"] for r in ranked if r["flagged"]}
     seconds["label_issues"] = time.perf_counter() - start
 
@@ -297,21 +379,37 @@ def _diagnose(evaluation: dict, heads_dir: Path, records: Sequence[Record], sett
         for split, fs in split_sets.items():
             guesses = head.estimator.predict(np.asarray(fs.X)) if split != "train" and len(fs.y) else fs.y
             for i, (image_id, label, guess) in enumerate(zip(fs.ids, fs.y, guesses)):
-                status = ("suspected label issue" if image_id in suspects
-                          else "misclassified" if guess != label else "ok")
+                status = (
+                    "suspected label issue" if image_id in suspects else "misclassified" if guess != label else "ok"
+                )
                 x, y_coord = coords[offset + i]
-                map_rows.append({"feature_set": key, "x": round(float(x), 3), "y": round(float(y_coord), 3),
-                                 "class": fs.classes[label], "split": split, "status": status, "id": image_id})
+                map_rows.append(
+                    {
+                        "feature_set": key,
+                        "x": round(float(x), 3),
+                        "y": round(float(y_coord), 3),
+                        "class": fs.classes[label],
+                        "split": split,
+                        "status": status,
+                        "id": image_id,
+                    }
+                )
             offset += len(fs.y)
         seconds["map"] += time.perf_counter() - start
     write_csv(curve_rows, out / "learning_curve.csv")
     write_csv(map_rows, out / "map.csv")
     write_text_atomically(pages["learning_curve"], learning_curve_page(curves, evaluated_on))
 
-    summary = {"model": model, "val_test_images": len(rows), "misclassified": len(wrong),
-               "label_issues_flagged": int(flagged.sum()), "label_issues_ranked": len(y),
-               "learning_curve": {k: c["extrapolation"] for k, c in curves.items()},
-               "learning_curve_evaluated_on": evaluated_on, "map": "t-SNE (scikit-learn) after PCA to 50",
-               "seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    summary = {
+        "model": model,
+        "val_test_images": len(rows),
+        "misclassified": len(wrong),
+        "label_issues_flagged": int(flagged.sum()),
+        "label_issues_ranked": len(y),
+        "learning_curve": {k: c["extrapolation"] for k, c in curves.items()},
+        "learning_curve_evaluated_on": evaluated_on,
+        "map": "t-SNE (scikit-learn) after PCA to 50",
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
     write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

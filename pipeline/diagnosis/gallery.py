@@ -11,8 +11,8 @@ captions on one JPEG, which ``dvc plots show`` shows as an image plot.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -29,7 +29,7 @@ def thumbnail_name(record: Record) -> str:
     return f"{record.sha256[:20]}.jpg"
 
 
-def write_thumbnail(record: Record, folder: Path, size: int, max_pixels: Optional[int] = None) -> Path:
+def write_thumbnail(record: Record, folder: Path, size: int, max_pixels: int | None = None) -> Path:
     """A JPEG of at most ``size`` × ``size`` pixels of one image (kept if already written)."""
     path = Path(folder) / thumbnail_name(record)
     if not path.is_file():
@@ -38,8 +38,9 @@ def write_thumbnail(record: Record, folder: Path, size: int, max_pixels: Optiona
         if max(image.size) < size:
             # A small image (a 64-px tile) is enlarged to the tile: at its own size it is a speck on the page.
             scale = size / max(image.size)
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                                 Image.Resampling.LANCZOS)
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+            )
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, "JPEG", quality=85)
@@ -50,8 +51,9 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default(size=11)
 
 
-def contact_sheet(tiles: Sequence[tuple[Path, Sequence[str]]], out: Path, *, size: int, title: str,
-                  empty: str, columns: int = 8) -> Path:
+def contact_sheet(
+    tiles: Sequence[tuple[Path, Sequence[str]]], out: Path, *, size: int, title: str, empty: str, columns: int = 8
+) -> Path:
     """One JPEG of thumbnails on a grid, each with up to :data:`CAPTION_LINES` lines of caption.
 
     Parameters

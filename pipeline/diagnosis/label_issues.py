@@ -30,8 +30,7 @@ def _with_probabilities(estimator: Any, smallest_class: int) -> Any:
     return CalibratedClassifierCV(clone(estimator), method="temperature", cv=min(3, smallest_class), ensemble=False)
 
 
-def cross_val_proba(estimator: Any, X: np.ndarray, y: np.ndarray, n_classes: int, folds: int,
-                    seed: int) -> np.ndarray:
+def cross_val_proba(estimator: Any, X: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
     """Out-of-fold class probabilities of every row.
 
     Parameters
@@ -95,6 +94,9 @@ def rank_label_issues(y: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.
     quality = get_label_quality_scores(labels, columns, method="self_confidence")
     # n_jobs=1: cleanlab would otherwise fork a multiprocessing pool from a process where JAX's threads run
     # (a fork of a multithreaded process can deadlock); on a few thousand rows one process takes milliseconds.
-    flagged = find_label_issues(labels, columns, filter_by="prune_by_noise_rate", n_jobs=1) if len(present) > 1 \
+    flagged = (
+        find_label_issues(labels, columns, filter_by="prune_by_noise_rate", n_jobs=1)
+        if len(present) > 1
         else np.zeros(len(y), bool)
+    )
     return quality, np.asarray(flagged, bool)

@@ -16,7 +16,8 @@ than one point per doubling is called flat.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import clone
@@ -52,8 +53,15 @@ def _largest_training_counts(y: np.ndarray, folds: Sequence[tuple[np.ndarray, np
     return counts[counts > 0]
 
 
-def learning_curve(estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence[tuple[np.ndarray, np.ndarray]],
-                   per_class: Sequence[int], draws: int, seed: int) -> list[dict]:
+def learning_curve(
+    estimator: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    per_class: Sequence[int],
+    draws: int,
+    seed: int,
+) -> list[dict]:
     """Accuracy against training images per class.
 
     Parameters
@@ -93,8 +101,16 @@ def learning_curve(estimator: Any, X: np.ndarray, y: np.ndarray, folds: Sequence
         if not scores:
             log.info("learning curve: %d per class is fewer rows than the head's PCA needs; point left out", n)
             continue
-        rows.append({"per_class": n, "train_images": float(np.mean(sizes)), "accuracy": float(np.mean(scores)),
-                     "low": float(np.min(scores)), "high": float(np.max(scores)), "draws": len(scores)})
+        rows.append(
+            {
+                "per_class": n,
+                "train_images": float(np.mean(sizes)),
+                "accuracy": float(np.mean(scores)),
+                "low": float(np.min(scores)),
+                "high": float(np.max(scores)),
+                "draws": len(scores),
+            }
+        )
     return rows
 
 
@@ -111,21 +127,32 @@ def extrapolation(rows: Sequence[dict]) -> dict:
     """
     tail = list(rows)[-3:]
     if len(tail) < 2:
-        return {"points_per_doubling": None, "expected_gain": None, "rising": None,
-                "sentence": "too few points for a learning curve (the smallest class has too few training images)"}
+        return {
+            "points_per_doubling": None,
+            "expected_gain": None,
+            "rising": None,
+            "sentence": "too few points for a learning curve (the smallest class has too few training images)",
+        }
     x = np.log2([r["per_class"] for r in tail])
     acc = 100 * np.array([r["accuracy"] for r in tail])
     slope = float(np.polyfit(x, acc, 1)[0])
     gain = float(min(max(slope, 0.0), 100 - acc[-1]))
     last = tail[-1]
-    how = (f"(least squares slope of validation accuracy against log2(images per class) over the last "
-           f"{len(tail)} points, {tail[0]['per_class']}–{last['per_class']} per class: {slope:+.1f} points "
-           "per doubling)")
+    how = (
+        f"(least squares slope of validation accuracy against log2(images per class) over the last "
+        f"{len(tail)} points, {tail[0]['per_class']}–{last['per_class']} per class: {slope:+.1f} points "
+        "per doubling)"
+    )
     if slope >= FLAT_POINTS:
         points = "point" if round(gain) == 1 else "points"
-        sentence = (f"the curve is still rising: doubling the training images would likely add about "
-                    f"{gain:.0f} {points} {how}")
+        sentence = (
+            f"the curve is still rising: doubling the training images would likely add about {gain:.0f} {points} {how}"
+        )
     else:
         sentence = f"the curve has flattened: more images of the same kind would likely add under 1 point {how}"
-    return {"points_per_doubling": round(slope, 2), "expected_gain": round(gain, 2), "rising": slope >= FLAT_POINTS,
-            "sentence": sentence}
+    return {
+        "points_per_doubling": round(slope, 2),
+        "expected_gain": round(gain, 2),
+        "rising": slope >= FLAT_POINTS,
+        "sentence": sentence,
+    }

@@ -10,8 +10,8 @@ reading test again adds no selection on test: it is the same head evaluate score
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -73,8 +73,10 @@ def predict_splits(chosen: ChosenHead, records: Sequence[Record], splits=("val",
     estimator = chosen.estimator
     if not hasattr(estimator, "predict_proba"):
         if len(val.y) == 0:
-            raise ValueError(f"{chosen.feature_set}: the validation split is empty, and {chosen.row['variant']} "
-                             "has no probabilities of its own: they are calibrated on validation")
+            raise ValueError(
+                f"{chosen.feature_set}: the validation split is empty, and {chosen.row['variant']} "
+                "has no probabilities of its own: they are calibrated on validation"
+            )
         estimator = calibrated(estimator, np.asarray(val.X), val.y)
     out = []
     for split, fs in opened.items():
@@ -84,8 +86,9 @@ def predict_splits(chosen: ChosenHead, records: Sequence[Record], splits=("val",
     return out
 
 
-def predict_ensemble(members: Sequence[ChosenHead], records: Sequence[Record],
-                     splits=("val", "test")) -> list[Predictions]:
+def predict_ensemble(
+    members: Sequence[ChosenHead], records: Sequence[Record], splits=("val", "test")
+) -> list[Predictions]:
     """The soft vote of ``members`` on each split: the mean of their probabilities, as evaluate scores it.
 
     Each member reads its own store and pooling; rows are matched by image id.
@@ -112,11 +115,21 @@ def prediction_rows(predictions: Sequence[Predictions], feature_set: str, varian
     for p in predictions:
         for record, y, proba in zip(p.records, p.y, p.proba):
             guess = int(proba.argmax())
-            rows.append({"id": record.id, "path": record.path, "sha256": record.sha256, "split": p.split,
-                         "true": p.classes[y], "predicted": p.classes[guess],
-                         "confidence": round(float(proba[guess]), 4),
-                         "correct": bool(guess == y), "feature_set": feature_set, "variant": variant,
-                         **{f"p_{name}": round(float(v), 4) for name, v in zip(p.classes, proba)}})
+            rows.append(
+                {
+                    "id": record.id,
+                    "path": record.path,
+                    "sha256": record.sha256,
+                    "split": p.split,
+                    "true": p.classes[y],
+                    "predicted": p.classes[guess],
+                    "confidence": round(float(proba[guess]), 4),
+                    "correct": bool(guess == y),
+                    "feature_set": feature_set,
+                    "variant": variant,
+                    **{f"p_{name}": round(float(v), 4) for name, v in zip(p.classes, proba)},
+                }
+            )
     return rows
 
 
@@ -127,5 +140,7 @@ def confused_pairs(predictions: Sequence[Predictions], top: int) -> list[dict]:
         for y, guess in zip(p.y, p.predicted):
             if y != guess:
                 counts[(p.classes[y], p.classes[guess])] += 1
-    return [{"true": t, "predicted": g, "images": n}
-            for (t, g), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]]
+    return [
+        {"true": t, "predicted": g, "images": n}
+        for (t, g), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    ]

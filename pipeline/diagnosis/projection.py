@@ -42,5 +42,6 @@ def project(X: np.ndarray, *, max_iter: int, seed: int) -> np.ndarray:
     if keep < X.shape[1]:
         X = PCA(n_components=keep, random_state=seed).fit_transform(X)
     perplexity = float(min(30.0, (n - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, max_iter=max_iter, init="pca", random_state=seed,
-                n_jobs=1).fit_transform(X)
+    return TSNE(
+        n_components=2, perplexity=perplexity, max_iter=max_iter, init="pca", random_state=seed, n_jobs=1
+    ).fit_transform(X)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,19 +68,23 @@ class HeadPart:
 class SharedBackbone:
     """One truncated backbone built once, and the branches that read its outputs."""
 
-    cut: Any                 # the CutModel of the deepest cut (pipeline.backbones.CutModel)
-    model: Any               # keras.Model: backbone input → one output per cut in ``cuts``
+    cut: Any  # the CutModel of the deepest cut (pipeline.backbones.CutModel)
+    model: Any  # keras.Model: backbone input → one output per cut in ``cuts``
     cuts: list[str]
     branches: list[int]
 
     def describe(self, branches: Sequence[Branch]) -> dict:
         """For the model card: which backbone, which cuts, which feature sets, whether they share it."""
         provenance = self.cut.provenance
-        return {"backbone": provenance["backbone"], "weights": provenance["weights"],
-                "input_size": provenance["input_size"], "cuts": list(self.cuts),
-                "feature_sets": [branches[i].key for i in self.branches],
-                "shared": len(self.branches) > 1,
-                "layers": len(self.model.layers)}
+        return {
+            "backbone": provenance["backbone"],
+            "weights": provenance["weights"],
+            "input_size": provenance["input_size"],
+            "cuts": list(self.cuts),
+            "feature_sets": [branches[i].key for i in self.branches],
+            "shared": len(self.branches) > 1,
+            "layers": len(self.model.layers),
+        }
 
 
 def network_group(spec: Any) -> str:
@@ -119,14 +124,16 @@ def build_backbones(branches: Sequence[Branch], *, seed: int) -> list[SharedBack
             waiting.insert(0, left)
     names = [backbone.model.name for backbone in built]
     for number, backbone in enumerate(built):
-        if names.count(backbone.model.name) > 1:   # one cut of one family at two input sizes: one name each
-            backbone.model = keras.Model(backbone.model.inputs, backbone.model.outputs,
-                                         name=f"{backbone.model.name}_{number}")
+        if names.count(backbone.model.name) > 1:  # one cut of one family at two input sizes: one name each
+            backbone.model = keras.Model(
+                backbone.model.inputs, backbone.model.outputs, name=f"{backbone.model.name}_{number}"
+            )
     return built
 
 
-def _shared_backbone(branches: Sequence[Branch], members: list[int], *, seed: int,
-                     number: int) -> tuple[SharedBackbone, list[int]]:
+def _shared_backbone(
+    branches: Sequence[Branch], members: list[int], *, seed: int, number: int
+) -> tuple[SharedBackbone, list[int]]:
     """The truncated backbone of the deepest of ``members`` with an output per cut below it; the members left."""
     import keras
 
@@ -140,27 +147,41 @@ def _shared_backbone(branches: Sequence[Branch], members: list[int], *, seed: in
     reading, left = [], []
     for i in members:
         branch = branches[i]
-        if i != deepest and branch.provenance["cut"] not in below:   # the deepest's cut is the model's output
+        if i != deepest and branch.provenance["cut"] not in below:  # the deepest's cut is the model's output
             left.append(i)
             continue
         # The network of the deepest cut, at this branch's cut: what this branch's heads were trained on.
         rebuilt = {**cut.provenance, "cut": branch.provenance["cut"]} if i != deepest else cut.provenance
-        require_same(branch.provenance, rebuilt, NETWORK, what=f"the heads on {branch.key} were trained on features",
-                     fix=f"features.{branch.key} now builds another network; run `dvc repro` first")
+        require_same(
+            branch.provenance,
+            rebuilt,
+            NETWORK,
+            what=f"the heads on {branch.key} were trained on features",
+            fix=f"features.{branch.key} now builds another network; run `dvc repro` first",
+        )
         if i != deepest and branch.spec.cut not in (None, branch.provenance["cut"]):
-            raise ValueError(f"features.{branch.key}.cut is {branch.spec.cut!r} but its heads were trained on cut "
-                             f"{branch.provenance['cut']!r}; run `dvc repro` first")
+            raise ValueError(
+                f"features.{branch.key}.cut is {branch.spec.cut!r} but its heads were trained on cut "
+                f"{branch.provenance['cut']!r}; run `dvc repro` first"
+            )
         reading.append(i)
         if branch.provenance["cut"] not in cuts:
             cuts.append(branch.provenance["cut"])
-    model = cut.model if len(cuts) == 1 else keras.Model(
-        cut.model.inputs, [cut.model.get_layer(c).output for c in cuts],
-        name=f"{cut.provenance['backbone']}_shared_{number}")
+    model = (
+        cut.model
+        if len(cuts) == 1
+        else keras.Model(
+            cut.model.inputs,
+            [cut.model.get_layer(c).output for c in cuts],
+            name=f"{cut.provenance['backbone']}_shared_{number}",
+        )
+    )
     return SharedBackbone(cut=cut, model=model, cuts=cuts, branches=reading), left
 
 
-def build_graph(branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: int,
-                average: bool) -> tuple[Any, list[SharedBackbone]]:
+def build_graph(
+    branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: int, average: bool
+) -> tuple[Any, list[SharedBackbone]]:
     """uint8 images of any size → class probabilities, and the backbones it holds.
 
     Parameters
@@ -194,7 +215,7 @@ def build_graph(branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: 
     for number, backbone in enumerate(backbones):
         size = backbone.cut.provenance["input_size"]
         how = (size, repr(backbone.cut.resize))
-        if how not in resized:   # the backbone's own resize: bilinear, or a preset converter's
+        if how not in resized:  # the backbone's own resize: bilinear, or a preset converter's
             # predict finds them by name (resize, resize_<n>) and resizes in numpy as extraction did
             name = "resize" if len(resizes) == 1 else f"resize_{len(resized)}"
             resized[how] = backbone.cut.resize.layer(size, name=name)(inputs)
@@ -212,8 +233,11 @@ def build_graph(branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: 
                 y = apply_pooling(y, branch.pooling, suffix=tail)
             pooled[i] = y
     # Named, so that predict can read the features too (the out-of-domain score, pipeline.export.ood).
-    features = (keras.layers.Identity(name=FEATURES_LAYER)(pooled[0]) if single
-                else keras.layers.Concatenate(axis=-1, name=FEATURES_LAYER)(pooled))
+    features = (
+        keras.layers.Identity(name=FEATURES_LAYER)(pooled[0])
+        if single
+        else keras.layers.Concatenate(axis=-1, name=FEATURES_LAYER)(pooled)
+    )
     probabilities = []
     for head in heads:
         x = features if single else _read(pooled, head, features, len(branches))
@@ -221,9 +245,11 @@ def build_graph(branches: Sequence[Branch], heads: Sequence[HeadPart], *, seed: 
             layers = to_keras_layers(head.estimator, head.kind, name=head.name)
         except NotConvertibleError as error:
             reads = ", ".join(branches[i].key for i in head.branches)
-            raise ValueError(f"the {head.kind} head on {reads} cannot be exported as one Keras graph ({error}); an "
-                             "exported model holds no pickle, so it is not exported another way: choose another "
-                             "head with export.variant") from None
+            raise ValueError(
+                f"the {head.kind} head on {reads} cannot be exported as one Keras graph ({error}); an "
+                "exported model holds no pickle, so it is not exported another way: choose another "
+                "head with export.variant"
+            ) from None
         for layer in layers:
             x = layer(x)
         probabilities.append(x)
@@ -244,6 +270,8 @@ def _read(pooled: list, head: HeadPart, features: Any, n_branches: int) -> Any:
     if list(head.branches) == list(range(n_branches)):
         return features
     bounds = np.cumsum([0] + [int(p.shape[-1]) for p in pooled])
-    parts = [ColumnSlice(int(bounds[i]), int(bounds[i + 1]), name=f"{head.name}_columns_{i}")(features)
-             for i in head.branches]
+    parts = [
+        ColumnSlice(int(bounds[i]), int(bounds[i + 1]), name=f"{head.name}_columns_{i}")(features)
+        for i in head.branches
+    ]
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=-1, name=f"{head.name}_input")(parts)

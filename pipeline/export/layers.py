@@ -2,7 +2,7 @@
 
 Importing this module registers them (package ``shoulders``), so
 ``keras.saving.load_model`` reads an exported model in any process that has
-the project installed — :func:`pipeline.export.predict.load_model` imports it first.
+the project installed — :func:`pipeline.export.predict_command.load_model` imports it first.
 
 - :class:`ImagePreprocess` — a backbone family's own ``preprocess_input``
   (the caffe, tf and torch modes of keras.applications, Lite0's scaling);
@@ -117,7 +117,7 @@ class ColumnSlice(keras.layers.Layer):
         self.start, self.stop = int(start), int(stop)
 
     def call(self, features):
-        return features[:, self.start:self.stop]
+        return features[:, self.start : self.stop]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.stop - self.start)
@@ -136,7 +136,8 @@ _POOLING_LAYERS = {
     "max": lambda x, s: keras.layers.GlobalMaxPooling2D(name=f"max_pool{s}")(x),
     "flatten": lambda x, s: keras.layers.Flatten(name=f"flatten{s}")(x),
     "avgmax": lambda x, s: keras.layers.Concatenate(name=f"avgmax_pool{s}")(
-        [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)]),
+        [keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)]
+    ),
 }
 
 

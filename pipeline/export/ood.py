@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 OOD_FILE = "ood.keras"
-METHOD = ("cosine distance to the k-th nearest training image, on L2-normalised pooled features "
-          "(deep nearest neighbours, Sun et al. 2022)")
+METHOD = (
+    "cosine distance to the k-th nearest training image, on L2-normalised pooled features "
+    "(deep nearest neighbours, Sun et al. 2022)"
+)
 
 
 def build_ood_model(train_features: np.ndarray, k: int) -> Any:
@@ -46,8 +48,9 @@ def build_ood_model(train_features: np.ndarray, k: int) -> Any:
 
     bank = np.asarray(train_features, np.float32)
     if not 1 <= k <= len(bank):
-        raise ValueError(f"export.ood_k={k} needs at least {k} training images; there are {len(bank)}. "
-                         "Use a smaller export.ood_k")
+        raise ValueError(
+            f"export.ood_k={k} needs at least {k} training images; there are {len(bank)}. Use a smaller export.ood_k"
+        )
     bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
     inputs = keras.Input((bank.shape[1],), dtype="float32", name="features")
     x = keras.layers.UnitNormalization(axis=-1, name="ood_normalise")(inputs)
@@ -62,12 +65,20 @@ def ood_distances(model: Any, features: np.ndarray, batch_size: int = 256) -> np
     """The out-of-domain score of each row of ``features`` ``(n, n_features)``: shape ``(n,)``."""
     if not len(features):
         return np.zeros(0, np.float32)
-    return np.asarray(model.predict(np.asarray(features, np.float32), batch_size=batch_size, verbose=0),
-                      np.float32).reshape(-1)
+    return np.asarray(
+        model.predict(np.asarray(features, np.float32), batch_size=batch_size, verbose=0), np.float32
+    ).reshape(-1)
 
 
-def ood_card(*, k: int, percentile: float, val_distances: np.ndarray, test_distances: np.ndarray,
-             train_images: int, features_layer: str) -> dict:
+def ood_card(
+    *,
+    k: int,
+    percentile: float,
+    val_distances: np.ndarray,
+    test_distances: np.ndarray,
+    train_images: int,
+    features_layer: str,
+) -> dict:
     """The card's ``out_of_domain`` entry: method, k, percentile, threshold and the share flagged on val and test.
 
     Raises
@@ -76,10 +87,19 @@ def ood_card(*, k: int, percentile: float, val_distances: np.ndarray, test_dista
         Without validation images (the threshold is a percentile of theirs).
     """
     if not len(val_distances):
-        raise ValueError("the out-of-domain threshold is a percentile of the validation images' distances, and "
-                         "there are none: give the dataset a validation split (data.split.val > 0)")
+        raise ValueError(
+            "the out-of-domain threshold is a percentile of the validation images' distances, and "
+            "there are none: give the dataset a validation split (data.split.val > 0)"
+        )
     threshold = float(np.percentile(val_distances, percentile))
-    return {"file": OOD_FILE, "method": METHOD, "k": k, "percentile": percentile, "threshold": threshold,
-            "training_images": int(train_images), "features_layer": features_layer,
-            "flagged_validation": float(np.mean(val_distances > threshold)),
-            "flagged_test": float(np.mean(test_distances > threshold)) if len(test_distances) else None}
+    return {
+        "file": OOD_FILE,
+        "method": METHOD,
+        "k": k,
+        "percentile": percentile,
+        "threshold": threshold,
+        "training_images": int(train_images),
+        "features_layer": features_layer,
+        "flagged_validation": float(np.mean(val_distances > threshold)),
+        "flagged_test": float(np.mean(test_distances > threshold)) if len(test_distances) else None,
+    }

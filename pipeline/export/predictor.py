@@ -1,6 +1,6 @@
 """An exported model in memory: decoded images → class probabilities (and out-of-domain distances).
 
-:class:`Predictor` runs ``model.keras`` as :mod:`pipeline.export.predict` loads
+:class:`Predictor` runs ``model.keras`` as :mod:`pipeline.export.predict_command` loads
 it. Each image is resized in numpy exactly as in extraction
 (:func:`pipeline.extraction.inputs.resize_image`, with the settings of the
 graph's own ``resize`` layer) and the rest of the graph runs on the batch: the
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,18 +47,19 @@ class Predictor:
     classes: list[str]
     model: Any
     card: dict
-    ood: Optional[Any] = None        # features → out-of-domain distance (ood.keras), when the model has one
-    runtime: Optional[str] = None    # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
-    _bodies: dict = field(default_factory=dict, repr=False)   # outputs → the graph after the resize layers
-    _steps: dict = field(default_factory=dict, repr=False)    # OpenVINO: compiled steps by (outputs, batch size)
+    ood: Any | None = None  # features → out-of-domain distance (ood.keras), when the model has one
+    runtime: str | None = None  # "openvino": run through OpenVINO; otherwise Keras' predict on its backend
+    _bodies: dict = field(default_factory=dict, repr=False)  # outputs → the graph after the resize layers
+    _steps: dict = field(default_factory=dict, repr=False)  # OpenVINO: compiled steps by (outputs, batch size)
 
     @property
-    def ood_threshold(self) -> Optional[float]:
+    def ood_threshold(self) -> float | None:
         """Distances beyond this are out of domain (the card's ``out_of_domain.threshold``)."""
         return self.card["out_of_domain"]["threshold"] if self.ood is not None else None
 
-    def predict_scored(self, images: Sequence[np.ndarray], *,
-                       batch_pixels: int = BATCH_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    def predict_scored(
+        self, images: Sequence[np.ndarray], *, batch_pixels: int = BATCH_PIXELS
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``(n, n_classes)`` and out-of-domain distances ``(n,)`` of decoded images.
 
         Raises
@@ -76,12 +78,12 @@ class Predictor:
         return int(self.card.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
 
     @property
-    def input_size(self) -> Optional[int]:
+    def input_size(self) -> int | None:
         """The (largest) backbone input side: files are decoded for it as in extraction (JPEG draft decoding)."""
         return self.card.get("backbone", {}).get("input_size")
 
     @property
-    def resize(self) -> Optional[Any]:
+    def resize(self) -> Any | None:
         """The model's first resize layer as a :class:`~pipeline.backbones.registry.Resize` (None: none)."""
         layers = self._resize_layers()
         return _resize_of(layers[0]) if layers else None
@@ -117,7 +119,7 @@ class Predictor:
         parts = []
         per_call = max(1, batch_pixels // sum(size * size for size in sizes))
         for start in range(0, len(images), per_call):
-            part = images[start:start + per_call]
+            part = images[start : start + per_call]
             batches = [np.empty((len(part), size, size, 3), np.float32) for size in sizes]
             for batch, size, how in zip(batches, sizes, hows):
                 for row, image in enumerate(part):
@@ -153,17 +155,17 @@ class Predictor:
         import keras
 
         outputs = self._outputs(name)
-        if name != "proba" and ("whole", name) not in self._bodies:   # built once, kept with the other graphs
+        if name != "proba" and ("whole", name) not in self._bodies:  # built once, kept with the other graphs
             self._bodies[("whole", name)] = keras.Model(self.model.inputs, outputs)
         model = self.model if name == "proba" else self._bodies[("whole", name)]
-        out: list[Optional[np.ndarray]] = [None] * len(outputs)
+        out: list[np.ndarray | None] = [None] * len(outputs)
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             groups.setdefault(image.shape, []).append(index)
         for shape, indices in groups.items():
             per_call = max(1, batch_pixels // max(1, shape[0] * shape[1]))
             for start in range(0, len(indices), per_call):
-                part = indices[start:start + per_call]
+                part = indices[start : start + per_call]
                 batch = np.stack([images[i] for i in part]).astype(np.uint8, copy=False)
                 got = model.predict_on_batch(batch)
                 for i, array in enumerate(got if isinstance(got, (list, tuple)) else [got]):
@@ -179,8 +181,12 @@ def _resize_of(layer: Any) -> Any:
     from pipeline.backbones.registry import Resize
 
     config = layer.get_config()
-    return Resize(interpolation=config["interpolation"], crop_to_aspect_ratio=config["crop_to_aspect_ratio"],
-                  pad_to_aspect_ratio=config["pad_to_aspect_ratio"], antialias=config["antialias"])
+    return Resize(
+        interpolation=config["interpolation"],
+        crop_to_aspect_ratio=config["crop_to_aspect_ratio"],
+        pad_to_aspect_ratio=config["pad_to_aspect_ratio"],
+        antialias=config["antialias"],
+    )
 
 
 def _openvino_step(body: Any, batch_size: int, n_inputs: int):
@@ -189,7 +195,7 @@ def _openvino_step(body: Any, batch_size: int, n_inputs: int):
     One input: extraction's own step. Several (one per input size): the graph exported with one input
     signature per size, each OpenVINO input matched to its batch by shape.
     """
-    from pipeline.extraction.runtime import Runtime
+    from pipeline.extraction.runtime_choice import Runtime
     from pipeline.extraction.runtimes import compile_step
 
     if n_inputs == 1:
@@ -202,11 +208,16 @@ def _openvino_step(body: Any, batch_size: int, n_inputs: int):
     shapes = [(batch_size, *tensor.shape[1:]) for tensor in body.inputs]
     with tempfile.TemporaryDirectory(prefix="shoulders-openvino-") as tmp:
         path = Path(tmp) / "model.xml"
-        body.export(str(path), format="openvino", verbose=False,
-                    input_signature=[[keras.InputSpec(shape=shape, dtype="float32") for shape in shapes]])
+        body.export(
+            str(path),
+            format="openvino",
+            verbose=False,
+            input_signature=[[keras.InputSpec(shape=shape, dtype="float32") for shape in shapes]],
+        )
         converted = ov.Core().read_model(str(path))
-    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                         "PERFORMANCE_HINT": "LATENCY"})
+    compiled = ov.Core().compile_model(
+        converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    )
     request = compiled.create_infer_request()
     order = []
     for port in compiled.inputs:

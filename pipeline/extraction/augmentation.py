@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Mapping, Union
+from collections.abc import Mapping
 
 import numpy as np
 
-OpValue = Union[float, str]
+OpValue = float | str
 
 OPS = ("flip", "rotation", "zoom", "translation", "contrast")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -48,8 +48,10 @@ def validate_ops(ops: Mapping[str, OpValue], *, where: str = "extract.augment.op
             if value not in FLIP_MODES:
                 raise ValueError(f"{where}.flip must be one of {list(FLIP_MODES)}. Received: {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ValueError(f"{where}.{name} is a factor in (0, 1) (a fraction of a turn, of the size, or of "
-                             f"the contrast). Received: {value!r}")
+            raise ValueError(
+                f"{where}.{name} is a factor in (0, 1) (a fraction of a turn, of the size, or of "
+                f"the contrast). Received: {value!r}"
+            )
 
 
 def view_seed(seed: int, view: int, sha256: str) -> int:
@@ -92,8 +94,13 @@ def augment_image(image: np.ndarray, ops: Mapping[str, OpValue], seed: int) -> n
         matrix = np.array([[cos, -sin], [sin, cos]]) * scale
         centre = np.array([(side - 1) / 2, (side - 1) / 2])
         offset = centre - matrix @ centre - shift
-        out = np.stack([ndimage.affine_transform(out[..., c], matrix, offset=offset, order=1, mode="reflect")
-                        for c in range(out.shape[2])], axis=-1)
+        out = np.stack(
+            [
+                ndimage.affine_transform(out[..., c], matrix, offset=offset, order=1, mode="reflect")
+                for c in range(out.shape[2])
+            ],
+            axis=-1,
+        )
     if "contrast" in ops:
         factor = 1.0 + rng.uniform(-1, 1) * ops["contrast"]
         mean = out.mean(axis=(0, 1), keepdims=True)

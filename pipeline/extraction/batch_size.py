@@ -20,8 +20,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping, Optional
 
 import numpy as np
 
@@ -55,8 +55,9 @@ def machine() -> dict:
     return {"cpu": model, "cores": cores, "machine": platform.machine()}
 
 
-def measure(make_step: Callable[[int], Callable], input_size: int,
-            candidates: Optional[tuple[int, ...]] = None) -> tuple[int, Callable, dict[int, float]]:
+def measure(
+    make_step: Callable[[int], Callable], input_size: int, candidates: tuple[int, ...] | None = None
+) -> tuple[int, Callable, dict[int, float]]:
     """Time each candidate's step (default :data:`CANDIDATES`); return the fastest batch size, its compiled
     step and every img/s measured."""
     candidates = CANDIDATES if candidates is None else candidates
@@ -108,25 +109,34 @@ def _read_cache() -> dict:
         return {}
 
 
-def cached_batch_size(key: Mapping) -> Optional[int]:
+def cached_batch_size(key: Mapping) -> int | None:
     """The batch size measured before on this machine for ``key``, or None."""
     entry = _read_cache().get(_entry_key(key))
     return None if entry is None else int(entry["batch_size"])
 
 
-def measured_batch_size(make_step: Callable[[int], Callable], input_size: int, key: Mapping,
-                        ) -> tuple[int, Optional[Callable]]:
+def measured_batch_size(
+    make_step: Callable[[int], Callable],
+    input_size: int,
+    key: Mapping,
+) -> tuple[int, Callable | None]:
     """The cached choice for ``key`` (with no step compiled yet), or a fresh measurement (with its step)."""
     cached = cached_batch_size(key)
     if cached is not None:
         return cached, None
     chosen, step, speeds = measure(make_step, input_size)
-    log.info("batch size measured on this machine: %d (img/s: %s)", chosen,
-             ", ".join(f"{b}: {s:.1f}" for b, s in speeds.items()))
+    log.info(
+        "batch size measured on this machine: %d (img/s: %s)",
+        chosen,
+        ", ".join(f"{b}: {s:.1f}" for b, s in speeds.items()),
+    )
     entries = _read_cache()
-    entries[_entry_key(key)] = {"batch_size": chosen,
-                                "images_per_second": {str(b): round(s, 2) for b, s in speeds.items()},
-                                "key": dict(key), "machine": machine()}
+    entries[_entry_key(key)] = {
+        "batch_size": chosen,
+        "images_per_second": {str(b): round(s, 2) for b, s in speeds.items()},
+        "key": dict(key),
+        "machine": machine(),
+    }
     path = cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction.feature_sets import ExtractResult, check_recomputable, log_plan, open_store_writer
 from pipeline.extraction.plan import Backbone, ExtractionPlan, check_planned, plan_extraction
 from pipeline.extraction.runner import run_jobs
 from pipeline.provenance import fingerprint
+from pipeline.store.filesystem import Location
 from pipeline.store.layout import store_name
-from pipeline.store.locations import Location
 from pipeline.store.repair import ChunkKey
 from pipeline.store.writer import ChunkWrite
 
@@ -44,7 +45,7 @@ def _key(spec: FeatureSetParams, settings: ExtractParams) -> str:
     return fingerprint({"spec": repr(spec), "settings": repr(settings)})
 
 
-def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams, expected: Optional[Mapping]) -> Backbone:
+def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams, expected: Mapping | None) -> Backbone:
     key = _key(spec, settings)
     if key not in _BACKBONES:
         # With the planned identity, a worker that converted this network before reads it from its cache.
@@ -52,14 +53,20 @@ def _worker_backbone(spec: FeatureSetParams, settings: ExtractParams, expected: 
     return _BACKBONES[key]
 
 
-def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams, expected: Optional[Mapping] = None
-                   ) -> ExtractionPlan:
+def plan_on_worker(spec: FeatureSetParams, settings: ExtractParams, expected: Mapping | None = None) -> ExtractionPlan:
     """Run on a worker: build (and keep) the backbone, return its plan (which travels; the model does not)."""
     return _worker_backbone(spec, settings, expected).plan
 
 
-def run_shard(spec: FeatureSetParams, settings: ExtractParams, store: str, shard: Sequence[ChunkWrite],
-              hashes: Mapping[int, str], paths: Mapping[str, str], expected: Optional[Mapping] = None) -> int:
+def run_shard(
+    spec: FeatureSetParams,
+    settings: ExtractParams,
+    store: str,
+    shard: Sequence[ChunkWrite],
+    hashes: Mapping[int, str],
+    paths: Mapping[str, str],
+    expected: Mapping | None = None,
+) -> int:
     """Run on a worker: compute the chunks of ``shard`` not yet done and write them into ``store``.
 
     Returns
@@ -74,19 +81,34 @@ def run_shard(spec: FeatureSetParams, settings: ExtractParams, store: str, shard
     backbone = _worker_backbone(spec, settings, expected)
     group = zarr.open_group(store, mode="r+")
     todo = [w for w in shard if not group["done"][w.chunk]]
-    return run_jobs(backbone, todo, hashes, paths, lambda w, block: write_chunk(group, w, block),
-                    name=f"shard of {store_name(store)}", progress=False).rows
+    return run_jobs(
+        backbone,
+        todo,
+        hashes,
+        paths,
+        lambda w, block: write_chunk(group, w, block),
+        name=f"shard of {store_name(store)}",
+        progress=False,
+    ).rows
 
 
 def shards_of(writes: Sequence[ChunkWrite], chunks_per_shard: int) -> list[list[ChunkWrite]]:
     """Consecutive shards of at most ``chunks_per_shard`` chunk writes."""
-    return [list(writes[i:i + chunks_per_shard]) for i in range(0, len(writes), chunks_per_shard)]
+    return [list(writes[i : i + chunks_per_shard]) for i in range(0, len(writes), chunks_per_shard)]
 
 
-def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
-                        paths: Mapping[str, str], *, out: Location, address: Any, progress: bool = True,
-                        expected: Optional[Mapping] = None,
-                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
+def extract_distributed(
+    spec: FeatureSetParams,
+    settings: ExtractParams,
+    wanted: Sequence[str],
+    paths: Mapping[str, str],
+    *,
+    out: Location,
+    address: Any,
+    progress: bool = True,
+    expected: Mapping | None = None,
+    repair: Sequence[ChunkKey] | None = None,
+) -> ExtractResult:
     """Extract one feature set on a Dask cluster (see the module docstring).
 
     Parameters
@@ -118,12 +140,28 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
             for shard in shards_of(writes, settings.shard_chunks):
                 hashes = {i: row_hashes[i] for w in shard for i in w.rows}
                 # Only the rows and paths a shard reads travel to its worker.
-                futures[client.submit(run_shard, spec, settings, str(writer.path), shard, hashes,
-                                      {h: paths[h] for h in hashes.values()}, expected, pure=False)] = len(hashes)
-            log.info("%d chunks in %d shards on %d workers", len(writes), len(futures),
-                     len(client.scheduler_info()["workers"]))
-            with tqdm(total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img",
-                      disable=not progress) as bar:
+                futures[
+                    client.submit(
+                        run_shard,
+                        spec,
+                        settings,
+                        str(writer.path),
+                        shard,
+                        hashes,
+                        {h: paths[h] for h in hashes.values()},
+                        expected,
+                        pure=False,
+                    )
+                ] = len(hashes)
+            log.info(
+                "%d chunks in %d shards on %d workers",
+                len(writes),
+                len(futures),
+                len(client.scheduler_info()["workers"]),
+            )
+            with tqdm(
+                total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img", disable=not progress
+            ) as bar:
                 for future in as_completed(futures):
                     future.result()  # a shard that failed for good raises here
                     bar.update(futures[future])
@@ -133,7 +171,17 @@ def extract_distributed(spec: FeatureSetParams, settings: ExtractParams, wanted:
         if not isinstance(address, Client):
             client.close()
     finished = time.perf_counter()
-    return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
-                         computed=counts["computed"], rows=writer.rows, seconds=finished - started,
-                         build_seconds=built - started, extract_seconds=extracted - built, first_batch_seconds=None,
-                         finalize_seconds=finished - extracted, runtime=plan.runtime, repaired=counts["repaired"])
+    return ExtractResult(
+        path=writer.final_path,
+        images=counts["images"],
+        reused=counts["reused"],
+        computed=counts["computed"],
+        rows=writer.rows,
+        seconds=finished - started,
+        build_seconds=built - started,
+        extract_seconds=extracted - built,
+        first_batch_seconds=None,
+        finalize_seconds=finished - extracted,
+        runtime=plan.runtime,
+        repaired=counts["repaired"],
+    )

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction.plan import Backbone, ExtractionPlan, plan_extraction
 from pipeline.extraction.runner import run_jobs
-from pipeline.extraction.runtime import Runtime
+from pipeline.extraction.runtime_choice import Runtime
+from pipeline.store.filesystem import Location
 from pipeline.store.layout import store_name
-from pipeline.store.locations import Location
 from pipeline.store.repair import ChunkKey, chunk_order, unrecoverable
 from pipeline.store.writer import ChunkWrite, StoreWriter
 
@@ -36,17 +36,17 @@ class ExtractResult:
     """What one extraction did: for its report (``reports/extract/<key>.json``), logs and benchmarks."""
 
     path: Location
-    images: int                # distinct images wanted
-    reused: int                # of those, already in the store
-    computed: int              # rows (or, for views, image × view passes) computed by this run
-    rows: int                  # rows in the store now
-    seconds: float             # the whole extraction
-    build_seconds: float       # building the truncated model
-    extract_seconds: float     # decode → inference → write, overlapped
-    first_batch_seconds: Optional[float]  # of extract_seconds, until the first batch's features (tracing)
-    finalize_seconds: float    # reading written chunks back, recording digests
-    runtime: Optional[Runtime]  # None when nothing was computed (no backbone was built)
-    repaired: int = 0          # of computed, old rows of chunks that failed their digests
+    images: int  # distinct images wanted
+    reused: int  # of those, already in the store
+    computed: int  # rows (or, for views, image × view passes) computed by this run
+    rows: int  # rows in the store now
+    seconds: float  # the whole extraction
+    build_seconds: float  # building the truncated model
+    extract_seconds: float  # decode → inference → write, overlapped
+    first_batch_seconds: float | None  # of extract_seconds, until the first batch's features (tracing)
+    finalize_seconds: float  # reading written chunks back, recording digests
+    runtime: Runtime | None  # None when nothing was computed (no backbone was built)
+    repaired: int = 0  # of computed, old rows of chunks that failed their digests
 
     def report(self) -> dict:
         """The accounting written to ``reports/extract/<key>.json`` (a DVC metrics file)."""
@@ -56,52 +56,95 @@ class ExtractResult:
             after = self.extract_seconds - self.first_batch_seconds
             rest = self.computed - min(self.computed, self.runtime.batch_size or 0)
             steady = rest / after if rest and after > 0 else None
-        return {"images": self.images, "reused": self.reused, "computed": self.computed,
-                "repaired": self.repaired, "rows": self.rows,
-                "seconds": round(self.seconds, 3),
-                "images_per_second": None if speed is None else round(speed, 2),
-                # after the first batch: start-up (tracing, compilation) excluded
-                "steady_images_per_second": None if steady is None else round(steady, 2),
-                "build_seconds": round(self.build_seconds, 3),
-                "runtime": None if self.runtime is None else self.runtime.name,
-                "device": None if self.runtime is None else self.runtime.device,
-                "precision": None if self.runtime is None else self.runtime.precision,
-                "batch_size": None if self.runtime is None else self.runtime.batch_size}
+        return {
+            "images": self.images,
+            "reused": self.reused,
+            "computed": self.computed,
+            "repaired": self.repaired,
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": None if speed is None else round(speed, 2),
+            # after the first batch: start-up (tracing, compilation) excluded
+            "steady_images_per_second": None if steady is None else round(steady, 2),
+            "build_seconds": round(self.build_seconds, 3),
+            "runtime": None if self.runtime is None else self.runtime.name,
+            "device": None if self.runtime is None else self.runtime.device,
+            "precision": None if self.runtime is None else self.runtime.precision,
+            "batch_size": None if self.runtime is None else self.runtime.batch_size,
+        }
 
     def summary(self, name: str) -> str:
         """The one line an extraction logs."""
         report = self.report()
         speed = report["images_per_second"]
         repaired = f" ({self.repaired} of them repairing damaged chunks)" if self.repaired else ""
-        return (f"{name}: {self.images} images, {self.reused} reused, {self.computed} computed{repaired} in "
-                f"{self.seconds:.1f} s" + (f" ({speed:.1f} images/s)" if speed else "") + f"; {self.rows} rows")
+        return (
+            f"{name}: {self.images} images, {self.reused} reused, {self.computed} computed{repaired} in "
+            f"{self.seconds:.1f} s" + (f" ({speed:.1f} images/s)" if speed else "") + f"; {self.rows} rows"
+        )
 
 
 def nothing_to_do(path: Location, images: int, rows: int, started: float) -> ExtractResult:
     """The result of an extraction that found every row already there (no backbone built)."""
-    return ExtractResult(path=path, images=images, reused=images, computed=0, rows=rows,
-                         seconds=time.perf_counter() - started, build_seconds=0.0, extract_seconds=0.0,
-                         first_batch_seconds=None, finalize_seconds=0.0, runtime=None)
+    return ExtractResult(
+        path=path,
+        images=images,
+        reused=images,
+        computed=0,
+        rows=rows,
+        seconds=time.perf_counter() - started,
+        build_seconds=0.0,
+        extract_seconds=0.0,
+        first_batch_seconds=None,
+        finalize_seconds=0.0,
+        runtime=None,
+    )
 
 
-def open_store_writer(plan: ExtractionPlan, out: Location, *, views: Optional[int] = None) -> StoreWriter:
+def open_store_writer(plan: ExtractionPlan, out: Location, *, views: int | None = None) -> StoreWriter:
     """The writer of ``plan``'s store at ``out`` (a views store with ``views``)."""
-    return StoreWriter(out, plan.identity, plan.provenance.to_json(), feature_shape=plan.feature_shape,
-                       dtype=plan.dtype, chunk_rows=plan.chunk_rows, views=views)
+    return StoreWriter(
+        out,
+        plan.identity,
+        plan.provenance.to_json(),
+        feature_shape=plan.feature_shape,
+        dtype=plan.dtype,
+        chunk_rows=plan.chunk_rows,
+        views=views,
+    )
 
 
 def log_plan(plan: ExtractionPlan, name: str, spec: FeatureSetParams, counts: Mapping[str, int]) -> None:
     """Log the input and output shapes of a backbone pass, and what it will compute, once."""
     p = plan.provenance
-    log.info("%s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per chunk",
-             name, spec.backbone, spec.weights, p.cut, p.cut_index, p.n_layers, p.input_size, p.input_size,
-             plan.feature_shape, plan.dtype, plan.runtime.device, plan.runtime.batch_size, plan.chunk_rows)
-    log.info("%s: %d images, %d with rows already, %d to compute", name, counts["images"], counts["reused"],
-             counts["computed"])
+    log.info(
+        "%s: %s (%s) cut at %r (layer %d of %d), input %dx%d → %s %s; %s, batch %d, %d rows per chunk",
+        name,
+        spec.backbone,
+        spec.weights,
+        p.cut,
+        p.cut_index,
+        p.n_layers,
+        p.input_size,
+        p.input_size,
+        plan.feature_shape,
+        plan.dtype,
+        plan.runtime.device,
+        plan.runtime.batch_size,
+        plan.chunk_rows,
+    )
+    log.info(
+        "%s: %d images, %d with rows already, %d to compute",
+        name,
+        counts["images"],
+        counts["reused"],
+        counts["computed"],
+    )
 
 
-def check_recomputable(writes: Sequence[ChunkWrite], row_hashes: Sequence[str], paths: Mapping[str, str], *,
-                       store: Location) -> None:
+def check_recomputable(
+    writes: Sequence[ChunkWrite], row_hashes: Sequence[str], paths: Mapping[str, str], *, store: Location
+) -> None:
     """Refuse, before any image is read, rows to compute whose image has no file: old rows of a damaged chunk
     whose images are no longer in the dataset (new rows are always of the dataset's images).
 
@@ -119,10 +162,17 @@ def check_recomputable(writes: Sequence[ChunkWrite], row_hashes: Sequence[str], 
         raise unrecoverable(store, sorted(set(lost.values()), key=chunk_order), len(lost))
 
 
-def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
-                        paths: Mapping[str, str], *, out: Location, progress: bool = True,
-                        expected: Optional[Mapping] = None,
-                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
+def extract_feature_set(
+    spec: FeatureSetParams,
+    settings: ExtractParams,
+    wanted: Sequence[str],
+    paths: Mapping[str, str],
+    *,
+    out: Location,
+    progress: bool = True,
+    expected: Mapping | None = None,
+    repair: Sequence[ChunkKey] | None = None,
+) -> ExtractResult:
     """Add rows for the images of ``wanted`` that the feature set's store lacks, recompute the rows of its chunks
     that fail their digests, resuming an interrupted run.
 
@@ -163,17 +213,33 @@ def extract_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
         extracted = time.perf_counter()
         writer.finalize(plan.run_record())
     finished = time.perf_counter()
-    return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
-                         computed=counts["computed"], rows=writer.rows, seconds=finished - started,
-                         build_seconds=built - started, extract_seconds=extracted - built,
-                         first_batch_seconds=run.first_batch_seconds, finalize_seconds=finished - extracted,
-                         runtime=plan.runtime, repaired=counts["repaired"])
+    return ExtractResult(
+        path=writer.final_path,
+        images=counts["images"],
+        reused=counts["reused"],
+        computed=counts["computed"],
+        rows=writer.rows,
+        seconds=finished - started,
+        build_seconds=built - started,
+        extract_seconds=extracted - built,
+        first_batch_seconds=run.first_batch_seconds,
+        finalize_seconds=finished - extracted,
+        runtime=plan.runtime,
+        repaired=counts["repaired"],
+    )
 
 
-def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted: Sequence[str],
-                        paths: Mapping[str, str], *, out: Location, progress: bool = True,
-                        expected: Optional[Mapping] = None,
-                        repair: Optional[Sequence[ChunkKey]] = None) -> ExtractResult:
+def augment_feature_set(
+    spec: FeatureSetParams,
+    settings: ExtractParams,
+    wanted: Sequence[str],
+    paths: Mapping[str, str],
+    *,
+    out: Location,
+    progress: bool = True,
+    expected: Mapping | None = None,
+    repair: Sequence[ChunkKey] | None = None,
+) -> ExtractResult:
     """Compute the missing augmented views of the images of ``wanted`` (and those of damaged chunks again).
 
     Parameters
@@ -203,15 +269,38 @@ def augment_feature_set(spec: FeatureSetParams, settings: ExtractParams, wanted:
         name = f"augment {store_name(out)}"
         if writes:
             log_plan(plan, name, spec, counts)
-            log.info("%s: %d views (ops %s, seed %d): %d image passes to compute", name, augment.views,
-                     dict(augment.ops), augment.seed, sum(len(w.rows) for w in writes))
-        run = run_jobs(backbone, writes, row_hashes, paths, writer.write, name=name, progress=progress,
-                       augment=(dict(augment.ops), augment.seed))
+            log.info(
+                "%s: %d views (ops %s, seed %d): %d image passes to compute",
+                name,
+                augment.views,
+                dict(augment.ops),
+                augment.seed,
+                sum(len(w.rows) for w in writes),
+            )
+        run = run_jobs(
+            backbone,
+            writes,
+            row_hashes,
+            paths,
+            writer.write,
+            name=name,
+            progress=progress,
+            augment=(dict(augment.ops), augment.seed),
+        )
         extracted = time.perf_counter()
         writer.finalize(plan.run_record())
     finished = time.perf_counter()
-    return ExtractResult(path=writer.final_path, images=counts["images"], reused=counts["reused"],
-                         computed=run.rows, rows=writer.rows, seconds=finished - started,
-                         build_seconds=built - started, extract_seconds=extracted - built,
-                         first_batch_seconds=run.first_batch_seconds, finalize_seconds=finished - extracted,
-                         runtime=plan.runtime, repaired=counts["repaired"])
+    return ExtractResult(
+        path=writer.final_path,
+        images=counts["images"],
+        reused=counts["reused"],
+        computed=run.rows,
+        rows=writer.rows,
+        seconds=finished - started,
+        build_seconds=built - started,
+        extract_seconds=extracted - built,
+        first_batch_seconds=run.first_batch_seconds,
+        finalize_seconds=finished - extracted,
+        runtime=plan.runtime,
+        repaired=counts["repaired"],
+    )

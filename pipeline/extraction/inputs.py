@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from pipeline.images import decode_image
 
 # Batches decoded ahead of the one being consumed.
 AHEAD_BATCHES = 2
-_local = threading.local()   # per-thread working arrays of resize_bilinear
+_local = threading.local()  # per-thread working arrays of resize_bilinear
 
 
 def parallel_calls() -> int:
@@ -62,7 +62,7 @@ def _scratch(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return buffers[shape]
 
 
-def resize_bilinear(pixels: np.ndarray, size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+def resize_bilinear(pixels: np.ndarray, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """Resize ``(h, w, c)`` uint8 pixels to ``(size, size, c)`` float32 in 0–255 as ``tf.image.resize(..., "bilinear")`` does.
 
     Half-pixel centres, no antialiasing, float32 arithmetic in TensorFlow's order
@@ -81,18 +81,18 @@ def resize_bilinear(pixels: np.ndarray, size: int, out: Optional[np.ndarray] = N
     left, right, x_lerp = _axis_weights(width, size)
     offsets = np.arange(channels)
     rows = image.reshape(height, width * channels)[np.concatenate([top_row, bottom_row])]
-    gathered, near, far = _scratch((2 * size, size * channels))   # top rows, then bottom rows
+    gathered, near, far = _scratch((2 * size, size * channels))  # top rows, then bottom rows
     np.take(rows, (left[:, None] * channels + offsets).ravel(), axis=1, out=gathered)
     np.copyto(near, gathered)
     np.take(rows, (right[:, None] * channels + offsets).ravel(), axis=1, out=gathered)
     np.copyto(far, gathered)
     far -= near
     far *= np.repeat(x_lerp, channels)
-    near += far                                                   # along x: left + (right - left) · x_lerp
+    near += far  # along x: left + (right - left) · x_lerp
     top, bottom = near[:size], near[size:]
     bottom -= top
     bottom *= y_lerp[:, None]
-    top += bottom                                                 # along y
+    top += bottom  # along y
     if out is None:
         out = np.empty((size, size, channels), np.float32)
     np.clip(top, 0.0, 255.0, out=out.reshape(size, size * channels))
@@ -104,11 +104,12 @@ def centre_crop_square(pixels: np.ndarray) -> np.ndarray:
     height, width = pixels.shape[:2]
     side = min(height, width)
     top, left = int((height - side) / 2), int((width - side) / 2)
-    return pixels[top:top + side, left:left + side]
+    return pixels[top : top + side, left : left + side]
 
 
-def resize_image(pixels: np.ndarray, size: int, resize: Optional[Resize] = None,
-                 out: Optional[np.ndarray] = None) -> np.ndarray:
+def resize_image(
+    pixels: np.ndarray, size: int, resize: Resize | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Resize to ``(size, size, 3)`` float32 as the backbone's :class:`~pipeline.backbones.registry.Resize` says.
 
     The default (and bilinear with a centre crop, a keras_hub converter's usual
@@ -122,9 +123,17 @@ def resize_image(pixels: np.ndarray, size: int, resize: Optional[Resize] = None,
     if resize.interpolation == "bilinear" and not resize.antialias and not resize.pad_to_aspect_ratio:
         return resize_bilinear(centre_crop_square(pixels) if resize.crop_to_aspect_ratio else pixels, size, out)
     batch = np.asarray(pixels, np.float32)[None]
-    resized = np.asarray(_numpy_resize()(batch, (size, size), interpolation=resize.interpolation,
-                                      antialias=resize.antialias, crop_to_aspect_ratio=resize.crop_to_aspect_ratio,
-                                      pad_to_aspect_ratio=resize.pad_to_aspect_ratio), np.float32)[0]
+    resized = np.asarray(
+        _numpy_resize()(
+            batch,
+            (size, size),
+            interpolation=resize.interpolation,
+            antialias=resize.antialias,
+            crop_to_aspect_ratio=resize.crop_to_aspect_ratio,
+            pad_to_aspect_ratio=resize.pad_to_aspect_ratio,
+        ),
+        np.float32,
+    )[0]
     if out is None:
         return resized
     out[...] = resized
@@ -150,16 +159,28 @@ def _numpy_resize():
     return resize
 
 
-def load_and_resize(path: str, size: int, sha256: Optional[str] = None, resize: Optional[Resize] = None,
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
+def load_and_resize(
+    path: str,
+    size: int,
+    sha256: str | None = None,
+    resize: Resize | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """One image file, decoded for ``size`` (bytes checked when ``sha256`` is given), as ``(size, size, 3)`` float32."""
     return resize_image(decode_image(path, sha256=sha256, target=size), size, resize, out)
 
 
-def image_batches(paths: Sequence[str], *, size: int, batch_size: int, sha256: Optional[Sequence[str]] = None,
-                  transform: Optional[Callable[[int, np.ndarray], np.ndarray]] = None,
-                  resize: Optional[Resize] = None, ahead: int = AHEAD_BATCHES,
-                  reuse: bool = False) -> Iterator[np.ndarray]:
+def image_batches(
+    paths: Sequence[str],
+    *,
+    size: int,
+    batch_size: int,
+    sha256: Sequence[str] | None = None,
+    transform: Callable[[int, np.ndarray], np.ndarray] | None = None,
+    resize: Resize | None = None,
+    ahead: int = AHEAD_BATCHES,
+    reuse: bool = False,
+) -> Iterator[np.ndarray]:
     """Batches of decoded, resized images in the order of ``paths``.
 
     Parameters
@@ -193,7 +214,7 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int, sha256: O
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: {batch_size}")
     ring = max(1, ahead) + 2
-    arrays: dict[int, np.ndarray] = {}   # batch number → its array, while in flight
+    arrays: dict[int, np.ndarray] = {}  # batch number → its array, while in flight
 
     def array_of(number: int) -> np.ndarray:
         if number not in arrays:
@@ -214,7 +235,9 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int, sha256: O
         try:
             while done < len(paths):
                 while submitted < len(paths) and len(pending) < window:
-                    pending.append(pool.submit(one, submitted, array_of(submitted // batch_size)[submitted % batch_size]))
+                    pending.append(
+                        pool.submit(one, submitted, array_of(submitted // batch_size)[submitted % batch_size])
+                    )
                     submitted += 1
                 pending.popleft().result()
                 done += 1
@@ -229,8 +252,16 @@ def image_batches(paths: Sequence[str], *, size: int, batch_size: int, sha256: O
                 if not future.cancelled():
                     future.exception()  # let running workers finish before their arrays go
 
-def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, batch_size: int,
-                     shuffle_seed: int | None = None, resize: Optional[Resize] = None):
+
+def labelled_batches(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    *,
+    size: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    resize: Resize | None = None,
+):
     """Batches of ``(images, labels)`` for training through the backbone (fine-tuning), as a tf.data pipeline.
 
     Parameters
@@ -254,13 +285,15 @@ def labelled_batches(paths: Sequence[str], labels: Sequence[int], *, size: int, 
     from pipeline.tfdata import PREFETCH_BATCHES, static
 
     def decode(path, label):
-        image = tf.numpy_function(lambda p: load_and_resize(p.decode("utf-8"), size, resize=resize), [path], tf.float32,
-                                  stateful=False)
+        image = tf.numpy_function(
+            lambda p: load_and_resize(p.decode("utf-8"), size, resize=resize), [path], tf.float32, stateful=False
+        )
         image.set_shape((size, size, 3))
         return image, label
 
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(list(paths), dtype=tf.string),
-                                                  tf.constant(list(labels), dtype=tf.int64)))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(paths), dtype=tf.string), tf.constant(list(labels), dtype=tf.int64))
+    )
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.map(decode, num_parallel_calls=parallel_calls(), deterministic=True)

@@ -35,9 +35,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from pipeline.backbones.registry import Resize, family
 from pipeline.provenance import fingerprint, library_versions
@@ -51,8 +52,11 @@ NETWORK_FILE = "model.xml"
 CONVERSION_LIBRARIES = ("keras", "tensorflow", "tensorflow-cpu", "openvino")
 _PACKAGE = Path(__file__).resolve().parents[1]
 # The source that builds or converts a network (besides a family's own factory module).
-_SOURCES = (*sorted((_PACKAGE / "backbones").glob("*.py")), _PACKAGE / "extraction" / "runtimes" / "openvino_runtime.py",
-            Path(__file__).resolve())
+_SOURCES = (
+    *sorted((_PACKAGE / "backbones").glob("*.py")),
+    _PACKAGE / "extraction" / "runtimes" / "openvino_runtime.py",
+    Path(__file__).resolve(),
+)
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,10 @@ class Entry:
     """A converted network on disk, and what its build said about it."""
 
     folder: Path
-    provenance: dict             # the CutModel's provenance
+    provenance: dict  # the CutModel's provenance
     feature_shape: tuple[int, ...]
     resize: Resize
-    outputs: int                 # the model's own outputs (a converted graph may carry more)
+    outputs: int  # the model's own outputs (a converted graph may carry more)
 
     @property
     def network(self) -> Path:
@@ -86,7 +90,7 @@ def cache_root() -> Path:
     return cache_dir() / FOLDER
 
 
-def cacheable(identity: Optional[Mapping[str, Any]]) -> bool:
+def cacheable(identity: Mapping[str, Any] | None) -> bool:
     """Whether the network of a planned store identity is pinned well enough to be cached.
 
     Weights must be random (``weights: none``: seed and scheme in the identity)
@@ -97,11 +101,11 @@ def cacheable(identity: Optional[Mapping[str, Any]]) -> bool:
     return identity.get("weights") == "none" or bool(identity.get("weights_sha256"))
 
 
-def _factory_source(backbone: str) -> Optional[Path]:
+def _factory_source(backbone: str) -> Path | None:
     """The file of the module that defines a family's factory, if it is not a keras.applications one."""
     module = family(backbone).factory.rsplit(".", 1)[0]
     if module.startswith("keras."):
-        return None   # Keras' version is in the key
+        return None  # Keras' version is in the key
     found = importlib.util.find_spec(module)
     return Path(found.origin) if found is not None and found.origin else None
 
@@ -118,12 +122,19 @@ def code_digest(backbone: str) -> str:
 
 def entry_key(identity: Mapping[str, Any], *, batch_size: int, keras_backend: str) -> str:
     """The cache key of a converted network (see the module docstring)."""
-    return fingerprint({"identity": dict(identity), "batch_size": batch_size, "keras_backend": keras_backend,
-                        "versions": library_versions(CONVERSION_LIBRARIES),
-                        "code": code_digest(str(identity["backbone"]))}, length=24)
+    return fingerprint(
+        {
+            "identity": dict(identity),
+            "batch_size": batch_size,
+            "keras_backend": keras_backend,
+            "versions": library_versions(CONVERSION_LIBRARIES),
+            "code": code_digest(str(identity["backbone"])),
+        },
+        length=24,
+    )
 
 
-def lookup(key: str) -> Optional[Entry]:
+def lookup(key: str) -> Entry | None:
     """The entry stored under ``key``, or None (none there, or unreadable: it is then rebuilt)."""
     folder = cache_root() / key
     try:
@@ -133,7 +144,7 @@ def lookup(key: str) -> Optional[Entry]:
         return None
 
 
-def _read(folder: Path) -> Optional[Entry]:
+def _read(folder: Path) -> Entry | None:
     """The entry in ``folder``; None if there is none; raises if it is unreadable."""
     try:
         meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
@@ -142,8 +153,13 @@ def _read(folder: Path) -> Optional[Entry]:
     for name in (NETWORK_FILE, Path(NETWORK_FILE).with_suffix(".bin").name):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing")
-    return Entry(folder=folder, provenance=meta["provenance"], feature_shape=tuple(meta["feature_shape"]),
-                 resize=Resize(**meta["resize"]), outputs=int(meta["outputs"]))
+    return Entry(
+        folder=folder,
+        provenance=meta["provenance"],
+        feature_shape=tuple(meta["feature_shape"]),
+        resize=Resize(**meta["resize"]),
+        outputs=int(meta["outputs"]),
+    )
 
 
 def _readable(folder: Path) -> bool:
@@ -153,8 +169,16 @@ def _readable(folder: Path) -> bool:
         return False
 
 
-def save(key: str, network: Any, *, provenance: Mapping[str, Any], feature_shape: tuple[int, ...], resize: Resize,
-         outputs: int, identity: Mapping[str, Any]) -> Optional[Entry]:
+def save(
+    key: str,
+    network: Any,
+    *,
+    provenance: Mapping[str, Any],
+    feature_shape: tuple[int, ...],
+    resize: Resize,
+    outputs: int,
+    identity: Mapping[str, Any],
+) -> Entry | None:
     """Store a converted ``openvino.Model`` under ``key``, atomically; None if the cache folder cannot be written."""
     import openvino as ov
 
@@ -165,16 +189,21 @@ def save(key: str, network: Any, *, provenance: Mapping[str, Any], feature_shape
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
         try:
             ov.save_model(network, str(tmp / NETWORK_FILE), compress_to_fp16=False)
-            meta = {"provenance": dict(provenance), "feature_shape": list(feature_shape),
-                    "resize": dataclasses.asdict(resize), "outputs": outputs, "identity": dict(identity),
-                    "versions": library_versions(CONVERSION_LIBRARIES)}
+            meta = {
+                "provenance": dict(provenance),
+                "feature_shape": list(feature_shape),
+                "resize": dataclasses.asdict(resize),
+                "outputs": outputs,
+                "identity": dict(identity),
+                "versions": library_versions(CONVERSION_LIBRARIES),
+            }
             (tmp / ENTRY_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             try:
                 os.rename(tmp, final)
             except OSError:
                 if not final.exists():
                     raise
-                if not _readable(final):   # an unreadable entry is replaced; a good one (another process's) kept
+                if not _readable(final):  # an unreadable entry is replaced; a good one (another process's) kept
                     shutil.rmtree(final)
                     os.rename(tmp, final)
         finally:

@@ -4,7 +4,7 @@
 keyed by (:func:`pipeline.provenance.identity_of`) from params and the check
 stage's resolved cut alone — no TensorFlow — so a stage can tell that a store
 already holds every row it needs and stop there. :func:`plan_extraction`
-resolves the runtime (:mod:`pipeline.extraction.runtime`), builds the truncated
+resolves the runtime (:mod:`pipeline.extraction.runtime_choice`), builds the truncated
 backbone (:func:`pipeline.backbones.build_cut_model`) and describes what it
 produces: an :class:`ExtractionPlan` (feature shape, dtype, rows per chunk,
 provenance, what this run is: device, batch size, versions) — small, frozen,
@@ -16,22 +16,36 @@ process that built them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
 from pipeline.backbones.registry import Resize
 from pipeline.config import ExtractParams, FeatureSetParams
 from pipeline.extraction import network_cache
-from pipeline.extraction.runtime import COMPUTE, Runtime, resolve_runtime, use_keras_backend
+from pipeline.extraction.runtime_choice import COMPUTE, Runtime, resolve_runtime, use_keras_backend
 from pipeline.extraction.runtimes import compile_step
 from pipeline.provenance import Provenance, identity_of, library_versions
 from pipeline.store.layout import rows_per_chunk
 
 # The libraries whose versions shape the features, recorded with every run.
-FEATURE_LIBRARIES = ("shoulders", "tensorflow-cpu", "tensorflow", "openvino", "jax", "jaxlib", "keras", "keras-hub",
-                     "numpy", "pillow", "simplejpeg", "scipy", "zarr")
+FEATURE_LIBRARIES = (
+    "shoulders",
+    "tensorflow-cpu",
+    "tensorflow",
+    "openvino",
+    "jax",
+    "jaxlib",
+    "keras",
+    "keras-hub",
+    "numpy",
+    "pillow",
+    "simplejpeg",
+    "scipy",
+    "zarr",
+)
 # The pixel contract, part of a store's identity. Most JPEGs are decoded by libjpeg-turbo through simplejpeg
 # rather than PIL (faster, the same pixels to the bit: tests/test_images.py), so the text and the caches made
 # before that change stand; the versions recorded with every run name both libraries.
@@ -45,8 +59,7 @@ def augment_identity(settings: ExtractParams) -> dict:
     return {"ops": dict(settings.augment.ops), "seed": settings.augment.seed}
 
 
-def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, *,
-                     views: bool = False) -> Optional[dict]:
+def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, *, views: bool = False) -> dict | None:
     """The identity the features of ``spec`` will have, from params and the resolved ``cut`` alone.
 
     Returns ``None`` when it depends on the device (float32 storage with
@@ -61,10 +74,18 @@ def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, 
     if network is None:
         return None
     dtype = spec.dtype or settings.dtype
-    provenance = {"backbone": spec.backbone, "weights": spec.weights, "cut": cut, "alpha": spec.alpha,
-                  "seed": settings.seed if spec.weights == "none" else None,
-                  "init": RANDOM_INIT if spec.weights == "none" else None, "decoder": DECODER,
-                  "dtype": dtype, "augment": augment_identity(settings) if views else None, **network}
+    provenance = {
+        "backbone": spec.backbone,
+        "weights": spec.weights,
+        "cut": cut,
+        "alpha": spec.alpha,
+        "seed": settings.seed if spec.weights == "none" else None,
+        "init": RANDOM_INIT if spec.weights == "none" else None,
+        "decoder": DECODER,
+        "dtype": dtype,
+        "augment": augment_identity(settings) if views else None,
+        **network,
+    }
     if settings.precision == "auto":
         if dtype == "float32":
             return None
@@ -83,7 +104,7 @@ class ExtractionPlan:
     feature_shape: tuple[int, ...]
     chunk_rows: int
     provenance: Provenance
-    resize: Resize = Resize()       # how images are resized to the backbone's input
+    resize: Resize = Resize()  # how images are resized to the backbone's input
 
     @property
     def identity(self) -> dict:
@@ -91,14 +112,21 @@ class ExtractionPlan:
 
     def run_record(self) -> dict:
         """What this run is, for the store's log of runs (not part of the identity)."""
-        return {"runtime": self.runtime.name, "device": self.runtime.device, "batch_size": self.runtime.batch_size,
-                "jit_compile": self.runtime.jit_compile, "compute": self.provenance.compute,
-                "precision": self.runtime.precision, "versions": library_versions(FEATURE_LIBRARIES)}
+        return {
+            "runtime": self.runtime.name,
+            "device": self.runtime.device,
+            "batch_size": self.runtime.batch_size,
+            "jit_compile": self.runtime.jit_compile,
+            "compute": self.provenance.compute,
+            "precision": self.runtime.precision,
+            "versions": library_versions(FEATURE_LIBRARIES),
+        }
 
-    def with_views(self, settings: ExtractParams) -> "ExtractionPlan":
+    def with_views(self, settings: ExtractParams) -> ExtractionPlan:
         """The plan of the same backbone's augmented views."""
-        return dataclasses.replace(self, provenance=dataclasses.replace(self.provenance,
-                                                                         augment=augment_identity(settings)))
+        return dataclasses.replace(
+            self, provenance=dataclasses.replace(self.provenance, augment=augment_identity(settings))
+        )
 
 
 class Backbone:
@@ -110,10 +138,17 @@ class Backbone:
     network the step converts is stored under that key.
     """
 
-    def __init__(self, plan: ExtractionPlan, cut: Any, step: Optional[Callable] = None, *,
-                 cached: Optional[network_cache.Entry] = None, cache_key: Optional[str] = None):
+    def __init__(
+        self,
+        plan: ExtractionPlan,
+        cut: Any,
+        step: Callable | None = None,
+        *,
+        cached: network_cache.Entry | None = None,
+        cache_key: str | None = None,
+    ):
         self.plan = plan
-        self.cut = cut                      # pipeline.backbones.CutModel, or None (cached)
+        self.cut = cut  # pipeline.backbones.CutModel, or None (cached)
         self.cached = cached
         self._step = step
         self._cache_key = cache_key
@@ -124,15 +159,23 @@ class Backbone:
             if self.cached is not None:
                 from pipeline.extraction.runtimes.openvino_runtime import compile_network
 
-                self._step = compile_network(self.cached.network, runtime=self.plan.runtime,
-                                             outputs=self.cached.outputs)
+                self._step = compile_network(
+                    self.cached.network, runtime=self.plan.runtime, outputs=self.cached.outputs
+                )
             else:
-                self._step = compile_step(self.plan.runtime, self.cut.model, self.cut.preprocess,
-                                          batch_size=self.plan.runtime.batch_size)
+                self._step = compile_step(
+                    self.plan.runtime, self.cut.model, self.cut.preprocess, batch_size=self.plan.runtime.batch_size
+                )
         if self._cache_key is not None and getattr(self._step, "network", None) is not None:
-            network_cache.save(self._cache_key, self._step.network, provenance=self.cut.provenance,
-                               feature_shape=self.plan.feature_shape, resize=self.cut.resize,
-                               outputs=len(self.cut.model.outputs), identity=self.plan.identity)
+            network_cache.save(
+                self._cache_key,
+                self._step.network,
+                provenance=self.cut.provenance,
+                feature_shape=self.plan.feature_shape,
+                resize=self.cut.resize,
+                outputs=len(self.cut.model.outputs),
+                identity=self.plan.identity,
+            )
             self._cache_key = None
         return self._step
 
@@ -142,8 +185,9 @@ def _network_of(described: Mapping[str, Any]) -> dict:
     return {k: described.get(k) for k in ("backbone", "cut", "alpha", "input_size", "architecture", "blocks")}
 
 
-def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
-                    expected: Optional[Mapping[str, Any]] = None) -> Backbone:
+def plan_extraction(
+    spec: FeatureSetParams, settings: ExtractParams, *, expected: Mapping[str, Any] | None = None
+) -> Backbone:
     """Resolve the runtime, build the truncated model once and describe what it will produce.
 
     An OpenVINO network converted before for the same identity and batch size
@@ -161,19 +205,27 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
 
     runtime = resolve_runtime(settings)
     backend = use_keras_backend(runtime)
-    batch_key = {"runtime": runtime.name, "keras_backend": backend, "precision": runtime.precision,
-                 "network": _network_of(expected) if expected else None,
-                 "versions": library_versions(FEATURE_LIBRARIES),
-                 "timing": "streamed"}   # how it was timed (batch_size.seconds_per_batch): older choices are remeasured
+    batch_key = {
+        "runtime": runtime.name,
+        "keras_backend": backend,
+        "precision": runtime.precision,
+        "network": _network_of(expected) if expected else None,
+        "versions": library_versions(FEATURE_LIBRARIES),
+        "timing": "streamed",
+    }  # how it was timed (batch_size.seconds_per_batch): older choices are remeasured
     caching = runtime.name == "openvino" and network_cache.cacheable(expected)
     if caching:
         batch = runtime.batch_size or cached_batch_size(batch_key)
-        entry = None if batch is None else network_cache.lookup(
-            network_cache.entry_key(expected, batch_size=batch, keras_backend=backend))
+        entry = (
+            None
+            if batch is None
+            else network_cache.lookup(network_cache.entry_key(expected, batch_size=batch, keras_backend=backend))
+        )
         if entry is not None:
             runtime = dataclasses.replace(runtime, batch_size=batch)
-            plan = _plan(spec, settings, runtime, network_cache.provenance_for(entry, spec), entry.feature_shape,
-                         entry.resize)
+            plan = _plan(
+                spec, settings, runtime, network_cache.provenance_for(entry, spec), entry.feature_shape, entry.resize
+            )
             check_planned(plan, expected)
             return Backbone(plan, None, cached=entry)
     cut = _build(spec, settings, runtime)
@@ -182,14 +234,15 @@ def plan_extraction(spec: FeatureSetParams, settings: ExtractParams, *,
         # The Keras backend too: OpenVINO's graph differs (and so does its best batch) by the backend it came from.
         key = batch_key if expected else {**batch_key, "network": _network_of(cut.provenance)}
         batch, step = measured_batch_size(
-            lambda b: compile_step(runtime, cut.model, cut.preprocess, batch_size=b),
-            cut.provenance["input_size"], key)
+            lambda b: compile_step(runtime, cut.model, cut.preprocess, batch_size=b), cut.provenance["input_size"], key
+        )
         runtime = dataclasses.replace(runtime, batch_size=batch)
     feature_shape = tuple(int(d) for d in cut.model.output_shape[1:])
     plan = _plan(spec, settings, runtime, cut.provenance, feature_shape, cut.resize)
     check_planned(plan, expected)
-    cache_key = network_cache.entry_key(expected, batch_size=runtime.batch_size, keras_backend=backend) \
-        if caching else None
+    cache_key = (
+        network_cache.entry_key(expected, batch_size=runtime.batch_size, keras_backend=backend) if caching else None
+    )
     return Backbone(plan, cut, step, cache_key=cache_key)
 
 
@@ -200,17 +253,30 @@ def _build(spec: FeatureSetParams, settings: ExtractParams, runtime: Runtime):
     return build_cut_model(spec, seed=settings.seed, policy=policy)
 
 
-def _plan(spec: FeatureSetParams, settings: ExtractParams, runtime: Runtime, network: Mapping[str, Any],
-          feature_shape: tuple[int, ...], resize: Resize) -> ExtractionPlan:
+def _plan(
+    spec: FeatureSetParams,
+    settings: ExtractParams,
+    runtime: Runtime,
+    network: Mapping[str, Any],
+    feature_shape: tuple[int, ...],
+    resize: Resize,
+) -> ExtractionPlan:
     dtype = spec.dtype or settings.dtype
-    chunk_rows = rows_per_chunk(feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb,
-                                batch_size=runtime.batch_size)
+    chunk_rows = rows_per_chunk(
+        feature_shape, np.dtype(dtype).itemsize, chunk_mb=settings.chunk_mb, batch_size=runtime.batch_size
+    )
     provenance = Provenance(**network, dtype=dtype, compute=runtime.compute, decoder=DECODER)
-    return ExtractionPlan(runtime=runtime, dtype=dtype, feature_shape=feature_shape, chunk_rows=chunk_rows,
-                          provenance=provenance, resize=resize)
+    return ExtractionPlan(
+        runtime=runtime,
+        dtype=dtype,
+        feature_shape=feature_shape,
+        chunk_rows=chunk_rows,
+        provenance=provenance,
+        resize=resize,
+    )
 
 
-def check_planned(plan: ExtractionPlan, expected: Optional[Mapping[str, Any]]) -> None:
+def check_planned(plan: ExtractionPlan, expected: Mapping[str, Any] | None) -> None:
     """Refuse a built backbone whose identity is not the planned one (the planning rule would be wrong: a bug)."""
     if expected is None:
         return

@@ -51,7 +51,7 @@ class PrecisionGuard:
         values (numpy reduces float16 without SIMD, ~40× slower); the exact
         overflow count is taken only when an extreme is out of range.
         """
-        with np.errstate(over="ignore"):   # counted and reported below, with the fix
+        with np.errstate(over="ignore"):  # counted and reported below, with the fix
             stored = features.astype(self.dtype, copy=False)
         size = features.size
         if not size:
@@ -63,8 +63,12 @@ class PrecisionGuard:
             # beyond the storage dtype's range (some values may still round down to its largest), or a NaN computed
             overflow = int(np.count_nonzero(np.isfinite(features) & ~np.isfinite(stored)))
             largest = float(np.nanmax(np.abs(features), initial=0.0))
-        self.check(lost=int(size - _count_nonzero(stored) - computed_zeros), nonzero=int(size - computed_zeros),
-                   overflow=overflow, largest=largest)
+        self.check(
+            lost=int(size - _count_nonzero(stored) - computed_zeros),
+            nonzero=int(size - computed_zeros),
+            overflow=overflow,
+            largest=largest,
+        )
         return stored
 
     def check(self, lost: int, nonzero: int, overflow: int, largest: float) -> None:
@@ -72,10 +76,14 @@ class PrecisionGuard:
         self.lost += lost
         self.nonzero += nonzero
         if overflow:
-            raise ValueError(f"features of {self.feature_set} overflow {self.dtype} ({overflow} values beyond its "
-                             f"range; largest |value| {largest:.3g}); set `dtype: float32` on the feature set "
-                             "or extract.dtype: float32")
+            raise ValueError(
+                f"features of {self.feature_set} overflow {self.dtype} ({overflow} values beyond its "
+                f"range; largest |value| {largest:.3g}); set `dtype: float32` on the feature set "
+                "or extract.dtype: float32"
+            )
         if self.nonzero and self.lost > MAX_UNDERFLOW * self.nonzero:
-            raise ValueError(f"features of {self.feature_set} underflow {self.dtype}: {self.lost / self.nonzero:.0%} "
-                             f"of the non-zero values round to 0 (largest |value| {largest:.3g}); set "
-                             "`dtype: float32` on the feature set or extract.dtype: float32")
+            raise ValueError(
+                f"features of {self.feature_set} underflow {self.dtype}: {self.lost / self.nonzero:.0%} "
+                f"of the non-zero values round to 0 (largest |value| {largest:.3g}); set "
+                "`dtype: float32` on the feature set or extract.dtype: float32"
+            )

@@ -22,9 +22,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -41,14 +41,22 @@ WRITES_IN_FLIGHT = 2
 class RunStats:
     """What :func:`run_jobs` did."""
 
-    rows: int                             # rows computed
-    seconds: float                        # the whole run, last write included
-    first_batch_seconds: Optional[float]  # until the first batch's features existed (tracing included)
+    rows: int  # rows computed
+    seconds: float  # the whole run, last write included
+    first_batch_seconds: float | None  # until the first batch's features existed (tracing included)
 
 
-def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Sequence[str],
-             paths: Mapping[str, str], write: Callable[[ChunkWrite, np.ndarray], None], *, name: str,
-             progress: bool = True, augment: Optional[tuple[list, int]] = None) -> RunStats:
+def run_jobs(
+    backbone: Backbone,
+    writes: Sequence[ChunkWrite],
+    row_hashes: Sequence[str],
+    paths: Mapping[str, str],
+    write: Callable[[ChunkWrite, np.ndarray], None],
+    *,
+    name: str,
+    progress: bool = True,
+    augment: tuple[list, int] | None = None,
+) -> RunStats:
     """Compute the rows of ``writes`` and hand each finished chunk to ``write``.
 
     Parameters
@@ -80,8 +88,10 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
     infer = backbone.step()
     guard = PrecisionGuard(name, plan.dtype)
     todo = sum(len(w.rows) for w in writes)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool, \
-            tqdm(total=todo, desc=name, unit="img", disable=not progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool,
+        tqdm(total=todo, desc=name, unit="img", disable=not progress) as bar,
+    ):
         in_flight: deque[Future] = deque()
         for view, group in itertools.groupby(writes, key=lambda w: w.view):
             group = list(group)
@@ -90,9 +100,16 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
             if augment:
                 ops, seeds = augment[0], [view_seed(augment[1], view, h) for h in hashes]
                 transform = lambda index, image, ops=ops, seeds=seeds: augment_image(image, ops, seeds[index])  # noqa: E731
-            batches = _infer_batches(infer, guard, [paths[h] for h in hashes], hashes, transform,
-                                     size=plan.provenance.input_size, batch_size=plan.runtime.batch_size,
-                                     resize=plan.resize)
+            batches = _infer_batches(
+                infer,
+                guard,
+                [paths[h] for h in hashes],
+                hashes,
+                transform,
+                size=plan.provenance.input_size,
+                batch_size=plan.runtime.batch_size,
+                resize=plan.resize,
+            )
             try:
                 for job, block in regroup(_ticking(batches, bar, first), group):
                     in_flight.append(pool.submit(write, job, block))
@@ -104,8 +121,9 @@ def run_jobs(backbone: Backbone, writes: Sequence[ChunkWrite], row_hashes: Seque
                 batches.close()
         while in_flight:
             in_flight.popleft().result()
-    return RunStats(rows=todo, seconds=time.perf_counter() - started,
-                    first_batch_seconds=first[0] - started if first else None)
+    return RunStats(
+        rows=todo, seconds=time.perf_counter() - started, first_batch_seconds=first[0] - started if first else None
+    )
 
 
 def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator[np.ndarray]:
@@ -118,8 +136,17 @@ def _ticking(batches: Iterable[np.ndarray], bar, first: list[float]) -> Iterator
         yield batch
 
 
-def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: Sequence[str], transform, *,
-                   size: int, batch_size: int, resize=None) -> Iterator[np.ndarray]:
+def _infer_batches(
+    infer,
+    guard: PrecisionGuard,
+    paths: Sequence[str],
+    hashes: Sequence[str],
+    transform,
+    *,
+    size: int,
+    batch_size: int,
+    resize=None,
+) -> Iterator[np.ndarray]:
     """Decode (bytes checked), (augment,) infer and store each batch; yield stored features.
 
     Batches go through :func:`pipeline.extraction.runtimes.stream`: a runtime that
@@ -132,8 +159,9 @@ def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: S
 
     def padded() -> Iterator[np.ndarray]:
         # reuse: a runtime is done with each batch once the next is asked for (it copies or has copied it)
-        for batch in image_batches(paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform,
-                                   resize=resize, reuse=True):
+        for batch in image_batches(
+            paths, size=size, batch_size=batch_size, sha256=hashes, transform=transform, resize=resize, reuse=True
+        ):
             sizes.append(len(batch))
             if len(batch) < batch_size:
                 # The same batch shape for every image, whatever its neighbours: pad, then drop the padding.
@@ -141,7 +169,7 @@ def _infer_batches(infer, guard: PrecisionGuard, paths: Sequence[str], hashes: S
             yield batch
 
     for features in stream(infer, padded()):
-        yield guard.store(features[:sizes.popleft()])
+        yield guard.store(features[: sizes.popleft()])
 
 
 def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkWrite]) -> Iterator[tuple[ChunkWrite, np.ndarray]]:
@@ -155,8 +183,8 @@ def regroup(outputs: Iterable[np.ndarray], jobs: Sequence[ChunkWrite]) -> Iterat
         held += len(out)
         while held >= len(job.rows):
             block = np.concatenate(buffer)
-            yield job, block[:len(job.rows)]
-            rest = block[len(job.rows):]
+            yield job, block[: len(job.rows)]
+            rest = block[len(job.rows) :]
             buffer, held = ([rest], len(rest)) if len(rest) else ([], 0)
             job = next(pending, None)
             if job is None:

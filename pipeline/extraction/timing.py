@@ -19,8 +19,8 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -58,12 +58,19 @@ def time_backbone(spec: FeatureSetParams, settings: ExtractParams, *, batches: i
     images = np.random.default_rng(settings.seed).integers(0, 256, (runtime.batch_size, size, size, 3))
     images = images.astype(np.float32)
     seconds = seconds_per_batch(step, images, rounds=batches)
-    return {"seconds_per_image": seconds / runtime.batch_size, "batch_size": runtime.batch_size,
-            "input_size": size, "batches": batches, "runtime": runtime.name, "device": runtime.device}
+    return {
+        "seconds_per_image": seconds / runtime.batch_size,
+        "batch_size": runtime.batch_size,
+        "input_size": size,
+        "batches": batches,
+        "runtime": runtime.name,
+        "device": runtime.device,
+    }
 
 
-def time_feature_sets(features: Mapping[str, FeatureSetParams], settings: ExtractParams, *,
-                      cached: bool = True) -> dict[str, dict]:
+def time_feature_sets(
+    features: Mapping[str, FeatureSetParams], settings: ExtractParams, *, cached: bool = True
+) -> dict[str, dict]:
     """:func:`time_backbone` for every feature set, once per distinct backbone × cut × size × alpha.
 
     A timing is taken once per machine (the CPU model and usable cores) and
@@ -83,14 +90,23 @@ def time_feature_sets(features: Mapping[str, FeatureSetParams], settings: Extrac
             if entry_key in entries:
                 measured[same] = {**entries[entry_key]["timing"], "cached": True}
             else:
-                timing = {**time_backbone(spec, settings),
-                          "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+                timing = {
+                    **time_backbone(spec, settings),
+                    "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
                 entries[entry_key] = {"timing": timing, "key": _cost_key(spec, settings), "machine": machine()}
                 measured[same] = {**timing, "cached": False}
-            log.info("%s: %s cut %r: %.4f s per image (%s, batch %d; %s %s)", key, spec.backbone, spec.cut,
-                     measured[same]["seconds_per_image"], measured[same]["runtime"], measured[same]["batch_size"],
-                     "measured on this machine" if measured[same]["cached"] else "measured now, at",
-                     measured[same]["measured_at"])
+            log.info(
+                "%s: %s cut %r: %.4f s per image (%s, batch %d; %s %s)",
+                key,
+                spec.backbone,
+                spec.cut,
+                measured[same]["seconds_per_image"],
+                measured[same]["runtime"],
+                measured[same]["batch_size"],
+                "measured on this machine" if measured[same]["cached"] else "measured now, at",
+                measured[same]["measured_at"],
+            )
         out[key] = {"backbone": spec.backbone, "cut": spec.cut, **measured[same]}
     if cached:
         _write_cost_cache(entries)
@@ -99,16 +115,23 @@ def time_feature_sets(features: Mapping[str, FeatureSetParams], settings: Extrac
 
 def _cost_key(spec: FeatureSetParams, settings: ExtractParams) -> dict:
     """What a timing depends on besides the machine (the weights do not: it is timed with ``weights: none``)."""
-    return {"backbone": spec.backbone, "cut": spec.cut, "size": spec.size, "alpha": spec.alpha,
-            "runtime": settings.runtime, "precision": settings.precision, "batch_size": settings.batch_size,
-            "jit_compile": settings.jit_compile}
+    return {
+        "backbone": spec.backbone,
+        "cut": spec.cut,
+        "size": spec.size,
+        "alpha": spec.alpha,
+        "runtime": settings.runtime,
+        "precision": settings.precision,
+        "batch_size": settings.batch_size,
+        "jit_compile": settings.jit_compile,
+    }
 
 
 def _read_cost_cache() -> dict:
     path = cost_cache_file()
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):      # unreadable or torn: measure again
+    except (OSError, ValueError):  # unreadable or torn: measure again
         return {}
 
 
@@ -119,5 +142,5 @@ def _write_cost_cache(entries: dict) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as error:           # a read-only cache folder costs a measurement next time, nothing else
+    except OSError as error:  # a read-only cache folder costs a measurement next time, nothing else
         log.warning("could not keep the backbone timings in %s: %s", path, error)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from pipeline.config import SPLITS, FeatureSetParams
 from pipeline.manifest import Record, images_by_hash
 from pipeline.store.contents import has_identity, rows_missing, stored_hashes
-from pipeline.store.locations import Location
+from pipeline.store.filesystem import Location
 from pipeline.store.repair import Damage, find_damage, unrecoverable
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,13 @@ def dataset_images(listed: Sequence[str], records: Sequence[Record], *, store: L
     if elsewhere:
         lacking = set(elsewhere) - stored_hashes(store)
         if lacking:
-            log.warning("%s lacks %d image(s) of the catalog that are no longer in the dataset; they will be "
-                        "extracted when they are back (`dvc repro --force` on this stage after a store was "
-                        "deleted by hand)", store, len(lacking))
+            log.warning(
+                "%s lacks %d image(s) of the catalog that are no longer in the dataset; they will be "
+                "extracted when they are back (`dvc repro --force` on this stage after a store was "
+                "deleted by hand)",
+                store,
+                len(lacking),
+            )
     return sorted(h for h in set(listed) if h in current)
 
 
@@ -55,13 +60,16 @@ def paths_of(records: Sequence[Record], wanted: Sequence[str], *, where: str) ->
     by_hash = images_by_hash(records)
     missing = [h for h in wanted if h not in by_hash]
     if missing:
-        raise ValueError(f"{len(missing)} image(s) of {where} are not in the manifest (first sha256 {missing[0]}); "
-                         "rerun `dvc repro prepare`")
+        raise ValueError(
+            f"{len(missing)} image(s) of {where} are not in the manifest (first sha256 {missing[0]}); "
+            "rerun `dvc repro prepare`"
+        )
     return {h: by_hash[h].path for h in wanted}
 
 
-def image_paths(records: Sequence[Record], wanted: Sequence[str], *, where: str,
-                damage: Optional[Damage] = None) -> dict[str, str]:
+def image_paths(
+    records: Sequence[Record], wanted: Sequence[str], *, where: str, damage: Damage | None = None
+) -> dict[str, str]:
     """Where the bytes of every image of the manifest are, by content hash: those of ``wanted`` (checked by
     :func:`paths_of`), and the others, which old rows of a damaged chunk may be of.
 
@@ -80,7 +88,7 @@ def image_paths(records: Sequence[Record], wanted: Sequence[str], *, where: str,
     return paths
 
 
-def damage_to_repair(out: Location, identity: Optional[Mapping[str, Any]]) -> Optional[Damage]:
+def damage_to_repair(out: Location, identity: Mapping[str, Any] | None) -> Damage | None:
     """The chunks of the store at ``out`` that fail their digests, if it is the store of ``identity`` (the one
     this extraction adds to: a store of another identity is replaced, not repaired). Every chunk is read.
 
@@ -106,7 +114,7 @@ def view_images(records: Sequence[Record], *, tta: bool) -> list[str]:
     return sorted({r.sha256 for r in records if r.split in splits})
 
 
-def resolved_cut(spec: FeatureSetParams, check_file: Optional[Path]) -> Optional[str]:
+def resolved_cut(spec: FeatureSetParams, check_file: Path | None) -> str | None:
     """The layer the feature set is cut at: from the check stage's file (``cut: null`` and block indices
     resolved), else as given (``None`` for a block index: only building the backbone resolves it).
 
@@ -120,12 +128,15 @@ def resolved_cut(spec: FeatureSetParams, check_file: Optional[Path]) -> Optional
     entry = json.loads(Path(check_file).read_text(encoding="utf-8"))
     for name in ("backbone", "weights", "alpha", "preset", "blocks"):
         if entry.get(name) != getattr(spec, name) and not (name == "blocks" and spec.preset is None):
-            raise ValueError(f"{check_file} was written for {name}={entry.get(name)!r}, but the feature set has "
-                             f"{getattr(spec, name)!r}; run `dvc repro` (the check stage comes first)")
+            raise ValueError(
+                f"{check_file} was written for {name}={entry.get(name)!r}, but the feature set has "
+                f"{getattr(spec, name)!r}; run `dvc repro` (the check stage comes first)"
+            )
     return entry["cut"]
 
 
-def already_extracted(out: Location, identity: Optional[Mapping[str, Any]], wanted: Sequence[str], *,
-                      views: Optional[int] = None) -> bool:
+def already_extracted(
+    out: Location, identity: Mapping[str, Any] | None, wanted: Sequence[str], *, views: int | None = None
+) -> bool:
     """Whether the store at ``out`` has this identity and a verified row (and every view) for every wanted image."""
     return identity is not None and rows_missing(out, identity, wanted, views=views) == 0

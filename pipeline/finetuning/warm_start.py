@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,53 +100,96 @@ def finetune(params: Params, heads_dir: Path, records, *, progress: bool = True)
     started = time.perf_counter()
     row, head, provenance = best_dense_head(heads_dir, key, params.evaluate.select_by)
     cut = build_cut_model(params.features[key], seed=params.extract.seed)
-    require_same(provenance, cut.provenance, NETWORK, what=f"heads/{key} were trained on features",
-                 fix=f"features.{key} now builds another network; run `dvc repro` first")
+    require_same(
+        provenance,
+        cut.provenance,
+        NETWORK,
+        what=f"heads/{key} were trained on features",
+        fix=f"features.{key} now builds another network; run `dvc repro` first",
+    )
     keras.utils.set_random_seed(settings.seed)
     augment_layers = build_layers(params.extract.augment.ops) if settings.augment else []
-    model = build_finetune_model(cut, head, row["pooling"], unfreeze=settings.unfreeze,
-                                 augment_layers=augment_layers)
+    model = build_finetune_model(cut, head, row["pooling"], unfreeze=settings.unfreeze, augment_layers=augment_layers)
     size, batch = cut.provenance["input_size"], settings.batch_size
     split = {s: [r for r in records if r.split == s] for s in SPLITS}
-    data = {s: labelled_batches([r.path for r in rs], [r.label for r in rs], size=size, batch_size=batch,
-                                shuffle_seed=settings.seed if s == "train" else None, resize=cut.resize)
-            for s, rs in split.items()}
+    data = {
+        s: labelled_batches(
+            [r.path for r in rs],
+            [r.label for r in rs],
+            size=size,
+            batch_size=batch,
+            shuffle_seed=settings.seed if s == "train" else None,
+            resize=cut.resize,
+        )
+        for s, rs in split.items()
+    }
     labels = {s: np.array([r.label for r in rs]) for s, rs in split.items()}
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     warm = model.get_weights()
     before = float(accuracy_score(labels["val"], _predict(model, data["val"])))
-    log.info("%s: warm start from %s (cached val accuracy %.4f) → val accuracy %.4f through the backbone; "
-             "training %d of %d layers", key, row["variant"], row["val_accuracy"], before,
-             sum(layer.trainable for layer in cut.model.layers), len(cut.model.layers))
-    history = model.fit(data["train"], validation_data=data["val"], epochs=settings.epochs, shuffle=False,
-                        verbose=2 if progress else 0,
-                        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience,
-                                                                 restore_best_weights=True)])
+    log.info(
+        "%s: warm start from %s (cached val accuracy %.4f) → val accuracy %.4f through the backbone; "
+        "training %d of %d layers",
+        key,
+        row["variant"],
+        row["val_accuracy"],
+        before,
+        sum(layer.trainable for layer in cut.model.layers),
+        len(cut.model.layers),
+    )
+    history = model.fit(
+        data["train"],
+        validation_data=data["val"],
+        epochs=settings.epochs,
+        shuffle=False,
+        verbose=2 if progress else 0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, restore_best_weights=True)
+        ],
+    )
     after = float(accuracy_score(labels["val"], _predict(model, data["val"])))
     kept = "fine-tuned" if after > before else "warm start"
     if kept == "warm start":
         model.set_weights(warm)  # fine-tuning did not help on validation: keep what the cache gave
     val_predicted = _predict(model, data["val"])
     predicted = _predict(model, data["test"])
-    low, high = bootstrap_ci(labels["test"], predicted, n_resamples=params.evaluate.bootstrap,
-                             seed=params.evaluate.seed)
+    low, high = bootstrap_ci(
+        labels["test"], predicted, n_resamples=params.evaluate.bootstrap, seed=params.evaluate.seed
+    )
     result = {
-        "enabled": True, "feature_set": key, "head_variant": row["variant"], "pooling": row["pooling"],
+        "enabled": True,
+        "feature_set": key,
+        "head_variant": row["variant"],
+        "pooling": row["pooling"],
         "unfrozen_layers": sum(layer.trainable for layer in cut.model.layers),
         "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        "epochs_run": len(history.history["loss"]), "learning_rate": settings.learning_rate,
+        "epochs_run": len(history.history["loss"]),
+        "learning_rate": settings.learning_rate,
         "augment": dict(params.extract.augment.ops) if settings.augment else None,
-        "val_accuracy_cached_head": row["val_accuracy"], "val_accuracy_before": before,
-        "val_accuracy": max(before, after), "val_accuracy_after": after, "kept": kept,
+        "val_accuracy_cached_head": row["val_accuracy"],
+        "val_accuracy_before": before,
+        "val_accuracy": max(before, after),
+        "val_accuracy_after": after,
+        "kept": kept,
         "val_macro_f1": float(f1_score(labels["val"], val_predicted, average="macro")),
         "test_accuracy": float(accuracy_score(labels["test"], predicted)),
         "test_accuracy_ci95": [round(low, 4), round(high, 4)],
         "test_macro_f1": float(f1_score(labels["test"], predicted, average="macro")),
-        "test_images": int(len(predicted)), "seconds": round(time.perf_counter() - started, 1),
+        "test_images": int(len(predicted)),
+        "seconds": round(time.perf_counter() - started, 1),
     }
-    log.info("%s: val accuracy %.4f → %.4f (kept the %s), test accuracy %.4f", key, before, after, kept,
-             result["test_accuracy"])
+    log.info(
+        "%s: val accuracy %.4f → %.4f (kept the %s), test accuracy %.4f",
+        key,
+        before,
+        after,
+        kept,
+        result["test_accuracy"],
+    )
     return result, model
 
 

@@ -12,8 +12,8 @@ and refuses sets of other images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -56,20 +56,32 @@ def concatenate(parts: Sequence[FeatureSet], names: Sequence[str]) -> FeatureSet
                 f"heads.combine [{', '.join(names)}]: the rows of {name} ({len(part.sha256)} images) do not align "
                 f"with those of {names[0]} ({len(first.sha256)} images)"
                 + (f"; images in one but not the other: {extra}" if extra else ": same images in another order")
-                + ". Combine feature sets extracted from the same manifest")
+                + ". Combine feature sets extracted from the same manifest"
+            )
         if not np.array_equal(part.y, first.y):
-            raise ValueError(f"heads.combine [{', '.join(names)}]: {name} labels the images otherwise than "
-                             f"{names[0]}; combine feature sets read with the same manifest")
+            raise ValueError(
+                f"heads.combine [{', '.join(names)}]: {name} labels the images otherwise than "
+                f"{names[0]}; combine feature sets read with the same manifest"
+            )
     X = np.concatenate([np.asarray(p.X, dtype=np.float32) for p in parts], axis=1)
     provenance = {"combines": list(names), "members": [p.provenance for p in parts]}
     return FeatureSet(X, first.y, first.ids, first.sha256, first.classes, provenance)
 
 
-def open_combination(stores: Sequence[Path], names: Sequence[str], split: str, *, manifest, pooling: str,
-                     expect: Optional[Sequence[dict]] = None) -> FeatureSet:
+def open_combination(
+    stores: Sequence[Path],
+    names: Sequence[str],
+    split: str,
+    *,
+    manifest,
+    pooling: str,
+    expect: Sequence[dict] | None = None,
+) -> FeatureSet:
     """One split of a combination, read from its member stores and concatenated (:func:`concatenate`)."""
-    parts = [open_feature_set(store, split, manifest=manifest, pooling=pooling,
-                              expect=None if expect is None else expect[i]) for i, store in enumerate(stores)]
+    parts = [
+        open_feature_set(store, split, manifest=manifest, pooling=pooling, expect=None if expect is None else expect[i])
+        for i, store in enumerate(stores)
+    ]
     return concatenate(parts, names)
 
 
@@ -79,5 +91,10 @@ def combined_provenance(stores: Sequence[Path]) -> dict:
     joined = {field: SEPARATOR.join(str(m.get(field)) for m in members) for field in ("backbone", "weights", "cut")}
     # The deepest member decides how deep the combination reaches.
     deepest = max(members, key=lambda m: m["cut_index"] / max(1, m["n_layers"] - 1))
-    return {**joined, "cut_index": deepest["cut_index"], "n_layers": deepest["n_layers"],
-            "combines": [Path(store).stem for store in stores], "members": members}
+    return {
+        **joined,
+        "cut_index": deepest["cut_index"],
+        "n_layers": deepest["n_layers"],
+        "combines": [Path(store).stem for store in stores],
+        "members": members,
+    }

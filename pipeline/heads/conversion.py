@@ -15,7 +15,7 @@ raises :class:`NotConvertibleError` naming it, rather than being approximated.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -39,11 +39,12 @@ def preprocessing_layers(step: Any, name: str) -> list:
         if step.whiten:
             kernel = kernel / np.sqrt(step.explained_variance_)
         return [affine(kernel, -step.mean_ @ kernel, name)]
-    raise NotConvertibleError(f"preprocessing step {type(step).__name__} has no exact Keras equivalent "
-                              "(convertible: StandardScaler, PCA)")
+    raise NotConvertibleError(
+        f"preprocessing step {type(step).__name__} has no exact Keras equivalent (convertible: StandardScaler, PCA)"
+    )
 
 
-def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+def logistic_layers(step: Any, name: str, temperature: float | None = None) -> list:
     """A fitted LogisticRegression: its logits, then softmax (two classes: logits (0, z))."""
     _expect(step, "sklearn.linear_model", "LogisticRegression")
     _no_temperature(step, temperature)
@@ -55,12 +56,14 @@ def logistic_layers(step: Any, name: str, temperature: Optional[float] = None) -
     return [affine(coef.T, intercept, name, activation="softmax")]
 
 
-def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+def linear_svm_layers(step: Any, name: str, temperature: float | None = None) -> list:
     """A fitted LinearSVC calibrated by temperature scaling: β times its decision function, then softmax."""
     _expect(step, "sklearn.svm", "LinearSVC")
     if temperature is None:
-        raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
-                                  "scaling first (the export stage does, on validation)")
+        raise NotConvertibleError(
+            f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
+            "scaling first (the export stage does, on validation)"
+        )
     coef, intercept = step.coef_, step.intercept_
     if coef.shape[0] == 1:
         # Binary: scikit-learn's logits are (-f, f).
@@ -68,7 +71,7 @@ def linear_svm_layers(step: Any, name: str, temperature: Optional[float] = None)
     return [affine(temperature * coef.T, temperature * intercept, f"{name}_calibrated", activation="softmax")]
 
 
-def svc_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+def svc_layers(step: Any, name: str, temperature: float | None = None) -> list:
     """A fitted RBF or polynomial SVC calibrated by temperature scaling, exactly as scikit-learn computes it.
 
     The kernel against the support vectors, then one affine map to libsvm's
@@ -81,34 +84,52 @@ def svc_layers(step: Any, name: str, temperature: Optional[float] = None) -> lis
 
     _expect(step, "sklearn.svm", "SVC")
     if temperature is None:
-        raise NotConvertibleError(f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
-                                  "scaling first (the export stage does, on validation)")
+        raise NotConvertibleError(
+            f"{type(step).__name__} gives no probabilities: calibrate it by temperature "
+            "scaling first (the export stage does, on validation)"
+        )
     if getattr(step, "kernel", None) not in ("rbf", "poly") or step.decision_function_shape != "ovr":
-        raise NotConvertibleError(f"only RBF and polynomial SVCs with decision_function_shape='ovr' convert "
-                                  f"exactly. Received: kernel={getattr(step, 'kernel', None)!r}, "
-                                  f"decision_function_shape={getattr(step, 'decision_function_shape', None)!r}")
+        raise NotConvertibleError(
+            f"only RBF and polynomial SVCs with decision_function_shape='ovr' convert "
+            f"exactly. Received: kernel={getattr(step, 'kernel', None)!r}, "
+            f"decision_function_shape={getattr(step, 'decision_function_shape', None)!r}"
+        )
     support = np.asarray(step.support_vectors_, np.float64)
     n_classes = len(step.classes_)
-    kernel = SupportVectorKernel(len(support), kernel=step.kernel, gamma=step._gamma, coef0=step.coef0,
-                                 degree=step.degree, name=f"{name}_kernel", dtype="float32")
+    kernel = SupportVectorKernel(
+        len(support),
+        kernel=step.kernel,
+        gamma=step._gamma,
+        coef0=step.coef0,
+        degree=step.degree,
+        name=f"{name}_kernel",
+        dtype="float32",
+    )
     kernel.build((None, support.shape[1]))
     kernel.set_weights([support.astype(np.float32)])
     # Which support vectors belong to which class: they are stored grouped by class, n_support_[c] each.
     bounds = np.concatenate([[0], np.cumsum(step.n_support_)])
     weights = np.zeros((len(support), len(pairs(n_classes))))
     for k, (i, j) in enumerate(pairs(n_classes)):
-        weights[bounds[i]:bounds[i + 1], k] = step.dual_coef_[j - 1, bounds[i]:bounds[i + 1]]
-        weights[bounds[j]:bounds[j + 1], k] = step.dual_coef_[i, bounds[j]:bounds[j + 1]]
+        weights[bounds[i] : bounds[i + 1], k] = step.dual_coef_[j - 1, bounds[i] : bounds[i + 1]]
+        weights[bounds[j] : bounds[j + 1], k] = step.dual_coef_[i, bounds[j] : bounds[j + 1]]
     decisions = affine(weights, step.intercept_, f"{name}_pairwise")
     if n_classes == 2:
         # scikit-learn's binary decision function is this pair's (its public attributes are flipped for it).
-        return [kernel, decisions, affine(temperature * np.array([[-1.0, 1.0]]), np.zeros(2),
-                                          f"{name}_calibrated", activation="softmax")]
-    return [kernel, decisions, OneVsOneVote(n_classes, name=f"{name}_vote", dtype="float32"),
-            affine(temperature * np.eye(n_classes), np.zeros(n_classes), f"{name}_calibrated", activation="softmax")]
+        return [
+            kernel,
+            decisions,
+            affine(temperature * np.array([[-1.0, 1.0]]), np.zeros(2), f"{name}_calibrated", activation="softmax"),
+        ]
+    return [
+        kernel,
+        decisions,
+        OneVsOneVote(n_classes, name=f"{name}_vote", dtype="float32"),
+        affine(temperature * np.eye(n_classes), np.zeros(n_classes), f"{name}_calibrated", activation="softmax"),
+    ]
 
 
-def dense_layers(step: Any, name: str, temperature: Optional[float] = None) -> list:
+def dense_layers(step: Any, name: str, temperature: float | None = None) -> list:
     """A fitted DenseHead: copies of its own Keras layers, weights included."""
     import keras
 
@@ -134,14 +155,17 @@ def _expect(step: Any, module: str, name: str) -> None:
     import importlib
 
     if not isinstance(step, getattr(importlib.import_module(module), name)):
-        raise NotConvertibleError(f"{type(step).__name__} has no exact Keras form here (this form converts a "
-                                  f"fitted {name}; heads trained out of core have none)")
+        raise NotConvertibleError(
+            f"{type(step).__name__} has no exact Keras form here (this form converts a "
+            f"fitted {name}; heads trained out of core have none)"
+        )
 
 
-def _no_temperature(step: Any, temperature: Optional[float]) -> None:
+def _no_temperature(step: Any, temperature: float | None) -> None:
     if temperature is not None:
-        raise NotConvertibleError(f"{type(step).__name__} gives probabilities itself; it is never "
-                                  "temperature-calibrated")
+        raise NotConvertibleError(
+            f"{type(step).__name__} gives probabilities itself; it is never temperature-calibrated"
+        )
 
 
 def affine(kernel: np.ndarray, bias: np.ndarray, name: str, activation=None):

@@ -18,7 +18,8 @@ head. Two choices keep it cheap:
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # keras.config.epsilon(): Keras clips probabilities to [ε, 1 - ε] before taking their log.
 _KERAS_EPSILON = 1e-7
+
 
 class DenseHead(ClassifierMixin, BaseEstimator):
     """A Keras dense head — [Dense(relu) → Dropout] → Dense(softmax) — as a scikit-learn classifier.
@@ -73,8 +75,18 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         (imports Keras); not pickled.
     """
 
-    def __init__(self, hidden_units=256, dropout=0.5, learning_rate=1e-3, epochs=60, batch_size=64,
-                 patience=8, validation_fraction=0.15, random_state=0, weight_decay=0.0):
+    def __init__(
+        self,
+        hidden_units=256,
+        dropout=0.5,
+        learning_rate=1e-3,
+        epochs=60,
+        batch_size=64,
+        patience=8,
+        validation_fraction=0.15,
+        random_state=0,
+        weight_decay=0.0,
+    ):
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.weight_decay = weight_decay
@@ -107,7 +119,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             train_members([prepared_member(self, 0, encoded, views=views.shape[1])], [flat])
         return self
 
-    def _validate_training(self, X, y) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+    def _validate_training(self, X, y) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Check the training data and settings, set ``classes_``; return the clean rows, the views and the codes.
 
         The clean rows have shape (n_samples, n_features); the views are
@@ -123,13 +135,15 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError(f"DenseHead needs at least 2 classes; got one class: {self.classes_.tolist()}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"DenseHead needs epochs >= 1 and batch_size >= 1. "
-                             f"Received: epochs={self.epochs}, batch_size={self.batch_size}")
+            raise ValueError(
+                f"DenseHead needs epochs >= 1 and batch_size >= 1. "
+                f"Received: epochs={self.epochs}, batch_size={self.batch_size}"
+            )
         if not self.weight_decay >= 0:
             raise ValueError(f"DenseHead needs weight_decay >= 0. Received: weight_decay={self.weight_decay}")
         return X, views, encoded
 
-    def held_out_rows(self, encoded: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def held_out_rows(self, encoded: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The rows trained on and the rows held out for early stopping (None: no early stopping).
 
         Rows are held out (stratified, seeded) when ``patience`` > 0 and every
@@ -139,8 +153,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         n_held = int(round(self.validation_fraction * len(encoded)))
         n_classes = int(encoded.max()) + 1
         if self.patience and np.bincount(encoded).min() >= 2 and n_held >= n_classes:
-            fit_rows, held_rows = train_test_split(rows, test_size=n_held, stratify=encoded,
-                                                   random_state=self.random_state)
+            fit_rows, held_rows = train_test_split(
+                rows, test_size=n_held, stratify=encoded, random_state=self.random_state
+            )
             return fit_rows, held_rows
         return rows, None
 
@@ -151,8 +166,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             raise AttributeError("model_ exists once the DenseHead is fitted")
         model = vars(self).get("_keras_model")
         if model is None:
-            model = network_with_weights(self.coefs_, self.intercepts_, hidden_units=self.hidden_units,
-                                         dropout=self.dropout)
+            model = network_with_weights(
+                self.coefs_, self.intercepts_, hidden_units=self.hidden_units, dropout=self.dropout
+            )
             self._keras_model = model
         return model
 
@@ -169,8 +185,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         inference), in float32 like the Keras model.
         """
         check_is_fitted(self, "coefs_")
-        return forward_probabilities(validate_data(self, X, dtype=np.float32, reset=False), self.coefs_,
-                                     self.intercepts_)
+        return forward_probabilities(
+            validate_data(self, X, dtype=np.float32, reset=False), self.coefs_, self.intercepts_
+        )
 
     def predict(self, X):
         """Predicted labels, shape (n_samples,)."""
@@ -182,13 +199,16 @@ def build_network(n_features: int, n_classes: int, *, hidden_units: int, dropout
     """The dense head's Keras network: ``[Dense(relu) "hidden"] → [Dropout] → Dense(softmax) "probabilities"``."""
     import keras
 
-    layers = [keras.Input((n_features,)), *network_layers(n_classes, hidden_units=hidden_units, dropout=dropout,
-                                                          weight_decay=weight_decay)]
+    layers = [
+        keras.Input((n_features,)),
+        *network_layers(n_classes, hidden_units=hidden_units, dropout=dropout, weight_decay=weight_decay),
+    ]
     return keras.Sequential(layers, name="dense_head")
 
 
-def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix: str = "",
-                   weight_decay: float = 0.0) -> list[Any]:
+def network_layers(
+    n_classes: int, *, hidden_units: int, dropout: float, prefix: str = "", weight_decay: float = 0.0
+) -> list[Any]:
     """The head's layers, made in one fixed order: ``[hidden] → [dropout] → probabilities``, names prefixed.
 
     ``weight_decay`` > 0 puts an L2 penalty (``keras.regularizers.L2``) on both kernels. The
@@ -200,12 +220,14 @@ def network_layers(n_classes: int, *, hidden_units: int, dropout: float, prefix:
     penalty = keras.regularizers.L2(weight_decay) if weight_decay else None
     layers: list[Any] = []
     if hidden_units:
-        layers.append(keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=penalty,
-                                         name=f"{prefix}hidden"))
+        layers.append(
+            keras.layers.Dense(hidden_units, activation="relu", kernel_regularizer=penalty, name=f"{prefix}hidden")
+        )
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name=f"{prefix}dropout"))
-    layers.append(keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty,
-                                     name=f"{prefix}probabilities"))
+    layers.append(
+        keras.layers.Dense(n_classes, activation="softmax", kernel_regularizer=penalty, name=f"{prefix}probabilities")
+    )
     return layers
 
 
@@ -214,12 +236,15 @@ def network_weights(model) -> tuple[list[np.ndarray], list[np.ndarray]]:
     import keras
 
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    return ([np.asarray(layer.kernel, np.float32) for layer in dense],
-            [np.asarray(layer.bias, np.float32) for layer in dense])
+    return (
+        [np.asarray(layer.kernel, np.float32) for layer in dense],
+        [np.asarray(layer.bias, np.float32) for layer in dense],
+    )
 
 
-def network_with_weights(coefs: Sequence[np.ndarray], intercepts: Sequence[np.ndarray], *, hidden_units: int,
-                         dropout: float):
+def network_with_weights(
+    coefs: Sequence[np.ndarray], intercepts: Sequence[np.ndarray], *, hidden_units: int, dropout: float
+):
     """Rebuild the Keras network of fitted weights (same layer names), for conversion or export."""
     model = build_network(coefs[0].shape[0], coefs[-1].shape[1], hidden_units=hidden_units, dropout=dropout)
     dense = [layer for layer in model.layers if layer.name in ("hidden", "probabilities")]

@@ -10,7 +10,7 @@ trains it alone).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,8 +18,9 @@ from pipeline.heads.dense import DenseHead
 from pipeline.heads.dense_training import prepared_member, train_members
 
 
-def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray],
-                    y: Union[np.ndarray, Sequence[np.ndarray]]) -> list[DenseHead]:
+def fit_dense_heads(
+    heads: Sequence[DenseHead], inputs: Sequence[np.ndarray], y: np.ndarray | Sequence[np.ndarray]
+) -> list[DenseHead]:
     """Fit ``heads[i]`` on ``inputs[i]`` as one batched program per shape, each as if alone.
 
     Parameters
@@ -43,12 +44,15 @@ def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray],
         If the counts or rows disagree, a head is not a DenseHead, or an input holds views.
     """
     if len(heads) != len(inputs):
-        raise ValueError(f"fit_dense_heads needs one input per head. Received: {len(heads)} heads, "
-                         f"{len(inputs)} inputs")
+        raise ValueError(
+            f"fit_dense_heads needs one input per head. Received: {len(heads)} heads, {len(inputs)} inputs"
+        )
     labels = list(y) if isinstance(y, (list, tuple)) else [y] * len(heads)
     if len(labels) != len(heads):
-        raise ValueError(f"fit_dense_heads needs one label array, or one per head. Received: {len(heads)} heads, "
-                         f"{len(labels)} label arrays")
+        raise ValueError(
+            f"fit_dense_heads needs one label array, or one per head. Received: {len(heads)} heads, "
+            f"{len(labels)} label arrays"
+        )
     matrices: list[np.ndarray] = []
     slots: dict[int, int] = {}
     members = []
@@ -56,11 +60,13 @@ def fit_dense_heads(heads: Sequence[DenseHead], inputs: Sequence[np.ndarray],
         if not isinstance(head, DenseHead):
             raise ValueError(f"fit_dense_heads fits DenseHead objects only. Received: {type(head).__name__}")
         if getattr(X, "ndim", None) != 2 or len(X) != len(y_head):
-            raise ValueError(f"fit_dense_heads needs inputs of shape (n_samples={len(y_head)}, n_features); views "
-                             f"(n, n_views, n_features) are fitted by DenseHead.fit alone. "
-                             f"Received: shape {getattr(X, 'shape', None)}")
+            raise ValueError(
+                f"fit_dense_heads needs inputs of shape (n_samples={len(y_head)}, n_features); views "
+                f"(n, n_views, n_features) are fitted by DenseHead.fit alone. "
+                f"Received: shape {getattr(X, 'shape', None)}"
+            )
         clean, _, encoded = head._validate_training(X, y_head)
-        slot = (id(X), id(y_head))         # a matrix on the device holds its rows' labels too
+        slot = (id(X), id(y_head))  # a matrix on the device holds its rows' labels too
         if slot not in slots:
             slots[slot] = len(matrices)
             matrices.append(clean)

@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
-
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ class Member:
     every row, drawn afresh (held-out rows are read on view 0, the clean one).
     """
 
-    head: Any                 # a DenseHead (its settings; fitted in place)
+    head: Any  # a DenseHead (its settings; fitted in place)
     matrix: int
     fit_rows: np.ndarray
-    held_rows: Optional[np.ndarray]
+    held_rows: np.ndarray | None
     labels: np.ndarray
     n_classes: int
     views: int = 1
@@ -152,8 +152,11 @@ def _initial_weights(head, n_features: int, n_classes: int) -> dict[str, np.ndar
     width = head.hidden_units or n_features
     weights = {"w2": _glorot(rng, width, n_classes), "b2": np.zeros(n_classes, np.float32)}
     if head.hidden_units:
-        weights = {"w1": _glorot(rng, n_features, head.hidden_units),
-                   "b1": np.zeros(head.hidden_units, np.float32), **weights}
+        weights = {
+            "w1": _glorot(rng, n_features, head.hidden_units),
+            "b1": np.zeros(head.hidden_units, np.float32),
+            **weights,
+        }
     return weights
 
 
@@ -175,13 +178,13 @@ def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> N
     X = np.zeros((len(used), n_rows, width), np.float32)
     Y = np.zeros((len(used), n_rows), np.int32)
     for index in used:
-        X[place[index], :len(matrices[index]), :matrices[index].shape[1]] = matrices[index]
+        X[place[index], : len(matrices[index]), : matrices[index].shape[1]] = matrices[index]
     for member in members:
-        Y[place[member.matrix], :len(member.labels)] = member.labels
+        Y[place[member.matrix], : len(member.labels)] = member.labels
     held = np.full((len(members), n_held), -1, np.int32)
     for i, member in enumerate(members):
         if member.held_rows is not None:
-            held[i, :len(member.held_rows)] = member.held_rows
+            held[i, : len(member.held_rows)] = member.held_rows
     orders = np.stack([_row_orders(m, epochs, steps) for m in members])
     first_kernel = "w1" if hidden else "w2"
     initial = []
@@ -207,10 +210,10 @@ def _train_group(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> N
         head = member.head
         names = ["w1", "w2"] if hidden else ["w2"]
         head.coefs_ = [np.array(result["weights"][n][i], np.float32) for n in names]
-        head.coefs_[0] = head.coefs_[0][:matrices[member.matrix].shape[1]]     # the input's own width
+        head.coefs_[0] = head.coefs_[0][: matrices[member.matrix].shape[1]]  # the input's own width
         head.intercepts_ = [np.array(result["weights"][n.replace("w", "b")][i], np.float32) for n in names]
         head.n_epochs_ = int(result["epochs_run"][i])
-        head.loss_curve_ = [float(v) for v in result["loss_curve"][i][:head.n_epochs_]]
+        head.loss_curve_ = [float(v) for v in result["loss_curve"][i][: head.n_epochs_]]
 
 
 _PROGRAMS: dict[bool, object] = {}
@@ -237,7 +240,7 @@ def _use_compilation_cache() -> None:
 
     from pipeline.cache_dir import cache_dir
 
-    if jax.config.jax_compilation_cache_dir:     # set by the user (JAX_COMPILATION_CACHE_DIR) or already here
+    if jax.config.jax_compilation_cache_dir:  # set by the user (JAX_COMPILATION_CACHE_DIR) or already here
         return
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -281,13 +284,19 @@ def _build_program(hidden: bool):
             active = n_valid > 0
             t_next = t + active.astype(t.dtype)
             tf = t_next.astype(jnp.float32)
-            lr = s["learning_rate"] * jnp.sqrt(1.0 - _BETA_2 ** tf) / (1.0 - _BETA_1 ** tf)
+            lr = s["learning_rate"] * jnp.sqrt(1.0 - _BETA_2**tf) / (1.0 - _BETA_1**tf)
             m_new = jax.tree.map(lambda a, g: _BETA_1 * a + (1.0 - _BETA_1) * g, m, grads)
             v_new = jax.tree.map(lambda a, g: _BETA_2 * a + (1.0 - _BETA_2) * g * g, v, grads)
             p_new = jax.tree.map(lambda w, a, b: w - lr * a / (jnp.sqrt(b) + _ADAM_EPSILON), p, m_new, v_new)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)  # noqa: E731
-            return (keep(p_new, p), keep(m_new, m), keep(v_new, v), t_next,
-                    total + cross_entropy * n_valid, count + n_valid), None
+            return (
+                keep(p_new, p),
+                keep(m_new, m),
+                keep(v_new, v),
+                t_next,
+                total + cross_entropy * n_valid,
+                count + n_valid,
+            ), None
 
         def held_out(p):
             logits = forward(p, x_held, key, 0.0, False)
@@ -310,8 +319,18 @@ def _build_program(hidden: bool):
             return p, m, v, t, e + 1, best_loss, best_p, wait, done, curve
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        state = (params, zeros, zeros, jnp.int32(0), jnp.int32(0), jnp.float32(jnp.inf), params, jnp.int32(0),
-                 jnp.bool_(False), jnp.full((n_epochs_max,), jnp.nan, jnp.float32))
+        state = (
+            params,
+            zeros,
+            zeros,
+            jnp.int32(0),
+            jnp.int32(0),
+            jnp.float32(jnp.inf),
+            params,
+            jnp.int32(0),
+            jnp.bool_(False),
+            jnp.full((n_epochs_max,), jnp.nan, jnp.float32),
+        )
         p, _, _, _, e, _, best_p, _, _, curve = jax.lax.while_loop(lambda st: ~st[8], epoch, state)
         weights = jax.tree.map(lambda a, b: jnp.where(s["patience"] > 0, a, b), best_p, p)
         return {"weights": weights, "epochs_run": e, "loss_curve": curve}

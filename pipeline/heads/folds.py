@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
@@ -38,16 +37,17 @@ class Splits:
     X_val: np.ndarray
     y_val: np.ndarray
     # Cached augmented views, (n, K, n_features), when a variant uses them (heads.augment / heads.tta).
-    X_train_views: Optional[np.ndarray] = None
-    X_val_views: Optional[np.ndarray] = None
+    X_train_views: np.ndarray | None = None
+    X_val_views: np.ndarray | None = None
 
 
 # A fold: rows to fit on and rows to score on (None for the final refit of cross-validation).
-Fold = tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
+Fold = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
-def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta: bool = False
-               ) -> list[tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]:
+def make_folds(
+    splits: Splits, cv: int, seed: int, *, augment: str = "none", tta: bool = False
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """Raw (unpreprocessed) folds: train→val, or k stratified folds of train+val and a final refit on all.
 
     With augmented views (``cv == 0`` only): ``augment="stack"`` adds every view
@@ -65,8 +65,10 @@ def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta
         X_fit, y_fit, X_score = splits.X_train, splits.y_train, splits.X_val
         if augment != "none" or tta:
             if splits.X_train_views is None or (tta and splits.X_val_views is None):
-                raise ValueError("this variant needs cached augmented views (of val too for TTA): set "
-                                 "extract.augment.views > 0 (and extract.augment.tta: true) and run the augment stage")
+                raise ValueError(
+                    "this variant needs cached augmented views (of val too for TTA): set "
+                    "extract.augment.views > 0 (and extract.augment.tta: true) and run the augment stage"
+                )
         if augment == "stack":
             views = splits.X_train_views
             X_fit = np.concatenate([X_fit, views.reshape(-1, views.shape[-1])])
@@ -80,8 +82,10 @@ def make_folds(splits: Splits, cv: int, seed: int, *, augment: str = "none", tta
     y = np.concatenate([splits.y_train, splits.y_val])
     smallest = int(np.bincount(y).min()) if len(y) else 0
     if cv > smallest:
-        raise ValueError(f"heads.cv={cv} folds need at least {cv} images of every class in train+val; "
-                         f"the smallest class has {smallest}. Use a smaller heads.cv, or 0 for the val split")
+        raise ValueError(
+            f"heads.cv={cv} folds need at least {cv} images of every class in train+val; "
+            f"the smallest class has {smallest}. Use a smaller heads.cv, or 0 for the val split"
+        )
     splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
     folds = [(X[fit], y[fit], X[score], y[score]) for fit, score in splitter.split(X, y)]
     return folds + [(X, y, None, None)]
@@ -116,8 +120,9 @@ def resolve_cv(heads: HeadsParams, splits: Splits, *, uses_views: bool = False) 
     folds = min(heads.cv_folds, int(both.min()) if n_classes else 0)
     if folds < 2:
         return 0, "val split (auto: a class of train+val has fewer than 2 images)"
-    return folds, (f"{folds}-fold CV on train+val (auto: val has {smallest_val} images of its smallest class, "
-                   f"< {heads.cv_below})")
+    return folds, (
+        f"{folds}-fold CV on train+val (auto: val has {smallest_val} images of its smallest class, < {heads.cv_below})"
+    )
 
 
 def preprocess_folds(variant: Variant, heads: HeadsParams, raw_folds, workdir: Path) -> tuple[list, list, float]:
@@ -137,16 +142,24 @@ def preprocess_folds(variant: Variant, heads: HeadsParams, raw_folds, workdir: P
         preprocessor = make_preprocessor(variant, heads)
         rows_by_features = (int(np.prod(X_fit.shape[:-1])), X_fit.shape[-1])
         if variant.pca is not None and isinstance(variant.pca, int) and variant.pca > min(rows_by_features):
-            raise ValueError(f"heads.pca={variant.pca} components is more than this input allows: "
-                             f"min(rows, features) = {min(rows_by_features)} for pooling {variant.pooling!r}. "
-                             "Use fewer components or a variance fraction such as 0.95")
+            raise ValueError(
+                f"heads.pca={variant.pca} components is more than this input allows: "
+                f"min(rows, features) = {min(rows_by_features)} for pooling {variant.pooling!r}. "
+                "Use fewer components or a variance fraction such as 0.95"
+            )
         if preprocessor is not None:
             # Views (n, V, d) are preprocessed as rows, fitted on every view of the training images.
             X_fit = _rows(preprocessor.fit_transform, X_fit)
             X_score = None if X_score is None else _rows(preprocessor.transform, X_score)
         tag = "-".join(map(str, variant.features_key))
-        folds.append((_memmap(X_fit, workdir / f"{tag}-{index}-fit.npy"), y_fit,
-                      None if X_score is None else _memmap(X_score, workdir / f"{tag}-{index}-score.npy"), y_score))
+        folds.append(
+            (
+                _memmap(X_fit, workdir / f"{tag}-{index}-fit.npy"),
+                y_fit,
+                None if X_score is None else _memmap(X_score, workdir / f"{tag}-{index}-score.npy"),
+                y_score,
+            )
+        )
         preprocessors.append(preprocessor)
     return folds, preprocessors, time.perf_counter() - started
 

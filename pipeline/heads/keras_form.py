@@ -13,7 +13,7 @@ method="temperature")``). A kind without a Keras form raises
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -62,16 +62,18 @@ def to_keras_layers(estimator: Any, kind: str, *, name: str = "head") -> list:
     return layers + entry.keras(head, f"{name}_{len(preprocessing)}_{head_name}", temperature)
 
 
-def _temperature(estimator: Any) -> tuple[Optional[float], Any]:
+def _temperature(estimator: Any) -> tuple[float | None, Any]:
     """(β, the calibrated pipeline) of a temperature-scaled frozen head; (None, estimator) otherwise."""
     from sklearn.calibration import CalibratedClassifierCV
 
     if not isinstance(estimator, CalibratedClassifierCV):
         return None, estimator
     if len(estimator.calibrated_classifiers_) != 1 or estimator.method != "temperature":
-        raise NotConvertibleError("only temperature scaling fitted once (on a frozen estimator) converts exactly; "
-                                  f"received method={estimator.method!r} with "
-                                  f"{len(estimator.calibrated_classifiers_)} calibrated classifiers")
+        raise NotConvertibleError(
+            "only temperature scaling fitted once (on a frozen estimator) converts exactly; "
+            f"received method={estimator.method!r} with "
+            f"{len(estimator.calibrated_classifiers_)} calibrated classifiers"
+        )
     calibrated = estimator.calibrated_classifiers_[0]
     inner = getattr(calibrated.estimator, "estimator", calibrated.estimator)  # unwrap FrozenEstimator
     return calibrated.calibrators[0].beta_, inner

@@ -4,7 +4,7 @@ Importing this module registers them (package ``shoulders``), so a model that
 holds them loads with ``keras.saving.load_model`` in safe mode — they are
 plain layers with a config and weights, no Python code is deserialised.
 :func:`pipeline.heads.conversion.svc_layers` builds them from a fitted
-scikit-learn ``SVC``; :func:`pipeline.export.predict.load_model` imports this
+scikit-learn ``SVC``; :func:`pipeline.export.predict_command.load_model` imports this
 module before loading.
 
 - :class:`SupportVectorKernel` — ``k(x, sv)`` for every support vector, RBF
@@ -43,8 +43,15 @@ class SupportVectorKernel(keras.layers.Layer):
     Input shape (n, n_features); output shape (n, support_vectors).
     """
 
-    def __init__(self, support_vectors: int, kernel: str = "rbf", gamma: float = 1.0, coef0: float = 0.0,
-                 degree: int = 3, **kwargs):
+    def __init__(
+        self,
+        support_vectors: int,
+        kernel: str = "rbf",
+        gamma: float = 1.0,
+        coef0: float = 0.0,
+        degree: int = 3,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {list(KERNELS)}. Received: kernel={kernel!r}")
@@ -55,24 +62,37 @@ class SupportVectorKernel(keras.layers.Layer):
         self.degree = int(degree)
 
     def build(self, input_shape):
-        self.support_vectors = self.add_weight(name="support_vectors", shape=(self.n_support_vectors, input_shape[-1]),
-                                               initializer="zeros", trainable=False)
+        self.support_vectors = self.add_weight(
+            name="support_vectors",
+            shape=(self.n_support_vectors, input_shape[-1]),
+            initializer="zeros",
+            trainable=False,
+        )
 
     def call(self, x):
         dots = ops.matmul(x, ops.transpose(self.support_vectors))
         if self.kernel == "poly":
             return ops.power(self.gamma * dots + self.coef0, self.degree)
         # ‖x − sv‖² = ‖x‖² − 2 x·sv + ‖sv‖², clipped at 0 where rounding makes a tiny distance negative.
-        squared = (ops.sum(ops.square(x), axis=1, keepdims=True) - 2.0 * dots
-                   + ops.expand_dims(ops.sum(ops.square(self.support_vectors), axis=1), 0))
+        squared = (
+            ops.sum(ops.square(x), axis=1, keepdims=True)
+            - 2.0 * dots
+            + ops.expand_dims(ops.sum(ops.square(self.support_vectors), axis=1), 0)
+        )
         return ops.exp(-self.gamma * ops.maximum(squared, 0.0))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.n_support_vectors)
 
     def get_config(self):
-        return {**super().get_config(), "support_vectors": self.n_support_vectors, "kernel": self.kernel,
-                "gamma": self.gamma, "coef0": self.coef0, "degree": self.degree}
+        return {
+            **super().get_config(),
+            "support_vectors": self.n_support_vectors,
+            "kernel": self.kernel,
+            "gamma": self.gamma,
+            "coef0": self.coef0,
+            "degree": self.degree,
+        }
 
 
 def pairs(n_classes: int) -> list[tuple[int, int]]:

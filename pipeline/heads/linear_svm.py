@@ -52,7 +52,7 @@ def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))
     try:
         reference = weakref.ref(X)
-    except TypeError:          # an object without weak references: not cached
+    except TypeError:  # an object without weak references: not cached
         return Q, R
     while len(_BASES) >= _KEPT:
         _BASES.pop(next(iter(_BASES)))
@@ -77,7 +77,7 @@ class RowSpaceLinearSVC(LinearSVC):
         n_features = X.shape[1]
         # The matrix as given (a memory map shared by a search's fits), so that its decomposition is reused.
         source = given if isinstance(given, np.ndarray) and given.shape == X.shape else X
-        Q, R = row_space(source)     # Xᵀ = Q R, so X Q = Rᵀ
+        Q, R = row_space(source)  # Xᵀ = Q R, so X Q = Rᵀ
         dual = self.dual
         # "auto" would see a square matrix and pick the primal; for X (fewer rows than columns) it picks the dual.
         self.dual = True if dual == "auto" else dual

@@ -27,9 +27,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class HeadsPlan:
     fingerprints: Mapping[Any, str] = field(default_factory=dict)
 
     @property
-    def combines(self) -> Optional[list[str]]:
+    def combines(self) -> list[str] | None:
         """The member feature sets of a combination, None for one store."""
         return [Path(s).stem for s in self.stores] if len(self.stores) > 1 else None
 
@@ -106,8 +107,15 @@ class HeadsPlan:
         return sum(len(job.variants) for job in self.jobs)
 
 
-def plan_feature_set(stores: Sequence[Path], heads: HeadsParams, out: Path, records: Sequence[Record], *,
-                     reuse: bool = True, control: bool = False) -> tuple[HeadsPlan, dict[str, Splits]]:
+def plan_feature_set(
+    stores: Sequence[Path],
+    heads: HeadsParams,
+    out: Path,
+    records: Sequence[Record],
+    *,
+    reuse: bool = True,
+    control: bool = False,
+) -> tuple[HeadsPlan, dict[str, Splits]]:
     """Resolve one feature set's grid, read its train and val rows, and decide what to fit.
 
     Parameters
@@ -139,12 +147,13 @@ def plan_feature_set(stores: Sequence[Path], heads: HeadsParams, out: Path, reco
     if len(stores) > 1:
         dropped = sorted({v.id for v in variants if v.uses_views})
         if dropped:
-            log.info("%s: augmented views are not combined; leaving out %d variants that read them", name,
-                     len(dropped))
+            log.info("%s: augmented views are not combined; leaving out %d variants that read them", name, len(dropped))
         variants = [v for v in variants if not v.uses_views]
         if not variants:
-            raise ValueError(f"heads.combine {[s.stem for s in stores]}: no variant of the grid applies to every "
-                             "member without views")
+            raise ValueError(
+                f"heads.combine {[s.stem for s in stores]}: no variant of the grid applies to every "
+                "member without views"
+            )
     if control:
         variants, heads = control_variants(name, variants, heads)
     base = HeadsPlan(name, stores, Path(out), tuple(variants), heads, control=control)
@@ -161,17 +170,21 @@ def read_rows(stores: Sequence[Path], variants: Sequence[Variant], records: Sequ
         names = [Path(s).stem for s in stores]
         data = {}
         for pooling in poolings:
-            train, val = (open_combination(stores, names, split, manifest=records, pooling=pooling)
-                          for split in ("train", "val"))
+            train, val = (
+                open_combination(stores, names, split, manifest=records, pooling=pooling) for split in ("train", "val")
+            )
             data[pooling] = Splits(train.X, train.y, val.X, val.y)
-            log.info("%s pooling=%s: train X %s, val X %s", combination_key(names), pooling, train.X.shape,
-                     val.X.shape)
+            log.info("%s pooling=%s: train X %s, val X %s", combination_key(names), pooling, train.X.shape, val.X.shape)
         return data
     features = stores[0]
     needs_views = any(v.uses_views for v in variants)
-    return read_splits(features, poolings, records,
-                       views=views_path(features.parent, features.stem) if needs_views else None,
-                       val_views=any(v.tta for v in variants))
+    return read_splits(
+        features,
+        poolings,
+        records,
+        views=views_path(features.parent, features.stem) if needs_views else None,
+        val_views=any(v.tta for v in variants),
+    )
 
 
 def decide_fits(plan: HeadsPlan, data: dict[str, Splits], *, reuse: bool = True) -> HeadsPlan:
@@ -181,29 +194,35 @@ def decide_fits(plan: HeadsPlan, data: dict[str, Splits], *, reuse: bool = True)
     heads = dataclasses.replace(heads, cv=folds)
     log.info("%s: selection by %s", name, mode)
     if not len(data[variants[0].pooling].y_val) and heads.cv == 0:
-        log.warning("%s has no validation images: variants cannot be compared (set data.split.val > 0 "
-                    "or heads.cv >= 2)", name)
+        log.warning(
+            "%s has no validation images: variants cannot be compared (set data.split.val > 0 or heads.cv >= 2)", name
+        )
     digests = {pooling: data_digest(splits) for pooling, splits in data.items()}
     old = previous_rows(plan.out) if reuse else {}
     planned = plan_jobs(variants, heads)
     # A batch's variants keep fingerprints of their own (each is trained as it would be alone):
     # only those that changed are refitted, as a smaller batch.
-    each = {v: job_fingerprint(FitJob(job.kind, (v,)), heads, digests[v.pooling])
-            for job in planned if job.together for v in job.variants}
-    whole = {job: job_fingerprint(job, heads, digests[job.variants[0].pooling])
-             for job in planned if not job.together}
+    each = {
+        v: job_fingerprint(FitJob(job.kind, (v,)), heads, digests[v.pooling])
+        for job in planned
+        if job.together
+        for v in job.variants
+    }
+    whole = {job: job_fingerprint(job, heads, digests[job.variants[0].pooling]) for job in planned if not job.together}
 
     def unchanged(job: FitJob) -> list[bool]:
-        return [old.get(v.id, {}).get("fingerprint") == (each[v] if job.together else whole[job])
-                for v in job.variants]
+        return [old.get(v.id, {}).get("fingerprint") == (each[v] if job.together else whole[job]) for v in job.variants]
 
     others_change = any(not all(unchanged(job)) for job in planned)
 
     def raced_again(variant: Variant) -> bool:
         # Raced against the feature set's best complete variant (the kinds fitted together: dense), which
         # may change when any job is refitted; a search's values race each other, within their own job.
-        return (others_change and head_kind(variant.kind).fit_together is not None
-                and bool(old[variant.id].get("raced_out")))
+        return (
+            others_change
+            and head_kind(variant.kind).fit_together is not None
+            and bool(old[variant.id].get("raced_out"))
+        )
 
     rows: dict[str, dict] = {}
     to_fit: list[FitJob] = []
@@ -223,8 +242,9 @@ def decide_fits(plan: HeadsPlan, data: dict[str, Splits], *, reuse: bool = True)
             if job.search is not None:
                 fingerprints[(job.kind, job.features_key)] = whole[job]
             fingerprints.update({v: whole[job] for v in job.variants})
-    plan = dataclasses.replace(plan, heads=heads, selection=mode, jobs=tuple(to_fit), reused=rows,
-                               fingerprints=fingerprints)
+    plan = dataclasses.replace(
+        plan, heads=heads, selection=mode, jobs=tuple(to_fit), reused=rows, fingerprints=fingerprints
+    )
     log.info("%s: %d variants, %d to fit, %d reused", name, len(variants), plan.n_fit, len(variants) - plan.n_fit)
     return plan
 
@@ -234,8 +254,14 @@ def _reused(row: dict, mode: str) -> dict:
     return {**row, "reused": True, "selection": mode}
 
 
-def read_splits(features: Path, poolings: Sequence[str], records: Sequence[Record], *,
-                views: Optional[Path] = None, val_views: bool = False) -> dict[str, Splits]:
+def read_splits(
+    features: Path,
+    poolings: Sequence[str],
+    records: Sequence[Record],
+    *,
+    views: Path | None = None,
+    val_views: bool = False,
+) -> dict[str, Splits]:
     """The train and val rows of a store for each pooling (the store read once, pooled as read).
 
     Parameters
@@ -260,8 +286,14 @@ def read_splits(features: Path, poolings: Sequence[str], records: Sequence[Recor
         if views is not None:
             train_views, val_views_X = _read_views(views, pooling, records, open_store(features), val_views)
         data[pooling] = Splits(train.X, train.y, val.X, val.y, train_views, val_views_X)
-        log.info("%s pooling=%s: train X %s, val X %s%s", features.name, pooling, train.X.shape, val.X.shape,
-                 "" if train_views is None else f", train views {train_views.shape}")
+        log.info(
+            "%s pooling=%s: train X %s, val X %s%s",
+            features.name,
+            pooling,
+            train.X.shape,
+            val.X.shape,
+            "" if train_views is None else f", train views {train_views.shape}",
+        )
     return data
 
 
@@ -281,7 +313,7 @@ def data_digest(splits: Splits) -> str:
     for array in arrays:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode())
-        if array.size:   # memoryview cannot cast an empty array (no validation images)
+        if array.size:  # memoryview cannot cast an empty array (no validation images)
             digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
@@ -303,7 +335,11 @@ def job_fingerprint(job: FitJob, heads: HeadsParams, data_sha: str) -> str:
         "variants": [v.id for v in job.variants],
         "heads": [sorted(make_head(v, heads).get_params().items()) for v in job.variants],
         "preprocessing": None if preprocessor is None else sorted(preprocessor.get_params().items()),
-        "cv": heads.cv, "seed": heads.seed, "race": heads.race, "data": data_sha, "code": code,
+        "cv": heads.cv,
+        "seed": heads.seed,
+        "race": heads.race,
+        "data": data_sha,
+        "code": code,
         "versions": {name: versions.get(name) for name in FIT_LIBRARIES},
     }
     return hashlib.sha256(json.dumps(recipe, default=repr, sort_keys=True).encode()).hexdigest()[:20]
@@ -331,8 +367,9 @@ def previous_rows(out: Path) -> dict[str, dict]:
         if "fingerprint" not in row or not path.is_file():
             continue
         if row.get("sha256") != file_sha256(path):
-            log.warning("%s is not the file the heads stage wrote (sha256 differs from %s): refitting it", path,
-                        SCORES_FILE)
+            log.warning(
+                "%s is not the file the heads stage wrote (sha256 differs from %s): refitting it", path, SCORES_FILE
+            )
             continue
         kept[row["variant"]] = row
     return kept
@@ -349,8 +386,7 @@ def control_feature_sets(features: Mapping[str, Any]) -> set[str]:
     return random if len(random) < len(features) else set()
 
 
-def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams
-                     ) -> tuple[list[Variant], HeadsParams]:
+def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams) -> tuple[list[Variant], HeadsParams]:
     """The variants fitted on a control feature set and their settings: a cheap, fixed grid.
 
     A control feature set (``weights: none``: the backbone with random weights)
@@ -365,13 +401,23 @@ def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams
     """
     kept = [v for v in variants if v.kind in heads.control_kinds]
     if not kept:
-        raise ValueError(f"{name} is a control feature set (weights: none): only heads.control_kinds "
-                         f"{list(heads.control_kinds)} are fitted on it, and heads.kinds {list(heads.kinds)} has none "
-                         "of them; add one to heads.kinds or to heads.control_kinds")
-    log.info("%s: a control feature set (weights: none): fitting %s only (heads.control_kinds) at their listed "
-             "values, %d of %d variants", name, ", ".join(heads.control_kinds), len(kept), len(variants))
-    grids = {kind: dataclasses.replace(grid, refine=0) if hasattr(grid, "refine") else grid
-             for kind, grid in heads.grids.items()}
+        raise ValueError(
+            f"{name} is a control feature set (weights: none): only heads.control_kinds "
+            f"{list(heads.control_kinds)} are fitted on it, and heads.kinds {list(heads.kinds)} has none "
+            "of them; add one to heads.kinds or to heads.control_kinds"
+        )
+    log.info(
+        "%s: a control feature set (weights: none): fitting %s only (heads.control_kinds) at their listed "
+        "values, %d of %d variants",
+        name,
+        ", ".join(heads.control_kinds),
+        len(kept),
+        len(variants),
+    )
+    grids = {
+        kind: dataclasses.replace(grid, refine=0) if hasattr(grid, "refine") else grid
+        for kind, grid in heads.grids.items()
+    }
     return kept, dataclasses.replace(heads, grids=grids)
 
 
@@ -389,11 +435,17 @@ def applicable_variants(features: Path, variants: Sequence[Variant]) -> list[Var
     kept = [v for v in variants if applies(v.pooling, shape)]
     left_out = sorted({v.pooling for v in variants} - {v.pooling for v in kept})
     if not kept:
-        raise ValueError(f"{features}: none of heads.pooling {sorted({v.pooling for v in variants})} applies to its "
-                         f"rows of shape {shape}; add one of {list(applicable(shape))} to heads.pooling")
+        raise ValueError(
+            f"{features}: none of heads.pooling {sorted({v.pooling for v in variants})} applies to its "
+            f"rows of shape {shape}; add one of {list(applicable(shape))} to heads.pooling"
+        )
     if left_out:
-        log.info("%s: pooling %s does not apply to rows of shape %s; its variants are left out here",
-                 features.stem, ", ".join(left_out), shape)
+        log.info(
+            "%s: pooling %s does not apply to rows of shape %s; its variants are left out here",
+            features.stem,
+            ", ".join(left_out),
+            shape,
+        )
     return kept
 
 
@@ -404,8 +456,12 @@ def out_of_core(features: Path, variants: Sequence[Variant], heads: HeadsParams,
     n_train = sum(r.split == "train" for r in records)
     largest = max(pooled_bytes(features, pooling, n_train) for pooling in {v.pooling for v in variants})
     if largest > heads.memory_limit_mb * 2**20:
-        log.info("%s: pooled train features take %.0f MB, more than heads.memory_limit_mb=%g: training out of core",
-                 features.stem, largest / 2**20, heads.memory_limit_mb)
+        log.info(
+            "%s: pooled train features take %.0f MB, more than heads.memory_limit_mb=%g: training out of core",
+            features.stem,
+            largest / 2**20,
+            heads.memory_limit_mb,
+        )
         return True
     return False
 

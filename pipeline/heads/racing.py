@@ -13,12 +13,12 @@ winner (:mod:`pipeline.selection.scoring`). The sweep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.heads.fold_scores import Tally
+from pipeline.heads.tally import Tally
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,11 @@ class Leader:
     val_correct: str
 
 
-def leader_of(rows: Sequence[dict]) -> Optional[Leader]:
+def leader_of(rows: Sequence[dict]) -> Leader | None:
     """The complete row (not raced out) with the best validation accuracy; ties to the first; None if none."""
-    complete = [r for r in rows if r.get("val_correct") and not r.get("raced_out") and r.get("val_accuracy") is not None]
+    complete = [
+        r for r in rows if r.get("val_correct") and not r.get("raced_out") and r.get("val_accuracy") is not None
+    ]
     if not complete:
         return None
     best = max(complete, key=lambda r: r["val_accuracy"])
@@ -49,7 +51,7 @@ def dominated(tally: Tally, leader: Leader) -> float:
     from scipy.stats import binom
 
     mine = np.concatenate(tally.correct)
-    theirs = np.frombuffer(leader.val_correct.encode(), dtype=np.uint8)[:len(mine)] == ord("1")
+    theirs = np.frombuffer(leader.val_correct.encode(), dtype=np.uint8)[: len(mine)] == ord("1")
     only_mine, only_theirs = int(np.sum(mine & ~theirs)), int(np.sum(theirs & ~mine))
     if only_mine + only_theirs == 0:
         return 1.0

@@ -22,8 +22,9 @@ loading params does not.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from pipeline.heads import conversion
 
@@ -32,7 +33,7 @@ EstimatorFactory = Callable[[Mapping[str, Any], Any, int], Any]
 # (swept values, the kind's settings, StreamingContext) → unfitted out-of-core estimator
 StreamingFactory = Callable[[Mapping[str, Any], Any, "StreamingContext"], Any]
 # (fitted classifier, layer-name prefix, temperature or None) → Keras layers giving probabilities
-KerasForm = Callable[[Any, str, Optional[float]], list]
+KerasForm = Callable[[Any, str, float | None], list]
 # (unfitted estimators, one input matrix each, their labels: one array or one per estimator) → fitted together
 FitTogether = Callable[[Sequence[Any], Sequence[Any], Any], list]
 
@@ -41,8 +42,8 @@ FitTogether = Callable[[Sequence[Any], Sequence[Any], Any], list]
 class StreamingContext:
     """What an out-of-core estimator needs beyond the kind's own settings."""
 
-    n_train: int            # rows it is trained on (scales SGD's alpha from C)
-    epochs: int             # heads.out_of_core_epochs
+    n_train: int  # rows it is trained on (scales SGD's alpha from C)
+    epochs: int  # heads.out_of_core_epochs
     standardize: bool
     seed: int
 
@@ -105,14 +106,14 @@ class HeadKind:
     grid: type
     swept: tuple[str, ...]
     estimator: EstimatorFactory
-    streaming: Optional[StreamingFactory] = None
-    keras: Optional[KerasForm] = None
+    streaming: StreamingFactory | None = None
+    keras: KerasForm | None = None
     probabilities: bool = True
-    path: Optional[str] = None
+    path: str | None = None
     in_process: bool = False
-    fit_together: Optional[FitTogether] = None
+    fit_together: FitTogether | None = None
     fit_order: int = 5
-    search: Optional[str] = None
+    search: str | None = None
     simplicity: int = 5
     regularisation: tuple[tuple[str, int], ...] = ()
 
@@ -120,17 +121,23 @@ class HeadKind:
         fields = {f.name for f in dataclasses.fields(self.grid)}
         missing = [name for name in self.swept if name not in fields]
         if missing:
-            raise ValueError(f"head kind {self.name!r}: swept settings {missing} are not fields of "
-                             f"{self.grid.__name__} ({sorted(fields)})")
+            raise ValueError(
+                f"head kind {self.name!r}: swept settings {missing} are not fields of "
+                f"{self.grid.__name__} ({sorted(fields)})"
+            )
         unknown = [name for name, _ in self.regularisation if name not in self.swept]
         if unknown:
             raise ValueError(f"head kind {self.name!r}: regularisation settings {unknown} are not swept ({self.swept})")
         if self.search is not None and (self.search not in self.swept or "refine" not in fields):
-            raise ValueError(f"head kind {self.name!r}: search {self.search!r} must be a swept setting, and "
-                             f"{self.grid.__name__} needs a `refine` field (rounds of bisection)")
+            raise ValueError(
+                f"head kind {self.name!r}: search {self.search!r} must be a swept setting, and "
+                f"{self.grid.__name__} needs a `refine` field (rounds of bisection)"
+            )
         if self.fit_together is not None and "batched" not in fields:
-            raise ValueError(f"head kind {self.name!r}: fit_together needs a `batched` field in "
-                             f"{self.grid.__name__} (whether to use it)")
+            raise ValueError(
+                f"head kind {self.name!r}: fit_together needs a `batched` field in "
+                f"{self.grid.__name__} (whether to use it)"
+            )
         if self.path is not None and self.path not in self.swept:
             raise ValueError(f"head kind {self.name!r}: path {self.path!r} must be one of its swept settings")
 
@@ -160,6 +167,7 @@ def head_kind(name: str) -> HeadKind:
 
 # --------------------------------------------------------------------------- settings checks
 
+
 def _each(key: str, values, ok: Callable[[Any], bool], expected: str) -> None:
     if not values:
         raise ValueError(f"{key} must list at least one value. Received: []")
@@ -183,14 +191,15 @@ def _gamma(value) -> bool:
 
 # --------------------------------------------------------------------------- the kinds' settings
 
+
 def _decades(low: int, high: int) -> tuple[float, ...]:
     return tuple(float(f"1e{e}") for e in range(low, high + 1))
 
 
 @dataclass(frozen=True)
 class LogRegGrid:
-    C: tuple[float, ...] = _decades(-6, 4)      # the coarse pass of the search (every value when refine is 0)
-    refine: int = 3                             # rounds of bisection on the log scale around the best C
+    C: tuple[float, ...] = _decades(-6, 4)  # the coarse pass of the search (every value when refine is 0)
+    refine: int = 3  # rounds of bisection on the log scale around the best C
     max_iter: int = 2000
 
     def __post_init__(self):
@@ -213,7 +222,7 @@ class SvmLinearGrid:
 @dataclass(frozen=True)
 class SvmRbfGrid:
     C: tuple[float, ...] = (1.0, 10.0)
-    gamma: tuple[Union[float, str], ...] = ("scale",)
+    gamma: tuple[float | str, ...] = ("scale",)
 
     def __post_init__(self):
         _each("heads.svm_rbf.C", self.C, _positive, "numbers > 0")
@@ -223,7 +232,7 @@ class SvmRbfGrid:
 @dataclass(frozen=True)
 class SvmPolyGrid:
     C: tuple[float, ...] = (1.0,)
-    gamma: tuple[Union[float, str], ...] = ("scale",)
+    gamma: tuple[float | str, ...] = ("scale",)
     degree: tuple[int, ...] = (2, 3)
 
     def __post_init__(self):
@@ -236,29 +245,35 @@ class SvmPolyGrid:
 class DenseGrid:
     hidden_units: tuple[int, ...] = (256,)
     dropout: tuple[float, ...] = (0.0, 0.5)
-    weight_decay: tuple[float, ...] = (0.0, 1e-3)   # L2 penalty on the kernels (0: none)
+    weight_decay: tuple[float, ...] = (0.0, 1e-3)  # L2 penalty on the kernels (0: none)
     learning_rate: tuple[float, ...] = (0.001,)
     epochs: tuple[int, ...] = (60,)
     batch_size: int = 64
     patience: int = 8
     validation_fraction: float = 0.15
-    batched: bool = True        # variants (× folds) that read the same rows train as one JAX program (pipeline.heads.dense_batch)
+    batched: bool = (
+        True  # variants (× folds) that read the same rows train as one JAX program (pipeline.heads.dense_batch)
+    )
 
     def __post_init__(self):
-        _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0,
-              "integers >= 0 (0: no hidden layer)")
+        _each("heads.dense.hidden_units", self.hidden_units, lambda n: n >= 0, "integers >= 0 (0: no hidden layer)")
         _each("heads.dense.dropout", self.dropout, lambda p: 0.0 <= p < 1.0, "numbers in [0, 1)")
         _each("heads.dense.weight_decay", self.weight_decay, lambda w: w >= 0, "numbers >= 0 (0: no penalty)")
         _each("heads.dense.learning_rate", self.learning_rate, _positive, "numbers > 0")
         _each("heads.dense.epochs", self.epochs, lambda e: e >= 1, "integers >= 1")
         _one("heads.dense.batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
         _one("heads.dense.patience", self.patience, self.patience >= 0, "an integer >= 0 (0: no early stopping)")
-        _one("heads.dense.validation_fraction", self.validation_fraction, 0.0 < self.validation_fraction < 0.5,
-             "a number in (0, 0.5)")
+        _one(
+            "heads.dense.validation_fraction",
+            self.validation_fraction,
+            0.0 < self.validation_fraction < 0.5,
+            "a number in (0, 0.5)",
+        )
         _one("heads.dense.batched", self.batched, isinstance(self.batched, bool), "true or false")
 
 
 # --------------------------------------------------------------------------- estimators
+
 
 def _logreg(values, grid: LogRegGrid, seed: int):
     from sklearn.linear_model import LogisticRegression
@@ -292,9 +307,17 @@ def _svm_poly(values, grid: SvmPolyGrid, seed: int):
 def _dense(values, grid: DenseGrid, seed: int):
     from pipeline.heads.dense import DenseHead
 
-    return DenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
-                     weight_decay=values["weight_decay"], learning_rate=values["learning_rate"], epochs=values["epochs"], batch_size=grid.batch_size,
-                     patience=grid.patience, validation_fraction=grid.validation_fraction, random_state=seed)
+    return DenseHead(
+        hidden_units=values["hidden_units"],
+        dropout=values["dropout"],
+        weight_decay=values["weight_decay"],
+        learning_rate=values["learning_rate"],
+        epochs=values["epochs"],
+        batch_size=grid.batch_size,
+        patience=grid.patience,
+        validation_fraction=grid.validation_fraction,
+        random_state=seed,
+    )
 
 
 def _dense_together(estimators, inputs, y) -> list:
@@ -308,32 +331,100 @@ def _linear_sgd(loss: str) -> StreamingFactory:
         from pipeline.heads.streaming import StreamingLinearHead
 
         # alpha = 1 / (C · n_train): the same penalty as scikit-learn's C.
-        return StreamingLinearHead(loss=loss, alpha=1.0 / (values["C"] * context.n_train), epochs=context.epochs,
-                                   standardize=context.standardize, random_state=context.seed)
+        return StreamingLinearHead(
+            loss=loss,
+            alpha=1.0 / (values["C"] * context.n_train),
+            epochs=context.epochs,
+            standardize=context.standardize,
+            random_state=context.seed,
+        )
+
     return make
 
 
 def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
     from pipeline.heads.streaming import StreamingDenseHead
 
-    return StreamingDenseHead(hidden_units=values["hidden_units"], dropout=values["dropout"],
-                              weight_decay=values["weight_decay"], learning_rate=values["learning_rate"], epochs=values["epochs"],
-                              batch_size=grid.batch_size, standardize=context.standardize,
-                              random_state=context.seed)
+    return StreamingDenseHead(
+        hidden_units=values["hidden_units"],
+        dropout=values["dropout"],
+        weight_decay=values["weight_decay"],
+        learning_rate=values["learning_rate"],
+        epochs=values["epochs"],
+        batch_size=grid.batch_size,
+        standardize=context.standardize,
+        random_state=context.seed,
+    )
 
 
-register(HeadKind("logreg", LogRegGrid, swept=("C",), estimator=_logreg, streaming=_linear_sgd("log_loss"),
-                  keras=conversion.logistic_layers, path="C", search="C", fit_order=3,
-                  simplicity=0, regularisation=(("C", 1),)))
-register(HeadKind("svm_linear", SvmLinearGrid, swept=("C",), estimator=_svm_linear, streaming=_linear_sgd("hinge"),
-                  keras=conversion.linear_svm_layers, probabilities=False, search="C", fit_order=2,
-                  simplicity=1, regularisation=(("C", 1),)))
-register(HeadKind("svm_rbf", SvmRbfGrid, swept=("C", "gamma"), estimator=_svm_rbf, keras=conversion.svc_layers,
-                  probabilities=False, fit_order=1, simplicity=3, regularisation=(("C", 1),)))
-register(HeadKind("svm_poly", SvmPolyGrid, swept=("C", "gamma", "degree"), estimator=_svm_poly,
-                  keras=conversion.svc_layers, probabilities=False, fit_order=0, simplicity=4,
-                  regularisation=(("degree", 1), ("C", 1))))
-register(HeadKind("dense", DenseGrid, swept=("hidden_units", "dropout", "weight_decay", "learning_rate", "epochs"),
-                  estimator=_dense, streaming=_dense_streaming, keras=conversion.dense_layers, in_process=True,
-                  fit_together=_dense_together,
-                  fit_order=4, simplicity=2, regularisation=(("hidden_units", 1), ("dropout", -1), ("weight_decay", -1))))
+register(
+    HeadKind(
+        "logreg",
+        LogRegGrid,
+        swept=("C",),
+        estimator=_logreg,
+        streaming=_linear_sgd("log_loss"),
+        keras=conversion.logistic_layers,
+        path="C",
+        search="C",
+        fit_order=3,
+        simplicity=0,
+        regularisation=(("C", 1),),
+    )
+)
+register(
+    HeadKind(
+        "svm_linear",
+        SvmLinearGrid,
+        swept=("C",),
+        estimator=_svm_linear,
+        streaming=_linear_sgd("hinge"),
+        keras=conversion.linear_svm_layers,
+        probabilities=False,
+        search="C",
+        fit_order=2,
+        simplicity=1,
+        regularisation=(("C", 1),),
+    )
+)
+register(
+    HeadKind(
+        "svm_rbf",
+        SvmRbfGrid,
+        swept=("C", "gamma"),
+        estimator=_svm_rbf,
+        keras=conversion.svc_layers,
+        probabilities=False,
+        fit_order=1,
+        simplicity=3,
+        regularisation=(("C", 1),),
+    )
+)
+register(
+    HeadKind(
+        "svm_poly",
+        SvmPolyGrid,
+        swept=("C", "gamma", "degree"),
+        estimator=_svm_poly,
+        keras=conversion.svc_layers,
+        probabilities=False,
+        fit_order=0,
+        simplicity=4,
+        regularisation=(("degree", 1), ("C", 1)),
+    )
+)
+register(
+    HeadKind(
+        "dense",
+        DenseGrid,
+        swept=("hidden_units", "dropout", "weight_decay", "learning_rate", "epochs"),
+        estimator=_dense,
+        streaming=_dense_streaming,
+        keras=conversion.dense_layers,
+        in_process=True,
+        fit_together=_dense_together,
+        fit_order=4,
+        simplicity=2,
+        regularisation=(("hidden_units", 1), ("dropout", -1), ("weight_decay", -1)),
+    )
+)

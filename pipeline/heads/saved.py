@@ -7,15 +7,16 @@ whatever code the file names. The heads stage writes each one with
 :func:`load_head` only, which reads the file once, checks those bytes against
 the recorded sha256 and unpickles the same bytes, so a file replaced or
 changed after the heads stage wrote it is refused before any of it runs.
-(A deployable model never holds a pickle: see :mod:`pipeline.export.predict`.)
+(A deployable model never holds a pickle: see :mod:`pipeline.export.predict_command`.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import joblib
 
@@ -54,14 +55,18 @@ def load_head(folder: Path, row: Mapping[str, Any]) -> Any:
     path = head_file(folder, row["variant"])
     expected = row.get("sha256")
     if expected is None:
-        raise ValueError(f"{Path(folder) / 'scores.json'} records no sha256 for {row['variant']} (written by an "
-                         "older version): its .joblib file is not loaded unchecked; `dvc repro` refits the heads")
+        raise ValueError(
+            f"{Path(folder) / 'scores.json'} records no sha256 for {row['variant']} (written by an "
+            "older version): its .joblib file is not loaded unchecked; `dvc repro` refits the heads"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: `dvc repro` (or `dvc checkout heads`) restores the heads")
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise ValueError(f"{path} is not the file the heads stage wrote (sha256 {actual[:12]}…, "
-                         f"{Path(folder) / 'scores.json'} records {expected[:12]}…); it is a pickle, so it is not "
-                         "loaded: `dvc checkout heads` restores it, or `dvc repro --force heads` refits it")
+        raise ValueError(
+            f"{path} is not the file the heads stage wrote (sha256 {actual[:12]}…, "
+            f"{Path(folder) / 'scores.json'} records {expected[:12]}…); it is a pickle, so it is not "
+            "loaded: `dvc checkout heads` restores it, or `dvc repro --force heads` refits it"
+        )
     return joblib.load(io.BytesIO(data))

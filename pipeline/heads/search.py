@@ -17,7 +17,7 @@ function whose optimum is known.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 # Scores compare as tuples, higher better (accuracy, then macro-F1); equal scores go to the smaller value.
 Score = tuple[float, ...]
@@ -28,8 +28,9 @@ def round_value(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def coarse_to_fine(coarse: Sequence[float], refine: int,
-                   score_of: Callable[[list[float]], dict[float, Score]]) -> dict[float, Score]:
+def coarse_to_fine(
+    coarse: Sequence[float], refine: int, score_of: Callable[[list[float]], dict[float, Score]]
+) -> dict[float, Score]:
     """Score the coarse values, then bisect ``refine`` times on the log scale around the best.
 
     The sweep calls it only with two or more coarse values (:func:`pipeline.heads.sweep.searched`).
@@ -59,8 +60,10 @@ def coarse_to_fine(coarse: Sequence[float], refine: int,
     for _ in range(refine):
         best = best_value(scores)
         # Within the coarse range: its ends are where the search was told to stop.
-        candidates = sorted({c for c in (round_value(best * 10 ** (sign * step)) for sign in (-1, 1))
-                             if values[0] <= c <= values[-1]} - set(scores))
+        candidates = sorted(
+            {c for c in (round_value(best * 10 ** (sign * step)) for sign in (-1, 1)) if values[0] <= c <= values[-1]}
+            - set(scores)
+        )
         if candidates:
             scores.update(score_of(candidates))
         step /= 2

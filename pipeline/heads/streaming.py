@@ -19,7 +19,7 @@ how the tests compare them with the in-memory heads. The registry
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -49,13 +49,17 @@ def blocks(X) -> Iterator[tuple[slice, np.ndarray]]:
         yield rows, read_block(X, rows)
 
 
-def scaled(scaler: Optional[StandardScaler], block: np.ndarray) -> np.ndarray:
+def scaled(scaler: StandardScaler | None, block: np.ndarray) -> np.ndarray:
     """``block`` through ``scaler``, or as it is when there is none."""
     return scaler.transform(block) if scaler is not None else block
 
 
-def shuffled_blocks(X, y: np.ndarray, scaler: Optional[StandardScaler], rng: np.random.Generator,
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def shuffled_blocks(
+    X,
+    y: np.ndarray,
+    scaler: StandardScaler | None,
+    rng: np.random.Generator,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One pass over ``X``: its blocks in a random order, each scaled and with its rows shuffled, with labels."""
     parts = blocks_rows(X)
     for index in rng.permutation(len(parts)):
@@ -98,8 +102,9 @@ def _check_predict(estimator, X):
     if not _is_lazy(X):
         return validate_data(estimator, X, dtype=np.float32, reset=False)
     if X.ndim != 2 or X.shape[1] != estimator.n_features_in_:
-        raise ValueError(f"X has shape {X.shape}; {type(estimator).__name__} was fitted on "
-                         f"{estimator.n_features_in_} features")
+        raise ValueError(
+            f"X has shape {X.shape}; {type(estimator).__name__} was fitted on {estimator.n_features_in_} features"
+        )
     return X
 
 
@@ -173,7 +178,7 @@ class _BlockBatches:
         for block, labels in shuffled_blocks(self.X, self.y, self.scaler, self.rng):
             block = block.astype(np.float32, copy=False)
             for start in range(0, len(block), self.batch_size):
-                yield block[start:start + self.batch_size], labels[start:start + self.batch_size]
+                yield block[start : start + self.batch_size], labels[start : start + self.batch_size]
 
 
 class StreamingDenseHead(ClassifierMixin, BaseEstimator):
@@ -192,8 +197,17 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
     n_epochs_ : int
     """
 
-    def __init__(self, hidden_units=256, dropout=0.5, learning_rate=1e-3, epochs=20, batch_size=64,
-                 standardize=True, random_state=0, weight_decay=0.0):
+    def __init__(
+        self,
+        hidden_units=256,
+        dropout=0.5,
+        learning_rate=1e-3,
+        epochs=20,
+        batch_size=64,
+        standardize=True,
+        random_state=0,
+        weight_decay=0.0,
+    ):
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.weight_decay = weight_decay
@@ -218,17 +232,24 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         self.scaler_ = fit_scaler(X) if self.standardize else None
         keras.utils.set_random_seed(self.random_state)
         # The same network as the in-memory dense head; only how it is fed differs.
-        model = build_network(X.shape[1], len(self.classes_), hidden_units=self.hidden_units, dropout=self.dropout,
-                              weight_decay=self.weight_decay)
+        model = build_network(
+            X.shape[1],
+            len(self.classes_),
+            hidden_units=self.hidden_units,
+            dropout=self.dropout,
+            weight_decay=self.weight_decay,
+        )
         model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss="sparse_categorical_crossentropy")
         source = _BlockBatches(X, encoded, self.batch_size, self.scaler_, self.random_state)
         dataset = tf.data.Dataset.from_generator(
-            source.epoch, output_signature=(tf.TensorSpec((None, X.shape[1]), tf.float32),
-                                            tf.TensorSpec((None,), tf.int64)))
+            source.epoch,
+            output_signature=(tf.TensorSpec((None, X.shape[1]), tf.float32), tf.TensorSpec((None,), tf.int64)),
+        )
         # The generator is called afresh on each repetition: a new block order every epoch.
         steps = sum(-(-(rows.stop - rows.start) // self.batch_size) for rows in source.parts)
-        history = model.fit(static(dataset.repeat()), epochs=self.epochs, steps_per_epoch=steps, verbose=0,
-                            shuffle=False)
+        history = model.fit(
+            static(dataset.repeat()), epochs=self.epochs, steps_per_epoch=steps, verbose=0, shuffle=False
+        )
         self.n_epochs_ = len(history.history["loss"])
         self.coefs_, self.intercepts_ = network_weights(model)
         return self
@@ -238,8 +259,9 @@ class StreamingDenseHead(ClassifierMixin, BaseEstimator):
         from pipeline.heads.dense import forward_probabilities
 
         X = _check_predict(self, X)
-        parts = [forward_probabilities(scaled(self.scaler_, block), self.coefs_, self.intercepts_)
-                 for _, block in blocks(X)]
+        parts = [
+            forward_probabilities(scaled(self.scaler_, block), self.coefs_, self.intercepts_) for _, block in blocks(X)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), np.float32)
 
     def predict(self, X) -> np.ndarray:

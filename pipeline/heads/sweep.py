@@ -73,9 +73,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import joblib
 import numpy as np
@@ -83,16 +84,27 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import HeadsParams
-from pipeline.heads.fold_scores import Tally, class_probabilities, correct_string
-from pipeline.heads.racing import Leader, dominated, leader_of
 from pipeline.heads.folds import Fold, Splits, make_folds, preprocess_folds, resolve_cv
+from pipeline.heads.racing import Leader, dominated, leader_of
 from pipeline.heads.registry import head_kind
 from pipeline.heads.search import coarse_to_fine
+from pipeline.heads.tally import Tally, class_probabilities, correct_string
 from pipeline.heads.variants import Variant, make_head
 from pipeline.heads.watch import PeakRSS, Watched
 
-__all__ = ["FitJob", "Fold", "PeakRSS", "Splits", "class_probabilities", "correct_string", "fit_job", "make_folds",
-           "plan_jobs", "resolve_cv", "run_sweep"]
+__all__ = [
+    "FitJob",
+    "Fold",
+    "PeakRSS",
+    "Splits",
+    "class_probabilities",
+    "correct_string",
+    "fit_job",
+    "make_folds",
+    "plan_jobs",
+    "resolve_cv",
+    "run_sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +117,7 @@ class FitJob:
     kind: str
     variants: tuple[Variant, ...]
     # The setting searched coarse to fine from these variants' values (pipeline.heads.search), or None.
-    search: Optional[str] = None
+    search: str | None = None
     # Fitted by the kind's fit_together, each variant on its own input (pipeline.heads.registry).
     together: bool = False
 
@@ -123,7 +135,7 @@ class FitJob:
         return head_kind(self.kind).in_process
 
 
-def searched(kind: str, heads: Optional[HeadsParams]) -> Optional[str]:
+def searched(kind: str, heads: HeadsParams | None) -> str | None:
     """The setting of ``kind`` searched coarse to fine under ``heads``, or None.
 
     A search needs ``refine`` > 0 and at least two listed values (a coarse
@@ -138,7 +150,7 @@ def searched(kind: str, heads: Optional[HeadsParams]) -> Optional[str]:
     return entry.search
 
 
-def batched(variant: Variant, heads: Optional[HeadsParams]) -> bool:
+def batched(variant: Variant, heads: HeadsParams | None) -> bool:
     """Whether ``variant`` is fitted together with the others of its kind that read the same rows.
 
     Its kind needs a ``fit_together`` form and settings saying ``batched: true``;
@@ -146,11 +158,15 @@ def batched(variant: Variant, heads: Optional[HeadsParams]) -> bool:
     and is fitted alone.
     """
     entry = head_kind(variant.kind)
-    return (entry.fit_together is not None and heads is not None and heads.grid(variant.kind).batched
-            and variant.augment != "draw")
+    return (
+        entry.fit_together is not None
+        and heads is not None
+        and heads.grid(variant.kind).batched
+        and variant.augment != "draw"
+    )
 
 
-def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) -> list[FitJob]:
+def plan_jobs(variants: Sequence[Variant], heads: HeadsParams | None = None) -> list[FitJob]:
     """Group variants into jobs: one per warm-started path or search (ascending), one per batch, one per other variant.
 
     A batch holds the variants of a kind fitted together (:func:`batched`) that
@@ -171,14 +187,19 @@ def plan_jobs(variants: Sequence[Variant], heads: Optional[HeadsParams] = None) 
         jobs.append(FitJob(kind, tuple(members), together=len(members) > 1))
     for (kind, _), members in paths.items():
         order = head_kind(kind).path or searched(kind, heads)
-        jobs.append(FitJob(kind, tuple(sorted(members, key=lambda v: dict(v.params)[order])),
-                           search=searched(kind, heads)))
+        jobs.append(
+            FitJob(kind, tuple(sorted(members, key=lambda v: dict(v.params)[order])), search=searched(kind, heads))
+        )
     # Slow kinds first, so that the last task to finish is a short one.
     return sorted(jobs, key=lambda j: head_kind(j.kind).fit_order)
 
 
-def run_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-            leader: Optional[Callable[[], Optional[Leader]]] = None) -> tuple[FitJob, list[tuple[Any, dict]]]:
+def run_job(
+    job: FitJob,
+    heads: HeadsParams,
+    folds: Mapping[tuple, Sequence[Fold]],
+    leader: Callable[[], Leader | None] | None = None,
+) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Fit a job on the folds of each input it reads (``folds`` by features key): a batch, a search or the rest.
 
     ``leader``: what a batch races against (:func:`fit_together_job`), asked for when first needed.
@@ -217,7 +238,7 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
             if head is None or path is None:
                 head = make_head(variant, heads)
             else:
-                head.set_params(**{path: dict(variant.params)[path]})   # warm start from the previous value
+                head.set_params(**{path: dict(variant.params)[path]})  # warm start from the previous value
                 warm_from[variant] = previous
             with Watched() as fit:
                 head.fit(X_fit, y_fit)
@@ -232,9 +253,12 @@ def fit_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[Fit
     return job, [(kept[v], tallies[v].row(kept[v], memmapped, warm_start_from_C=warm_from[v])) for v in job.variants]
 
 
-def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]],
-                     leader: Optional[Callable[[], Optional[Leader]]] = None
-                     ) -> tuple[FitJob, list[tuple[Any, dict]]]:
+def fit_together_job(
+    job: FitJob,
+    heads: HeadsParams,
+    folds: Mapping[tuple, Sequence[Fold]],
+    leader: Callable[[], Leader | None] | None = None,
+) -> tuple[FitJob, list[tuple[Any, dict]]]:
     """Fit a batch's variants on every fold with their kind's ``fit_together``, racing them against ``leader()``.
 
     Without racing every variant × fold is one member of one batched fit. With
@@ -261,12 +285,14 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
     for index in range(n_folds):
         y_fit = folds[job.features_key][index][1]
         if any(not np.array_equal(folds[key][index][1], y_fit) for key in job.features_keys):
-            raise ValueError(f"variants fitted together must see the same rows; the folds of "
-                             f"{[v.id for v in job.variants]} hold different labels")
-    refit = folds[job.features_key][-1][2] is None      # cross-validation: the last fold is the refit on all
+            raise ValueError(
+                f"variants fitted together must see the same rows; the folds of "
+                f"{[v.id for v in job.variants]} hold different labels"
+            )
+    refit = folds[job.features_key][-1][2] is None  # cross-validation: the last fold is the refit on all
     n_scored = n_folds - 1 if refit else n_folds
     racing = refit and leader is not None and heads.race > 0 and n_scored > 1
-    best: Optional[Leader] = None
+    best: Leader | None = None
     rounds = [[index] for index in range(n_folds)] if racing else [list(range(n_folds))]
     live, kept, raced_out = list(job.variants), {}, {}
     for fold_indices in rounds:
@@ -274,9 +300,11 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
         if not members:
             break
         with Watched() as fit:
-            fitted = fit_together([make_head(v, heads) for v, _ in members],
-                                  [folds[v.features_key][i][0] for v, i in members],
-                                  [folds[v.features_key][i][1] for v, i in members])
+            fitted = fit_together(
+                [make_head(v, heads) for v, _ in members],
+                [folds[v.features_key][i][0] for v, i in members],
+                [folds[v.features_key][i][1] for v, i in members],
+            )
         for (variant, index), head in zip(members, fitted):
             tallies[variant].fitted(fit, share=len(members))
             _, _, X_score, y_score = folds[variant.features_key][index]
@@ -292,14 +320,18 @@ def fit_together_job(job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequ
                 p_value = dominated(tallies[variant], best)
                 if p_value < heads.race:
                     live.remove(variant)
-                    raced_out[variant] = {"after_folds": fold_indices[0] + 1, "folds": n_scored,
-                                          "leader": best.variant, "p_value": round(p_value, 6)}
+                    raced_out[variant] = {
+                        "after_folds": fold_indices[0] + 1,
+                        "folds": n_scored,
+                        "leader": best.variant,
+                        "p_value": round(p_value, 6),
+                    }
     memmapped = all(isinstance(folds[key][-1][0], np.memmap) for key in job.features_keys)
     results = []
     for variant in job.variants:
         if variant in raced_out:
             row = tallies[variant].row(None, memmapped, raced_out=raced_out[variant])
-            row.update(val_proba=None, scored_labels=None)     # partial: no soft vote, no labels of record
+            row.update(val_proba=None, scored_labels=None)  # partial: no soft vote, no labels of record
             results.append((None, row))
         else:
             results.append((kept[variant], tallies[variant].row(kept[variant], memmapped)))
@@ -329,19 +361,21 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
     racing = cross_validated and heads.race > 0 and len(scored) > 1
     fitted: list[dict[float, Any]] = [{} for _ in scored]
     stats: dict[float, Tally] = {}
-    warm_from: dict[float, Optional[float]] = {}
+    warm_from: dict[float, float | None] = {}
     raced_out: dict[float, dict] = {}
 
     def variant_at(value: float) -> Variant:
-        return dataclasses.replace(template, params=tuple((k, value if k == setting else v) for k, v in template.params))
+        return dataclasses.replace(
+            template, params=tuple((k, value if k == setting else v) for k, v in template.params)
+        )
 
-    def fit_at(value: float, done: dict[float, Any], X, y) -> tuple[Any, Watched, Optional[float]]:
+    def fit_at(value: float, done: dict[float, Any], X, y) -> tuple[Any, Watched, float | None]:
         start_from = min(done, key=lambda c: abs(math.log10(c) - math.log10(value))) if path and done else None
         if start_from is None:
             head = make_head(variant_at(value), heads)
         else:
             head = copy.deepcopy(done[start_from])
-            head.set_params(**{setting: value})   # warm start from the nearest value tried
+            head.set_params(**{setting: value})  # warm start from the nearest value tried
         with Watched() as fit:
             head.fit(X, y)
         done[value] = head
@@ -358,8 +392,12 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
             p_value = dominated(stats[value], leader)
             if p_value < heads.race:
                 live.remove(value)
-                raced_out[value] = {"after_folds": folds_done, "folds": len(scored), "leader": leader.variant,
-                                    "p_value": round(p_value, 6)}
+                raced_out[value] = {
+                    "after_folds": folds_done,
+                    "folds": len(scored),
+                    "leader": leader.variant,
+                    "p_value": round(p_value, 6),
+                }
 
     def score_of(values: list[float]) -> dict[float, tuple[float, ...]]:
         live = list(values)
@@ -375,12 +413,17 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
             if racing and index < len(scored) - 1 and len(live) > 1:
                 race(live, index + 1)
         # A value stopped by racing is never the best (nor refined around).
-        return {value: (-1.0,) if value in raced_out else
-                tuple(float(np.mean(column)) for column in zip(*stats[value].scores)) for value in values}
+        return {
+            value: (-1.0,)
+            if value in raced_out
+            else tuple(float(np.mean(column)) for column in zip(*stats[value].scores))
+            for value in values
+        }
 
-    tried = sorted(coarse_to_fine([dict(v.params)[setting] for v in job.variants], heads.grid(job.kind).refine,
-                                  score_of))
-    if cross_validated:       # refit every value tried (and not stopped) on all of train+val
+    tried = sorted(
+        coarse_to_fine([dict(v.params)[setting] for v in job.variants], heads.grid(job.kind).refine, score_of)
+    )
+    if cross_validated:  # refit every value tried (and not stopped) on all of train+val
         X_all, y_all = folds[-1][0], folds[-1][1]
         final: dict[float, Any] = {}
         for value in (v for v in tried if v not in raced_out):
@@ -391,13 +434,18 @@ def search_job(job: FitJob, heads: HeadsParams, folds: Sequence[Fold]) -> tuple[
     results = []
     for value in tried:
         if value in raced_out:
-            row = stats[value].row(None, memmapped, warm_start_from_C=warm_from[value], searched=setting,
-                                   raced_out=raced_out[value])
-            row.update(val_proba=None, scored_labels=None)     # partial: no soft vote, no labels of record
+            row = stats[value].row(
+                None, memmapped, warm_start_from_C=warm_from[value], searched=setting, raced_out=raced_out[value]
+            )
+            row.update(val_proba=None, scored_labels=None)  # partial: no soft vote, no labels of record
             results.append((None, row))
         else:
-            results.append((final[value], stats[value].row(final[value], memmapped,
-                                                           warm_start_from_C=warm_from[value], searched=setting)))
+            results.append(
+                (
+                    final[value],
+                    stats[value].row(final[value], memmapped, warm_start_from_C=warm_from[value], searched=setting),
+                )
+            )
     return FitJob(job.kind, tuple(variant_at(v) for v in tried), search=setting), results
 
 
@@ -417,9 +465,16 @@ class Sweep:
     complete: Sequence[dict] = ()
 
 
-def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, Splits], *,
-              jobs: Optional[Sequence[FitJob]] = None, progress: bool = False, desc: str = "heads",
-              complete: Sequence[dict] = ()) -> Iterator[tuple[Variant, Optional[Pipeline], dict]]:
+def run_sweep(
+    variants: Sequence[Variant],
+    heads: HeadsParams,
+    data: dict[str, Splits],
+    *,
+    jobs: Sequence[FitJob] | None = None,
+    progress: bool = False,
+    desc: str = "heads",
+    complete: Sequence[dict] = (),
+) -> Iterator[tuple[Variant, Pipeline | None, dict]]:
     """Fit one feature set's variants in parallel and yield each as soon as it is done.
 
     Parameters
@@ -448,15 +503,18 @@ def run_sweep(variants: Sequence[Variant], heads: HeadsParams, data: dict[str, S
     jobs = list(jobs) if jobs is not None else plan_jobs(variants, heads)
     if heads.cv == "auto":
         some = data[next(iter(data))]
-        heads = dataclasses.replace(heads, cv=resolve_cv(heads, some, uses_views=any(
-            v.uses_views for job in jobs for v in job.variants))[0])
-    for _, variant, estimator, row in run_sweeps([Sweep(variants, heads, data, jobs, complete)], progress=progress,
-                                                 desc=desc):
+        heads = dataclasses.replace(
+            heads, cv=resolve_cv(heads, some, uses_views=any(v.uses_views for job in jobs for v in job.variants))[0]
+        )
+    for _, variant, estimator, row in run_sweeps(
+        [Sweep(variants, heads, data, jobs, complete)], progress=progress, desc=desc
+    ):
         yield variant, estimator, row
 
 
-def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "heads"
-               ) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
+def run_sweeps(
+    sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "heads"
+) -> Iterator[tuple[int, Variant, Pipeline | None, dict]]:
     """Fit the jobs of several feature sets as one pooled run; yield ``(sweep index, variant, estimator, row)``.
 
     Two phases, each keeping every core busy without oversubscribing it. First
@@ -477,17 +535,23 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
             for variant in (v for job in sweep.jobs for v in job.variants):
                 key = (index, variant.features_key)
                 if key not in folds:
-                    raw = make_folds(sweep.data[variant.pooling], sweep.heads.cv, sweep.heads.seed,
-                                     augment=variant.augment, tta=variant.tta)
+                    raw = make_folds(
+                        sweep.data[variant.pooling],
+                        sweep.heads.cv,
+                        sweep.heads.seed,
+                        augment=variant.augment,
+                        tta=variant.tta,
+                    )
                     workdir = Path(tmp) / str(index)
                     workdir.mkdir(exist_ok=True)
-                    folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(variant, sweep.heads, raw,
-                                                                                         workdir)
+                    folds[key], preprocessors[key], prep_seconds[key] = preprocess_folds(
+                        variant, sweep.heads, raw, workdir
+                    )
 
         def inputs(index: int, job: FitJob) -> dict:
             return {key: folds[(index, key)] for key in job.features_keys}
 
-        def finished(index: int, job: FitJob, results) -> Iterator[tuple[int, Variant, Optional[Pipeline], dict]]:
+        def finished(index: int, job: FitJob, results) -> Iterator[tuple[int, Variant, Pipeline | None, dict]]:
             for variant, (head, row) in zip(job.variants, results):
                 final = preprocessors[(index, variant.features_key)][-1]
                 steps = list(final.steps) if final is not None else []
@@ -501,8 +565,7 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
         n_jobs = sweeps[0].heads.n_jobs if len(in_workers) > 1 else 1
         scored = [list(sweep.complete) for sweep in sweeps]
         total = sum(len(job.variants) for sweep in sweeps for job in sweep.jobs)
-        with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar, \
-                contextlib.ExitStack() as stack:
+        with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar, contextlib.ExitStack() as stack:
             started = time.perf_counter()
             waiting = collections.Counter(index for index, _ in in_workers)
             buffered: list = []
@@ -511,20 +574,24 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
                 limit = threadpool_limits(limits=1) if n_jobs == 1 else contextlib.nullcontext()
                 stack.enter_context(limit)
                 # Every job queued at once: the workers keep fitting while this process trains dense heads.
-                pending = iter(joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="all")(
-                    joblib.delayed(_run_indexed)(i, job, sweeps[i].heads, inputs(i, job)) for i, job in in_workers))
+                pending = iter(
+                    joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch="all")(
+                        joblib.delayed(_run_indexed)(i, job, sweeps[i].heads, inputs(i, job)) for i, job in in_workers
+                    )
+                )
 
             def collect_one() -> None:
                 index, (job, results) = next(pending)
                 buffered.extend(finished(index, job, results))
                 waiting[index] -= 1
 
-            def leader_when_ready(index: int) -> Callable[[], Optional[Leader]]:
+            def leader_when_ready(index: int) -> Callable[[], Leader | None]:
                 # The best complete variant of the feature set, once its scikit-learn jobs are all in.
-                def leader() -> Optional[Leader]:
+                def leader() -> Leader | None:
                     while waiting[index]:
                         collect_one()
                     return leader_of(scored[index])
+
                 return leader
 
             # Each feature set's in-process jobs (dense) start at once, on this process's cores, while the
@@ -540,9 +607,16 @@ def run_sweeps(sweeps: Sequence[Sweep], *, progress: bool = False, desc: str = "
                 collect_one()
                 yield from buffered
                 buffered.clear()
-            log.info("%s: %d scikit-learn jobs (%d worker%s) and %d in-process jobs (%.1f s of it) in %.1f s", desc,
-                     len(in_workers), n_jobs, "s" if n_jobs > 1 else "", len(in_process), dense_seconds,
-                     time.perf_counter() - started)
+            log.info(
+                "%s: %d scikit-learn jobs (%d worker%s) and %d in-process jobs (%.1f s of it) in %.1f s",
+                desc,
+                len(in_workers),
+                n_jobs,
+                "s" if n_jobs > 1 else "",
+                len(in_process),
+                dense_seconds,
+                time.perf_counter() - started,
+            )
 
 
 def _run_indexed(index: int, job: FitJob, heads: HeadsParams, folds: Mapping[tuple, Sequence[Fold]]):
@@ -557,4 +631,5 @@ def start_workers(n_jobs: int) -> Iterator[int]:
     then finds them running (joblib keeps one pool per process).
     """
     return joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-        joblib.delayed(os.getpid)() for _ in range(n_jobs))
+        joblib.delayed(os.getpid)() for _ in range(n_jobs)
+    )

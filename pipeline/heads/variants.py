@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -33,8 +33,16 @@ from pipeline.config import HeadsParams
 from pipeline.heads.registry import head_kind
 
 # Short names that make variant ids readable and stable (other settings keep their own name).
-_ABBREVIATIONS = {"C": "C", "gamma": "g", "degree": "deg", "hidden_units": "h", "dropout": "d",
-                  "weight_decay": "wd", "learning_rate": "lr", "epochs": "e"}
+_ABBREVIATIONS = {
+    "C": "C",
+    "gamma": "g",
+    "degree": "deg",
+    "hidden_units": "h",
+    "dropout": "d",
+    "weight_decay": "wd",
+    "learning_rate": "lr",
+    "epochs": "e",
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,8 @@ class Variant:
     pooling: str
     params: tuple[tuple[str, Any], ...]
     standardize: bool = True
-    pca: Optional[Union[int, float]] = None
-    augment: str = "none"        # none | stack | draw (see HeadsParams)
+    pca: int | float | None = None
+    augment: str = "none"  # none | stack | draw (see HeadsParams)
     tta: bool = False
 
     @property
@@ -66,14 +74,20 @@ class Variant:
         return ([] if self.standardize else ["nostd"]) + ([] if self.pca is None else [f"pca{_fmt(self.pca)}"])
 
     @property
-    def features_key(self) -> tuple[str, bool, Optional[Union[int, float]], str, bool]:
+    def features_key(self) -> tuple[str, bool, int | float | None, str, bool]:
         """What the head's input depends on: variants sharing it share one preprocessed matrix."""
         return (self.pooling, self.standardize, self.pca, self.augment, self.tta)
 
     def hyperparameters(self) -> dict[str, Any]:
         """Every swept setting by name, for reports: pooling, standardize, pca, augment, tta and the kind's own."""
-        return {"pooling": self.pooling, "standardize": self.standardize, "pca": self.pca,
-                "augment": self.augment, "tta": self.tta, **dict(self.params)}
+        return {
+            "pooling": self.pooling,
+            "standardize": self.standardize,
+            "pca": self.pca,
+            "augment": self.augment,
+            "tta": self.tta,
+            **dict(self.params),
+        }
 
 
 def _fmt(value: Any) -> str:
@@ -92,25 +106,37 @@ def expand_grid(heads: HeadsParams) -> list[Variant]:
         If two grid points get the same id (a value listed twice).
     """
     variants = []
-    for pooling, standardize, pca, augment, tta in itertools.product(heads.pooling, heads.standardize, heads.pca,
-                                                                     heads.augment, heads.tta):
+    for pooling, standardize, pca, augment, tta in itertools.product(
+        heads.pooling, heads.standardize, heads.pca, heads.augment, heads.tta
+    ):
         for kind in heads.kinds:
             if augment == "draw" and kind != "dense":
                 continue  # drawing a view per epoch needs epochs: dense heads only
             grid = heads.grid(kind)
             names = head_kind(kind).swept
             for values in itertools.product(*(getattr(grid, n) for n in names)):
-                variants.append(Variant(kind=kind, pooling=pooling, params=tuple(zip(names, values)),
-                                        standardize=standardize, pca=pca, augment=augment, tta=tta))
+                variants.append(
+                    Variant(
+                        kind=kind,
+                        pooling=pooling,
+                        params=tuple(zip(names, values)),
+                        standardize=standardize,
+                        pca=pca,
+                        augment=augment,
+                        tta=tta,
+                    )
+                )
     ids = [v.id for v in variants]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise ValueError(f"the heads grid lists the same variant twice: {duplicates}; "
-                         "remove the repeated value from params.yaml `heads`")
+        raise ValueError(
+            f"the heads grid lists the same variant twice: {duplicates}; "
+            "remove the repeated value from params.yaml `heads`"
+        )
     return variants
 
 
-def make_preprocessor(variant: Variant, heads: HeadsParams) -> Optional[Pipeline]:
+def make_preprocessor(variant: Variant, heads: HeadsParams) -> Pipeline | None:
     """Standardisation and PCA for a variant, unfitted; ``None`` when it has neither."""
     steps: list[tuple[str, Any]] = []
     if variant.standardize:

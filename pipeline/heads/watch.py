@@ -28,8 +28,8 @@ __all__ = ["PeakRSS", "Watched"]
 class Watched:
     """Context manager around one fit: ``seconds``, ``peak_mib`` and ``converged``, set when the block ends."""
 
-    def __enter__(self) -> "Watched":
-        with contextlib.ExitStack() as stack:   # a failure to start undoes what had started
+    def __enter__(self) -> Watched:
+        with contextlib.ExitStack() as stack:  # a failure to start undoes what had started
             self._caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always", ConvergenceWarning)
             self._memory = stack.enter_context(PeakRSS())
@@ -39,7 +39,7 @@ class Watched:
 
     def __exit__(self, *exc) -> None:
         self.seconds = time.perf_counter() - self._started
-        self._contexts.__exit__(*exc)           # the memory sampler stops, then the warning filters are restored
+        self._contexts.__exit__(*exc)  # the memory sampler stops, then the warning filters are restored
         self.peak_mib = self._memory.peak_mib
         self.converged = True
         for caught in self._caught:
@@ -60,7 +60,7 @@ class PeakRSS:
         self.interval = interval
         self.peak_mib = 0.0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import psutil
 
         self._process = psutil.Process()

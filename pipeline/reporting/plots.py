@@ -23,8 +23,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.reporting.tables import write_csv
 
@@ -56,8 +57,9 @@ def hyperparameter_rows(leaderboard: Sequence[dict]) -> list[dict]:
             continue
         settings = {name: row.get(name) for name in _COMMON}
         # A searched setting (a C bisected coarse to fine: ~20 values) has its own plot on a log axis (search.csv).
-        settings.update({f"{row['kind']}.{name}": value for name, value in row["params"].items()
-                         if name != row.get("searched")})
+        settings.update(
+            {f"{row['kind']}.{name}": value for name, value in row["params"].items() if name != row.get("searched")}
+        )
         for name, value in settings.items():
             key = (name, row["feature_set"], _hashable(value))
             best[key] = max(best.get(key, 0.0), row["val_accuracy"])
@@ -66,11 +68,19 @@ def hyperparameter_rows(leaderboard: Sequence[dict]) -> list[dict]:
         values.setdefault(name, set()).add(value)
     swept = {name: sorted(vals, key=_sort_key) for name, vals in values.items() if len(vals) > 1}
     rows = []
-    for (name, feature_set, value), accuracy in sorted(best.items(), key=lambda item: (
-            item[0][0], item[0][1], _sort_key(item[0][2]))):
+    for (name, feature_set, value), accuracy in sorted(
+        best.items(), key=lambda item: (item[0][0], item[0][1], _sort_key(item[0][2]))
+    ):
         if name in swept:
-            rows.append({"hyperparameter": name, "value": _text(value), "order": swept[name].index(value),
-                         "feature_set": feature_set, "val_accuracy": accuracy})
+            rows.append(
+                {
+                    "hyperparameter": name,
+                    "value": _text(value),
+                    "order": swept[name].index(value),
+                    "feature_set": feature_set,
+                    "val_accuracy": accuracy,
+                }
+            )
     return rows
 
 
@@ -109,9 +119,16 @@ def leaderboard_bars(leaderboard: Sequence[dict], top: int = LEADERBOARD_BARS) -
         ``variant`` (``<feature set>/<variant>``), ``feature_set``, ``rank`` (1 = best), ``val_accuracy``;
         at most ``top`` plus one per feature set, so that the labels of a long grid stay legible.
     """
-    return [{"variant": f"{r['feature_set']}/{r['variant']}", "feature_set": r["feature_set"], "rank": rank,
-             "val_accuracy": r["val_accuracy"]}
-            for rank, r in enumerate(leaderboard, start=1) if rank <= top or r.get("selected")]
+    return [
+        {
+            "variant": f"{r['feature_set']}/{r['variant']}",
+            "feature_set": r["feature_set"],
+            "rank": rank,
+            "val_accuracy": r["val_accuracy"],
+        }
+        for rank, r in enumerate(leaderboard, start=1)
+        if rank <= top or r.get("selected")
+    ]
 
 
 def search_rows(leaderboard: Sequence[dict]) -> list[dict]:
@@ -121,32 +138,73 @@ def search_rows(leaderboard: Sequence[dict]) -> list[dict]:
         setting = row.get("searched")
         if not setting or setting not in (row.get("params") or {}):
             continue
-        preprocessing = f"{row['pooling']}" + ("" if row.get("standardize") else ", raw") + \
-            (f", pca {row['pca']}" if row.get("pca") is not None else "")
-        rows.append({"feature_set": row["feature_set"], "line": f"{row['kind']} ({preprocessing})",
-                     "setting": setting, "value": row["params"][setting], "val_accuracy": row["val_accuracy"],
-                     "fit_seconds": row.get("fit_seconds"), "selected": bool(row.get("selected"))})
+        preprocessing = (
+            f"{row['pooling']}"
+            + ("" if row.get("standardize") else ", raw")
+            + (f", pca {row['pca']}" if row.get("pca") is not None else "")
+        )
+        rows.append(
+            {
+                "feature_set": row["feature_set"],
+                "line": f"{row['kind']} ({preprocessing})",
+                "setting": setting,
+                "value": row["params"][setting],
+                "val_accuracy": row["val_accuracy"],
+                "fit_seconds": row.get("fit_seconds"),
+                "selected": bool(row.get("selected")),
+            }
+        )
     return sorted(rows, key=lambda r: (r["feature_set"], r["line"], r["value"]))
 
 
 def write_plots(plots: Path, report: dict, leaderboard: Sequence[dict], best: dict) -> None:
     """CSV data for ``dvc plots``: confusion matrix, accuracy per cut, leaderboard bars, hyperparameters."""
     classes = best["classes"]
-    write_csv([{"actual": classes[a], "predicted": classes[p]}
-               for a, p in zip(best["y"], best["result"]["predicted"])], plots / "confusion.csv")
+    write_csv(
+        [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(best["y"], best["result"]["predicted"])],
+        plots / "confusion.csv",
+    )
     chosen = (report.get("best") or {}).get("feature_set")
-    by_cut = [{"feature_set": key, "backbone": f"{s['backbone']} ({s['weights']})", "cut": s["cut"],
-               "cut_depth": s["cut_depth"], "val_accuracy": s["val_accuracy"],
-               **({"chosen_test_accuracy": s["test_accuracy"], "test_ci95_low": s["test_accuracy_ci95"][0],
-                   "test_ci95_high": s["test_accuracy_ci95"][1]} if key == chosen else
-                  {"chosen_test_accuracy": None, "test_ci95_low": None, "test_ci95_high": None})}
-              for key, s in report["feature_sets"].items()]
+    by_cut = [
+        {
+            "feature_set": key,
+            "backbone": f"{s['backbone']} ({s['weights']})",
+            "cut": s["cut"],
+            "cut_depth": s["cut_depth"],
+            "val_accuracy": s["val_accuracy"],
+            **(
+                {
+                    "chosen_test_accuracy": s["test_accuracy"],
+                    "test_ci95_low": s["test_accuracy_ci95"][0],
+                    "test_ci95_high": s["test_accuracy_ci95"][1],
+                }
+                if key == chosen
+                else {"chosen_test_accuracy": None, "test_ci95_low": None, "test_ci95_high": None}
+            ),
+        }
+        for key, s in report["feature_sets"].items()
+    ]
     write_csv(sorted(by_cut, key=lambda r: (r["backbone"], r["cut_depth"])), plots / "accuracy_by_cut.csv")
     write_csv(leaderboard_bars(leaderboard), plots / "leaderboard.csv")
     swept = hyperparameter_rows(leaderboard)
     # An empty file would break `dvc plots show`; a grid of one point has nothing to plot against.
-    write_csv(swept or [{"hyperparameter": "(nothing swept)", "value": "", "order": 0, "feature_set": "",
-                         "val_accuracy": None}], plots / "hyperparameters.csv")
-    write_csv(search_rows(leaderboard) or [{"feature_set": "(nothing searched)", "line": "", "setting": "",
-                                            "value": None, "val_accuracy": None, "fit_seconds": None,
-                                            "selected": False}], plots / "search.csv")
+    write_csv(
+        swept
+        or [{"hyperparameter": "(nothing swept)", "value": "", "order": 0, "feature_set": "", "val_accuracy": None}],
+        plots / "hyperparameters.csv",
+    )
+    write_csv(
+        search_rows(leaderboard)
+        or [
+            {
+                "feature_set": "(nothing searched)",
+                "line": "",
+                "setting": "",
+                "value": None,
+                "val_accuracy": None,
+                "fit_seconds": None,
+                "selected": False,
+            }
+        ],
+        plots / "search.csv",
+    )

@@ -88,8 +88,12 @@ def page_template() -> str:
     for forbidden in (*_DVC_PLACEHOLDERS, "</script"):
         if forbidden in bundle:
             raise ValueError(f"the vl-convert bundle contains {forbidden!r}; it cannot be inlined as is")
-    fills = {"{vega}": vl_convert.get_vega_version(), "{vega_lite}": VEGA_LITE_VERSION,
-             "{vega_embed}": vl_convert.get_vega_embed_version(), "{vlc}": metadata.version("vl-convert-python")}
+    fills = {
+        "{vega}": vl_convert.get_vega_version(),
+        "{vega_lite}": VEGA_LITE_VERSION,
+        "{vega_embed}": vl_convert.get_vega_embed_version(),
+        "{vlc}": metadata.version("vl-convert-python"),
+    }
     page = _PAGE
     for placeholder, value in fills.items():
         page = page.replace(placeholder, value)

@@ -14,8 +14,8 @@ the members read their own cached features.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -58,7 +58,7 @@ class SoftVote:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-def soft_vote(all_scores: Sequence[dict], size: int, select_by: str, records) -> Optional[dict]:
+def soft_vote(all_scores: Sequence[dict], size: int, select_by: str, records) -> dict | None:
     """The ensemble of the ``size`` best feature sets' best probabilistic heads, or None when fewer than two qualify.
 
     Parameters
@@ -92,8 +92,12 @@ def soft_vote(all_scores: Sequence[dict], size: int, select_by: str, records) ->
     if candidates:
         # Members must have been scored on the same images, the same way, as the best of them.
         first = candidates[0]
-        candidates = [c for c in candidates if c[1].get("selection") == first[1].get("selection")
-                      and np.array_equal(c[2][SCORED_LABELS], first[2][SCORED_LABELS])]
+        candidates = [
+            c
+            for c in candidates
+            if c[1].get("selection") == first[1].get("selection")
+            and np.array_equal(c[2][SCORED_LABELS], first[2][SCORED_LABELS])
+        ]
     members = candidates[:size]
     if len(members) < 2:
         log.info("no ensemble: fewer than 2 feature sets have a head with probabilities scored the same way")
@@ -102,24 +106,45 @@ def soft_vote(all_scores: Sequence[dict], size: int, select_by: str, records) ->
     mean = np.mean([stored[row["variant"]] for _, row, stored in members], axis=0)
     predicted = mean.argmax(axis=1)
     names = [f"{row['feature_set']}/{row['variant']}" for _, row, _ in members]
-    row = {"variant": f"softvote-{len(members)}", "kind": "ensemble", "pooling": SEPARATOR.join(
-               r["pooling"] for _, r, _ in members), "standardize": True, "pca": None,
-           "params": {"members": names},
-           "val_accuracy": float(accuracy_score(labels, predicted)),
-           "val_macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-           "val_correct": correct_string(predicted == labels), "selection": members[0][1].get("selection"),
-           "fit_seconds": 0.0, "feature_set": ENSEMBLE_KEY}
+    row = {
+        "variant": f"softvote-{len(members)}",
+        "kind": "ensemble",
+        "pooling": SEPARATOR.join(r["pooling"] for _, r, _ in members),
+        "standardize": True,
+        "pca": None,
+        "params": {"members": names},
+        "val_accuracy": float(accuracy_score(labels, predicted)),
+        "val_macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        "val_correct": correct_string(predicted == labels),
+        "selection": members[0][1].get("selection"),
+        "fit_seconds": 0.0,
+        "feature_set": ENSEMBLE_KEY,
+    }
     heads, tests = [], []
     for scores, pick, _ in members:
         heads.append(load_head(Path(scores["dir"]), pick))
-        tests.append(open_feature_set(scores["store"], "test", manifest=records, pooling=pick["pooling"],
-                                      expect=features_identity(scores["identity"])))
+        tests.append(
+            open_feature_set(
+                scores["store"],
+                "test",
+                manifest=records,
+                pooling=pick["pooling"],
+                expect=features_identity(scores["identity"]),
+            )
+        )
     test = concatenate(tests, [s["feature_set"] for s, _, _ in members])
-    provenance = {field: SEPARATOR.join(str(s["provenance"].get(field)) for s, _, _ in members)
-                  for field in ("backbone", "weights", "cut")}
+    provenance = {
+        field: SEPARATOR.join(str(s["provenance"].get(field)) for s, _, _ in members)
+        for field in ("backbone", "weights", "cut")
+    }
     deepest = max((s["provenance"] for s, _, _ in members), key=lambda p: p["cut_index"] / max(1, p["n_layers"] - 1))
-    provenance.update(cut_index=deepest["cut_index"], n_layers=deepest["n_layers"],
-                      members=[s["feature_set"] for s, _, _ in members])
+    provenance.update(
+        cut_index=deepest["cut_index"], n_layers=deepest["n_layers"], members=[s["feature_set"] for s, _, _ in members]
+    )
     log.info("ensemble of %s: val %s %.4f", ", ".join(names), select_by, row[f"val_{select_by}"])
-    return {"row": row, "estimator": SoftVote(heads, [t.X.shape[1] for t in tests]), "test": test,
-            "provenance": provenance}
+    return {
+        "row": row,
+        "estimator": SoftVote(heads, [t.X.shape[1] for t in tests]),
+        "test": test,
+        "provenance": provenance,
+    }

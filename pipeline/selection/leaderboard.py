@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -44,8 +44,13 @@ def load_scores(heads_dir: Path) -> list[dict]:
     return [json.loads(f.read_text(encoding="utf-8")) | {"dir": str(f.parent)} for f in files]
 
 
-def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record],
-             costs: Optional[dict] = None, ensemble: int = 0) -> tuple[dict, list[dict], dict]:
+def evaluate(
+    heads_dir: Path,
+    settings: EvaluateParams,
+    records: Sequence[Record],
+    costs: dict | None = None,
+    ensemble: int = 0,
+) -> tuple[dict, list[dict], dict]:
     """Select per feature set, score the selections on test, pick the overall best on validation.
 
     Parameters
@@ -77,8 +82,14 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
         pick = select_best(scores["variants"], settings.select_by)
         if scores.get("combines"):
             # A combination: its members' test rows side by side, each store checked against its identity.
-            test = open_combination(scores["store"], scores["combines"], "test", manifest=records,
-                                    pooling=pick["pooling"], expect=[features_identity(i) for i in scores["identity"]])
+            test = open_combination(
+                scores["store"],
+                scores["combines"],
+                "test",
+                manifest=records,
+                pooling=pick["pooling"],
+                expect=[features_identity(i) for i in scores["identity"]],
+            )
             expect = None
         else:
             # The heads were trained on this store's rows: refuse a store rebuilt since with another identity.
@@ -87,50 +98,105 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
         X_test = test.X
         if pick.get("tta"):
             # Test-time augmentation: the clean features and every cached view of each test image.
-            views = open_views(views_path(Path(scores["store"]).parent, key), "test", manifest=records,
-                               pooling=pick["pooling"], expect=expect)
+            views = open_views(
+                views_path(Path(scores["store"]).parent, key),
+                "test",
+                manifest=records,
+                pooling=pick["pooling"],
+                expect=expect,
+            )
             X_test = np.concatenate([test.X[:, None], views.X], axis=1)
         estimator = load_head(Path(scores["dir"]), pick)  # checked against the sha256 scores.json records
         result = score_test(estimator, X_test, test.y, test.classes, settings)
-        chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y,
-                       "classes": test.classes}
+        chosen[key] = {"pick": pick, "result": result, "provenance": provenance, "y": test.y, "classes": test.classes}
         tied = indistinguishable(pick, scores["variants"])
         chosen[key]["indistinguishable"] = tied
         chosen[key]["selection"] = pick.get("selection", "val split")
-        log.info("%s: chose %s (val %s %.4f, %s; %s other variants indistinguishable) → test accuracy %.4f", key,
-                 pick["variant"], settings.select_by, pick[f"val_{settings.select_by}"], chosen[key]["selection"],
-                 "?" if tied is None else tied, result["test_accuracy"])
+        log.info(
+            "%s: chose %s (val %s %.4f, %s; %s other variants indistinguishable) → test accuracy %.4f",
+            key,
+            pick["variant"],
+            settings.select_by,
+            pick[f"val_{settings.select_by}"],
+            chosen[key]["selection"],
+            "?" if tied is None else tied,
+            result["test_accuracy"],
+        )
         for row in scores["variants"]:
             selected = row["variant"] == pick["variant"]
-            leaderboard.append({
-                "feature_set": key, "backbone": provenance["backbone"], "weights": provenance["weights"],
-                "cut": provenance["cut"], "variant": row["variant"], "kind": row["kind"],
-                "pooling": row["pooling"], "standardize": row.get("standardize", True), "pca": row.get("pca"),
-                "augment": row.get("augment", "none"), "tta": row.get("tta", False),
-                "params": row.get("params", {}), "searched": row.get("searched"), "val_accuracy": row["val_accuracy"],
-                "val_macro_f1": row["val_macro_f1"], "val_accuracy_std": row.get("val_accuracy_std"),
-                "test_accuracy": result["test_accuracy"] if selected else None,
-                "fit_seconds": row["fit_seconds"], "peak_rss_mib": row.get("peak_rss_mib"),
-                "n_epochs": row.get("n_epochs"), "not_converged": row.get("not_converged"), "raced_out": row.get("raced_out"), "selected": selected,
-                "selection": row.get("selection", "val split"),
-                "indistinguishable": tied if selected else None,
-            })
+            leaderboard.append(
+                {
+                    "feature_set": key,
+                    "backbone": provenance["backbone"],
+                    "weights": provenance["weights"],
+                    "cut": provenance["cut"],
+                    "variant": row["variant"],
+                    "kind": row["kind"],
+                    "pooling": row["pooling"],
+                    "standardize": row.get("standardize", True),
+                    "pca": row.get("pca"),
+                    "augment": row.get("augment", "none"),
+                    "tta": row.get("tta", False),
+                    "params": row.get("params", {}),
+                    "searched": row.get("searched"),
+                    "val_accuracy": row["val_accuracy"],
+                    "val_macro_f1": row["val_macro_f1"],
+                    "val_accuracy_std": row.get("val_accuracy_std"),
+                    "test_accuracy": result["test_accuracy"] if selected else None,
+                    "fit_seconds": row["fit_seconds"],
+                    "peak_rss_mib": row.get("peak_rss_mib"),
+                    "n_epochs": row.get("n_epochs"),
+                    "not_converged": row.get("not_converged"),
+                    "raced_out": row.get("raced_out"),
+                    "selected": selected,
+                    "selection": row.get("selection", "val split"),
+                    "indistinguishable": tied if selected else None,
+                }
+            )
     voted = soft_vote(all_scores, ensemble, settings.select_by, records)
     if voted is not None:
         pick, test = voted["row"], voted["test"]
         result = score_test(voted["estimator"], test.X, test.y, test.classes, settings)
-        chosen[ENSEMBLE_KEY] = {"pick": pick, "result": result, "provenance": voted["provenance"], "y": test.y,
-                                "classes": test.classes, "selection": pick["selection"], "indistinguishable": None}
-        log.info("%s: %s (val %s %.4f) → test accuracy %.4f", ENSEMBLE_KEY, ", ".join(pick["params"]["members"]),
-                 settings.select_by, pick[f"val_{settings.select_by}"], result["test_accuracy"])
+        chosen[ENSEMBLE_KEY] = {
+            "pick": pick,
+            "result": result,
+            "provenance": voted["provenance"],
+            "y": test.y,
+            "classes": test.classes,
+            "selection": pick["selection"],
+            "indistinguishable": None,
+        }
+        log.info(
+            "%s: %s (val %s %.4f) → test accuracy %.4f",
+            ENSEMBLE_KEY,
+            ", ".join(pick["params"]["members"]),
+            settings.select_by,
+            pick[f"val_{settings.select_by}"],
+            result["test_accuracy"],
+        )
         provenance = voted["provenance"]
-        leaderboard.append({
-            "feature_set": ENSEMBLE_KEY, "backbone": provenance["backbone"], "weights": provenance["weights"],
-            "cut": provenance["cut"], **{k: pick[k] for k in ("variant", "kind", "pooling", "standardize", "pca")},
-            "augment": "none", "tta": False, "params": pick["params"], "val_accuracy": pick["val_accuracy"],
-            "val_macro_f1": pick["val_macro_f1"], "val_accuracy_std": None,
-            "test_accuracy": result["test_accuracy"], "fit_seconds": 0.0, "peak_rss_mib": None, "n_epochs": None,
-            "selected": True, "selection": pick["selection"], "indistinguishable": None})
+        leaderboard.append(
+            {
+                "feature_set": ENSEMBLE_KEY,
+                "backbone": provenance["backbone"],
+                "weights": provenance["weights"],
+                "cut": provenance["cut"],
+                **{k: pick[k] for k in ("variant", "kind", "pooling", "standardize", "pca")},
+                "augment": "none",
+                "tta": False,
+                "params": pick["params"],
+                "val_accuracy": pick["val_accuracy"],
+                "val_macro_f1": pick["val_macro_f1"],
+                "val_accuracy_std": None,
+                "test_accuracy": result["test_accuracy"],
+                "fit_seconds": 0.0,
+                "peak_rss_mib": None,
+                "n_epochs": None,
+                "selected": True,
+                "selection": pick["selection"],
+                "indistinguishable": None,
+            }
+        )
     best_key = min(chosen, key=lambda k: rank({**chosen[k]["pick"], "feature_set": k}, settings.select_by))
     leaderboard.sort(key=lambda r: rank(r, settings.select_by))
     report = {
@@ -138,8 +204,7 @@ def evaluate(heads_dir: Path, settings: EvaluateParams, records: Sequence[Record
         "feature_sets": {k: _summary(k, c) for k, c in sorted(chosen.items())},
         "variants_trained": len(leaderboard),
         "selected_by": f"{_selection(all_scores)} {settings.select_by}",
-        "cost": None if costs is None else sweep_cost(all_scores, costs,
-                                                      {k: len(c["y"]) for k, c in chosen.items()}),
+        "cost": None if costs is None else sweep_cost(all_scores, costs, {k: len(c["y"]) for k, c in chosen.items()}),
     }
     return report, leaderboard, {"key": best_key, **chosen[best_key]}
 
@@ -152,10 +217,14 @@ def _selection(all_scores: Sequence[dict]) -> str:
 def _summary(key: str, chosen: dict) -> dict:
     result, pick, provenance = chosen["result"], chosen["pick"], chosen["provenance"]
     return {
-        "feature_set": key, "variant": pick["variant"], "backbone": provenance["backbone"],
-        "weights": provenance["weights"], "cut": provenance["cut"],
+        "feature_set": key,
+        "variant": pick["variant"],
+        "backbone": provenance["backbone"],
+        "weights": provenance["weights"],
+        "cut": provenance["cut"],
         "cut_depth": round(provenance["cut_index"] / max(1, provenance["n_layers"] - 1), 4),
-        "val_accuracy": pick["val_accuracy"], "val_macro_f1": pick["val_macro_f1"],
+        "val_accuracy": pick["val_accuracy"],
+        "val_macro_f1": pick["val_macro_f1"],
         "selection": chosen.get("selection", pick.get("selection", "val split")),
         "indistinguishable": chosen.get("indistinguishable"),
         **({"members": pick["params"]["members"]} if pick.get("kind") == "ensemble" else {}),
@@ -183,16 +252,24 @@ def metrics_rows(report: dict) -> dict[str, dict]:
         ``{"head", "test_acc", "test_ci_lo", "test_ci_up", "val_acc"}`` (``head``: ``<feature set>/<variant>``
         for ``chosen``, the variant for the others).
     """
+
     def row(summary: dict, head: str) -> dict:
         low, high = summary["test_accuracy_ci95"]
-        return {"head": head, "test_acc": summary["test_accuracy"], "test_ci_lo": low, "test_ci_up": high,
-                "val_acc": summary["val_accuracy"]}
+        return {
+            "head": head,
+            "test_acc": summary["test_accuracy"],
+            "test_ci_lo": low,
+            "test_ci_up": high,
+            "val_acc": summary["val_accuracy"],
+        }
 
     best = report["best"]
     rows = {"chosen": row(best, f"{best['feature_set']}/{best['variant']}")}
     rows.update({key: row(summary, summary["variant"]) for key, summary in report["feature_sets"].items()})
     if report.get("finetune"):
-        rows["finetune"] = row(report["finetune"], f"{report['finetune']['feature_set']}/{report['finetune']['variant']}")
+        rows["finetune"] = row(
+            report["finetune"], f"{report['finetune']['feature_set']}/{report['finetune']['variant']}"
+        )
     return rows
 
 
@@ -200,28 +277,52 @@ def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by:
     """Put the fine-tune stage's result on the leaderboard and into the overall choice (on validation)."""
     if not result.get("enabled"):
         return
-    summary = {"feature_set": result["feature_set"], "variant": f"finetune-{result['head_variant']}",
-               "kind": "finetune", "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
-               **{k: result[k] for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1", "test_images")},
-               "kept": result["kept"], "epochs_run": result["epochs_run"], "unfrozen_layers": result["unfrozen_layers"]}
+    summary = {
+        "feature_set": result["feature_set"],
+        "variant": f"finetune-{result['head_variant']}",
+        "kind": "finetune",
+        "val_accuracy": result["val_accuracy"],
+        "val_macro_f1": result["val_macro_f1"],
+        **{k: result[k] for k in ("test_accuracy", "test_accuracy_ci95", "test_macro_f1", "test_images")},
+        "kept": result["kept"],
+        "epochs_run": result["epochs_run"],
+        "unfrozen_layers": result["unfrozen_layers"],
+    }
     report["finetune"] = summary
-    head_row = next(r for r in leaderboard
-                    if r["feature_set"] == result["feature_set"] and r["variant"] == result["head_variant"])
-    leaderboard.append({**head_row, "variant": summary["variant"], "kind": "finetune", "params": {},
-                        "val_accuracy": result["val_accuracy"], "val_macro_f1": result["val_macro_f1"],
-                        "val_accuracy_std": None, "test_accuracy": result["test_accuracy"],
-                        "fit_seconds": result["seconds"], "peak_rss_mib": None, "n_epochs": result["epochs_run"],
-                        "selected": True})
+    head_row = next(
+        r for r in leaderboard if r["feature_set"] == result["feature_set"] and r["variant"] == result["head_variant"]
+    )
+    leaderboard.append(
+        {
+            **head_row,
+            "variant": summary["variant"],
+            "kind": "finetune",
+            "params": {},
+            "val_accuracy": result["val_accuracy"],
+            "val_macro_f1": result["val_macro_f1"],
+            "val_accuracy_std": None,
+            "test_accuracy": result["test_accuracy"],
+            "fit_seconds": result["seconds"],
+            "peak_rss_mib": None,
+            "n_epochs": result["epochs_run"],
+            "selected": True,
+        }
+    )
     leaderboard.sort(key=lambda r: rank(r, select_by))
     best = report["best"]
     if (summary[f"val_{select_by}"], summary["feature_set"]) > (best[f"val_{select_by}"], best["feature_set"]):
         report["best_cached_head"] = best
         report["best"] = {**best, **summary}
-        log.info("best overall: fine-tuning %s (val %s %.4f) → test accuracy %.4f", result["feature_set"],
-                 select_by, summary[f"val_{select_by}"], summary["test_accuracy"])
+        log.info(
+            "best overall: fine-tuning %s (val %s %.4f) → test accuracy %.4f",
+            result["feature_set"],
+            select_by,
+            summary[f"val_{select_by}"],
+            summary["test_accuracy"],
+        )
 
 
-def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: Optional[str]) -> dict:
+def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: str | None) -> dict:
     """What the export stage exports: the best model on cached features, or the one ``export.variant`` names.
 
     The best may be a single feature set's head, a combination's head (``heads.combine``) or the
@@ -242,25 +343,36 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
     if reason and requested:
         raise ValueError(f"export.variant {requested!r} cannot be exported: {reason}")
     if reason:
-        not_exported = {"feature_set": key, "variant": variant,
-                        "reason": f"{reason}; the best head on a single feature set is exported instead"}
+        not_exported = {
+            "feature_set": key,
+            "variant": variant,
+            "reason": f"{reason}; the best head on a single feature set is exported instead",
+        }
         # The leaderboard is ranked best first: its first chosen row of a single feature set.
         several = combinations(heads_dir) | {ENSEMBLE_KEY}
-        row = next((r for r in leaderboard if r["selected"] and r["kind"] != "finetune"
-                    and r["feature_set"] not in several), None)
+        row = next(
+            (r for r in leaderboard if r["selected"] and r["kind"] != "finetune" and r["feature_set"] not in several),
+            None,
+        )
         if row is None:
             raise ValueError(f"nothing to export: {reason}, and every feature set under {heads_dir}/ is a combination")
         log.warning("export: %s / %s is best on validation but is not exported: %s", key, variant, reason)
         key, variant = row["feature_set"], report["feature_sets"][row["feature_set"]]["variant"]
         target = _target(report, leaderboard, heads_dir, key, variant)
     summary = report["feature_sets"].get(key)
-    runners_up = [{k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
-                  for r in leaderboard if not (r["feature_set"] == key and r["variant"] == variant)][:RUNNERS_UP]
-    return {**target,
-            "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
-            "test": summary if summary and summary["variant"] == variant else None,
-            "finetune": report.get("finetune"), "runners_up": runners_up,
-            **({"not_exported": not_exported} if not_exported else {})}
+    runners_up = [
+        {k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
+        for r in leaderboard
+        if not (r["feature_set"] == key and r["variant"] == variant)
+    ][:RUNNERS_UP]
+    return {
+        **target,
+        "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
+        "test": summary if summary and summary["variant"] == variant else None,
+        "finetune": report.get("finetune"),
+        "runners_up": runners_up,
+        **({"not_exported": not_exported} if not_exported else {}),
+    }
 
 
 def _target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, key: str, variant: str) -> dict:
@@ -269,16 +381,26 @@ def _target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, key: str
         return _head_target(heads_dir, leaderboard, key, variant)
     voted = next((r for r in leaderboard if r["feature_set"] == ENSEMBLE_KEY), None)
     if voted is None:
-        raise ValueError(f"export.variant names the ensemble ({key}/{variant}), but the evaluate stage made none "
-                         "(heads.ensemble below 2, or fewer than 2 feature sets with a head giving probabilities)")
+        raise ValueError(
+            f"export.variant names the ensemble ({key}/{variant}), but the evaluate stage made none "
+            "(heads.ensemble below 2, or fewer than 2 feature sets with a head giving probabilities)"
+        )
     if voted["variant"] != variant:
         raise ValueError(f"no variant {variant!r} of the {ENSEMBLE_KEY}. Known: {voted['variant']}")
     members = [_head_target(heads_dir, leaderboard, *name.split("/", 1)) for name in voted["params"]["members"]]
     provenance = report["feature_sets"][ENSEMBLE_KEY]
-    return {"feature_set": key, "variant": variant, "form": "ensemble", "head": None, "head_sha256": None,
-            "store": [m["store"] for m in members], "identity": [m["identity"] for m in members],
-            "provenance": {k: provenance.get(k) for k in ("backbone", "weights", "cut", "cut_depth")},
-            "row": voted, "members": members}
+    return {
+        "feature_set": key,
+        "variant": variant,
+        "form": "ensemble",
+        "head": None,
+        "head_sha256": None,
+        "store": [m["store"] for m in members],
+        "identity": [m["identity"] for m in members],
+        "provenance": {k: provenance.get(k) for k in ("backbone", "weights", "cut", "cut_depth")},
+        "row": voted,
+        "members": members,
+    }
 
 
 def _head_target(heads_dir: Path, leaderboard: Sequence[dict], key: str, variant: str) -> dict:
@@ -288,22 +410,34 @@ def _head_target(heads_dir: Path, leaderboard: Sequence[dict], key: str, variant
     scores = json.loads(scores_file.read_text(encoding="utf-8"))
     rows = {row["variant"]: row for row in scores["variants"]}
     if variant not in rows:
-        raise ValueError(f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
-                         + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000])
+        raise ValueError(
+            f"no variant {variant!r} in {heads_dir}/{key}. Known, best first: "
+            + ", ".join(r["variant"] for r in leaderboard if r["feature_set"] == key)[:2000]
+        )
     raced = rows[variant].get("raced_out")
     if raced:
-        raise ValueError(f"export.variant {key}/{variant} was stopped by racing after {raced['after_folds']} of "
-                         f"{raced['folds']} folds (significantly less accurate than {raced['leader']}), so it has no "
-                         "fitted head; set heads.race: 0 to fit every variant fully, or name another variant")
+        raise ValueError(
+            f"export.variant {key}/{variant} was stopped by racing after {raced['after_folds']} of "
+            f"{raced['folds']} folds (significantly less accurate than {raced['leader']}), so it has no "
+            "fitted head; set heads.race: 0 to fit every variant fully, or name another variant"
+        )
     head = head_file(heads_dir / key, variant)
     combines = scores.get("combines")
-    return {"feature_set": key, "variant": variant, "form": "combination" if combines else "single",
-            "head": str(head), "head_sha256": file_sha256(head),
-            "store": scores["store"], "identity": scores["identity"], "provenance": scores["provenance"],
-            "row": rows[variant], **({"combines": combines} if combines else {})}
+    return {
+        "feature_set": key,
+        "variant": variant,
+        "form": "combination" if combines else "single",
+        "head": str(head),
+        "head_sha256": file_sha256(head),
+        "store": scores["store"],
+        "identity": scores["identity"],
+        "provenance": scores["provenance"],
+        "row": rows[variant],
+        **({"combines": combines} if combines else {}),
+    }
 
 
-def unexportable(target: dict) -> Optional[str]:
+def unexportable(target: dict) -> str | None:
     """Why a target's model cannot be one Keras graph (a head without an exact Keras form), or None."""
     from pipeline.heads.registry import head_kind
 
@@ -311,8 +445,10 @@ def unexportable(target: dict) -> Optional[str]:
         row, name = part["row"], f"{part['feature_set']}/{part['variant']}"
         what = f"the ensemble's member {name}" if target.get("members") else name
         if row.get("out_of_core"):
-            return (f"{what} is a {row['kind']} head trained out of core, which has no exact Keras form "
-                    "(an exported model holds no pickle)")
+            return (
+                f"{what} is a {row['kind']} head trained out of core, which has no exact Keras form "
+                "(an exported model holds no pickle)"
+            )
         if head_kind(row["kind"]).keras is None:
             return f"{what} is a {row['kind']} head, which has no exact Keras form (an exported model holds no pickle)"
     return None

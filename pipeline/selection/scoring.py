@@ -16,7 +16,7 @@ dense head that fine-tuning starts from.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import binomtest
@@ -25,7 +25,6 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 from pipeline.config import EvaluateParams
 from pipeline.heads.registry import HEAD_KINDS
 from pipeline.heads.variants import predict_views
-
 
 #: Significance level of the paired test that counts the variants indistinguishable from the winner.
 ALPHA = 0.05
@@ -43,8 +42,9 @@ def complexity(row: dict) -> tuple:
     if kind is None:
         return (len(HEAD_KINDS) + 1, ())
     params = row.get("params") or {}
-    settings = tuple(sign * float(params[name]) for name, sign in kind.regularisation
-                     if isinstance(params.get(name), (int, float)))
+    settings = tuple(
+        sign * float(params[name]) for name, sign in kind.regularisation if isinstance(params.get(name), (int, float))
+    )
     pca = row.get("pca")
     return (kind.simplicity, settings, float("inf") if pca is None else float(pca), not row.get("standardize", True))
 
@@ -58,8 +58,14 @@ def rank(row: dict, select_by: str) -> tuple:
     the choice is the same every run.
     """
     other = "macro_f1" if select_by == "accuracy" else "accuracy"
-    return (bool(row.get("raced_out")), -(row.get(f"val_{select_by}") or 0.0), complexity(row),
-            -(row.get(f"val_{other}") or 0.0), row.get("feature_set", ""), row["variant"])
+    return (
+        bool(row.get("raced_out")),
+        -(row.get(f"val_{select_by}") or 0.0),
+        complexity(row),
+        -(row.get(f"val_{other}") or 0.0),
+        row.get("feature_set", ""),
+        row["variant"],
+    )
 
 
 def select_best(rows: Sequence[dict], select_by: str) -> dict:
@@ -92,7 +98,7 @@ def mcnemar_p(a: str, b: str) -> float:
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def indistinguishable(best: dict, rows: Sequence[dict], alpha: float = ALPHA) -> Optional[int]:
+def indistinguishable(best: dict, rows: Sequence[dict], alpha: float = ALPHA) -> int | None:
     """How many other rows the paired McNemar test cannot tell from ``best`` at level ``alpha``.
 
     Only rows scored the same way on the same images count (same ``selection``
@@ -101,14 +107,20 @@ def indistinguishable(best: dict, rows: Sequence[dict], alpha: float = ALPHA) ->
     """
     if not best.get("val_correct"):
         return None
-    return sum(1 for row in rows if row is not best and row.get("val_correct")
-               and row.get("selection") == best.get("selection")
-               and len(row["val_correct"]) == len(best["val_correct"])
-               and mcnemar_p(best["val_correct"], row["val_correct"]) >= alpha)
+    return sum(
+        1
+        for row in rows
+        if row is not best
+        and row.get("val_correct")
+        and row.get("selection") == best.get("selection")
+        and len(row["val_correct"]) == len(best["val_correct"])
+        and mcnemar_p(best["val_correct"], row["val_correct"]) >= alpha
+    )
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, *, n_resamples: int, seed: int,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, *, n_resamples: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of accuracy over resampled test images.
 
     Parameters

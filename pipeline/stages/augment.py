@@ -29,15 +29,15 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import feature_set, load_params
 from pipeline.extraction.feature_sets import augment_feature_set, nothing_to_do
 from pipeline.extraction.plan import augment_identity, planned_identity
 from pipeline.extraction.wanted import already_extracted, damage_to_repair, image_paths, resolved_cut, view_images
 from pipeline.manifest import read_manifest
-from pipeline.stage import run_stage
 from pipeline.store.contents import stored_rows
 from pipeline.store.layout import store_name
 from pipeline.store.repair import prove_store
@@ -73,8 +73,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = nothing_to_do(args.out, len(wanted), stored_rows(args.out), started)
     else:
         paths = image_paths(records, wanted, where=str(args.manifest), damage=damage)
-        result = augment_feature_set(spec, settings, wanted, paths, out=args.out, progress=not args.no_progress,
-                                     expected=identity, repair=None if damage is None else damage.chunks)
+        result = augment_feature_set(
+            spec,
+            settings,
+            wanted,
+            paths,
+            out=args.out,
+            progress=not args.no_progress,
+            expected=identity,
+            repair=None if damage is None else damage.chunks,
+        )
         prove_store(result.path)
     log.info("%s", result.summary(f"augment {store_name(args.out)}"))
     if args.report:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.extraction.timing import time_feature_sets
-from pipeline.stage import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:

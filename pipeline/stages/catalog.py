@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.manifest import read_content_hashes, write_hash_list
-from pipeline.stage import run_stage
 from pipeline.store.layout import store_path
 from pipeline.store.reader import rows_in_every_store
 
@@ -47,8 +47,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     stores = [store_path(args.features, key) for key in load_params(args.params).features]
     extracted = rows_in_every_store(stores)
     write_hash_list(sorted(dataset | extracted), args.out)
-    log.info("catalog: %d images in the dataset, %d extracted in every store, %d listed for extraction",
-             len(dataset), len(extracted), len(dataset | extracted))
+    log.info(
+        "catalog: %d images in the dataset, %d extracted in every store, %d listed for extraction",
+        len(dataset),
+        len(extracted),
+        len(dataset | extracted),
+    )
 
 
 if __name__ == "__main__":

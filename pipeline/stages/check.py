@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from pipeline.backbones.cuts import check_cuts
 from pipeline.backbones.weights import weights_sources
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 

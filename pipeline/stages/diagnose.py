@@ -24,14 +24,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.diagnosis.chosen import read_evaluation
 from pipeline.diagnosis.diagnose import diagnose
 from pipeline.manifest import read_manifest
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.exists():
         shutil.rmtree(args.out)  # thumbnails of images no longer listed would linger
     args.out.mkdir(parents=True)
-    summary = diagnose(evaluation, args.heads, read_manifest(args.manifest), params.diagnose, cv=params.heads.cv,
-                       max_pixels=params.data.max_image_pixels, out=args.out,
-                       pages={"errors": args.errors, "label_issues": args.label_issues,
-                              "learning_curve": args.learning_curve})
-    log.info("%s: %d of %d val/test images misclassified, %d of %d train/val labels flagged; %s",
-             summary["model"], summary["misclassified"], summary["val_test_images"], summary["label_issues_flagged"],
-             summary["label_issues_ranked"], ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()))
+    summary = diagnose(
+        evaluation,
+        args.heads,
+        read_manifest(args.manifest),
+        params.diagnose,
+        cv=params.heads.cv,
+        max_pixels=params.data.max_image_pixels,
+        out=args.out,
+        pages={"errors": args.errors, "label_issues": args.label_issues, "learning_curve": args.learning_curve},
+    )
+    log.info(
+        "%s: %d of %d val/test images misclassified, %d of %d train/val labels flagged; %s",
+        summary["model"],
+        summary["misclassified"],
+        summary["val_test_images"],
+        summary["label_issues_flagged"],
+        summary["label_issues_ranked"],
+        ", ".join(f"{k} {v:.1f} s" for k, v in summary["seconds"].items()),
+    )
 
 
 if __name__ == "__main__":

@@ -37,16 +37,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.diagnosis.diagnose import headline_curve
 from pipeline.manifest import read_manifest
 from pipeline.reporting.plots import write_plots
 from pipeline.reporting.tables import leaderboard_markdown, write_csv
 from pipeline.selection.leaderboard import add_finetune, evaluate, export_target, metrics_rows
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = metrics_rows(report)
     outputs = [(args.report, report), (args.metrics, rows.pop("chosen"))]
     if args.best is not None:
-        for stale in args.best.glob("*.json"):   # a feature set removed since the last run
+        for stale in args.best.glob("*.json"):  # a feature set removed since the last run
             stale.unlink()
         outputs += [(args.best / f"{name}.json", row) for name, row in rows.items()]
     if args.export_target is not None:
@@ -101,15 +101,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.leaderboard.with_suffix(".md").write_text(leaderboard_markdown(leaderboard, report, curve), encoding="utf-8")
     write_plots(args.plots, report, leaderboard, best)
     b = report["best"]
-    log.info("best: %s / %s, test accuracy %.4f (95%% CI %s)", b["feature_set"], b["variant"],
-             b["test_accuracy"], b["test_accuracy_ci95"])
+    log.info(
+        "best: %s / %s, test accuracy %.4f (95%% CI %s)",
+        b["feature_set"],
+        b["variant"],
+        b["test_accuracy"],
+        b["test_accuracy_ci95"],
+    )
     if report["cost"]:
         c = report["cost"]
-        log.info("sweep: %d variants, heads stages %.1f s wall (%d fitted, %d reused), %.1f s of fitting; "
-                 "end to end through the backbone they would take ~%.0f s (%.1f ms/image); extracting "
-                 "the features once ~%.0f s", c["variants"], c["heads_stage_seconds"], c["fitted"], c["reused"],
-                 c["fit_seconds"], c["end_to_end_seconds"], 1000 * c["seconds_per_image_mean"],
-                 c["extraction_seconds"])
+        log.info(
+            "sweep: %d variants, heads stages %.1f s wall (%d fitted, %d reused), %.1f s of fitting; "
+            "end to end through the backbone they would take ~%.0f s (%.1f ms/image); extracting "
+            "the features once ~%.0f s",
+            c["variants"],
+            c["heads_stage_seconds"],
+            c["fitted"],
+            c["reused"],
+            c["fit_seconds"],
+            c["end_to_end_seconds"],
+            1000 * c["seconds_per_image_mean"],
+            c["extraction_seconds"],
+        )
 
 
 if __name__ == "__main__":

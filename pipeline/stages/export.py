@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.export.build import export
 from pipeline.manifest import read_manifest
 from pipeline.provenance import file_sha256
-from pipeline.stage import run_stage
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -45,9 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in (args.target, args.prepare_report):
         if not path.is_file():
             raise FileNotFoundError(f"no {path}; run `dvc repro` up to the evaluate stage first")
-    export(load_params(args.params), json.loads(args.target.read_text(encoding="utf-8")), read_manifest(args.manifest),
-           json.loads(args.prepare_report.read_text(encoding="utf-8")), args.out,
-           manifest_sha256=file_sha256(args.manifest))
+    export(
+        load_params(args.params),
+        json.loads(args.target.read_text(encoding="utf-8")),
+        read_manifest(args.manifest),
+        json.loads(args.prepare_report.read_text(encoding="utf-8")),
+        args.out,
+        manifest_sha256=file_sha256(args.manifest),
+    )
 
 
 if __name__ == "__main__":

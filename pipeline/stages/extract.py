@@ -35,15 +35,15 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import dask_address, feature_set, load_params
 from pipeline.extraction.feature_sets import extract_feature_set, nothing_to_do
 from pipeline.extraction.plan import planned_identity
 from pipeline.extraction.wanted import already_extracted, damage_to_repair, dataset_images, image_paths, resolved_cut
 from pipeline.manifest import read_content_hashes, read_manifest
-from pipeline.stage import run_stage
 from pipeline.store.contents import stored_rows
 from pipeline.store.layout import store_name
 from pipeline.store.repair import prove_store
@@ -55,8 +55,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--feature-set", required=True, help="key of the feature set in params.yaml `features`")
     parser.add_argument("--out", required=True, help="the store: features/KEY.zarr, or an fsspec URL")
-    parser.add_argument("--hashes", default=Path("data/content_hashes.txt"), type=Path,
-                        help="images to cover (dvc.yaml passes the catalog's list; default: the dataset's)")
+    parser.add_argument(
+        "--hashes",
+        default=Path("data/content_hashes.txt"),
+        type=Path,
+        help="images to cover (dvc.yaml passes the catalog's list; default: the dataset's)",
+    )
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--check", default=None, type=Path, help="the check stage's reports/checks/KEY.json")
     parser.add_argument("--report", default=None, type=Path, help="accounting JSON, e.g. reports/extract/KEY.json")
@@ -76,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = nothing_to_do(args.out, len(set(wanted)), stored_rows(args.out), started)
     else:
         paths = image_paths(records, wanted, where=str(args.manifest), damage=damage)
-        options = {"out": args.out, "progress": not args.no_progress, "expected": identity,
-                   "repair": None if damage is None else damage.chunks}
+        options = {
+            "out": args.out,
+            "progress": not args.no_progress,
+            "expected": identity,
+            "repair": None if damage is None else damage.chunks,
+        }
         address = dask_address(params.extract.scheduler)
         if address:
             from pipeline.extraction.distributed import extract_distributed

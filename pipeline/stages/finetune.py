@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.finetuning.warm_start import finetune
 from pipeline.manifest import read_manifest
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"

@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.heads.combination import combination_key
 from pipeline.heads.training import control_feature_sets, parallel_backend, process_start, train_and_write
 from pipeline.manifest import read_manifest
-from pipeline.stage import run_stage
 from pipeline.store.layout import store_path
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,18 @@ log = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--features", required=True, type=Path,
-                        help="a feature store (features/KEY.zarr), or the folder of every feature set's store")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="folder for one store's heads (heads/KEY), or for every feature set's (heads)")
+    parser.add_argument(
+        "--features",
+        required=True,
+        type=Path,
+        help="a feature store (features/KEY.zarr), or the folder of every feature set's store",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder for one store's heads (heads/KEY), or for every feature set's (heads)",
+    )
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     parser.add_argument("--no-progress", action="store_true")
@@ -74,8 +82,15 @@ def _run(args, params) -> None:
     combined = [list(members) for members in params.heads.combine]
     stores += [[store_path(args.features, key) for key in members] for members in combined]
     names = keys + [combination_key(members) for members in combined]
-    train_and_write(stores, params.heads, [args.out / name for name in names], records, started=started,
-                    controls=[name in controls for name in names], **options)
+    train_and_write(
+        stores,
+        params.heads,
+        [args.out / name for name in names],
+        records,
+        started=started,
+        controls=[name in controls for name in names],
+        **options,
+    )
     for stale in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in set(names)):
         log.info("removing heads of %s: no longer a feature set", stale.name)
         shutil.rmtree(stale)

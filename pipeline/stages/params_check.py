@@ -35,11 +35,11 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import Params, ParamsError, load_params
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,22 @@ def check_params(params_file: Path, synthetic: Path) -> Params:
     params = load_params(params_file)
     source = Path(params.data.source)
     if source.resolve() == synthetic.resolve():
-        return params           # written by the synthesize stage, with names of our own
+        return params  # written by the synthesize stage, with names of our own
     if not source.exists():
-        raise ParamsError(f"data.source must name a folder of images or a CSV file (relative to the folder of "
-                          f"dvc.yaml). Received: {params.data.source!r}, which does not exist")
+        raise ParamsError(
+            f"data.source must name a folder of images or a CSV file (relative to the folder of "
+            f"dvc.yaml). Received: {params.data.source!r}, which does not exist"
+        )
     if source.is_dir():
         problems = names_dvc_cannot_hash(source)
         if problems:
             more = f" and {len(problems) - SHOWN_AT_MOST} more" if len(problems) > SHOWN_AT_MOST else ""
-            raise ValueError(f"data.source {_shown(source)}: {len(problems)} path(s) DVC cannot hash: "
-                             + "; ".join(problems[:SHOWN_AT_MOST]) + more
-                             + " (rename or remove them, then `dvc repro`)")
+            raise ValueError(
+                f"data.source {_shown(source)}: {len(problems)} path(s) DVC cannot hash: "
+                + "; ".join(problems[:SHOWN_AT_MOST])
+                + more
+                + " (rename or remove them, then `dvc repro`)"
+            )
     return params
 
 
@@ -115,12 +120,14 @@ def names_dvc_cannot_hash(root: Path) -> list[str]:
         with os.scandir(folder) as entries:
             for entry in entries:
                 rel = Path(entry.path).relative_to(root)
-                if _shown(rel) != str(rel):   # undecodable bytes, kept by Python as surrogates
+                if _shown(rel) != str(rel):  # undecodable bytes, kept by Python as surrogates
                     problems.append(f"{_shown(rel)}: the name is not valid UTF-8; rename it")
                 elif entry.is_symlink():
-                    if not os.path.exists(entry.path):   # follows the link: False for dangling links and loops
-                        problems.append(f"{rel}: a symbolic link to {_shown(Path(os.readlink(entry.path)))}, "
-                                        "which does not exist (or a link loop); remove it or restore its target")
+                    if not os.path.exists(entry.path):  # follows the link: False for dangling links and loops
+                        problems.append(
+                            f"{rel}: a symbolic link to {_shown(Path(os.readlink(entry.path)))}, "
+                            "which does not exist (or a link loop); remove it or restore its target"
+                        )
                 elif entry.is_dir():
                     pending.append(Path(entry.path))
     return sorted(problems)
@@ -143,15 +150,23 @@ def _shown(path: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="the file written when everything is valid")
-    parser.add_argument("--synthetic", required=True, type=Path,
-                        help="the synthesize stage's folder (data/synthetic): as data.source, it need not exist")
+    parser.add_argument(
+        "--synthetic",
+        required=True,
+        type=Path,
+        help="the synthesize stage's folder (data/synthetic): as data.source, it need not exist",
+    )
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
     params = check_params(args.params, args.synthetic)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(VALID) + "\n", encoding="utf-8")
-    log.info("%s: every value valid (%d feature set(s)); data.source %s", args.params, len(params.features),
-             params.data.source)
+    log.info(
+        "%s: every value valid (%d feature set(s)); data.source %s",
+        args.params,
+        len(params.features),
+        params.data.source,
+    )
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.reporting.plots_page import page_template
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
 from pipeline.dataset.curation import build_manifest
 from pipeline.dataset.report import dataset_metrics, summary_markdown
 from pipeline.dataset.stat_cache import StatCache, record_file
 from pipeline.manifest import write_content_hashes, write_manifest, write_text_atomically
-from pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,12 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", required=True, type=Path)
-    parser.add_argument("--hashes", type=Path, default=None,
-                        help="the distinct content hashes, one a line (default: content_hashes.txt beside --manifest)")
+    parser.add_argument(
+        "--hashes",
+        type=Path,
+        default=None,
+        help="the distinct content hashes, one a line (default: content_hashes.txt beside --manifest)",
+    )
     parser.add_argument("--report", required=True, type=Path)
     parser.add_argument("--summary", type=Path, default=None)
     parser.add_argument("--metrics", type=Path, default=None)
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         records, report = build_manifest(params.data, progress=not args.no_progress, known=known)
     finally:
-        if known.recorded:   # also when bad images stop the stage: the good ones need no reading next time
+        if known.recorded:  # also when bad images stop the stage: the good ones need no reading next time
             known.save()
     write_manifest(records, args.manifest)
     write_content_hashes(records, args.hashes or args.manifest.with_name("content_hashes.txt"))
@@ -72,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_text_atomically(args.summary, summary_markdown(report))
     if args.metrics:
         write_text_atomically(args.metrics, json.dumps({"data": dataset_metrics(report)}, indent=2) + "\n")
-    log.info("manifest: %d images, %s; duplicates: %s; %d warning(s)",
-             report.images, report.per_split, report.duplicates, len(report.warnings))
+    log.info(
+        "manifest: %d images, %s; duplicates: %s; %d warning(s)",
+        report.images,
+        report.per_split,
+        report.duplicates,
+        len(report.warnings),
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
-from pipeline.stage import run_stage
 from pipeline.synthetic import generate_dataset, remove_dataset
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("data.source is %s, not %s: no synthetic images written", params.data.source, args.out)
         return
     spec = params.synthetic
-    generate_dataset(args.out, classes=spec.classes, per_class=spec.per_class, image_size=spec.image_size,
-                     seed=spec.seed, progress=not args.no_progress)
+    generate_dataset(
+        args.out,
+        classes=spec.classes,
+        per_class=spec.per_class,
+        image_size=spec.image_size,
+        seed=spec.seed,
+        progress=not args.no_progress,
+    )
 
 
 def _same_folder(a: Path, b: Path) -> bool:

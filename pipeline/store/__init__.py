@@ -7,5 +7,5 @@ analysis), :mod:`~pipeline.store.pooling` (the one definition of pooling),
 :mod:`~pipeline.store.contents` (what a store holds, from its attributes and index),
 :mod:`~pipeline.store.integrity` (reading chunks back), :mod:`~pipeline.store.repair` (the
 damage an extraction recomputes), :mod:`~pipeline.store.verify` (``shoulders verify``)
-and :mod:`~pipeline.store.locations` (local paths and fsspec URLs).
+and :mod:`~pipeline.store.filesystem` (local paths and fsspec URLs).
 """

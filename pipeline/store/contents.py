@@ -8,13 +8,14 @@ local paths and fsspec URLs alike.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import zarr
 
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.layout import STORE_FORMAT
-from pipeline.store.locations import Location
 
 
 def as_stored(mapping: Mapping[str, Any]) -> dict:
@@ -22,18 +23,19 @@ def as_stored(mapping: Mapping[str, Any]) -> dict:
     return json.loads(json.dumps(dict(mapping)))
 
 
-def has_identity(path: Location, identity: Optional[Mapping[str, Any]]) -> bool:
+def has_identity(path: Location, identity: Mapping[str, Any] | None) -> bool:
     """Whether the store at ``path`` is a readable store of ``identity`` (the one an extraction of it extends)."""
     return identity is not None and read_identity(path) == as_stored(identity)
 
 
-def rows_missing(path: Location, identity: Mapping[str, Any], wanted: Sequence[str], *,
-                 views: Optional[int] = None) -> Optional[int]:
+def rows_missing(
+    path: Location, identity: Mapping[str, Any], wanted: Sequence[str], *, views: int | None = None
+) -> int | None:
     """How many images of ``wanted`` the store at ``path`` lacks (views: or lacks a view of), read from its
     attributes and index alone; ``None`` when there is no store of this identity or an append is pending."""
     if read_identity(path) != as_stored(identity):
         return None
-    group = zarr.open_group(str(locations.normalize(path)), mode="r")
+    group = zarr.open_group(str(filesystem.normalize(path)), mode="r")
     attrs = group.attrs
     if attrs.get("pending") or (views is not None and int(attrs.get("views") or 0) != views):
         return None
@@ -46,9 +48,9 @@ def rows_missing(path: Location, identity: Mapping[str, Any], wanted: Sequence[s
 
 def stored_rows(path: Location) -> int:
     """Verified rows of the store at ``path`` (0 when there is none)."""
-    if not locations.exists(locations.join(path, "zarr.json")):
+    if not filesystem.exists(filesystem.join(path, "zarr.json")):
         return 0
-    return int(zarr.open_group(str(locations.normalize(path)), mode="r").attrs.get("rows") or 0)
+    return int(zarr.open_group(str(filesystem.normalize(path)), mode="r").attrs.get("rows") or 0)
 
 
 def stored_hashes(path: Location) -> set[str]:
@@ -56,12 +58,12 @@ def stored_hashes(path: Location) -> set[str]:
     rows = stored_rows(path)
     if not rows:
         return set()
-    return set(zarr.open_group(str(locations.normalize(path)), mode="r")["sha256"][:rows].tolist())
+    return set(zarr.open_group(str(filesystem.normalize(path)), mode="r")["sha256"][:rows].tolist())
 
 
-def read_identity(path: Location) -> Optional[dict]:
+def read_identity(path: Location) -> dict | None:
     """The identity recorded in the store at ``path``, or ``None`` when there is no readable store of this format."""
-    if not locations.exists(locations.join(path, "zarr.json")):
+    if not filesystem.exists(filesystem.join(path, "zarr.json")):
         return None
     try:
         attrs = zarr.open_group(str(path), mode="r").attrs

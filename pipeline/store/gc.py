@@ -22,17 +22,17 @@ hash, and a dry run removes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Collection
 
 import numpy as np
 import zarr
 
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.integrity import chunk_digest, read_chunk
 from pipeline.store.layout import VIEWS_DIR, StoreError, create_array, create_index, n_chunks
-from pipeline.store.locations import Location
 from pipeline.store.lock import locked
 from pipeline.store.writer import create_group, swap_into_place
 
@@ -46,7 +46,7 @@ class Collected:
     path: str
     rows_before: int
     rows_after: int
-    removed_hashes: tuple[str, ...] = ()   # the content hashes of the rows removed, in row order
+    removed_hashes: tuple[str, ...] = ()  # the content hashes of the rows removed, in row order
 
     @property
     def removed(self) -> int:
@@ -76,9 +76,9 @@ def collect_garbage(path: Location, keep: Collection[str], *, dry_run: bool = Fa
         If an extraction into the store is pending (finish it with ``dvc repro`` first) or running,
         or a chunk fails its digest while being copied.
     """
-    path = locations.normalize(path)
+    path = filesystem.normalize(path)
     # Locked before anything is read (a views store lives in the views folder: layout.views_path).
-    with locked(path, views=locations.name(locations.parent(path)) == VIEWS_DIR, what="gc"):
+    with locked(path, views=filesystem.name(filesystem.parent(path)) == VIEWS_DIR, what="gc"):
         return _collect(path, keep, dry_run=dry_run)
 
 
@@ -107,11 +107,16 @@ def _collect(path: Location, keep: Collection[str], *, dry_run: bool) -> Collect
         create_index(new, len(kept))
         if len(kept):
             new["sha256"][:] = np.asarray([hashes[i] for i in kept], dtype=str)
-        create_array(new, "done", (n_chunks(len(kept), chunk_rows), *([len(per_view)] if views is not None else [])),
-                     (1, *([1] if views is not None else [])), "uint8")[...] = 1
+        create_array(
+            new,
+            "done",
+            (n_chunks(len(kept), chunk_rows), *([len(per_view)] if views is not None else [])),
+            (1, *([1] if views is not None else [])),
+            "uint8",
+        )[...] = 1
         cache: dict[tuple[int, object], np.ndarray] = {}
         for target in range(n_chunks(len(kept), chunk_rows)):
-            sources = kept[target * chunk_rows:(target + 1) * chunk_rows]
+            sources = kept[target * chunk_rows : (target + 1) * chunk_rows]
             entry = []
             for view in per_view:
                 parts = []
@@ -134,12 +139,19 @@ def _collect(path: Location, keep: Collection[str], *, dry_run: bool) -> Collect
             new_digests.append(entry[0] if views is None else entry)
 
     runs = list(attrs.get("runs") or [])
-    runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "gc": True,
-                 "rows_before": rows, "rows_after": int(len(kept))})
-    tmp = locations.join(locations.parent(path), locations.name(path) + ".gc")
+    runs.append(
+        {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gc": True,
+            "rows_before": rows,
+            "rows_after": int(len(kept)),
+        }
+    )
+    tmp = filesystem.join(filesystem.parent(path), filesystem.name(path) + ".gc")
     new = create_group(tmp, {**attrs, "rows": int(len(kept)), "chunk_digests": [], "runs": runs}, fill)
     new.attrs["chunk_digests"] = new_digests
     swap_into_place(tmp, path)
-    log.info("gc %s: %d rows kept, %d removed (images in none of the manifests kept)", path, len(kept),
-             rows - len(kept))
+    log.info(
+        "gc %s: %d rows kept, %d removed (images in none of the manifests kept)", path, len(kept), rows - len(kept)
+    )
     return result

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Collection, Iterator, Optional
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import numpy as np
 import zarr
 
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.layout import StoreError, chunk_file, n_chunks
-from pipeline.store.locations import Location
 
 
-def chunk_digest(block: np.ndarray, chunk: int, view: Optional[int] = None) -> str:
+def chunk_digest(block: np.ndarray, chunk: int, view: int | None = None) -> str:
     """The digest of one chunk's rows: its position, shape, dtype and bytes."""
     digest = hashlib.sha256(f"{chunk}/{view}/{block.shape}/{block.dtype}".encode())
     digest.update(memoryview(np.ascontiguousarray(block)).cast("B"))
@@ -43,7 +44,7 @@ def chunk_rows(X: zarr.Array, chunk: int, rows: int) -> slice:
     return slice(chunk * size, min((chunk + 1) * size, rows))
 
 
-def load_chunk(store: Location, X: zarr.Array, chunk: int, rows: int, view: Optional[int] = None) -> np.ndarray:
+def load_chunk(store: Location, X: zarr.Array, chunk: int, rows: int, view: int | None = None) -> np.ndarray:
     """Chunk ``chunk`` of ``X`` (of view ``view``) as stored, limited to the first ``rows`` rows.
 
     Raises
@@ -52,29 +53,35 @@ def load_chunk(store: Location, X: zarr.Array, chunk: int, rows: int, view: Opti
         Naming the store and the chunk, if its file is missing or does not decode.
     """
     where = f"{store}: chunk {chunk}" + ("" if view is None else f" of view {view}")
-    if not locations.exists(chunk_file(store, X, "X", chunk, view)):
-        raise StoreError(f"{where} is missing on disk; `shoulders verify` lists every problem, "
-                         "`dvc repro` recomputes its rows")
+    if not filesystem.exists(chunk_file(store, X, "X", chunk, view)):
+        raise StoreError(
+            f"{where} is missing on disk; `shoulders verify` lists every problem, `dvc repro` recomputes its rows"
+        )
     span = chunk_rows(X, chunk, rows)
     try:
         return np.asarray(X[span] if view is None else X[span, view])
     except Exception as error:  # noqa: BLE001 - zarr/numcodecs raise several types for bad bytes
-        raise StoreError(f"{where} is corrupt ({type(error).__name__}: {error}); "
-                         "`dvc repro` recomputes its rows") from None
+        raise StoreError(
+            f"{where} is corrupt ({type(error).__name__}: {error}); `dvc repro` recomputes its rows"
+        ) from None
 
 
-def read_chunk(store: Location, X: zarr.Array, chunk: int, rows: int, expected: str,
-               view: Optional[int] = None) -> np.ndarray:
+def read_chunk(
+    store: Location, X: zarr.Array, chunk: int, rows: int, expected: str, view: int | None = None
+) -> np.ndarray:
     """:func:`load_chunk`, checked against its recorded digest."""
     block = load_chunk(store, X, chunk, rows, view)
     if chunk_digest(block, chunk, view) != expected:
-        raise StoreError(f"{store}: chunk {chunk}" + ("" if view is None else f" of view {view}")
-                         + " does not match its recorded digest (changed, swapped or truncated since it was "
-                         "written); `dvc repro` recomputes its rows")
+        raise StoreError(
+            f"{store}: chunk {chunk}"
+            + ("" if view is None else f" of view {view}")
+            + " does not match its recorded digest (changed, swapped or truncated since it was "
+            "written); `dvc repro` recomputes its rows"
+        )
     return block
 
 
-def recorded_digest(digests: Any, chunk: int, view: Optional[int] = None) -> Optional[str]:
+def recorded_digest(digests: Any, chunk: int, view: int | None = None) -> str | None:
     """The digest recorded for chunk ``chunk`` (of view ``view``), or None where none is."""
     entry = digests[chunk] if chunk < len(digests) else None
     if view is not None:
@@ -103,8 +110,10 @@ def store_problems(group: zarr.Group) -> list[str]:
     feature_shape, views = tuple(attrs["feature_shape"]), attrs.get("views")
     expected_shape = (*([int(views)] if views is not None else []), *feature_shape)
     if tuple(X.shape[1:]) != expected_shape or str(X.dtype) != attrs["dtype"] or X.chunks[0] != chunk_rows:
-        return [f"X: shape {X.shape[1:]} {X.dtype} in chunks of {X.chunks[0]}, recorded {expected_shape} "
-                f"{attrs['dtype']} in chunks of {chunk_rows}"]
+        return [
+            f"X: shape {X.shape[1:]} {X.dtype} in chunks of {X.chunks[0]}, recorded {expected_shape} "
+            f"{attrs['dtype']} in chunks of {chunk_rows}"
+        ]
     if X.shape[0] < rows or index.shape[0] < rows:
         return [f"{rows} rows recorded, but X has {X.shape[0]} and the index {index.shape[0]}"]
     hashes = [str(h) for h in index[:rows].tolist()] if rows else []
@@ -117,8 +126,9 @@ def store_problems(group: zarr.Group) -> list[str]:
     return problems
 
 
-def chunk_problems(store: Location, group: zarr.Group, only: Optional[Collection[tuple[int, Optional[int]]]] = None
-                   ) -> Iterator[tuple[int, Optional[int], str]]:
+def chunk_problems(
+    store: Location, group: zarr.Group, only: Collection[tuple[int, int | None]] | None = None
+) -> Iterator[tuple[int, int | None, str]]:
     """``(chunk, view, problem)`` for each chunk (of each view) of the verified rows that does not prove out:
     its file missing or not decoding, NaN or Inf in it, no digest recorded, or not its recorded digest
     (changed, or swapped with another chunk: the digest is bound to the position).
@@ -130,7 +140,7 @@ def chunk_problems(store: Location, group: zarr.Group, only: Optional[Collection
     rows, chunk_rows, views = int(attrs["rows"]), int(attrs["chunk_rows"]), attrs.get("views")
     digests = attrs.get("chunk_digests") or []
     for chunk in range(n_chunks(rows, chunk_rows)):
-        for view in ([None] if views is None else range(int(views))):
+        for view in [None] if views is None else range(int(views)):
             if only is not None and (chunk, view) not in only:
                 continue
             where = f"chunk {chunk}" + ("" if view is None else f" of view {view}")
@@ -145,8 +155,14 @@ def chunk_problems(store: Location, group: zarr.Group, only: Optional[Collection
                 yield chunk, view, str(error).replace(f"{store}: ", "")
                 continue
             if chunk_digest(block, chunk, view) != expected:
-                yield chunk, view, (f"{where} (rows {chunk * chunk_rows}-{min((chunk + 1) * chunk_rows, rows) - 1}) "
-                                    "does not match its recorded digest: changed, swapped or truncated since written")
+                yield (
+                    chunk,
+                    view,
+                    (
+                        f"{where} (rows {chunk * chunk_rows}-{min((chunk + 1) * chunk_rows, rows) - 1}) "
+                        "does not match its recorded digest: changed, swapped or truncated since written"
+                    ),
+                )
 
 
 _FLOAT16_EXPONENT = np.uint16(0x7C00)

@@ -23,14 +23,14 @@ bound to its position (:mod:`pipeline.store.integrity`). A views store
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import zarr
 from zarr.codecs import ZstdCodec
 
-from pipeline.store import locations
-from pipeline.store.locations import Location
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 
 STORE_FORMAT = 2
 INCOMPLETE_DIR = ".incomplete"
@@ -45,17 +45,17 @@ class StoreError(ValueError):
 
 def store_path(features_dir: Location, key: str) -> Location:
     """The one place that maps a feature-set key to its store's path (local, or an fsspec URL)."""
-    return locations.join(features_dir, f"{key}.zarr")
+    return filesystem.join(features_dir, f"{key}.zarr")
 
 
 def views_path(features_dir: Location, key: str) -> Location:
     """The one place that maps a feature-set key to its views store."""
-    return locations.join(features_dir, VIEWS_DIR, f"{key}.zarr")
+    return filesystem.join(features_dir, VIEWS_DIR, f"{key}.zarr")
 
 
 def store_name(location: Location) -> str:
     """A store's key: its last path component without ``.zarr``."""
-    return locations.name(location).removesuffix(".zarr")
+    return filesystem.name(location).removesuffix(".zarr")
 
 
 def rows_per_chunk(feature_shape: Sequence[int], itemsize: int, *, chunk_mb: float, batch_size: int) -> int:
@@ -72,7 +72,10 @@ def n_chunks(n_rows: int, chunk_rows: int) -> int:
 def create_array(group: zarr.Group, name: str, shape, chunks, dtype) -> zarr.Array:
     """A numeric array of a store: zstd with checksums, every chunk written even when all zero."""
     return group.create_array(
-        name, shape=shape, chunks=chunks, dtype=dtype,
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
         # Checksums make a corrupted chunk fail to decode instead of reading as data. Level 1: on features
         # (ReLU maps are mostly zeros) it compresses as well as 3 (6.1× against 5.8× on Lite0's top) and writes
         # 1.6× faster, which the extract stage's writer thread takes from the cores decoding and inferring.
@@ -88,19 +91,19 @@ def create_index(group: zarr.Group, capacity: int) -> zarr.Array:
     return group.create_array("sha256", shape=(capacity,), chunks=(INDEX_CHUNK,), dtype=str)
 
 
-def chunk_key(array: zarr.Array, chunk: int, view: Optional[int] = None) -> str:
+def chunk_key(array: zarr.Array, chunk: int, view: int | None = None) -> str:
     """The storage key (under the array's folder) of row chunk ``chunk`` (of view ``view``)."""
     coords = (chunk, *([view] if view is not None else []), *([0] * (len(array.shape) - 1 - (view is not None))))
     return array.metadata.encode_chunk_key(coords)
 
 
-def chunk_file(store: Location, array: zarr.Array, name: str, chunk: int, view: Optional[int] = None) -> Location:
+def chunk_file(store: Location, array: zarr.Array, name: str, chunk: int, view: int | None = None) -> Location:
     """Where chunk ``chunk`` (of view ``view``) of array ``name`` lives."""
-    return locations.join(store, name, chunk_key(array, chunk, view))
+    return filesystem.join(store, name, chunk_key(array, chunk, view))
 
 
 def remove_stale_temp_files(path: Location) -> None:
     """Delete the ``*.partial`` files a killed write can leave (zarr's local store writes, then renames)."""
-    if not locations.is_url(path):
+    if not filesystem.is_url(path):
         for leftover in Path(path).rglob("*.partial"):
             leftover.unlink()

@@ -29,12 +29,13 @@ import errno
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO
 
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.layout import INCOMPLETE_DIR, StoreError, store_name
-from pipeline.store.locations import Location
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ class StoreBusyError(StoreError):
 def lock_path(store: Location, *, views: bool = False) -> Path:
     """The lock file of the store at ``store`` (a local path): beside the partial stores of its folder."""
     prefix = "views-" if views else ""
-    return Path(locations.parent(store)) / INCOMPLETE_DIR / f"{prefix}{store_name(store)}.lock"
+    return Path(filesystem.parent(store)) / INCOMPLETE_DIR / f"{prefix}{store_name(store)}.lock"
 
 
 class StoreLock:
     """The held lock of one store; :meth:`release` (or closing the process) lets the next writer in."""
 
-    def __init__(self, handle: Optional[IO[str]], path: Optional[Path]):
+    def __init__(self, handle: IO[str] | None, path: Path | None):
         self._handle, self.path = handle, path
 
     def release(self) -> None:
@@ -61,7 +62,7 @@ class StoreLock:
             self._handle.close()
             self._handle = None
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,7 +77,7 @@ def store_lock(store: Location, *, views: bool = False, what: str = "extraction"
     StoreBusyError
         ``another <what> of <key> is running (pid N)``.
     """
-    if locations.is_url(store):
+    if filesystem.is_url(store):
         log.info("%s is not on a local disk: it is not locked; run one extraction of it at a time", store)
         return StoreLock(None, None)
     path = lock_path(store, views=views)
@@ -92,8 +93,10 @@ def store_lock(store: Location, *, views: bool = False, what: str = "extraction"
         holder = handle.read().strip() or "unknown"
         handle.close()
         key = ("views/" if views else "") + store_name(store)
-        raise StoreBusyError(f"another extraction of {key} is running (pid {holder}); this {what} stopped "
-                             f"before touching {store}: let that one finish, then rerun (lock: {path})") from None
+        raise StoreBusyError(
+            f"another extraction of {key} is running (pid {holder}); this {what} stopped "
+            f"before touching {store}: let that one finish, then rerun (lock: {path})"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")

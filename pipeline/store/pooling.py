@@ -22,7 +22,7 @@ does not apply to the rows, raises, naming the valid ones.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def _avgmax(X, spatial, xp):
 
 
 def _flatten(X, spatial, xp):
-    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")   # not -1: an empty block too
+    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")  # not -1: an empty block too
 
 
 def _class_token(X, spatial, xp):
@@ -57,12 +57,19 @@ def _patch_mean(X, spatial, xp):
 
 
 def _class_and_mean(X, spatial, xp):
-    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")   # not -1: an empty block too
+    return X.reshape((X.shape[0], math.prod(X.shape[1:]))).astype("float32")  # not -1: an empty block too
 
 
 # One function per name of heads.pooling (tests/test_store.py checks that the two lists agree).
-_POOLERS: dict[str, Callable] = {"avg": _mean, "max": _max, "avgmax": _avgmax, "flatten": _flatten,
-                                 "cls": _class_token, "mean": _patch_mean, "cls+mean": _class_and_mean}
+_POOLERS: dict[str, Callable] = {
+    "avg": _mean,
+    "max": _max,
+    "avgmax": _avgmax,
+    "flatten": _flatten,
+    "cls": _class_token,
+    "mean": _patch_mean,
+    "cls+mean": _class_and_mean,
+}
 
 
 def check_pooling(pooling: str) -> str:
@@ -96,8 +103,10 @@ def applies(pooling: str, feature_shape: Sequence[int]) -> bool:
 def _require(pooling: str, feature_shape: Sequence[int]) -> None:
     if not applies(pooling, feature_shape):
         what = {"map": "a map", "tokens": "a token summary"}[row_kind(feature_shape)]
-        raise ValueError(f"pooling {pooling!r} does not apply to rows of shape {tuple(feature_shape)} ({what}); "
-                         f"the poolings that do: {list(applicable(feature_shape))}")
+        raise ValueError(
+            f"pooling {pooling!r} does not apply to rows of shape {tuple(feature_shape)} ({what}); "
+            f"the poolings that do: {list(applicable(feature_shape))}"
+        )
 
 
 def pool(X, pooling: str, *, xp=np):

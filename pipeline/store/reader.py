@@ -37,24 +37,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
 
 from pipeline.config import SPLITS
 from pipeline.manifest import Record, class_names, read_manifest
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.integrity import chunk_rows, read_chunk
 from pipeline.store.layout import STORE_FORMAT, StoreError, store_name
-from pipeline.store.locations import Location
 from pipeline.store.pooling import check_pooling, pool
 
 log = logging.getLogger(__name__)
 
-Manifest = Union[str, Path, Sequence[Record], None]
+Manifest = str | Path | Sequence[Record] | None
 MANIFEST_NAME = Path("data") / "manifest.csv"
 # A read of a store that was replaced meanwhile starts over at most this many times (a store rewritten more
 # often than that while one read runs is reported as found).
@@ -111,18 +112,21 @@ def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> za
     StoreError
         If the store is of another format, has no verified rows, or its identity differs.
     """
-    path = locations.normalize(path)
-    if not locations.exists(locations.join(path, "zarr.json")):
+    path = filesystem.normalize(path)
+    if not filesystem.exists(filesystem.join(path, "zarr.json")):
         raise FileNotFoundError(f"no feature store at {path} (run `dvc repro` to extract it)")
     group = zarr.open_group(str(path), mode="r")
     attrs = group.attrs
     if attrs.get("shoulders_store") != STORE_FORMAT:
-        raise StoreError(f"{path} is not a shoulders feature store of format {STORE_FORMAT} "
-                         f"(shoulders_store={attrs.get('shoulders_store')!r}); rerun `dvc repro` to extract it again")
+        raise StoreError(
+            f"{path} is not a shoulders feature store of format {STORE_FORMAT} "
+            f"(shoulders_store={attrs.get('shoulders_store')!r}); rerun `dvc repro` to extract it again"
+        )
     if expect:
         identity = attrs["identity"]
-        diffs = [f"{k}: store has {identity.get(k)!r}, expected {v!r}"
-                 for k, v in expect.items() if identity.get(k) != v]
+        diffs = [
+            f"{k}: store has {identity.get(k)!r}, expected {v!r}" for k, v in expect.items() if identity.get(k) != v
+        ]
         if diffs:
             raise StoreError(f"{path} was made with another identity: " + "; ".join(diffs))
     return group
@@ -131,7 +135,7 @@ def open_store(path: Location, *, expect: Mapping[str, Any] | None = None) -> za
 def read_consistently(path: Location, open_group: Callable[[], zarr.Group], read: Callable[[zarr.Group], T]) -> T:
     """``read(open_group())``, started over on the store now at ``path`` when it failed because the store
     was replaced or rewritten meanwhile (module docstring); a failure in an unchanged store is raised as is."""
-    path = locations.normalize(path)
+    path = filesystem.normalize(path)
     attempt = 0
     while True:
         wait_for_swap(path)
@@ -149,9 +153,9 @@ def read_consistently(path: Location, open_group: Callable[[], zarr.Group], read
 def replaced_since(path: Location, attrs: Mapping[str, Any]) -> bool:
     """Whether the store at ``path`` is no longer the one whose attributes were ``attrs``: rewritten
     (``rows``, ``chunk_digests`` and ``runs`` change), replaced by another, or gone."""
-    path = locations.normalize(path)
+    path = filesystem.normalize(path)
     wait_for_swap(path)
-    if not locations.exists(locations.join(path, "zarr.json")):
+    if not filesystem.exists(filesystem.join(path, "zarr.json")):
         return True
     try:
         now = dict(zarr.open_group(str(path), mode="r").attrs)
@@ -164,9 +168,11 @@ def wait_for_swap(path: Location) -> None:
     """Return once the store at ``path`` is not in the middle of a swap (absent while its previous version,
     moved aside as ``<name>.<id>.old``, is still there), or after :data:`SWAP_WAIT_S`."""
     deadline = time.monotonic() + SWAP_WAIT_S
-    while (not locations.exists(locations.join(path, "zarr.json"))
-           and locations.glob(locations.parent(path), f"{locations.name(path)}.*.old")
-           and time.monotonic() < deadline):
+    while (
+        not filesystem.exists(filesystem.join(path, "zarr.json"))
+        and filesystem.glob(filesystem.parent(path), f"{filesystem.name(path)}.*.old")
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
 
 
@@ -185,7 +191,7 @@ def row_index(group: zarr.Group) -> dict[str, int]:
 
 def find_manifest(store: Location) -> Path:
     """The ``data/manifest.csv`` of the project a local store is in (searched upwards from the store's folder)."""
-    if locations.is_url(store):
+    if filesystem.is_url(store):
         raise ValueError(f"{store} is not a local store: pass manifest= (a path, or its records)")
     for folder in Path(store).resolve().parents:
         candidate = folder / MANIFEST_NAME
@@ -213,20 +219,32 @@ def _rows_of(group: zarr.Group, path: Location, records: Sequence[Record]) -> np
     index = row_index(group)
     missing = [r for r in records if r.sha256 not in index]
     if missing:
-        raise StoreError(f"{path} has no features for {len(missing)} image(s) of the manifest (first: "
-                         f"{missing[0].id}, sha256 {missing[0].sha256[:12]}…); run `dvc repro` to extract them")
+        raise StoreError(
+            f"{path} has no features for {len(missing)} image(s) of the manifest (first: "
+            f"{missing[0].id}, sha256 {missing[0].sha256[:12]}…); run `dvc repro` to extract them"
+        )
     return np.array([index[r.sha256] for r in records], dtype=np.int64)
 
 
-def _gathered(group: zarr.Group, path: Location, rows: Mapping[str, np.ndarray], poolings: Sequence[str],
-              view: Optional[int] = None) -> dict[str, dict[str, np.ndarray]]:
+def _gathered(
+    group: zarr.Group,
+    path: Location,
+    rows: Mapping[str, np.ndarray],
+    poolings: Sequence[str],
+    view: int | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
     """``result[key][pooling]``: the rows ``rows[key]`` pooled, every chunk holding one read (digest-checked) once."""
     X = group["X"]
     total = int(group.attrs["rows"])
     digests = group.attrs["chunk_digests"]
     size = X.chunks[0]
-    out = {key: {pooling: np.empty((len(wanted), *_empty_pooled(group, pooling).shape[1:]), np.float32)
-                 for pooling in poolings} for key, wanted in rows.items()}
+    out = {
+        key: {
+            pooling: np.empty((len(wanted), *_empty_pooled(group, pooling).shape[1:]), np.float32)
+            for pooling in poolings
+        }
+        for key, wanted in rows.items()
+    }
     chunk_of = {key: wanted // size for key, wanted in rows.items()}
     for chunk in np.unique(np.concatenate([*chunk_of.values(), np.zeros(0, np.int64)])):
         expected = digests[chunk] if view is None else digests[chunk][view]
@@ -242,14 +260,25 @@ def _gathered(group: zarr.Group, path: Location, rows: Mapping[str, np.ndarray],
 
 def _feature_set(group: zarr.Group, records: Sequence[Record], all_records: Sequence[Record], X: Any) -> FeatureSet:
     """A split's features with the manifest's labels, ids and hashes (class names from the whole manifest)."""
-    return FeatureSet(X=X, y=np.array([r.label for r in records], np.int64),
-                      ids=np.array([r.id for r in records], dtype=object),
-                      sha256=np.array([r.sha256 for r in records], dtype=object),
-                      classes=tuple(class_names(all_records)), provenance=provenance_of(group))
+    return FeatureSet(
+        X=X,
+        y=np.array([r.label for r in records], np.int64),
+        ids=np.array([r.id for r in records], dtype=object),
+        sha256=np.array([r.sha256 for r in records], dtype=object),
+        classes=tuple(class_names(all_records)),
+        provenance=provenance_of(group),
+    )
 
 
-def open_feature_set(path: Location, split: str = "train", *, manifest: Manifest = None, pooling: str = "avg",
-                     as_dask: bool = False, expect: Mapping[str, Any] | None = None) -> FeatureSet:
+def open_feature_set(
+    path: Location,
+    split: str = "train",
+    *,
+    manifest: Manifest = None,
+    pooling: str = "avg",
+    as_dask: bool = False,
+    expect: Mapping[str, Any] | None = None,
+) -> FeatureSet:
     """Read the features of one split, joined from the manifest by content hash, pooled as read.
 
     Parameters
@@ -285,8 +314,14 @@ def open_feature_set(path: Location, split: str = "train", *, manifest: Manifest
     return read_consistently(path, lambda: _features_group(path, expect), read)
 
 
-def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str], manifest: Manifest = None,
-                expect: Mapping[str, Any] | None = None) -> dict[str, dict[str, FeatureSet]]:
+def read_pooled(
+    path: Location,
+    splits: Sequence[str],
+    *,
+    poolings: Sequence[str],
+    manifest: Manifest = None,
+    expect: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, FeatureSet]]:
     """Several splits of a store, each under several poolings, reading every chunk of the store once.
 
     What :func:`open_feature_set` gives for each ``(split, pooling)``, as
@@ -301,8 +336,12 @@ def read_pooled(path: Location, splits: Sequence[str], *, poolings: Sequence[str
         all_records = manifest_records(manifest, path)
         records = {split: _split_records(all_records, split) for split in splits}
         out = _gathered(group, path, {split: _rows_of(group, path, records[split]) for split in splits}, poolings)
-        return {split: {pooling: _feature_set(group, records[split], all_records, out[split][pooling])
-                        for pooling in poolings} for split in splits}
+        return {
+            split: {
+                pooling: _feature_set(group, records[split], all_records, out[split][pooling]) for pooling in poolings
+            }
+            for split in splits
+        }
 
     return read_consistently(path, lambda: _features_group(path, expect), read)
 
@@ -335,18 +374,21 @@ def _lazy(group: zarr.Group, path: Location, rows: np.ndarray, pooling: str):
             block = read_chunk(path, X, c, total, digests[c])
         except StoreError as error:
             if replaced_since(path, opened):  # the rows this array picks are no longer where it picks them
-                raise StoreError(f"{path} was rewritten (by `shoulders gc` or an extraction) after this dask array "
-                                 "was made from it; call open_feature_set again") from error
+                raise StoreError(
+                    f"{path} was rewritten (by `shoulders gc` or an extraction) after this dask array "
+                    "was made from it; call open_feature_set again"
+                ) from error
             raise
         return pool(np.asarray(block, np.float32), pooling)
 
-    blocks = [da.from_delayed(_delayed(load, c), shape=(counts[c], *shape), dtype=np.float32)
-              for c in range(len(digests))]
+    blocks = [
+        da.from_delayed(_delayed(load, c), shape=(counts[c], *shape), dtype=np.float32) for c in range(len(digests))
+    ]
     if not blocks:
         return da.from_array(_empty_pooled(group, pooling))
     pooled = da.concatenate(blocks, axis=0)
     order = np.argsort(rows, kind="stable")
-    picked = pooled[rows[order]]                      # sorted: reads each chunk at most once per block
+    picked = pooled[rows[order]]  # sorted: reads each chunk at most once per block
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return picked[inverse].rechunk({0: size})
@@ -358,8 +400,14 @@ def _delayed(function, *args):
     return dask.delayed(function, pure=True)(*args)
 
 
-def open_views(path: Location, split: str = "train", *, manifest: Manifest = None, pooling: str = "avg",
-               expect: Mapping[str, Any] | None = None) -> FeatureSet:
+def open_views(
+    path: Location,
+    split: str = "train",
+    *,
+    manifest: Manifest = None,
+    pooling: str = "avg",
+    expect: Mapping[str, Any] | None = None,
+) -> FeatureSet:
     """Read the augmented views of one split, pooled per view.
 
     Parameters
@@ -391,10 +439,17 @@ def open_views(path: Location, split: str = "train", *, manifest: Manifest = Non
         try:
             rows = _rows_of(group, path, records)
         except StoreError:
-            raise ValueError(f"{path} has no views of every {split} image (views are made of the training images, "
-                             "and of val and test with extract.augment.tta: true); run `dvc repro`") from None
-        X = np.stack([_gathered(group, path, {split: rows}, (pooling,), view)[split][pooling]
-                      for view in range(int(group.attrs["views"]))], axis=1)
+            raise ValueError(
+                f"{path} has no views of every {split} image (views are made of the training images, "
+                "and of val and test with extract.augment.tta: true); run `dvc repro`"
+            ) from None
+        X = np.stack(
+            [
+                _gathered(group, path, {split: rows}, (pooling,), view)[split][pooling]
+                for view in range(int(group.attrs["views"]))
+            ],
+            axis=1,
+        )
         return _feature_set(group, records, all_records, X)
 
     return read_consistently(path, views_group, read)
@@ -402,11 +457,11 @@ def open_views(path: Location, split: str = "train", *, manifest: Manifest = Non
 
 def rows_in_every_store(stores: Sequence[Location]) -> set[str]:
     """The content hashes that each of ``stores`` holds a verified row of (none if one of them does not exist)."""
-    common: Optional[set[str]] = None
+    common: set[str] | None = None
     for path in stores:
-        if not locations.exists(locations.join(path, "zarr.json")):
+        if not filesystem.exists(filesystem.join(path, "zarr.json")):
             return set()
-        group = zarr.open_group(str(locations.normalize(path)), mode="r")
+        group = zarr.open_group(str(filesystem.normalize(path)), mode="r")
         rows = int(group.attrs.get("rows") or 0) if group.attrs.get("shoulders_store") == STORE_FORMAT else 0
         have = set(group["sha256"][:rows].tolist()) if rows else set()
         common = have if common is None else common & have
@@ -418,7 +473,7 @@ class StoreInfo:
     key: str
     path: Location
     rows: int
-    pending: bool               # an extraction is in progress or was interrupted
+    pending: bool  # an extraction is in progress or was interrupted
     identity: dict
     feature_shape: tuple[int, ...]
 
@@ -426,14 +481,21 @@ class StoreInfo:
 def list_feature_sets(features_dir: Location = "features") -> list[StoreInfo]:
     """Describe every store under ``features_dir`` (a path or an fsspec URL), sorted by key."""
     infos = []
-    for path in locations.glob(locations.normalize(features_dir), "*.zarr"):
+    for path in filesystem.glob(filesystem.normalize(features_dir), "*.zarr"):
         try:
             group = zarr.open_group(str(path), mode="r")
         except (FileNotFoundError, ValueError) as error:
             log.warning("skipping %s: not a readable Zarr group (%s)", path, error)
             continue
         attrs = group.attrs
-        infos.append(StoreInfo(key=store_name(path), path=path, rows=int(attrs.get("rows") or 0),
-                               pending=bool(attrs.get("pending")), identity=dict(attrs.get("identity") or {}),
-                               feature_shape=tuple(attrs.get("feature_shape") or ())))
+        infos.append(
+            StoreInfo(
+                key=store_name(path),
+                path=path,
+                rows=int(attrs.get("rows") or 0),
+                pending=bool(attrs.get("pending")),
+                identity=dict(attrs.get("identity") or {}),
+                feature_shape=tuple(attrs.get("feature_shape") or ()),
+            )
+        )
     return infos

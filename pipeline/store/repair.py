@@ -14,17 +14,18 @@ that does not verify once an extraction has written it (:func:`prove_store`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import zarr
 
-from pipeline.store import locations
+from pipeline.store import filesystem
+from pipeline.store.filesystem import Location
 from pipeline.store.integrity import chunk_problems, store_problems
 from pipeline.store.layout import StoreError
-from pipeline.store.locations import Location
 
-ChunkKey = tuple[int, Optional[int]]     # (chunk, view); view None in a feature store
+ChunkKey = tuple[int, int | None]  # (chunk, view); view None in a feature store
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class Damage:
 
     path: str
     chunks: tuple[ChunkKey, ...] = ()
-    hashes: tuple[str, ...] = ()         # distinct, in row order
+    hashes: tuple[str, ...] = ()  # distinct, in row order
 
     def __bool__(self) -> bool:
         return bool(self.chunks)
 
 
-def repairs_of(pending: Optional[Mapping[str, Any]]) -> set[ChunkKey]:
+def repairs_of(pending: Mapping[str, Any] | None) -> set[ChunkKey]:
     """The damaged chunks an append recomputes (JSON lists in the store's attributes)."""
     return {(int(chunk), None if view is None else int(view)) for chunk, view in (pending or {}).get("repair") or []}
 
@@ -61,8 +62,10 @@ def describe_chunks(chunks: Sequence[ChunkKey]) -> str:
         views.setdefault(chunk, [])
         if view is not None:
             views[chunk].append(view)
-    parts = [str(chunk) + (f" (view{'s' if len(v) > 1 else ''} {', '.join(map(str, v))})" if v else "")
-             for chunk, v in views.items()]
+    parts = [
+        str(chunk) + (f" (view{'s' if len(v) > 1 else ''} {', '.join(map(str, v))})" if v else "")
+        for chunk, v in views.items()
+    ]
     return f"chunk{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
@@ -74,16 +77,20 @@ def failing(chunks: Sequence[ChunkKey]) -> str:
 
 def unrepairable(path: Location, problems: Sequence[str]) -> StoreError:
     """The one-line error for damage that rows cannot repair."""
-    return StoreError(f"{path} cannot be repaired row by row ({'; '.join(problems)}): restore it "
-                      f"(`dvc checkout {path}`), or delete it and `dvc repro` extracts every image again")
+    return StoreError(
+        f"{path} cannot be repaired row by row ({'; '.join(problems)}): restore it "
+        f"(`dvc checkout {path}`), or delete it and `dvc repro` extracts every image again"
+    )
 
 
 def unrecoverable(path: Location, chunks: Sequence[ChunkKey], rows: int) -> StoreError:
     """The one-line error for damaged chunks holding rows of images whose files are gone."""
-    return StoreError(f"{path}: {failing(chunks)}, and {rows} row(s) in {'them' if len(chunks) > 1 else 'it'} are of "
-                      "images no longer in the dataset, whose features cannot be recomputed without their files: put "
-                      f"those images back, restore the store (`dvc checkout {path}`), or delete it (`dvc repro` then "
-                      "extracts every image again)")
+    return StoreError(
+        f"{path}: {failing(chunks)}, and {rows} row(s) in {'them' if len(chunks) > 1 else 'it'} are of "
+        "images no longer in the dataset, whose features cannot be recomputed without their files: put "
+        f"those images back, restore the store (`dvc checkout {path}`), or delete it (`dvc repro` then "
+        "extracts every image again)"
+    )
 
 
 def find_damage(path: Location) -> Damage:
@@ -102,8 +109,8 @@ def find_damage(path: Location) -> Damage:
     StoreError
         If the store is damaged in a way rows cannot repair (:func:`unrepairable`).
     """
-    path = locations.normalize(path)
-    if not locations.exists(locations.join(path, "zarr.json")):
+    path = filesystem.normalize(path)
+    if not filesystem.exists(filesystem.join(path, "zarr.json")):
         return Damage(str(path))
     group = zarr.open_group(str(path), mode="r")
     if _views_marker(group):
@@ -116,8 +123,11 @@ def find_damage(path: Location) -> Damage:
         return Damage(str(path))
     size, rows = int(group.attrs["chunk_rows"]), int(group.attrs["rows"])
     index = group["sha256"]
-    hashes = [str(h) for chunk in sorted({chunk for chunk, _ in chunks})
-              for h in index[chunk * size:min((chunk + 1) * size, rows)].tolist()]
+    hashes = [
+        str(h)
+        for chunk in sorted({chunk for chunk, _ in chunks})
+        for h in index[chunk * size : min((chunk + 1) * size, rows)].tolist()
+    ]
     return Damage(str(path), chunks, tuple(dict.fromkeys(hashes)))
 
 
@@ -130,16 +140,18 @@ def prove_store(path: Location) -> None:
     StoreError
         Naming the store and its first problems.
     """
-    path = locations.normalize(path)
+    path = filesystem.normalize(path)
     group = zarr.open_group(str(path), mode="r")
     if _views_marker(group):
         return
     problems = _array_problems(group) or [problem for _, _, problem in chunk_problems(path, group)]
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
-        raise StoreError(f"{path} does not verify after this extraction ({'; '.join(problems[:3])}{more}); "
-                         "DVC records nothing of a failed stage: rerun it (`dvc repro`), which recomputes the rows "
-                         "of damaged chunks")
+        raise StoreError(
+            f"{path} does not verify after this extraction ({'; '.join(problems[:3])}{more}); "
+            "DVC records nothing of a failed stage: rerun it (`dvc repro`), which recomputes the rows "
+            "of damaged chunks"
+        )
 
 
 def _views_marker(group: zarr.Group) -> bool:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -54,9 +55,9 @@ class StoreReport:
 
     key: str
     path: str
-    state: str                    # ok | corrupt | incomplete | stale | orphan | partial | leftover | missing
+    state: str  # ok | corrupt | incomplete | stale | orphan | partial | leftover | missing
     problems: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()   # not problems: e.g. rows of images no longer in the dataset
+    notes: tuple[str, ...] = ()  # not problems: e.g. rows of images no longer in the dataset
 
     @property
     def failing(self) -> bool:
@@ -66,8 +67,14 @@ class StoreReport:
 # --------------------------------------------------------------------------- the whole folder
 
 
-def verify_features(features_dir: Path | str, params: Params, manifest: Optional[Path | str] = None, *,
-                    checks: Optional[Path | str] = None, progress: bool = False) -> list[StoreReport]:
+def verify_features(
+    features_dir: Path | str,
+    params: Params,
+    manifest: Path | str | None = None,
+    *,
+    checks: Path | str | None = None,
+    progress: bool = False,
+) -> list[StoreReport]:
     """Verify every store under ``features_dir`` (and its views stores) and list leftovers.
 
     Parameters
@@ -103,21 +110,26 @@ def verify_features(features_dir: Path | str, params: Params, manifest: Optional
         if records is not None:
             from pipeline.extraction.wanted import view_images
 
-            wanted = view_images(records, tta=params.extract.augment.tta) if views else \
-                sorted({r.sha256 for r in records})
+            wanted = (
+                view_images(records, tta=params.extract.augment.tta) if views else sorted({r.sha256 for r in records})
+            )
         report = verify_store(path, expected=expected, wanted=wanted, key=("views/" if views else "") + path.stem)
         if manifest is not None and records is None:
             report = _with(report, notes=(*report.notes, f"manifest {manifest} not found: rows not compared"))
         reports.append(report)
     reports += _leftovers(root)
     present = {p.stem for p in stores if p.parent == root}
-    reports += [StoreReport(key, str(root / f"{key}.zarr"), "missing", ("not extracted yet",))
-                for key in sorted(params.features) if key not in present]
+    reports += [
+        StoreReport(key, str(root / f"{key}.zarr"), "missing", ("not extracted yet",))
+        for key in sorted(params.features)
+        if key not in present
+    ]
     return reports
 
 
-def _expected_identity(spec: FeatureSetParams, params: Params, checks: Optional[Path | str], key: str, *,
-                       views: bool) -> dict:
+def _expected_identity(
+    spec: FeatureSetParams, params: Params, checks: Path | str | None, key: str, *, views: bool
+) -> dict:
     """The identity params give a store of ``spec``; what depends on the device is left out."""
     from pipeline.extraction.plan import planned_identity
 
@@ -144,8 +156,11 @@ def _leftovers(root: Path) -> list[StoreReport]:
         for path in sorted(folder.glob("*.zarr.*.new")) + sorted(folder.glob("*.zarr.*.old")):
             key = path.name.split(".zarr.")[0]
             whole = (folder / f"{key}.zarr").exists()
-            hint = "safe to delete" if whole or path.suffix == ".new" else \
-                f"{key}.zarr is missing: this is its previous version, rename it back"
+            hint = (
+                "safe to delete"
+                if whole or path.suffix == ".new"
+                else f"{key}.zarr is missing: this is its previous version, rename it back"
+            )
             out.append(StoreReport(key, str(path), "leftover", (f"left by an interrupted create or swap; {hint}",)))
     return out
 
@@ -167,8 +182,13 @@ def _with(report: StoreReport, **changes: Any) -> StoreReport:
 # --------------------------------------------------------------------------- one store
 
 
-def verify_store(path: Path | str, *, expected: Optional[dict] = None, wanted: Optional[Sequence[str]] = None,
-                 key: Optional[str] = None) -> StoreReport:
+def verify_store(
+    path: Path | str,
+    *,
+    expected: dict | None = None,
+    wanted: Sequence[str] | None = None,
+    key: str | None = None,
+) -> StoreReport:
     """Check one store's chunks against their digests, its index, its identity and its rows.
 
     Parameters
@@ -195,8 +215,12 @@ def verify_store(path: Path | str, *, expected: Optional[dict] = None, wanted: O
     except Exception as error:  # noqa: BLE001 - an unreadable store is a verdict, not a crash
         return StoreReport(key, str(path), "corrupt", (f"not a readable Zarr group ({error})",))
     if attrs.get("shoulders_store") != STORE_FORMAT:
-        return StoreReport(key, str(path), "corrupt", (f"not a shoulders store of format {STORE_FORMAT} "
-                                                       f"(shoulders_store={attrs.get('shoulders_store')!r})",))
+        return StoreReport(
+            key,
+            str(path),
+            "corrupt",
+            (f"not a shoulders store of format {STORE_FORMAT} (shoulders_store={attrs.get('shoulders_store')!r})",),
+        )
     marker = attrs.get("kind") == "views" and int(attrs.get("views") or 0) == 0 and "X" not in group
     try:
         corrupt = [] if marker else integrity_problems(group, path)
@@ -224,14 +248,19 @@ def verify_store(path: Path | str, *, expected: Optional[dict] = None, wanted: O
 
 def identity_problems(identity: dict, expected: dict, group: zarr.Group) -> list[str]:
     """One line per identity field that differs from ``expected`` (and an unresolved ``cut: null`` check)."""
-    problems = [f"{name}: store has {identity.get(name)!r}, params say {value!r}"
-                for name, value in expected.items() if identity.get(name) != value]
+    problems = [
+        f"{name}: store has {identity.get(name)!r}, params say {value!r}"
+        for name, value in expected.items()
+        if identity.get(name) != value
+    ]
     if "cut" not in expected:
         provenance = provenance_of(group)
         index, count = provenance.get("cut_index"), provenance.get("n_layers")
         if index is None or count is None or index != count - 1:
-            problems.append(f"cut: params say the last layer (cut: null), store is cut at "
-                            f"{identity.get('cut')!r} (layer {index} of {count})")
+            problems.append(
+                f"cut: params say the last layer (cut: null), store is cut at "
+                f"{identity.get('cut')!r} (layer {index} of {count})"
+            )
     return problems
 
 

@@ -28,7 +28,7 @@ The store is updated in place when its identity matches; a store of another
 identity is never mixed into: a new one is built under
 ``<features>/.incomplete/<key>-<fingerprint>.zarr`` (resumable too) and swapped
 into place when complete, so the previous store survives until then. Local
-paths and fsspec URLs are both served (:mod:`pipeline.store.locations`).
+paths and fsspec URLs are both served (:mod:`pipeline.store.filesystem`).
 """
 
 from __future__ import annotations
@@ -36,20 +36,30 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
 
 from pipeline.provenance import fingerprint
-from pipeline.store import locations
+from pipeline.store import filesystem
 from pipeline.store.contents import as_stored, read_identity
+from pipeline.store.filesystem import Location
 from pipeline.store.integrity import check_finite, chunk_digest, chunk_problems, load_chunk
-from pipeline.store.layout import (INCOMPLETE_DIR, STORE_FORMAT, StoreError, chunk_file, create_array, create_index,
-                                   n_chunks, remove_stale_temp_files, store_name)
-from pipeline.store.locations import Location
+from pipeline.store.layout import (
+    INCOMPLETE_DIR,
+    STORE_FORMAT,
+    StoreError,
+    chunk_file,
+    create_array,
+    create_index,
+    n_chunks,
+    remove_stale_temp_files,
+    store_name,
+)
 from pipeline.store.lock import locked, store_lock
 from pipeline.store.repair import ChunkKey, as_list, chunk_order, failing, find_damage, repairs_of
 
@@ -62,7 +72,7 @@ class ChunkWrite:
 
     chunk: int
     rows: range
-    view: Optional[int] = None
+    view: int | None = None
 
 
 def digest_of(hashes: Sequence[str]) -> str:
@@ -72,8 +82,8 @@ def digest_of(hashes: Sequence[str]) -> str:
 
 def create_group(path: Location, attrs: Mapping[str, Any], fill: Callable[[zarr.Group], None]) -> zarr.Group:
     """Create the group at ``path`` atomically: initialised under a temporary name, then renamed over ``path``."""
-    locations.makedirs(locations.parent(path))
-    tmp = locations.join(locations.parent(path), locations.name(path) + f".{uuid.uuid4().hex[:8]}.new")
+    filesystem.makedirs(filesystem.parent(path))
+    tmp = filesystem.join(filesystem.parent(path), filesystem.name(path) + f".{uuid.uuid4().hex[:8]}.new")
     group = zarr.open_group(str(tmp), mode="w")
     group.attrs.update(dict(attrs))
     fill(group)
@@ -84,14 +94,14 @@ def create_group(path: Location, attrs: Mapping[str, Any], fill: Callable[[zarr.
 def swap_into_place(source: Location, target: Location) -> None:
     """Rename ``source`` over ``target``; an existing ``target`` is moved aside first and removed last,
     so a failure in between still leaves one whole store on disk."""
-    if locations.exists(target):
-        old = locations.join(locations.parent(target), locations.name(target) + f".{uuid.uuid4().hex[:8]}.old")
-        locations.move(target, old)
-        locations.move(source, target)
-        locations.remove(old)
+    if filesystem.exists(target):
+        old = filesystem.join(filesystem.parent(target), filesystem.name(target) + f".{uuid.uuid4().hex[:8]}.old")
+        filesystem.move(target, old)
+        filesystem.move(source, target)
+        filesystem.remove(old)
     else:
-        locations.makedirs(locations.parent(target))
-        locations.move(source, target)
+        filesystem.makedirs(filesystem.parent(target))
+        filesystem.move(source, target)
 
 
 class StoreWriter:
@@ -112,9 +122,18 @@ class StoreWriter:
         K, for a views store; ``None`` for a feature store.
     """
 
-    def __init__(self, path: Location, identity: Mapping[str, Any], provenance: Mapping[str, Any], *,
-                 feature_shape: tuple[int, ...], dtype: str, chunk_rows: int, views: Optional[int] = None):
-        self.final_path = locations.normalize(path)
+    def __init__(
+        self,
+        path: Location,
+        identity: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        *,
+        feature_shape: tuple[int, ...],
+        dtype: str,
+        chunk_rows: int,
+        views: int | None = None,
+    ):
+        self.final_path = filesystem.normalize(path)
         self.identity = as_stored(identity)
         self.provenance = as_stored(provenance)
         self.feature_shape, self.dtype, self.views = tuple(feature_shape), dtype, views
@@ -133,7 +152,7 @@ class StoreWriter:
         """Let the next writer in (finalize does it too; so does this process ending, however it ends)."""
         self.lock.release()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -147,25 +166,34 @@ class StoreWriter:
         if existing == self.identity:
             return self.final_path
         if existing is not None:
-            log.info("%s was made with another identity (%s); building a new store beside it",
-                     self.final_path, ", ".join(k for k in self.identity if existing.get(k) != self.identity[k]))
-        elif locations.exists(self.final_path):
-            log.warning("%s is not a readable store of format %d (its zarr.json is damaged or of another "
-                        "version); building a new one beside it, which replaces it when complete",
-                        self.final_path, STORE_FORMAT)
+            log.info(
+                "%s was made with another identity (%s); building a new store beside it",
+                self.final_path,
+                ", ".join(k for k in self.identity if existing.get(k) != self.identity[k]),
+            )
+        elif filesystem.exists(self.final_path):
+            log.warning(
+                "%s is not a readable store of format %d (its zarr.json is damaged or of another "
+                "version); building a new one beside it, which replaces it when complete",
+                self.final_path,
+                STORE_FORMAT,
+            )
         stem = store_name(self.final_path)
         prefix = "views-" if self.views is not None else ""
-        return locations.join(locations.parent(self.final_path), INCOMPLETE_DIR,
-                              f"{prefix}{stem}-{fingerprint(self.identity)}.zarr")
+        return filesystem.join(
+            filesystem.parent(self.final_path), INCOMPLETE_DIR, f"{prefix}{stem}-{fingerprint(self.identity)}.zarr"
+        )
 
     def _open_or_create(self, chunk_rows: int) -> zarr.Group:
-        if locations.exists(locations.join(self.path, "X", "zarr.json")):
+        if filesystem.exists(filesystem.join(self.path, "X", "zarr.json")):
             group = zarr.open_group(str(self.path), mode="r+")
             if group.attrs.get("identity") != self.identity:
                 raise StoreError(f"{self.path} has another identity; delete it to start over")
             if tuple(group.attrs["feature_shape"]) != self.feature_shape or group.attrs["dtype"] != self.dtype:
-                raise StoreError(f"{self.path} holds rows of shape {group.attrs['feature_shape']} "
-                                 f"{group.attrs['dtype']}; this extraction gives {self.feature_shape} {self.dtype}")
+                raise StoreError(
+                    f"{self.path} holds rows of shape {group.attrs['feature_shape']} "
+                    f"{group.attrs['dtype']}; this extraction gives {self.feature_shape} {self.dtype}"
+                )
             remove_stale_temp_files(self.path)
             return group
         shape_x = (0, *([0] if self.views is not None else []), *self.feature_shape)
@@ -174,15 +202,32 @@ class StoreWriter:
         def fill(group: zarr.Group) -> None:
             create_array(group, "X", shape_x, chunks_x, self.dtype)
             create_index(group, 0)
-            create_array(group, "done", (0, *([0] if self.views is not None else [])),
-                         (1, *([1] if self.views is not None else [])), "uint8")
+            create_array(
+                group,
+                "done",
+                (0, *([0] if self.views is not None else [])),
+                (1, *([1] if self.views is not None else [])),
+                "uint8",
+            )
 
-        return create_group(self.path, {
-            "shoulders_store": STORE_FORMAT, "kind": "views" if self.views is not None else "features",
-            "identity": self.identity, "identity_fingerprint": fingerprint(self.identity),
-            "feature_shape": list(self.feature_shape), "dtype": self.dtype, "chunk_rows": chunk_rows,
-            "views": 0 if self.views is not None else None, "rows": 0, "chunk_digests": [], "pending": None,
-            "runs": []}, fill)
+        return create_group(
+            self.path,
+            {
+                "shoulders_store": STORE_FORMAT,
+                "kind": "views" if self.views is not None else "features",
+                "identity": self.identity,
+                "identity_fingerprint": fingerprint(self.identity),
+                "feature_shape": list(self.feature_shape),
+                "dtype": self.dtype,
+                "chunk_rows": chunk_rows,
+                "views": 0 if self.views is not None else None,
+                "rows": 0,
+                "chunk_digests": [],
+                "pending": None,
+                "runs": [],
+            },
+            fill,
+        )
 
     # ------------------------------------------------------------------ planning
 
@@ -196,7 +241,7 @@ class StoreWriter:
         n = self.group["sha256"].shape[0]
         return [str(h) for h in self.group["sha256"][:n].tolist()] if n else []
 
-    def plan(self, wanted: Sequence[str], repair: Optional[Sequence[ChunkKey]] = None) -> tuple[list[ChunkWrite], dict]:
+    def plan(self, wanted: Sequence[str], repair: Sequence[ChunkKey] | None = None) -> tuple[list[ChunkWrite], dict]:
         """Append rows for the hashes of ``wanted`` that have none (and, for views, add new views), recompute the
         rows of damaged chunks; resume an append of the same rows that was interrupted.
 
@@ -230,7 +275,7 @@ class StoreWriter:
         views_before = int(attrs["views"] or 0)
         views_after = self.views if self.views is not None else views_before
         have = self.row_hashes()
-        verified = set(have[:self.rows])
+        verified = set(have[: self.rows])
         new = [h for h in wanted if h not in verified]
         if repair is None:
             damaged = set(find_damage(self.path).chunks)
@@ -239,9 +284,12 @@ class StoreWriter:
         damaged = {(chunk, view) for chunk, view in damaged if view is None or view < views_after}
         pending = attrs.get("pending")
         if pending and (pending["sha256_digest"] != digest_of(new) or pending["views"] != views_after):
-            log.info("%s: an interrupted extraction of other images is dropped (%d rows)", self.path,
-                     pending["rows_to"] - pending["rows_from"])
-            damaged |= repairs_of(pending)      # its repairs are still to do
+            log.info(
+                "%s: an interrupted extraction of other images is dropped (%d rows)",
+                self.path,
+                pending["rows_to"] - pending["rows_from"],
+            )
+            damaged |= repairs_of(pending)  # its repairs are still to do
             pending = None
         if pending is None:
             if not new and views_after == views_before and not damaged:
@@ -253,23 +301,35 @@ class StoreWriter:
         computed = sum(len(w.rows) for w in writes)
         if pending is not None:
             planned = sum(len(w.rows) for w in self._pending_writes(done_too=True))
-            log.info("%s: resuming an interrupted extraction: %d of its %d rows were written before, %d to compute",
-                     self.path, planned - computed, planned, computed)
+            log.info(
+                "%s: resuming an interrupted extraction: %d of its %d rows were written before, %d to compute",
+                self.path,
+                planned - computed,
+                planned,
+                computed,
+            )
         repairs = repairs_of(self.group.attrs["pending"])
         repairing = [w for w in writes if (w.chunk, w.view) in repairs]
         repaired = sum(len(range(w.rows.start, min(w.rows.stop, self.rows))) for w in repairing)
         if repairing:
-            log.info("%s: %s (missing, corrupt, changed or swapped): recomputing %d %s", self.path,
-                     failing([(w.chunk, w.view) for w in repairing]), repaired,
-                     "row(s)" if self.views is None else "image view(s)")
+            log.info(
+                "%s: %s (missing, corrupt, changed or swapped): recomputing %d %s",
+                self.path,
+                failing([(w.chunk, w.view) for w in repairing]),
+                repaired,
+                "row(s)" if self.views is None else "image view(s)",
+            )
         hashes = self.row_hashes()
         touched = {hashes[i] for w in writes for i in w.rows}
-        counts = {"images": len(wanted), "reused": sum(h not in touched for h in wanted), "computed": computed,
-                  "repaired": repaired}
+        counts = {
+            "images": len(wanted),
+            "reused": sum(h not in touched for h in wanted),
+            "computed": computed,
+            "repaired": repaired,
+        }
         return writes, counts
 
-    def _start_append(self, new: Sequence[str], views_before: int, views_after: int,
-                      repairs: set[ChunkKey]) -> None:
+    def _start_append(self, new: Sequence[str], views_before: int, views_after: int, repairs: set[ChunkKey]) -> None:
         start, end = self.rows, self.rows + len(new)
         X, index, done = self.group["X"], self.group["sha256"], self.group["done"]
         # Rows past `rows` are left over from a dropped append: overwritten now.
@@ -292,9 +352,14 @@ class StoreWriter:
         self._discard(repairs)
         if done.size:
             done[...] = flags
-        self.group.attrs["pending"] = {"rows_from": start, "rows_to": end, "views_from": views_before,
-                                       "views": views_after, "sha256_digest": digest_of(new),
-                                       "repair": as_list(repairs)}
+        self.group.attrs["pending"] = {
+            "rows_from": start,
+            "rows_to": end,
+            "views_from": views_before,
+            "views": views_after,
+            "sha256_digest": digest_of(new),
+            "repair": as_list(repairs),
+        }
 
     def _add_repairs(self, repairs: set[ChunkKey]) -> None:
         """Add damaged chunks to the append in progress (found when resuming it)."""
@@ -313,7 +378,7 @@ class StoreWriter:
         which must not be bytes that fail to decode."""
         X = self.group["X"]
         for chunk, view in repairs:
-            locations.remove_file(chunk_file(self.path, X, "X", chunk, view))
+            filesystem.remove_file(chunk_file(self.path, X, "X", chunk, view))
 
     def _pending_writes(self, *, done_too: bool = False) -> list[ChunkWrite]:
         """The chunk writes of the append in progress not yet done (``done_too``: all of them)."""
@@ -323,14 +388,14 @@ class StoreWriter:
         written = self._written(pending)
         done = np.asarray(self.group["done"][...])
         writes = []
-        for view in ([None] if self.views is None else range(pending["views"])):
+        for view in [None] if self.views is None else range(pending["views"]):
             for chunk in range(n_chunks(end, self.chunk_rows)):
                 flag = done[chunk] if view is None else done[chunk, view]
                 if (flag and not done_too) or (chunk, view) not in written:
                     continue
                 first = chunk * self.chunk_rows
                 if (chunk, view) not in repairs and (view is None or view < pending["views_from"]):
-                    first = max(first, start)     # an old view (or the features) of old rows is kept
+                    first = max(first, start)  # an old view (or the features) of old rows is kept
                 rows = range(first, min((chunk + 1) * self.chunk_rows, end))
                 if len(rows):
                     writes.append(ChunkWrite(chunk, rows, view))
@@ -342,7 +407,7 @@ class StoreWriter:
         every = range(n_chunks(end, self.chunk_rows))
         of_new_rows = range(start // self.chunk_rows, n_chunks(end, self.chunk_rows)) if end > start else range(0)
         written = set(repairs_of(pending))
-        for view in ([None] if self.views is None else range(pending["views"])):
+        for view in [None] if self.views is None else range(pending["views"]):
             chunks = every if view is not None and view >= pending["views_from"] else of_new_rows
             written |= {(chunk, view) for chunk in chunks}
         return written
@@ -353,7 +418,7 @@ class StoreWriter:
         """Write the rows of one chunk (of one view), then tick it as done (see :func:`write_chunk`)."""
         write_chunk(self.group, write, block)
 
-    def finalize(self, run: Optional[Mapping[str, Any]] = None) -> Location:
+    def finalize(self, run: Mapping[str, Any] | None = None) -> Location:
         """Read every chunk this append wrote back, record its digest, count its rows and log the run.
 
         ``run`` is added to the store's ``runs`` (what computed the rows: runtime,
@@ -364,20 +429,21 @@ class StoreWriter:
         finally:
             self.close()
 
-    def _finalize(self, run: Optional[Mapping[str, Any]]) -> Location:
+    def _finalize(self, run: Mapping[str, Any] | None) -> Location:
         pending = self.group.attrs.get("pending")
         if pending is None:
             return self._swap()
         missing = self._pending_writes()
         if missing:
-            raise StoreError(f"cannot finalise {self.path}: {len(missing)} chunk(s) not written, first "
-                             f"chunk {missing[0].chunk}")
+            raise StoreError(
+                f"cannot finalise {self.path}: {len(missing)} chunk(s) not written, first chunk {missing[0].chunk}"
+            )
         end = pending["rows_to"]
         chunks = n_chunks(end, self.chunk_rows)
         digests = list(self.group.attrs["chunk_digests"])[:chunks]
         digests += [None] * (chunks - len(digests))
-        if self.views is not None:           # fewer views than before: the others are gone
-            digests = [entry[:pending["views"]] if isinstance(entry, list) else entry for entry in digests]
+        if self.views is not None:  # fewer views than before: the others are gone
+            digests = [entry[: pending["views"]] if isinstance(entry, list) else entry for entry in digests]
         X = self.group["X"]
         # Only the chunks this append wrote are read back and digested: every other one keeps the digest that
         # proves it (a chunk damaged meanwhile is never blessed with a new one).
@@ -393,15 +459,28 @@ class StoreWriter:
                 entry[view] = digest
                 digests[chunk] = entry
         runs = list(self.group.attrs["runs"])
-        runs.append({"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "rows_before": pending["rows_from"], "rows_after": end,
-                     "views_before": pending["views_from"] if self.views is not None else None,
-                     "views_after": pending["views"] if self.views is not None else None,
-                     **({"repaired_chunks": as_list(repairs_of(pending))} if pending.get("repair") else {}),
-                     "seconds": round(time.perf_counter() - self.started, 3), "provenance": self.provenance,
-                     **dict(run or {})})
-        self.group.attrs.update({"chunk_digests": digests, "rows": end, "runs": runs, "pending": None,
-                                 "views": pending["views"] if self.views is not None else None})
+        runs.append(
+            {
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "rows_before": pending["rows_from"],
+                "rows_after": end,
+                "views_before": pending["views_from"] if self.views is not None else None,
+                "views_after": pending["views"] if self.views is not None else None,
+                **({"repaired_chunks": as_list(repairs_of(pending))} if pending.get("repair") else {}),
+                "seconds": round(time.perf_counter() - self.started, 3),
+                "provenance": self.provenance,
+                **dict(run or {}),
+            }
+        )
+        self.group.attrs.update(
+            {
+                "chunk_digests": digests,
+                "rows": end,
+                "runs": runs,
+                "pending": None,
+                "views": pending["views"] if self.views is not None else None,
+            }
+        )
         return self._swap()
 
     def _swap(self) -> Location:
@@ -436,12 +515,21 @@ def write_chunk(group: zarr.Group, write: ChunkWrite, block: np.ndarray) -> None
 
 def write_views_marker(path: Location, identity: Mapping[str, Any]) -> Location:
     """The views store of ``extract.augment.views: 0``: attributes only, no arrays (and no backbone run)."""
-    path = locations.normalize(path)
+    path = filesystem.normalize(path)
     if read_identity(path) == as_stored(identity) and zarr.open_group(str(path), mode="r").attrs.get("views") == 0:
         return path
     with locked(path, views=True):
-        create_group(path, {"shoulders_store": STORE_FORMAT, "kind": "views", "identity": as_stored(identity),
-                            "identity_fingerprint": fingerprint(as_stored(identity)), "views": 0, "rows": 0},
-                     lambda g: None)
+        create_group(
+            path,
+            {
+                "shoulders_store": STORE_FORMAT,
+                "kind": "views",
+                "identity": as_stored(identity),
+                "identity_fingerprint": fingerprint(as_stored(identity)),
+                "views": 0,
+                "rows": 0,
+            },
+            lambda g: None,
+        )
     log.info("views store %s: no views asked for (extract.augment.views: 0)", path)
     return path

@@ -9,14 +9,15 @@ batches, which keeps several batches in flight (OpenVINO: one per CPU stream);
 where there is not. Whatever times or runs many batches (extraction, the batch
 size measurement, ``backbone_cost``) goes through :func:`stream`. Each runtime
 lives in a module of its own and imports its framework only when called: :mod:`.tensorflow_runtime`,
-:mod:`.openvino_runtime`, :mod:`.jax_runtime` (see :mod:`pipeline.extraction.runtime`
+:mod:`.openvino_runtime`, :mod:`.jax_runtime` (see :mod:`pipeline.extraction.runtime_choice`
 for how one is chosen).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 

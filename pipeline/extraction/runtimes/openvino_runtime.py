@@ -25,8 +25,9 @@ as fast (BENCHMARKS.md). A lone call (``step(batch)``) runs on one stream.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -52,12 +53,13 @@ def to_openvino(model: Any, preprocess: Callable, batch_size: int):
     wrapper = keras.Model(inputs, model(preprocess(inputs)), name=f"{model.name}_with_preprocessing")
     with tempfile.TemporaryDirectory(prefix="shoulders-openvino-") as tmp:
         path = Path(tmp) / "model.xml"
-        wrapper.export(str(path), format="openvino", verbose=False,
-                       input_signature=[keras.InputSpec(shape=shape, dtype="float32")])
+        wrapper.export(
+            str(path), format="openvino", verbose=False, input_signature=[keras.InputSpec(shape=shape, dtype="float32")]
+        )
         return ov.Core().read_model(str(path))
 
 
-def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> "NetworkStep":
+def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> NetworkStep:
     """The compiled step of ``model``; the converted ``openvino.Model`` is kept as its ``network`` attribute
     (what :mod:`pipeline.extraction.network_cache` stores)."""
     converted = to_openvino(model, preprocess, batch_size)
@@ -66,7 +68,7 @@ def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: 
     return step
 
 
-def compile_network(network: Any, *, runtime: Any, outputs: int) -> "NetworkStep":
+def compile_network(network: Any, *, runtime: Any, outputs: int) -> NetworkStep:
     """Compile an ``openvino.Model`` (or the path of its IR ``.xml``) for the CPU at ``runtime``'s precision.
 
     ``outputs`` is how many of the graph's outputs are the model's own, in order
@@ -77,8 +79,9 @@ def compile_network(network: Any, *, runtime: Any, outputs: int) -> "NetworkStep
     core = ov.Core()
     if not isinstance(network, ov.Model):
         network = core.read_model(str(network))
-    compiled = core.compile_model(network, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision],
-                                                   "PERFORMANCE_HINT": PERFORMANCE_HINT})
+    compiled = core.compile_model(
+        network, "CPU", {"INFERENCE_PRECISION_HINT": HINTS[runtime.precision], "PERFORMANCE_HINT": PERFORMANCE_HINT}
+    )
     return NetworkStep(compiled, outputs)
 
 
@@ -137,7 +140,7 @@ class NetworkStep:
                 if failed:
                     raise failed[0]
         finally:
-            queue.wait_all()   # nothing left running on the requests, also when the consumer stops early
+            queue.wait_all()  # nothing left running on the requests, also when the consumer stops early
         if failed:
             raise failed[0]
         for index in range(taken, given):

@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import threading
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from pipeline.config import ParamsError
 
@@ -37,17 +37,21 @@ VERBOSE_FLAG = "--verbose"
 NOISY_LOGGERS = ("absl", "tensorflow", "keras", "jax", "openvino", "h5py", "numexpr")
 # Lines those libraries write straight to file descriptor 2: absl's C++ log format (severity I/W/E, date,
 # time, thread, file:line]), absl's notice that it is not initialised, and TensorFlow's CPU-feature advice.
-LIBRARY_NOISE = re.compile(rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-]+:\d+\] "
-                           rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-                           rb"|To enable the following instructions: .* rebuild TensorFlow)")
+LIBRARY_NOISE = re.compile(
+    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-]+:\d+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions: .* rebuild TensorFlow)"
+)
 # Errors that describe bad input (params, files, stores) or the machine (disk, permissions), not bugs.
 USER_ERRORS = (ParamsError, ValueError, OSError)
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM)
 # What to do after a failure to write: nothing written before is lost (atomic files, resumable stores).
-_RERUN = ("then rerun: an interrupted extraction resumes from its last written chunk, and every file and "
-          "store row written before is intact")
+_RERUN = (
+    "then rerun: an interrupted extraction resumes from its last written chunk, and every file and "
+    "store row written before is intact"
+)
 
 
 def take_debug_flag(argv: Sequence[str], flag: str = DEBUG_FLAG) -> tuple[bool, list[str]]:
@@ -56,7 +60,7 @@ def take_debug_flag(argv: Sequence[str], flag: str = DEBUG_FLAG) -> tuple[bool, 
     return len(rest) != len(argv), rest
 
 
-def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None) -> None:
+def run_stage(main: Callable[[], int | None], *, debug: bool | None = None) -> None:
     """Run a stage's ``main()`` with logging configured; exit with its status, or 1 and one line on a user error.
 
     Parameters
@@ -72,7 +76,7 @@ def run_stage(main: Callable[[], Optional[int]], *, debug: Optional[bool] = None
     debug = debug or bool(os.environ.get("SHOULDERS_DEBUG"))
     verbose, sys.argv[1:] = take_debug_flag(sys.argv[1:], VERBOSE_FLAG)
     verbose = verbose or bool(os.environ.get("SHOULDERS_VERBOSE"))
-    if verbose:     # the lines kept at DEBUG (one per head variant, the weights' full paths) as well
+    if verbose:  # the lines kept at DEBUG (one per head variant, the weights' full paths) as well
         logging.getLogger().setLevel(logging.DEBUG)
     restore = None if verbose else quiet_library_logs()
     try:
@@ -134,13 +138,12 @@ def quiet_library_logs() -> Callable[[], None]:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
-    thread = threading.Thread(target=_copy_without_noise, args=(read_end, real), daemon=True,
-                              name="quiet-library-logs")
+    thread = threading.Thread(target=_copy_without_noise, args=(read_end, real), daemon=True, name="quiet-library-logs")
     thread.start()
 
     def restore() -> None:
         sys.stderr.flush()
-        os.dup2(real, 2)        # the last write end held here closes: the thread sees the end of the pipe
+        os.dup2(real, 2)  # the last write end held here closes: the thread sees the end of the pipe
         # What this process wrote is in the pipe already and copied within milliseconds; a child still holding
         # the pipe (loky's resource tracker lives as long as this process) must not hold up the exit, as
         # the 5 s this waited before did on every stage that had used joblib's workers.
@@ -155,7 +158,7 @@ def _copy_without_noise(read_end: int, out: int) -> None:
     with os.fdopen(read_end, "rb", buffering=0) as pipe:
         while chunk := pipe.read(65536):
             lines = re.split(rb"(?<=[\r\n])", pending + chunk)
-            pending = lines.pop()   # an unfinished line (empty when the chunk ended one)
+            pending = lines.pop()  # an unfinished line (empty when the chunk ended one)
             kept = b"".join(line for line in lines if not LIBRARY_NOISE.match(line))
             if kept:
                 os.write(out, kept)
@@ -174,8 +177,10 @@ def describe(error: BaseException) -> str:
     if error.errno in _NO_SPACE:
         return f"{reason} while writing {where}: free space on that disk (or raise the quota), {_RERUN}"
     if error.errno in _DENIED:
-        return (f"{reason}: {where}: this user ({_user()}) may not read or write it; fix its permissions "
-                "(`ls -l`) or run as its owner")
+        return (
+            f"{reason}: {where}: this user ({_user()}) may not read or write it; fix its permissions "
+            "(`ls -l`) or run as its owner"
+        )
     if error.errno == errno.EROFS:
         return f"{reason}: {where}: write the outputs on a writable disk, {_RERUN}"
     if error.errno == errno.ENOENT:

@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from pipeline.stage import run_stage, take_debug_flag
+from pipeline.cli.stage_runner import run_stage, take_debug_flag
 
 
 def _ls(args) -> None:
@@ -42,8 +42,10 @@ def _ls(args) -> None:
         p = info.identity
         shape = "×".join(str(d) for d in info.feature_shape)
         state = "INTERRUPTED" if info.pending else "ok"
-        print(f"{info.key:<24} {info.rows:>7} {state:<11} {shape:<16} {p.get('backbone')} ({p.get('weights')}) / "
-              f"{p.get('cut')}")
+        print(
+            f"{info.key:<24} {info.rows:>7} {state:<11} {shape:<16} {p.get('backbone')} ({p.get('weights')}) / "
+            f"{p.get('cut')}"
+        )
 
 
 def _show(args) -> None:
@@ -52,8 +54,11 @@ def _show(args) -> None:
     group = open_store(args.store)
     attrs = dict(group.attrs)
     attrs.pop("chunk_digests", None)
-    attrs["arrays"] = {name: {"shape": list(group[name].shape), "chunks": list(group[name].chunks),
-                              "dtype": str(group[name].dtype)} for name in ("X", "sha256", "done") if name in group}
+    attrs["arrays"] = {
+        name: {"shape": list(group[name].shape), "chunks": list(group[name].chunks), "dtype": str(group[name].dtype)}
+        for name in ("X", "sha256", "done")
+        if name in group
+    }
     print(json.dumps(attrs, indent=2, default=str))
 
 
@@ -62,8 +67,9 @@ def _layers(args) -> None:
     from pipeline.backbones.registry import layer_shapes
     from pipeline.config import FeatureSetParams
 
-    spec = FeatureSetParams(backbone=args.backbone, weights="none", size=args.size, alpha=args.alpha,
-                            preset=args.preset)
+    spec = FeatureSetParams(
+        backbone=args.backbone, weights="none", size=args.size, alpha=args.alpha, preset=args.preset
+    )
     if family(args.backbone).from_preset:
         from pipeline.backbones.hub import describe_cuts
 
@@ -97,8 +103,10 @@ def _check(args) -> None:
     features = load_params(args.params).features
     resolved, sources = check_cuts(features), weights_sources(features)
     for key, entry in resolved.items():
-        print(f"{key:<24} {entry['backbone']} / {entry['cut']} (layer {entry['cut_index']} of "
-              f"{entry['n_layers']}), input {entry['input_size']}, weights from {sources[key].describe()}")
+        print(
+            f"{key:<24} {entry['backbone']} / {entry['cut']} (layer {entry['cut_index']} of "
+            f"{entry['n_layers']}), input {entry['input_size']}, weights from {sources[key].describe()}"
+        )
 
 
 def _check_params(args) -> None:
@@ -107,9 +115,14 @@ def _check_params(args) -> None:
     from pipeline.stages.params_check import check_params
 
     params = check_params(args.params, args.synthetic)
-    print(f"{args.params}: every value valid; data.source {params.data.source}: "
-          + ("the synthesize stage's folder" if Path(params.data.source).resolve() == args.synthetic.resolve()
-             else "exists, and DVC can hash every name under it"))
+    print(
+        f"{args.params}: every value valid; data.source {params.data.source}: "
+        + (
+            "the synthesize stage's folder"
+            if Path(params.data.source).resolve() == args.synthetic.resolve()
+            else "exists, and DVC can hash every name under it"
+        )
+    )
 
 
 def _verify(args) -> None:
@@ -117,13 +130,15 @@ def _verify(args) -> None:
     from pipeline.store.layout import StoreError
     from pipeline.store.verify import render, verify_features
 
-    reports = verify_features(args.features, load_params(args.params), args.manifest, checks=args.checks,
-                              progress=True)
+    reports = verify_features(args.features, load_params(args.params), args.manifest, checks=args.checks, progress=True)
     print(render(reports))
     failing = [r for r in reports if r.failing]
     if failing:
-        raise StoreError(f"{len(failing)} store(s) not ok: " + ", ".join(f"{r.key} ({r.state})" for r in failing)
-                         + "; `dvc repro` re-extracts stale stores and recomputes the rows of damaged chunks")
+        raise StoreError(
+            f"{len(failing)} store(s) not ok: "
+            + ", ".join(f"{r.key} ({r.state})" for r in failing)
+            + "; `dvc repro` re-extracts stale stores and recomputes the rows of damaged chunks"
+        )
 
 
 # Removed rows a gc names one by one (a dry run names all of them).
@@ -148,20 +163,29 @@ def _gc(args) -> None:
         views = path.parent.name == VIEWS_DIR
         done = collect_garbage(path, keep_views if views else keep, dry_run=args.dry_run)
         removed += done.removed
-        why = f"of images no longer in {named}" + (" (views: of its training images only, val and test too with "
-                                                    "extract.augment.tta)" if views else "")
-        print(f"{path}: {done.rows_before} rows, {done.removed} {why} "
-              + ("would be removed" if args.dry_run else "removed") + (":" if done.removed else ""))
+        why = f"of images no longer in {named}" + (
+            " (views: of its training images only, val and test too with extract.augment.tta)" if views else ""
+        )
+        print(
+            f"{path}: {done.rows_before} rows, {done.removed} {why} "
+            + ("would be removed" if args.dry_run else "removed")
+            + (":" if done.removed else "")
+        )
         shown = done.removed_hashes if args.dry_run else done.removed_hashes[:GC_LISTED]
         for content_hash in shown:
             print(f"  - sha256 {content_hash}")
         if len(shown) < done.removed:
             print(f"  - … and {done.removed - len(shown)} more (`--dry-run` lists every row before a gc)")
     if removed:
-        print(f"another experiment that needs these rows (queued, or on another split or dataset) computes them "
-              "again: keep them with --keep ITS_MANIFEST.csv (repeatable)"
-              + ("" if args.dry_run else "; the stores changed: `dvc commit` records them (or `dvc repro`, which "
-                 "finds nothing to compute)"))
+        print(
+            "another experiment that needs these rows (queued, or on another split or dataset) computes them "
+            "again: keep them with --keep ITS_MANIFEST.csv (repeatable)"
+            + (
+                ""
+                if args.dry_run
+                else "; the stores changed: `dvc commit` records them (or `dvc repro`, which finds nothing to compute)"
+            )
+        )
 
 
 def _summary(args) -> None:
@@ -179,9 +203,12 @@ def _summary(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shoulders", description="Look into shoulders' feature stores and "
-                                     "backbones, verify them, and classify images with an exported model.",
-                                     epilog="--debug (anywhere): show an error's traceback instead of its one line")
+    parser = argparse.ArgumentParser(
+        prog="shoulders",
+        description="Look into shoulders' feature stores and "
+        "backbones, verify them, and classify images with an exported model.",
+        epilog="--debug (anywhere): show an error's traceback instead of its one line",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ls = commands.add_parser("ls", help="list the feature stores")
     ls.add_argument("features", nargs="?", default="features", help="a folder, or an fsspec URL (s3://…)")
@@ -195,29 +222,41 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--alpha", type=float, default=None, help="width multiplier (MobileNets)")
     layers.add_argument("--preset", default=None, help="backbone hub: a keras_hub preset directory (or name)")
     layers.set_defaults(run=_layers)
-    check = commands.add_parser("check", help="check every feature set's cut against its backbone's layers, "
-                                "and that its weights can be had")
+    check = commands.add_parser(
+        "check", help="check every feature set's cut against its backbone's layers, and that its weights can be had"
+    )
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.set_defaults(run=_check)
-    check_params = commands.add_parser("check-params", help="check every value of params.yaml, and that DVC can "
-                                       "hash every name under data.source (UTF-8 names, no dangling link)")
+    check_params = commands.add_parser(
+        "check-params",
+        help="check every value of params.yaml, and that DVC can "
+        "hash every name under data.source (UTF-8 names, no dangling link)",
+    )
     check_params.add_argument("--params", type=Path, default=Path("params.yaml"))
-    check_params.add_argument("--synthetic", type=Path, default=Path("data/synthetic"),
-                              help="the synthesize stage's folder (need not exist)")
+    check_params.add_argument(
+        "--synthetic", type=Path, default=Path("data/synthetic"), help="the synthesize stage's folder (need not exist)"
+    )
     check_params.set_defaults(run=_check_params)
     verify = commands.add_parser("verify", help="check every store's chunks, shapes and provenance")
     verify.add_argument("features", nargs="?", default=Path("features"), type=Path)
     verify.add_argument("--params", type=Path, default=Path("params.yaml"))
     verify.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
-    verify.add_argument("--checks", type=Path, default=Path("reports/checks"),
-                        help="the check stage's folder, which resolves cut: null")
+    verify.add_argument(
+        "--checks", type=Path, default=Path("reports/checks"), help="the check stage's folder, which resolves cut: null"
+    )
     verify.set_defaults(run=_verify)
     gc = commands.add_parser("gc", help="remove rows of images no longer in the manifest")
     gc.add_argument("features", nargs="?", default=Path("features"), type=Path)
     gc.add_argument("--manifest", type=Path, default=Path("data/manifest.csv"))
     gc.add_argument("--params", type=Path, default=Path("params.yaml"))
-    gc.add_argument("--keep", type=Path, action="append", default=[], metavar="MANIFEST",
-                    help="also keep the rows of this manifest's images (another experiment's; repeatable)")
+    gc.add_argument(
+        "--keep",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="MANIFEST",
+        help="also keep the rows of this manifest's images (another experiment's; repeatable)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="only list the rows that would go (by content hash)")
     gc.set_defaults(run=_gc)
     summary = commands.add_parser("summary", help="the chosen model and the top of the leaderboard (100 columns)")
@@ -225,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--report", type=Path, default=Path("reports/evaluation.json"))
     summary.add_argument("--leaderboard", type=Path, default=Path("reports/leaderboard.csv"))
     summary.set_defaults(run=_summary)
-    predict = commands.add_parser("predict", add_help=False,
-                                  help="classify images with an exported model (`shoulders predict -h`)")
+    predict = commands.add_parser(
+        "predict", add_help=False, help="classify images with an exported model (`shoulders predict -h`)"
+    )
     predict.add_argument("arguments", nargs=argparse.REMAINDER)
     return parser
 
@@ -235,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug, argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["predict"]:
         # predict has its own parser (options such as -h would not pass through a subparser).
-        from pipeline.export.predict import main as predict_main
+        from pipeline.export.predict_command import main as predict_main
 
         run_stage(lambda: predict_main(argv[1:]), debug=debug)
         return

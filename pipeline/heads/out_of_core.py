@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 from pipeline.config import HeadsParams
-from pipeline.heads.fold_scores import correct_string
 from pipeline.heads.registry import StreamingContext, head_kind
+from pipeline.heads.tally import correct_string
 from pipeline.heads.variants import Variant
 from pipeline.store.reader import open_feature_set
 
@@ -27,8 +27,9 @@ def streaming_head(variant: Variant, heads: HeadsParams, n_train: int):
     kind = head_kind(variant.kind)
     if variant.pca is not None or variant.uses_views or kind.streaming is None:
         return None
-    context = StreamingContext(n_train=n_train, epochs=heads.out_of_core_epochs, standardize=variant.standardize,
-                               seed=heads.seed)
+    context = StreamingContext(
+        n_train=n_train, epochs=heads.out_of_core_epochs, standardize=variant.standardize, seed=heads.seed
+    )
     return kind.streaming(dict(variant.params), heads.grid(variant.kind), context)
 
 
@@ -54,11 +55,20 @@ def fit_out_of_core(features, variants, heads, records):
             estimator.fit(train.X, train.y)
             seconds = time.perf_counter() - started
             predicted = estimator.predict(val.X) if len(val.y) else np.zeros(0, int)
-            yield variant, estimator, {
-                "val_accuracy": float(accuracy_score(val.y, predicted)) if len(val.y) else None,
-                "val_macro_f1": float(f1_score(val.y, predicted, average="macro", zero_division=0))
-                if len(val.y) else None,
-                "val_accuracy_std": None, "fit_seconds": round(seconds, 4), "peak_rss_mib": None,
-                "features_memmapped": False, "n_epochs": estimator.epochs, "out_of_core": True,
-                "val_correct": correct_string(np.asarray(predicted) == np.asarray(val.y)),
-            }
+            yield (
+                variant,
+                estimator,
+                {
+                    "val_accuracy": float(accuracy_score(val.y, predicted)) if len(val.y) else None,
+                    "val_macro_f1": float(f1_score(val.y, predicted, average="macro", zero_division=0))
+                    if len(val.y)
+                    else None,
+                    "val_accuracy_std": None,
+                    "fit_seconds": round(seconds, 4),
+                    "peak_rss_mib": None,
+                    "features_memmapped": False,
+                    "n_epochs": estimator.epochs,
+                    "out_of_core": True,
+                    "val_correct": correct_string(np.asarray(predicted) == np.asarray(val.y)),
+                },
+            )

@@ -15,9 +15,8 @@ import os
 import posixpath
 import shutil
 from pathlib import Path
-from typing import Union
 
-Location = Union[str, Path]
+Location = str | Path
 
 
 def is_url(location: Location) -> bool:

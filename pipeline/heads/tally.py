@@ -10,7 +10,7 @@ row: mean accuracy and macro-F1, which scored images it got right
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -22,13 +22,13 @@ from pipeline.heads.variants import predict_views
 class Tally:
     """One variant's fits and scores over the folds of a job, and the row they make."""
 
-    scores: list = field(default_factory=list)      # (accuracy, macro-F1) per scored fold
+    scores: list = field(default_factory=list)  # (accuracy, macro-F1) per scored fold
     correct: list = field(default_factory=list)
     proba: list = field(default_factory=list)
     labels: list = field(default_factory=list)
     seconds: float = 0.0
     peak: float = 0.0
-    not_converged: int = 0                          # fits that stopped at their solver's iteration limit
+    not_converged: int = 0  # fits that stopped at their solver's iteration limit
 
     def fitted(self, fit: Any, share: int = 1) -> None:
         """Count one watched fit (:class:`~pipeline.heads.watch.Watched`); ``share``: heads it fitted together.
@@ -44,24 +44,31 @@ class Tally:
         self.correct.append(np.asarray(predicted) == np.asarray(y_score))
         self.proba.append(class_probabilities(head, X_score))
         self.labels.append(y_score)
-        self.scores.append((accuracy_score(y_score, predicted),
-                            f1_score(y_score, predicted, average="macro", zero_division=0)))
+        self.scores.append(
+            (accuracy_score(y_score, predicted), f1_score(y_score, predicted, average="macro", zero_division=0))
+        )
 
     def row(self, head: Any, memmapped: bool, **extra) -> dict:
         accuracy = [a for a, _ in self.scores]
         f1 = [f for _, f in self.scores]
-        return {"val_accuracy": float(np.mean(accuracy)) if accuracy else None,
-                "val_macro_f1": float(np.mean(f1)) if f1 else None,
-                "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
-                "fit_seconds": round(self.seconds, 4), "peak_rss_mib": self.peak, "features_memmapped": memmapped,
-                "not_converged": self.not_converged,
-                "n_epochs": getattr(head, "n_epochs_", None), "warm_start_from_C": None,
-                "val_correct": correct_string(np.concatenate(self.correct)) if self.correct else None,
-                "val_proba": _stack(self.proba),
-                "scored_labels": np.concatenate(self.labels) if self.labels else None, **extra}
+        return {
+            "val_accuracy": float(np.mean(accuracy)) if accuracy else None,
+            "val_macro_f1": float(np.mean(f1)) if f1 else None,
+            "val_accuracy_std": float(np.std(accuracy)) if len(accuracy) > 1 else None,
+            "fit_seconds": round(self.seconds, 4),
+            "peak_rss_mib": self.peak,
+            "features_memmapped": memmapped,
+            "not_converged": self.not_converged,
+            "n_epochs": getattr(head, "n_epochs_", None),
+            "warm_start_from_C": None,
+            "val_correct": correct_string(np.concatenate(self.correct)) if self.correct else None,
+            "val_proba": _stack(self.proba),
+            "scored_labels": np.concatenate(self.labels) if self.labels else None,
+            **extra,
+        }
 
 
-def class_probabilities(head: Any, X: np.ndarray) -> Optional[np.ndarray]:
+def class_probabilities(head: Any, X: np.ndarray) -> np.ndarray | None:
     """Class probabilities of scored rows, (n, n_classes) float32, for soft voting; None without them.
 
     Kinds without ``predict_proba`` (SVMs) and views (test-time augmentation) give None.
@@ -71,7 +78,7 @@ def class_probabilities(head: Any, X: np.ndarray) -> Optional[np.ndarray]:
     return np.asarray(head.predict_proba(X), dtype=np.float32)
 
 
-def _stack(parts: list) -> Optional[np.ndarray]:
+def _stack(parts: list) -> np.ndarray | None:
     # Folds in order, like val_correct; None when a fold gave none.
     return None if not parts or any(p is None for p in parts) else np.concatenate(parts)
 

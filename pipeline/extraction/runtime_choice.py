@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 from pipeline.config import ExtractParams
 
@@ -49,11 +48,11 @@ COMPUTE = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "bfloat
 class Runtime:
     """How inference runs on this machine, resolved from ``extract`` params."""
 
-    name: str                      # tensorflow | openvino | jax
-    device: str                    # "GPU" or "CPU"
-    precision: str                 # float32 | float16 | bfloat16
-    batch_size: Optional[int]      # None: to be measured (extract.batch_size: auto on a CPU)
-    jit_compile: bool              # XLA for the TensorFlow runtime (JAX always compiles with it)
+    name: str  # tensorflow | openvino | jax
+    device: str  # "GPU" or "CPU"
+    precision: str  # float32 | float16 | bfloat16
+    batch_size: int | None  # None: to be measured (extract.batch_size: auto on a CPU)
+    jit_compile: bool  # XLA for the TensorFlow runtime (JAX always compiles with it)
 
     @property
     def compute(self) -> str:
@@ -109,8 +108,10 @@ def runtime_name(name: str, option: str = "extract.runtime") -> str:
         raise ValueError(f"{option} must be one of auto, {', '.join(RUNTIMES)}. Received: {name!r}")
     if not installed(name):
         hint = 'pip install -e ".[gpu]"' if name == "jax" else f"pip install {name}"
-        raise ValueError(f"{option}: {name} needs the {name!r} package, which is not installed "
-                         f"({hint}). Valid runtimes: auto, {', '.join(RUNTIMES)}")
+        raise ValueError(
+            f"{option}: {name} needs the {name!r} package, which is not installed "
+            f"({hint}). Valid runtimes: auto, {', '.join(RUNTIMES)}"
+        )
     return name
 
 
@@ -133,9 +134,11 @@ def keras_backend_for(name: str, option: str = "--runtime") -> str:
         return name
     if runs_on(name, current):
         return name
-    raise ValueError(f"{option} {name} needs Keras' {keras_backend(name)} backend, but this process already uses "
-                     f"{current} (KERAS_BACKEND or an earlier import): unset KERAS_BACKEND or set it to "
-                     f"{keras_backend(name)}")
+    raise ValueError(
+        f"{option} {name} needs Keras' {keras_backend(name)} backend, but this process already uses "
+        f"{current} (KERAS_BACKEND or an earlier import): unset KERAS_BACKEND or set it to "
+        f"{keras_backend(name)}"
+    )
 
 
 def runs_on(runtime_name: str, backend: str) -> bool:
@@ -148,7 +151,7 @@ def runs_on(runtime_name: str, backend: str) -> bool:
     return backend == KERAS_BACKEND[runtime_name]
 
 
-def _chosen_keras_backend() -> Optional[str]:
+def _chosen_keras_backend() -> str | None:
     if "keras" in sys.modules:
         import keras
 
@@ -173,12 +176,15 @@ def resolve_runtime(settings: ExtractParams) -> Runtime:
         gpu = name == "jax" and jax_gpu()
     precision = settings.precision if settings.precision != "auto" else ("float16" if gpu else "float32")
     if precision == "float16" and not gpu and name == "openvino":
-        raise ValueError("extract.precision: float16 needs a GPU; on a CPU use float32 or bfloat16. "
-                         f"Received: precision=float16 with runtime={name}")
+        raise ValueError(
+            "extract.precision: float16 needs a GPU; on a CPU use float32 or bfloat16. "
+            f"Received: precision=float16 with runtime={name}"
+        )
     batch = settings.batch_size if settings.batch_size != "auto" else (BATCH_GPU if gpu else None)
     jit = settings.jit_compile if settings.jit_compile != "auto" else gpu
-    return Runtime(name=name, device="GPU" if gpu else "CPU", precision=precision, batch_size=batch,
-                   jit_compile=bool(jit))
+    return Runtime(
+        name=name, device="GPU" if gpu else "CPU", precision=precision, batch_size=batch, jit_compile=bool(jit)
+    )
 
 
 def use_keras_backend(runtime: Runtime) -> str:
@@ -195,7 +201,9 @@ def use_keras_backend(runtime: Runtime) -> str:
         os.environ["KERAS_BACKEND"] = wanted
         return wanted
     if not runs_on(runtime.name, current):
-        raise ValueError(f"extract.runtime: {runtime.name} needs Keras' {wanted} backend, but this process uses "
-                         f"{current} (KERAS_BACKEND or an earlier import): run the stage as its own process "
-                         f"without KERAS_BACKEND set (as `dvc repro` does), or set KERAS_BACKEND={wanted}")
+        raise ValueError(
+            f"extract.runtime: {runtime.name} needs Keras' {wanted} backend, but this process uses "
+            f"{current} (KERAS_BACKEND or an earlier import): run the stage as its own process "
+            f"without KERAS_BACKEND set (as `dvc repro` does), or set KERAS_BACKEND={wanted}"
+        )
     return current

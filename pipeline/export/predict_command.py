@@ -36,7 +36,7 @@ same pixels on every runtime (:class:`pipeline.export.predictor.Predictor`).
 
 ``--runtime`` chooses the Keras backend the graph runs on, as ``extract.runtime``
 does for the backbone pass (``auto``: JAX on a visible GPU, else OpenVINO,
-else TensorFlow; see :mod:`pipeline.extraction.runtime`). The probabilities
+else TensorFlow; see :mod:`pipeline.extraction.runtime_choice`). The probabilities
 agree across runtimes within float32 rounding (``tests/test_predict.py``).
 
 Exit status: 0 every image classified; 3 some images skipped (unreadable or
@@ -57,14 +57,15 @@ import logging
 import pickletools
 import sys
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.export.ood import OOD_FILE
 from pipeline.export.predictor import BATCH_PIXELS, Predictor
-from pipeline.extraction.runtime import RUNTIMES, keras_backend_for
+from pipeline.extraction.runtime_choice import RUNTIMES, keras_backend_for
 from pipeline.images import BadImageError, decode_image, is_image_name, is_junk_name
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,14 @@ def _parses_as_pickle(path: Path) -> bool:
     with path.open("rb") as handle:
         data = handle.read(_SNIFF_BYTES)
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return True   # the header of pickle protocols 2 to 5
+        return True  # the header of pickle protocols 2 to 5
     try:
         return any(opcode.name == "STOP" for opcode, _, _ in pickletools.genops(io.BytesIO(data)))
     except (ValueError, EOFError, UnicodeDecodeError, OverflowError):  # not a pickle (or not in its first MB)
         return False
 
 
-def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
+def load_model(path: Path | str, runtime: str | None = None) -> Predictor:
     """Load an exported model folder (or its ``model.keras``); ``runtime="openvino"`` runs it through OpenVINO.
 
     Raises
@@ -140,7 +141,8 @@ def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
             f"{folder} holds {', '.join(unsafe)}; loading a pickle runs whatever code its author put in it, so "
             "shoulders never loads one from a model folder (and its models have none: every head exports as one "
             f"{MODEL_FILE}). Refused without loading anything. Re-export the model (`dvc repro export`), or "
-            "remove the file if you trust the rest of the folder")
+            "remove the file if you trust the rest of the folder"
+        )
     card_path = folder / CARD_FILE
     if not card_path.is_file():
         raise FileNotFoundError(f"no {CARD_FILE} in {folder}: not a model exported by shoulders (run `dvc repro`)")
@@ -158,8 +160,10 @@ def load_model(path: Path | str, runtime: Optional[str] = None) -> Predictor:
     if "out_of_domain" in card:
         ood_file = folder / card["out_of_domain"]["file"]
         if ood_file.name != OOD_FILE or not ood_file.is_file():
-            raise FileNotFoundError(f"the card of {folder} names the out-of-domain scorer {ood_file.name}, which is "
-                                    f"not there (expected {OOD_FILE}); re-export the model (`dvc repro export`)")
+            raise FileNotFoundError(
+                f"the card of {folder} names the out-of-domain scorer {ood_file.name}, which is "
+                f"not there (expected {OOD_FILE}); re-export the model (`dvc repro export`)"
+            )
         ood = load_keras_model(ood_file)
     return Predictor(card["classes"], load_keras_model(folder / MODEL_FILE), card, ood, runtime=runtime)
 
@@ -170,9 +174,13 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
     for entry in map(Path, inputs):
         if entry.is_dir():
             # Junk is judged below the folder named, so "../photos" is not taken for a hidden folder.
-            files.extend(p for p in sorted(entry.rglob("*"))
-                         if p.is_file() and is_image_name(p)
-                         and not any(is_junk_name(Path(q)) for q in p.relative_to(entry).parts))
+            files.extend(
+                p
+                for p in sorted(entry.rglob("*"))
+                if p.is_file()
+                and is_image_name(p)
+                and not any(is_junk_name(Path(q)) for q in p.relative_to(entry).parts)
+            )
         elif entry.exists():
             files.append(entry)
         else:
@@ -180,9 +188,16 @@ def image_files(inputs: Iterable[Path | str]) -> list[Path]:
     return files
 
 
-def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: int = 32,
-                  max_pixels: Optional[int] = None, batch_pixels: int = BATCH_PIXELS, progress: bool = True,
-                  with_distance: bool = False) -> tuple[list[tuple], list[str]]:
+def predict_files(
+    predictor: Predictor,
+    files: Sequence[Path],
+    *,
+    batch_size: int = 32,
+    max_pixels: int | None = None,
+    batch_pixels: int = BATCH_PIXELS,
+    progress: bool = True,
+    with_distance: bool = False,
+) -> tuple[list[tuple], list[str]]:
     """Classify files in batches of at most ``batch_size`` images and ``batch_pixels`` decoded pixels.
 
     Parameters
@@ -204,8 +219,14 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
     limit = predictor.max_pixels if max_pixels is None else max_pixels
     results, failures = [], []
     with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
-        for batch in _decoded_batches(files, failures, max_pixels=limit, batch_size=batch_size,
-                                      batch_pixels=batch_pixels, target=predictor.input_size):
+        for batch in _decoded_batches(
+            files,
+            failures,
+            max_pixels=limit,
+            batch_size=batch_size,
+            batch_pixels=batch_pixels,
+            target=predictor.input_size,
+        ):
             paths, images = zip(*batch) if batch else ((), ())
             if images and with_distance:
                 results.extend(zip(paths, *predictor.predict_scored(list(images), batch_pixels=batch_pixels)))
@@ -216,8 +237,15 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, batch_size: in
     return results, failures
 
 
-def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: int, batch_size: int,
-                     batch_pixels: int, target: Optional[int] = None) -> Iterator[list[tuple[Path, np.ndarray]]]:
+def _decoded_batches(
+    files: Sequence[Path],
+    failures: list[str],
+    *,
+    max_pixels: int,
+    batch_size: int,
+    batch_pixels: int,
+    target: int | None = None,
+) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Decode files one at a time into batches, cut when full by count or by pixels (memory stays bounded).
 
     ``target`` (the model's input side) lets JPEGs decode at a reduced scale that stays at least twice it.
@@ -240,8 +268,9 @@ def _decoded_batches(files: Sequence[Path], failures: list[str], *, max_pixels: 
         yield batch
 
 
-def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1,
-                      ood_threshold: Optional[float] = None) -> None:
+def write_predictions(
+    results, classes: Sequence[str], handle, *, top_k: int = 1, ood_threshold: float | None = None
+) -> None:
     """CSV rows: file, [true class, correct], then class and probability for the ``top_k`` most probable
     classes, [out-of-domain distance, out_of_domain].
 
@@ -268,13 +297,13 @@ def write_predictions(results, classes: Sequence[str], handle, *, top_k: int = 1
         writer.writerow(row)
 
 
-def true_classes(results, classes: Sequence[str]) -> Optional[list[str]]:
+def true_classes(results, classes: Sequence[str]) -> list[str] | None:
     """Each file's folder name, when every file sits in a folder named after a class; else ``None``."""
     truth = [Path(r[0]).parent.name for r in results]
     return truth if results and all(name in classes for name in truth) else None
 
 
-def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, int]]:
+def folder_accuracy(results, classes: Sequence[str]) -> tuple[float, int] | None:
     """Accuracy against the files' folder names, when every file sits in a folder named after a class.
 
     ``shoulders predict models data/test`` on an ImageFolder tree then reports
@@ -289,20 +318,31 @@ def folder_accuracy(results, classes: Sequence[str]) -> Optional[tuple[float, in
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``shoulders predict``; returns the exit status (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="shoulders predict", description=__doc__.splitlines()[0],
-                                     epilog="exit status: 0 every image classified; 3 some skipped, the rest "
-                                            "classified; 4 none classified; 1 error; 2 usage error")
+    parser = argparse.ArgumentParser(
+        prog="shoulders predict",
+        description=__doc__.splitlines()[0],
+        epilog="exit status: 0 every image classified; 3 some skipped, the rest "
+        "classified; 4 none classified; 1 error; 2 usage error",
+    )
     parser.add_argument("model", type=Path, help="an exported model folder, e.g. models/")
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=1, help="how many classes to list per image")
     parser.add_argument("--out", type=Path, default=None, help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help="refuse images declaring more pixels (width × height) than this, before decoding "
-                             "(default: the model card's max_image_pixels, i.e. data.max_image_pixels)")
-    parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto",
-                        help="the Keras backend the model runs on (default: auto — JAX on a visible GPU, else "
-                             "OpenVINO, else TensorFlow)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images declaring more pixels (width × height) than this, before decoding "
+        "(default: the model card's max_image_pixels, i.e. data.max_image_pixels)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("auto", *RUNTIMES),
+        default="auto",
+        help="the Keras backend the model runs on (default: auto — JAX on a visible GPU, else "
+        "OpenVINO, else TensorFlow)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     runtime = keras_backend_for(args.runtime, option="--runtime")
@@ -313,12 +353,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--max-pixels must be an integer >= 1. Received: {args.max_pixels}")
     predictor = load_model(args.model, runtime=runtime)
     if not 1 <= args.top_k <= len(predictor.classes):
-        raise ValueError(f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). "
-                         f"Received: {args.top_k}")
+        raise ValueError(
+            f"--top-k must be between 1 and {len(predictor.classes)} (the number of classes). Received: {args.top_k}"
+        )
     files = image_files(args.inputs)
     scored = predictor.ood is not None
-    results, failures = predict_files(predictor, files, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                                      progress=not args.no_progress, with_distance=scored)
+    results, failures = predict_files(
+        predictor,
+        files,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        progress=not args.no_progress,
+        with_distance=scored,
+    )
     options = {"top_k": args.top_k, "ood_threshold": predictor.ood_threshold}
     if args.out:
         with args.out.open("w", newline="", encoding="utf-8") as handle:
@@ -332,16 +379,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         (log.warning if far else log.info)(
             "%d of %d image(s) out of domain (out_of_domain=true in the CSV): their features are farther from the "
             "training images' (distance to the nearest k=%d) than %g%% of the validation images' (> %.4f); do not "
-            "trust their predicted class", far, len(results), ood["k"], ood["percentile"], ood["threshold"])
+            "trust their predicted class",
+            far,
+            len(results),
+            ood["k"],
+            ood["percentile"],
+            ood["threshold"],
+        )
     elif results:
-        log.warning("this model has no out-of-domain scorer (exported before it existed): every image gets a "
-                    "class, however unlike the training images; re-export it (`dvc repro export`)")
+        log.warning(
+            "this model has no out-of-domain scorer (exported before it existed): every image gets a "
+            "class, however unlike the training images; re-export it (`dvc repro export`)"
+        )
     scored = folder_accuracy(results, predictor.classes)
     if scored is not None:
         log.info("accuracy %.4f over %d images (true class = the folder each file is in)", *scored)
     if not results:
-        log.error("no image classified (%s); exit status %d", f"{len(failures)} skipped" if failures else
-                  "no image files among the inputs", EXIT_NONE_CLASSIFIED)
+        log.error(
+            "no image classified (%s); exit status %d",
+            f"{len(failures)} skipped" if failures else "no image files among the inputs",
+            EXIT_NONE_CLASSIFIED,
+        )
         return EXIT_NONE_CLASSIFIED
     if failures:
         log.warning("%d image(s) skipped; exit status %d", len(failures), EXIT_SOME_SKIPPED)

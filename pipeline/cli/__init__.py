@@ -1,0 +1,2 @@
+"""The command line: the ``shoulders`` command (:mod:`pipeline.cli.shoulders`) and how each stage
+module runs as a command (:mod:`pipeline.cli.stage_runner`: logging set-up, one-line errors)."""
