@@ -33,7 +33,7 @@ MARGIN = 16
 # The plots of each screenshot: the template of a dvc.yaml plot, or the path of an image plot.
 SHOTS = {
     "plots_page_top": ("leaderboard", "by_backbone", "confusion"),
-    "plots_page_search": ("search", "learning_curve"),
+    "plots_page_search": ("search", "hyperparameters", "learning_curve"),
     "plots_page_map": ("feature_map", "reports/diagnose/errors.jpg"),
 }
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
