@@ -232,3 +232,23 @@ def test_the_batch_size_is_measured_once_per_machine_and_network(prepared, monke
     monkeypatch.setattr(batch_size, "measure", no_measuring)
     again = plan_extraction(params.features["mv2"], params.extract)
     assert again.plan.runtime.batch_size == first.plan.runtime.batch_size
+
+
+def test_converting_to_openvino_sends_no_telemetry_and_forks_nothing(monkeypatch, tmp_path):
+    # OpenVINO's converter reports each conversion (no consent file counts as consent) from a forked process.
+    pytest.importorskip("openvino")
+    import keras
+    from openvino_telemetry.utils.sender import TelemetrySender
+
+    from pipeline.extraction.runtimes.openvino_runtime import to_openvino
+
+    monkeypatch.delenv("CI", raising=False)  # the telemetry is off in CI anyway: test the user's machine
+    monkeypatch.setenv("HOME", str(tmp_path))  # a home without OpenVINO's consent file: a first-time user
+    sent = []
+    monkeypatch.setattr(TelemetrySender, "send", lambda self, backend, message: sent.append(message))
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("os.fork() was called"))
+    inputs = keras.Input(shape=(8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    network = to_openvino(model, lambda x: x / 255.0, batch_size=2)
+    assert not sent, sent
+    assert tuple(network.inputs[0].get_partial_shape().to_shape()) == (2, 8, 8, 3)

@@ -24,6 +24,8 @@ as fast (BENCHMARKS.md). A lone call (``step(batch)``) runs on one stream.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -51,12 +53,44 @@ def to_openvino(model: Any, preprocess: Callable, batch_size: int):
     shape = (batch_size, *model.input_shape[1:])
     inputs = keras.Input(shape=model.input_shape[1:], name="image", dtype="float32")
     wrapper = keras.Model(inputs, model(preprocess(inputs)), name=f"{model.name}_with_preprocessing")
-    with tempfile.TemporaryDirectory(prefix="shoulders-openvino-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="shoulders-openvino-") as tmp, without_telemetry():
         path = Path(tmp) / "model.xml"
         wrapper.export(
             str(path), format="openvino", verbose=False, input_signature=[keras.InputSpec(shape=shape, dtype="float32")]
         )
         return ov.Core().read_model(str(path))
+
+
+# The modules of OpenVINO's converter that reach its telemetry through a module-level name ``tm``.
+_TELEMETRY_USERS = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils")
+
+
+@contextlib.contextmanager
+def without_telemetry() -> Iterator[None]:
+    """Convert without OpenVINO's usage telemetry: its own no-op stub stands in for ``openvino_telemetry``.
+
+    OpenVINO's converter reports each conversion to Google Analytics unless the
+    user opted out (no consent file counts as consent), from a process it forks
+    — in a process where JAX's or TensorFlow's threads run, a fork can deadlock.
+    shoulders sends nothing anywhere. The stub is the one OpenVINO itself uses when
+    ``openvino_telemetry`` is not installed; the modules are restored on exit.
+    """
+    from openvino.tools.ovc import telemetry_stub
+
+    swapped = []
+    for name in _TELEMETRY_USERS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "tm"):
+            swapped.append((module, module.tm))
+            module.tm = telemetry_stub
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.tm = original
 
 
 def compile_step(model: Any, preprocess: Callable, *, batch_size: int, runtime: Any) -> NetworkStep:
