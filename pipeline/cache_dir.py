@@ -2,12 +2,14 @@
 
 One function, so that every cache (converted weights, compiled programs, batch
 sizes, prepare's record of file stats) agrees on the folder and on the
-environment variables that move it.
+environment variables that move it; and :func:`machine`, the key of what is
+measured once per machine there (batch sizes, backbone timings, run estimates).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
 
@@ -27,3 +29,16 @@ def cache_dir() -> Path:
     if xdg:
         return Path(xdg).expanduser() / "shoulders"
     return Path.home() / ".cache" / "shoulders"
+
+
+def machine() -> dict:
+    """What a measurement kept in the cache folder depends on besides what was measured: the CPU model and the
+    cores this process may use."""
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": cores, "machine": platform.machine()}

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
+
+from pipeline.cli.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +459,7 @@ def generate_dataset(
     _clear_previous(root)
 
     paths = []
-    bar = tqdm(total=classes * per_class, desc="synthetic images", unit="img", disable=not progress)
+    bar = progress_bar(total=classes * per_class, desc="synthetic images", unit="img", enabled=progress)
     with bar:
         for label, name in enumerate(CLASS_NAMES[:classes]):
             folder = root / name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,9 +196,12 @@ def test_generate_dataset_validates_arguments(tmp_path, overrides, expected):
     assert not (tmp_path / "out").exists()
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+def test_progress_bar_goes_to_stderr_on_a_terminal_only(tmp_path, capsys, monkeypatch):
     _generate(tmp_path / "quiet")
     assert capsys.readouterr().err == ""
+    _generate(tmp_path / "log", progress=True)  # stderr a file: a short job writes no progress line
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     _generate(tmp_path / "loud", progress=True)
     assert "6/6" in capsys.readouterr().err
 

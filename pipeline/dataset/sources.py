@@ -36,8 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from pipeline.cli.progress import progress_bar
 from pipeline.dataset.duplicates import perceptual_hash
 from pipeline.dataset.layouts import ACCEPTED, split_folders
 from pipeline.dataset.stat_cache import Facts, StatCache
@@ -233,8 +232,8 @@ def inspect_all(
     good, bad, unchanged = [], [], 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(one, candidates)
-        for candidate, info, seen in tqdm(
-            results, total=len(candidates), desc="inspect images", unit="img", disable=not progress
+        for candidate, info, seen in progress_bar(
+            results, total=len(candidates), desc="inspect images", unit="img", enabled=progress
         ):
             if info is None:
                 bad.append(seen)

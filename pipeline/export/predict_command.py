@@ -214,11 +214,11 @@ def predict_files(
     failures : list of str
         One message per file that could not be read or was too large (it is skipped).
     """
-    from tqdm.auto import tqdm
+    from pipeline.cli.progress import progress_bar
 
     limit = predictor.max_pixels if max_pixels is None else max_pixels
     results, failures = [], []
-    with tqdm(total=len(files), desc="predict", unit="img", disable=not progress) as bar:
+    with progress_bar(total=len(files), desc="predict", unit="img", enabled=progress) as bar:
         for batch in _decoded_batches(
             files,
             failures,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cache_dir import machine
 from pipeline.provenance import fingerprint
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,6 @@ def cache_file() -> Path:
     from pipeline.cache_dir import cache_dir
 
     return cache_dir() / "batch-sizes.json"
-
-
-def machine() -> dict:
-    """What the measurement depends on besides the network: the CPU model and the usable cores."""
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "cores": cores, "machine": platform.machine()}
 
 
 def measure(

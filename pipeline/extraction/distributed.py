@@ -123,7 +123,8 @@ def extract_distributed(
     ExtractResult
     """
     from distributed import Client, as_completed
-    from tqdm.auto import tqdm
+
+    from pipeline.cli.progress import progress_bar
 
     started = time.perf_counter()
     client = address if isinstance(address, Client) else Client(address)
@@ -159,8 +160,8 @@ def extract_distributed(
                 len(futures),
                 len(client.scheduler_info()["workers"]),
             )
-            with tqdm(
-                total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img", disable=not progress
+            with progress_bar(
+                total=sum(futures.values()), desc=f"extract {store_name(out)}", unit="img", enabled=progress
             ) as bar:
                 for future in as_completed(futures):
                     future.result()  # a shard that failed for good raises here

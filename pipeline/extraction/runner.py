@@ -80,7 +80,7 @@ def run_jobs(
     -------
     RunStats
     """
-    from tqdm.auto import tqdm
+    from pipeline.cli.progress import progress_bar
 
     started = time.perf_counter()
     first: list[float] = []
@@ -90,7 +90,7 @@ def run_jobs(
     todo = sum(len(w.rows) for w in writes)
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as pool,
-        tqdm(total=todo, desc=name, unit="img", disable=not progress) as bar,
+        progress_bar(total=todo, desc=name, unit="img", enabled=progress) as bar,
     ):
         in_flight: deque[Future] = deque()
         for view, group in itertools.groupby(writes, key=lambda w: w.view):

@@ -144,3 +144,9 @@ def _write_cost_cache(entries: dict) -> None:
         os.replace(tmp, path)
     except OSError as error:  # a read-only cache folder costs a measurement next time, nothing else
         log.warning("could not keep the backbone timings in %s: %s", path, error)
+
+
+def cached_timing(spec: FeatureSetParams, settings: ExtractParams) -> dict | None:
+    """This machine's kept timing of ``spec``'s backbone (:func:`time_feature_sets`), or None: nothing is measured."""
+    entry = _read_cost_cache().get(fingerprint({**machine(), **_cost_key(spec, settings)}, length=20))
+    return None if entry is None else entry["timing"]

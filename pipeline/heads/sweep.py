@@ -527,7 +527,7 @@ def run_sweeps(
     (a loky worker costs ~2 s to start), with one BLAS thread too: these fits
     are too small for two threads to gain, and measured ~3× slower with them.
     """
-    from tqdm.auto import tqdm
+    from pipeline.cli.progress import progress_bar
 
     with tempfile.TemporaryDirectory(prefix="shoulders-sweep-") as tmp:
         folds, preprocessors, prep_seconds = {}, {}, {}
@@ -565,7 +565,10 @@ def run_sweeps(
         n_jobs = sweeps[0].heads.n_jobs if len(in_workers) > 1 else 1
         scored = [list(sweep.complete) for sweep in sweeps]
         total = sum(len(job.variants) for sweep in sweeps for job in sweep.jobs)
-        with tqdm(total=total, desc=desc, unit="variant", disable=not progress) as bar, contextlib.ExitStack() as stack:
+        with (
+            progress_bar(total=total, desc=desc, unit="variant", enabled=progress) as bar,
+            contextlib.ExitStack() as stack,
+        ):
             started = time.perf_counter()
             waiting = collections.Counter(index for index, _ in in_workers)
             buffered: list = []

@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.config import HeadsParams, dask_address
 from pipeline.heads.combination import combined_provenance
+from pipeline.heads.estimate import fitting_work, heads_estimate, record_heads
 from pipeline.heads.out_of_core import fit_out_of_core
 from pipeline.heads.plan import (
     SCORES_FILE,
@@ -379,7 +380,12 @@ def train_and_write(
             workers = start_workers(heads.n_jobs)  # they start while the other feature sets are read
     for _ in workers or ():
         pass
+    variants, units = fitting_work([plan for plan, _ in planned], records)
+    if line := heads_estimate(heads, variants=variants, units=units):
+        log.info("%s", line)
+    fitting_started = time.perf_counter()
     results = fit_plans(planned, records, progress=progress)
+    record_heads(heads, units=units, seconds=time.perf_counter() - fitting_started)
     stage = time.time() - started
     fitting = [sum(r["fit_seconds"] for r in rows if not r.get("reused")) + 1e-9 for rows, _ in results]
     for (plan, _), (rows, summary), share in zip(planned, results, fitting):

@@ -24,7 +24,8 @@ so DVC never records the store) unless the store verifies.
 The work is :func:`pipeline.extraction.feature_sets.extract_feature_set` (in
 this process) or :func:`pipeline.extraction.distributed.extract_distributed`
 (when ``extract.scheduler`` or ``$DASK_SCHEDULER_ADDRESS`` names a Dask
-scheduler). A killed run resumes from its last written chunk.
+scheduler). A killed run resumes from its last written chunk. Before it starts, it logs how long it
+should take on this machine (:mod:`pipeline.extraction.estimate`).
 
 Usage: ``python -m pipeline.stages.extract --feature-set KEY --out features/KEY.zarr``
 """
@@ -40,11 +41,12 @@ from pathlib import Path
 
 from pipeline.cli.stage_runner import run_stage
 from pipeline.config import dask_address, feature_set, load_params
+from pipeline.extraction.estimate import extraction_estimate, record_extraction
 from pipeline.extraction.feature_sets import extract_feature_set, nothing_to_do
 from pipeline.extraction.plan import planned_identity
 from pipeline.extraction.wanted import already_extracted, damage_to_repair, dataset_images, image_paths, resolved_cut
 from pipeline.manifest import read_content_hashes, read_manifest
-from pipeline.store.contents import stored_rows
+from pipeline.store.contents import rows_missing, stored_rows
 from pipeline.store.layout import store_name
 from pipeline.store.repair import prove_store
 
@@ -92,7 +94,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             result = extract_distributed(spec, params.extract, wanted, paths, address=address, **options)
         else:
+            # This machine's speed, said before and kept after (a cluster's is not this machine's).
+            missing = rows_missing(args.out, identity, wanted) if identity is not None else None
+            todo = (len(set(wanted)) if missing is None else missing) + (len(damage.hashes) if damage else 0)
+            name = f"extract {store_name(args.out)}"
+            log.info("%s", extraction_estimate(spec, params.extract, images=todo, name=name))
             result = extract_feature_set(spec, params.extract, wanted, paths, **options)
+            record_extraction(spec, params.extract, images=result.computed, seconds=result.seconds)
         prove_store(result.path)
     log.info("%s", result.summary(f"extract {store_name(args.out)}"))
     if args.report:

@@ -15,6 +15,7 @@ Writes ``--out`` (``heads/<key>/``): one fitted scikit-learn pipeline per
        ``scores.json`` with each variant's validation scores, fit seconds, peak
        memory and fingerprint, the sweep's wall time, and the store's provenance.
 
+Before fitting it logs how long that should take on this machine (:mod:`pipeline.heads.estimate`).
 The test split is not read here. Only what changed is refitted (``--out`` is a
 persistent DVC output; see :mod:`pipeline.heads.training`, which does the
 work); ``dvc repro --force`` or ``--no-reuse`` refits everything.

@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
 
+from pipeline.cli.progress import progress_bar
 from pipeline.config import FeatureSetParams, Params
 from pipeline.manifest import read_manifest
 from pipeline.store.integrity import chunk_problems, store_problems
@@ -102,7 +102,7 @@ def verify_features(
     records = read_manifest(manifest) if manifest is not None and Path(manifest).is_file() else None
     stores = sorted(root.glob("*.zarr")) + sorted((root / VIEWS_DIR).glob("*.zarr"))
     reports = []
-    for path in tqdm(stores, desc="verify stores", unit="store", disable=not progress):
+    for path in progress_bar(stores, desc="verify stores", unit="store", enabled=progress):
         views = path.parent.name == VIEWS_DIR
         spec = params.features.get(path.stem)
         expected = None if spec is None else _expected_identity(spec, params, checks, path.stem, views=views)
