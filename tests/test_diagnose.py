@@ -19,10 +19,8 @@ from pipeline.stages import diagnose
 from pipeline.store.reader import open_feature_set
 
 DIAGNOSE_ARGS = [
-    "--evaluation",
-    "reports/evaluation.json",
-    "--heads",
-    "heads",
+    "--chosen",
+    "reports/chosen_heads.json",
     "--out",
     "reports/diagnose",
     "--errors",
@@ -172,7 +170,7 @@ def test_the_last_point_of_a_cross_validated_curve_is_one_folds_training_images_
 
 def test_diagnose_names_the_missing_evaluation(in_tmp):
     write_params(in_tmp / "params.yaml", tiny_params("images"))
-    with pytest.raises(FileNotFoundError, match="reports/evaluation.json.*run stage evaluate"):
+    with pytest.raises(FileNotFoundError, match="reports/chosen_heads.json.*run stage evaluate"):
         diagnose.main(DIAGNOSE_ARGS)
 
 
@@ -269,7 +267,7 @@ def test_an_ensemble_or_combination_winner_is_pictured_through_the_best_single_f
     """The ensemble has no store and a combination several: diagnose skips them and pictures the best single set."""
     import json as json_
 
-    from pipeline.diagnosis.chosen import best_feature_set, load_chosen
+    from pipeline.diagnosis.chosen import best_feature_set, chosen_heads, load_chosen
 
     (tmp_path / "a+b").mkdir()
     (tmp_path / "a+b" / "scores.json").write_text(json_.dumps({"combines": ["a", "b"], "variants": []}))
@@ -286,7 +284,7 @@ def test_an_ensemble_or_combination_winner_is_pictured_through_the_best_single_f
         **evaluation,
         "feature_sets": {k: evaluation["feature_sets"][k] for k in ("ensemble", "a+b")},
     }
-    assert load_chosen(tmp_path, evaluation_only_combined) == {}
+    assert load_chosen(chosen_heads(evaluation_only_combined, tmp_path)) == {}
     assert best_feature_set(evaluation, {"a": None, "b": None}) == "b"
     assert best_feature_set({**evaluation, "best": {"feature_set": "a"}}, {"a": None, "b": None}) == "a"
 

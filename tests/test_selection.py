@@ -224,13 +224,14 @@ def test_the_default_selection_runs_through_the_stages_with_a_combination_and_an
 
     ensemble = report["feature_sets"]["ensemble"]
     assert len(ensemble["members"]) == 2 and {m.split("/")[0] for m in ensemble["members"]} <= {"mv2", "mv2b"}
-    (in_tmp / "reports/evaluation.json").write_text(json.dumps({**report, "best": ensemble}))
+    from pipeline.diagnosis.chosen import chosen_heads
+
+    replayed = chosen_heads({**report, "best": ensemble}, in_tmp / "heads")
+    (in_tmp / "reports/chosen_heads.json").write_text(json.dumps(replayed))
     diagnose.main(
         [
-            "--evaluation",
-            "reports/evaluation.json",
-            "--heads",
-            "heads",
+            "--chosen",
+            "reports/chosen_heads.json",
             "--out",
             "reports/diagnose",
             "--errors",

@@ -14,6 +14,8 @@
                                          lists them first, --keep OTHER.csv keeps another experiment's)
     shoulders predict MODEL INPUTS...    classify image files/folders with an exported model (CSV)
     shoulders summary [--top N]          the chosen model and the top of the leaderboard, in 100 columns
+    shoulders exps                       experiments side by side (`dvc exp show`): changed params, the chosen
+                                         model and each feature set's best val accuracy, in <= 120 columns
 
 ``--debug`` (anywhere) shows the traceback of an error instead of its one line.
 Also available as ``python -m pipeline``.
@@ -202,6 +204,24 @@ def _summary(args) -> None:
     print("\n".join(summary_lines(report, rows, top=args.top)))
 
 
+def _exps(args) -> None:
+    import shutil
+    import subprocess
+
+    from pipeline.reporting.experiments import experiment_rows, experiments_lines
+
+    if args.json is not None:
+        text = args.json.read_text(encoding="utf-8")
+    else:
+        command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if args.all else [])]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ValueError(f"`dvc exp show --json` failed (exit status {done.returncode}): {done.stderr.strip()}")
+        text = done.stdout
+    width = args.width or shutil.get_terminal_size((120, 24)).columns
+    print("\n".join(experiments_lines(experiment_rows(json.loads(text)), width=width)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoulders",
@@ -264,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--report", type=Path, default=Path("reports/evaluation.json"))
     summary.add_argument("--leaderboard", type=Path, default=Path("reports/leaderboard.csv"))
     summary.set_defaults(run=_summary)
+    exps_help = (
+        "experiments side by side (`dvc exp show --json`): the params each changed against its baseline, the "
+        "chosen model and its val accuracy (metrics.json), and each feature set's best val accuracy "
+        "(reports/best/), in at most 120 columns (the terminal's width if narrower)"
+    )
+    exps = commands.add_parser("exps", help=exps_help, description=exps_help)
+    exps.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="read this saved `dvc exp show --json` output instead"
+    )
+    exps.add_argument("--all", action="store_true", help="experiments of every commit (`dvc exp show --all-commits`)")
+    exps.add_argument("--width", type=int, default=None, help="columns (default: the terminal's, at most 120)")
+    exps.set_defaults(run=_exps)
     predict = commands.add_parser(
         "predict", add_help=False, help="classify images with an exported model (`shoulders predict -h`)"
     )

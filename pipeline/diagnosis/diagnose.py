@@ -39,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from pipeline.config import DiagnoseParams
-from pipeline.diagnosis.chosen import ChosenHead, best_feature_set, load_chosen, load_ensemble
+from pipeline.diagnosis.chosen import ChosenHead, best_feature_set, chosen_heads, load_chosen, load_ensemble
 from pipeline.diagnosis.gallery import contact_sheet, write_thumbnail
 from pipeline.diagnosis.label_issues import cross_val_proba, rank_label_issues
 from pipeline.diagnosis.learning_curve import extrapolation, learning_curve
@@ -109,7 +109,7 @@ def headline_curve(
     the two say the same; ``feature_set``, ``variant``, ``sentence``,
     ``evaluated_on``.
     """
-    chosen = load_chosen(heads_dir, evaluation)
+    chosen = load_chosen(chosen_heads(evaluation, heads_dir))
     key = best_feature_set(evaluation, chosen)
     head = chosen[key]
     with threadpool_limits(limits=1):  # as diagnose() runs it
@@ -177,8 +177,7 @@ def _caption(row: dict) -> list[str]:
 
 
 def diagnose(
-    evaluation: dict,
-    heads_dir: Path,
+    replayed: dict,
     records: Sequence[Record],
     settings: DiagnoseParams,
     *,
@@ -196,9 +195,9 @@ def diagnose(
 
     Parameters
     ----------
-    evaluation : dict
-        ``reports/evaluation.json``: which variant each feature set chose, and the overall best.
-    heads_dir : Path
+    replayed : dict
+        ``reports/chosen_heads.json`` (:func:`pipeline.diagnosis.chosen.chosen_heads`): which variant each
+        feature set chose and the overall best, with their rows, stores and head folders.
     records : sequence of Record
         The manifest.
     settings : DiagnoseParams
@@ -212,12 +211,11 @@ def diagnose(
         Paths of the ``errors``, ``label_issues`` and ``learning_curve`` Markdown pages.
     """
     with threadpool_limits(limits=1):
-        return _diagnose(evaluation, heads_dir, records, settings, cv=cv, max_pixels=max_pixels, out=out, pages=pages)
+        return _diagnose(replayed, records, settings, cv=cv, max_pixels=max_pixels, out=out, pages=pages)
 
 
 def _diagnose(
-    evaluation: dict,
-    heads_dir: Path,
+    replayed: dict,
     records: Sequence[Record],
     settings: DiagnoseParams,
     *,
@@ -228,11 +226,11 @@ def _diagnose(
 ) -> dict:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    chosen = load_chosen(heads_dir, evaluation)
-    best_key = best_feature_set(evaluation, chosen)
+    chosen = load_chosen(replayed)
+    best_key = best_feature_set(replayed, chosen)
     best = chosen[best_key]
-    members = load_ensemble(heads_dir, evaluation)
-    overall = evaluation["best"]
+    members = load_ensemble(replayed)
+    overall = replayed["best"]
     # Label issues are the ensemble's when it is the choice; a combination (several stores side by side) is not
     # replayed: the best single feature set's head stands in for it.
     single = f"{best_key} / {best.row['variant']}"

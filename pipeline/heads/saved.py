@@ -28,6 +28,31 @@ def head_file(folder: Path, variant: str) -> Path:
     return Path(folder) / f"{variant}{HEAD_SUFFIX}"
 
 
+#: The keys of a ``scores.json`` row that describe the fitted head itself: what it is, its file's sha256 and its
+#: own validation scores. Timings, memory and ``reused`` change from run to run and are left out, so that a file
+#: holding only these (evaluate's export and diagnose targets) is unchanged while the head is.
+HEAD_ROW_KEYS = (
+    "variant",
+    "kind",
+    "pooling",
+    "standardize",
+    "pca",
+    "augment",
+    "tta",
+    "params",
+    "out_of_core",
+    "selection",
+    "val_accuracy",
+    "val_macro_f1",
+    "sha256",
+)
+
+
+def head_row(row: Mapping[str, Any]) -> dict:
+    """The keys of ``row`` that describe the fitted head (:data:`HEAD_ROW_KEYS`), those it has."""
+    return {key: row[key] for key in HEAD_ROW_KEYS if key in row}
+
+
 def save_head(estimator: Any, path: Path) -> str:
     """Write a fitted head; returns the sha256 of the file written (recorded in ``scores.json``)."""
     joblib.dump(estimator, path)

@@ -1,8 +1,8 @@
 """Stage export: the chosen head and its backbone cut as one deployable model, checked, with a card.
 
 Reads  ``reports/export_target.json`` (written by evaluate: the head chosen on
-       validation, or named by ``export.variant``, its file's sha256, its scores
-       and the runners-up), that head, the feature store (val for calibration,
+       validation, or named by ``export.variant``, its file's sha256 and its own
+       scores, nothing that changes while that model does not), that head, the feature store (val for calibration,
        test for the check), the manifest, the prepare report, and ``params.yaml``
        sections ``export``, ``features``, ``extract.seed`` and ``data.max_image_pixels``.
 Writes ``--out`` (``models/``): ``model.keras`` — raw uint8 images of any size
