@@ -79,6 +79,7 @@ def tiny_params(source: str, **overrides) -> dict:
             "n_jobs": 1,
             "cv": 0,
             "combine": [],
+            "near_equals": 0,  # tests/test_near_equals.py turns it on
             "logreg": {"C": [0.1, 1.0], "refine": 0},
             "svm_linear": {"C": [0.1], "refine": 0},
             "dense": {"hidden_units": [8], "dropout": [0.0], "weight_decay": [0.0], "epochs": [3], "patience": 2},
@@ -183,6 +184,8 @@ def run_to_evaluate(root: Path) -> Path:
             "reports/leaderboard.csv",
             "--plots",
             "plots",
+            "--chosen-heads",
+            "reports/chosen_heads.json",
         ]
     )
     return root

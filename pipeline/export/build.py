@@ -4,7 +4,7 @@
 → preprocessing → truncated backbone → [float16 rounding as in the store] →
 pooling → head, one Keras graph giving class probabilities, loaded with Keras'
 safe mode — and the model card. The chosen model may be a single feature set's
-head, a combination's head or the soft-voting ensemble: :func:`plan_export`
+head, a combination's head or a soft vote (the ensemble, the near-equals vote): :func:`plan_export`
 loads its branches (feature sets) and heads, :mod:`pipeline.export.graph`
 builds them into one graph, each backbone once. Every head kind has an exact Keras form (see
 :mod:`pipeline.heads.registry`); a head without one is refused rather than
@@ -125,7 +125,7 @@ class Plan:
 
 
 def plan_export(params: Params, target: dict, records) -> Plan:
-    """The branches and heads of ``target`` (a single feature set, a combination or the ensemble), loaded.
+    """The branches and heads of ``target`` (a single feature set, a combination or a soft vote), loaded.
 
     Each head file is checked against the sha256 the heads stage recorded, each store against its
     identity; heads without probabilities are calibrated on validation (:func:`with_probabilities`).
@@ -139,8 +139,20 @@ def plan_export(params: Params, target: dict, records) -> Plan:
     for part in parts:
         if part["row"].get("sha256") != part["head_sha256"]:
             raise ValueError(f"{part['head']} changed since the evaluate stage chose it; run `dvc repro`")
-    if target.get("members"):  # the ensemble: one head per member, each on its own pooling
-        members = [(p["feature_set"], p["store"], p["identity"], p["provenance"], p["row"]["pooling"]) for p in parts]
+    if target.get("members"):  # a soft vote: one head per member; members on one feature set share its branch
+        members = list(
+            {
+                p["feature_set"]: (p["feature_set"], p["store"], p["identity"], p["provenance"], p["row"]["pooling"])
+                for p in parts
+            }.values()
+        )
+        pooled = {(key, pooling) for key, *_, pooling in members}
+        mixed = [p for p in parts if (p["feature_set"], p["row"]["pooling"]) not in pooled]
+        if mixed:
+            raise ValueError(
+                f"{target['feature_set']} / {target['variant']} cannot be exported: its members read feature set "
+                f"{mixed[0]['feature_set']} pooled two ways, and one graph pools each feature set one way"
+            )
     elif target.get("combines"):  # a combination: one head on its members' rows side by side
         members = [
             (key, store, identity, provenance, target["row"]["pooling"])
@@ -168,8 +180,10 @@ def plan_export(params: Params, target: dict, records) -> Plan:
         ]
         splits[split] = rows[0] if len(rows) == 1 else concatenate(rows, [m[0] for m in members])
         widths = [r.X.shape[1] for r in rows]
-    # An ensemble's heads read one branch each; a single head (a combination's too) reads them all, in order.
-    reads = [(i,) for i in range(len(parts))] if target.get("members") else [tuple(range(len(members)))]
+    # A vote's heads read one branch each (their feature set's); a single head (a combination's too) reads them
+    # all, in order.
+    branch_of = {key: i for i, (key, *_) in enumerate(members)}
+    reads = [(branch_of[p["feature_set"]],) for p in parts] if target.get("members") else [tuple(range(len(members)))]
     plan = Plan(branches, [], bool(target.get("members")), splits, widths, [])
     for number, (part, branches_read) in enumerate(zip(parts, reads)):
         head = HeadPart(

@@ -5,8 +5,11 @@ for the class names) and ``card.md`` for people. Someone who finds the files
 should learn from it the task and classes, the training data (manifest hash,
 counts per class, leakage removed), the backbone with its weights' source and
 sha256, the cut, pooling, head and hyperparameters, validation and test metrics
-with confidence intervals, the runners-up, the library versions, the check
-against the pipeline, and the intended use and limits.
+with confidence intervals, the library versions, the check against the
+pipeline, and the intended use and limits. Not the runners-up: they change
+with every other variant's score, and the card with them would make the
+export stage rerun for a model that did not change (the run's
+``reports/leaderboard.md`` ranks them).
 """
 
 from __future__ import annotations
@@ -117,7 +120,6 @@ def build_card(
             "note": "the fine-tune stage's model (finetune/model.weights.h5) is not this export",
             **{k: finetune.get(k) for k in ("variant", "val_accuracy", "test_accuracy", "test_accuracy_ci95", "kept")},
         },
-        "runners_up": target["runners_up"],
         "check_against_pipeline": check,
         "parameters": int(model.count_params()),
         "versions": library_versions(CARD_LIBRARIES),
@@ -140,8 +142,10 @@ def graph_card(target: dict, plan: Any, backbones: Sequence[Any]) -> dict:
     the graph and the cuts it gives; ``backbone`` and ``input`` replace the single backbone's entries.
     """
     parts = target.get("members") or [None] * len(plan.branches)
+    # A vote's members each read their feature set's branch (several may read one); a combination's are its branches.
+    read = [plan.branches[head.branches[0]] for head in plan.heads] if target.get("members") else plan.branches
     members = []
-    for branch, part in zip(plan.branches, parts):
+    for branch, part in zip(read, parts):
         provenance = branch.provenance
         members.append(
             {
@@ -282,14 +286,6 @@ def card_markdown(card: dict) -> str:
         "the largest probability difference was "
         f"{check['max_abs_probability_difference']:.2g} (tolerance {check['tolerance']}). Accuracy: exported "
         f"{check['accuracy_exported']:.4f}, cached head {check['accuracy_cached_head']:.4f}.",
-        "",
-        "## Runners-up (validation)",
-        "",
-        "| feature set | variant | val acc |",
-        "|---|---|---:|",
-    ]
-    lines += [
-        f"| {r['feature_set']} | {r['variant']} | {float(r['val_accuracy'] or 0):.4f} |" for r in card["runners_up"]
     ]
     if card.get("fine_tuning"):
         tuned = card["fine_tuning"]

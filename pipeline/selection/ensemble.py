@@ -102,46 +102,77 @@ def soft_vote(all_scores: Sequence[dict], size: int, select_by: str, records) ->
     if len(members) < 2:
         log.info("no ensemble: fewer than 2 feature sets have a head with probabilities scored the same way")
         return None
+    return vote(members, key=ENSEMBLE_KEY, variant=f"softvote-{len(members)}", select_by=select_by, records=records)
+
+
+def vote(
+    members: Sequence[tuple[dict, dict, dict]],
+    *,
+    key: str,
+    variant: str,
+    select_by: str,
+    records,
+    params: dict | None = None,
+) -> dict:
+    """The soft vote of ``members`` as one candidate: its score row, estimator, test rows and provenance.
+
+    Parameters
+    ----------
+    members : sequence of (scores, row, stored)
+        Each member's feature set ``scores.json`` (with its ``dir``), its score row and its feature set's
+        ``val_proba.npz`` (:func:`~pipeline.heads.training.read_val_proba`), all scored on the same images.
+        Two members may read the same feature set.
+    key, variant : str
+        The candidate's feature set key and variant id on the leaderboard.
+    params : dict, optional
+        Added to the row's ``params`` beside ``members``.
+
+    Returns
+    -------
+    dict
+        As :func:`soft_vote` returns it.
+    """
     labels = members[0][2][SCORED_LABELS]
     mean = np.mean([stored[row["variant"]] for _, row, stored in members], axis=0)
     predicted = mean.argmax(axis=1)
     names = [f"{row['feature_set']}/{row['variant']}" for _, row, _ in members]
     row = {
-        "variant": f"softvote-{len(members)}",
+        "variant": variant,
         "kind": "ensemble",
         "pooling": SEPARATOR.join(r["pooling"] for _, r, _ in members),
         "standardize": True,
         "pca": None,
-        "params": {"members": names},
+        "params": {"members": names, **(params or {})},
         "val_accuracy": float(accuracy_score(labels, predicted)),
         "val_macro_f1": float(f1_score(labels, predicted, average="macro", zero_division=0)),
         "val_correct": correct_string(predicted == labels),
         "selection": members[0][1].get("selection"),
         "fit_seconds": 0.0,
-        "feature_set": ENSEMBLE_KEY,
+        "feature_set": key,
     }
-    heads, tests = [], []
+    heads, tests, opened = [], [], {}
     for scores, pick, _ in members:
         heads.append(load_head(Path(scores["dir"]), pick))
-        tests.append(
-            open_feature_set(
+        where = (scores["feature_set"], pick["pooling"])
+        if where not in opened:  # members on one feature set and pooling read the same rows
+            opened[where] = open_feature_set(
                 scores["store"],
                 "test",
                 manifest=records,
                 pooling=pick["pooling"],
                 expect=features_identity(scores["identity"]),
             )
-        )
+        tests.append(opened[where])
     test = concatenate(tests, [s["feature_set"] for s, _, _ in members])
+    sets = list({s["feature_set"]: s for s, _, _ in members}.values())  # each feature set once, in order
     provenance = {
-        field: SEPARATOR.join(str(s["provenance"].get(field)) for s, _, _ in members)
-        for field in ("backbone", "weights", "cut")
+        field: SEPARATOR.join(str(s["provenance"].get(field)) for s in sets) for field in ("backbone", "weights", "cut")
     }
-    deepest = max((s["provenance"] for s, _, _ in members), key=lambda p: p["cut_index"] / max(1, p["n_layers"] - 1))
+    deepest = max((s["provenance"] for s in sets), key=lambda p: p["cut_index"] / max(1, p["n_layers"] - 1))
     provenance.update(
-        cut_index=deepest["cut_index"], n_layers=deepest["n_layers"], members=[s["feature_set"] for s, _, _ in members]
+        cut_index=deepest["cut_index"], n_layers=deepest["n_layers"], members=[s["feature_set"] for s in sets]
     )
-    log.info("ensemble of %s: val %s %.4f", ", ".join(names), select_by, row[f"val_{select_by}"])
+    log.info("%s/%s of %s: val %s %.4f", key, variant, ", ".join(names), select_by, row[f"val_{select_by}"])
     return {
         "row": row,
         "estimator": SoftVote(heads, [t.X.shape[1] for t in tests]),

@@ -20,20 +20,28 @@ import numpy as np
 
 from pipeline.config import EvaluateParams
 from pipeline.heads.combination import open_combination
-from pipeline.heads.saved import head_file, load_head
+from pipeline.heads.saved import head_file, head_row, load_head
 from pipeline.heads.training import SCORES_FILE
 from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256
 from pipeline.selection.cost import sweep_cost
 from pipeline.selection.ensemble import ENSEMBLE_KEY, soft_vote
+from pipeline.selection.near_equals import NEAR_KEY, near_equals
 from pipeline.selection.scoring import indistinguishable, rank, score_test, select_best
 from pipeline.store.layout import views_path
 from pipeline.store.reader import open_feature_set, open_views
 
 log = logging.getLogger(__name__)
 
-#: How many next-best variants the export target (and the model card) lists.
-RUNNERS_UP = 5
+#: The chosen model's test result as the export target carries it (its card's): not ``indistinguishable``,
+#: which counts other variants.
+TEST_KEYS = ("feature_set", "variant", "test_accuracy", "test_accuracy_ci95", "test_macro_f1", "test_recall")
+TEST_KEYS += ("test_images",)
+#: The soft votes, by key, and why the evaluate stage may have made none.
+VOTES = {
+    ENSEMBLE_KEY: "heads.ensemble below 2, or fewer than 2 feature sets with a head giving probabilities",
+    NEAR_KEY: "heads.near_equals below 2, or fewer than 2 variants with probabilities indistinguishable from the best",
+}
 
 
 def load_scores(heads_dir: Path) -> list[dict]:
@@ -50,6 +58,7 @@ def evaluate(
     records: Sequence[Record],
     costs: dict | None = None,
     ensemble: int = 0,
+    near: int = 0,
 ) -> tuple[dict, list[dict], dict]:
     """Select per feature set, score the selections on test, pick the overall best on validation.
 
@@ -65,6 +74,9 @@ def evaluate(
     ensemble : int
         ``heads.ensemble``: members of the soft-voting ensemble (:mod:`pipeline.selection.ensemble`),
         which joins as one more feature set; below 2, none.
+    near : int
+        ``heads.near_equals``: members of the soft vote of the variants indistinguishable from the best
+        (:mod:`pipeline.selection.near_equals`), one more feature set too; below 2, none.
 
     Returns
     -------
@@ -153,11 +165,15 @@ def evaluate(
                     "indistinguishable": tied if selected else None,
                 }
             )
-    voted = soft_vote(all_scores, ensemble, settings.select_by, records)
-    if voted is not None:
+    votes = (
+        soft_vote(all_scores, ensemble, settings.select_by, records),
+        near_equals(all_scores, near, settings.select_by, records),
+    )
+    for voted in (v for v in votes if v is not None):
         pick, test = voted["row"], voted["test"]
+        key = pick["feature_set"]
         result = score_test(voted["estimator"], test.X, test.y, test.classes, settings)
-        chosen[ENSEMBLE_KEY] = {
+        chosen[key] = {
             "pick": pick,
             "result": result,
             "provenance": voted["provenance"],
@@ -168,7 +184,7 @@ def evaluate(
         }
         log.info(
             "%s: %s (val %s %.4f) → test accuracy %.4f",
-            ENSEMBLE_KEY,
+            key,
             ", ".join(pick["params"]["members"]),
             settings.select_by,
             pick[f"val_{settings.select_by}"],
@@ -177,7 +193,7 @@ def evaluate(
         provenance = voted["provenance"]
         leaderboard.append(
             {
-                "feature_set": ENSEMBLE_KEY,
+                "feature_set": key,
                 "backbone": provenance["backbone"],
                 "weights": provenance["weights"],
                 "cut": provenance["cut"],
@@ -325,15 +341,18 @@ def add_finetune(report: dict, leaderboard: list[dict], result: dict, select_by:
 def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, requested: str | None) -> dict:
     """What the export stage exports: the best model on cached features, or the one ``export.variant`` names.
 
-    The best may be a single feature set's head, a combination's head (``heads.combine``) or the
-    soft-voting ensemble (``ensemble/<variant>``): the export builds any of them as one Keras graph
+    The best may be a single feature set's head, a combination's head (``heads.combine``), the
+    soft-voting ensemble (``ensemble/<variant>``) or the vote of the near-equals
+    (``near-equals/<variant>``): the export builds any of them as one Keras graph
     (:mod:`pipeline.export.graph`). Only when that is impossible (a head without an exact Keras form,
-    such as one trained out of core) is the best single feature set's head exported instead, and
+    such as one trained out of core, or a vote's members on one feature set pooled two ways: see
+    :func:`unexportable`) is the best single feature set's head exported instead, and
     ``not_exported`` says what was not and why; a model ``export.variant`` names is refused then.
 
     Everything the export and its model card need is here (each head file and its sha256, the
-    stores, the score rows, the test result if the model was scored, the :data:`RUNNERS_UP` next
-    best), so that the export stage reruns only when these change.
+    stores, the head's own rows, the test result if the model was scored), and nothing that moves
+    with other variants' scores or with timings (no runners-up, :func:`pipeline.heads.saved.head_row`
+    of each row), so that the export stage reruns only when the exported model changes.
     """
     best = report.get("best_cached_head", report["best"])
     key, variant = requested.split("/", 1) if requested else (best["feature_set"], best["variant"])
@@ -349,7 +368,7 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
             "reason": f"{reason}; the best head on a single feature set is exported instead",
         }
         # The leaderboard is ranked best first: its first chosen row of a single feature set.
-        several = combinations(heads_dir) | {ENSEMBLE_KEY}
+        several = combinations(heads_dir) | {ENSEMBLE_KEY, NEAR_KEY}
         row = next(
             (r for r in leaderboard if r["selected"] and r["kind"] != "finetune" and r["feature_set"] not in several),
             None,
@@ -360,35 +379,31 @@ def export_target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, re
         key, variant = row["feature_set"], report["feature_sets"][row["feature_set"]]["variant"]
         target = _target(report, leaderboard, heads_dir, key, variant)
     summary = report["feature_sets"].get(key)
-    runners_up = [
-        {k: r.get(k) for k in ("feature_set", "variant", "kind", "val_accuracy", "test_accuracy")}
-        for r in leaderboard
-        if not (r["feature_set"] == key and r["variant"] == variant)
-    ][:RUNNERS_UP]
+    target["row"] = head_row(target["row"])
+    for member in target.get("members") or []:
+        member["row"] = head_row(member["row"])
     return {
         **target,
         "chosen": "named by export.variant" if requested else "best on validation among cached-feature heads",
-        "test": summary if summary and summary["variant"] == variant else None,
+        "test": {k: summary.get(k) for k in TEST_KEYS} if summary and summary["variant"] == variant else None,
         "finetune": report.get("finetune"),
-        "runners_up": runners_up,
         **({"not_exported": not_exported} if not_exported else {}),
     }
 
 
 def _target(report: dict, leaderboard: Sequence[dict], heads_dir: Path, key: str, variant: str) -> dict:
-    """The heads, stores and score rows of one model: a feature set's or a combination's variant, or the ensemble."""
-    if key != ENSEMBLE_KEY:
+    """The heads, stores and score rows of one model: a feature set's or a combination's variant, or a soft vote."""
+    if key not in VOTES:
         return _head_target(heads_dir, leaderboard, key, variant)
-    voted = next((r for r in leaderboard if r["feature_set"] == ENSEMBLE_KEY), None)
+    voted = next((r for r in leaderboard if r["feature_set"] == key), None)
     if voted is None:
         raise ValueError(
-            f"export.variant names the ensemble ({key}/{variant}), but the evaluate stage made none "
-            "(heads.ensemble below 2, or fewer than 2 feature sets with a head giving probabilities)"
+            f"export.variant names the {key} vote ({key}/{variant}), but the evaluate stage made none ({VOTES[key]})"
         )
     if voted["variant"] != variant:
-        raise ValueError(f"no variant {variant!r} of the {ENSEMBLE_KEY}. Known: {voted['variant']}")
+        raise ValueError(f"no variant {variant!r} of the {key}. Known: {voted['variant']}")
     members = [_head_target(heads_dir, leaderboard, *name.split("/", 1)) for name in voted["params"]["members"]]
-    provenance = report["feature_sets"][ENSEMBLE_KEY]
+    provenance = report["feature_sets"][key]
     return {
         "feature_set": key,
         "variant": variant,
@@ -438,12 +453,31 @@ def _head_target(heads_dir: Path, leaderboard: Sequence[dict], key: str, variant
 
 
 def unexportable(target: dict) -> str | None:
-    """Why a target's model cannot be one Keras graph (a head without an exact Keras form), or None."""
+    """Why a target's model cannot be one Keras graph, or None.
+
+    A head without an exact Keras form, or a soft vote with members on one feature set pooled two ways (the
+    graph has one branch per feature set).
+    """
     from pipeline.heads.registry import head_kind
 
+    owner = (
+        "the ensemble"
+        if target["feature_set"] == ENSEMBLE_KEY
+        else f"the soft vote {target['feature_set']}/{target['variant']}"
+    )
+    poolings: dict[str, list[str]] = {}
+    for part in target.get("members") or []:
+        poolings.setdefault(part["feature_set"], []).append(part["row"]["pooling"])
+    for key, pooled in poolings.items():
+        if len(set(pooled)) > 1:
+            return (
+                f"{owner} has members on feature set {key} pooled {' and '.join(sorted(set(pooled)))}, and one "
+                "graph pools each feature set one way; name one of its members with export.variant, or sweep "
+                "a single heads.pooling"
+            )
     for part in target.get("members") or [target]:
         row, name = part["row"], f"{part['feature_set']}/{part['variant']}"
-        what = f"the ensemble's member {name}" if target.get("members") else name
+        what = f"{owner}'s member {name}" if target.get("members") else name
         if row.get("out_of_core"):
             return (
                 f"{what} is a {row['kind']} head trained out of core, which has no exact Keras form "

@@ -107,10 +107,17 @@ def indistinguishable(best: dict, rows: Sequence[dict], alpha: float = ALPHA) ->
     """
     if not best.get("val_correct"):
         return None
-    return sum(
-        1
-        for row in rows
-        if row is not best
+    return sum(1 for row in rows if row is not best and tied(best, row, alpha))
+
+
+def tied(best: dict, row: dict, alpha: float = ALPHA) -> bool:
+    """Whether the paired McNemar test cannot tell ``row`` from ``best`` at level ``alpha``.
+
+    False when the two were not scored the same way on as many images (other ``selection``, other
+    ``val_correct`` length) or either has no ``val_correct``.
+    """
+    return bool(
+        best.get("val_correct")
         and row.get("val_correct")
         and row.get("selection") == best.get("selection")
         and len(row["val_correct"]) == len(best["val_correct"])

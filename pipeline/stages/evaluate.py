@@ -4,8 +4,10 @@ Reads  every ``heads/<key>/scores.json`` and the chosen fitted heads, the test
        images of the manifest (``--manifest``) in each feature store, ``--costs`` (the backbone timings of
        stage backbone_cost), ``--finetune`` (the fine-tune stage's result, which
        joins the leaderboard and the overall choice) and ``params.yaml`` sections
-       ``evaluate``, ``export.variant`` and ``heads.ensemble`` (the soft-voting
-       ensemble of the best feature sets' heads, one more row of the leaderboard).
+       ``evaluate``, ``export.variant``, ``heads.ensemble`` (the soft-voting
+       ensemble of the best feature sets' heads, one more row of the leaderboard)
+       and ``heads.near_equals`` (the soft vote of the variants indistinguishable
+       from the best, one more row too).
 Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` and
        ``dvc exp show``: the chosen model, its test accuracy with a bootstrap 95%
        interval and its validation accuracy) and ``--best`` (a folder: the same
@@ -20,7 +22,10 @@ Writes ``--metrics`` (``metrics.json``, the headline for ``dvc metrics show`` an
        only, as the diagnose stage computes it: ``params.yaml`` ``diagnose``); ``--plots`` folder with the data
        of every ``dvc plots`` plot (see :mod:`pipeline.reporting.plots`);
        ``--export-target`` (what the export stage exports: the best head on
-       cached features, or the one ``export.variant`` names).
+       cached features, or the one ``export.variant`` names) and ``--chosen-heads``
+       (what the diagnose stage replays: each feature set's chosen head and the
+       overall choice). Those two hold only what defines their models, so a sweep
+       that leaves them alone reruns neither export nor diagnose.
 
 Only the variant chosen on validation (or by cross-validation on train+val,
 with ``heads.cv``) is ever scored on test, so the reported test numbers are not
@@ -42,6 +47,7 @@ from pathlib import Path
 
 from pipeline.cli.stage_runner import run_stage
 from pipeline.config import load_params
+from pipeline.diagnosis.chosen import chosen_heads
 from pipeline.diagnosis.diagnose import headline_curve
 from pipeline.manifest import read_manifest
 from pipeline.reporting.plots import write_plots
@@ -63,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cost", type=Path, help="where to write the cost report (needs --costs)")
     parser.add_argument("--finetune", type=Path, help="the fine-tune stage's result.json, joined to the leaderboard")
     parser.add_argument("--export-target", type=Path, help="where to write what the export stage exports")
+    parser.add_argument("--chosen-heads", type=Path, help="where to write the heads the diagnose stage replays")
     parser.add_argument("--manifest", default=Path("data/manifest.csv"), type=Path)
     parser.add_argument("--params", default=Path("params.yaml"), type=Path)
     args = parser.parse_args(argv)
@@ -76,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise FileNotFoundError(f"no backbone timings at {args.costs}; run stage backbone_cost first")
         costs = json.loads(args.costs.read_text(encoding="utf-8"))
     records = read_manifest(args.manifest)
-    report, leaderboard, best = evaluate(args.heads, settings, records, costs, ensemble=params.heads.ensemble)
+    report, leaderboard, best = evaluate(
+        args.heads, settings, records, costs, ensemble=params.heads.ensemble, near=params.heads.near_equals
+    )
     if args.finetune is not None:
         if not args.finetune.is_file():
             raise FileNotFoundError(f"no fine-tune result at {args.finetune}; run stage finetune first")
@@ -89,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         outputs += [(args.best / f"{name}.json", row) for name, row in rows.items()]
     if args.export_target is not None:
         outputs.append((args.export_target, export_target(report, leaderboard, args.heads, params.export.variant)))
+    if args.chosen_heads is not None:
+        outputs.append((args.chosen_heads, chosen_heads(report, args.heads)))
     if args.cost is not None:
         # Flat, so that `dvc metrics show` and `dvc exp show` get a few columns (the full report has the rest).
         outputs.append((args.cost, {k: v for k, v in report["cost"].items() if k != "feature_sets"}))
