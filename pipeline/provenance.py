@@ -84,11 +84,13 @@ class Provenance:
     architecture: str | None = None  # the backbone class and the sha256 of its config.json
     blocks: int | None = None  # blocks up to the cut whose token summaries are concatenated
     tokens: str | None = None  # what a token cut stores (class token, mean of patches), if it is one
+    # flip: average only (None otherwise, and then left out): each map averaged with its mirror image's
+    flip: str | None = None
 
     def to_json(self) -> dict:
         """The flat mapping stored in a store's attributes (``augment`` only when set)."""
         out = dataclasses.asdict(self)
-        for name in ("augment", *PRESET_FIELDS):
+        for name in ("augment", "flip", *PRESET_FIELDS):
             if out[name] is None:
                 del out[name]
         return out
@@ -104,8 +106,8 @@ class Provenance:
 
 
 PRESET_FIELDS = ("preset", "architecture", "blocks", "tokens")
-# The same truncated network: backbone, weights (and their hash), cut and input size (a preset's architecture).
-NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size", "architecture", "blocks")
+# The same truncated network: backbone, weights (and their hash), cut, input size (a preset's architecture), flip.
+NETWORK = ("backbone", "weights", "weights_sha256", "cut", "input_size", "architecture", "blocks", "flip")
 # What determines the features of an image (besides its bytes); plus the compute precision for float32 storage.
 IDENTITY = (
     "backbone",
@@ -122,8 +124,9 @@ IDENTITY = (
     "dtype",
     "augment",
 )
-# Part of the identity only when set (presets), so that every store made before them keeps its identity.
-OPTIONAL_IDENTITY = ("architecture", "blocks")
+# Part of the identity only when set (presets, flip averaging), so that every store made before them keeps
+# its identity.
+OPTIONAL_IDENTITY = ("architecture", "blocks", "flip")
 
 
 def identity_of(provenance: Mapping[str, Any]) -> dict:

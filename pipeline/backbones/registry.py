@@ -144,6 +144,8 @@ FAMILIES: dict[str, Family] = {
 # apply through keras.layers.Resizing, the layer the converter itself uses.
 # Draws weights: none in numpy, the same network on every Keras backend (returns its scheme's name).
 REINITIALIZE = "pipeline.backbones.random_init.reinitialize"
+# Wraps a truncated model for `flip: average` (named by its dotted path too; it imports Keras).
+FLIP_AVERAGED = "pipeline.backbones.flip.flip_averaged"
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5", "area")
 
 
@@ -214,6 +216,12 @@ def validate_feature_set(spec: Any) -> None:
         If ``weights`` is a path that does not exist.
     """
     fam = family(spec.backbone)
+    flip = getattr(spec, "flip", "none")
+    if flip != "none" and fam.from_preset:
+        raise ValueError(
+            f"flip: {flip} mirrors maps back, which a preset's cut (a layer tower, tokens) does not give; "
+            f"use flip: none with backbone {fam.name}. Received: flip={flip!r}"
+        )
     if fam.hooks:
         import_dotted(fam.hooks["validate"])(spec)
         return
@@ -388,6 +396,9 @@ def build_cut_model(spec: Any, *, seed: int, policy: str | None = None) -> CutMo
     layer_names = [layer.name for layer in base.layers]
     cut = resolve_cut(spec.cut, CutPoints(names=tuple(layer_names), last=layer_names[-1]), backbone=fam.name)
     model = keras.Model(base.inputs, base.get_layer(cut).output, name=f"{fam.name}_{cut}")
+    flip = getattr(spec, "flip", "none")
+    if flip != "none":
+        model = import_dotted(FLIP_AVERAGED)(model)
     provenance = {
         "backbone": fam.name,
         "weights": spec.weights,
@@ -401,6 +412,7 @@ def build_cut_model(spec: Any, *, seed: int, policy: str | None = None) -> CutMo
         "seed": seed if spec.weights == "none" else None,
         "init": init,
         "resize": Resize().describe(),
+        "flip": None if flip == "none" else flip,
     }
     return CutModel(
         model=model,

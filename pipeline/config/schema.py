@@ -139,6 +139,9 @@ class FeatureSetParams:
     ``hub``). ``preset`` and ``blocks`` are for backbone ``hub`` (a keras_hub
     preset, and how many blocks up to the cut have their tokens concatenated);
     its ``cut`` may also be a block index (negative: from the end).
+    ``size`` left out is the family's default input size. ``flip: average``
+    stores the mean of each image's map and its horizontal mirror's, mirrored
+    back (:mod:`pipeline.backbones.flip`): twice the backbone passes.
     """
 
     backbone: str
@@ -149,6 +152,7 @@ class FeatureSetParams:
     dtype: Literal["float16", "float32"] | None = None  # overrides extract.dtype
     preset: str | None = None
     blocks: int = 1
+    flip: Literal["none", "average"] = "none"
 
     def __post_init__(self):
         if self.weights is None:
@@ -250,6 +254,11 @@ class HeadsParams:
     # soft-voting ensemble (stage evaluate): the best head with probabilities of each of the `ensemble`
     # feature sets best on validation, their probabilities averaged; 0 or 1: no ensemble
     ensemble: int = 3
+    # soft vote of the near-equals (stage evaluate): the class probabilities of the first `near_equals`
+    # variants (with probabilities, on single feature sets, best first) that a paired McNemar test on the
+    # scored images cannot tell from the best on validation, within and across feature sets, averaged; one
+    # more candidate of the selection, "near-equals/softvote-<n>"; 0 or 1: none
+    near_equals: int = 5
     # racing under cross-validation: a variant stops after a fold once a one-sided exact McNemar test on
     # the images scored so far says it is less accurate than the best so far at this level (the values of
     # a C search race each other; dense heads race the best complete variant); 0: off (every fold)
@@ -323,6 +332,9 @@ class HeadsParams:
                 "a list of two or more different feature sets",
             )
         _require(self.ensemble >= 0, "heads.ensemble", self.ensemble, "an integer >= 0 (members; 0 or 1: none)")
+        _require(
+            self.near_equals >= 0, "heads.near_equals", self.near_equals, "an integer >= 0 (members; 0 or 1: none)"
+        )
         _require(
             0.0 <= self.race < 1.0, "heads.race", self.race, "a significance level in [0, 1) (0: no racing; e.g. 0.05)"
         )
@@ -474,6 +486,12 @@ class Params:
         if chosen is not None and chosen not in self.features:
             raise ParamsError(
                 f"finetune.feature_set names no feature set. Received: {chosen!r}. " + suggest(chosen, self.features)
+            )
+        if chosen is not None and self.features[chosen].flip != "none":
+            # Fine-tuning unfreezes the backbone's top layers, which a flip-averaged model wraps twice over.
+            raise ParamsError(
+                f"finetune.feature_set {chosen!r} has flip: {self.features[chosen].flip}, which fine-tuning does not "
+                "support; choose a feature set with flip: none"
             )
         for index, members in enumerate(self.heads.combine):
             for name in members:

@@ -17,7 +17,8 @@ the project installed — :func:`pipeline.export.predict_command.load_model` imp
   an image's features to its k-th nearest training image's (:mod:`pipeline.export.ood`).
 
 Importing it also registers :class:`pipeline.backbones.hub.TokenSummary`, which
-a keras_hub preset's cut model holds (loading such a model needs keras_hub too).
+a keras_hub preset's cut model holds (loading such a model needs keras_hub too),
+and :class:`pipeline.backbones.flip.HorizontalMirror`, which a ``flip: average`` backbone holds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from pipeline.backbones.flip import HorizontalMirror  # noqa: F401  (registered for loading)
 from pipeline.backbones.hub import TokenSummary  # noqa: F401  (registered for loading)
 
 

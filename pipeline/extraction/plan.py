@@ -84,6 +84,7 @@ def planned_identity(spec: FeatureSetParams, settings: ExtractParams, cut: str, 
         "decoder": DECODER,
         "dtype": dtype,
         "augment": augment_identity(settings) if views else None,
+        "flip": None if spec.flip == "none" else spec.flip,
         **network,
     }
     if settings.precision == "auto":

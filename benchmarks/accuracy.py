@@ -1,0 +1,297 @@
+"""Test accuracy of the chosen model and its cost: today's defaults against flip averaging, input sizes and both.
+
+For each dataset (``--datasets``: the flower photos and the hand signs of
+``../shared/datasets``) the script runs the pipeline's prepare stage once (its
+defaults remove byte-identical images, so the signs' duplicates that straddle
+splits cannot leak into test), then the extract stage once per distinct feature
+set of the configurations asked for. Stores are keyed by image content, so
+each seed's re-split (:func:`selection.resplit`: every image assigned afresh to
+train / val / test, stratified, 70/15/15) reads the same stores and no seed
+runs a backbone. Per seed and configuration it runs the heads stage's code
+(:func:`pipeline.heads.training.train_and_write`) and the evaluate stage's
+choice (:func:`choose`: the overall best on validation, the soft-voting
+candidates included) and scores the chosen model once on test. Heads are fitted
+once per (store, heads settings, seed) and shared by configurations that differ
+only in what evaluate reads.
+
+A configuration is a set of overrides of params.yaml (:data:`CONFIGS`):
+``features.<key>`` changes the feature set (``lite0_top`` of params.yaml:
+EfficientNet-Lite0, top activation), any other ``<section>.<key>`` that
+section. ``--add NAME:key=value,key=value`` adds one without editing the file
+(values are YAML). Printed: per dataset and configuration, the chosen model's
+test accuracy over the seeds (mean, standard deviation, range), its most
+frequent choice, and the cost: the extract stage's wall seconds for the store
+(once for every seed), the backbone's milliseconds per image (what each image
+costs again at prediction time) and the heads stage's median seconds per seed.
+
+Usage::
+
+    python benchmarks/accuracy.py                                    # both datasets, seeds 0-7, every config
+    python benchmarks/accuracy.py --datasets flowers --seeds 0 1 --configs defaults flip
+    python benchmarks/accuracy.py --add "vote3:heads.near_equals=3" --configs defaults vote3
+    python benchmarks/accuracy.py --workdir /tmp/accuracy            # keep the stores: a rerun extracts nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from selection import resplit  # noqa: E402
+
+from pipeline.config import parse_params  # noqa: E402
+from pipeline.heads.training import train_and_write  # noqa: E402
+from pipeline.manifest import read_manifest  # noqa: E402
+from pipeline.provenance import fingerprint  # noqa: E402
+from pipeline.selection.leaderboard import evaluate  # noqa: E402
+
+DATASETS = {"flowers": ROOT.parent / "shared/datasets/flowers", "signs": ROOT.parent / "shared/datasets/signs"}
+BASE = "lite0_top"  # the feature set of params.yaml every configuration starts from
+# name → overrides: `features.<key>` of the feature set, `<section>.<key>` of params.yaml.
+CONFIGS: dict[str, dict] = {
+    "defaults": {},
+    "flip": {"features.flip": "average"},
+    "size260": {"features.size": 260},
+    "size300": {"features.size": 300},
+    "flip+size300": {"features.flip": "average", "features.size": 300},
+    # The soft vote of the near-equals (heads.near_equals, on by default) switched off: today's defaults
+    # without it. Point this entry (or an --add) at another setting of that key to measure it.
+    "near_equals_off": {"heads.near_equals": 0},
+}
+# Keys of `heads` that only the evaluate stage reads: configurations differing only in them share their heads.
+EVALUATE_KEYS = ("ensemble", "near_equals")
+SPLIT = (0.7, 0.15, 0.15)
+
+
+def configured(base: dict, overrides: dict) -> tuple[dict, dict]:
+    """params.yaml with ``overrides`` applied: (the feature-set spec, every other section)."""
+    sections = json.loads(json.dumps(base))
+    spec = dict(sections.pop("features")[BASE])
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise SystemExit(f"an override is <section>.<key>=value; received {dotted!r}")
+        if section == "features":
+            spec[key] = value
+        else:
+            sections.setdefault(section, {})[key] = value
+    sections["heads"]["combine"] = []
+    return spec, sections
+
+
+def feature_key(spec: dict) -> str:
+    """A store name per distinct spec (readable, and unique by its fingerprint)."""
+    size = spec.get("size") or "default"
+    return f"lite_{size}_{spec.get('flip', 'none')}_{fingerprint(spec, length=6)}"
+
+
+def prepare_once(source: Path, base: dict, workdir: Path) -> Path:
+    """The prepare stage on ``source`` in ``workdir`` (skipped when its manifest is there): the manifest."""
+    manifest = workdir / "data" / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    params = {**base, "data": {**base["data"], "source": str(source.resolve())}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    _stage(workdir, "prepare", "--manifest", "data/manifest.csv", "--report", "reports/prepare.json")
+    return manifest
+
+
+def extract_once(key: str, spec: dict, workdir: Path) -> dict:
+    """The extract stage for one feature set in ``workdir``: its cost, measured the first time it ran."""
+    cost_file = workdir / "costs" / f"{key}.json"
+    params = yaml.safe_load((workdir / "params.yaml").read_text(encoding="utf-8"))
+    params["features"] = {key: spec}
+    params["heads"]["combine"] = []
+    params_file = workdir / f"params-{key}.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    started = time.perf_counter()
+    report = workdir / "reports" / "extract" / f"{key}.json"
+    _stage(
+        workdir,
+        "extract",
+        *("--feature-set", key, "--out", f"features/{key}.zarr", "--manifest", "data/manifest.csv"),
+        *("--report", str(report), "--params", str(params_file)),
+    )
+    wall = time.perf_counter() - started
+    accounting = json.loads(report.read_text(encoding="utf-8"))
+    if accounting["computed"] and accounting["computed"] == accounting["images"]:
+        steady = accounting.get("steady_images_per_second") or accounting.get("images_per_second")
+        cost = {"extract_seconds": round(wall, 1), "ms_per_image": round(1000 / steady, 2) if steady else None}
+        cost_file.parent.mkdir(parents=True, exist_ok=True)
+        cost_file.write_text(json.dumps(cost) + "\n", encoding="utf-8")
+    if not cost_file.is_file():
+        return {"extract_seconds": None, "ms_per_image": None}
+    return json.loads(cost_file.read_text(encoding="utf-8"))
+
+
+def _stage(workdir: Path, name: str, *arguments: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", f"pipeline.stages.{name}", *arguments, "--no-progress"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"stage {name} failed in {workdir} (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def choose(heads_dir: Path, params, records) -> dict:
+    """The evaluate stage's overall choice (as ``pipeline.stages.evaluate`` calls it): ``report["best"]``."""
+    report, _, _ = evaluate(
+        heads_dir, params.evaluate, records, ensemble=params.heads.ensemble, near=params.heads.near_equals
+    )
+    return report["best"]
+
+
+def run_dataset(name: str, source: Path, configs: dict, seeds: list[int], base: dict, workdir: Path) -> list[dict]:
+    """Every configuration on every seed of one dataset: one row each."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifest = prepare_once(source, base, workdir)
+    records = read_manifest(manifest)
+    plans, costs = {}, {}
+    for config, overrides in configs.items():
+        spec, sections = configured(base, overrides)
+        key = feature_key(spec)
+        params = parse_params({**sections, "features": {key: spec}})
+        if key not in costs:
+            print(f"{name}: extracting {key} ({spec})", flush=True)
+            costs[key] = extract_once(key, spec, workdir)
+        heads = {k: v for k, v in sections["heads"].items() if k not in EVALUATE_KEYS}
+        plans[config] = (key, params, fingerprint({"store": key, "heads": heads}))
+    rows = []
+    fitted: dict[tuple, float] = {}
+    for seed in seeds:
+        split = resplit(records, seed, SPLIT, None)
+        for config, (key, params, heads_id) in plans.items():
+            out = workdir / "heads" / f"seed{seed}-{heads_id}"
+            seconds = None
+            if (heads_id, seed) not in fitted:
+                started = time.perf_counter()
+                store = workdir / "features" / f"{key}.zarr"
+                train_and_write([[store]], params.heads, [out / key], split, progress=False, reuse=False)
+                seconds = fitted[heads_id, seed] = time.perf_counter() - started
+            best = choose(out, params, split)
+            rows.append(
+                {
+                    "dataset": name,
+                    "config": config,
+                    "seed": seed,
+                    "test_accuracy": best["test_accuracy"],
+                    # the variant, or the candidate beyond the feature set's own heads (a soft vote)
+                    "chosen": best["variant"] if best["feature_set"] == key else best["feature_set"],
+                    "heads_seconds": None if seconds is None else round(seconds, 1),
+                    "store": key,
+                    **costs[key],
+                }
+            )
+            print(
+                f"{name} seed {seed} {config}: test {best['test_accuracy']:.4f} ({rows[-1]['chosen']})"
+                + (f", heads {seconds:.1f} s" if seconds is not None else ", heads shared"),
+                flush=True,
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| dataset | config | test accuracy mean | std | min | max | most chosen kind | extract s (once) | ms / image "
+        "| heads s / seed |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for (dataset, config), mine in _grouped(rows).items():
+        accuracy = np.array([r["test_accuracy"] for r in mine])
+        # by head kind (a variant is <pooling>-<kind>-<settings>), or the candidate's name (a soft vote)
+        kinds = [r["chosen"].split("-")[1] if r["chosen"].count("-") >= 2 else r["chosen"] for r in mine]
+        chosen, count = collections.Counter(kinds).most_common(1)[0]
+        heads = [r["heads_seconds"] for r in mine if r["heads_seconds"] is not None]
+        extract = mine[0]["extract_seconds"]
+        per_image = mine[0]["ms_per_image"]
+        lines.append(
+            f"| {dataset} | {config} | {accuracy.mean():.4f} | {accuracy.std():.4f} | {accuracy.min():.3f} | "
+            f"{accuracy.max():.3f} | {chosen} ({count}/{len(mine)}) | "
+            + ("-" if extract is None else f"{extract:.0f}")
+            + " | "
+            + ("-" if per_image is None else f"{per_image:.1f}")
+            + " | "
+            + (f"{np.median(heads):.1f}" if heads else "shared")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
+    grouped: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["dataset"], row["config"]), []).append(row)
+    return grouped
+
+
+def parse_added(entries: list[str]) -> dict[str, dict]:
+    """``NAME:key=value,key=value`` entries as configurations (values parsed as YAML)."""
+    added = {}
+    for entry in entries:
+        name, _, body = entry.partition(":")
+        if not name or not body:
+            raise SystemExit(f"--add takes NAME:key=value[,key=value...]; received {entry!r}")
+        overrides = {}
+        for item in body.split(","):
+            key, _, value = item.partition("=")
+            overrides[key.strip()] = yaml.safe_load(value)
+        added[name] = overrides
+    return added
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--configs", nargs="+", help=f"which configurations (default: all of {list(CONFIGS)})")
+    parser.add_argument("--add", action="append", default=[], help="NAME:key=value,... one more configuration")
+    parser.add_argument("--kinds", help="comma-separated head kinds (default: params.yaml's)")
+    parser.add_argument("--workdir", type=Path, help="keep manifests and stores here (a rerun extracts nothing)")
+    parser.add_argument("--json", type=Path, help="also write every row here")
+    args = parser.parse_args()
+    known = {**CONFIGS, **parse_added(args.add)}
+    names = args.configs or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown configurations {unknown}; known: {list(known)}")
+    base = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    if args.kinds:
+        base["heads"]["kinds"] = args.kinds.split(",")
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="shoulders-accuracy-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        for dataset in args.datasets:
+            configs = {n: known[n] for n in names}
+            rows += run_dataset(dataset, DATASETS[dataset], configs, args.seeds, base, workdir / dataset)
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; feature set {BASE} of "
+        f"params.yaml with each config's overrides; re-split {'/'.join(str(round(100 * s)) for s in SPLIT)} per "
+        f"seed, seeds {args.seeds}; head kinds {base['heads']['kinds']}; {time.perf_counter() - started:.0f} s\n"
+    )
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
