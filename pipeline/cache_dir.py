@@ -8,6 +8,8 @@ measured once per machine there (batch sizes, backbone timings, run estimates).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 from pathlib import Path
@@ -42,3 +44,23 @@ def machine() -> dict:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": model, "cores": cores, "machine": platform.machine()}
+
+
+def read_record(path: Path) -> dict:
+    """A JSON record this package keeps in the cache folder; empty when missing, unreadable or torn."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):  # the next run measures again and writes it whole
+        return {}
+
+
+def write_record(path: Path, entries: dict, *, what: str) -> None:
+    """Write a record whole (beside it, then renamed over it); a read-only cache folder only logs a warning:
+    what is lost is ``what`` (e.g. "the backbone timings"), measured again next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        logging.getLogger(__name__).warning("could not keep %s in %s: %s", what, path, error)

@@ -16,13 +16,11 @@ kinds than last time, takes longer.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.cache_dir import cache_dir, machine
+from pipeline.cache_dir import cache_dir, machine, read_record, write_record
 from pipeline.provenance import fingerprint
 
 log = logging.getLogger(__name__)
@@ -96,19 +94,8 @@ def duration(seconds: float) -> str:
 
 
 def _read() -> dict:
-    path = estimates_file()
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):  # unreadable or torn: no estimate, the next run writes it again
-        return {}
+    return read_record(estimates_file())
 
 
 def _write(entries: dict) -> None:
-    path = estimates_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:  # a read-only cache folder costs the next estimate, nothing else
-        log.warning("could not keep this run's time in %s: %s", path, error)
+    write_record(estimates_file(), entries, what="this run's time")

@@ -14,9 +14,7 @@ once per machine.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache_dir import machine
+from pipeline.cache_dir import machine, read_record, write_record
 from pipeline.provenance import fingerprint
 
 log = logging.getLogger(__name__)
@@ -90,11 +88,7 @@ def _entry_key(key: Mapping) -> str:
 
 
 def _read_cache() -> dict:
-    path = cache_file()
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except ValueError:
-        return {}
+    return read_record(cache_file())
 
 
 def cached_batch_size(key: Mapping) -> int | None:
@@ -125,9 +119,5 @@ def measured_batch_size(
         "key": dict(key),
         "machine": machine(),
     }
-    path = cache_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_record(cache_file(), entries, what="the measured batch size")
     return chosen, step

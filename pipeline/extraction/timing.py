@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.cache_dir import machine, read_record, write_record
 from pipeline.config import ExtractParams, FeatureSetParams
-from pipeline.extraction.batch_size import machine, seconds_per_batch
+from pipeline.extraction.batch_size import seconds_per_batch
 from pipeline.extraction.plan import plan_extraction
 from pipeline.provenance import fingerprint
 
@@ -128,22 +127,11 @@ def _cost_key(spec: FeatureSetParams, settings: ExtractParams) -> dict:
 
 
 def _read_cost_cache() -> dict:
-    path = cost_cache_file()
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):  # unreadable or torn: measure again
-        return {}
+    return read_record(cost_cache_file())
 
 
 def _write_cost_cache(entries: dict) -> None:
-    path = cost_cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:  # a read-only cache folder costs a measurement next time, nothing else
-        log.warning("could not keep the backbone timings in %s: %s", path, error)
+    write_record(cost_cache_file(), entries, what="the backbone timings")
 
 
 def cached_timing(spec: FeatureSetParams, settings: ExtractParams) -> dict | None:
