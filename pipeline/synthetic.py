@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.cli.progress import progress_bar
+from pipeline.config import add_check
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,18 @@ CLASS_NAMES: tuple[str, ...] = (
     "arrow",
     "square",
 )
+
+
+def _check_classes(synthetic) -> None:
+    # synthetic.classes in params.yaml, checked when params are parsed (pipeline.config.schema)
+    if synthetic.classes > len(CLASS_NAMES):
+        raise ValueError(
+            f"synthetic.classes must be an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)}). "
+            f"Received: {synthetic.classes!r}"
+        )
+
+
+add_check("synthetic", _check_classes)
 
 # Shapes are drawn at this multiple of the output size and box-filtered down,
 # which anti-aliases their edges (PIL's polygon fill does not).

@@ -115,8 +115,8 @@ def _schema_keys(cls: type, prefix: str) -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if "sections" in f.metadata:
-            for name, kind in f.metadata["sections"].items():
-                keys += _schema_keys(kind.grid, f"{prefix}{name}.")
+            for name, settings in f.metadata["sections"]().items():
+                keys += _schema_keys(settings, f"{prefix}{name}.")
             continue
         hint = hints[f.name]
         inner = [a for a in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(a)]

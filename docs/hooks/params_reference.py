@@ -18,8 +18,9 @@ page cannot drift from what :func:`pipeline.config.load_params` accepts:
   ``params_descriptions.yaml`` beside this file — which may describe only keys
   that exist and that have no comment in either place, so it cannot go stale.
 
-Two lists of choices live in registries rather than in the schema (the
-backbone families and the augmentation ops); :data:`REGISTRY_CHOICES` adds them.
+Three lists of choices live in registries rather than in the schema (the
+backbone families, the augmentation ops and the built-in dataset's classes);
+:data:`REGISTRY_CHOICES` adds them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import yaml
 from pipeline.backbones.registry import FAMILIES
 from pipeline.config import schema
 from pipeline.extraction.augmentation import FLIP_MODES, OPS
+from pipeline.heads.registry import HEAD_KINDS
+from pipeline.synthetic import CLASS_NAMES
 
 # What evaluating a check's message outside its method raises for a value known only at run time (self.x, a
 # loop variable): the part is shown as "…".
@@ -64,6 +67,8 @@ REGISTRY_CHOICES = {
     + "; `flip` is one of "
     + ", ".join(f"`{mode}`" for mode in FLIP_MODES)
     + ", every other op a factor in (0, 1) (pipeline/extraction/augmentation.py)",
+    "synthetic.classes": f"at most {len(CLASS_NAMES)}: the first `classes` of the shapes pipeline/synthetic.py draws, "
+    + ", ".join(f"`{name}`" for name in CLASS_NAMES),
 }
 
 
@@ -216,7 +221,8 @@ def _walk(cls: type, prefix: str, text: str, *, level: int) -> Iterator[Section]
     for f in dataclasses.fields(cls):
         registry = f.metadata.get("sections")
         if registry is not None:  # heads.<kind>: each registered kind's settings
-            for name, kind in registry.items():
+            for name in registry():
+                kind = HEAD_KINDS[name]
                 nested.append(
                     (
                         f"{prefix}.{name}",

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import add_check, add_default_weights
 from pipeline.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -495,3 +496,10 @@ def _nearest(name: str, choices: list[str]) -> list[str]:
 
 def _nearest_first(name: str, choices: Any) -> str:
     return "Valid backbones, nearest first: " + ", ".join(_nearest(name, sorted(choices)))
+
+
+# What params validation needs from this registry (pipeline.config.schema): each family's default
+# weights, and the check of a feature set, run when params.yaml is loaded.
+for _family in FAMILIES.values():
+    add_default_weights(_family.name, _family.default_weights)
+add_check("features", validate_feature_set)

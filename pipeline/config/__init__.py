@@ -7,7 +7,8 @@ from a parsed mapping by walking the dataclasses' type hints: an unknown or
 misspelled key, a value of the wrong type or out of range raises
 :class:`ParamsError` naming the key, the value received and the allowed choices
 ("did you mean"), before any image is read or any backbone runs. Feature sets
-are also checked against the backbone registry (without building anything).
+are also checked against the backbone registry (without building anything),
+through the check it registers (:func:`add_check`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ from pipeline.config.schema import (
     ParamsError,
     SplitRatios,
     SyntheticParams,
+    add_check,
+    add_default_weights,
+    add_head_kind,
     did_you_mean,
     join_key,
+    load_registrations,
+    remove_head_kind,
+    run_checks,
     suggest,
 )
 
@@ -66,10 +73,14 @@ __all__ = [
     "ParamsError",
     "SplitRatios",
     "SyntheticParams",
+    "add_check",
+    "add_default_weights",
+    "add_head_kind",
     "dask_address",
     "feature_set",
     "load_params",
     "parse_params",
+    "remove_head_kind",
 ]
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -113,6 +124,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 
 def parse_params(raw: Any, *, source: str = "params") -> Params:
     """Build :class:`Params` from an already parsed mapping (see :func:`load_params`)."""
+    load_registrations()
     try:
         return _build(Params, raw, "")
     except ParamsError as error:
@@ -127,12 +139,9 @@ def feature_set(params: Params, key: str) -> FeatureSetParams:
 
 
 def _check_feature_sets(params: Params) -> None:
-    # Imported here so that loading params for prepare does not need the registry.
-    from pipeline.backbones import validate_feature_set
-
     for key, spec in params.features.items():
         try:
-            validate_feature_set(spec)
+            run_checks("features", spec)
         except (ValueError, FileNotFoundError) as error:  # a weights path that is not a file, too
             raise ParamsError(f"features.{key}: {error}") from None
 
@@ -147,7 +156,7 @@ def _build(cls: type, raw: Any, keypath: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if "sections" not in f.metadata}
     # A field with "sections" metadata (heads.grids) is filled from keys named after its registry's
     # entries (heads.logreg, heads.dense, ...), each parsed by that entry's own dataclass.
-    sectioned = {f.name: f.metadata["sections"] for f in dataclasses.fields(cls) if "sections" in f.metadata}
+    sectioned = {f.name: f.metadata["sections"]() for f in dataclasses.fields(cls) if "sections" in f.metadata}
     section_of = {key: (name, entry) for name, registry in sectioned.items() for key, entry in registry.items()}
     unknown = [k for k in raw if k not in fields and k not in section_of]
     if unknown:
@@ -168,7 +177,7 @@ def _build(cls: type, raw: Any, keypath: str) -> Any:
             )
     for name, registry in sectioned.items():
         values[name] = {
-            key: _build(entry.grid, raw.get(key), join_key(keypath, key)) for key, entry in registry.items()
+            key: _build(settings, raw.get(key), join_key(keypath, key)) for key, settings in registry.items()
         }
     try:
         return cls(**values)

@@ -4,21 +4,26 @@ One dataclass per section (``data``, ``synthetic``, ``extract``, ``features``,
 ``heads``, ``evaluate``, ``finetune``, ``export``); :func:`pipeline.config.load_params`
 builds them from the YAML, rejecting unknown keys and wrong types, and each
 ``__post_init__`` checks ranges, raising :class:`ParamsError` with the key, the
-value received and what is allowed. The settings of each head kind
-(``heads.logreg``, ``heads.dense``, ...) are the registry's
-(:mod:`pipeline.heads.registry`): a registered kind gets its section here too.
+value received and what is allowed. What a check needs from the registries
+above config (the head kinds and their settings, each backbone's default
+weights, the augment ops, the built-in dataset's classes) those registries
+register here, at their import (:func:`add_head_kind`, :func:`add_default_weights`,
+:func:`add_check`): a registered head kind gets its ``heads.<kind>`` section
+here too. The registering modules are named as entry points of the group
+``shoulders.params`` in ``pyproject.toml``; :func:`load_registrations` imports
+them once, before the first params are parsed, so a plug-in package can add a
+head kind or a backbone family the same way.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from pipeline.heads.registry import HEAD_KINDS
 
 MAP_POOLINGS = ("avg", "max", "flatten", "avgmax")  # of a map (h, w, c)
 TOKEN_POOLINGS = ("cls", "mean", "cls+mean")  # of a token summary (a preset's ViT-like cut)
@@ -34,6 +39,81 @@ _FEATURE_SET_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class ParamsError(ValueError):
     """A parameter in params.yaml is unknown, of the wrong type or out of range."""
+
+
+# --------------------------------------------------------------------------- registrations
+# What the checks below need from the registries above config, which import this module and fill
+# these tables (see the module docstring); config imports none of them.
+ENTRY_POINT_GROUP = "shoulders.params"
+
+_head_kinds: dict[str, type] = {}
+_default_weights: dict[str, str] = {}
+_checks: dict[str, list[Callable[[Any], None]]] = {}
+_loaded = False
+
+
+def load_registrations() -> None:
+    """Import every module registered under :data:`ENTRY_POINT_GROUP` (once).
+
+    Raises
+    ------
+    RuntimeError
+        If no module is registered: the package's metadata is missing.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # before the imports: a registering module may load params helpers itself
+    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    if not entry_points:
+        _loaded = False
+        raise RuntimeError(
+            f"no modules registered under the entry point group {ENTRY_POINT_GROUP!r}: the package's "
+            "metadata is missing. Install it from the project root (pip install -e .) and run again."
+        )
+    for entry_point in sorted(entry_points, key=lambda e: e.name):
+        entry_point.load()
+
+
+def add_head_kind(name: str, settings: type) -> None:
+    """Register a head kind: ``heads.<name>`` is parsed into ``settings`` (a frozen dataclass)."""
+    _head_kinds[name] = settings
+
+
+def remove_head_kind(name: str) -> None:
+    """Undo :func:`add_head_kind` (a test's toy kind)."""
+    _head_kinds.pop(name, None)
+
+
+def head_kinds() -> Mapping[str, type]:
+    """The registered head kinds, each with the dataclass of its settings, in registration order."""
+    load_registrations()
+    return _head_kinds
+
+
+def add_default_weights(backbone: str, weights: str) -> None:
+    """What a feature set of ``backbone`` without ``weights`` gets."""
+    _default_weights[backbone] = weights
+
+
+def default_weights(backbone: str) -> str:
+    """The default weights of ``backbone``: ``imagenet`` for a name no family registered (its own check
+    then names the valid backbones)."""
+    load_registrations()
+    return _default_weights.get(backbone, "imagenet")
+
+
+def add_check(section: str, check: Callable[[Any], None]) -> None:
+    """Run ``check(value)`` on every ``section`` parsed (``"synthetic"``, ``"extract.augment"``) or
+    loaded (``"features"``, each feature set); it raises ``ValueError`` naming what is wrong."""
+    _checks.setdefault(section, []).append(check)
+
+
+def run_checks(section: str, value: Any) -> None:
+    """Run the checks registered for ``section`` on ``value``; their ``ValueError`` passes through."""
+    load_registrations()
+    for check in _checks.get(section, ()):
+        check(value)
 
 
 # --------------------------------------------------------------------------- sections
@@ -118,14 +198,8 @@ class SyntheticParams:
     seed: int = 0
 
     def __post_init__(self):
-        from pipeline.synthetic import CLASS_NAMES
-
-        _require(
-            2 <= self.classes <= len(CLASS_NAMES),
-            "synthetic.classes",
-            self.classes,
-            f"an integer from 2 to {len(CLASS_NAMES)} ({', '.join(CLASS_NAMES)})",
-        )
+        _require(self.classes >= 2, "synthetic.classes", self.classes, "an integer >= 2")
+        _checked("synthetic", self)  # the classes the generator draws (pipeline.synthetic)
         _seed("synthetic.seed", self.seed)
         _require(self.per_class >= 1, "synthetic.per_class", self.per_class, "an integer >= 1")
         _require(self.image_size >= 16, "synthetic.image_size", self.image_size, "an integer >= 16")
@@ -156,10 +230,7 @@ class FeatureSetParams:
 
     def __post_init__(self):
         if self.weights is None:
-            from pipeline.backbones.registry import FAMILIES
-
-            known = FAMILIES.get(self.backbone)
-            object.__setattr__(self, "weights", known.default_weights if known else "imagenet")
+            object.__setattr__(self, "weights", default_weights(self.backbone))
         # The key (features.<name>) is put in front of these messages by the loader.
         named = {"imagenet", "none"}
         if self.weights not in named and self.weights.strip().lower() in named:
@@ -189,15 +260,10 @@ class AugmentParams:
     tta: bool = False  # also compute views of val and test, for test-time augmentation
 
     def __post_init__(self):
-        from pipeline.extraction.augmentation import validate_ops
-
         _require(self.views >= 0, "extract.augment.views", self.views, "an integer >= 0")
         _seed("extract.augment.seed", self.seed)
         _require(len(self.ops) > 0, "extract.augment.ops", self.ops, "at least one op")
-        try:
-            validate_ops(self.ops)
-        except ValueError as error:
-            raise ParamsError(str(error)) from None
+        _checked("extract.augment", self)  # op names and factors (pipeline.extraction.augmentation)
 
 
 @dataclass(frozen=True)
@@ -224,7 +290,7 @@ class ExtractParams:
 
 
 def _default_grids() -> dict[str, Any]:
-    return {name: kind.grid() for name, kind in HEAD_KINDS.items()}
+    return {name: settings() for name, settings in head_kinds().items()}
 
 
 @dataclass(frozen=True)
@@ -274,15 +340,15 @@ class HeadsParams:
     memory_limit_mb: float = 2048.0  # auto: out of core past this many MB of pooled train features
     out_of_core_epochs: int = 5  # passes over the chunks of the SGD heads
     # heads.<kind> for every registered kind (parsed from those keys, not from a "grids" key)
-    grids: Mapping[str, Any] = field(default_factory=_default_grids, metadata={"sections": HEAD_KINDS})
+    grids: Mapping[str, Any] = field(default_factory=_default_grids, metadata={"sections": head_kinds})
 
     def __post_init__(self):
-        _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {list(HEAD_KINDS)}")
+        kinds = list(head_kinds())
+        _require(len(self.kinds) > 0, "heads.kinds", self.kinds, f"a non-empty list of {kinds}")
         for index, kind in enumerate(self.kinds):
-            if kind not in HEAD_KINDS:
+            if kind not in kinds:
                 raise ParamsError(
-                    f"heads.kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: {kind!r}"
-                    + did_you_mean(kind, HEAD_KINDS)
+                    f"heads.kinds[{index}] must be one of {kinds}. Received: {kind!r}" + did_you_mean(kind, kinds)
                 )
         _require(len(self.pooling) > 0, "heads.pooling", self.pooling, f"a non-empty list of {POOLINGS}")
         _require(len(self.standardize) > 0, "heads.standardize", self.standardize, "a non-empty list of true/false")
@@ -342,13 +408,13 @@ class HeadsParams:
             len(self.control_kinds) > 0,
             "heads.control_kinds",
             self.control_kinds,
-            f"a non-empty list of {list(HEAD_KINDS)}",
+            f"a non-empty list of {kinds}",
         )
         for index, kind in enumerate(self.control_kinds):
-            if kind not in HEAD_KINDS:
+            if kind not in kinds:
                 raise ParamsError(
-                    f"heads.control_kinds[{index}] must be one of {list(HEAD_KINDS)}. Received: "
-                    f"{kind!r}" + did_you_mean(kind, HEAD_KINDS)
+                    f"heads.control_kinds[{index}] must be one of {kinds}. Received: {kind!r}"
+                    + did_you_mean(kind, kinds)
                 )
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         _seed("heads.seed", self.seed)
@@ -514,6 +580,13 @@ class Params:
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ParamsError(f"{key} must be {expected}. Received: {value!r}")
+
+
+def _checked(section: str, value: Any) -> None:
+    try:
+        run_checks(section, value)
+    except ValueError as error:
+        raise ParamsError(str(error)) from None
 
 
 def _seed(key: str, value: int) -> None:

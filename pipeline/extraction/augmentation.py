@@ -28,6 +28,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from pipeline.config import add_check
+
 OpValue = float | str
 
 OPS = ("flip", "rotation", "zoom", "translation", "contrast")
@@ -52,6 +54,9 @@ def validate_ops(ops: Mapping[str, OpValue], *, where: str = "extract.augment.op
                 f"{where}.{name} is a factor in (0, 1) (a fraction of a turn, of the size, or of "
                 f"the contrast). Received: {value!r}"
             )
+
+
+add_check("extract.augment", lambda augment: validate_ops(augment.ops))
 
 
 def view_seed(seed: int, view: int, sha256: str) -> int:

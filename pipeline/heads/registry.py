@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import add_head_kind, remove_head_kind
 from pipeline.heads import conversion
 
 # (swept values by name, the kind's settings, seed) → unfitted estimator
@@ -150,12 +151,14 @@ def register(kind: HeadKind) -> HeadKind:
     if kind.name in HEAD_KINDS:
         raise ValueError(f"head kind {kind.name!r} is registered already")
     HEAD_KINDS[kind.name] = kind
+    add_head_kind(kind.name, kind.grid)  # heads.<name> in params.yaml, parsed into kind.grid
     return kind
 
 
 def unregister(name: str) -> None:
     """Remove a kind (tests that register a toy kind undo it)."""
     HEAD_KINDS.pop(name, None)
+    remove_head_kind(name)
 
 
 def head_kind(name: str) -> HeadKind:
