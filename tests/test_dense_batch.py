@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_params, write_image_folder, write_params
 
 from pipeline.config import parse_params
+from pipeline.heads import dense_training
 from pipeline.heads.dense import DenseHead
 from pipeline.heads.dense_batch import fit_dense_heads
 from pipeline.heads.registry import HeadKind
@@ -30,8 +31,15 @@ def _blobs(n_per_class: int, n_features: int, spread: float, seed: int = 0):
     return X[order], y[order]
 
 
+@pytest.fixture(params=["together", "one at a time"])
+def members_run(request, monkeypatch):
+    """Both ways a program runs its members: vmapped together (a GPU) and one after another (a CPU)."""
+    monkeypatch.setattr(dense_training, "_one_member_per_program", lambda: request.param == "one at a time")
+    return request.param
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
-def test_batched_heads_predict_what_each_predicts_trained_alone(dropout):
+def test_batched_heads_predict_what_each_predicts_trained_alone(dropout, members_run):
     X, y = _blobs(60, 20, 1.0)
     X2 = np.concatenate([X, np.abs(X)], axis=1)  # a second input (another pooling, say), same rows
     settings = [
@@ -86,7 +94,7 @@ def test_weight_decay_shrinks_the_kernels_and_batched_members_keep_their_own():
         make(-1.0).fit(X, y)
 
 
-def test_each_branch_stops_on_its_own_patience_and_keeps_its_best_weights():
+def test_each_branch_stops_on_its_own_patience_and_keeps_its_best_weights(members_run):
     X, y = _blobs(30, 30, 0.6)  # barely separable: a high learning rate overfits within epochs
 
     def make(**options):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import parse_params
+from pipeline.config import ParamsError, parse_params
 from pipeline.heads.dense import DenseHead
 from pipeline.heads.folds import make_folds
 from pipeline.heads.racing import Leader, dominated
@@ -195,7 +195,26 @@ def test_a_control_feature_set_is_random_weights_beside_pretrained_ones_and_gets
     heads = parse_params({"heads": {"kinds": ["logreg", "svm_linear", "dense"]}}).heads
     kept, settings = control_variants("random", expand_grid(heads), heads)
     assert {v.kind for v in kept} == {"logreg"} and settings.logreg.refine == 0
-    assert len(kept) == len(heads.logreg.C)
+    assert [v.id for v in kept] == ["avg-logreg-C1"]  # heads.control_values: C = 1 only
+    heads = parse_params(
+        {
+            "heads": {
+                "kinds": ["logreg", "svm_linear"],
+                "control_kinds": ["logreg", "svm_linear"],
+                "control_values": {"C": [0.1, 10]},
+                "pooling": ["avg", "max"],
+            }
+        }
+    ).heads
+    kept, settings = control_variants("random", expand_grid(heads), heads)
+    assert sorted(v.id for v in kept) == sorted(
+        f"{p}-{k}-C{c}" for p in ("avg", "max") for k in ("logreg", "svm_linear") for c in ("0.1", "10")
+    )
+    assert settings.svm_linear.C == (0.1, 10.0) and settings.svm_linear.refine == 0
+    with pytest.raises(ParamsError, match=r"heads.control_values.gamma is not a setting of heads.control_kinds"):
+        parse_params({"heads": {"control_values": {"gamma": [1.0]}}})
+    with pytest.raises(ParamsError, match=r"heads.control_values.C: heads.logreg.C must be numbers > 0"):
+        parse_params({"heads": {"control_values": {"C": [-1.0]}}})
     with pytest.raises(ValueError, match="heads.control_kinds"):
         control_variants("random", [v for v in expand_grid(heads) if v.kind == "dense"], heads)
 

@@ -17,6 +17,7 @@ head kind or a backbone family the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import math
@@ -332,6 +333,8 @@ class HeadsParams:
     # the head kinds fitted on a control feature set (`weights: none`, a random-weights baseline):
     # a cheap, fixed yardstick rather than the whole grid
     control_kinds: tuple[str, ...] = ("logreg",)
+    # the values a control kind is fitted at, by setting (C: scikit-learn's default), in place of its grid's
+    control_values: dict[str, tuple[float | str, ...]] = field(default_factory=lambda: {"C": (1.0,)})
     seed: int = 0
     n_jobs: int = 2
     backend: Literal["loky", "dask"] = "loky"  # dask: fit the grid on the cluster of `scheduler`
@@ -416,8 +419,26 @@ class HeadsParams:
                     f"heads.control_kinds[{index}] must be one of {kinds}. Received: {kind!r}"
                     + did_you_mean(kind, kinds)
                 )
+        self._check_control_values(kinds)
         _require(self.n_jobs != 0, "heads.n_jobs", self.n_jobs, "a non-zero integer (-1: one worker per core)")
         _seed("heads.seed", self.seed)
+
+    def _check_control_values(self, kinds: list[str]) -> None:
+        settable = {f.name for kind in self.control_kinds for f in dataclasses.fields(head_kinds()[kind])}
+        for name, values in self.control_values.items():
+            if name not in settable:
+                raise ParamsError(
+                    f"heads.control_values.{name} is not a setting of heads.control_kinds "
+                    f"{list(self.control_kinds)}: they have {sorted(settable)}" + did_you_mean(name, settable)
+                )
+            _require(len(values) > 0, f"heads.control_values.{name}", list(values), "a non-empty list")
+            for kind in self.control_kinds:
+                settings = self.grids.get(kind, head_kinds()[kind]())
+                if name in {f.name for f in dataclasses.fields(settings)}:
+                    try:  # the kind's own checks, naming its key
+                        dataclasses.replace(settings, **{name: tuple(values)})
+                    except ValueError as error:
+                        raise ParamsError(f"heads.control_values.{name}: {error}") from None
 
     def grid(self, kind: str) -> Any:
         """The settings of head kind ``kind`` (``heads.<kind>``)."""

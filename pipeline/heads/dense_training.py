@@ -8,9 +8,11 @@ a head on its own input matrix and its own rows (a fold's training rows, say)
 — is one slice of a ``jax.vmap``: a whole training run (epochs of shuffled
 mini-batches, Adam, dropout, weight decay, early stopping on held-out rows)
 is one ``jax.lax.while_loop`` compiled once per shape and run for all members
-together, as DINOv2's evaluation trains its linear heads. A member that has
-stopped is carried along with its weights frozen (``vmap`` of a while loop
-runs until the last member is done).
+together on a GPU, as DINOv2's evaluation trains its linear heads. A member
+that has stopped is carried along with its weights frozen (``vmap`` of a while
+loop runs until the last member is done), so on a CPU, where a head-epoch
+costs the same alone or batched, the members run one at a time through the
+same program (:func:`_one_member_per_program`).
 
 Each member is trained exactly as :class:`~pipeline.heads.dense.DenseHead`
 trains one head alone — ``DenseHead.fit`` is this function with one member —
@@ -89,18 +91,38 @@ def prepared_member(head, matrix: int, encoded: np.ndarray, views: int = 1) -> M
 def train_members(members: Sequence[Member], matrices: Sequence[np.ndarray]) -> None:
     """Train every member on its matrix (see the module docstring); the heads are fitted in place.
 
-    Members of one hidden width and batch size run as one program. Its shapes
+    Members of one hidden width and batch size run as one program (on a CPU,
+    each member one after another: :func:`_one_member_per_program`). Its shapes
     are rounded up (:func:`_padded_shapes`), so that the programs of a sweep's
     folds, feature sets and inputs are few and compiled once each: compiling one
     costs ~1-2 s on 2 cores, more than training a fold of four heads.
     """
     groups: dict[tuple, list[Member]] = {}
-    for member in members:
+    alone = _one_member_per_program()
+    for index, member in enumerate(members):
         head = member.head
-        groups.setdefault((head.hidden_units, head.batch_size, member.n_classes), []).append(member)
+        groups.setdefault((head.hidden_units, head.batch_size, member.n_classes, index if alone else 0), []).append(
+            member
+        )
     for group in groups.values():
         _train_group(group, matrices)
     log.debug("%d dense heads trained as %d batched programs", len(members), len(groups))
+
+
+def _one_member_per_program() -> bool:
+    """Whether members run one program each, one after another: on a CPU.
+
+    ``vmap`` of a while loop computes every member until the last one stops:
+    a member that early stopping ended is still computed, its steps discarded.
+    On a GPU members in parallel are nearly free, so they run together; on a
+    CPU a head-epoch costs the same alone or batched, and running them one at
+    a time computes only the epochs each one needs (four heads stopping at 30,
+    60, 31 and 36 epochs: 2.0 s one at a time against 3.0 s together, on 2
+    cores; BENCHMARKS.md).
+    """
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 def _row_orders(member: Member, epochs: int, steps: int) -> np.ndarray:

@@ -391,8 +391,10 @@ def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams)
 
     A control feature set (``weights: none``: the backbone with random weights)
     is a yardstick of what the pretrained weights add, not a candidate: only the
-    kinds of ``heads.control_kinds`` are fitted on it, at their listed values
-    (no coarse-to-fine search), which says that as well as the whole grid would.
+    kinds of ``heads.control_kinds`` are fitted on it, each setting named in
+    ``heads.control_values`` at those values instead of its grid's (by default
+    logistic regression at C = 1, scikit-learn's default), and no
+    coarse-to-fine search.
 
     Raises
     ------
@@ -406,19 +408,26 @@ def control_variants(name: str, variants: Sequence[Variant], heads: HeadsParams)
             f"{list(heads.control_kinds)} are fitted on it, and heads.kinds {list(heads.kinds)} has none "
             "of them; add one to heads.kinds or to heads.control_kinds"
         )
+    grids = {}
+    for kind, grid in heads.grids.items():
+        fields = {f.name for f in dataclasses.fields(grid)}
+        fixed = {n: tuple(values) for n, values in heads.control_values.items() if n in fields}
+        if kind in heads.control_kinds:
+            grid = dataclasses.replace(grid, **fixed)
+        grids[kind] = dataclasses.replace(grid, refine=0) if "refine" in fields else grid
+    settings = dataclasses.replace(heads, grids=grids)
+    inputs = {(v.kind, v.features_key) for v in kept}
+    fixed_variants = [v for v in expand_grid(settings) if (v.kind, v.features_key) in inputs]
     log.info(
-        "%s: a control feature set (weights: none): fitting %s only (heads.control_kinds) at their listed "
-        "values, %d of %d variants",
+        "%s: a control feature set (weights: none): fitting %s only (heads.control_kinds) at %s "
+        "(heads.control_values), %d variant%s",
         name,
         ", ".join(heads.control_kinds),
-        len(kept),
-        len(variants),
+        ", ".join(f"{n} {list(values)}" for n, values in heads.control_values.items()),
+        len(fixed_variants),
+        "" if len(fixed_variants) == 1 else "s",
     )
-    grids = {
-        kind: dataclasses.replace(grid, refine=0) if hasattr(grid, "refine") else grid
-        for kind, grid in heads.grids.items()
-    }
-    return kept, dataclasses.replace(heads, grids=grids)
+    return fixed_variants, settings
 
 
 def applicable_variants(features: Path, variants: Sequence[Variant]) -> list[Variant]:
