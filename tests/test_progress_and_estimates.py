@@ -101,12 +101,15 @@ def cache(tmp_path, monkeypatch) -> Path:
 def test_an_estimate_comes_from_the_last_run_on_this_machine(cache):
     key = {"backbone": "b"}
     assert estimate_line("job", key, units=10, work="w", unit="image") == (
-        "w: no estimate yet on this machine (this run's time is kept for the next)"
+        "w: no estimate yet on this machine for this much work (this run's time is kept for the next)"
     )
     record("job", key, units=100, seconds=20.0)
-    assert estimate_line("job", key, units=1000, work="w", unit="image") == (
-        "w: about 3 min 20 s on this machine (its last run here took 200 ms per image)"
+    assert estimate_line("job", key, units=900, work="w", unit="image") == (
+        "w: about 3 min 00 s on this machine (its last run here took 200 ms per image)"
     )
+    # A run ten times larger or smaller is no guide (fixed costs weigh differently): no estimate from it.
+    assert "no estimate yet" in estimate_line("job", key, units=1000, work="w", unit="image")
+    assert "no estimate yet" in estimate_line("job", key, units=99, work="w", unit="image")
     assert "no estimate yet" in estimate_line("job", {"backbone": "other"}, units=1, work="w", unit="image")
     assert [duration(s) for s in (0.4, 59, 61, 3 * 3600 + 5 * 60)] == ["0 s", "59 s", "1 min 01 s", "3 h 05 min"]
 
@@ -129,7 +132,8 @@ def test_extract_and_heads_log_their_estimate_with_a_number_after_one_run(tmp_pa
     with caplog.at_level(logging.INFO):
         extract.main(["--feature-set", "mv2", "--out", "features/mv2.zarr", "--no-progress"])
         assert estimates() == [
-            "extract mv2: 30 images to compute: no estimate yet on this machine (this run's time is kept for the next)"
+            "extract mv2: 30 images to compute: no estimate yet on this machine for this much work (this run's time "
+            "is kept for the next)"
         ]
         heads_stage.main(heads_args)
         (first,) = estimates()

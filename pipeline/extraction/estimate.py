@@ -29,7 +29,7 @@ def extraction_estimate(spec: FeatureSetParams, settings: ExtractParams, *, imag
     """The line logged before ``images`` images go through ``spec``'s backbone (``name``: the store's)."""
     work = f"{name}: {images} images to compute"
     key = extraction_key(spec, settings)
-    timing = cached_timing(spec, settings) if seconds_per_unit(JOB, key) is None else None
+    timing = cached_timing(spec, settings) if seconds_per_unit(JOB, key, images) is None else None
     if timing is not None:
         return (
             f"{work}: at least {duration(timing['seconds_per_image'] * images)} on this machine (from the "
