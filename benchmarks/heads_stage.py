@@ -62,7 +62,7 @@ def worktree(revision: str, where: Path) -> Path:
 
 
 # Settings this round added: the baseline's params reader refuses keys it does not know.
-NEW_KEYS = {"heads": ("race", "control_kinds")}
+NEW_KEYS = {"heads": ("race", "control_kinds", "control_values", "near_equals")}
 
 
 def for_baseline(params: Path) -> Path:

@@ -296,9 +296,10 @@ def _svm_linear(values, grid: SvmLinearGrid, seed: int):
 
 
 def _svm_rbf(values, grid: SvmRbfGrid, seed: int):
-    from sklearn.svm import SVC
+    from pipeline.heads.kernel_svm import KernelMatrixSVC
 
-    return SVC(kernel="rbf", C=values["C"], gamma=values["gamma"], random_state=seed)
+    # Solved on the kernel matrix, computed once per training matrix for every C (pipeline.heads.kernel_svm).
+    return KernelMatrixSVC(kernel="rbf", C=values["C"], gamma=values["gamma"], random_state=seed)
 
 
 def _svm_poly(values, grid: SvmPolyGrid, seed: int):
