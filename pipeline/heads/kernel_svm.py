@@ -13,7 +13,7 @@ libsvm as a precomputed kernel: the same dual problem, solved by the same SMO.
 It then keeps the support vectors (the rows the solution uses) and γ as an
 RBF ``SVC`` does, so the fitted head predicts, saves and exports exactly as
 an ``SVC(kernel="rbf")`` (``tests/test_kernel_svm.py``: the same support,
-dual coefficients and decisions to 1e-6). Fits are 3–5× faster on this
+dual coefficients and decisions to 1e-6). Fits are 2.5–7× faster on this
 project's feature sets (``BENCHMARKS.md``). Any other kernel, sparse input or
 ``probability=True`` is ``SVC`` as is.
 """
