@@ -20,18 +20,16 @@ project's feature sets (``BENCHMARKS.md``). Any other kernel, sparse input or
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import scipy.sparse
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_array
 
+from pipeline.heads.matrix_cache import MatrixCache
+
 __all__ = ["KernelMatrixSVC", "rbf_kernel_matrix"]
 
-# The last kernel matrices, by (id of the training matrix, γ), each with a weak reference that says it is still it.
-_KERNELS: dict[tuple[int, float], tuple[weakref.ref, np.ndarray]] = {}
-_KEPT = 4
+_KERNELS = MatrixCache(kept=4)  # the last kernel matrices, by training matrix and γ
 
 
 def resolved_gamma(gamma: float | str, X: np.ndarray) -> float:
@@ -48,26 +46,18 @@ def rbf_kernel_matrix(X: np.ndarray, gamma: float, *, source: object | None = No
     """``exp(-γ ‖xᵢ - xⱼ‖²)`` of the rows of ``X`` (float64), computed once per matrix object and γ.
 
     ``source``: the array the caller was given (a memory map shared by the fits
-    of a grid), recognised by identity through a weak reference, so a new array
-    at a reused address is not mistaken for it; only the last few are kept.
+    of a grid), by whose identity the matrix is kept
+    (:class:`~pipeline.heads.matrix_cache.MatrixCache`).
     """
-    source = X if source is None else source
-    entry = _KERNELS.get((id(source), gamma))
-    if entry is not None and entry[0]() is source:
-        return entry[1]
+    return _KERNELS.get(X if source is None else source, gamma, lambda: _rbf(X, gamma))
+
+
+def _rbf(X: np.ndarray, gamma: float) -> np.ndarray:
     squared = np.einsum("ij,ij->i", X, X)
     distances = squared[:, None] + squared[None, :] - 2.0 * (X @ X.T)
     np.maximum(distances, 0.0, out=distances)  # rounding can make a distance slightly negative
     np.fill_diagonal(distances, 0.0)
-    K = np.exp(-gamma * distances)
-    try:
-        reference = weakref.ref(source)
-    except TypeError:  # an object without weak references: not cached
-        return K
-    while len(_KERNELS) >= _KEPT:
-        _KERNELS.pop(next(iter(_KERNELS)))
-    _KERNELS[(id(source), gamma)] = (reference, K)
-    return K
+    return np.exp(-gamma * distances)
 
 
 class KernelMatrixSVC(SVC):

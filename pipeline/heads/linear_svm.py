@@ -25,39 +25,25 @@ L1 penalty (whose solution is not in the row span), it is ``LinearSVC`` as is.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import scipy.sparse
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_array
 
+from pipeline.heads.matrix_cache import MatrixCache
+
 __all__ = ["RowSpaceLinearSVC", "row_space"]
 
-# The last matrices decomposed, by id, each with a weak reference that says it is still that matrix.
-_BASES: dict[int, tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
-_KEPT = 8
+_BASES = MatrixCache(kept=8)  # the last matrices decomposed
 
 
 def row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``Q, R`` of the thin QR decomposition ``Xᵀ = Q R`` in float64, computed once per matrix object.
 
-    Fits of one training matrix at many C (a search, a path) share it; a
-    matrix is recognised by identity (a weak reference, so a new array at a
-    reused address is not mistaken for it), and only the last few are kept.
+    Fits of one training matrix at many C (a search, a path) share it
+    (:class:`~pipeline.heads.matrix_cache.MatrixCache`).
     """
-    entry = _BASES.get(id(X))
-    if entry is not None and entry[0]() is X:
-        return entry[1], entry[2]
-    Q, R = np.linalg.qr(X.T.astype(np.float64, copy=False))
-    try:
-        reference = weakref.ref(X)
-    except TypeError:  # an object without weak references: not cached
-        return Q, R
-    while len(_BASES) >= _KEPT:
-        _BASES.pop(next(iter(_BASES)))
-    _BASES[id(X)] = (reference, Q, R)
-    return Q, R
+    return _BASES.get(X, "qr", lambda: np.linalg.qr(X.T.astype(np.float64, copy=False)))
 
 
 class RowSpaceLinearSVC(LinearSVC):

@@ -308,16 +308,19 @@ def _svm_poly(values, grid: SvmPolyGrid, seed: int):
     return SVC(kernel="poly", C=values["C"], gamma=values["gamma"], degree=values["degree"], random_state=seed)
 
 
+DENSE_SWEPT = ("hidden_units", "dropout", "weight_decay", "learning_rate", "epochs")
+
+
+def _dense_settings(values, grid: DenseGrid) -> dict:
+    """The settings a dense head takes alike in memory and out of core: its swept values and batch size."""
+    return {name: values[name] for name in DENSE_SWEPT} | {"batch_size": grid.batch_size}
+
+
 def _dense(values, grid: DenseGrid, seed: int):
     from pipeline.heads.dense import DenseHead
 
     return DenseHead(
-        hidden_units=values["hidden_units"],
-        dropout=values["dropout"],
-        weight_decay=values["weight_decay"],
-        learning_rate=values["learning_rate"],
-        epochs=values["epochs"],
-        batch_size=grid.batch_size,
+        **_dense_settings(values, grid),
         patience=grid.patience,
         validation_fraction=grid.validation_fraction,
         random_state=seed,
@@ -350,12 +353,7 @@ def _dense_streaming(values, grid: DenseGrid, context: StreamingContext):
     from pipeline.heads.streaming import StreamingDenseHead
 
     return StreamingDenseHead(
-        hidden_units=values["hidden_units"],
-        dropout=values["dropout"],
-        weight_decay=values["weight_decay"],
-        learning_rate=values["learning_rate"],
-        epochs=values["epochs"],
-        batch_size=grid.batch_size,
+        **_dense_settings(values, grid),
         standardize=context.standardize,
         random_state=context.seed,
     )
@@ -421,7 +419,7 @@ register(
     HeadKind(
         "dense",
         DenseGrid,
-        swept=("hidden_units", "dropout", "weight_decay", "learning_rate", "epochs"),
+        swept=DENSE_SWEPT,
         estimator=_dense,
         streaming=_dense_streaming,
         keras=conversion.dense_layers,
