@@ -15,9 +15,12 @@ once per (store, heads settings, seed) and shared by configurations that differ
 only in what evaluate reads.
 
 A configuration is a set of overrides of params.yaml (:data:`CONFIGS`):
-``features.<key>`` changes the feature set (``lite0_top`` of params.yaml:
-EfficientNet-Lite0, top activation), any other ``<section>.<key>`` that
-section. ``--add NAME:key=value,key=value`` adds one without editing the file
+``features.sets`` lists the feature sets of params.yaml it runs (default
+``[lite0_top]``: EfficientNet-Lite0, top activation; several are one heads
+run, as the heads stage runs them, so evaluate's ensemble and near-equals vote
+work across them), ``features.combine`` its combinations (lists of those
+names; default none), ``features.<key>`` changes every listed feature set,
+any other ``<section>.<key>`` that section. ``--add NAME:key=value,key=value`` adds one without editing the file
 (values are YAML). Printed: per dataset and configuration, the chosen model's
 test accuracy over the seeds (mean, standard deviation, range), its most
 frequent choice, and the cost: the extract stage's wall seconds for the store
@@ -61,7 +64,12 @@ from pipeline.provenance import fingerprint  # noqa: E402
 from pipeline.selection.leaderboard import evaluate  # noqa: E402
 
 DATASETS = {"flowers": ROOT.parent / "shared/datasets/flowers", "signs": ROOT.parent / "shared/datasets/signs"}
-BASE = "lite0_top"  # the feature set of params.yaml every configuration starts from
+BASE = "lite0_top"  # the feature set of params.yaml a configuration runs unless it lists others
+# The default run's pretrained feature sets (its random-weights control aside) and its combination.
+ALL_SETS = {
+    "features.sets": ["lite0_top", "lite0_block6", "lite1_top", "lite2_top"],
+    "features.combine": [["lite0_top", "lite0_block6"]],
+}
 # name → overrides: `features.<key>` of the feature set, `<section>.<key>` of params.yaml.
 CONFIGS: dict[str, dict] = {
     "defaults": {},
@@ -72,30 +80,43 @@ CONFIGS: dict[str, dict] = {
     # The soft vote of the near-equals (heads.near_equals, on by default) switched off: today's defaults
     # without it. Point this entry (or an --add) at another setting of that key to measure it.
     "near_equals_off": {"heads.near_equals": 0},
+    # The default run's feature sets: the near-equals vote and the ensemble across them, against picking one.
+    "all_sets": ALL_SETS,
+    "all_sets_near_equals_off": {**ALL_SETS, "heads.near_equals": 0},
+    # ...and the ensemble of every feature set's best head, not of the 3 best on val.
+    "all_sets_ensemble5": {**ALL_SETS, "heads.ensemble": 5},
 }
 # Keys of `heads` that only the evaluate stage reads: configurations differing only in them share their heads.
 EVALUATE_KEYS = ("ensemble", "near_equals")
 SPLIT = (0.7, 0.15, 0.15)
 
 
-def configured(base: dict, overrides: dict) -> tuple[dict, dict]:
-    """params.yaml with ``overrides`` applied: (the feature-set spec, every other section)."""
+def configured(base: dict, overrides: dict) -> tuple[dict[str, dict], list[list[str]], dict]:
+    """params.yaml with ``overrides`` applied: (each listed feature set's spec by name, combinations, other sections)."""
     sections = json.loads(json.dumps(base))
-    spec = dict(sections.pop("features")[BASE])
+    features = sections.pop("features")
+    names = overrides.get("features.sets", [BASE])
+    combine = overrides.get("features.combine", [])
+    unknown = sorted({n for n in [*names, *(m for c in combine for m in c)] if n not in features})
+    if unknown:
+        raise SystemExit(f"features.sets / features.combine name {unknown}, not in params.yaml's {list(features)}")
+    specs = {name: dict(features[name]) for name in names}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if not key:
             raise SystemExit(f"an override is <section>.<key>=value; received {dotted!r}")
         if section == "features":
-            spec[key] = value
+            if key not in ("sets", "combine"):
+                for spec in specs.values():
+                    spec[key] = value
         else:
             sections.setdefault(section, {})[key] = value
     sections["heads"]["combine"] = []
-    return spec, sections
+    return specs, [list(c) for c in combine], sections
 
 
 def feature_key(spec: dict) -> str:
-    """A store name per distinct spec (readable, and unique by its fingerprint)."""
+    """A store name per distinct spec (readable, and unique by its fingerprint; the backbone and cut are in it)."""
     size = spec.get("size") or "default"
     return f"lite_{size}_{spec.get('flip', 'none')}_{fingerprint(spec, length=6)}"
 
@@ -167,38 +188,56 @@ def run_dataset(name: str, source: Path, configs: dict, seeds: list[int], base: 
     records = read_manifest(manifest)
     plans, costs = {}, {}
     for config, overrides in configs.items():
-        spec, sections = configured(base, overrides)
-        key = feature_key(spec)
-        params = parse_params({**sections, "features": {key: spec}})
-        if key not in costs:
-            print(f"{name}: extracting {key} ({spec})", flush=True)
-            costs[key] = extract_once(key, spec, workdir)
+        specs, combine, sections = configured(base, overrides)
+        keys = {set_name: feature_key(spec) for set_name, spec in specs.items()}
+        for set_name, spec in specs.items():
+            if keys[set_name] not in costs:
+                print(f"{name}: extracting {keys[set_name]} ({set_name}: {spec})", flush=True)
+                costs[keys[set_name]] = extract_once(keys[set_name], spec, workdir)
+        # Each store alone, then each combination of stores: the heads stage's groups.
+        groups = [[keys[n]] for n in specs] + [[keys[n] for n in members] for members in combine]
+        params = parse_params({**sections, "features": {keys[n]: spec for n, spec in specs.items()}})
         heads = {k: v for k, v in sections["heads"].items() if k not in EVALUATE_KEYS}
-        plans[config] = (key, params, fingerprint({"store": key, "heads": heads}))
+        names = {"+".join(keys[n] for n in members): "+".join(members) for members in [[n] for n in specs] + combine}
+        plans[config] = (groups, names, params, fingerprint({"groups": groups, "heads": heads}))
     rows = []
     fitted: dict[tuple, float] = {}
     for seed in seeds:
         split = resplit(records, seed, SPLIT, None)
-        for config, (key, params, heads_id) in plans.items():
+        for config, (groups, names, params, heads_id) in plans.items():
             out = workdir / "heads" / f"seed{seed}-{heads_id}"
             seconds = None
             if (heads_id, seed) not in fitted:
                 started = time.perf_counter()
-                store = workdir / "features" / f"{key}.zarr"
-                train_and_write([[store]], params.heads, [out / key], split, progress=False, reuse=False)
+                stores = [[workdir / "features" / f"{key}.zarr" for key in group] for group in groups]
+                outs = [out / "+".join(group) for group in groups]
+                train_and_write(stores, params.heads, outs, split, progress=False, reuse=False)
                 seconds = fitted[heads_id, seed] = time.perf_counter() - started
             best = choose(out, params, split)
+            # The variant (with its feature set when there are several), or a soft-vote candidate's name.
+            if best["feature_set"] not in names:
+                chosen = best["feature_set"]
+            elif len(names) == 1:
+                chosen = best["variant"]
+            else:
+                chosen = f"{names[best['feature_set']]}/{best['variant']}"
+            store_costs = [costs[key] for key in dict.fromkeys(k for group in groups for k in group)]
             rows.append(
                 {
                     "dataset": name,
                     "config": config,
                     "seed": seed,
                     "test_accuracy": best["test_accuracy"],
-                    # the variant, or the candidate beyond the feature set's own heads (a soft vote)
-                    "chosen": best["variant"] if best["feature_set"] == key else best["feature_set"],
+                    "chosen": chosen,
                     "heads_seconds": None if seconds is None else round(seconds, 1),
-                    "store": key,
-                    **costs[key],
+                    "store": ",".join(dict.fromkeys(k for group in groups for k in group)),
+                    **{
+                        # the backbone passes of every store: summed (None where one was not measured)
+                        cost: None
+                        if any(c[cost] is None for c in store_costs)
+                        else round(sum(c[cost] for c in store_costs), 2)
+                        for cost in ("extract_seconds", "ms_per_image")
+                    },
                 }
             )
             print(
@@ -217,8 +256,8 @@ def table(rows: list[dict]) -> str:
     ]
     for (dataset, config), mine in _grouped(rows).items():
         accuracy = np.array([r["test_accuracy"] for r in mine])
-        # by head kind (a variant is <pooling>-<kind>-<settings>), or the candidate's name (a soft vote)
-        kinds = [r["chosen"].split("-")[1] if r["chosen"].count("-") >= 2 else r["chosen"] for r in mine]
+        # by head kind (a variant is [<feature set>/]<pooling>-<kind>-<settings>), or the candidate's name (a vote)
+        kinds = [_kind(r["chosen"]) for r in mine]
         chosen, count = collections.Counter(kinds).most_common(1)[0]
         heads = [r["heads_seconds"] for r in mine if r["heads_seconds"] is not None]
         extract = mine[0]["extract_seconds"]
@@ -234,6 +273,11 @@ def table(rows: list[dict]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def _kind(chosen: str) -> str:
+    variant = chosen.rsplit("/", 1)[-1]
+    return variant.split("-")[1] if variant.count("-") >= 2 else chosen
 
 
 def _grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -285,8 +329,9 @@ def main() -> None:
             rows += run_dataset(dataset, DATASETS[dataset], configs, args.seeds, base, workdir / dataset)
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; feature set {BASE} of "
-        f"params.yaml with each config's overrides; re-split {'/'.join(str(round(100 * s)) for s in SPLIT)} per "
-        f"seed, seeds {args.seeds}; head kinds {base['heads']['kinds']}; {time.perf_counter() - started:.0f} s\n"
+        f"params.yaml (or the config's features.sets) with each config's overrides; "
+        f"re-split {'/'.join(str(round(100 * s)) for s in SPLIT)} per seed, seeds {args.seeds}; "
+        f"head kinds {base['heads']['kinds']}; {time.perf_counter() - started:.0f} s\n"
     )
     print(table(rows))
     if args.json:
