@@ -20,8 +20,8 @@ A configuration is a set of overrides of params.yaml (:data:`CONFIGS`):
 run, as the heads stage runs them, so evaluate's ensemble and near-equals vote
 work across them), ``features.combine`` its combinations (lists of those
 names; default none), ``features.<key>`` changes every listed feature set,
-any other ``<section>.<key>`` that section. ``--add NAME:key=value,key=value`` adds one without editing the file
-(values are YAML). Printed: per dataset and configuration, the chosen model's
+any other ``<section>.<key>`` that section. ``--add NAME:key=value,key=value``
+adds one without editing the file (values are YAML). Printed: per dataset and configuration, the chosen model's
 test accuracy over the seeds (mean, standard deviation, range), its most
 frequent choice, and the cost: the extract stage's wall seconds for the store
 (once for every seed), the backbone's milliseconds per image (what each image
@@ -194,24 +194,31 @@ def run_dataset(name: str, source: Path, configs: dict, seeds: list[int], base: 
             if keys[set_name] not in costs:
                 print(f"{name}: extracting {keys[set_name]} ({set_name}: {spec})", flush=True)
                 costs[keys[set_name]] = extract_once(keys[set_name], spec, workdir)
-        # Each store alone, then each combination of stores: the heads stage's groups.
-        groups = [[keys[n]] for n in specs] + [[keys[n] for n in members] for members in combine]
+        # Each store alone, then each combination of stores: the heads stage's groups (by store key, and by name).
+        members = [[n] for n in specs] + combine
+        groups = [[keys[n] for n in group] for group in members]
+        names = {"+".join(group): "+".join(named) for group, named in zip(groups, members)}
         params = parse_params({**sections, "features": {keys[n]: spec for n, spec in specs.items()}})
         heads = {k: v for k, v in sections["heads"].items() if k not in EVALUATE_KEYS}
-        names = {"+".join(keys[n] for n in members): "+".join(members) for members in [[n] for n in specs] + combine}
-        plans[config] = (groups, names, params, fingerprint({"groups": groups, "heads": heads}))
+        stores = list(dict.fromkeys(keys.values()))
+        # the backbone passes of every store: summed (None where one was not measured)
+        cost = {
+            c: None if any(costs[k][c] is None for k in stores) else round(sum(costs[k][c] for k in stores), 2)
+            for c in ("extract_seconds", "ms_per_image")
+        }
+        plans[config] = (groups, names, params, fingerprint({"groups": groups, "heads": heads}), stores, cost)
     rows = []
     fitted: dict[tuple, float] = {}
     for seed in seeds:
         split = resplit(records, seed, SPLIT, None)
-        for config, (groups, names, params, heads_id) in plans.items():
+        for config, (groups, names, params, heads_id, stores, cost) in plans.items():
             out = workdir / "heads" / f"seed{seed}-{heads_id}"
             seconds = None
             if (heads_id, seed) not in fitted:
                 started = time.perf_counter()
-                stores = [[workdir / "features" / f"{key}.zarr" for key in group] for group in groups]
+                paths = [[workdir / "features" / f"{key}.zarr" for key in group] for group in groups]
                 outs = [out / "+".join(group) for group in groups]
-                train_and_write(stores, params.heads, outs, split, progress=False, reuse=False)
+                train_and_write(paths, params.heads, outs, split, progress=False, reuse=False)
                 seconds = fitted[heads_id, seed] = time.perf_counter() - started
             best = choose(out, params, split)
             # The variant (with its feature set when there are several), or a soft-vote candidate's name.
@@ -221,7 +228,6 @@ def run_dataset(name: str, source: Path, configs: dict, seeds: list[int], base: 
                 chosen = best["variant"]
             else:
                 chosen = f"{names[best['feature_set']]}/{best['variant']}"
-            store_costs = [costs[key] for key in dict.fromkeys(k for group in groups for k in group)]
             rows.append(
                 {
                     "dataset": name,
@@ -230,14 +236,8 @@ def run_dataset(name: str, source: Path, configs: dict, seeds: list[int], base: 
                     "test_accuracy": best["test_accuracy"],
                     "chosen": chosen,
                     "heads_seconds": None if seconds is None else round(seconds, 1),
-                    "store": ",".join(dict.fromkeys(k for group in groups for k in group)),
-                    **{
-                        # the backbone passes of every store: summed (None where one was not measured)
-                        cost: None
-                        if any(c[cost] is None for c in store_costs)
-                        else round(sum(c[cost] for c in store_costs), 2)
-                        for cost in ("extract_seconds", "ms_per_image")
-                    },
+                    "store": ",".join(stores),
+                    **cost,
                 }
             )
             print(

@@ -69,8 +69,9 @@ def accuracy_and_macro_f1(y_true: np.ndarray, predicted: np.ndarray) -> tuple[fl
     """Accuracy and macro-F1 (``zero_division=0``) over the labels of either, as scikit-learn's metrics give them.
 
     A sweep scores hundreds of fits on a few hundred images each, where
-    ``accuracy_score`` and ``f1_score`` spend ~3 ms apiece validating their
-    inputs (4 s of a default heads stage); counting takes microseconds. F1 of a
+    ``accuracy_score`` and ``f1_score`` together spend ~1.7 ms a fold checking
+    their inputs (~1 s of a default heads stage; ``benchmarks/fold_scores.py``);
+    counting takes ~0.03 ms. F1 of a
     class is ``2·TP / (2·TP + FP + FN)`` (0 when the class is in neither), the
     mean over the classes present in ``y_true`` or ``predicted``: scikit-learn's
     definition (``tests/test_tally.py`` compares them).
