@@ -85,6 +85,11 @@ CONFIGS: dict[str, dict] = {
     "all_sets_near_equals_off": {**ALL_SETS, "heads.near_equals": 0},
     # ...and the ensemble of every feature set's best head, not of the 3 best on val.
     "all_sets_ensemble5": {**ALL_SETS, "heads.ensemble": 5},
+    # ...and one more combination: the three backbones' top activations side by side (3 × 1,280 features).
+    "all_sets_tops": {
+        **ALL_SETS,
+        "features.combine": [*ALL_SETS["features.combine"], ["lite0_top", "lite1_top", "lite2_top"]],
+    },
 }
 # Keys of `heads` that only the evaluate stage reads: configurations differing only in them share their heads.
 EVALUATE_KEYS = ("ensemble", "near_equals")
