@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+import zarr
 from conftest import tiny_params, write_image_folder, write_params
 
 from pipeline.config import ParamsError, parse_params
@@ -279,3 +280,34 @@ def test_a_combination_refuses_feature_sets_of_other_images(in_tmp):
         concatenate([part(["x", "y"]), part(["y", "x"])], ["p", "q"])
     with pytest.raises(ParamsError, match="heads.combine\\[0\\] names no feature set. Received: 'nope'"):
         parse_params({"heads": {"combine": [["nope", "mv2"]]}, "features": {"mv2": {"backbone": "mobilenet_v2"}}})
+
+
+def test_a_combination_takes_the_rows_its_members_plans_read_and_reads_no_store_again(tmp_path):
+    from test_store import NAMES, extract, records
+
+    from pipeline.heads.combination import open_combination
+    from pipeline.heads.plan import PooledReads, plan_feature_set
+    from pipeline.store.layout import StoreError, chunk_file, store_path
+
+    manifest = records(NAMES)
+    stores = [store_path(tmp_path / "features", key) for key in ("mv2", "mv2b")]
+    for store in stores:
+        extract(store, [r.sha256 for r in manifest])
+    heads = _heads(logreg={"C": [1.0]})
+    expected = {
+        split: open_combination(stores, ["mv2", "mv2b"], split, manifest=manifest, pooling="avg")
+        for split in ("train", "val")
+    }
+    reads = PooledReads()  # what the heads stage shares between its feature sets' plans
+    for store in stores:
+        plan_feature_set([store], heads, tmp_path / "heads" / store.stem, manifest, reads=reads)
+    # Damaged after the members' plans read it: reading a chunk of it again would be refused.
+    chunk = chunk_file(stores[0], zarr.open_group(str(stores[0]), mode="r")["X"], "X", 0)
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    plan, data = plan_feature_set(stores, heads, tmp_path / "heads/mv2+mv2b", manifest, reads=reads)
+    assert plan.name == "mv2+mv2b"
+    np.testing.assert_array_equal(data["avg"].X_train, expected["train"].X)
+    np.testing.assert_array_equal(data["avg"].X_val, expected["val"].X)
+    np.testing.assert_array_equal(data["avg"].y_train, expected["train"].y)
+    with pytest.raises(StoreError, match="mv2.zarr: chunk 0 is corrupt"):  # without them, the stores are read
+        plan_feature_set(stores, heads, tmp_path / "heads/again", manifest)

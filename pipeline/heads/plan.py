@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import HeadsParams
-from pipeline.heads.combination import combination_key, open_combination
+from pipeline.heads.combination import combination_key, concatenate
 from pipeline.heads.registry import head_kind
 from pipeline.heads.saved import head_file
 from pipeline.heads.sweep import FitJob, Splits, plan_jobs, resolve_cv
@@ -44,7 +44,7 @@ from pipeline.manifest import Record
 from pipeline.provenance import features_identity, file_sha256, library_versions
 from pipeline.store.layout import views_path
 from pipeline.store.pooling import applicable, applies, pooled_width
-from pipeline.store.reader import open_store, open_views, read_pooled
+from pipeline.store.reader import FeatureSet, open_store, open_views, read_pooled
 
 log = logging.getLogger(__name__)
 SCORES_FILE = "scores.json"
@@ -115,6 +115,7 @@ def plan_feature_set(
     *,
     reuse: bool = True,
     control: bool = False,
+    reads: PooledReads | None = None,
 ) -> tuple[HeadsPlan, dict[str, Splits]]:
     """Resolve one feature set's grid, read its train and val rows, and decide what to fit.
 
@@ -131,6 +132,9 @@ def plan_feature_set(
         The manifest (train and val images, labels).
     control : bool
         The store is a control feature set (:func:`control_variants`).
+    reads : PooledReads, optional
+        The rows read by the plans of this run so far (a combination takes its
+        members' rows from there); default: read here.
 
     Returns
     -------
@@ -159,20 +163,45 @@ def plan_feature_set(
     base = HeadsPlan(name, stores, Path(out), tuple(variants), heads, control=control)
     if len(stores) == 1 and out_of_core(stores[0], variants, heads, records):
         return dataclasses.replace(base, out_of_core=True, selection="val split (out of core)"), {}
-    data = read_rows(stores, variants, records)
+    data = read_rows(stores, variants, records, reads or PooledReads())
     return decide_fits(base, data, reuse=reuse), data
 
 
-def read_rows(stores: Sequence[Path], variants: Sequence[Variant], records: Sequence[Record]) -> dict[str, Splits]:
+class PooledReads:
+    """Train and val rows of stores under poolings, each store read once for the heads stage's plans.
+
+    A combination (``heads.combine``) concatenates its members' rows: those
+    its members' own plans read already, not the stores read again (once per
+    split, as :func:`~pipeline.heads.combination.open_combination` does).
+    Every call must pass the same manifest.
+    """
+
+    def __init__(self):
+        self._read: dict[tuple[Path, str], dict[str, FeatureSet]] = {}
+
+    def get(self, store: Path, poolings: Sequence[str], records: Sequence[Record]) -> dict[str, dict[str, FeatureSet]]:
+        """``result[split][pooling]`` for train and val, as :func:`~pipeline.store.reader.read_pooled` gives."""
+        store = Path(store)
+        missing = [pooling for pooling in poolings if (store, pooling) not in self._read]
+        if missing:
+            read = read_pooled(store, ("train", "val"), poolings=missing, manifest=records)
+            self._read.update({(store, pooling): {s: read[s][pooling] for s in read} for pooling in missing})
+        return {
+            split: {pooling: self._read[store, pooling][split] for pooling in poolings} for split in ("train", "val")
+        }
+
+
+def read_rows(
+    stores: Sequence[Path], variants: Sequence[Variant], records: Sequence[Record], reads: PooledReads
+) -> dict[str, Splits]:
     """The train and val rows of each pooling the variants read (views too where they read them)."""
     poolings = sorted({v.pooling for v in variants})
     if len(stores) > 1:
         names = [Path(s).stem for s in stores]
+        members = [reads.get(store, poolings, records) for store in stores]
         data = {}
         for pooling in poolings:
-            train, val = (
-                open_combination(stores, names, split, manifest=records, pooling=pooling) for split in ("train", "val")
-            )
+            train, val = (concatenate([m[split][pooling] for m in members], names) for split in ("train", "val"))
             data[pooling] = Splits(train.X, train.y, val.X, val.y)
             log.info("%s pooling=%s: train X %s, val X %s", combination_key(names), pooling, train.X.shape, val.X.shape)
         return data
@@ -184,6 +213,7 @@ def read_rows(stores: Sequence[Path], variants: Sequence[Variant], records: Sequ
         records,
         views=views_path(features.parent, features.stem) if needs_views else None,
         val_views=any(v.tta for v in variants),
+        reads=reads,
     )
 
 
@@ -261,6 +291,7 @@ def read_splits(
     *,
     views: Path | None = None,
     val_views: bool = False,
+    reads: PooledReads | None = None,
 ) -> dict[str, Splits]:
     """The train and val rows of a store for each pooling (the store read once, pooled as read).
 
@@ -271,6 +302,8 @@ def read_splits(
     views : Path, optional
         The feature set's views store (:func:`pipeline.store.views_path`): its
         training views are read too (and its val views with ``val_views``).
+    reads : PooledReads, optional
+        Keeps the rows read for a combination of this store (default: read here).
 
     Raises
     ------
@@ -279,7 +312,7 @@ def read_splits(
         features, or lacks val views.
     """
     data = {}
-    read = read_pooled(features, ("train", "val"), poolings=poolings, manifest=records)
+    read = (reads or PooledReads()).get(features, poolings, records)
     for pooling in poolings:
         train, val = read["train"][pooling], read["val"][pooling]
         train_views = val_views_X = None

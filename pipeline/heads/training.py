@@ -40,6 +40,7 @@ from pipeline.heads.out_of_core import fit_out_of_core
 from pipeline.heads.plan import (
     SCORES_FILE,
     HeadsPlan,
+    PooledReads,
     control_feature_sets,
     control_variants,
     out_of_core,
@@ -372,9 +373,9 @@ def train_and_write(
     """
     started = time.time() if started is None else started
     controls = list(controls) or [False] * len(stores)
-    planned, workers = [], None
+    planned, workers, reads = [], None, PooledReads()  # a combination's members are read once, by their own plans
     for members, out, control in zip(stores, outs, controls):
-        planned.append(plan_feature_set(members, heads, out, records, reuse=reuse, control=control))
+        planned.append(plan_feature_set(members, heads, out, records, reuse=reuse, control=control, reads=reads))
         in_workers = sum(not job.in_process for plan, _ in planned for job in plan.jobs)
         if workers is None and heads.n_jobs != 1 and in_workers > 1:
             workers = start_workers(heads.n_jobs)  # they start while the other feature sets are read

@@ -36,8 +36,10 @@ For ad-hoc analysis::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,7 +248,8 @@ def _gathered(
         for key, wanted in rows.items()
     }
     chunk_of = {key: wanted // size for key, wanted in rows.items()}
-    for chunk in np.unique(np.concatenate([*chunk_of.values(), np.zeros(0, np.int64)])):
+
+    def gather(chunk: int) -> None:
         expected = digests[chunk] if view is None else digests[chunk][view]
         block = np.asarray(read_chunk(path, X, int(chunk), total, expected, view), np.float32)
         for key, wanted in rows.items():
@@ -255,6 +258,12 @@ def _gathered(
                 picked = block[wanted[here] - chunk * size]
                 for pooling in poolings:
                     out[key][pooling][here] = pool(picked, pooling)
+
+    # Chunks on every core: decoding, the digest, the cast and the pooling release the GIL (0.7 s of the default
+    # heads stage's 2.3 s of reading on 2 cores); each chunk fills its own rows of ``out``.
+    chunks = np.unique(np.concatenate([*chunk_of.values(), np.zeros(0, np.int64)]))
+    with ThreadPoolExecutor(max(1, min(len(chunks), os.cpu_count() or 1, 4))) as threads:
+        list(threads.map(gather, chunks))  # list(): the first error (a StoreError naming the chunk) is raised here
     return out
 
 
