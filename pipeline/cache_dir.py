@@ -2,8 +2,9 @@
 
 One function, so that every cache (converted weights, compiled programs, batch
 sizes, prepare's record of file stats) agrees on the folder and on the
-environment variables that move it; and :func:`machine`, the key of what is
-measured once per machine there (batch sizes, backbone timings, run estimates).
+environment variables that move it; :func:`machine`, the key of what is
+measured once per machine there (batch sizes, backbone timings, run estimates),
+and :func:`usable_cores`, the cores in that key and in every pool sized to the machine.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "shoulders"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity: a container, ``taskset``), else every core; at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine() -> dict:
     """What a measurement kept in the cache folder depends on besides what was measured: the CPU model and the
     cores this process may use."""
@@ -42,8 +48,7 @@ def machine() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "cores": cores, "machine": platform.machine()}
+    return {"cpu": model, "cores": usable_cores(), "machine": platform.machine()}
 
 
 def read_record(path: Path) -> dict:

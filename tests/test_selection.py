@@ -303,7 +303,8 @@ def test_a_combination_takes_the_rows_its_members_plans_read_and_reads_no_store_
         plan_feature_set([store], heads, tmp_path / "heads" / store.stem, manifest, reads=reads)
     # Damaged after the members' plans read it: reading a chunk of it again would be refused.
     chunk = chunk_file(stores[0], zarr.open_group(str(stores[0]), mode="r")["X"], "X", 0)
-    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])
+    raw = chunk.read_bytes()
+    chunk.write_bytes(raw[: len(raw) // 2])
     plan, data = plan_feature_set(stores, heads, tmp_path / "heads/mv2+mv2b", manifest, reads=reads)
     assert plan.name == "mv2+mv2b"
     np.testing.assert_array_equal(data["avg"].X_train, expected["train"].X)

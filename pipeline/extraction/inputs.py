@@ -21,7 +21,6 @@ through the backbone), over the same decoding and resizing.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from pipeline.backbones.registry import Resize
+from pipeline.cache_dir import usable_cores
 from pipeline.images import decode_image
 
 # Batches decoded ahead of the one being consumed.
@@ -39,7 +39,7 @@ _local = threading.local()  # per-thread working arrays of resize_bilinear
 
 def parallel_calls() -> int:
     """Decode calls in flight: one per core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _axis_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -36,7 +36,6 @@ For ad-hoc analysis::
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +46,7 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr
 
+from pipeline.cache_dir import usable_cores
 from pipeline.config import SPLITS
 from pipeline.manifest import Record, class_names, read_manifest
 from pipeline.store import filesystem
@@ -262,7 +262,7 @@ def _gathered(
     # Chunks on every core: decoding, the digest, the cast and the pooling release the GIL (0.7 s of the default
     # heads stage's 2.3 s of reading on 2 cores); each chunk fills its own rows of ``out``.
     chunks = np.unique(np.concatenate([*chunk_of.values(), np.zeros(0, np.int64)]))
-    with ThreadPoolExecutor(max(1, min(len(chunks), os.cpu_count() or 1, 4))) as threads:
+    with ThreadPoolExecutor(max(1, min(len(chunks), usable_cores(), 4))) as threads:
         list(threads.map(gather, chunks))  # list(): the first error (a StoreError naming the chunk) is raised here
     return out
 
